@@ -1,0 +1,123 @@
+//! Who a token belongs to: dev mode (the token is the user id) or a verified JWT.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
+use serde::Deserialize;
+use switchboard::{LobbyCode, UserId};
+
+use crate::config::ServerConfig;
+
+/// Verifies tokens.
+pub enum Auth {
+    /// The token is the user id. Loopback only, always with a warning.
+    Dev,
+    /// A JWT signed with HS256 or RS256; `sub` is the user id, `exp` is required.
+    Jwt {
+        /// The verification key.
+        key: DecodingKey,
+        /// Algorithm and required claims.
+        validation: Validation,
+    },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        match self {
+            Self::Dev => f.write_str("Auth::Dev"),
+            Self::Jwt { validation, .. } => write!(f, "Auth::Jwt({:?})", validation.algorithms),
+        }
+    }
+}
+
+/// The identity a valid token carries.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The user.
+    pub user_id: UserId,
+    /// When the token expires (JWT `exp`).
+    pub expires_at: Option<SystemTime>,
+    /// The lobbies the token may join, if it restricts them (claim `lobbies`).
+    pub lobbies: Option<Vec<String>>,
+}
+
+impl Identity {
+    /// Whether the token allows this lobby.
+    pub fn may_join(&self, lobby: &LobbyCode) -> bool {
+        self.lobbies
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|l| l == lobby.as_str()))
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    lobbies: Option<Vec<String>>,
+}
+
+/// Why a token was refused (logged without the token itself).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No token in the query or the `Authorization` header.
+    #[error("missing token")]
+    Missing,
+    /// Bad signature, expired, malformed, or a bad `sub`.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// A key that could not be loaded at start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("auth.jwt_public_key_file: {0}")]
+pub struct KeyError(String);
+
+impl Auth {
+    /// The verifier the configuration asks for.
+    pub fn from_config(config: &ServerConfig) -> Result<Self, KeyError> {
+        if config.dev_mode() {
+            return Ok(Self::Dev);
+        }
+        let (key, algorithm) = match (&config.jwt_secret, &config.jwt_public_key_file) {
+            (Some(secret), _) => (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256),
+            (None, Some(path)) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| KeyError(format!("cannot read {}: {e}", path.display())))?;
+                let key = DecodingKey::from_rsa_pem(&pem)
+                    .map_err(|e| KeyError(format!("not an RSA public key in PEM: {e}")))?;
+                (key, Algorithm::RS256)
+            }
+            (None, None) => return Err(KeyError("no key configured".into())),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 0;
+        Ok(Self::Jwt { key, validation })
+    }
+
+    /// The identity behind a token.
+    pub fn verify(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        match self {
+            Self::Dev => Ok(Identity {
+                user_id: UserId::parse(token).map_err(|e| AuthError::Invalid(e.to_string()))?,
+                expires_at: None,
+                lobbies: None,
+            }),
+            Self::Jwt { key, validation } => {
+                let claims = decode::<Claims>(token, key, validation)
+                    .map_err(|e| AuthError::Invalid(e.to_string()))?
+                    .claims;
+                Ok(Identity {
+                    user_id: UserId::parse(&claims.sub)
+                        .map_err(|e| AuthError::Invalid(e.to_string()))?,
+                    expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+                    lobbies: claims.lobbies,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! `switchboard`: the standalone server. Configuration comes from `SWITCHBOARD_*` environment
+//! variables; with none it runs in dev mode on 127.0.0.1:8080.
+
+use std::io::Write;
+
+use anyhow::Context;
+use switchboard_server::{LogFormat, ServerConfig};
+use tokio::signal::unix::{SignalKind, signal};
+
+fn main() {
+    if let Err(error) = start() {
+        eprintln!("switchboard: {error:#}");
+        std::process::exit(2);
+    }
+}
+
+fn start() -> anyhow::Result<()> {
+    let config = ServerConfig::from_env().context("invalid configuration")?;
+    init_logs(&config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let drained = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.bind)
+            .await
+            .with_context(|| format!("cannot bind {}", config.bind))?;
+        let addr = listener.local_addr()?;
+        let manager = switchboard::Manager::new(config.manager.clone())?;
+        // The first line on stdout: scripts and tests wait for it.
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "listening on {addr}")?;
+        stdout.flush()?;
+        tracing::info!(%addr, node = %config.manager.node_id, "listening");
+        switchboard_server::run(listener, config, manager, termination()).await
+    })?;
+    if !drained {
+        tracing::warn!("shutdown deadline passed before every connection ended");
+    }
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn termination() {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn init_logs(config: &ServerConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("log.level: invalid filter {:?}", config.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

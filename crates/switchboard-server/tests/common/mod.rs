@@ -1,0 +1,200 @@
+//! Test helpers: a real server on port 0 and real WebSocket clients.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard_server::{RunningServer, ServerConfig};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{WebSocketStream, client_async};
+
+/// How long any single expected event may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// Starts a server on 127.0.0.1:0 in dev mode with fast health checks, after `tune`.
+pub async fn server(tune: impl FnOnce(&mut ServerConfig)) -> RunningServer {
+    let mut config = ServerConfig::default();
+    config.bind = "127.0.0.1:0".parse().unwrap();
+    config.drain = Duration::from_millis(200);
+    config.deadline = Duration::from_secs(3);
+    tune(&mut config);
+    switchboard_server::spawn(config).await.expect("server starts")
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<TcpStream>,
+    pub welcome: Value,
+}
+
+/// What a refused or closed connection saw at its end.
+#[derive(Debug)]
+pub struct Ending {
+    pub goodbye: Option<Value>,
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+pub async fn raw_connect(addr: SocketAddr, path: &str, from: IpAddr) -> WebSocketStream<TcpStream> {
+    try_raw_connect(addr, path, from).await.expect("upgrade succeeds")
+}
+
+pub async fn try_raw_connect(
+    addr: SocketAddr,
+    path: &str,
+    from: IpAddr,
+) -> Result<WebSocketStream<TcpStream>, tungstenite::Error> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let stream = socket.connect(addr).await.expect("tcp connect");
+    let url = format!("ws://{addr}{path}");
+    client_async(url, stream).await.map(|(ws, _)| ws)
+}
+
+/// Connects from 127.0.0.1 as `user` (dev mode) and waits for `welcome`.
+pub async fn connect(addr: SocketAddr, lobby: &str, user: &str) -> Client {
+    connect_from(addr, lobby, user, [127, 0, 0, 1].into()).await
+}
+
+pub async fn connect_from(addr: SocketAddr, lobby: &str, user: &str, from: IpAddr) -> Client {
+    let ws = raw_connect(addr, &format!("/ws/{lobby}?token={user}"), from).await;
+    let mut client = Client { ws, welcome: Value::Null };
+    client.welcome = client.expect("welcome", &format!("welcome for {user}")).await;
+    client
+}
+
+/// Connects and expects to be refused: returns the goodbye and close frame seen.
+pub async fn connect_refused(addr: SocketAddr, lobby: &str, user: &str, from: IpAddr) -> Ending {
+    let ws = raw_connect(addr, &format!("/ws/{lobby}?token={user}"), from).await;
+    let mut client = Client { ws, welcome: Value::Null };
+    client.ending(&format!("refusal of {user}")).await
+}
+
+impl Client {
+    pub fn id(&self) -> &str {
+        self.welcome["connection_id"].as_str().unwrap()
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws.send(Message::text(frame.to_string())).await.expect("send");
+    }
+
+    /// The next JSON frame that is not a `health_ping`.
+    pub async fn next_json(&mut self, what: &str) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .unwrap_or_else(|| panic!("stream ended waiting for {what}"))
+                .unwrap_or_else(|e| panic!("error waiting for {what}: {e}"));
+            match msg {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sends JSON");
+                    if v["type"] != "health_ping" {
+                        return v;
+                    }
+                }
+                Message::Close(c) => panic!("closed ({c:?}) while waiting for {what}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next frame, which must have type `ty`.
+    pub async fn expect(&mut self, ty: &str, what: &str) -> Value {
+        let v = self.next_json(what).await;
+        assert_eq!(v["type"], ty, "waiting for {what}, got {v}");
+        v
+    }
+
+    /// Reads until the close frame; returns it with the goodbye before it, if any. Fails on
+    /// any other data frame unless `skip_data`.
+    pub async fn ending(&mut self, what: &str) -> Ending {
+        self.ending_inner(what, false).await
+    }
+
+    pub async fn ending_skipping_data(&mut self, what: &str) -> Ending {
+        self.ending_inner(what, true).await
+    }
+
+    async fn ending_inner(&mut self, what: &str, skip_data: bool) -> Ending {
+        let mut goodbye = None;
+        loop {
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for the close of {what}"));
+            match next {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    match v["type"].as_str() {
+                        Some("goodbye") => goodbye = Some(v),
+                        Some("health_ping") => {}
+                        _ if skip_data => {}
+                        _ => panic!("unexpected frame before the close of {what}: {v}"),
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|CloseFrame { code, reason }| (Some(u16::from(code)), reason.to_string()))
+                        .unwrap_or((None, String::new()));
+                    return Ending { goodbye, code, reason };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("error before the close of {what}: {e}"),
+                None => panic!("stream ended without a close frame for {what}"),
+            }
+        }
+    }
+
+    /// Closes politely and waits for the server's close reply.
+    pub async fn close(mut self) {
+        self.ws.close(None).await.expect("close");
+        let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+    }
+}
+
+impl Ending {
+    /// Asserts the close code and reason, and that a goodbye came first exactly when expected.
+    pub fn assert(&self, code: u16, reason: &str, goodbye: bool) {
+        assert_eq!(self.code, Some(code), "close code of {self:?}");
+        assert_eq!(self.reason, reason, "close reason of {self:?}");
+        match &self.goodbye {
+            Some(g) if goodbye => {
+                assert_eq!(g["code"], code);
+                assert_eq!(g["reason"], reason);
+                assert!(g["retry_after_ms"].as_u64().is_some(), "retry_after_ms in {g}");
+            }
+            None if !goodbye => {}
+            other => panic!("goodbye expected: {goodbye}, got {other:?}"),
+        }
+    }
+}
+
+/// Polls `check` until it holds, for at most [`WAIT`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until the server holds no connection, lobby or user.
+pub async fn all_clean(server: &RunningServer) {
+    eventually("stats are back to zero", || {
+        let s = server.manager.stats();
+        s.total_connections == 0 && s.active_lobbies == 0 && s.users == 0
+    })
+    .await;
+}
+
+pub fn broadcast(data: Value) -> Value {
+    json!({"type": "broadcast", "data": data})
+}
+
+pub fn ip(last: u8) -> IpAddr {
+    [127, 0, 0, last].into()
+}

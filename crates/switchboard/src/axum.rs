@@ -1,0 +1,96 @@
+//! axum integration: an extractor for the connect request of protocol v1.
+//!
+//! Route `GET /ws/{lobby}` to a handler taking [`WsConnect`], authenticate its `token`, then
+//! call [`Manager::accept`](crate::Manager::accept) (or `refuse` with 4001). The app must be
+//! served with `into_make_service_with_connect_info::<SocketAddr>()` so the peer is known.
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, RawPathParams};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::ids::LobbyCode;
+
+/// A WebSocket connect request: `GET /ws/{lobby}?token=T` (or `Authorization: Bearer T`).
+///
+/// A malformed lobby code is refused before the upgrade with 400: it is a client bug, not a
+/// condition a client handles.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct WsConnect {
+    /// The pending upgrade; pass it to `Manager::accept` or `Manager::refuse`.
+    pub upgrade: WebSocketUpgrade,
+    /// The validated `{lobby}` path parameter.
+    pub lobby: LobbyCode,
+    /// The `token` query parameter, else the bearer token, if any.
+    pub token: Option<String>,
+    /// The TCP peer (the client, or a proxy in front of it).
+    pub peer: SocketAddr,
+    /// The request's `Origin` header, if any (browsers always send one).
+    pub origin: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let lobby = params
+            .iter()
+            .find(|(name, _)| *name == "lobby")
+            .and_then(|(_, value)| LobbyCode::parse(value).ok())
+            .ok_or_else(|| bad_request("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]"))?;
+        let query = Query::<TokenQuery>::try_from_uri(&parts.uri)
+            .map_err(|_| bad_request("invalid query string"))?;
+        let bearer = || {
+            parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_owned)
+        };
+        let token = query.0.token.or_else(bearer);
+        let ConnectInfo(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "serve the app with into_make_service_with_connect_info::<SocketAddr>()",
+                )
+                    .into_response()
+            })?;
+        let origin = parts
+            .headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Self {
+            upgrade,
+            lobby,
+            token,
+            peer,
+            origin,
+        })
+    }
+}
+
+fn bad_request(message: &'static str) -> Response {
+    (StatusCode::BAD_REQUEST, message).into_response()
+}

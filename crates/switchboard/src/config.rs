@@ -1,0 +1,241 @@
+//! The manager's typed configuration, with the defaults of `docs/protocol.md` / DESIGN.
+//!
+//! Config is data: the library never reads files or the environment; the server binary does.
+
+use std::time::Duration;
+
+/// Everything a [`Manager`](crate::Manager) needs to know. Start from [`Config::default`] and
+/// change fields; [`Config::validate`] says which value is wrong and why.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Capacity limits, reserved atomically at connect time.
+    pub limits: Limits,
+    /// What happens when a user opens another connection. Default: [`UserPolicy::Replace`].
+    pub user_policy: UserPolicy,
+    /// Outbound frames queued per connection before the slow-consumer policy applies.
+    /// Default 256.
+    pub queue_capacity: usize,
+    /// What a full outbound queue means. Default: [`SlowConsumerPolicy::Close`].
+    pub on_full: SlowConsumerPolicy,
+    /// Period of `health_ping` frames and protocol pings. Default 20 s.
+    pub ping_interval: Duration,
+    /// With `ping_interval`, the silence after which a connection is stale (4004).
+    /// Default 10 s.
+    pub pong_timeout: Duration,
+    /// Inbound frames larger than this close the connection with 1009. Default 64 KiB.
+    pub max_message_bytes: usize,
+    /// How long writing a goodbye and close frame may take before the socket is dropped:
+    /// a dead peer that never reads must not hold a task. Default 1 s.
+    pub close_timeout: Duration,
+    /// Presence events.
+    pub presence: PresenceConfig,
+    /// This node's name; it prefixes every connection id. Default: random 8 hex digits.
+    pub node_id: String,
+    /// Per-connection transport buffers: the main cost of an idle connection.
+    pub transport: TransportConfig,
+}
+
+/// Capacity limits. Each refusal closes with 4002 and the matching reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Connections on this server (`server_full`). Default 10,000.
+    pub max_connections: usize,
+    /// Connections in one lobby (`lobby_full`). Default 100.
+    pub max_per_lobby: usize,
+    /// Connections of one user under [`UserPolicy::Multi`] (`user_limit`). Default 5.
+    pub max_per_user: usize,
+    /// Connections from one client IP (`ip_limit`). Default 100.
+    pub max_per_ip: usize,
+}
+
+/// What happens when a user who already has a connection opens another one. The policy spans
+/// all of the user's connections on the server, whatever their lobbies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserPolicy {
+    /// The newest connection wins; the older ones are closed with 4003 `replaced`.
+    #[default]
+    Replace,
+    /// Every connection stays live, up to [`Limits::max_per_user`].
+    Multi,
+    /// A newer connection is refused with 4002 `user_limit` while one is open.
+    Reject,
+}
+
+/// What a full outbound queue means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with 4008 `slow_consumer`.
+    #[default]
+    Close,
+    /// Drop the message for that connection and count it.
+    Drop,
+}
+
+/// Presence events (`member_joined` / `member_left`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PresenceConfig {
+    /// Send join/leave events at all. Default on.
+    pub events: bool,
+    /// No join/leave events in lobbies with more members than this (their cost is quadratic).
+    /// Default 1,000.
+    pub events_max_members: usize,
+    /// A user whose last connection leaves stays present this long; reconnecting within it
+    /// shows no leave at all. Default 0 (leave at once).
+    pub leave_grace: Duration,
+}
+
+/// Transport buffer sizes per connection (see `bench/stack-choice/RESULTS.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportConfig {
+    /// Read buffer. tungstenite's 128 KiB default costs 128 KiB per idle connection.
+    /// Default 4 KiB.
+    pub read_buffer_size: usize,
+    /// Frames are buffered up to this many bytes before a write; the writer flushes after
+    /// each batch anyway. Default 0: write as frames come, keep no buffer while idle.
+    pub write_buffer_size: usize,
+}
+
+/// A configuration value that cannot work, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid config `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The field, in the dotted names of the configuration table.
+    pub field: &'static str,
+    /// Why the value cannot work.
+    pub reason: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            user_policy: UserPolicy::Replace,
+            queue_capacity: 256,
+            on_full: SlowConsumerPolicy::Close,
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
+            max_message_bytes: 64 * 1024,
+            close_timeout: Duration::from_secs(1),
+            presence: PresenceConfig::default(),
+            node_id: format!("{:08x}", fastrand::u32(..)),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_per_lobby: 100,
+            max_per_user: 5,
+            max_per_ip: 100,
+        }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            events: true,
+            events_max_members: 1_000,
+            leave_grace: Duration::ZERO,
+        }
+    }
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            read_buffer_size: 4 * 1024,
+            write_buffer_size: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that every value can work; the error names the first field that cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("limits.max_connections", self.limits.max_connections),
+            ("limits.max_per_lobby", self.limits.max_per_lobby),
+            ("limits.max_per_user", self.limits.max_per_user),
+            ("limits.max_per_ip", self.limits.max_per_ip),
+            ("queue.capacity", self.queue_capacity),
+            ("max_message_bytes", self.max_message_bytes),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError {
+                    field,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.ping_interval < Duration::from_millis(10) {
+            return Err(ConfigError {
+                field: "health.ping_interval_ms",
+                reason: "must be at least 10 ms".into(),
+            });
+        }
+        if self.pong_timeout.is_zero() {
+            return Err(ConfigError {
+                field: "health.pong_timeout_ms",
+                reason: "must be at least 1 ms".into(),
+            });
+        }
+        let node_ok = !self.node_id.is_empty()
+            && self.node_id.len() <= 64
+            && self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !node_ok {
+            return Err(ConfigError {
+                field: "redis.node_id",
+                reason: "must be 1-64 characters of [A-Za-z0-9_]".into(),
+            });
+        }
+        if self.transport.read_buffer_size < 256 {
+            return Err(ConfigError {
+                field: "transport.read_buffer_size",
+                reason: "must be at least 256 bytes".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The silence after which a connection is stale.
+    pub fn stale_after(&self) -> Duration {
+        self.ping_interval + self.pong_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_design() {
+        let c = Config::default();
+        c.validate().expect("defaults must validate");
+        assert_eq!(c.limits.max_connections, 10_000);
+        assert_eq!(c.limits.max_per_lobby, 100);
+        assert_eq!(c.user_policy, UserPolicy::Replace);
+        assert_eq!(c.stale_after(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut c = Config::default();
+        c.limits.max_per_lobby = 0;
+        assert_eq!(c.validate().unwrap_err().field, "limits.max_per_lobby");
+        let mut c = Config::default();
+        c.node_id = "has-dash".into();
+        assert_eq!(c.validate().unwrap_err().field, "redis.node_id");
+    }
+}

@@ -1,0 +1,129 @@
+//! One connection's life: register, run a reader and a writer, end, clean up.
+//!
+//! Ownership: the reader task (this module's [`run`]) owns the socket's read half and the
+//! health clock; the writer task owns the write half and the receiving end of the bounded
+//! outbound queue; everyone else holds a [`ConnHandle`]. Every disconnect path sets a
+//! [`DisconnectReason`] on the handle first; that wakes both tasks, and the [`Registration`]
+//! guard removes the connection from the hub whichever way the reader ends.
+
+mod handle;
+mod reader;
+mod writer;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+pub use handle::ConnectionInfo;
+pub(crate) use handle::{ConnHandle, Offer};
+
+use crate::disconnect::DisconnectReason;
+use crate::manager::{ConnectRequest, Shared};
+use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
+
+/// Runs one accepted WebSocket until it ends, then removes every trace of it.
+pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: ConnectRequest) {
+    let config = &shared.config;
+    let seq = shared.next_seq();
+    let (outbox, queue) = mpsc::channel(config.queue_capacity);
+    let info = ConnectionInfo {
+        id: crate::ids::ConnectionId::new(&config.node_id, seq),
+        user_id: request.user_id,
+        lobby: request.lobby,
+        ip: request.ip,
+        connected_at: SystemTime::now(),
+    };
+    let conn = Arc::new(ConnHandle::new(seq, info, outbox));
+    let welcome = |presence_events| {
+        let info = &conn.info;
+        crate::hub::text(
+            ServerFrame::Welcome {
+                connection_id: &info.id,
+                user_id: &info.user_id,
+                lobby: &info.lobby,
+                ping_interval_ms: config.ping_interval.as_millis() as u64,
+                server_time: unix_ms(),
+                protocol: PROTOCOL_VERSION,
+                presence_events,
+            }
+            .encode(),
+        )
+    };
+    if let Err(reason) = shared.hub.register(conn.clone(), welcome) {
+        shared.counters.rejected(reason);
+        tracing::info!(user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, %reason, "connection refused");
+        close_socket(socket, reason, config.close_timeout).await;
+        return;
+    }
+    let registration = Registration {
+        shared: &shared,
+        seq,
+    };
+    tracing::debug!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, "connected");
+    shared.handler.on_connect(&conn.info);
+
+    let (sink, mut stream) = socket.split();
+    let writer = shared.tracker.spawn(writer::run(
+        sink,
+        queue,
+        conn.clone(),
+        shared.counters.clone(),
+        config.close_timeout,
+    ));
+    reader::run(&mut stream, &conn, &shared, request.expires_at).await;
+    let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
+    drop(registration);
+    shared.counters.closed(reason);
+    // Read on while the writer says goodbye, so the peer's close reply (or anything else in
+    // flight) is consumed and the socket ends with FIN rather than RST.
+    let _ = tokio::time::timeout(config.close_timeout, async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
+    let _ = writer.await;
+    let duration = conn.info.connected_at.elapsed().unwrap_or_default();
+    tracing::debug!(id = %conn.info.id, %reason, ?duration, "disconnected");
+    shared.handler.on_disconnect(&conn.info, reason);
+}
+
+/// Removes the connection from the hub when dropped: on every path out of [`run`], panics
+/// included.
+struct Registration<'a> {
+    shared: &'a Arc<Shared>,
+    seq: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.shared.hub.unregister(self.seq) {
+            self.shared.time_leave(pending);
+        }
+    }
+}
+
+/// Closes a socket that never got registered: goodbye (when the close invites a retry), close
+/// frame, then reading until the peer's close reply, all within `timeout`.
+pub(crate) async fn close_socket(
+    mut socket: WebSocket,
+    reason: DisconnectReason,
+    timeout: std::time::Duration,
+) {
+    let _ = tokio::time::timeout(timeout, async {
+        if writer::say_goodbye(&mut socket, reason).await.is_ok() {
+            while let Some(Ok(_)) = socket.recv().await {}
+        }
+    })
+    .await;
+}
+
+/// The `Message` for a close frame with this reason's code and word.
+pub(crate) fn close_message(reason: DisconnectReason) -> Option<Message> {
+    let code = reason.close_code()?;
+    Some(Message::Close(Some(axum::extract::ws::CloseFrame {
+        code,
+        reason: reason.as_str().into(),
+    })))
+}

@@ -1,0 +1,220 @@
+//! The reader: inbound frames, the health clock (pings, staleness, token expiry), and the
+//! answers to client frames. Returns once the connection has a [`DisconnectReason`].
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use futures_util::{Stream, StreamExt};
+use tokio::time::{Instant, sleep_until};
+
+use super::ConnHandle;
+use crate::disconnect::DisconnectReason;
+use crate::handler::AppMessage;
+use crate::hub::{Exclude, text};
+use crate::manager::Shared;
+use crate::protocol::{self, ClientError, ClientFrame, ServerFrame, unix_ms};
+
+pub(super) async fn run<S>(
+    stream: &mut S,
+    conn: &Arc<ConnHandle>,
+    shared: &Arc<Shared>,
+    expires_at: Option<SystemTime>,
+) where
+    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let mut clock = HealthClock::new(shared, expires_at);
+    let timer = sleep_until(clock.next_deadline());
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.closed() => return,
+            () = &mut timer => {
+                if let Some(reason) = clock.tick(conn, shared) {
+                    conn.close(reason);
+                    return;
+                }
+                timer.as_mut().reset(clock.next_deadline());
+            }
+            frame = stream.next() => {
+                let reason = match frame {
+                    Some(Ok(message)) => {
+                        clock.last_seen = Instant::now();
+                        match handle(message, conn, shared) {
+                            Ok(()) => continue,
+                            Err(reason) => reason,
+                        }
+                    }
+                    Some(Err(error)) => reason_for(error),
+                    None => DisconnectReason::ConnectionLost,
+                };
+                conn.close(reason);
+                return;
+            }
+        }
+    }
+}
+
+/// When to ping, when a connection is stale, when its token expires.
+///
+/// The timer is reset only when it fires, not on every inbound frame: a frame just moves
+/// `last_seen`, and a timer that fires early finds the connection alive and sleeps again.
+struct HealthClock {
+    interval: Duration,
+    stale_after: Duration,
+    last_seen: Instant,
+    next_ping: Instant,
+    expires_at: Option<Instant>,
+}
+
+impl HealthClock {
+    fn new(shared: &Shared, expires_at: Option<SystemTime>) -> Self {
+        let now = Instant::now();
+        let expires_at = expires_at.map(|at| {
+            now + at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        Self {
+            interval: shared.config.ping_interval,
+            stale_after: shared.config.stale_after(),
+            last_seen: now,
+            next_ping: now + shared.config.ping_interval,
+            expires_at,
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let health = self.next_ping.min(self.last_seen + self.stale_after);
+        self.expires_at.map_or(health, |at| at.min(health))
+    }
+
+    /// Called when the timer fires: a reason to close, or pings sent as due.
+    fn tick(&mut self, conn: &ConnHandle, shared: &Shared) -> Option<DisconnectReason> {
+        let now = Instant::now();
+        if self.expires_at.is_some_and(|at| now >= at) {
+            return Some(DisconnectReason::TokenExpired);
+        }
+        if now >= self.last_seen + self.stale_after {
+            return Some(DisconnectReason::Stale);
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.interval;
+            // Pings are best effort: a full queue is the slow-consumer policy's business, and
+            // staleness is judged on what arrives, not on what we manage to send.
+            let ping = ServerFrame::HealthPing {
+                timestamp: unix_ms(),
+            };
+            conn.offer(text(ping.encode()));
+            conn.offer(Message::Ping(shared.ping_payload()));
+        }
+        None
+    }
+}
+
+/// Handles one inbound frame; an `Err` closes the connection with that reason.
+fn handle(message: Message, conn: &ConnHandle, shared: &Shared) -> Result<(), DisconnectReason> {
+    match message {
+        Message::Text(text) => {
+            shared.counters.message_in();
+            handle_text(&text, conn, shared);
+            Ok(())
+        }
+        Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
+        Message::Pong(payload) => {
+            if let Some(rtt) = shared.rtt_from_pong(&payload) {
+                conn.record_rtt(rtt);
+            }
+            Ok(())
+        }
+        // The WebSocket layer answers pings itself; any frame is proof of life.
+        Message::Ping(_) => Ok(()),
+        Message::Close(_) => Err(DisconnectReason::ClientClosed),
+    }
+}
+
+fn handle_text(text: &Utf8Bytes, conn: &ConnHandle, shared: &Shared) {
+    let (frame, id) = match protocol::parse(text.as_str()) {
+        Ok(parsed) => parsed,
+        Err(e) => return reply_error(conn, shared, &e.error, e.id),
+    };
+    let info = &conn.info;
+    let outcome = match frame {
+        ClientFrame::HealthPong { timestamp } => {
+            if let Some(sent) = timestamp.filter(|&t| t <= unix_ms()) {
+                conn.record_rtt(Duration::from_millis(unix_ms() - sent));
+            }
+            Ok(())
+        }
+        ClientFrame::Broadcast { data, exclude_self } => {
+            let frame = ServerFrame::Message {
+                lobby: &info.lobby,
+                from: Some(&info.user_id),
+                data,
+            };
+            let exclude = if exclude_self {
+                Exclude::Connection(conn.seq)
+            } else {
+                Exclude::Nobody
+            };
+            shared
+                .hub
+                .broadcast(info.lobby.as_str(), &crate::hub::text(frame.encode()), exclude);
+            Ok(())
+        }
+        ClientFrame::Direct { to, data } => {
+            let frame = ServerFrame::Direct {
+                from: Some(&info.user_id),
+                data,
+            };
+            shared
+                .hub
+                .send_to_user(to.as_str(), &crate::hub::text(frame.encode()));
+            Ok(())
+        }
+        ClientFrame::Presence => {
+            shared.hub.deliver(conn, shared.hub.presence_frame(&info.lobby));
+            Ok(())
+        }
+        ClientFrame::App { kind } => shared.handler.on_message(
+            info,
+            AppMessage {
+                kind: &kind,
+                text: text.as_str(),
+            },
+        ),
+    };
+    if let Err(error) = outcome {
+        reply_error(conn, shared, &error, id);
+    }
+}
+
+fn reply_error(
+    conn: &ConnHandle,
+    shared: &Shared,
+    error: &ClientError,
+    id: Option<&serde_json::value::RawValue>,
+) {
+    let frame = ServerFrame::Error {
+        code: error.code,
+        message: &error.message,
+        id,
+    };
+    shared.hub.deliver(conn, text(frame.encode()));
+}
+
+/// Maps a read error to the close it calls for.
+fn reason_for(error: axum::Error) -> DisconnectReason {
+    use tungstenite::error::{CapacityError, Error};
+    let Ok(error) = error.into_inner().downcast::<Error>() else {
+        return DisconnectReason::ConnectionLost;
+    };
+    match *error {
+        Error::Capacity(CapacityError::MessageTooLong { .. }) => DisconnectReason::MessageTooBig,
+        Error::Utf8(_) => DisconnectReason::InvalidUtf8,
+        Error::Protocol(_) => DisconnectReason::ProtocolError,
+        Error::ConnectionClosed => DisconnectReason::ClientClosed,
+        _ => DisconnectReason::ConnectionLost,
+    }
+}

@@ -1,0 +1,94 @@
+//! The writer task: drains the outbound queue into the socket, several frames per write.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use futures_util::{Sink, SinkExt};
+use tokio::sync::mpsc;
+
+use super::{ConnHandle, close_message};
+use crate::disconnect::DisconnectReason;
+use crate::hub::text;
+use crate::protocol::ServerFrame;
+use crate::stats::Counters;
+
+/// Frames written before one flush: waiting frames go out in one syscall, without letting one
+/// connection's backlog grow the write buffer without bound.
+const MAX_BATCH: usize = 64;
+
+pub(super) async fn run<S>(
+    mut sink: S,
+    mut queue: mpsc::Receiver<Message>,
+    conn: Arc<ConnHandle>,
+    counters: Arc<Counters>,
+    close_timeout: Duration,
+) where
+    S: Sink<Message> + Unpin,
+{
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = conn.closed() => break,
+            next = queue.recv() => match next {
+                Some(frame) => frame,
+                None => break,
+            },
+        };
+        // A peer that stops reading blocks this write; the close signal still gets through.
+        let written = tokio::select! {
+            biased;
+            () = conn.closed() => break,
+            written = write_batch(&mut sink, first, &mut queue) => written,
+        };
+        match written {
+            Ok(n) => counters.messages_out(n),
+            Err(()) => {
+                conn.close(DisconnectReason::ConnectionLost);
+                break;
+            }
+        }
+    }
+    let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
+    // A dead peer never drains the socket: the goodbye gets a deadline, then the socket goes.
+    let _ = tokio::time::timeout(close_timeout, say_goodbye(&mut sink, reason)).await;
+}
+
+async fn write_batch<S>(
+    sink: &mut S,
+    first: Message,
+    queue: &mut mpsc::Receiver<Message>,
+) -> Result<u64, ()>
+where
+    S: Sink<Message> + Unpin,
+{
+    sink.feed(first).await.map_err(drop)?;
+    let mut written = 1;
+    while written < MAX_BATCH as u64 {
+        let Ok(frame) = queue.try_recv() else { break };
+        sink.feed(frame).await.map_err(drop)?;
+        written += 1;
+    }
+    sink.flush().await.map_err(drop)?;
+    Ok(written)
+}
+
+/// Sends the `goodbye` frame (for closes that invite a retry) and the close frame. For a peer
+/// that closed first, only flushes the close reply the WebSocket layer queued.
+pub(super) async fn say_goodbye<S>(sink: &mut S, reason: DisconnectReason) -> Result<(), ()>
+where
+    S: Sink<Message> + Unpin,
+{
+    let Some(close) = close_message(reason) else {
+        return sink.close().await.map_err(drop);
+    };
+    if let (Some(code), Some(retry_after_ms)) = (reason.close_code(), reason.retry_after_ms()) {
+        let goodbye = ServerFrame::Goodbye {
+            code,
+            reason: reason.as_str(),
+            retry_after_ms,
+        };
+        sink.feed(text(goodbye.encode())).await.map_err(drop)?;
+    }
+    sink.send(close).await.map_err(drop)
+}

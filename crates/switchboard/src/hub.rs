@@ -1,0 +1,380 @@
+//! The registry: every index of connections, users, lobbies and IPs, behind one short lock.
+//!
+//! The hub owns indexes only; sockets belong to connection tasks. Registration checks every
+//! limit and commits under the same lock, so no burst of connects can exceed a limit. Frames
+//! are offered with `try_send`, which never waits, so the lock is never held across I/O or
+//! `.await`. One lock is enough until a benchmark says otherwise.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::extract::ws::Message;
+
+use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
+use crate::connection::{ConnHandle, Offer};
+use crate::disconnect::DisconnectReason;
+use crate::ids::{LobbyCode, UserId};
+use crate::lobby::{Lobby, PresenceChange};
+use crate::protocol::ServerFrame;
+use crate::stats::Counters;
+
+/// Who a broadcast skips.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Exclude<'a> {
+    Nobody,
+    /// One connection (a client's `exclude_self`; the user's other tabs still receive).
+    Connection(u64),
+    /// Every connection of a user.
+    User(&'a str),
+}
+
+/// A leave grace that must be timed by the caller: call [`Hub::expire_leave`] after the grace.
+#[derive(Debug)]
+pub(crate) struct PendingLeave {
+    pub(crate) lobby: LobbyCode,
+    pub(crate) user: UserId,
+    pub(crate) generation: u64,
+}
+
+/// Counts for stats, read under the lock in O(1).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Census {
+    pub(crate) connections: usize,
+    pub(crate) lobbies: usize,
+    pub(crate) users: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct Hub {
+    config: Arc<Config>,
+    counters: Arc<Counters>,
+    state: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    conns: HashMap<u64, Entry>,
+    users: HashMap<UserId, Vec<u64>>,
+    lobbies: HashMap<LobbyCode, Lobby>,
+    ips: HashMap<IpAddr, usize>,
+    draining: bool,
+    next_generation: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    conn: Arc<ConnHandle>,
+    /// Position in its lobby's member vector.
+    pos: usize,
+}
+
+impl Hub {
+    pub(crate) fn new(config: Arc<Config>, counters: Arc<Counters>) -> Self {
+        Self {
+            config,
+            counters,
+            state: Mutex::new(Registry::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic elsewhere must not take the whole server down with a poisoned lock; every
+        // mutation below leaves the indexes consistent before it can panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reserves every limit and registers `conn` atomically, queueing `welcome` as its first
+    /// frame. Under [`UserPolicy::Replace`] the user's older connections are removed and told
+    /// to close with 4003 in the same step.
+    pub(crate) fn register(
+        &self,
+        conn: Arc<ConnHandle>,
+        welcome: impl FnOnce(bool) -> Message,
+    ) -> Result<(), DisconnectReason> {
+        let limits = self.config.limits;
+        let mut reg = self.lock();
+        if reg.draining {
+            return Err(DisconnectReason::ServerShutdown);
+        }
+        let info = &conn.info;
+        let existing: Vec<u64> = reg.users.get(&info.user_id).cloned().unwrap_or_default();
+        let replaced: &[u64] = match self.config.user_policy {
+            UserPolicy::Replace => &existing,
+            UserPolicy::Multi | UserPolicy::Reject => &[],
+        };
+        let freed = |pred: &dyn Fn(&ConnHandle) -> bool| {
+            replaced
+                .iter()
+                .filter(|seq| reg.conns.get(seq).is_some_and(|e| pred(&e.conn)))
+                .count()
+        };
+        let total_after = reg.conns.len() - replaced.len() + 1;
+        let lobby_now = reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len());
+        let lobby_after = lobby_now - freed(&|c| c.info.lobby == info.lobby) + 1;
+        let ip_after = reg.ips.get(&info.ip).copied().unwrap_or(0) - freed(&|c| c.info.ip == info.ip) + 1;
+        let user_after = existing.len() - replaced.len() + 1;
+        let user_max = match self.config.user_policy {
+            UserPolicy::Replace | UserPolicy::Reject => 1,
+            UserPolicy::Multi => limits.max_per_user,
+        };
+        if total_after > limits.max_connections {
+            return Err(DisconnectReason::ServerFull);
+        }
+        if lobby_after > limits.max_per_lobby {
+            return Err(DisconnectReason::LobbyFull);
+        }
+        if user_after > user_max {
+            return Err(DisconnectReason::UserLimit);
+        }
+        if ip_after > limits.max_per_ip {
+            return Err(DisconnectReason::IpLimit);
+        }
+
+        // Commit. The new connection joins before the replaced ones leave, so a replacement in
+        // the same lobby never shows a leave/join pair.
+        let lobby = reg.lobbies.entry(info.lobby.clone()).or_default();
+        let (pos, change) = lobby.add(conn.clone());
+        let offered = conn.offer(welcome(self.events_on(lobby)));
+        debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
+        if change == PresenceChange::Joined {
+            self.announce(lobby, conn.seq, |lobby, user_id| ServerFrame::MemberJoined { lobby, user_id }, info);
+        }
+        reg.users.entry(info.user_id.clone()).or_default().push(conn.seq);
+        *reg.ips.entry(info.ip).or_default() += 1;
+        reg.conns.insert(conn.seq, Entry { conn: conn.clone(), pos });
+        for &seq in replaced {
+            if let Some(old) = self.remove_locked(&mut reg, seq, false) {
+                old.close(DisconnectReason::Replaced);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a connection from every index. Idempotent: a connection already removed (by a
+    /// replacement) is left alone. Returns a leave that waits for its grace, if any.
+    pub(crate) fn unregister(&self, seq: u64) -> Option<PendingLeave> {
+        let mut reg = self.lock();
+        let grace = !self.config.presence.leave_grace.is_zero();
+        let conn = self.remove_locked(&mut reg, seq, grace)?;
+        let lobby = reg.lobbies.get(&conn.info.lobby)?;
+        let presence = lobby.users.get(&conn.info.user_id)?;
+        presence.leaving.map(|generation| PendingLeave {
+            lobby: conn.info.lobby.clone(),
+            user: conn.info.user_id.clone(),
+            generation,
+        })
+    }
+
+    fn remove_locked(&self, reg: &mut Registry, seq: u64, grace: bool) -> Option<Arc<ConnHandle>> {
+        let Entry { conn, pos } = reg.conns.remove(&seq)?;
+        let info = &conn.info;
+        if let Some(seqs) = reg.users.get_mut(&info.user_id) {
+            seqs.retain(|&s| s != seq);
+            if seqs.is_empty() {
+                reg.users.remove(&info.user_id);
+            }
+        }
+        if let Some(count) = reg.ips.get_mut(&info.ip) {
+            *count -= 1;
+            if *count == 0 {
+                reg.ips.remove(&info.ip);
+            }
+        }
+        let generation = grace.then(|| {
+            reg.next_generation += 1;
+            reg.next_generation
+        });
+        if let Some(lobby) = reg.lobbies.get_mut(&info.lobby) {
+            let (moved, change) = lobby.remove(pos, generation);
+            if change == PresenceChange::Left {
+                self.announce(lobby, seq, |lobby, user_id| ServerFrame::MemberLeft { lobby, user_id }, info);
+            }
+            if lobby.is_empty() {
+                reg.lobbies.remove(&info.lobby);
+            }
+            if let Some(moved) = moved {
+                if let Some(entry) = reg.conns.get_mut(&moved.seq) {
+                    entry.pos = pos;
+                }
+            }
+        }
+        Some(conn)
+    }
+
+    /// Ends a leave grace: if the user has not come back, they leave now.
+    pub(crate) fn expire_leave(&self, pending: &PendingLeave) {
+        let mut reg = self.lock();
+        let Some(lobby) = reg.lobbies.get_mut(&pending.lobby) else {
+            return;
+        };
+        if lobby.expire_leave(&pending.user, pending.generation) {
+            let user_id = &pending.user;
+            if self.events_on(lobby) {
+                let frame = text(ServerFrame::MemberLeft { lobby: &pending.lobby, user_id }.encode());
+                self.fan_out(&lobby.members, &frame, Exclude::Nobody);
+            }
+            if lobby.is_empty() {
+                reg.lobbies.remove(&pending.lobby);
+            }
+        }
+    }
+
+    /// Sends a join/leave event about `info`'s user to the lobby, if events are on there.
+    fn announce(
+        &self,
+        lobby: &Lobby,
+        skip: u64,
+        frame: impl for<'a> Fn(&'a LobbyCode, &'a UserId) -> ServerFrame<'a>,
+        info: &crate::ConnectionInfo,
+    ) {
+        if self.events_on(lobby) {
+            let encoded = text(frame(&info.lobby, &info.user_id).encode());
+            self.fan_out(&lobby.members, &encoded, Exclude::Connection(skip));
+        }
+    }
+
+    /// Whether join/leave events are sent in this lobby right now.
+    pub(crate) fn events_on(&self, lobby: &Lobby) -> bool {
+        let presence = &self.config.presence;
+        presence.events && lobby.users.len() <= presence.events_max_members
+    }
+
+    /// Offers one encoded frame to every member of a lobby. Returns how many queued it.
+    pub(crate) fn broadcast(&self, lobby: &str, frame: &Message, exclude: Exclude<'_>) -> usize {
+        let reg = self.lock();
+        match reg.lobbies.get(lobby) {
+            Some(lobby) => self.fan_out(&lobby.members, frame, exclude),
+            None => 0,
+        }
+    }
+
+    /// Offers one encoded frame to every connection of a user. Returns how many queued it.
+    pub(crate) fn send_to_user(&self, user: &str, frame: &Message) -> usize {
+        let reg = self.lock();
+        let Some(seqs) = reg.users.get(user) else {
+            return 0;
+        };
+        seqs.iter()
+            .filter_map(|seq| reg.conns.get(seq))
+            .filter(|e| self.deliver(&e.conn, frame.clone()))
+            .count()
+    }
+
+    fn fan_out(&self, members: &[Arc<ConnHandle>], frame: &Message, exclude: Exclude<'_>) -> usize {
+        members
+            .iter()
+            .filter(|c| match exclude {
+                Exclude::Nobody => true,
+                Exclude::Connection(seq) => c.seq != seq,
+                Exclude::User(user) => c.info.user_id.as_str() != user,
+            })
+            .filter(|c| self.deliver(c, frame.clone()))
+            .count()
+    }
+
+    /// Offers a frame to one connection, applying the slow-consumer policy when it is full.
+    pub(crate) fn deliver(&self, conn: &ConnHandle, frame: Message) -> bool {
+        match conn.offer(frame) {
+            Offer::Queued => true,
+            Offer::Closed => false,
+            Offer::Full => {
+                match self.config.on_full {
+                    SlowConsumerPolicy::Close => {
+                        conn.close(DisconnectReason::SlowConsumer);
+                    }
+                    SlowConsumerPolicy::Drop => self.counters.dropped(),
+                }
+                false
+            }
+        }
+    }
+
+    /// The users of a lobby, sorted; `None` when the lobby has nobody.
+    pub(crate) fn presence(&self, lobby: &LobbyCode) -> Vec<UserId> {
+        let reg = self.lock();
+        reg.lobbies
+            .get(lobby)
+            .map(|l| l.user_list().into_iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Encodes a `presence` answer under the lock, without copying the user list.
+    pub(crate) fn presence_frame(&self, lobby: &LobbyCode) -> Message {
+        let reg = self.lock();
+        let users = reg.lobbies.get(lobby).map(Lobby::user_list).unwrap_or_default();
+        text(ServerFrame::Presence { lobby, users }.encode())
+    }
+
+    pub(crate) fn connection(&self, seq: u64) -> Option<Arc<ConnHandle>> {
+        self.lock().conns.get(&seq).map(|e| e.conn.clone())
+    }
+
+    pub(crate) fn user_connections(&self, user: &str) -> Vec<Arc<ConnHandle>> {
+        let reg = self.lock();
+        reg.users
+            .get(user)
+            .map(|seqs| seqs.iter().filter_map(|s| reg.conns.get(s)).map(|e| e.conn.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Lobbies with their connection and user counts.
+    pub(crate) fn lobbies(&self) -> Vec<(LobbyCode, usize, usize)> {
+        let reg = self.lock();
+        let mut list: Vec<_> = reg
+            .lobbies
+            .iter()
+            .map(|(code, l)| (code.clone(), l.members.len(), l.users.len()))
+            .collect();
+        list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        list
+    }
+
+    pub(crate) fn census(&self) -> Census {
+        let reg = self.lock();
+        Census {
+            connections: reg.conns.len(),
+            lobbies: reg.lobbies.len(),
+            users: reg.users.len(),
+        }
+    }
+
+    /// Refuses every later registration and returns every current connection.
+    pub(crate) fn start_draining(&self) -> Vec<Arc<ConnHandle>> {
+        let mut reg = self.lock();
+        reg.draining = true;
+        reg.conns.values().map(|e| e.conn.clone()).collect()
+    }
+
+    /// Checks that every index agrees with every other (tests and debug builds).
+    #[cfg(test)]
+    pub(crate) fn assert_consistent(&self) {
+        let reg = self.lock();
+        let mut ips: HashMap<IpAddr, usize> = HashMap::new();
+        let mut users: HashMap<&UserId, usize> = HashMap::new();
+        for (seq, entry) in &reg.conns {
+            let lobby = &reg.lobbies[&entry.conn.info.lobby];
+            assert_eq!(lobby.members[entry.pos].seq, *seq, "position of {seq}");
+            assert!(reg.users[&entry.conn.info.user_id].contains(seq));
+            *ips.entry(entry.conn.info.ip).or_default() += 1;
+            *users.entry(&entry.conn.info.user_id).or_default() += 1;
+        }
+        assert_eq!(ips, reg.ips, "ip counts");
+        assert_eq!(users.len(), reg.users.len(), "user index");
+        let members: usize = reg.lobbies.values().map(|l| l.members.len()).sum();
+        assert_eq!(members, reg.conns.len(), "lobby members");
+        for lobby in reg.lobbies.values() {
+            assert!(!lobby.is_empty());
+            let counted: u32 = lobby.users.values().map(|p| p.conns).sum();
+            assert_eq!(counted as usize, lobby.members.len());
+        }
+    }
+}
+
+pub(crate) fn text(encoded: String) -> Message {
+    Message::Text(encoded.into())
+}
+
+#[cfg(test)]
+#[path = "hub_tests.rs"]
+mod tests;

@@ -1,0 +1,86 @@
+//! Switchboard: a WebSocket connection manager for real-time applications.
+//!
+//! Clients connect to a lobby (room); the [`Manager`] enforces global, per-lobby, per-user and
+//! per-IP limits atomically, applies a [`UserPolicy`] to users with several connections, pings
+//! every connection and closes stale ones, broadcasts without waiting for slow clients, and
+//! keeps per-user presence. It speaks wire protocol v1 (`docs/protocol.md`).
+//!
+//! # Layout
+//!
+//! - [`config`]: [`Config`] with documented defaults.
+//! - [`disconnect`]: [`DisconnectReason`], the single source of close codes and retry advice.
+//! - [`protocol`]: client and server frames of protocol v1.
+//! - `hub`: the registry (connections, users, lobbies, IPs) behind one short lock.
+//! - `lobby`: one lobby's members and per-user presence.
+//! - `connection`: one connection's reader and writer tasks and its handle.
+//! - [`handler`]: how the embedding app hears about connections and its own messages.
+//! - `manager`: [`Manager`], the methods a backend calls.
+//! - [`axum`]: the [`WsConnect`](crate::axum::WsConnect) extractor.
+//! - [`stats`]: [`Stats`].
+//!
+//! # Example
+//!
+//! A manager with small limits, and what a backend does with it:
+//!
+//! ```
+//! use switchboard::{Config, Manager, UserPolicy};
+//!
+//! let mut config = Config::default();
+//! config.limits.max_per_lobby = 10;
+//! config.user_policy = UserPolicy::Multi;
+//! let manager = Manager::new(config).expect("valid config");
+//!
+//! // Nobody is connected yet: a broadcast reaches no one, and stats say so.
+//! let reached = manager.broadcast("lobby-1", &serde_json::json!({"text": "hi"}), None)?;
+//! assert_eq!(reached, 0);
+//! assert_eq!(manager.stats().total_connections, 0);
+//! assert!(manager.presence("lobby-1")?.is_empty());
+//! # Ok::<(), switchboard::Error>(())
+//! ```
+//!
+//! Embedding it in an axum app (see `examples/embed_in_axum.rs` for a complete program):
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use axum::{Router, extract::State, response::Response, routing::get};
+//! use switchboard::{ConnectRequest, DisconnectReason, Manager, UserId, axum::WsConnect};
+//!
+//! async fn ws(State(manager): State<Manager>, connect: WsConnect) -> Response {
+//!     // Authenticate `connect.token` your way; here the token is the user id.
+//!     match connect.token.as_deref().map(UserId::parse) {
+//!         Some(Ok(user)) => {
+//!             let request = ConnectRequest::new(connect.lobby, user, connect.peer.ip());
+//!             manager.accept(connect.upgrade, request)
+//!         }
+//!         _ => manager.refuse(connect.upgrade, DisconnectReason::Unauthorized),
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let manager = Manager::new(Default::default()).expect("valid config");
+//! let app = Router::new().route("/ws/{lobby}", get(ws)).with_state(manager);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+//! # }
+//! ```
+
+pub mod axum;
+pub mod config;
+mod connection;
+pub mod disconnect;
+pub mod handler;
+mod hub;
+mod ids;
+mod lobby;
+mod manager;
+pub mod protocol;
+pub mod stats;
+
+pub use config::{Config, ConfigError, Limits, PresenceConfig, SlowConsumerPolicy, UserPolicy};
+pub use connection::ConnectionInfo;
+pub use disconnect::DisconnectReason;
+pub use handler::{AppMessage, Handler, NoHandler};
+pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};
+pub use manager::{ConnectRequest, Error, LobbyInfo, Manager, SUBPROTOCOL};
+pub use protocol::{ClientError, ErrorCode};
+pub use stats::Stats;

@@ -1,0 +1,373 @@
+//! [`Manager`]: the cheap-clone handle an app keeps, and the methods a backend calls.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::connection::{self, ConnHandle, ConnectionInfo};
+use crate::disconnect::DisconnectReason;
+use crate::handler::{Handler, NoHandler};
+use crate::hub::{Exclude, Hub, PendingLeave, text};
+use crate::ids::{ConnectionId, InvalidId, LobbyCode, UserId};
+use crate::protocol::ServerFrame;
+use crate::stats::{Counters, Stats};
+
+/// The subprotocol a client may offer; it is echoed when offered.
+pub const SUBPROTOCOL: &str = "switchboard.v1";
+
+/// Who wants to connect where: the embedding app fills this in after authenticating.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectRequest {
+    /// The lobby to join.
+    pub lobby: LobbyCode,
+    /// The authenticated user.
+    pub user_id: UserId,
+    /// The client's IP, for the per-IP limit.
+    pub ip: IpAddr,
+    /// When the credential expires: the connection is then closed with 4010.
+    pub expires_at: Option<SystemTime>,
+}
+
+impl ConnectRequest {
+    /// A request with no expiry.
+    pub fn new(lobby: LobbyCode, user_id: UserId, ip: IpAddr) -> Self {
+        Self {
+            lobby,
+            user_id,
+            ip,
+            expires_at: None,
+        }
+    }
+
+    /// Closes the connection with 4010 `token_expired` at `at`.
+    #[must_use]
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+}
+
+/// Errors of the backend-facing methods.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A lobby code or user id is malformed.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// The payload could not be serialized as JSON.
+    #[error("payload is not serializable as JSON: {0}")]
+    Payload(#[from] serde_json::Error),
+    /// No connection with that id on this server.
+    #[error("no such connection")]
+    NoSuchConnection,
+    /// The connection did not answer a ping in time.
+    #[error("no pong within {0:?}")]
+    PingTimeout(Duration),
+}
+
+/// A lobby and its counts, as listed by [`Manager::lobbies`].
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LobbyInfo {
+    /// The lobby code.
+    pub lobby: LobbyCode,
+    /// Connections in it.
+    pub connections: usize,
+    /// Distinct users in it.
+    pub users: usize,
+}
+
+/// Manages WebSocket connections: limits, lobbies, users, health, broadcast, presence.
+///
+/// Clone it freely: clones share one state. See the crate docs for an example.
+#[derive(Clone, Debug)]
+pub struct Manager {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the manager handle and every connection task.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) hub: Hub,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) handler: Arc<dyn Handler>,
+    /// Every connection and writer task, so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled at shutdown: leave-grace timers end early.
+    shutdown: CancellationToken,
+    next_seq: AtomicU64,
+    /// Origin of the protocol ping payloads (microseconds since it).
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A protocol ping's payload: when it was sent, so the pong tells the round trip.
+    pub(crate) fn ping_payload(&self) -> Bytes {
+        let micros = self.epoch.elapsed().as_micros() as u64;
+        Bytes::copy_from_slice(&micros.to_be_bytes())
+    }
+
+    pub(crate) fn rtt_from_pong(&self, payload: &[u8]) -> Option<Duration> {
+        let sent = u64::from_be_bytes(payload.try_into().ok()?);
+        let now = self.epoch.elapsed().as_micros() as u64;
+        now.checked_sub(sent).map(Duration::from_micros)
+    }
+
+    /// Times a leave grace; at shutdown the leave happens at once.
+    pub(crate) fn time_leave(self: &Arc<Self>, pending: PendingLeave) {
+        let shared = self.clone();
+        let grace = self.config.presence.leave_grace;
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = shared.shutdown.cancelled() => {}
+            }
+            shared.hub.expire_leave(&pending);
+        });
+    }
+}
+
+impl Manager {
+    /// A manager that refuses application messages (`unknown_type`).
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        Self::with_handler(config, NoHandler)
+    }
+
+    /// A manager whose application messages and connection events go to `handler`.
+    pub fn with_handler(config: Config, handler: impl Handler) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let counters = Arc::new(Counters::default());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                hub: Hub::new(config.clone(), counters.clone()),
+                config,
+                counters,
+                handler: Arc::new(handler),
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+                next_seq: AtomicU64::new(1),
+                epoch: Instant::now(),
+            }),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// Completes a WebSocket upgrade and runs the connection: limits are reserved, `welcome`
+    /// sent, and from then on the manager owns it. Refusals by a limit are closes with 4002,
+    /// which the client can read, rather than HTTP statuses it cannot.
+    pub fn accept(&self, upgrade: WebSocketUpgrade, request: ConnectRequest) -> Response {
+        let shared = self.shared.clone();
+        self.configure(upgrade).on_upgrade(move |socket| {
+            let tracker = shared.tracker.clone();
+            tracker.track_future(connection::run(shared, socket, request))
+        })
+    }
+
+    /// Completes a WebSocket upgrade only to close it with `reason` (e.g. 4001 for a bad
+    /// token), so that a browser client can tell why.
+    pub fn refuse(&self, upgrade: WebSocketUpgrade, reason: DisconnectReason) -> Response {
+        let shared = self.shared.clone();
+        shared.counters.rejected(reason);
+        self.configure(upgrade).on_upgrade(move |socket| {
+            let timeout = shared.config.close_timeout;
+            shared
+                .tracker
+                .track_future(connection::close_socket(socket, reason, timeout))
+        })
+    }
+
+    fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+        let config = &self.shared.config;
+        upgrade
+            .read_buffer_size(config.transport.read_buffer_size)
+            .write_buffer_size(config.transport.write_buffer_size)
+            // Bounded by one batch of frames: the writer flushes after each batch.
+            .max_write_buffer_size(usize::MAX)
+            .max_message_size(config.max_message_bytes)
+            .max_frame_size(config.max_message_bytes)
+            .protocols([SUBPROTOCOL])
+    }
+
+    /// Sends `data` to every connection in `lobby` as a `message` frame from the backend
+    /// (`from: null`), skipping every connection of `exclude_user`. The frame is encoded once.
+    /// Returns how many connections it was queued for.
+    pub fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        lobby: &str,
+        data: &T,
+        exclude_user: Option<&str>,
+    ) -> Result<usize, Error> {
+        let lobby = LobbyCode::parse(lobby)?;
+        let data = to_raw(data)?;
+        let frame = text(
+            ServerFrame::Message {
+                lobby: &lobby,
+                from: None,
+                data: &data,
+            }
+            .encode(),
+        );
+        let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
+        Ok(self.shared.hub.broadcast(lobby.as_str(), &frame, exclude))
+    }
+
+    /// Sends `data` to every connection of `user` as a `direct` frame from the backend.
+    /// Returns how many connections it was queued for.
+    pub fn send_to_user<T: Serialize + ?Sized>(&self, user: &str, data: &T) -> Result<usize, Error> {
+        let data = to_raw(data)?;
+        Ok(self.shared.hub.send_to_user(user, &direct(&data)))
+    }
+
+    /// Sends `data` to one connection as a `direct` frame from the backend.
+    pub fn send_to_connection<T: Serialize + ?Sized>(&self, id: &str, data: &T) -> Result<(), Error> {
+        let conn = self.find(id)?;
+        let data = to_raw(data)?;
+        if self.shared.hub.deliver(&conn, direct(&data)) {
+            Ok(())
+        } else {
+            Err(Error::NoSuchConnection)
+        }
+    }
+
+    /// The users present in a lobby, sorted (each once, however many connections they have).
+    pub fn presence(&self, lobby: &str) -> Result<Vec<UserId>, Error> {
+        Ok(self.shared.hub.presence(&LobbyCode::parse(lobby)?))
+    }
+
+    /// Every lobby with its connection and user counts, sorted by code.
+    pub fn lobbies(&self) -> Vec<LobbyInfo> {
+        self.shared
+            .hub
+            .lobbies()
+            .into_iter()
+            .map(|(lobby, connections, users)| LobbyInfo {
+                lobby,
+                connections,
+                users,
+            })
+            .collect()
+    }
+
+    /// What is known about one connection.
+    pub fn connection(&self, id: &str) -> Option<ConnectionInfo> {
+        self.find(id).ok().map(|c| c.info.clone())
+    }
+
+    /// The connections of a user.
+    pub fn user_connections(&self, user: &str) -> Vec<ConnectionInfo> {
+        self.shared
+            .hub
+            .user_connections(user)
+            .iter()
+            .map(|c| c.info.clone())
+            .collect()
+    }
+
+    /// Closes every connection of a user with `reason` (4009 `kicked` for a backend's kick).
+    /// Returns how many were closed.
+    pub fn disconnect_user(&self, user: &str, reason: DisconnectReason) -> usize {
+        let conns = self.shared.hub.user_connections(user);
+        conns.iter().filter(|c| c.close(reason)).count()
+    }
+
+    /// Closes one connection with `reason`.
+    pub fn disconnect(&self, id: &str, reason: DisconnectReason) -> Result<(), Error> {
+        self.find(id)?.close(reason);
+        Ok(())
+    }
+
+    /// Sends a protocol ping to a connection now and waits for its pong: the round trip.
+    pub async fn ping(&self, id: &str, timeout: Duration) -> Result<Duration, Error> {
+        let conn = self.find(id)?;
+        let pong = conn.wait_for_pong();
+        if !self.shared.hub.deliver(&conn, Message::Ping(self.shared.ping_payload())) {
+            return Err(Error::NoSuchConnection);
+        }
+        match tokio::time::timeout(timeout, pong).await {
+            Ok(Ok(rtt)) => Ok(rtt),
+            Ok(Err(_)) => Err(Error::NoSuchConnection),
+            Err(_) => Err(Error::PingTimeout(timeout)),
+        }
+    }
+
+    /// The last round trip measured on a connection (by a protocol pong or a `health_pong`).
+    pub fn latency(&self, id: &str) -> Option<Duration> {
+        self.find(id).ok()?.rtt()
+    }
+
+    /// Connections, lobbies, users and counters. O(1) in the number of connections.
+    pub fn stats(&self) -> Stats {
+        let census = self.shared.hub.census();
+        let max = self.shared.config.limits.max_connections;
+        Stats::new(census, max, &self.shared.counters)
+    }
+
+    /// Graceful shutdown: refuses new connections at once, closes every connection with 1001
+    /// spread evenly over `drain` (so clients do not all come back at once), then waits for
+    /// every connection task to end, at most until `deadline` (from the call). Returns whether
+    /// everything ended in time. Calling it again is harmless.
+    pub async fn shutdown(&self, drain: Duration, deadline: Duration) -> bool {
+        let give_up = Instant::now() + deadline;
+        let conns = self.shared.hub.start_draining();
+        self.shared.shutdown.cancel();
+        self.shared.tracker.close();
+        let start = Instant::now();
+        let n = conns.len().max(1) as u32;
+        for (i, conn) in conns.iter().enumerate() {
+            tokio::time::sleep_until((start + drain * i as u32 / n).min(give_up)).await;
+            conn.close(DisconnectReason::ServerShutdown);
+        }
+        tokio::time::timeout_at(give_up, self.shared.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    fn find(&self, id: &str) -> Result<Arc<ConnHandle>, Error> {
+        ConnectionId::seq_on(id, &self.shared.config.node_id)
+            .and_then(|seq| self.shared.hub.connection(seq))
+            .ok_or(Error::NoSuchConnection)
+    }
+
+    /// Checks every index against every other (tests).
+    #[cfg(test)]
+    pub(crate) fn assert_consistent(&self) {
+        self.shared.hub.assert_consistent();
+    }
+}
+
+fn to_raw<T: Serialize + ?Sized>(data: &T) -> Result<Box<RawValue>, serde_json::Error> {
+    serde_json::value::to_raw_value(data)
+}
+
+fn direct(data: &RawValue) -> Message {
+    text(ServerFrame::Direct { from: None, data }.encode())
+}

@@ -1,0 +1,269 @@
+//! Wire protocol v1: parsing client frames and encoding server frames.
+//!
+//! Parsing borrows from the frame text: `data` is kept as raw JSON and copied into outbound
+//! frames without being re-serialized. `docs/protocol.md` describes the frames.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{ConnectionId, LobbyCode, UserId};
+
+/// The protocol version `welcome` announces.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Error codes of `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame is not JSON.
+    InvalidJson,
+    /// Not an object, or no string `type`, or a field of the wrong type.
+    InvalidMessage,
+    /// A `type` nobody handles.
+    UnknownType,
+    /// A required field is missing.
+    MissingField,
+    /// Too many messages.
+    RateLimited,
+    /// A client permission is off.
+    NotAllowed,
+}
+
+/// A refusal of one client frame: sent as an `error` frame, the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientError {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl ClientError {
+    /// A refusal with a code and an explanation.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A client frame, parsed. Borrowed from the frame's text.
+#[derive(Debug)]
+pub(crate) enum ClientFrame<'a> {
+    HealthPong { timestamp: Option<u64> },
+    Broadcast { data: &'a RawValue, exclude_self: bool },
+    Direct { to: UserId, data: &'a RawValue },
+    Presence,
+    /// Any type the protocol does not define: the embedding app's.
+    App { kind: std::borrow::Cow<'a, str> },
+}
+
+/// The fields any client frame may carry; everything else is ignored.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    to: Option<&'a RawValue>,
+    #[serde(borrow)]
+    exclude_self: Option<&'a RawValue>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+}
+
+/// A parse failure, with the frame's `id` when it could be read, so the error can echo it.
+#[derive(Debug)]
+pub(crate) struct ParseError<'a> {
+    pub(crate) error: ClientError,
+    pub(crate) id: Option<&'a RawValue>,
+}
+
+/// Parses one client text frame. On success also returns the frame's `id` (string or number).
+pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), ParseError<'_>> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
+        let error = if e.is_data() {
+            ClientError::new(ErrorCode::InvalidMessage, "a frame must be a JSON object")
+        } else {
+            ClientError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
+        };
+        ParseError { error, id: None }
+    })?;
+    let id = env.id.filter(|raw| is_string_or_number(raw));
+    let fail = |code, message: &str| ParseError {
+        error: ClientError::new(code, message),
+        id,
+    };
+    let kind = env
+        .kind
+        .and_then(|raw| as_str(raw))
+        .ok_or_else(|| fail(ErrorCode::InvalidMessage, "missing string field `type`"))?;
+    let require_data = || env.data.ok_or_else(|| fail(ErrorCode::MissingField, "missing field `data`"));
+    let frame = match &*kind {
+        "health_pong" => ClientFrame::HealthPong {
+            timestamp: env.timestamp.and_then(|t| t.get().parse().ok()),
+        },
+        "broadcast" => ClientFrame::Broadcast {
+            data: require_data()?,
+            exclude_self: match env.exclude_self.map(RawValue::get) {
+                None | Some("false") | Some("null") => false,
+                Some("true") => true,
+                Some(_) => {
+                    return Err(fail(ErrorCode::InvalidMessage, "`exclude_self` must be a boolean"));
+                }
+            },
+        },
+        "direct" => {
+            let to = env
+                .to
+                .ok_or_else(|| fail(ErrorCode::MissingField, "missing field `to`"))?;
+            let to = as_str(to)
+                .and_then(|s| UserId::parse(&s).ok())
+                .ok_or_else(|| fail(ErrorCode::InvalidMessage, "`to` must be a valid user id"))?;
+            ClientFrame::Direct {
+                to,
+                data: require_data()?,
+            }
+        }
+        "presence" => ClientFrame::Presence,
+        _ => ClientFrame::App { kind },
+    };
+    Ok((frame, id))
+}
+
+fn is_string_or_number(raw: &RawValue) -> bool {
+    matches!(raw.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+}
+
+fn as_str(raw: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// Server frames. Each is encoded once; broadcasts share the encoded bytes.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum ServerFrame<'a> {
+    Welcome {
+        connection_id: &'a ConnectionId,
+        user_id: &'a UserId,
+        lobby: &'a LobbyCode,
+        ping_interval_ms: u64,
+        server_time: u64,
+        protocol: u32,
+        presence_events: bool,
+    },
+    HealthPing {
+        timestamp: u64,
+    },
+    Message {
+        lobby: &'a LobbyCode,
+        from: Option<&'a UserId>,
+        data: &'a RawValue,
+    },
+    Direct {
+        from: Option<&'a UserId>,
+        data: &'a RawValue,
+    },
+    Presence {
+        lobby: &'a LobbyCode,
+        users: Vec<&'a UserId>,
+    },
+    MemberJoined {
+        lobby: &'a LobbyCode,
+        user_id: &'a UserId,
+    },
+    MemberLeft {
+        lobby: &'a LobbyCode,
+        user_id: &'a UserId,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    Goodbye {
+        code: u16,
+        reason: &'a str,
+        retry_after_ms: u64,
+    },
+}
+
+impl ServerFrame<'_> {
+    /// Encodes the frame as JSON text.
+    pub(crate) fn encode(&self) -> String {
+        serde_json::to_string(self).expect("server frames are plain data and always serialize")
+    }
+}
+
+/// Milliseconds since the Unix epoch, the protocol's clock.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> ErrorCode {
+        parse(text).expect_err(text).error.code
+    }
+
+    #[test]
+    fn bad_frames_get_the_design_codes() {
+        assert_eq!(code_of("{not json"), ErrorCode::InvalidJson);
+        assert_eq!(code_of(""), ErrorCode::InvalidJson);
+        assert_eq!(code_of("[1,2]"), ErrorCode::InvalidMessage);
+        assert_eq!(code_of("42"), ErrorCode::InvalidMessage);
+        assert_eq!(code_of(r#"{"data":1}"#), ErrorCode::InvalidMessage);
+        assert_eq!(code_of(r#"{"type":7}"#), ErrorCode::InvalidMessage);
+        assert_eq!(code_of(r#"{"type":"broadcast"}"#), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"type":"direct","data":1}"#), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"type":"direct","to":"","data":1}"#), ErrorCode::InvalidMessage);
+    }
+
+    #[test]
+    fn errors_echo_string_or_number_ids() {
+        let e = parse(r#"{"type":"broadcast","id":"a1"}"#).unwrap_err();
+        assert_eq!(e.id.map(RawValue::get), Some(r#""a1""#));
+        let e = parse(r#"{"type":"broadcast","id":17}"#).unwrap_err();
+        assert_eq!(e.id.map(RawValue::get), Some("17"));
+        let e = parse(r#"{"type":"broadcast","id":{"x":1}}"#).unwrap_err();
+        assert!(e.id.is_none(), "objects are not ids");
+    }
+
+    #[test]
+    fn good_frames_parse() {
+        let (f, _) = parse(r#"{"type":"broadcast","data":{"a":[1,2]},"exclude_self":true}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Broadcast { data, exclude_self: true } if data.get() == r#"{"a":[1,2]}"#));
+        let (f, _) = parse(r#"{"type":"direct","to":"bob","data":"hi"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Direct { ref to, .. } if to.as_str() == "bob"));
+        let (f, _) = parse(r#"{"type":"health_pong","timestamp":1700000000000}"#).unwrap();
+        assert!(matches!(f, ClientFrame::HealthPong { timestamp: Some(1_700_000_000_000) }));
+        let (f, _) = parse(r#"{"type":"game_move","x":1}"#).unwrap();
+        assert!(matches!(f, ClientFrame::App { ref kind } if kind == "game_move"));
+        let (f, _) = parse(r#"{"type":"pres\u0065nce"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Presence), "escaped type names still match");
+    }
+
+    #[test]
+    fn message_frame_embeds_raw_data() {
+        let data = RawValue::from_string(r#"{"k":"v"}"#.into()).unwrap();
+        let lobby = LobbyCode::parse("l1").unwrap();
+        let user = UserId::parse("u\"1").unwrap();
+        let text = ServerFrame::Message {
+            lobby: &lobby,
+            from: Some(&user),
+            data: &data,
+        }
+        .encode();
+        assert_eq!(text, r#"{"type":"message","lobby":"l1","from":"u\"1","data":{"k":"v"}}"#);
+    }
+}

@@ -1,0 +1,120 @@
+//! Counters and the stats snapshot. Counts of live things come from the hub's indexes in O(1);
+//! everything that only grows is an atomic counter here.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+use crate::disconnect::DisconnectReason;
+
+const REASONS: usize = DisconnectReason::ALL.len();
+
+/// Monotonic counters shared by the hub and the connection tasks.
+#[derive(Debug)]
+pub(crate) struct Counters {
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    dropped: AtomicU64,
+    rejections: [AtomicU64; REASONS],
+    closes: [AtomicU64; REASONS],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            rejections: std::array::from_fn(|_| AtomicU64::new(0)),
+            closes: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+fn index(reason: DisconnectReason) -> usize {
+    DisconnectReason::ALL
+        .iter()
+        .position(|r| *r == reason)
+        .expect("ALL lists every reason")
+}
+
+impl Counters {
+    pub(crate) fn message_in(&self) {
+        self.messages_in.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn messages_out(&self, n: u64) {
+        self.messages_out.fetch_add(n, Relaxed);
+    }
+    pub(crate) fn dropped(&self) {
+        self.dropped.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn rejected(&self, reason: DisconnectReason) {
+        self.rejections[index(reason)].fetch_add(1, Relaxed);
+    }
+    pub(crate) fn closed(&self, reason: DisconnectReason) {
+        self.closes[index(reason)].fetch_add(1, Relaxed);
+    }
+
+    fn by_reason(counts: &[AtomicU64; REASONS]) -> BTreeMap<&'static str, u64> {
+        DisconnectReason::ALL
+            .iter()
+            .zip(counts)
+            .map(|(r, c)| (r.as_str(), c.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// A snapshot of the manager's state and counters (the seed's fields, and more).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Open connections.
+    pub total_connections: usize,
+    /// The global limit.
+    pub max_connections: usize,
+    /// `total_connections` as a percentage of `max_connections`.
+    pub capacity_percent: f64,
+    /// Lobbies with at least one member (or a user inside a leave grace).
+    pub active_lobbies: usize,
+    /// Distinct users with at least one connection.
+    pub users: usize,
+    /// Client frames received.
+    pub messages_in: u64,
+    /// Frames written to clients.
+    pub messages_out: u64,
+    /// Frames dropped for slow consumers under the `drop` policy.
+    pub messages_dropped: u64,
+    /// Refused connections by reason.
+    pub rejections: BTreeMap<&'static str, u64>,
+    /// Closed connections by reason.
+    pub closes: BTreeMap<&'static str, u64>,
+    /// Connections closed as stale (4004).
+    pub stale_closed: u64,
+}
+
+impl Stats {
+    pub(crate) fn new(
+        census: crate::hub::Census,
+        max_connections: usize,
+        counters: &Counters,
+    ) -> Self {
+        let closes = Counters::by_reason(&counters.closes);
+        Self {
+            total_connections: census.connections,
+            max_connections,
+            capacity_percent: (census.connections as f64 * 10_000.0 / max_connections as f64)
+                .round()
+                / 100.0,
+            active_lobbies: census.lobbies,
+            users: census.users,
+            messages_in: counters.messages_in.load(Relaxed),
+            messages_out: counters.messages_out.load(Relaxed),
+            messages_dropped: counters.dropped.load(Relaxed),
+            rejections: Counters::by_reason(&counters.rejections),
+            stale_closed: closes.get("stale").copied().unwrap_or(0),
+            closes,
+        }
+    }
+}
