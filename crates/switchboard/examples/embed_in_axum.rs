@@ -1,0 +1,135 @@
+//! Embedding Switchboard in a plain axum app.
+//!
+//! ```text
+//! cargo run -p switchboard --example embed_in_axum -- 127.0.0.1:3000
+//! ```
+//!
+//! - `GET /ws/{lobby}?token=USER`: a WebSocket (protocol v1; the token is the user id here:
+//!   authenticate your way in a real app). Besides the protocol's own frames, clients may send
+//!   `{"type":"echo","data":...}` and get `{"type":"direct","from":null,"data":{"echo":...}}`.
+//! - `GET /stats`: the manager's stats as JSON.
+//! - `POST /announce/{lobby}`: broadcasts the JSON body to the lobby from the backend.
+//!
+//! Try it with `websocat ws://127.0.0.1:3000/ws/lobby-1?token=alice`, then
+//! `curl -d '{"text":"hi"}' -H 'content-type: application/json' 127.0.0.1:3000/announce/lobby-1`.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use switchboard::axum::WsConnect;
+use switchboard::{
+    AppMessage, ClientError, Config, ConnectRequest, ConnectionInfo, DisconnectReason, ErrorCode,
+    Handler, Manager, NoHandler, UserId,
+};
+
+/// The app's side of the manager: logs connections and answers `echo` messages.
+///
+/// It answers through the manager, which is created with the handler: the manager is set into
+/// `manager` right after it is built. (This makes a reference cycle; fine for a manager that
+/// lives as long as the process.)
+#[derive(Default)]
+struct EchoHandler {
+    manager: Arc<OnceLock<Manager>>,
+}
+
+impl Handler for EchoHandler {
+    fn on_connect(&self, conn: &ConnectionInfo) {
+        eprintln!("connect    {} user={} lobby={} ip={}", conn.id, conn.user_id, conn.lobby, conn.ip);
+    }
+
+    fn on_message(&self, conn: &ConnectionInfo, message: AppMessage<'_>) -> Result<(), ClientError> {
+        if message.kind != "echo" {
+            // Anything else is refused as the protocol says: `error` `unknown_type`.
+            return NoHandler.on_message(conn, message);
+        }
+        // `message.text` is the whole frame; the handler reads the fields it defines.
+        let frame: Value = serde_json::from_str(message.text)
+            .map_err(|_| ClientError::new(ErrorCode::InvalidMessage, "not JSON"))?;
+        let data = frame
+            .get("data")
+            .ok_or_else(|| ClientError::new(ErrorCode::MissingField, "missing field `data`"))?;
+        if let Some(manager) = self.manager.get() {
+            // Never blocks: the reply is queued for this connection's writer.
+            let _ = manager.send_to_connection(conn.id.as_str(), &json!({ "echo": data }));
+        }
+        Ok(())
+    }
+
+    fn on_disconnect(&self, conn: &ConnectionInfo, reason: DisconnectReason) {
+        let lasted = conn.connected_at.elapsed().unwrap_or_default();
+        eprintln!("disconnect {} user={} reason={reason} after {lasted:?}", conn.id, conn.user_id);
+    }
+}
+
+/// `GET /ws/{lobby}?token=USER`: the token is taken as the user id.
+async fn ws(State(manager): State<Manager>, connect: WsConnect) -> Response {
+    match connect.token.as_deref().map(UserId::parse) {
+        Some(Ok(user)) => {
+            let request = ConnectRequest::new(connect.lobby, user, connect.peer.ip());
+            manager.accept(connect.upgrade, request)
+        }
+        // Accept, then close with 4001, so that a browser can tell why.
+        _ => manager.refuse(connect.upgrade, DisconnectReason::Unauthorized),
+    }
+}
+
+/// `GET /stats`.
+async fn stats(State(manager): State<Manager>) -> Json<switchboard::Stats> {
+    Json(manager.stats())
+}
+
+/// `POST /announce/{lobby}` with any JSON body: a `message` frame with `from: null`.
+async fn announce(
+    State(manager): State<Manager>,
+    Path(lobby): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    match manager.broadcast(&lobby, &body, None) {
+        Ok(delivered) => Json(json!({ "delivered": delivered })).into_response(),
+        Err(error) => (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let addr: SocketAddr = std::env::args()
+        .nth(1)
+        .as_deref()
+        .unwrap_or("127.0.0.1:3000")
+        .parse()?;
+
+    let mut config = Config::default();
+    config.limits.max_per_lobby = 50;
+    let handler = EchoHandler::default();
+    let slot = handler.manager.clone();
+    let manager = Manager::with_handler(config, handler)?;
+    let _ = slot.set(manager.clone());
+
+    let app = Router::new()
+        .route("/ws/{lobby}", get(ws))
+        .route("/stats", get(stats))
+        .route("/announce/{lobby}", post(announce))
+        .with_state(manager.clone());
+
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    println!("listening on {}", listener.local_addr()?);
+
+    // On Ctrl-C: close every connection with 1001 spread over 2 s, then stop serving.
+    let shutdown = async move {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+        manager.shutdown(Duration::from_secs(2), Duration::from_secs(5)).await;
+    };
+    // The peer address is what `WsConnect` reads for the per-IP limit.
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}
