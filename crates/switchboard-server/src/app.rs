@@ -43,13 +43,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn ws(State(state): State<AppState>, connect: WsConnect, headers: axum::http::HeaderMap) -> Response {
+async fn ws(
+    State(state): State<AppState>,
+    connect: WsConnect,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if let Some(origin) = connect.origin.as_deref() {
-        if !origin_allowed(origin, host, &state.allowed_origins) {
-            tracing::info!(origin, "upgrade refused: origin not allowed");
-            return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
-        }
+    if let Some(origin) = connect.origin.as_deref()
+        && !origin_allowed(origin, host, &state.allowed_origins)
+    {
+        tracing::info!(origin, "upgrade refused: origin not allowed");
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let manager = &state.manager;
     if state.draining.load(Ordering::SeqCst) {
@@ -87,8 +91,7 @@ pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> b
         .rsplit_once(':')
         .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
         .map_or(authority, |(h, _)| h);
-    Some(authority) == host
-        || matches!(hostname, "localhost" | "127.0.0.1" | "[::1]")
+    Some(authority) == host || matches!(hostname, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 #[cfg(test)]
@@ -100,8 +103,16 @@ mod tests {
         let none: Vec<String> = vec![];
         assert!(origin_allowed("http://localhost:3000", Some("x:1"), &none));
         assert!(origin_allowed("http://127.0.0.1", None, &none));
-        assert!(origin_allowed("https://chat.example", Some("chat.example"), &none));
-        assert!(!origin_allowed("https://evil.example", Some("chat.example"), &none));
+        assert!(origin_allowed(
+            "https://chat.example",
+            Some("chat.example"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            "https://evil.example",
+            Some("chat.example"),
+            &none
+        ));
         assert!(!origin_allowed("null", Some("chat.example"), &none));
         let list = vec!["https://a.example".to_string()];
         assert!(origin_allowed("https://a.example/", None, &list));

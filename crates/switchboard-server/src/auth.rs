@@ -13,12 +13,13 @@ pub enum Auth {
     /// The token is the user id. Loopback only, always with a warning.
     Dev,
     /// A JWT signed with HS256 or RS256; `sub` is the user id, `exp` is required.
-    Jwt {
-        /// The verification key.
-        key: DecodingKey,
-        /// Algorithm and required claims.
-        validation: Validation,
-    },
+    Jwt(Box<JwtVerifier>),
+}
+
+/// A JWT key with the validation rules that go with it. Its `Debug` never shows the key.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
 }
 
 impl std::fmt::Debug for Auth {
@@ -26,8 +27,14 @@ impl std::fmt::Debug for Auth {
         // Never print key material.
         match self {
             Self::Dev => f.write_str("Auth::Dev"),
-            Self::Jwt { validation, .. } => write!(f, "Auth::Jwt({:?})", validation.algorithms),
+            Self::Jwt(jwt) => write!(f, "Auth::{jwt:?}"),
         }
+    }
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JwtVerifier({:?})", self.validation.algorithms)
     }
 }
 
@@ -82,7 +89,10 @@ impl Auth {
             return Ok(Self::Dev);
         }
         let (key, algorithm) = match (&config.jwt_secret, &config.jwt_public_key_file) {
-            (Some(secret), _) => (DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256),
+            (Some(secret), _) => (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ),
             (None, Some(path)) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| KeyError(format!("cannot read {}: {e}", path.display())))?;
@@ -95,7 +105,7 @@ impl Auth {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 0;
-        Ok(Self::Jwt { key, validation })
+        Ok(Self::Jwt(Box::new(JwtVerifier { key, validation })))
     }
 
     /// The identity behind a token.
@@ -107,8 +117,8 @@ impl Auth {
                 expires_at: None,
                 lobbies: None,
             }),
-            Self::Jwt { key, validation } => {
-                let claims = decode::<Claims>(token, key, validation)
+            Self::Jwt(jwt) => {
+                let claims = decode::<Claims>(token, &jwt.key, &jwt.validation)
                     .map_err(|e| AuthError::Invalid(e.to_string()))?
                     .claims;
                 Ok(Identity {

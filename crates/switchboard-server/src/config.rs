@@ -110,16 +110,18 @@ impl ServerConfig {
     }
 
     /// Builds a config from `(NAME, value)` pairs; names without the prefix are ignored.
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut config = Self::default();
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix(PREFIX) else {
                 continue;
             };
             let field = rest.to_ascii_lowercase().replace("__", ".");
-            config.set(&field, value.trim()).map_err(|reason| {
-                err(&field, format!("{reason} (from {name}={value:?})"))
-            })?;
+            config
+                .set(&field, value.trim())
+                .map_err(|reason| err(&field, format!("{reason} (from {name}={value:?})")))?;
         }
         config.validate()?;
         Ok(config)
@@ -226,9 +228,8 @@ impl ServerConfig {
 
     /// Whether tokens are user ids (dev mode).
     pub fn dev_mode(&self) -> bool {
-        self.dev_mode.unwrap_or_else(|| {
-            self.jwt_secret.is_none() && self.jwt_public_key_file.is_none()
-        })
+        self.dev_mode
+            .unwrap_or_else(|| self.jwt_secret.is_none() && self.jwt_public_key_file.is_none())
     }
 }
 
@@ -273,7 +274,10 @@ mod tests {
             ("SWITCHBOARD_USER_POLICY", "multi"),
             ("SWITCHBOARD_HEALTH__PING_INTERVAL_MS", "1500"),
             ("SWITCHBOARD_QUEUE__ON_FULL", "drop"),
-            ("SWITCHBOARD_ALLOWED_ORIGINS", "https://a.example, https://b.example/"),
+            (
+                "SWITCHBOARD_ALLOWED_ORIGINS",
+                "https://a.example, https://b.example/",
+            ),
             ("OTHER_VAR", "ignored"),
         ])
         .unwrap();
@@ -281,7 +285,10 @@ mod tests {
         assert_eq!(c.manager.user_policy, UserPolicy::Multi);
         assert_eq!(c.manager.ping_interval, Duration::from_millis(1500));
         assert_eq!(c.manager.on_full, SlowConsumerPolicy::Drop);
-        assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+        assert_eq!(
+            c.allowed_origins,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Authentication: dev mode, HS256 JWT (sub, exp, lobbies claim), token expiry, origins.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,12 +11,20 @@ use serde_json::json;
 const SECRET: &str = "test-secret";
 
 fn token(sub: &str, exp_in_secs: i64, lobbies: Option<&[&str]>) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let mut claims = json!({"sub": sub, "exp": now + exp_in_secs});
     if let Some(l) = lobbies {
         claims["lobbies"] = json!(l);
     }
-    encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 async fn jwt_server() -> switchboard_server::RunningServer {
@@ -25,7 +33,12 @@ async fn jwt_server() -> switchboard_server::RunningServer {
 
 async fn refused(addr: std::net::SocketAddr, path: &str) -> Ending {
     let ws = raw_connect(addr, path, ip(1)).await;
-    Client { ws, welcome: serde_json::Value::Null }.ending(path).await
+    Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    }
+    .ending(path)
+    .await
 }
 
 #[tokio::test]
@@ -33,7 +46,10 @@ async fn valid_jwt_connects_as_its_subject() {
     let server = jwt_server().await;
     let t = token("alice", 60, None);
     let ws = raw_connect(server.addr, &format!("/ws/l1?token={t}"), ip(1)).await;
-    let mut c = Client { ws, welcome: serde_json::Value::Null };
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
     let w = c.expect("welcome", "welcome for a valid JWT").await;
     assert_eq!(w["user_id"], "alice");
 }
@@ -42,22 +58,39 @@ async fn valid_jwt_connects_as_its_subject() {
 async fn bearer_header_is_accepted() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let server = jwt_server().await;
-    let mut req = format!("ws://{}/ws/l1", server.addr).into_client_request().unwrap();
+    let mut req = format!("ws://{}/ws/l1", server.addr)
+        .into_client_request()
+        .unwrap();
     let bearer = format!("Bearer {}", token("bob", 60, None));
-    req.headers_mut().insert("authorization", bearer.parse().unwrap());
+    req.headers_mut()
+        .insert("authorization", bearer.parse().unwrap());
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-    let mut c = Client { ws, welcome: serde_json::Value::Null };
-    assert_eq!(c.expect("welcome", "welcome via bearer").await["user_id"], "bob");
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
+    assert_eq!(
+        c.expect("welcome", "welcome via bearer").await["user_id"],
+        "bob"
+    );
 }
 
 #[tokio::test]
 async fn bad_tokens_close_with_4001_and_no_retry_invitation() {
     let server = jwt_server().await;
     let forged = {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         let claims = json!({"sub": "eve", "exp": now + 60});
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(b"wrong")).unwrap()
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"wrong"),
+        )
+        .unwrap()
     };
     for path in [
         "/ws/l1".to_string(),
@@ -66,7 +99,9 @@ async fn bad_tokens_close_with_4001_and_no_retry_invitation() {
         format!("/ws/l1?token={}", token("alice", -10, None)),
         format!("/ws/l2?token={}", token("alice", 60, Some(&["l1"]))),
     ] {
-        refused(server.addr, &path).await.assert(4001, "unauthorized", false);
+        refused(server.addr, &path)
+            .await
+            .assert(4001, "unauthorized", false);
     }
     assert_eq!(server.manager.stats().rejections["unauthorized"], 5);
     assert_eq!(server.manager.stats().total_connections, 0);
@@ -77,7 +112,10 @@ async fn lobby_claim_allows_listed_lobbies() {
     let server = jwt_server().await;
     let t = token("alice", 60, Some(&["l1", "l2"]));
     let ws = raw_connect(server.addr, &format!("/ws/l2?token={t}"), ip(1)).await;
-    let mut c = Client { ws, welcome: serde_json::Value::Null };
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
     c.expect("welcome", "welcome into a listed lobby").await;
 }
 
@@ -86,9 +124,14 @@ async fn expired_token_closes_the_connection_with_4010() {
     let server = jwt_server().await;
     let t = token("alice", 1, None);
     let ws = raw_connect(server.addr, &format!("/ws/l1?token={t}"), ip(1)).await;
-    let mut c = Client { ws, welcome: serde_json::Value::Null };
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
     c.expect("welcome", "welcome").await;
-    c.ending("the token's expiry").await.assert(4010, "token_expired", true);
+    c.ending("the token's expiry")
+        .await
+        .assert(4010, "token_expired", true);
     all_clean(&server).await;
 }
 
@@ -96,8 +139,13 @@ async fn expired_token_closes_the_connection_with_4010() {
 async fn foreign_origins_are_refused_before_the_upgrade() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let server = server(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
-    for (origin, ok) in [("https://evil.example", false), ("https://app.example", true)] {
-        let mut req = format!("ws://{}/ws/l1?token=a", server.addr).into_client_request().unwrap();
+    for (origin, ok) in [
+        ("https://evil.example", false),
+        ("https://app.example", true),
+    ] {
+        let mut req = format!("ws://{}/ws/l1?token=a", server.addr)
+            .into_client_request()
+            .unwrap();
         req.headers_mut().insert("origin", origin.parse().unwrap());
         let result = tokio_tungstenite::connect_async(req).await;
         match (result, ok) {

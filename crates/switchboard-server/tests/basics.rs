@@ -1,5 +1,7 @@
 //! Basic end-to-end flow.
 
+#![allow(missing_docs, clippy::unwrap_used)]
+
 mod common;
 use common::*;
 use serde_json::json;
@@ -19,7 +21,10 @@ async fn welcome_broadcast_and_clean_close() {
     b.send(broadcast(json!({"hello": 1}))).await;
     for c in [&mut a, &mut b] {
         let m = c.expect("message", "bob's broadcast").await;
-        assert_eq!(m, json!({"type":"message","lobby":"l1","from":"bob","data":{"hello":1}}));
+        assert_eq!(
+            m,
+            json!({"type":"message","lobby":"l1","from":"bob","data":{"hello":1}})
+        );
     }
     b.close().await;
     let left = a.expect("member_left", "bob's leave").await;

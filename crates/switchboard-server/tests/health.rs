@@ -1,6 +1,6 @@
 //! Health: frozen clients are closed as stale within the bound; slow consumers are closed (or
 //! dropped from) without delaying anyone else.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 use std::time::{Duration, Instant};
@@ -36,22 +36,38 @@ async fn frozen_client_is_closed_as_stale_while_healthy_ones_stay() {
         c.manager.pong_timeout = PONG_TIMEOUT;
     })
     .await;
-    let healthy: Vec<_> = futures_util::future::join_all(
-        (0..3).map(|i| connect(server.addr, "l1", Box::leak(format!("h{i}").into_boxed_str()))),
-    )
+    let healthy: Vec<_> = futures_util::future::join_all((0..3).map(|i| {
+        connect(
+            server.addr,
+            "l1",
+            Box::leak(format!("h{i}").into_boxed_str()),
+        )
+    }))
     .await;
     let readers: Vec<_> = healthy.into_iter().map(keep_reading).collect();
     let started = Instant::now();
     let mut frozen = connect(server.addr, "l1", "frozen").await; // then never reads nor writes
-    eventually("only the healthy remain", || server.manager.stats().total_connections == 3).await;
+    eventually("only the healthy remain", || {
+        server.manager.stats().total_connections == 3
+    })
+    .await;
     let elapsed = started.elapsed();
     let bound = PING + PONG_TIMEOUT + Duration::from_secs(1);
-    assert!(elapsed >= PING + PONG_TIMEOUT - Duration::from_millis(50), "not before the timeout: {elapsed:?}");
-    assert!(elapsed <= bound, "stale close took {elapsed:?}, bound {bound:?}");
+    assert!(
+        elapsed >= PING + PONG_TIMEOUT - Duration::from_millis(50),
+        "not before the timeout: {elapsed:?}"
+    );
+    assert!(
+        elapsed <= bound,
+        "stale close took {elapsed:?}, bound {bound:?}"
+    );
     assert_eq!(server.manager.stats().stale_closed, 1);
     assert_eq!(server.manager.presence("l1").unwrap().len(), 3);
     // The frozen client, reading again, finds health pings, the goodbye and 4004.
-    frozen.ending_skipping_data("the stale close").await.assert(4004, "stale", true);
+    frozen
+        .ending_skipping_data("the stale close")
+        .await
+        .assert(4004, "stale", true);
     // Healthy clients stayed through several more ping rounds.
     tokio::time::sleep(PING * 3).await; // let health checks run: the thing under test
     assert_eq!(server.manager.stats().total_connections, 3);
@@ -59,7 +75,10 @@ async fn frozen_client_is_closed_as_stale_while_healthy_ones_stay() {
     server.shutdown().await.unwrap();
     for r in readers {
         let (_, frames) = r.await.unwrap();
-        assert!(frames >= 3, "healthy clients received pings and frames: {frames}");
+        assert!(
+            frames >= 3,
+            "healthy clients received pings and frames: {frames}"
+        );
     }
 }
 
@@ -68,7 +87,11 @@ async fn health_pings_carry_a_timestamp_and_pongs_give_latency() {
     let server = server(|c| c.manager.ping_interval = Duration::from_millis(100)).await;
     let mut a = connect(server.addr, "l1", "a").await;
     let ping = loop {
-        let msg = tokio::time::timeout(WAIT, a.ws.next()).await.unwrap().unwrap().unwrap();
+        let msg = tokio::time::timeout(WAIT, a.ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Message::Text(t) = msg {
             let v: serde_json::Value = serde_json::from_str(&t).unwrap();
             if v["type"] == "health_ping" {
@@ -77,9 +100,13 @@ async fn health_pings_carry_a_timestamp_and_pongs_give_latency() {
         }
     };
     let ts = ping["timestamp"].as_u64().expect("integer timestamp");
-    a.send(json!({"type": "health_pong", "timestamp": ts})).await;
+    a.send(json!({"type": "health_pong", "timestamp": ts}))
+        .await;
     let id = a.id().to_owned();
-    eventually("latency is measured", || server.manager.latency(&id).is_some()).await;
+    eventually("latency is measured", || {
+        server.manager.latency(&id).is_some()
+    })
+    .await;
     let reader = keep_reading(a);
     let rtt = server.manager.ping(&id, WAIT).await.expect("pong");
     assert!(rtt < Duration::from_secs(1), "{rtt:?}");
@@ -96,7 +123,10 @@ async fn slow_consumer_is_closed_without_delaying_others() {
     // slow client falls behind; 4,000 x 16 KiB is far more than the socket buffers hold.
     let mut slow_left = false;
     for i in 0..4_000 {
-        server.manager.broadcast("l1", &json!({"i": i, "p": payload}), None).unwrap();
+        server
+            .manager
+            .broadcast("l1", &json!({"i": i, "p": payload}), None)
+            .unwrap();
         let m = loop {
             let m = fast.next_json("the flood, in order").await;
             if m["type"] == "member_left" && !slow_left {
@@ -135,10 +165,17 @@ async fn drop_policy_keeps_the_slow_consumer_and_counts_drops() {
     let mut slow = connect(server.addr, "l1", "slow").await;
     let payload = "y".repeat(64 * 1024);
     for i in 0..400 {
-        server.manager.broadcast("l1", &json!({"i": i, "p": payload}), None).unwrap();
+        server
+            .manager
+            .broadcast("l1", &json!({"i": i, "p": payload}), None)
+            .unwrap();
     }
     assert!(server.manager.stats().messages_dropped > 0);
-    assert_eq!(server.manager.stats().total_connections, 1, "not closed under drop");
+    assert_eq!(
+        server.manager.stats().total_connections,
+        1,
+        "not closed under drop"
+    );
     // Once it reads again it gets what was queued, in order, and stays usable. The backend
     // repeats an end marker until the reader, draining, has room for one.
     let reader = tokio::spawn(async move {
@@ -157,7 +194,11 @@ async fn drop_policy_keeps_the_slow_consumer_and_counts_drops() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_slow, seen) = reader.await.unwrap();
-    assert!(!seen.is_empty() && seen.len() < 400, "some delivered, some dropped: {}", seen.len());
+    assert!(
+        !seen.is_empty() && seen.len() < 400,
+        "some delivered, some dropped: {}",
+        seen.len()
+    );
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
     assert_eq!(server.manager.stats().total_connections, 1);
 }

@@ -1,6 +1,6 @@
 //! Capacity limits: each refusal is a goodbye and a 4002 close with its reason, and no burst of
 //! concurrent connects exceeds a limit.
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 use common::*;
@@ -11,7 +11,9 @@ async fn server_full() {
     let server = server(|c| c.manager.limits.max_connections = 2).await;
     let _a = connect(server.addr, "l1", "a").await;
     let _b = connect(server.addr, "l2", "b").await;
-    connect_refused(server.addr, "l3", "c", ip(1)).await.assert(4002, "server_full", true);
+    connect_refused(server.addr, "l3", "c", ip(1))
+        .await
+        .assert(4002, "server_full", true);
     assert_eq!(server.manager.stats().rejections["server_full"], 1);
     assert_eq!(server.manager.stats().total_connections, 2);
 }
@@ -21,7 +23,9 @@ async fn lobby_full_leaves_other_lobbies_open() {
     let server = server(|c| c.manager.limits.max_per_lobby = 2).await;
     let _a = connect(server.addr, "l1", "a").await;
     let _b = connect(server.addr, "l1", "b").await;
-    connect_refused(server.addr, "l1", "c", ip(1)).await.assert(4002, "lobby_full", true);
+    connect_refused(server.addr, "l1", "c", ip(1))
+        .await
+        .assert(4002, "lobby_full", true);
     let _c = connect(server.addr, "l2", "c").await;
 }
 
@@ -30,7 +34,9 @@ async fn ip_limit_counts_per_client_ip() {
     let server = server(|c| c.manager.limits.max_per_ip = 2).await;
     let _a = connect_from(server.addr, "l1", "a", ip(2)).await;
     let _b = connect_from(server.addr, "l1", "b", ip(2)).await;
-    connect_refused(server.addr, "l1", "c", ip(2)).await.assert(4002, "ip_limit", true);
+    connect_refused(server.addr, "l1", "c", ip(2))
+        .await
+        .assert(4002, "ip_limit", true);
     let _c = connect_from(server.addr, "l1", "c", ip(3)).await;
 }
 
@@ -43,7 +49,9 @@ async fn user_limit_under_multi() {
     .await;
     let _a1 = connect(server.addr, "l1", "a").await;
     let _a2 = connect(server.addr, "l2", "a").await;
-    connect_refused(server.addr, "l3", "a", ip(1)).await.assert(4002, "user_limit", true);
+    connect_refused(server.addr, "l3", "a", ip(1))
+        .await
+        .assert(4002, "user_limit", true);
 }
 
 #[tokio::test]
@@ -56,7 +64,10 @@ async fn retry_after_is_jittered_across_refused_clients() {
         ending.assert(4002, "lobby_full", true);
         retries.insert(ending.goodbye.unwrap()["retry_after_ms"].as_u64().unwrap());
     }
-    assert!(retries.len() > 1, "retry_after_ms must differ between clients: {retries:?}");
+    assert!(
+        retries.len() > 1,
+        "retry_after_ms must differ between clients: {retries:?}"
+    );
 }
 
 /// Many concurrent connects into a small lobby, from several IPs, under a small global cap:
@@ -76,7 +87,10 @@ async fn concurrent_burst_never_exceeds_limits() {
         tasks.push(tokio::spawn(async move {
             let path = format!("/ws/{lobby}?token=user{i}");
             let ws = raw_connect(addr, &path, ip(2 + (i % 5) as u8)).await;
-            let mut client = Client { ws, welcome: serde_json::Value::Null };
+            let mut client = Client {
+                ws,
+                welcome: serde_json::Value::Null,
+            };
             let first = client.next_json("welcome or goodbye").await;
             (first["type"] == "welcome", client)
         }));
@@ -113,7 +127,10 @@ async fn concurrent_burst_respects_global_and_ip_limits() {
         tasks.push(tokio::spawn(async move {
             let path = format!("/ws/l{}?token=user{i}", i % 3);
             let ws = raw_connect(addr, &path, ip(10 + (i % 5) as u8)).await;
-            let mut client = Client { ws, welcome: serde_json::Value::Null };
+            let mut client = Client {
+                ws,
+                welcome: serde_json::Value::Null,
+            };
             let first = client.next_json("welcome or goodbye").await;
             (first, client)
         }));
@@ -126,7 +143,10 @@ async fn concurrent_burst_respects_global_and_ip_limits() {
             accepted += 1;
         } else {
             assert_eq!(first["type"], "goodbye");
-            assert!(matches!(first["reason"].as_str(), Some("ip_limit" | "server_full")), "{first}");
+            assert!(
+                matches!(first["reason"].as_str(), Some("ip_limit" | "server_full")),
+                "{first}"
+            );
         }
         clients.push(client);
     }

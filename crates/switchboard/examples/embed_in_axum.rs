@@ -41,10 +41,17 @@ struct EchoHandler {
 
 impl Handler for EchoHandler {
     fn on_connect(&self, conn: &ConnectionInfo) {
-        eprintln!("connect    {} user={} lobby={} ip={}", conn.id, conn.user_id, conn.lobby, conn.ip);
+        eprintln!(
+            "connect    {} user={} lobby={} ip={}",
+            conn.id, conn.user_id, conn.lobby, conn.ip
+        );
     }
 
-    fn on_message(&self, conn: &ConnectionInfo, message: AppMessage<'_>) -> Result<(), ClientError> {
+    fn on_message(
+        &self,
+        conn: &ConnectionInfo,
+        message: AppMessage<'_>,
+    ) -> Result<(), ClientError> {
         if message.kind != "echo" {
             // Anything else is refused as the protocol says: `error` `unknown_type`.
             return NoHandler.on_message(conn, message);
@@ -64,7 +71,10 @@ impl Handler for EchoHandler {
 
     fn on_disconnect(&self, conn: &ConnectionInfo, reason: DisconnectReason) {
         let lasted = conn.connected_at.elapsed().unwrap_or_default();
-        eprintln!("disconnect {} user={} reason={reason} after {lasted:?}", conn.id, conn.user_id);
+        eprintln!(
+            "disconnect {} user={} reason={reason} after {lasted:?}",
+            conn.id, conn.user_id
+        );
     }
 }
 
@@ -125,11 +135,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = async move {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("shutting down");
-        manager.shutdown(Duration::from_secs(2), Duration::from_secs(5)).await;
+        manager
+            .shutdown(Duration::from_secs(2), Duration::from_secs(5))
+            .await;
     };
     // The peer address is what `WsConnect` reads for the per-IP limit.
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }

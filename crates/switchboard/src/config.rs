@@ -234,8 +234,10 @@ mod tests {
         let mut c = Config::default();
         c.limits.max_per_lobby = 0;
         assert_eq!(c.validate().unwrap_err().field, "limits.max_per_lobby");
-        let mut c = Config::default();
-        c.node_id = "has-dash".into();
+        let c = Config {
+            node_id: "has-dash".into(),
+            ..Config::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "redis.node_id");
     }
 }

@@ -164,7 +164,7 @@ impl DisconnectReason {
 
     /// Draws a jittered `retry_after_ms` for this reason, if it invites a retry.
     pub fn retry_after_ms(self) -> Option<u64> {
-        self.retry_after_range_ms().map(|r| fastrand::u64(r))
+        self.retry_after_range_ms().map(fastrand::u64)
     }
 
     /// Whether a well-behaved client reconnects after this close (never after 4001, 4003, 4009).
@@ -205,10 +205,9 @@ mod tests {
         let words: std::collections::HashSet<&str> =
             DisconnectReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(words.len(), DisconnectReason::ALL.len());
-        assert!(
-            words
-                .iter()
-                .all(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
-        );
+        assert!(words.iter().all(|w| {
+            w.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        }));
     }
 }

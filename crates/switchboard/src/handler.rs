@@ -30,7 +30,11 @@ pub trait Handler: Send + Sync + 'static {
     /// An application message arrived. An `Err` is sent back to the client as an `error` frame
     /// (with the frame's `id`); the connection stays open. The default refuses every message
     /// with `unknown_type`.
-    fn on_message(&self, conn: &ConnectionInfo, message: AppMessage<'_>) -> Result<(), ClientError> {
+    fn on_message(
+        &self,
+        conn: &ConnectionInfo,
+        message: AppMessage<'_>,
+    ) -> Result<(), ClientError> {
         let _ = conn;
         Err(ClientError::new(
             ErrorCode::UnknownType,

@@ -112,7 +112,8 @@ impl Hub {
         let total_after = reg.conns.len() - replaced.len() + 1;
         let lobby_now = reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len());
         let lobby_after = lobby_now - freed(&|c| c.info.lobby == info.lobby) + 1;
-        let ip_after = reg.ips.get(&info.ip).copied().unwrap_or(0) - freed(&|c| c.info.ip == info.ip) + 1;
+        let ip_after =
+            reg.ips.get(&info.ip).copied().unwrap_or(0) - freed(&|c| c.info.ip == info.ip) + 1;
         let user_after = existing.len() - replaced.len() + 1;
         let user_max = match self.config.user_policy {
             UserPolicy::Replace | UserPolicy::Reject => 1,
@@ -138,11 +139,25 @@ impl Hub {
         let offered = conn.offer(welcome(self.events_on(lobby)));
         debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
         if change == PresenceChange::Joined {
-            self.announce(lobby, conn.seq, |lobby, user_id| ServerFrame::MemberJoined { lobby, user_id }, info);
+            self.announce(
+                lobby,
+                conn.seq,
+                |lobby, user_id| ServerFrame::MemberJoined { lobby, user_id },
+                info,
+            );
         }
-        reg.users.entry(info.user_id.clone()).or_default().push(conn.seq);
+        reg.users
+            .entry(info.user_id.clone())
+            .or_default()
+            .push(conn.seq);
         *reg.ips.entry(info.ip).or_default() += 1;
-        reg.conns.insert(conn.seq, Entry { conn: conn.clone(), pos });
+        reg.conns.insert(
+            conn.seq,
+            Entry {
+                conn: conn.clone(),
+                pos,
+            },
+        );
         for &seq in replaced {
             if let Some(old) = self.remove_locked(&mut reg, seq, false) {
                 old.close(DisconnectReason::Replaced);
@@ -188,15 +203,18 @@ impl Hub {
         if let Some(lobby) = reg.lobbies.get_mut(&info.lobby) {
             let (moved, change) = lobby.remove(pos, generation);
             if change == PresenceChange::Left {
-                self.announce(lobby, seq, |lobby, user_id| ServerFrame::MemberLeft { lobby, user_id }, info);
+                self.announce(
+                    lobby,
+                    seq,
+                    |lobby, user_id| ServerFrame::MemberLeft { lobby, user_id },
+                    info,
+                );
             }
             if lobby.is_empty() {
                 reg.lobbies.remove(&info.lobby);
             }
-            if let Some(moved) = moved {
-                if let Some(entry) = reg.conns.get_mut(&moved.seq) {
-                    entry.pos = pos;
-                }
+            if let Some(entry) = moved.and_then(|m| reg.conns.get_mut(&m.seq)) {
+                entry.pos = pos;
             }
         }
         Some(conn)
@@ -211,7 +229,13 @@ impl Hub {
         if lobby.expire_leave(&pending.user, pending.generation) {
             let user_id = &pending.user;
             if self.events_on(lobby) {
-                let frame = text(ServerFrame::MemberLeft { lobby: &pending.lobby, user_id }.encode());
+                let frame = text(
+                    ServerFrame::MemberLeft {
+                        lobby: &pending.lobby,
+                        user_id,
+                    }
+                    .encode(),
+                );
                 self.fan_out(&lobby.members, &frame, Exclude::Nobody);
             }
             if lobby.is_empty() {
@@ -302,7 +326,11 @@ impl Hub {
     /// Encodes a `presence` answer under the lock, without copying the user list.
     pub(crate) fn presence_frame(&self, lobby: &LobbyCode) -> Message {
         let reg = self.lock();
-        let users = reg.lobbies.get(lobby).map(Lobby::user_list).unwrap_or_default();
+        let users = reg
+            .lobbies
+            .get(lobby)
+            .map(Lobby::user_list)
+            .unwrap_or_default();
         text(ServerFrame::Presence { lobby, users }.encode())
     }
 
@@ -314,7 +342,12 @@ impl Hub {
         let reg = self.lock();
         reg.users
             .get(user)
-            .map(|seqs| seqs.iter().filter_map(|s| reg.conns.get(s)).map(|e| e.conn.clone()).collect())
+            .map(|seqs| {
+                seqs.iter()
+                    .filter_map(|s| reg.conns.get(s))
+                    .map(|e| e.conn.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

@@ -16,7 +16,7 @@
 //! - [`handler`]: how the embedding app hears about connections and its own messages.
 //! - `manager`: [`Manager`], the methods a backend calls.
 //! - [`axum`]: the [`WsConnect`](crate::axum::WsConnect) extractor.
-//! - [`stats`]: [`Stats`].
+//! - [`stats`]: [`Stats`], the snapshot a backend reads.
 //!
 //! # Example
 //!

@@ -242,13 +242,21 @@ impl Manager {
 
     /// Sends `data` to every connection of `user` as a `direct` frame from the backend.
     /// Returns how many connections it was queued for.
-    pub fn send_to_user<T: Serialize + ?Sized>(&self, user: &str, data: &T) -> Result<usize, Error> {
+    pub fn send_to_user<T: Serialize + ?Sized>(
+        &self,
+        user: &str,
+        data: &T,
+    ) -> Result<usize, Error> {
         let data = to_raw(data)?;
         Ok(self.shared.hub.send_to_user(user, &direct(&data)))
     }
 
     /// Sends `data` to one connection as a `direct` frame from the backend.
-    pub fn send_to_connection<T: Serialize + ?Sized>(&self, id: &str, data: &T) -> Result<(), Error> {
+    pub fn send_to_connection<T: Serialize + ?Sized>(
+        &self,
+        id: &str,
+        data: &T,
+    ) -> Result<(), Error> {
         let conn = self.find(id)?;
         let data = to_raw(data)?;
         if self.shared.hub.deliver(&conn, direct(&data)) {
@@ -309,7 +317,11 @@ impl Manager {
     pub async fn ping(&self, id: &str, timeout: Duration) -> Result<Duration, Error> {
         let conn = self.find(id)?;
         let pong = conn.wait_for_pong();
-        if !self.shared.hub.deliver(&conn, Message::Ping(self.shared.ping_payload())) {
+        if !self
+            .shared
+            .hub
+            .deliver(&conn, Message::Ping(self.shared.ping_payload()))
+        {
             return Err(Error::NoSuchConnection);
         }
         match tokio::time::timeout(timeout, pong).await {
@@ -355,12 +367,6 @@ impl Manager {
         ConnectionId::seq_on(id, &self.shared.config.node_id)
             .and_then(|seq| self.shared.hub.connection(seq))
             .ok_or(Error::NoSuchConnection)
-    }
-
-    /// Checks every index against every other (tests).
-    #[cfg(test)]
-    pub(crate) fn assert_consistent(&self) {
-        self.shared.hub.assert_consistent();
     }
 }
 

@@ -52,12 +52,22 @@ impl ClientError {
 /// A client frame, parsed. Borrowed from the frame's text.
 #[derive(Debug)]
 pub(crate) enum ClientFrame<'a> {
-    HealthPong { timestamp: Option<u64> },
-    Broadcast { data: &'a RawValue, exclude_self: bool },
-    Direct { to: UserId, data: &'a RawValue },
+    HealthPong {
+        timestamp: Option<u64>,
+    },
+    Broadcast {
+        data: &'a RawValue,
+        exclude_self: bool,
+    },
+    Direct {
+        to: UserId,
+        data: &'a RawValue,
+    },
     Presence,
     /// Any type the protocol does not define: the embedding app's.
-    App { kind: std::borrow::Cow<'a, str> },
+    App {
+        kind: std::borrow::Cow<'a, str>,
+    },
 }
 
 /// The fields any client frame may carry; everything else is ignored.
@@ -101,9 +111,12 @@ pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), 
     };
     let kind = env
         .kind
-        .and_then(|raw| as_str(raw))
+        .and_then(as_str)
         .ok_or_else(|| fail(ErrorCode::InvalidMessage, "missing string field `type`"))?;
-    let require_data = || env.data.ok_or_else(|| fail(ErrorCode::MissingField, "missing field `data`"));
+    let require_data = || {
+        env.data
+            .ok_or_else(|| fail(ErrorCode::MissingField, "missing field `data`"))
+    };
     let frame = match &*kind {
         "health_pong" => ClientFrame::HealthPong {
             timestamp: env.timestamp.and_then(|t| t.get().parse().ok()),
@@ -114,7 +127,10 @@ pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), 
                 None | Some("false") | Some("null") => false,
                 Some("true") => true,
                 Some(_) => {
-                    return Err(fail(ErrorCode::InvalidMessage, "`exclude_self` must be a boolean"));
+                    return Err(fail(
+                        ErrorCode::InvalidMessage,
+                        "`exclude_self` must be a boolean",
+                    ));
                 }
             },
         },
@@ -137,7 +153,10 @@ pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), 
 }
 
 fn is_string_or_number(raw: &RawValue) -> bool {
-    matches!(raw.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+    matches!(
+        raw.get().as_bytes().first(),
+        Some(b'"' | b'-' | b'0'..=b'9')
+    )
 }
 
 fn as_str(raw: &RawValue) -> Option<std::borrow::Cow<'_, str>> {
@@ -225,8 +244,14 @@ mod tests {
         assert_eq!(code_of(r#"{"data":1}"#), ErrorCode::InvalidMessage);
         assert_eq!(code_of(r#"{"type":7}"#), ErrorCode::InvalidMessage);
         assert_eq!(code_of(r#"{"type":"broadcast"}"#), ErrorCode::MissingField);
-        assert_eq!(code_of(r#"{"type":"direct","data":1}"#), ErrorCode::MissingField);
-        assert_eq!(code_of(r#"{"type":"direct","to":"","data":1}"#), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code_of(r#"{"type":"direct","data":1}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            code_of(r#"{"type":"direct","to":"","data":1}"#),
+            ErrorCode::InvalidMessage
+        );
     }
 
     #[test]
@@ -241,16 +266,27 @@ mod tests {
 
     #[test]
     fn good_frames_parse() {
-        let (f, _) = parse(r#"{"type":"broadcast","data":{"a":[1,2]},"exclude_self":true}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Broadcast { data, exclude_self: true } if data.get() == r#"{"a":[1,2]}"#));
+        let (f, _) =
+            parse(r#"{"type":"broadcast","data":{"a":[1,2]},"exclude_self":true}"#).unwrap();
+        assert!(
+            matches!(f, ClientFrame::Broadcast { data, exclude_self: true } if data.get() == r#"{"a":[1,2]}"#)
+        );
         let (f, _) = parse(r#"{"type":"direct","to":"bob","data":"hi"}"#).unwrap();
         assert!(matches!(f, ClientFrame::Direct { ref to, .. } if to.as_str() == "bob"));
         let (f, _) = parse(r#"{"type":"health_pong","timestamp":1700000000000}"#).unwrap();
-        assert!(matches!(f, ClientFrame::HealthPong { timestamp: Some(1_700_000_000_000) }));
+        assert!(matches!(
+            f,
+            ClientFrame::HealthPong {
+                timestamp: Some(1_700_000_000_000)
+            }
+        ));
         let (f, _) = parse(r#"{"type":"game_move","x":1}"#).unwrap();
         assert!(matches!(f, ClientFrame::App { ref kind } if kind == "game_move"));
         let (f, _) = parse(r#"{"type":"pres\u0065nce"}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Presence), "escaped type names still match");
+        assert!(
+            matches!(f, ClientFrame::Presence),
+            "escaped type names still match"
+        );
     }
 
     #[test]
@@ -264,6 +300,9 @@ mod tests {
             data: &data,
         }
         .encode();
-        assert_eq!(text, r#"{"type":"message","lobby":"l1","from":"u\"1","data":{"k":"v"}}"#);
+        assert_eq!(
+            text,
+            r#"{"type":"message","lobby":"l1","from":"u\"1","data":{"k":"v"}}"#
+        );
     }
 }

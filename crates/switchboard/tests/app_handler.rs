@@ -1,7 +1,6 @@
 //! The library embedded in a tiny axum app, driven by real WebSocket clients: application
 //! messages and connection events reach the app's `Handler`, refusals become `error` frames,
 //! and the backend methods (`ping`, `send_to_connection`, `broadcast`) do what they say.
-#![allow(missing_docs)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,9 +48,12 @@ async fn serve(manager: &Manager) -> SocketAddr {
         .expect("bind 127.0.0.1:0");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .expect("serve");
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("serve");
     });
     addr
 }
@@ -87,9 +89,16 @@ impl Handler for Recorder {
         let _ = self.seen.send(Seen::Connect(conn.clone()));
     }
 
-    fn on_message(&self, conn: &ConnectionInfo, message: AppMessage<'_>) -> Result<(), ClientError> {
+    fn on_message(
+        &self,
+        conn: &ConnectionInfo,
+        message: AppMessage<'_>,
+    ) -> Result<(), ClientError> {
         if message.kind == "forbidden" {
-            return Err(ClientError::new(ErrorCode::NotAllowed, "no forbidden things here"));
+            return Err(ClientError::new(
+                ErrorCode::NotAllowed,
+                "no forbidden things here",
+            ));
         }
         let _ = self.seen.send(Seen::Message {
             conn: conn.clone(),
@@ -160,9 +169,9 @@ impl Client {
             // Reading also flushes the automatic pong and close replies.
             while let Some(Ok(message)) = stream.next().await {
                 let frame = match message {
-                    Message::Text(text) => {
-                        Frame::Json(serde_json::from_str(text.as_str()).expect("server frames are JSON"))
-                    }
+                    Message::Text(text) => Frame::Json(
+                        serde_json::from_str(text.as_str()).expect("server frames are JSON"),
+                    ),
                     Message::Close(close) => {
                         Frame::Close(close.map(|c| (u16::from(c.code), c.reason.to_string())))
                     }
@@ -240,7 +249,11 @@ async fn handler_sees_app_messages_and_every_connection_event() {
         .await
         .expect("client send");
     match app.next("alice's game_move").await {
-        Seen::Message { conn, kind, text: got } => {
+        Seen::Message {
+            conn,
+            kind,
+            text: got,
+        } => {
             assert_eq!(kind, "game_move");
             assert_eq!(got, text);
             assert_eq!(conn.id.as_str(), alice.id());
@@ -266,8 +279,13 @@ async fn handler_sees_app_messages_and_every_connection_event() {
 
     // A kick by the backend: 4009 to the client, `Kicked` to the handler.
     let mut bob = Client::connect(app.addr, "room-1", "bob").await;
-    assert!(matches!(app.next("bob's connect").await, Seen::Connect(c) if c.user_id.as_str() == "bob"));
-    assert_eq!(app.manager.disconnect_user("bob", DisconnectReason::Kicked), 1);
+    assert!(
+        matches!(app.next("bob's connect").await, Seen::Connect(c) if c.user_id.as_str() == "bob")
+    );
+    assert_eq!(
+        app.manager.disconnect_user("bob", DisconnectReason::Kicked),
+        1
+    );
     match bob.next("bob's close frame").await {
         Frame::Close(close) => assert_eq!(close, Some((4009, "kicked".to_owned()))),
         other => panic!("expected a close frame, got {other:?}"),
@@ -280,7 +298,10 @@ async fn handler_sees_app_messages_and_every_connection_event() {
         other => panic!("expected bob's disconnect, got {other:?}"),
     }
     let stats = app.manager.stats();
-    assert_eq!((stats.total_connections, stats.users, stats.active_lobbies), (0, 0, 0));
+    assert_eq!(
+        (stats.total_connections, stats.users, stats.active_lobbies),
+        (0, 0, 0)
+    );
     assert_eq!(stats.closes.get("kicked"), Some(&1));
     assert_eq!(stats.closes.get("client_closed"), Some(&1));
 }
@@ -291,9 +312,14 @@ async fn handler_sees_app_messages_and_every_connection_event() {
 async fn handler_refusal_is_an_error_frame_and_the_connection_stays_open() {
     let mut app = recorded_app().await;
     let mut alice = Client::connect(app.addr, "room-1", "alice").await;
-    assert!(matches!(app.next("alice's connect").await, Seen::Connect(_)));
+    assert!(matches!(
+        app.next("alice's connect").await,
+        Seen::Connect(_)
+    ));
 
-    alice.send(json!({"type": "forbidden", "id": "req-1"})).await;
+    alice
+        .send(json!({"type": "forbidden", "id": "req-1"}))
+        .await;
     let error = alice.json("error for req-1").await;
     assert_eq!(
         error,
@@ -331,7 +357,9 @@ async fn default_handler_answers_unknown_type() {
     assert_eq!(error["code"], "unknown_type");
     assert_eq!(error["id"], 3);
     assert!(
-        error["message"].as_str().is_some_and(|m| m.contains("game_move")),
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("game_move")),
         "{error}"
     );
     alice.still_open().await;
@@ -346,7 +374,10 @@ async fn ping_measures_round_trip_and_latency() {
     let alice = Client::connect(addr, "room-1", "alice").await;
     assert_eq!(manager.latency(alice.id()), None, "no pong yet");
 
-    let rtt = manager.ping(alice.id(), WAIT).await.expect("pong within WAIT");
+    let rtt = manager
+        .ping(alice.id(), WAIT)
+        .await
+        .expect("pong within WAIT");
     assert!(rtt < WAIT, "{rtt:?}");
     let latency = manager.latency(alice.id()).expect("latency after a pong");
     assert!(latency < WAIT, "{latency:?}");
@@ -370,14 +401,20 @@ async fn send_to_connection_delivers_direct_from_null() {
         .send_to_connection(tab1.id(), &json!({"k": [1, 2]}))
         .expect("tab1 is connected");
     let direct = tab1.json("direct to tab1").await;
-    assert_eq!(direct, json!({"type": "direct", "from": null, "data": {"k": [1, 2]}}));
+    assert_eq!(
+        direct,
+        json!({"type": "direct", "from": null, "data": {"k": [1, 2]}})
+    );
 
     // tab2 did not get it: the next thing it receives is what was sent to it afterwards.
     manager
         .send_to_connection(tab2.id(), &"second")
         .expect("tab2 is connected");
     let direct = tab2.json("direct to tab2").await;
-    assert_eq!(direct, json!({"type": "direct", "from": null, "data": "second"}));
+    assert_eq!(
+        direct,
+        json!({"type": "direct", "from": null, "data": "second"})
+    );
 
     assert!(matches!(
         manager.send_to_connection("nope-1", &1),
@@ -412,11 +449,17 @@ async fn broadcast_skips_the_excluded_users_connections() {
         .expect("valid lobby");
     assert_eq!(reached, 3, "both of alice's tabs and bob");
     // Alice's tabs see the second broadcast first: the first one skipped them.
-    for (tab, name) in [(&mut alice1, "alice's tab 1"), (&mut alice2, "alice's tab 2")] {
+    for (tab, name) in [
+        (&mut alice1, "alice's tab 1"),
+        (&mut alice2, "alice's tab 2"),
+    ] {
         let message = tab.json(&format!("second broadcast at {name}")).await;
         assert_eq!(message["data"], json!({"n": 2}), "{name}: {message}");
     }
-    assert_eq!(bob.json("second broadcast at bob").await["data"], json!({"n": 2}));
+    assert_eq!(
+        bob.json("second broadcast at bob").await["data"],
+        json!({"n": 2})
+    );
     // Another lobby hears nothing.
     carol.still_open().await;
 }

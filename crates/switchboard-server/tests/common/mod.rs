@@ -1,5 +1,5 @@
 //! Test helpers: a real server on port 0 and real WebSocket clients.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -17,12 +17,16 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 /// Starts a server on 127.0.0.1:0 in dev mode with fast health checks, after `tune`.
 pub async fn server(tune: impl FnOnce(&mut ServerConfig)) -> RunningServer {
-    let mut config = ServerConfig::default();
-    config.bind = "127.0.0.1:0".parse().unwrap();
-    config.drain = Duration::from_millis(200);
-    config.deadline = Duration::from_secs(3);
+    let mut config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        drain: Duration::from_millis(200),
+        deadline: Duration::from_secs(3),
+        ..ServerConfig::default()
+    };
     tune(&mut config);
-    switchboard_server::spawn(config).await.expect("server starts")
+    switchboard_server::spawn(config)
+        .await
+        .expect("server starts")
 }
 
 pub struct Client {
@@ -39,7 +43,9 @@ pub struct Ending {
 }
 
 pub async fn raw_connect(addr: SocketAddr, path: &str, from: IpAddr) -> WebSocketStream<TcpStream> {
-    try_raw_connect(addr, path, from).await.expect("upgrade succeeds")
+    try_raw_connect(addr, path, from)
+        .await
+        .expect("upgrade succeeds")
 }
 
 pub async fn try_raw_connect(
@@ -61,15 +67,23 @@ pub async fn connect(addr: SocketAddr, lobby: &str, user: &str) -> Client {
 
 pub async fn connect_from(addr: SocketAddr, lobby: &str, user: &str, from: IpAddr) -> Client {
     let ws = raw_connect(addr, &format!("/ws/{lobby}?token={user}"), from).await;
-    let mut client = Client { ws, welcome: Value::Null };
-    client.welcome = client.expect("welcome", &format!("welcome for {user}")).await;
+    let mut client = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    client.welcome = client
+        .expect("welcome", &format!("welcome for {user}"))
+        .await;
     client
 }
 
 /// Connects and expects to be refused: returns the goodbye and close frame seen.
 pub async fn connect_refused(addr: SocketAddr, lobby: &str, user: &str, from: IpAddr) -> Ending {
     let ws = raw_connect(addr, &format!("/ws/{lobby}?token={user}"), from).await;
-    let mut client = Client { ws, welcome: Value::Null };
+    let mut client = Client {
+        ws,
+        welcome: Value::Null,
+    };
     client.ending(&format!("refusal of {user}")).await
 }
 
@@ -79,7 +93,10 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws.send(Message::text(frame.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("send");
     }
 
     /// The next JSON frame that is not a `health_ping`.
@@ -138,9 +155,15 @@ impl Client {
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let (code, reason) = frame
-                        .map(|CloseFrame { code, reason }| (Some(u16::from(code)), reason.to_string()))
+                        .map(|CloseFrame { code, reason }| {
+                            (Some(u16::from(code)), reason.to_string())
+                        })
                         .unwrap_or((None, String::new()));
-                    return Ending { goodbye, code, reason };
+                    return Ending {
+                        goodbye,
+                        code,
+                        reason,
+                    };
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => panic!("error before the close of {what}: {e}"),
@@ -152,7 +175,10 @@ impl Client {
     /// Closes politely and waits for the server's close reply.
     pub async fn close(mut self) {
         self.ws.close(None).await.expect("close");
-        let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+        let _ = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 }
 
@@ -165,7 +191,10 @@ impl Ending {
             Some(g) if goodbye => {
                 assert_eq!(g["code"], code);
                 assert_eq!(g["reason"], reason);
-                assert!(g["retry_after_ms"].as_u64().is_some(), "retry_after_ms in {g}");
+                assert!(
+                    g["retry_after_ms"].as_u64().is_some(),
+                    "retry_after_ms in {g}"
+                );
             }
             None if !goodbye => {}
             other => panic!("goodbye expected: {goodbye}, got {other:?}"),
@@ -177,7 +206,10 @@ impl Ending {
 pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -101,8 +101,10 @@ impl ConnHandle {
 
     /// Records a measured round trip and wakes everyone waiting for one.
     pub(crate) fn record_rtt(&self, rtt: Duration) {
-        self.rtt_us
-            .store(rtt.as_micros().min(u64::MAX as u128 - 1) as u64, Ordering::Relaxed);
+        self.rtt_us.store(
+            rtt.as_micros().min(u64::MAX as u128 - 1) as u64,
+            Ordering::Relaxed,
+        );
         let waiters = std::mem::take(&mut *lock(&self.pong_waiters));
         for waiter in waiters {
             let _ = waiter.send(rtt);

@@ -158,9 +158,11 @@ fn handle_text(text: &Utf8Bytes, conn: &ConnHandle, shared: &Shared) {
             } else {
                 Exclude::Nobody
             };
-            shared
-                .hub
-                .broadcast(info.lobby.as_str(), &crate::hub::text(frame.encode()), exclude);
+            shared.hub.broadcast(
+                info.lobby.as_str(),
+                &crate::hub::text(frame.encode()),
+                exclude,
+            );
             Ok(())
         }
         ClientFrame::Direct { to, data } => {
@@ -174,7 +176,9 @@ fn handle_text(text: &Utf8Bytes, conn: &ConnHandle, shared: &Shared) {
             Ok(())
         }
         ClientFrame::Presence => {
-            shared.hub.deliver(conn, shared.hub.presence_frame(&info.lobby));
+            shared
+                .hub
+                .deliver(conn, shared.hub.presence_frame(&info.lobby));
             Ok(())
         }
         ClientFrame::App { kind } => shared.handler.on_message(
@@ -206,13 +210,17 @@ fn reply_error(
 
 /// Maps a read error to the close it calls for.
 fn reason_for(error: axum::Error) -> DisconnectReason {
-    use tungstenite::error::{CapacityError, Error};
+    use tungstenite::error::{CapacityError, Error, ProtocolError};
     let Ok(error) = error.into_inner().downcast::<Error>() else {
         return DisconnectReason::ConnectionLost;
     };
     match *error {
         Error::Capacity(CapacityError::MessageTooLong { .. }) => DisconnectReason::MessageTooBig,
         Error::Utf8(_) => DisconnectReason::InvalidUtf8,
+        // A peer that vanished without a close frame is gone, not misbehaving.
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            DisconnectReason::ConnectionLost
+        }
         Error::Protocol(_) => DisconnectReason::ProtocolError,
         Error::ConnectionClosed => DisconnectReason::ClientClosed,
         _ => DisconnectReason::ConnectionLost,
