@@ -210,3 +210,32 @@ fn binary_refuses_dev_mode_on_a_public_bind() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("dev_mode"));
 }
+
+#[tokio::test]
+async fn frames_queued_before_a_kick_are_delivered_before_the_close() {
+    let server = server(|_| {}).await;
+    let mut a = connect(server.addr, "l1", "a").await;
+    let id = a.id().to_owned();
+    server
+        .manager
+        .send_to_connection(&id, &json!({"why": "spam"}))
+        .unwrap();
+    server
+        .manager
+        .disconnect(&id, DisconnectReason::Kicked)
+        .unwrap();
+    let d = a.expect("direct", "the explanation before the kick").await;
+    assert_eq!(d["data"]["why"], "spam");
+    a.ending("the kick").await.assert(4009, "kicked", false);
+    // Pinging a connection that is gone fails at once rather than after the timeout.
+    let started = std::time::Instant::now();
+    assert!(
+        server
+            .manager
+            .ping(&id, Duration::from_secs(30))
+            .await
+            .is_err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    all_clean(&server).await;
+}

@@ -61,8 +61,9 @@ impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
                 .headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::to_owned)
+                .and_then(|v| v.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim().to_owned())
         };
         let token = query.0.token.or_else(bearer);
         let ConnectInfo(peer) = parts

@@ -210,4 +210,23 @@ mod tests {
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         }));
     }
+
+    #[test]
+    fn protocol_doc_lists_every_close_code_and_reason() {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md"));
+        let documented: std::collections::BTreeSet<(u16, String)> = doc
+            .lines()
+            .filter_map(|line| {
+                let mut cells = line.split('|').map(str::trim).skip(1);
+                let code = cells.next()?.parse().ok()?;
+                let word = cells.next()?.strip_prefix('`')?.strip_suffix('`')?;
+                Some((code, word.to_owned()))
+            })
+            .collect();
+        let actual: std::collections::BTreeSet<(u16, String)> = DisconnectReason::ALL
+            .iter()
+            .filter_map(|r| Some((r.close_code()?, r.as_str().to_owned())))
+            .collect();
+        assert_eq!(documented, actual, "docs/protocol.md's close-code table is out of step");
+    }
 }

@@ -313,7 +313,9 @@ impl Manager {
         Ok(())
     }
 
-    /// Sends a protocol ping to a connection now and waits for its pong: the round trip.
+    /// Sends a protocol ping to a connection now and waits for the next pong: the round trip.
+    /// (Pongs carry their ping's send time, so whichever pong comes first measures a real
+    /// round trip.)
     pub async fn ping(&self, id: &str, timeout: Duration) -> Result<Duration, Error> {
         let conn = self.find(id)?;
         let pong = conn.wait_for_pong();
@@ -324,11 +326,16 @@ impl Manager {
         {
             return Err(Error::NoSuchConnection);
         }
-        match tokio::time::timeout(timeout, pong).await {
-            Ok(Ok(rtt)) => Ok(rtt),
-            Ok(Err(_)) => Err(Error::NoSuchConnection),
-            Err(_) => Err(Error::PingTimeout(timeout)),
-        }
+        // A connection that closes meanwhile answers at once, not after the timeout.
+        let answer = async {
+            tokio::select! {
+                rtt = pong => rtt.map_err(|_| Error::NoSuchConnection),
+                () = conn.closed() => Err(Error::NoSuchConnection),
+            }
+        };
+        tokio::time::timeout(timeout, answer)
+            .await
+            .unwrap_or(Err(Error::PingTimeout(timeout)))
     }
 
     /// The last round trip measured on a connection (by a protocol pong or a `health_pong`).

@@ -142,8 +142,13 @@ fn handle_text(text: &Utf8Bytes, conn: &ConnHandle, shared: &Shared) {
     let info = &conn.info;
     let outcome = match frame {
         ClientFrame::HealthPong { timestamp } => {
-            if let Some(sent) = timestamp.filter(|&t| t <= unix_ms()) {
-                conn.record_rtt(Duration::from_millis(unix_ms() - sent));
+            // The timestamp comes from the client: only a plausible echo counts as a round trip.
+            let now = unix_ms();
+            if let Some(rtt) = timestamp.and_then(|sent| now.checked_sub(sent)) {
+                let rtt = Duration::from_millis(rtt);
+                if rtt <= shared.config.stale_after() {
+                    conn.record_rtt(rtt);
+                }
             }
             Ok(())
         }

@@ -50,8 +50,17 @@ pub(super) async fn run<S>(
         }
     }
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
-    // A dead peer never drains the socket: the goodbye gets a deadline, then the socket goes.
-    let _ = tokio::time::timeout(close_timeout, say_goodbye(&mut sink, reason)).await;
+    // Frames queued before the close still go out first (a backend may explain, then kick).
+    // A dead peer never drains the socket: all of it gets a deadline, then the socket goes.
+    let _ = tokio::time::timeout(close_timeout, async {
+        if reason.close_code().is_some() {
+            while let Ok(frame) = queue.try_recv() {
+                sink.feed(frame).await.map_err(drop)?;
+            }
+        }
+        say_goodbye(&mut sink, reason).await
+    })
+    .await;
 }
 
 async fn write_batch<S>(
