@@ -213,7 +213,10 @@ mod tests {
 
     #[test]
     fn protocol_doc_lists_every_close_code_and_reason() {
-        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/protocol.md"));
+        let doc = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/protocol.md"
+        ));
         let documented: std::collections::BTreeSet<(u16, String)> = doc
             .lines()
             .filter_map(|line| {
@@ -227,6 +230,9 @@ mod tests {
             .iter()
             .filter_map(|r| Some((r.close_code()?, r.as_str().to_owned())))
             .collect();
-        assert_eq!(documented, actual, "docs/protocol.md's close-code table is out of step");
+        assert_eq!(
+            documented, actual,
+            "docs/protocol.md's close-code table is out of step"
+        );
     }
 }
