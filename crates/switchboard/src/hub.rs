@@ -411,3 +411,7 @@ pub(crate) fn text(encoded: String) -> Message {
 #[cfg(test)]
 #[path = "hub_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "hub_proptest.rs"]
+mod proptests;

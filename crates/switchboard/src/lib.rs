@@ -65,6 +65,8 @@
 //! ```
 
 pub mod axum;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod config;
 mod connection;
 pub mod disconnect;

@@ -186,7 +186,7 @@ impl Manager {
     /// which the client can read, rather than HTTP statuses it cannot.
     pub fn accept(&self, upgrade: WebSocketUpgrade, request: ConnectRequest) -> Response {
         let shared = self.shared.clone();
-        self.configure(upgrade).on_upgrade(move |socket| {
+        self.configure_upgrade(upgrade).on_upgrade(move |socket| {
             let tracker = shared.tracker.clone();
             tracker.track_future(connection::run(shared, socket, request))
         })
@@ -197,7 +197,7 @@ impl Manager {
     pub fn refuse(&self, upgrade: WebSocketUpgrade, reason: DisconnectReason) -> Response {
         let shared = self.shared.clone();
         shared.counters.rejected(reason);
-        self.configure(upgrade).on_upgrade(move |socket| {
+        self.configure_upgrade(upgrade).on_upgrade(move |socket| {
             let timeout = shared.config.close_timeout;
             shared
                 .tracker
@@ -205,7 +205,11 @@ impl Manager {
         })
     }
 
-    fn configure(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
+    /// Applies this manager's transport settings (buffer sizes, message size limit,
+    /// subprotocol) to an upgrade. `accept` and `refuse` do this themselves; it is public for
+    /// programs that need the same WebSocket stack with their own frame loop (the Autobahn echo
+    /// example).
+    pub fn configure_upgrade(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
         let config = &self.shared.config;
         upgrade
             .read_buffer_size(config.transport.read_buffer_size)

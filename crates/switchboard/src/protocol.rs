@@ -152,6 +152,23 @@ pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), 
     Ok((frame, id))
 }
 
+/// Parses a client frame and encodes the answer a connection would send for a bad one: the
+/// inbound parser's whole surface, for fuzzing. Not part of the API.
+#[doc(hidden)]
+pub fn fuzz_parse(text: &str) -> Option<String> {
+    match parse(text) {
+        Ok(_) => None,
+        Err(e) => Some(
+            ServerFrame::Error {
+                code: e.error.code,
+                message: &e.error.message,
+                id: e.id,
+            }
+            .encode(),
+        ),
+    }
+}
+
 fn is_string_or_number(raw: &RawValue) -> bool {
     matches!(
         raw.get().as_bytes().first(),

@@ -1,0 +1,92 @@
+//! Hooks for the criterion benchmarks: a hub with connection handles but no sockets, so the
+//! hot paths (register/unregister, fan-out enqueue, presence) can be measured alone.
+//! Not part of the API.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::ws::Message;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::connection::{ConnHandle, ConnectionInfo};
+use crate::hub::{Exclude, Hub};
+use crate::ids::{ConnectionId, LobbyCode, UserId};
+use crate::stats::Counters;
+
+/// A hub whose connections are bare queues.
+#[derive(Debug)]
+pub struct BenchHub {
+    hub: Hub,
+    lobby: LobbyCode,
+    queues: Vec<mpsc::Receiver<Message>>,
+    queue: usize,
+    next: u64,
+}
+
+impl BenchHub {
+    /// A hub with `members` connections (distinct users) in one lobby, queues of `queue`.
+    pub fn new(members: usize, queue: usize) -> Self {
+        let mut config = Config::default();
+        config.limits.max_connections = members + 16;
+        config.limits.max_per_lobby = members + 16;
+        config.limits.max_per_ip = members + 16;
+        config.queue_capacity = queue;
+        config.presence.events = false;
+        let mut bench = Self {
+            hub: Hub::new(Arc::new(config), Arc::new(Counters::default())),
+            lobby: LobbyCode::parse("bench").expect("valid code"),
+            queues: Vec::with_capacity(members),
+            queue,
+            next: 0,
+        };
+        for _ in 0..members {
+            let rx = bench.register().1;
+            bench.queues.push(rx);
+        }
+        bench
+    }
+
+    fn register(&mut self) -> (u64, mpsc::Receiver<Message>) {
+        self.next += 1;
+        let seq = self.next;
+        let (tx, rx) = mpsc::channel(self.queue);
+        let info = ConnectionInfo {
+            id: ConnectionId::new("bench", seq),
+            user_id: UserId::parse(&format!("u{seq}")).expect("valid id"),
+            lobby: self.lobby.clone(),
+            ip: IpAddr::from([127, 0, 0, 1]),
+            connected_at: SystemTime::now(),
+        };
+        let handle = Arc::new(ConnHandle::new(seq, info, tx));
+        self.hub
+            .register(handle, |_| Message::text("welcome"))
+            .expect("limits leave room");
+        (seq, rx)
+    }
+
+    /// Registers one more connection and unregisters it again.
+    pub fn register_unregister(&mut self) {
+        let (seq, _rx) = self.register();
+        self.hub.unregister(seq);
+    }
+
+    /// Encodes nothing: offers one pre-encoded frame to every member. Returns the count.
+    pub fn broadcast(&self, frame: &Message) -> usize {
+        self.hub
+            .broadcast(self.lobby.as_str(), frame, Exclude::Nobody)
+    }
+
+    /// Empties every member's queue (between benchmark iterations).
+    pub fn drain(&mut self) {
+        for q in &mut self.queues {
+            while q.try_recv().is_ok() {}
+        }
+    }
+
+    /// The lobby's presence list, encoded as a `presence` frame.
+    pub fn presence(&self) -> Message {
+        self.hub.presence_frame(&self.lobby)
+    }
+}

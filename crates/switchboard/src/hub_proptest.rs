@@ -1,0 +1,1 @@
+//! Property tests of the registry (issue 7 fills this in).
