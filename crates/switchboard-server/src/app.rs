@@ -1,13 +1,18 @@
-//! Routes: the WebSocket endpoint and the probes.
+//! Routes: the WebSocket endpoint and probes (public), the API and metrics (admin), and the
+//! request checks in front of an upgrade (origin, auth, client IP behind proxies).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use ipnet::IpNet;
+use serde_json::json;
 use switchboard::axum::WsConnect;
 use switchboard::{ConnectRequest, DisconnectReason, Manager};
 
@@ -22,12 +27,27 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// `Origin` allowlist; empty: same host and loopback only.
     pub allowed_origins: Arc<Vec<String>>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// The API's bearer key (`None`: API off, or open in dev mode).
+    pub api_key: Option<Arc<str>>,
+    /// Dev mode: tokens are user ids, and the API needs no key when none is set.
+    pub dev_mode: bool,
     /// Set at shutdown: readiness fails and upgrades are refused.
     pub draining: Arc<AtomicBool>,
+    /// When the server started.
+    pub started: Instant,
 }
 
-/// The server's routes.
-pub fn router(state: AppState) -> Router {
+impl AppState {
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Routes for clients: `/ws/{lobby}`, `/healthz`, `/readyz`.
+pub fn public_routes(state: AppState) -> Router {
     Router::new()
         .route("/ws/{lobby}", get(ws))
         .route("/healthz", get(|| async { "ok" }))
@@ -35,19 +55,34 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Routes for operators and backends: `/api/...` and `/metrics`.
+pub fn admin_routes(state: AppState) -> Router {
+    crate::api::routes(state.clone())
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.draining.load(Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    if state.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ready": false, "draining": true})),
+        )
+            .into_response()
     } else {
-        "ready".into_response()
+        axum::Json(json!({"ready": true, "draining": false})).into_response()
     }
 }
 
-async fn ws(
-    State(state): State<AppState>,
-    connect: WsConnect,
-    headers: axum::http::HeaderMap,
-) -> Response {
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&state.manager, state.is_draining()),
+    )
+        .into_response()
+}
+
+async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMap) -> Response {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if let Some(origin) = connect.origin.as_deref()
         && !origin_allowed(origin, host, &state.allowed_origins)
@@ -56,25 +91,50 @@ async fn ws(
         return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
     }
     let manager = &state.manager;
-    if state.draining.load(Ordering::SeqCst) {
+    if state.is_draining() {
         return manager.refuse(connect.upgrade, DisconnectReason::ServerShutdown);
     }
+    let ip = client_ip(connect.peer.ip(), &headers, &state.trusted_proxies);
     let identity = match state.auth.verify(connect.token.as_deref()) {
         Ok(identity) if identity.may_join(&connect.lobby) => identity,
         Ok(identity) => {
-            tracing::info!(user = %identity.user_id, lobby = %connect.lobby, "refused: lobby not allowed by token");
+            tracing::info!(user = %identity.user_id, lobby = %connect.lobby, %ip, "refused: lobby not allowed by token");
             return manager.refuse(connect.upgrade, DisconnectReason::Unauthorized);
         }
         Err(error) => {
-            tracing::info!(%error, peer = %connect.peer, "refused: unauthorized");
+            tracing::info!(%error, %ip, "refused: unauthorized");
             return manager.refuse(connect.upgrade, DisconnectReason::Unauthorized);
         }
     };
-    let mut request = ConnectRequest::new(connect.lobby, identity.user_id, connect.peer.ip());
+    let mut request = ConnectRequest::new(connect.lobby, identity.user_id, ip);
     if let Some(at) = identity.expires_at {
         request = request.expires_at(at);
     }
     manager.accept(connect.upgrade, request)
+}
+
+/// The client's IP: the TCP peer, unless the peer is a trusted proxy; then the nearest
+/// address in `X-Forwarded-For` that is not itself a trusted proxy. Addresses a client put
+/// there itself (further left) are never believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|part| part.trim().parse().ok())
+        .collect();
+    forwarded
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(forwarded.first())
+        .copied()
+        .unwrap_or(peer)
 }
 
 /// An `Origin` is allowed when listed, or (with an empty list) when it is the request's own
@@ -96,7 +156,7 @@ pub fn origin_allowed(origin: &str, host: Option<&str>, allowed: &[String]) -> b
 
 #[cfg(test)]
 mod tests {
-    use super::origin_allowed;
+    use super::*;
 
     #[test]
     fn origins() {
@@ -117,5 +177,25 @@ mod tests {
         let list = vec!["https://a.example".to_string()];
         assert!(origin_allowed("https://a.example/", None, &list));
         assert!(!origin_allowed("http://localhost", None, &list));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 1.2.3.4, 10.0.0.7".parse().unwrap(),
+        );
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let direct: IpAddr = "5.5.5.5".parse().unwrap();
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "1.2.3.4".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_ip(direct, &h, &trusted), direct, "untrusted peer");
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
+        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy);
     }
 }

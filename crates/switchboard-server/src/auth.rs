@@ -90,7 +90,7 @@ impl Auth {
         }
         let (key, algorithm) = match (&config.jwt_secret, &config.jwt_public_key_file) {
             (Some(secret), _) => (
-                DecodingKey::from_secret(secret.as_bytes()),
+                DecodingKey::from_secret(secret.0.as_bytes()),
                 Algorithm::HS256,
             ),
             (None, Some(path)) => {

@@ -1,11 +1,16 @@
-//! Server configuration from `SWITCHBOARD_*` environment variables, validated at start-up.
+//! Server configuration: a TOML file, then `SWITCHBOARD_*` environment variables (the
+//! environment wins), validated at start-up.
 //!
-//! Names follow DESIGN.md's table: `limits.max_per_lobby` is `SWITCHBOARD_LIMITS__MAX_PER_LOBBY`.
-//! Unknown names are refused, so a typo never silently leaves a default in place.
+//! Names follow DESIGN.md's table: `limits.max_per_lobby` in the file is
+//! `SWITCHBOARD_LIMITS__MAX_PER_LOBBY` in the environment. Both go through one setter, so they
+//! accept the same values. Unknown names are refused, so a typo never silently leaves a
+//! default in place. `config/switchboard.example.toml` documents every field.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use switchboard::{Config as ManagerConfig, SlowConsumerPolicy, UserPolicy};
 
@@ -14,26 +19,62 @@ const PREFIX: &str = "SWITCHBOARD_";
 /// Settings of DESIGN.md's table that a later version implements. They are refused rather than
 /// ignored, so nobody believes a rate limit or a Redis cluster is on when it is not.
 const NOT_YET: &[&str] = &[
-    "config",
-    "api.key",
-    "rate.messages_per_sec",
-    "rate.burst",
-    "rate.connects_per_ip_per_sec",
-    "rate.max_violations",
     "redis.url",
     "redis.heartbeat_ms",
     "redis.node_ttl_ms",
     "redis.key_prefix",
     "history.size",
     "history.ttl_ms",
-    "client.allow_broadcast",
-    "client.allow_direct",
+    "pages.enabled",
+];
+
+/// Every name [`ServerConfig::set`] accepts.
+pub const KNOWN: &[&str] = &[
+    "bind",
+    "dev_mode",
+    "auth.jwt_secret",
+    "auth.jwt_public_key_file",
+    "api.key",
+    "allowed_origins",
     "trusted_proxies",
     "admin_bind",
-    "pages.enabled",
     "handshake_timeout_ms",
+    "limits.max_connections",
+    "limits.max_per_lobby",
+    "limits.max_per_user",
+    "limits.max_per_ip",
+    "user_policy",
+    "health.ping_interval_ms",
+    "health.pong_timeout_ms",
+    "queue.capacity",
+    "queue.on_full",
+    "max_message_bytes",
+    "rate.messages_per_sec",
+    "rate.burst",
+    "rate.max_violations",
+    "rate.connects_per_ip_per_sec",
+    "client.allow_broadcast",
+    "client.allow_direct",
+    "presence.events",
+    "presence.leave_grace_ms",
+    "presence.events_max_members",
     "capacity_warn_percent",
+    "redis.node_id",
+    "shutdown.drain_ms",
+    "shutdown.deadline_ms",
+    "log.format",
+    "log.level",
 ];
+
+/// A secret (JWT secret, API key): its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +93,19 @@ pub struct ServerConfig {
     /// `Some` when asked for explicitly; `None` decides from auth and bind.
     pub dev_mode: Option<bool>,
     /// HS256 secret.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// RS256 public key (PEM file).
     pub jwt_public_key_file: Option<PathBuf>,
     /// `Origin` allowlist; empty means same host and loopback origins only.
     pub allowed_origins: Vec<String>,
+    /// Bearer key of the HTTP API; without one the API is off (except in dev mode).
+    pub api_key: Option<Secret>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// A separate listener for `/api` and `/metrics`.
+    pub admin_bind: Option<SocketAddr>,
+    /// A TCP connection must finish its HTTP request head (the upgrade) within this.
+    pub handshake_timeout: Duration,
     /// Close spread at shutdown.
     pub drain: Duration,
     /// Hard limit for the whole shutdown.
@@ -94,6 +143,10 @@ impl Default for ServerConfig {
             jwt_secret: None,
             jwt_public_key_file: None,
             allowed_origins: Vec::new(),
+            api_key: None,
+            trusted_proxies: Vec::new(),
+            admin_bind: None,
+            handshake_timeout: Duration::from_millis(10_000),
             drain: Duration::from_millis(5_000),
             deadline: Duration::from_millis(10_000),
             log_format: LogFormat::Human,
@@ -104,44 +157,136 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Reads every `SWITCHBOARD_*` variable of the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_vars(std::env::vars())
+    /// The configuration of the process: the file named by `--config FILE` (or
+    /// `SWITCHBOARD_CONFIG`), then every `SWITCHBOARD_*` environment variable.
+    pub fn from_args_and_env() -> Result<Self, ConfigError> {
+        let mut args = std::env::args().skip(1);
+        let mut file = std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--config" => {
+                    let path = args
+                        .next()
+                        .ok_or_else(|| err("--config", "expects a file path"))?;
+                    file = Some(path.into());
+                }
+                other => {
+                    return Err(err(
+                        other,
+                        "unknown argument (usage: switchboard [--config FILE])",
+                    ));
+                }
+            }
+        }
+        Self::load(file.as_deref(), std::env::vars())
     }
 
-    /// Builds a config from `(NAME, value)` pairs; names without the prefix are ignored.
-    pub fn from_vars(
+    /// Reads `file` (if any), then applies `vars` over it, then validates.
+    pub fn load(
+        file: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let mut config = Self::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+            config.apply_toml(&text).map_err(|e| ConfigError {
+                field: e.field,
+                reason: format!("{} (in {})", e.reason, path.display()),
+            })?;
+        }
+        config.apply_vars(vars)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Builds a config from `(NAME, value)` pairs alone; names without the prefix are ignored.
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::load(None, vars)
+    }
+
+    fn apply_vars(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
         for (name, value) in vars {
             let Some(rest) = name.strip_prefix(PREFIX) else {
                 continue;
             };
+            if rest == "CONFIG" {
+                continue;
+            }
             let field = rest.to_ascii_lowercase().replace("__", ".");
-            config
-                .set(&field, value.trim())
-                .map_err(|reason| err(&field, format!("{reason} (from {name}={value:?})")))?;
+            self.set(&field, value.trim())
+                .map_err(|reason| err(&field, format!("{reason} (from {name})")))?;
         }
-        config.validate()?;
-        Ok(config)
+        Ok(())
+    }
+
+    /// Applies a TOML document: tables are sections, so `[limits] max_per_lobby = 10` is
+    /// `limits.max_per_lobby`.
+    pub fn apply_toml(&mut self, text: &str) -> Result<(), ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| err("config", format!("not valid TOML: {e}")))?;
+        self.apply_table("", &table)
+    }
+
+    fn apply_table(&mut self, prefix: &str, table: &toml::Table) -> Result<(), ConfigError> {
+        for (key, value) in table {
+            let field = format!("{prefix}{key}");
+            let text = match value {
+                toml::Value::Table(inner) => {
+                    self.apply_table(&format!("{field}."), inner)?;
+                    continue;
+                }
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|item| match item {
+                        toml::Value::String(s) => Ok(s.clone()),
+                        _ => Err(err(&field, "expected a list of strings")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(","),
+                other => return Err(err(&field, format!("unexpected {}", other.type_str()))),
+            };
+            self.set(&field, &text)
+                .map_err(|reason| err(&field, reason))?;
+        }
+        Ok(())
     }
 
     /// Sets one field by its dotted name.
     pub fn set(&mut self, field: &str, value: &str) -> Result<(), String> {
         let m = &mut self.manager;
         match field {
-            "bind" => self.bind = value.parse().map_err(|_| "expected IP:PORT".to_owned())?,
+            "bind" => self.bind = parse_addr(value)?,
             "dev_mode" => self.dev_mode = Some(parse_bool(value)?),
-            "auth.jwt_secret" => self.jwt_secret = Some(value.to_owned()).filter(|s| !s.is_empty()),
+            "auth.jwt_secret" => self.jwt_secret = secret(value),
             "auth.jwt_public_key_file" => self.jwt_public_key_file = Some(value.into()),
+            "api.key" => self.api_key = secret(value),
             "allowed_origins" => {
-                self.allowed_origins = value
-                    .split(',')
-                    .map(|o| o.trim().trim_end_matches('/').to_owned())
-                    .filter(|o| !o.is_empty())
+                self.allowed_origins = split_list(value)
+                    .map(|o| o.trim_end_matches('/').to_owned())
                     .collect();
             }
+            "trusted_proxies" => {
+                self.trusted_proxies = split_list(value)
+                    .map(|p| {
+                        p.parse::<IpNet>()
+                            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                            .map_err(|_| format!("{p:?} is not an IP address or CIDR"))
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "admin_bind" if value.is_empty() => self.admin_bind = None,
+            "admin_bind" => self.admin_bind = Some(parse_addr(value)?),
+            "handshake_timeout_ms" => self.handshake_timeout = parse_ms(value)?,
             "limits.max_connections" => m.limits.max_connections = parse_num(value)?,
             "limits.max_per_lobby" => m.limits.max_per_lobby = parse_num(value)?,
             "limits.max_per_user" => m.limits.max_per_user = parse_num(value)?,
@@ -165,9 +310,20 @@ impl ServerConfig {
                 }
             }
             "max_message_bytes" => m.max_message_bytes = parse_num(value)?,
+            "rate.messages_per_sec" => m.rate.messages_per_sec = parse_u32(value)?,
+            "rate.burst" => m.rate.burst = parse_u32(value)?,
+            "rate.max_violations" => m.rate.max_violations = parse_u32(value)?,
+            "rate.connects_per_ip_per_sec" => m.rate.connects_per_ip_per_sec = parse_u32(value)?,
+            "client.allow_broadcast" => m.client.allow_broadcast = parse_bool(value)?,
+            "client.allow_direct" => m.client.allow_direct = parse_bool(value)?,
             "presence.events" => m.presence.events = parse_bool(value)?,
             "presence.leave_grace_ms" => m.presence.leave_grace = parse_ms(value)?,
             "presence.events_max_members" => m.presence.events_max_members = parse_num(value)?,
+            "capacity_warn_percent" => {
+                m.capacity_warn_percent = value
+                    .parse()
+                    .map_err(|_| "expected a percentage, 0-100".to_owned())?;
+            }
             "redis.node_id" => m.node_id = value.to_owned(),
             "shutdown.drain_ms" => self.drain = parse_ms(value)?,
             "shutdown.deadline_ms" => self.deadline = parse_ms(value)?,
@@ -197,6 +353,15 @@ impl ServerConfig {
                 "shutdown.deadline_ms",
                 "must be at least shutdown.drain_ms",
             ));
+        }
+        if self
+            .admin_bind
+            .is_some_and(|a| a == self.bind && a.port() != 0)
+        {
+            return Err(err("admin_bind", "must differ from bind"));
+        }
+        if self.handshake_timeout < Duration::from_millis(100) {
+            return Err(err("handshake_timeout_ms", "must be at least 100 ms"));
         }
         if self.jwt_secret.is_some() && self.jwt_public_key_file.is_some() {
             return Err(err(
@@ -231,6 +396,27 @@ impl ServerConfig {
         self.dev_mode
             .unwrap_or_else(|| self.jwt_secret.is_none() && self.jwt_public_key_file.is_none())
     }
+}
+
+fn secret(value: &str) -> Option<Secret> {
+    Some(Secret(value.to_owned())).filter(|s| !s.0.is_empty())
+}
+
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    value.parse().map_err(|_| "expected IP:PORT".to_owned())
+}
+
+fn split_list(value: &str) -> impl Iterator<Item = &str> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+}
+
+fn parse_u32(value: &str) -> Result<u32, String> {
+    parse_num(value)?
+        .try_into()
+        .map_err(|_| "too large".to_owned())
 }
 
 fn parse_bool(value: &str) -> Result<bool, String> {
@@ -301,6 +487,8 @@ mod tests {
         assert!(e.to_string().contains("unknown setting"), "{e}");
         let e = vars(&[("SWITCHBOARD_REDIS__URL", "redis://x")]).unwrap_err();
         assert!(e.to_string().contains("not supported"), "{e}");
+        let e = vars(&[("SWITCHBOARD_TRUSTED_PROXIES", "10.0.0.0/8,nope")]).unwrap_err();
+        assert_eq!(e.field, "trusted_proxies");
     }
 
     #[test]
@@ -320,5 +508,84 @@ mod tests {
         ])
         .unwrap();
         assert!(!c.dev_mode());
+    }
+
+    #[test]
+    fn toml_file_then_environment_wins() {
+        let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        let toml = r#"
+bind = "127.0.0.1:9000"
+user_policy = "reject"
+trusted_proxies = ["10.0.0.0/8", "192.168.1.1"]
+[limits]
+max_per_lobby = 3
+max_connections = 50
+[client]
+allow_direct = false
+"#;
+        std::fs::write(&file, toml).unwrap();
+        let env = [(
+            "SWITCHBOARD_LIMITS__MAX_PER_LOBBY".to_string(),
+            "4".to_string(),
+        )];
+        let c = ServerConfig::load(Some(&file), env).unwrap();
+        assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.manager.user_policy, UserPolicy::Reject);
+        assert_eq!(c.manager.limits.max_per_lobby, 4, "environment wins");
+        assert_eq!(c.manager.limits.max_connections, 50);
+        assert!(!c.manager.client.allow_direct);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        std::fs::write(&file, "[limits]\nmax_per_lobby = \"ten\"\n").unwrap();
+        let e = ServerConfig::load(Some(&file), []).unwrap_err();
+        assert_eq!(e.field, "limits.max_per_lobby");
+        assert!(e.reason.contains("c.toml"), "{e}");
+        std::fs::write(&file, "[limits\n").unwrap();
+        let e = ServerConfig::load(Some(&file), []).unwrap_err();
+        assert!(e.reason.contains("TOML"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_example_file_is_valid_and_documents_every_name() {
+        let example = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/switchboard.example.toml"
+        ));
+        let mut c = ServerConfig::default();
+        c.apply_toml(example).unwrap();
+        // Each name appears as an assignment, set or commented out, in its section.
+        for name in KNOWN {
+            let (section, key) = name.rsplit_once('.').unwrap_or(("", name));
+            let in_section = if section.is_empty() {
+                example.split("\n[").next().unwrap()
+            } else {
+                example
+                    .split(&format!("[{section}]"))
+                    .nth(1)
+                    .unwrap_or_else(|| panic!("section [{section}] missing"))
+            };
+            let assigned = in_section.lines().any(|l| {
+                l.trim_start_matches('#')
+                    .trim_start()
+                    .starts_with(&format!("{key} ="))
+            });
+            assert!(assigned, "{name} is not documented in the example config");
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let c = vars(&[
+            ("SWITCHBOARD_AUTH__JWT_SECRET", "hunter2"),
+            ("SWITCHBOARD_API__KEY", "k3y"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
     }
 }

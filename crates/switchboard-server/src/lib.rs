@@ -1,72 +1,132 @@
-//! The standalone Switchboard server: protocol v1 over WebSocket for clients in any language.
+//! The standalone Switchboard server: protocol v1 over WebSocket for clients in any language,
+//! an HTTP API for backends, probes and Prometheus metrics.
 //!
 //! # Layout
 //!
-//! - [`config`]: [`ServerConfig`] from `SWITCHBOARD_*` environment variables.
+//! - [`config`]: [`ServerConfig`] from a TOML file and `SWITCHBOARD_*` environment variables.
 //! - [`auth`]: dev-mode tokens and JWT (HS256 / RS256) verification.
-//! - [`app`]: the routes (`/ws/{lobby}`, `/healthz`, `/readyz`) and the origin check.
-//! - [`run`] / [`spawn`]: serve on a listener until a shutdown signal, then drain.
+//! - [`app`]: public routes (`/ws/{lobby}`, `/healthz`, `/readyz`) and admin routes, origin
+//!   and proxy handling.
+//! - [`api`]: the HTTP API for backends (`/api/...`).
+//! - [`metrics`]: `GET /metrics`.
+//! - `serve`: the accept loop with a request-head deadline.
+//! - [`run`] / [`spawn`]: serve until a shutdown signal, then drain.
 //!
 //! The binary is thin: read config, init logs, bind, print `listening on ADDR`, call [`run`].
 //! Tests call [`spawn`] with port 0 and the same code path.
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod metrics;
+mod serve;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use switchboard::Manager;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{ConfigError, LogFormat, ServerConfig};
 
-/// Serves `listener` until `shutdown` resolves, then drains every connection with 1001 over
-/// `shutdown.drain_ms` and returns within `shutdown.deadline_ms`. Returns whether every
-/// connection ended in time.
+/// The listeners a server runs on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Clients (and, without `admin`, everything else).
+    pub public: TcpListener,
+    /// `/api` and `/metrics` when `admin_bind` is set.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `bind` and, if set, `admin_bind`.
+    pub async fn bind(config: &ServerConfig) -> std::io::Result<Self> {
+        let public = TcpListener::bind(config.bind).await?;
+        let admin = match config.admin_bind {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        Ok(Self { public, admin })
+    }
+}
+
+/// Serves until `shutdown` resolves; then reports not-ready, refuses new upgrades, closes
+/// every connection with 1001 spread over `shutdown.drain_ms`, and returns within
+/// `shutdown.deadline_ms`. Returns whether every connection ended in time.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: ServerConfig,
     manager: Manager,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<bool> {
     let auth = auth::Auth::from_config(&config)?;
-    if config.dev_mode() {
+    let dev_mode = config.dev_mode();
+    if dev_mode {
         tracing::warn!(
             "DEV MODE: tokens are user ids and are not verified; never expose this server (bind {})",
             config.bind
         );
     }
+    metrics::handle();
     let draining = Arc::new(AtomicBool::new(false));
     let state = app::AppState {
         manager: manager.clone(),
         auth: Arc::new(auth),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
+        trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+        api_key: config.api_key.as_ref().map(|k| Arc::from(k.0.as_str())),
+        dev_mode,
         draining: draining.clone(),
+        started: Instant::now(),
     };
-    let router = app::router(state);
-    let (stop_http, http_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = http_stopped.await;
-        })
-        .into_future(),
-    );
+    let stop_http = CancellationToken::new();
+    let mut servers = tokio::task::JoinSet::new();
+    let public = app::public_routes(state.clone());
+    let admin = app::admin_routes(state);
+    let head_timeout = config.handshake_timeout;
+    match listeners.admin {
+        Some(admin_listener) => {
+            servers.spawn(serve::serve(
+                listeners.public,
+                public,
+                head_timeout,
+                stop_http.clone(),
+            ));
+            servers.spawn(serve::serve(
+                admin_listener,
+                admin,
+                head_timeout,
+                stop_http.clone(),
+            ));
+        }
+        None => {
+            let both = public.merge(admin);
+            servers.spawn(serve::serve(
+                listeners.public,
+                both,
+                head_timeout,
+                stop_http.clone(),
+            ));
+        }
+    }
+    servers.spawn(metrics::upkeep(stop_http.clone()));
     shutdown.await;
     tracing::info!(drain = ?config.drain, deadline = ?config.deadline, "shutting down");
     draining.store(true, Ordering::SeqCst);
     let drained = manager.shutdown(config.drain, config.deadline).await;
-    let _ = stop_http.send(());
+    stop_http.cancel();
     // Plain HTTP requests still in flight get what is left of the deadline.
-    let _ = tokio::time::timeout(config.deadline.saturating_sub(config.drain), server).await;
+    let remaining = config.deadline.saturating_sub(config.drain);
+    let _ = tokio::time::timeout(remaining, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
     tracing::info!(drained, "stopped");
     Ok(drained)
 }
@@ -74,8 +134,10 @@ pub async fn run(
 /// A server running in the background: what tests and embedders get from [`spawn`].
 #[derive(Debug)]
 pub struct RunningServer {
-    /// The bound address (with port 0, the port picked).
+    /// The public address (with port 0, the port picked).
     pub addr: SocketAddr,
+    /// The admin address, when `admin_bind` is set.
+    pub admin_addr: Option<SocketAddr>,
     /// The manager, to inspect stats and act as a backend.
     pub manager: Manager,
     stop: Option<oneshot::Sender<()>>,
@@ -83,6 +145,11 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// Where `/api` and `/metrics` are served.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.admin_addr.unwrap_or(self.addr)
+    }
+
     /// Triggers the graceful shutdown and waits for it; returns whether everything drained.
     pub async fn shutdown(mut self) -> anyhow::Result<bool> {
         if let Some(stop) = self.stop.take() {
@@ -92,18 +159,24 @@ impl RunningServer {
     }
 }
 
-/// Binds `config.bind` and runs the server in a background task until
+/// Binds the configured addresses and runs the server in a background task until
 /// [`RunningServer::shutdown`].
 pub async fn spawn(config: ServerConfig) -> anyhow::Result<RunningServer> {
-    let listener = TcpListener::bind(config.bind).await?;
-    let addr = listener.local_addr()?;
+    let listeners = Listeners::bind(&config).await?;
+    let addr = listeners.public.local_addr()?;
+    let admin_addr = listeners
+        .admin
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let manager = Manager::new(config.manager.clone())?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(run(listener, config, manager.clone(), async {
+    let task = tokio::spawn(run(listeners, config, manager.clone(), async {
         let _ = stopped.await;
     }));
     Ok(RunningServer {
         addr,
+        admin_addr,
         manager,
         stop: Some(stop),
         task,

@@ -15,21 +15,24 @@ fn main() {
 }
 
 fn start() -> anyhow::Result<()> {
-    let config = ServerConfig::from_env().context("invalid configuration")?;
+    let config = ServerConfig::from_args_and_env().context("invalid configuration")?;
     init_logs(&config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let drained = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.bind)
+        let listeners = switchboard_server::Listeners::bind(&config)
             .await
-            .with_context(|| format!("cannot bind {}", config.bind))?;
-        let addr = listener.local_addr()?;
+            .with_context(|| format!("cannot bind {} / admin_bind", config.bind))?;
+        let addr = listeners.public.local_addr()?;
         let manager = switchboard::Manager::new(config.manager.clone())?;
         // The first line on stdout: scripts and tests wait for it.
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {addr}")?;
+        if let Some(admin) = &listeners.admin {
+            writeln!(stdout, "admin listening on {}", admin.local_addr()?)?;
+        }
         stdout.flush()?;
         tracing::info!(%addr, node = %config.manager.node_id, "listening");
-        switchboard_server::run(listener, config, manager, termination()).await
+        switchboard_server::run(listeners, config, manager, termination()).await
     })?;
     if !drained {
         tracing::warn!("shutdown deadline passed before every connection ended");

@@ -28,7 +28,7 @@ fn token(sub: &str, exp_in_secs: i64, lobbies: Option<&[&str]>) -> String {
 }
 
 async fn jwt_server() -> switchboard_server::RunningServer {
-    server(|c| c.jwt_secret = Some(SECRET.into())).await
+    server(|c| c.jwt_secret = Some(switchboard_server::config::Secret(SECRET.into()))).await
 }
 
 async fn refused(addr: std::net::SocketAddr, path: &str) -> Ending {

@@ -34,6 +34,58 @@ pub struct Config {
     pub node_id: String,
     /// Per-connection transport buffers: the main cost of an idle connection.
     pub transport: TransportConfig,
+    /// Inbound message and connect rate limits.
+    pub rate: RateConfig,
+    /// What clients may send.
+    pub client: ClientPermissions,
+    /// Log a warning when connections exceed this share of the global limit, or a lobby this
+    /// share of the per-lobby limit. Default 80; 0 turns the warnings off.
+    pub capacity_warn_percent: u8,
+}
+
+/// Rate limits. A value of 0 turns that limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RateConfig {
+    /// Sustained inbound messages per second per connection (token bucket). Default 50.
+    pub messages_per_sec: u32,
+    /// Bucket size: messages a connection may send in a burst. Default 100.
+    pub burst: u32,
+    /// Rate-limited messages in a row before the connection is closed with 4008. Default 10.
+    pub max_violations: u32,
+    /// New connections per client IP per second (refused with 4008 `rate_limited`).
+    /// Default 20.
+    pub connects_per_ip_per_sec: u32,
+}
+
+/// What clients may send; for apps where only the backend publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientPermissions {
+    /// Clients may send `broadcast`. Default true.
+    pub allow_broadcast: bool,
+    /// Clients may send `direct`. Default true.
+    pub allow_direct: bool,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        Self {
+            messages_per_sec: 50,
+            burst: 100,
+            max_violations: 10,
+            connects_per_ip_per_sec: 20,
+        }
+    }
+}
+
+impl Default for ClientPermissions {
+    fn default() -> Self {
+        Self {
+            allow_broadcast: true,
+            allow_direct: true,
+        }
+    }
 }
 
 /// Capacity limits. Each refusal closes with 4002 and the matching reason.
@@ -124,6 +176,9 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             node_id: format!("{:08x}", fastrand::u32(..)),
             transport: TransportConfig::default(),
+            rate: RateConfig::default(),
+            client: ClientPermissions::default(),
+            capacity_warn_percent: 80,
         }
     }
 }
@@ -199,6 +254,18 @@ impl Config {
             return Err(ConfigError {
                 field: "redis.node_id",
                 reason: "must be 1-64 characters of [A-Za-z0-9_]".into(),
+            });
+        }
+        if self.rate.messages_per_sec > 0 && self.rate.burst == 0 {
+            return Err(ConfigError {
+                field: "rate.burst",
+                reason: "must be at least 1 when rate.messages_per_sec is set".into(),
+            });
+        }
+        if self.capacity_warn_percent > 100 {
+            return Err(ConfigError {
+                field: "capacity_warn_percent",
+                reason: "must be a percentage, 0-100".into(),
             });
         }
         if self.transport.read_buffer_size < 256 {

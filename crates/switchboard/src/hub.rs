@@ -163,7 +163,24 @@ impl Hub {
                 old.close(DisconnectReason::Replaced);
             }
         }
+        if self.crosses_warning(reg.conns.len(), limits.max_connections) {
+            tracing::warn!(
+                connections = reg.conns.len(),
+                max = limits.max_connections,
+                "capacity: connections above the warning threshold"
+            );
+        }
+        let members = reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len());
+        if self.crosses_warning(members, limits.max_per_lobby) {
+            tracing::warn!(lobby = %info.lobby, members, max = limits.max_per_lobby, "capacity: lobby above the warning threshold");
+        }
         Ok(())
+    }
+
+    /// Whether `count` just reached `capacity_warn_percent` of `max` (warned once per crossing).
+    fn crosses_warning(&self, count: usize, max: usize) -> bool {
+        let percent = usize::from(self.config.capacity_warn_percent);
+        percent > 0 && count == (max * percent).div_ceil(100).max(1)
     }
 
     /// Removes a connection from every index. Idempotent: a connection already removed (by a
@@ -266,11 +283,17 @@ impl Hub {
 
     /// Offers one encoded frame to every member of a lobby. Returns how many queued it.
     pub(crate) fn broadcast(&self, lobby: &str, frame: &Message, exclude: Exclude<'_>) -> usize {
-        let reg = self.lock();
-        match reg.lobbies.get(lobby) {
-            Some(lobby) => self.fan_out(&lobby.members, frame, exclude),
-            None => 0,
-        }
+        let started = std::time::Instant::now();
+        let reached = {
+            let reg = self.lock();
+            match reg.lobbies.get(lobby) {
+                Some(lobby) => self.fan_out(&lobby.members, frame, exclude),
+                None => return 0,
+            }
+        };
+        metrics::histogram!("switchboard_broadcast_fanout_seconds")
+            .record(started.elapsed().as_secs_f64());
+        reached
     }
 
     /// Offers one encoded frame to every connection of a user. Returns how many queued it.
@@ -303,12 +326,11 @@ impl Hub {
             Offer::Queued => true,
             Offer::Closed => false,
             Offer::Full => {
-                match self.config.on_full {
-                    SlowConsumerPolicy::Close => {
-                        conn.close(DisconnectReason::SlowConsumer);
-                    }
-                    SlowConsumerPolicy::Drop => self.counters.dropped(),
+                let drop = self.config.on_full == SlowConsumerPolicy::Drop;
+                if !drop {
+                    conn.close(DisconnectReason::SlowConsumer);
                 }
+                self.counters.overflow(drop);
                 false
             }
         }

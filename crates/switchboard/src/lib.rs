@@ -78,7 +78,10 @@ mod manager;
 pub mod protocol;
 pub mod stats;
 
-pub use config::{Config, ConfigError, Limits, PresenceConfig, SlowConsumerPolicy, UserPolicy};
+pub use config::{
+    ClientPermissions, Config, ConfigError, Limits, PresenceConfig, RateConfig, SlowConsumerPolicy,
+    UserPolicy,
+};
 pub use connection::ConnectionInfo;
 pub use disconnect::DisconnectReason;
 pub use handler::{AppMessage, Handler, NoHandler};

@@ -110,6 +110,35 @@ pub(crate) struct Shared {
     next_seq: AtomicU64,
     /// Origin of the protocol ping payloads (microseconds since it).
     epoch: Instant,
+    /// New connections per IP per second, if limited.
+    connect_rate: Option<ConnectRate>,
+}
+
+/// A token bucket per client IP. Idle buckets are swept every [`ConnectRate::SWEEP_EVERY`]
+/// checks, so the map holds only IPs seen in the last second or so.
+struct ConnectRate {
+    buckets: governor::DefaultKeyedRateLimiter<IpAddr>,
+    checks: AtomicU64,
+}
+
+impl ConnectRate {
+    const SWEEP_EVERY: u64 = 1024;
+
+    fn new(per_sec: u32) -> Option<Self> {
+        let rate = std::num::NonZeroU32::new(per_sec)?;
+        Some(Self {
+            buckets: governor::RateLimiter::hashmap(governor::Quota::per_second(rate)),
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % Self::SWEEP_EVERY == Self::SWEEP_EVERY - 1
+        {
+            self.buckets.retain_recent();
+        }
+        self.buckets.check_key(&ip).is_ok()
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -121,6 +150,11 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Whether a new connection from `ip` fits the per-IP connect rate.
+    pub(crate) fn allow_connect(&self, ip: IpAddr) -> bool {
+        self.connect_rate.as_ref().is_none_or(|r| r.allow(ip))
+    }
+
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
@@ -160,6 +194,7 @@ impl Manager {
     /// A manager whose application messages and connection events go to `handler`.
     pub fn with_handler(config: Config, handler: impl Handler) -> Result<Self, ConfigError> {
         config.validate()?;
+        let connect_rate = ConnectRate::new(config.rate.connects_per_ip_per_sec);
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
         Ok(Self {
@@ -172,6 +207,7 @@ impl Manager {
                 shutdown: CancellationToken::new(),
                 next_seq: AtomicU64::new(1),
                 epoch: Instant::now(),
+                connect_rate,
             }),
         })
     }

@@ -15,7 +15,10 @@ const REASONS: usize = DisconnectReason::ALL.len();
 pub(crate) struct Counters {
     messages_in: AtomicU64,
     messages_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     dropped: AtomicU64,
+    overflows: AtomicU64,
     rejections: [AtomicU64; REASONS],
     closes: [AtomicU64; REASONS],
 }
@@ -25,7 +28,10 @@ impl Default for Counters {
         Self {
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            overflows: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             closes: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -40,14 +46,21 @@ fn index(reason: DisconnectReason) -> usize {
 }
 
 impl Counters {
-    pub(crate) fn message_in(&self) {
+    pub(crate) fn message_in(&self, bytes: usize) {
         self.messages_in.fetch_add(1, Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Relaxed);
     }
-    pub(crate) fn messages_out(&self, n: u64) {
-        self.messages_out.fetch_add(n, Relaxed);
+    /// One writer batch: counted once per flush, not per frame.
+    pub(crate) fn messages_out(&self, frames: u64, bytes: u64) {
+        self.messages_out.fetch_add(frames, Relaxed);
+        self.bytes_out.fetch_add(bytes, Relaxed);
     }
-    pub(crate) fn dropped(&self) {
-        self.dropped.fetch_add(1, Relaxed);
+    /// A full outbound queue, whatever the policy did about it.
+    pub(crate) fn overflow(&self, dropped: bool) {
+        self.overflows.fetch_add(1, Relaxed);
+        if dropped {
+            self.dropped.fetch_add(1, Relaxed);
+        }
     }
     pub(crate) fn rejected(&self, reason: DisconnectReason) {
         self.rejections[index(reason)].fetch_add(1, Relaxed);
@@ -84,8 +97,14 @@ pub struct Stats {
     pub messages_in: u64,
     /// Frames written to clients.
     pub messages_out: u64,
+    /// Bytes of client text frames received.
+    pub bytes_in: u64,
+    /// Bytes of frame payloads written to clients.
+    pub bytes_out: u64,
     /// Frames dropped for slow consumers under the `drop` policy.
     pub messages_dropped: u64,
+    /// Frames offered to a full outbound queue (closed or dropped per policy).
+    pub queue_overflows: u64,
     /// Refused connections by reason.
     pub rejections: BTreeMap<&'static str, u64>,
     /// Closed connections by reason.
@@ -111,7 +130,10 @@ impl Stats {
             users: census.users,
             messages_in: counters.messages_in.load(Relaxed),
             messages_out: counters.messages_out.load(Relaxed),
+            bytes_in: counters.bytes_in.load(Relaxed),
+            bytes_out: counters.bytes_out.load(Relaxed),
             messages_dropped: counters.dropped.load(Relaxed),
+            queue_overflows: counters.overflows.load(Relaxed),
             rejections: Counters::by_reason(&counters.rejections),
             stale_closed: closes.get("stale").copied().unwrap_or(0),
             closes,

@@ -15,7 +15,8 @@ use tokio_tungstenite::{WebSocketStream, client_async};
 /// How long any single expected event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// Starts a server on 127.0.0.1:0 in dev mode with fast health checks, after `tune`.
+/// Starts a server on 127.0.0.1:0 in dev mode, with rate limits off (tests connect fast from
+/// one IP; `rate_limits.rs` turns them on), after `tune`.
 pub async fn server(tune: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -23,6 +24,8 @@ pub async fn server(tune: impl FnOnce(&mut ServerConfig)) -> RunningServer {
         deadline: Duration::from_secs(3),
         ..ServerConfig::default()
     };
+    config.manager.rate.connects_per_ip_per_sec = 0;
+    config.manager.rate.messages_per_sec = 0;
     tune(&mut config);
     switchboard_server::spawn(config)
         .await
@@ -229,4 +232,199 @@ pub fn broadcast(data: Value) -> Value {
 
 pub fn ip(last: u8) -> IpAddr {
     [127, 0, 0, last].into()
+}
+
+/// An HTTP/1.1 response: status, headers (lower-cased names) and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The stable error code of a `{"error":{"code":..}}` body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// One HTTP request over a fresh TCP connection (`Connection: close`), with an optional bearer
+/// key and JSON body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> HttpResponse {
+    http_with(addr, method, path, key, body, &[]).await
+}
+
+pub async fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+    extra_headers: &[(&str, &str)],
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect for HTTP");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(key) = key {
+        req.push_str(&format!("Authorization: Bearer {key}\r\n"));
+    }
+    for (name, value) in extra_headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes())
+        .await
+        .expect("send HTTP request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for the answer to {method} {path}"))
+        .expect("read HTTP response");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// A real `switchboard` process, with its stderr collected; killed on drop if still running.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+}
+
+impl Process {
+    /// Starts the binary with `env` (and `--config FILE` when given) on 127.0.0.1:0 and waits
+    /// for its `listening on` line.
+    pub fn start(env: &[(&str, &str)], config_file: Option<&std::path::Path>) -> Process {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.env("SWITCHBOARD_BIND", "127.0.0.1:0");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(file) = config_file {
+            cmd.arg("--config").arg(file);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("binary starts");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line was {line:?}"))
+            .parse()
+            .unwrap();
+        let admin_addr = if env.iter().any(|(k, _)| *k == "SWITCHBOARD_ADMIN_BIND") {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+            Some(
+                line.trim()
+                    .strip_prefix("admin listening on ")
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            )
+        } else {
+            None
+        };
+        Process {
+            child,
+            addr,
+            admin_addr,
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (at most `within`), returning its status.
+    pub async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process still running after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

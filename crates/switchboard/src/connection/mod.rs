@@ -7,6 +7,7 @@
 //! guard removes the connection from the hub whichever way the reader ends.
 
 mod handle;
+mod rate;
 mod reader;
 mod writer;
 
@@ -52,7 +53,12 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
             .encode(),
         )
     };
-    if let Err(reason) = shared.hub.register(conn.clone(), welcome) {
+    let registered = if shared.allow_connect(conn.info.ip) {
+        shared.hub.register(conn.clone(), welcome)
+    } else {
+        Err(DisconnectReason::RateLimited)
+    };
+    if let Err(reason) = registered {
         shared.counters.rejected(reason);
         tracing::info!(user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, %reason, "connection refused");
         close_socket(socket, reason, config.close_timeout).await;
@@ -62,7 +68,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
         shared: &shared,
         seq,
     };
-    tracing::debug!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, "connected");
+    tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, "connected");
     shared.handler.on_connect(&conn.info);
 
     let (sink, mut stream) = socket.split();
@@ -85,7 +91,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
     .await;
     let _ = writer.await;
     let duration = conn.info.connected_at.elapsed().unwrap_or_default();
-    tracing::debug!(id = %conn.info.id, %reason, ?duration, "disconnected");
+    tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, %reason, duration_ms = duration.as_millis() as u64, "disconnected");
     shared.handler.on_disconnect(&conn.info, reason);
 }
 

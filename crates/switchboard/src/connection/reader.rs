@@ -9,11 +9,12 @@ use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, sleep_until};
 
 use super::ConnHandle;
+use super::rate::{MessageRate, Verdict};
 use crate::disconnect::DisconnectReason;
 use crate::handler::AppMessage;
 use crate::hub::{Exclude, text};
 use crate::manager::Shared;
-use crate::protocol::{self, ClientError, ClientFrame, ServerFrame, unix_ms};
+use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 
 pub(super) async fn run<S>(
     stream: &mut S,
@@ -24,6 +25,7 @@ pub(super) async fn run<S>(
     S: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
     let mut clock = HealthClock::new(shared, expires_at);
+    let mut rate = MessageRate::new(&shared.config.rate);
     let timer = sleep_until(clock.next_deadline());
     tokio::pin!(timer);
     loop {
@@ -41,7 +43,7 @@ pub(super) async fn run<S>(
                 let reason = match frame {
                     Some(Ok(message)) => {
                         clock.last_seen = Instant::now();
-                        match handle(message, conn, shared) {
+                        match handle(message, conn, shared, &mut rate) {
                             Ok(()) => continue,
                             Err(reason) => reason,
                         }
@@ -114,12 +116,16 @@ impl HealthClock {
 }
 
 /// Handles one inbound frame; an `Err` closes the connection with that reason.
-fn handle(message: Message, conn: &ConnHandle, shared: &Shared) -> Result<(), DisconnectReason> {
+fn handle(
+    message: Message,
+    conn: &ConnHandle,
+    shared: &Shared,
+    rate: &mut MessageRate,
+) -> Result<(), DisconnectReason> {
     match message {
         Message::Text(text) => {
-            shared.counters.message_in();
-            handle_text(&text, conn, shared);
-            Ok(())
+            shared.counters.message_in(text.len());
+            handle_text(&text, conn, shared, rate)
         }
         Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
         Message::Pong(payload) => {
@@ -134,12 +140,38 @@ fn handle(message: Message, conn: &ConnHandle, shared: &Shared) -> Result<(), Di
     }
 }
 
-fn handle_text(text: &Utf8Bytes, conn: &ConnHandle, shared: &Shared) {
-    let (frame, id) = match protocol::parse(text.as_str()) {
+fn handle_text(
+    text: &Utf8Bytes,
+    conn: &ConnHandle,
+    shared: &Shared,
+    rate: &mut MessageRate,
+) -> Result<(), DisconnectReason> {
+    let parsed = protocol::parse(text.as_str());
+    // Liveness answers are never limited: a busy client must not look dead.
+    if !matches!(parsed, Ok((ClientFrame::HealthPong { .. }, _))) {
+        let verdict = rate.check();
+        if verdict != Verdict::Allowed {
+            let id = match &parsed {
+                Ok((_, id)) => *id,
+                Err(e) => e.id,
+            };
+            let error = ClientError::new(ErrorCode::RateLimited, "too many messages; slow down");
+            reply_error(conn, shared, &error, id);
+            return match verdict {
+                Verdict::Exceeded => Err(DisconnectReason::RateLimited),
+                _ => Ok(()),
+            };
+        }
+    }
+    let (frame, id) = match parsed {
         Ok(parsed) => parsed,
-        Err(e) => return reply_error(conn, shared, &e.error, e.id),
+        Err(e) => {
+            reply_error(conn, shared, &e.error, e.id);
+            return Ok(());
+        }
     };
     let info = &conn.info;
+    let permissions = shared.config.client;
     let outcome = match frame {
         ClientFrame::HealthPong { timestamp } => {
             // The timestamp comes from the client: only a plausible echo counts as a round trip.
@@ -152,6 +184,10 @@ fn handle_text(text: &Utf8Bytes, conn: &ConnHandle, shared: &Shared) {
             }
             Ok(())
         }
+        ClientFrame::Broadcast { .. } if !permissions.allow_broadcast => {
+            Err(not_allowed("broadcast"))
+        }
+        ClientFrame::Direct { .. } if !permissions.allow_direct => Err(not_allowed("direct")),
         ClientFrame::Broadcast { data, exclude_self } => {
             let frame = ServerFrame::Message {
                 lobby: &info.lobby,
@@ -197,6 +233,14 @@ fn handle_text(text: &Utf8Bytes, conn: &ConnHandle, shared: &Shared) {
     if let Err(error) = outcome {
         reply_error(conn, shared, &error, id);
     }
+    Ok(())
+}
+
+fn not_allowed(kind: &str) -> ClientError {
+    ClientError::new(
+        ErrorCode::NotAllowed,
+        format!("clients may not send `{kind}` on this server"),
+    )
 }
 
 fn reply_error(

@@ -42,7 +42,7 @@ pub(super) async fn run<S>(
             written = write_batch(&mut sink, first, &mut queue) => written,
         };
         match written {
-            Ok(n) => counters.messages_out(n),
+            Ok((frames, bytes)) => counters.messages_out(frames, bytes),
             Err(()) => {
                 conn.close(DisconnectReason::ConnectionLost);
                 break;
@@ -67,19 +67,29 @@ async fn write_batch<S>(
     sink: &mut S,
     first: Message,
     queue: &mut mpsc::Receiver<Message>,
-) -> Result<u64, ()>
+) -> Result<(u64, u64), ()>
 where
     S: Sink<Message> + Unpin,
 {
+    let mut bytes = payload_len(&first);
     sink.feed(first).await.map_err(drop)?;
     let mut written = 1;
     while written < MAX_BATCH as u64 {
         let Ok(frame) = queue.try_recv() else { break };
+        bytes += payload_len(&frame);
         sink.feed(frame).await.map_err(drop)?;
         written += 1;
     }
     sink.flush().await.map_err(drop)?;
-    Ok(written)
+    Ok((written, bytes))
+}
+
+fn payload_len(frame: &Message) -> u64 {
+    match frame {
+        Message::Text(t) => t.len() as u64,
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len() as u64,
+        Message::Close(_) => 0,
+    }
 }
 
 /// Sends the `goodbye` frame (for closes that invite a retry) and the close frame. For a peer

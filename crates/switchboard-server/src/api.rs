@@ -1,0 +1,217 @@
+//! The HTTP API for backends (`/api/...`), behind a bearer key compared in constant time.
+//! Errors are `{"error":{"code":"...","message":"..."}}` with a fitting status.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use switchboard::{DisconnectReason, LobbyCode, UserId};
+
+use crate::app::AppState;
+
+/// A refusal of an API call.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
+        }
+        response
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The `/api` routes, guarded by the key.
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/api/lobbies", get(lobbies))
+        .route("/api/lobbies/{lobby}/broadcast", post(publish))
+        .route("/api/lobbies/{lobby}/presence", get(presence))
+        .route("/api/users/{user}/send", post(send))
+        .route("/api/users/{user}", delete(kick_user))
+        .route("/api/connections/{id}", delete(kick_connection))
+        .route("/api/stats", get(stats))
+        .route("/api/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API path")
+        })
+        .route_layer(middleware::from_fn_with_state(state, require_key))
+}
+
+async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(key) = state.api_key.as_deref() else {
+        if state.dev_mode {
+            return next.run(request).await;
+        }
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "api_disabled",
+            "the HTTP API is off: set api.key",
+        )
+        .into_response();
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match presented {
+        Some(token) if bool::from(token.as_bytes().ct_eq(key.as_bytes())) => {
+            next.run(request).await
+        }
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong API key").into_response()
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <api.key>`",
+        )
+        .into_response(),
+    }
+}
+
+fn lobby_code(lobby: &str) -> Result<LobbyCode, ApiError> {
+    LobbyCode::parse(lobby)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_lobby", e.to_string()))
+}
+
+fn user_id(user: &str) -> Result<UserId, ApiError> {
+    UserId::parse(user)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_user", e.to_string()))
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()))
+}
+
+#[derive(Deserialize)]
+struct PublishBody {
+    data: Box<RawValue>,
+    #[serde(default)]
+    exclude_user: Option<String>,
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    Path(lobby): Path<String>,
+    payload: Result<Json<PublishBody>, JsonRejection>,
+) -> ApiResult {
+    let lobby = lobby_code(&lobby)?;
+    let payload = body(payload)?;
+    if let Some(user) = &payload.exclude_user {
+        user_id(user)?;
+    }
+    let delivered = state
+        .manager
+        .broadcast(
+            lobby.as_str(),
+            &payload.data,
+            payload.exclude_user.as_deref(),
+        )
+        .map_err(internal)?;
+    Ok(Json(json!({ "delivered": delivered })))
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    data: Box<RawValue>,
+}
+
+async fn send(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    payload: Result<Json<SendBody>, JsonRejection>,
+) -> ApiResult {
+    let user = user_id(&user)?;
+    let payload = body(payload)?;
+    let delivered = state
+        .manager
+        .send_to_user(user.as_str(), &payload.data)
+        .map_err(internal)?;
+    Ok(Json(json!({ "delivered": delivered })))
+}
+
+async fn lobbies(State(state): State<AppState>) -> ApiResult {
+    Ok(Json(json!(state.manager.lobbies())))
+}
+
+async fn presence(State(state): State<AppState>, Path(lobby): Path<String>) -> ApiResult {
+    let lobby = lobby_code(&lobby)?;
+    let users = state.manager.presence(lobby.as_str()).map_err(internal)?;
+    Ok(Json(json!({ "lobby": lobby, "users": users })))
+}
+
+async fn kick_user(State(state): State<AppState>, Path(user): Path<String>) -> ApiResult {
+    let user = user_id(&user)?;
+    let closed = state
+        .manager
+        .disconnect_user(user.as_str(), DisconnectReason::Kicked);
+    tracing::info!(%user, closed, "kicked by the API");
+    Ok(Json(json!({ "closed": closed })))
+}
+
+async fn kick_connection(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    state
+        .manager
+        .disconnect(&id, DisconnectReason::Kicked)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection"))?;
+    tracing::info!(connection = %id, "kicked by the API");
+    Ok(Json(json!({ "closed": 1 })))
+}
+
+async fn stats(State(state): State<AppState>) -> ApiResult {
+    let mut stats = json!(state.manager.stats());
+    stats["node_id"] = json!(state.manager.config().node_id);
+    stats["uptime_seconds"] = json!(state.started.elapsed().as_secs());
+    stats["draining"] = json!(state.is_draining());
+    Ok(Json(stats))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+fn internal(error: switchboard::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        error.to_string(),
+    )
+}

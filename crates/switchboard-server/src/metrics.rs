@@ -1,0 +1,83 @@
+//! `GET /metrics`: Prometheus text. Counts of live things and monotonic counters are read from
+//! the manager at scrape time (nothing extra on the hot paths); the two histograms (ping round
+//! trip, broadcast fan-out time) are recorded by the library through the `metrics` facade.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use switchboard::{DisconnectReason, Manager};
+
+const RTT_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const FANOUT_BUCKETS: &[f64] = &[
+    0.000_001, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+];
+
+/// The process-wide Prometheus recorder (a `metrics` recorder is global by design).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full("switchboard_ping_rtt_seconds".into()),
+                RTT_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("switchboard_broadcast_fanout_seconds".into()),
+                    FANOUT_BUCKETS,
+                )
+            })
+            .expect("bucket lists are non-empty");
+        // Another recorder (an embedding app's) wins; ours then only renders scrape-time values.
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; histograms go there");
+        }
+        handle
+    })
+}
+
+/// Drains histogram samples into their buckets periodically, so memory stays flat between
+/// scrapes.
+pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle().run_upkeep(),
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Renders every metric, refreshing the scrape-time values from `manager` first.
+pub fn render(manager: &Manager, draining: bool) -> String {
+    let stats = manager.stats();
+    metrics::gauge!("switchboard_connections").set(stats.total_connections as f64);
+    metrics::gauge!("switchboard_max_connections").set(stats.max_connections as f64);
+    metrics::gauge!("switchboard_lobbies").set(stats.active_lobbies as f64);
+    metrics::gauge!("switchboard_users").set(stats.users as f64);
+    metrics::gauge!("switchboard_draining").set(if draining { 1.0 } else { 0.0 });
+    metrics::counter!("switchboard_messages_in_total").absolute(stats.messages_in);
+    metrics::counter!("switchboard_messages_out_total").absolute(stats.messages_out);
+    metrics::counter!("switchboard_bytes_in_total").absolute(stats.bytes_in);
+    metrics::counter!("switchboard_bytes_out_total").absolute(stats.bytes_out);
+    metrics::counter!("switchboard_queue_overflows_total").absolute(stats.queue_overflows);
+    metrics::counter!("switchboard_messages_dropped_total").absolute(stats.messages_dropped);
+    for (reason, count) in &stats.rejections {
+        metrics::counter!("switchboard_rejections_total", "reason" => *reason).absolute(*count);
+    }
+    for (reason, count) in &stats.closes {
+        let code = DisconnectReason::ALL
+            .iter()
+            .find(|r| r.as_str() == *reason)
+            .and_then(|r| r.close_code())
+            .map_or_else(|| "none".to_owned(), |c| c.to_string());
+        metrics::counter!("switchboard_closes_total", "code" => code, "reason" => *reason)
+            .absolute(*count);
+    }
+    handle().render()
+}

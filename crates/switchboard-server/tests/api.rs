@@ -1,0 +1,298 @@
+//! The HTTP API for backends: every endpoint, the key, and bad requests.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use serde_json::json;
+use switchboard::UserPolicy;
+use switchboard_server::config::Secret;
+
+const KEY: &str = "test-api-key";
+
+async fn api_server() -> switchboard_server::RunningServer {
+    server(|c| {
+        c.api_key = Some(Secret(KEY.into()));
+        c.manager.user_policy = UserPolicy::Multi;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_key_is_required_and_checked() {
+    let server = api_server().await;
+    let a = server.api_addr();
+    let missing = http(a, "GET", "/api/stats", None, None).await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.error_code(), "unauthorized");
+    assert!(
+        missing
+            .headers
+            .iter()
+            .any(|(n, v)| n == "www-authenticate" && v == "Bearer")
+    );
+    let wrong = http(a, "GET", "/api/stats", Some("test-api-kez"), None).await;
+    assert_eq!(
+        (wrong.status, wrong.error_code().as_str()),
+        (401, "unauthorized")
+    );
+    let short = http(a, "GET", "/api/stats", Some("t"), None).await;
+    assert_eq!(short.status, 401);
+    assert_eq!(
+        http(a, "GET", "/api/stats", Some(KEY), None).await.status,
+        200
+    );
+    let unknown = http(a, "GET", "/api/nope", Some(KEY), None).await;
+    assert_eq!(
+        (unknown.status, unknown.error_code().as_str()),
+        (404, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn without_a_key_the_api_is_off_unless_dev_mode() {
+    // JWT mode, no key: off.
+    let server = server(|c| c.jwt_secret = Some(Secret("s".into()))).await;
+    let r = http(server.addr, "GET", "/api/stats", None, None).await;
+    assert_eq!((r.status, r.error_code().as_str()), (403, "api_disabled"));
+    // Dev mode (loopback), no key: open.
+    let dev = server_dev().await;
+    assert_eq!(
+        http(dev.addr, "GET", "/api/stats", None, None).await.status,
+        200
+    );
+}
+
+async fn server_dev() -> switchboard_server::RunningServer {
+    server(|_| {}).await
+}
+
+#[tokio::test]
+async fn publish_to_a_lobby_with_and_without_exclusion() {
+    let server = api_server().await;
+    let mut alice = connect(server.addr, "room", "alice").await;
+    let mut bob = connect(server.addr, "room", "bob").await;
+    alice.expect("member_joined", "bob's join").await;
+    let body = r#"{"data":{"n":1},"exclude_user":"alice"}"#;
+    let r = http(
+        server.api_addr(),
+        "POST",
+        "/api/lobbies/room/broadcast",
+        Some(KEY),
+        Some(body),
+    )
+    .await;
+    assert_eq!((r.status, r.json()), (200, json!({"delivered": 1})));
+    let m = bob.expect("message", "the API broadcast").await;
+    assert_eq!(
+        m,
+        json!({"type":"message","lobby":"room","from":null,"data":{"n":1}})
+    );
+    let r = http(
+        server.api_addr(),
+        "POST",
+        "/api/lobbies/room/broadcast",
+        Some(KEY),
+        Some(r#"{"data":"all"}"#),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"delivered": 2}));
+    assert_eq!(
+        alice.expect("message", "the second broadcast").await["data"],
+        "all"
+    );
+    let empty = http(
+        server.api_addr(),
+        "POST",
+        "/api/lobbies/nobody/broadcast",
+        Some(KEY),
+        Some(r#"{"data":1}"#),
+    )
+    .await;
+    assert_eq!((empty.status, empty.json()), (200, json!({"delivered": 0})));
+}
+
+#[tokio::test]
+async fn bad_requests_get_stable_error_codes_and_change_nothing() {
+    let server = api_server().await;
+    let mut alice = connect(server.addr, "room", "alice").await;
+    let a = server.api_addr();
+    for (method, path, body, status, code) in [
+        (
+            "POST",
+            "/api/lobbies/bad%20lobby/broadcast",
+            r#"{"data":1}"#,
+            400,
+            "invalid_lobby",
+        ),
+        (
+            "POST",
+            "/api/lobbies/room/broadcast",
+            r#"{"nodata":1}"#,
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/api/lobbies/room/broadcast",
+            "{not json",
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/api/lobbies/room/broadcast",
+            r#"{"data":1,"exclude_user":""}"#,
+            400,
+            "invalid_user",
+        ),
+        ("POST", "/api/users/alice/send", "[]", 400, "invalid_body"),
+        (
+            "GET",
+            "/api/lobbies/bad%20lobby/presence",
+            "",
+            400,
+            "invalid_lobby",
+        ),
+        ("DELETE", "/api/connections/nope-1", "", 404, "not_found"),
+    ] {
+        let r = http(a, method, path, Some(KEY), Some(body)).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (status, code),
+            "{method} {path} {body}"
+        );
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // Nothing was delivered: the next frame alice sees is her own presence answer.
+    alice.send(json!({"type": "presence"})).await;
+    alice.expect("presence", "no stray message").await;
+}
+
+#[tokio::test]
+async fn send_to_a_user_reaches_every_connection() {
+    let server = api_server().await;
+    let mut t1 = connect(server.addr, "a", "carol").await;
+    let mut t2 = connect(server.addr, "b", "carol").await;
+    let r = http(
+        server.api_addr(),
+        "POST",
+        "/api/users/carol/send",
+        Some(KEY),
+        Some(r#"{"data":{"x":true}}"#),
+    )
+    .await;
+    assert_eq!(r.json(), json!({"delivered": 2}));
+    for t in [&mut t1, &mut t2] {
+        let d = t.expect("direct", "the API send").await;
+        assert_eq!(d, json!({"type":"direct","from":null,"data":{"x":true}}));
+    }
+    let nobody = http(
+        server.api_addr(),
+        "POST",
+        "/api/users/nobody/send",
+        Some(KEY),
+        Some(r#"{"data":1}"#),
+    )
+    .await;
+    assert_eq!(
+        (nobody.status, nobody.json()),
+        (200, json!({"delivered": 0}))
+    );
+}
+
+#[tokio::test]
+async fn lobbies_presence_and_stats() {
+    let server = api_server().await;
+    let _a1 = connect(server.addr, "l1", "alice").await;
+    let _a2 = connect(server.addr, "l1", "alice").await;
+    let _b = connect(server.addr, "l2", "bob").await;
+    let a = server.api_addr();
+    let lobbies = http(a, "GET", "/api/lobbies", Some(KEY), None).await.json();
+    assert_eq!(
+        lobbies,
+        json!([{"lobby":"l1","connections":2,"users":1},{"lobby":"l2","connections":1,"users":1}])
+    );
+    let p = http(a, "GET", "/api/lobbies/l1/presence", Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(p, json!({"lobby":"l1","users":["alice"]}));
+    let empty = http(a, "GET", "/api/lobbies/zzz/presence", Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(empty, json!({"lobby":"zzz","users":[]}));
+    let stats = http(a, "GET", "/api/stats", Some(KEY), None).await.json();
+    assert_eq!(stats["total_connections"], 3);
+    assert_eq!(stats["max_connections"], 10_000);
+    assert_eq!(stats["capacity_percent"], 0.03);
+    assert_eq!(stats["active_lobbies"], 2);
+    assert_eq!(stats["users"], 2);
+    for field in [
+        "messages_in",
+        "messages_out",
+        "rejections",
+        "stale_closed",
+        "uptime_seconds",
+        "node_id",
+    ] {
+        assert!(stats.get(field).is_some(), "stats lacks {field}: {stats}");
+    }
+}
+
+#[tokio::test]
+async fn kick_a_user_or_one_connection() {
+    let server = api_server().await;
+    let mut a1 = connect(server.addr, "l1", "alice").await;
+    let mut a2 = connect(server.addr, "l2", "alice").await;
+    let mut b = connect(server.addr, "l3", "bob").await;
+    let a = server.api_addr();
+    let r = http(a, "DELETE", "/api/users/alice", Some(KEY), None).await;
+    assert_eq!(r.json(), json!({"closed": 2}));
+    a1.ending("kick of alice's first tab")
+        .await
+        .assert(4009, "kicked", false);
+    a2.ending("kick of alice's second tab")
+        .await
+        .assert(4009, "kicked", false);
+    let none = http(a, "DELETE", "/api/users/alice", Some(KEY), None).await;
+    assert_eq!((none.status, none.json()), (200, json!({"closed": 0})));
+    let path = format!("/api/connections/{}", b.id());
+    let r = http(a, "DELETE", &path, Some(KEY), None).await;
+    assert_eq!((r.status, r.json()), (200, json!({"closed": 1})));
+    b.ending("kick of bob's connection")
+        .await
+        .assert(4009, "kicked", false);
+    all_clean(&server).await;
+}
+
+#[tokio::test]
+async fn openapi_document_lists_every_path() {
+    let server = api_server().await;
+    let doc = http(
+        server.api_addr(),
+        "GET",
+        "/api/openapi.json",
+        Some(KEY),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    for path in [
+        "/api/lobbies/{lobby}/broadcast",
+        "/api/users/{user}/send",
+        "/api/lobbies",
+        "/api/lobbies/{lobby}/presence",
+        "/api/users/{user}",
+        "/api/connections/{id}",
+        "/api/stats",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+}
