@@ -342,11 +342,13 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// A real `switchboard` process, with its stderr collected; killed on drop if still running.
+/// A real `switchboard` process, its stderr (logs) written to a file; killed on drop if still
+/// running.
 pub struct Process {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    pub log: std::path::PathBuf,
 }
 
 impl Process {
@@ -362,9 +364,13 @@ impl Process {
         if let Some(file) = config_file {
             cmd.arg("--config").arg(file);
         }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log =
+            std::env::temp_dir().join(format!("switchboard-test-{}-{n}.log", std::process::id()));
         let mut child = cmd
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("binary starts");
         let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -393,7 +399,13 @@ impl Process {
             child,
             addr,
             admin_addr,
+            log,
         }
+    }
+
+    /// Everything the process logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn signal(&self, signal: &str) {
@@ -405,7 +417,7 @@ impl Process {
     }
 
     /// Waits for the process to exit (at most `within`), returning its status.
-    pub async fn wait(mut self, within: Duration) -> std::process::ExitStatus {
+    pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -426,5 +438,6 @@ impl Drop for Process {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }

@@ -1,0 +1,226 @@
+//! Rate limits, client permissions, RS256 tokens and trusted proxies.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+#[tokio::test]
+async fn message_flood_gets_rate_limited_errors_then_4008() {
+    let server = server(|c| {
+        c.manager.rate.messages_per_sec = 1;
+        c.manager.rate.burst = 3;
+        c.manager.rate.max_violations = 4;
+    })
+    .await;
+    let mut bystander = connect(server.addr, "l1", "calm").await;
+    let mut flooder = connect(server.addr, "l1", "flood").await;
+    bystander
+        .expect("member_joined", "the flooder's join")
+        .await;
+    for i in 0..7 {
+        flooder
+            .ws
+            .send(Message::text(json!({"type":"presence","id":i}).to_string()))
+            .await
+            .unwrap();
+    }
+    // The burst passes, then each refusal is an error echoing the id, then the close.
+    for i in 0..3 {
+        let p = flooder
+            .expect("presence", "an answer within the burst")
+            .await;
+        assert_eq!(p["type"], "presence", "{i}");
+    }
+    for i in 3..7 {
+        let e = flooder.expect("error", "a rate_limited error").await;
+        assert_eq!(
+            (e["code"].as_str(), e["id"].as_i64()),
+            (Some("rate_limited"), Some(i))
+        );
+    }
+    flooder
+        .ending("the rate-limit close")
+        .await
+        .assert(4008, "rate_limited", true);
+    bystander.expect("member_left", "the flooder's leave").await;
+    bystander.send(json!({"type":"presence"})).await;
+    bystander
+        .expect("presence", "the bystander is unaffected")
+        .await;
+}
+
+#[tokio::test]
+async fn health_pongs_are_never_rate_limited() {
+    let server = server(|c| {
+        c.manager.rate.messages_per_sec = 1;
+        c.manager.rate.burst = 1;
+        c.manager.rate.max_violations = 2;
+    })
+    .await;
+    let mut c = connect(server.addr, "l1", "a").await;
+    for _ in 0..20 {
+        c.send(json!({"type":"health_pong","timestamp":1})).await;
+    }
+    c.send(json!({"type":"presence"})).await;
+    c.expect("presence", "the answer after 20 pongs").await;
+}
+
+#[tokio::test]
+async fn connects_per_ip_are_rate_limited() {
+    let server = server(|c| c.manager.rate.connects_per_ip_per_sec = 3).await;
+    let mut ok = Vec::new();
+    for i in 0..3 {
+        ok.push(connect_from(server.addr, &format!("l{i}"), &format!("u{i}"), ip(20)).await);
+    }
+    connect_refused(server.addr, "l9", "u9", ip(20))
+        .await
+        .assert(4008, "rate_limited", true);
+    // Another IP is not affected.
+    connect_from(server.addr, "l9", "u9", ip(21)).await;
+    assert_eq!(server.manager.stats().rejections["rate_limited"], 1);
+}
+
+#[tokio::test]
+async fn client_permissions() {
+    let server = server(|c| {
+        c.manager.client.allow_broadcast = false;
+        c.manager.client.allow_direct = false;
+    })
+    .await;
+    let mut a = connect(server.addr, "l1", "a").await;
+    a.send(json!({"type":"broadcast","data":1,"id":"b1"})).await;
+    let e = a.expect("error", "broadcast refused").await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("not_allowed"), Some("b1"))
+    );
+    a.send(json!({"type":"direct","to":"a","data":1,"id":"d1"}))
+        .await;
+    let e = a.expect("error", "direct refused").await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("not_allowed"), Some("d1"))
+    );
+    // The backend still publishes.
+    server
+        .manager
+        .broadcast("l1", &json!("from backend"), None)
+        .unwrap();
+    assert_eq!(
+        a.expect("message", "backend broadcast").await["from"],
+        json!(null)
+    );
+}
+
+fn rs256_token(sub: &str, lobbies: Option<&[&str]>) -> String {
+    let pem = include_bytes!("fixtures/rs256-private.pem");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem).unwrap();
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let mut claims = json!({"sub": sub, "exp": exp});
+    if let Some(l) = lobbies {
+        claims["lobbies"] = json!(l);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn rs256_tokens_with_a_lobby_claim() {
+    let key_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rs256-public.pem"
+    );
+    let server = server(|c| c.jwt_public_key_file = Some(key_file.into())).await;
+    let t = rs256_token("rita", Some(&["allowed"]));
+    let ws = raw_connect(server.addr, &format!("/ws/allowed?token={t}"), ip(1)).await;
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
+    assert_eq!(
+        c.expect("welcome", "RS256 welcome").await["user_id"],
+        "rita"
+    );
+    let ws = raw_connect(server.addr, &format!("/ws/other?token={t}"), ip(1)).await;
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
+    c.ending("a lobby outside the claim")
+        .await
+        .assert(4001, "unauthorized", false);
+    // An HS256 token (signed with the public key as a secret: the classic confusion) fails.
+    let pem = include_bytes!("fixtures/rs256-public.pem");
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 60;
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub":"eve","exp":exp}),
+        &jsonwebtoken::EncodingKey::from_secret(pem),
+    )
+    .unwrap();
+    let ws = raw_connect(server.addr, &format!("/ws/allowed?token={forged}"), ip(1)).await;
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
+    c.ending("an algorithm-confusion token")
+        .await
+        .assert(4001, "unauthorized", false);
+}
+
+async fn connect_with_forwarded(addr: std::net::SocketAddr, user: &str, forwarded: &str) -> Client {
+    let mut req = format!("ws://{addr}/ws/l1?token={user}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", forwarded.parse().unwrap());
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
+    c.welcome = c.expect("welcome", "welcome behind a proxy").await;
+    c
+}
+
+#[tokio::test]
+async fn forwarded_for_counts_only_from_trusted_proxies() {
+    let trusted = server(|c| {
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.manager.limits.max_per_ip = 1;
+    })
+    .await;
+    let a = connect_with_forwarded(trusted.addr, "a", "203.0.113.7").await;
+    let b = connect_with_forwarded(trusted.addr, "b", "203.0.113.8").await;
+    let ip_of = |c: &Client| trusted.manager.connection(c.id()).unwrap().ip.to_string();
+    assert_eq!(
+        (ip_of(&a), ip_of(&b)),
+        ("203.0.113.7".into(), "203.0.113.8".into())
+    );
+    // Untrusted peer: the header is ignored, the socket's address counts.
+    let untrusted = server(|c| c.manager.limits.max_per_ip = 10).await;
+    let c = connect_with_forwarded(untrusted.addr, "c", "203.0.113.9").await;
+    assert_eq!(
+        untrusted.manager.connection(c.id()).unwrap().ip.to_string(),
+        "127.0.0.1"
+    );
+}
