@@ -1,20 +1,32 @@
-//! The HTTP API for backends: every endpoint, the key, and bad requests.
+//! The HTTP API for backends, against the real `switchboard` process: every endpoint, the key,
+//! and bad requests.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 use common::*;
 use serde_json::json;
-use switchboard::UserPolicy;
-use switchboard_server::config::Secret;
 
 const KEY: &str = "test-api-key";
 
-async fn api_server() -> switchboard_server::RunningServer {
-    server(|c| {
-        c.api_key = Some(Secret(KEY.into()));
-        c.manager.user_policy = UserPolicy::Multi;
-    })
-    .await
+async fn api_server() -> Process {
+    Process::start(
+        &[
+            ("SWITCHBOARD_API__KEY", KEY),
+            ("SWITCHBOARD_USER_POLICY", "multi"),
+            ("SWITCHBOARD_RATE__CONNECTS_PER_IP_PER_SEC", "0"),
+        ],
+        None,
+    )
+}
+
+impl ApiAddr for Process {
+    fn api_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+trait ApiAddr {
+    fn api_addr(&self) -> std::net::SocketAddr;
 }
 
 #[tokio::test]
@@ -51,19 +63,15 @@ async fn the_key_is_required_and_checked() {
 #[tokio::test]
 async fn without_a_key_the_api_is_off_unless_dev_mode() {
     // JWT mode, no key: off.
-    let server = server(|c| c.jwt_secret = Some(Secret("s".into()))).await;
-    let r = http(server.addr, "GET", "/api/stats", None, None).await;
+    let jwt = Process::start(&[("SWITCHBOARD_AUTH__JWT_SECRET", "s")], None);
+    let r = http(jwt.addr, "GET", "/api/stats", None, None).await;
     assert_eq!((r.status, r.error_code().as_str()), (403, "api_disabled"));
     // Dev mode (loopback), no key: open.
-    let dev = server_dev().await;
+    let dev = Process::start(&[], None);
     assert_eq!(
         http(dev.addr, "GET", "/api/stats", None, None).await.status,
         200
     );
-}
-
-async fn server_dev() -> switchboard_server::RunningServer {
-    server(|_| {}).await
 }
 
 #[tokio::test]
@@ -265,7 +273,17 @@ async fn kick_a_user_or_one_connection() {
     b.ending("kick of bob's connection")
         .await
         .assert(4009, "kicked", false);
-    all_clean(&server).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let s = http(a, "GET", "/api/stats", Some(KEY), None).await.json();
+        if [&s["total_connections"], &s["active_lobbies"], &s["users"]] == [&json!(0); 3] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stats never reached zero: {s}"
+        );
+    }
 }
 
 #[tokio::test]

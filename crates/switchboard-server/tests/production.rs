@@ -184,6 +184,8 @@ async fn json_logs_record_connects_and_disconnects_without_secrets() {
         &[
             ("SWITCHBOARD_LOG__FORMAT", "json"),
             ("SWITCHBOARD_API__KEY", "sekrit-api-key"),
+            ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "2"),
+            ("SWITCHBOARD_CAPACITY_WARN_PERCENT", "50"),
         ],
         None,
     );
@@ -213,6 +215,16 @@ async fn json_logs_record_connects_and_disconnects_without_secrets() {
         .find(|l| l["fields"]["message"] == "connected")
         .unwrap();
     assert_eq!(connected["fields"]["user"], "alice");
+    let warning = lines
+        .iter()
+        .find(|l| {
+            l["level"] == "WARN"
+                && l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("capacity"))
+        })
+        .unwrap_or_else(|| panic!("no capacity warning in {}", p.logs()));
+    assert_eq!(warning["fields"]["max"], 2);
     let gone = lines
         .iter()
         .find(|l| l["fields"]["message"] == "disconnected")
