@@ -25,7 +25,6 @@ const NOT_YET: &[&str] = &[
     "redis.key_prefix",
     "history.size",
     "history.ttl_ms",
-    "pages.enabled",
 ];
 
 /// Every name [`ServerConfig::set`] accepts.
@@ -64,6 +63,7 @@ pub const KNOWN: &[&str] = &[
     "shutdown.deadline_ms",
     "log.format",
     "log.level",
+    "pages.enabled",
 ];
 
 /// A secret (JWT secret, API key): its `Debug` never shows it.
@@ -110,6 +110,8 @@ pub struct ServerConfig {
     pub drain: Duration,
     /// Hard limit for the whole shutdown.
     pub deadline: Duration,
+    /// Demo page and dashboard: `Some` when asked for explicitly; `None` means in dev mode only.
+    pub pages_enabled: Option<bool>,
     /// Log format.
     pub log_format: LogFormat,
     /// Log level filter (an `EnvFilter` directive).
@@ -149,6 +151,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_millis(10_000),
             drain: Duration::from_millis(5_000),
             deadline: Duration::from_millis(10_000),
+            pages_enabled: None,
             log_format: LogFormat::Human,
             log_level: "info".into(),
             manager: ManagerConfig::default(),
@@ -335,6 +338,7 @@ impl ServerConfig {
                 }
             }
             "log.level" => self.log_level = value.to_owned(),
+            "pages.enabled" => self.pages_enabled = Some(parse_bool(value)?),
             f if NOT_YET.contains(&f) => {
                 return Err("not supported by this version of the server yet".into());
             }
@@ -389,6 +393,11 @@ impl ServerConfig {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the demo page and dashboard are served (default: in dev mode only).
+    pub fn pages_enabled(&self) -> bool {
+        self.pages_enabled.unwrap_or_else(|| self.dev_mode())
     }
 
     /// Whether tokens are user ids (dev mode).

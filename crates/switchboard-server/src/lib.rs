@@ -9,6 +9,7 @@
 //!   and proxy handling.
 //! - [`api`]: the HTTP API for backends (`/api/...`).
 //! - [`metrics`]: `GET /metrics`.
+//! - [`pages`]: the demo page and the dashboard, embedded static files.
 //! - `serve`: the accept loop with a request-head deadline.
 //! - [`run`] / [`spawn`]: serve until a shutdown signal, then drain.
 //!
@@ -20,6 +21,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod pages;
 mod serve;
 
 use std::future::Future;
@@ -90,8 +92,17 @@ pub async fn run(
     let public = app::public_routes(state.clone());
     let admin = app::admin_routes(state);
     let head_timeout = config.handshake_timeout;
+    let pages = config.pages_enabled();
+    let (mut public, mut admin) = (public, admin);
+    if pages {
+        public = public.merge(pages::demo()).merge(pages::assets());
+        admin = admin.merge(pages::dashboard());
+    }
     match listeners.admin {
         Some(admin_listener) => {
+            if pages {
+                admin = admin.merge(pages::assets());
+            }
             servers.spawn(serve::serve(
                 listeners.public,
                 public,

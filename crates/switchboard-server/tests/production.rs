@@ -317,3 +317,62 @@ async fn sigterm_drains_many_clients_within_the_window_and_exits_zero() {
         "exited before the deadline"
     );
 }
+
+#[tokio::test]
+async fn pages_are_served_in_dev_mode_and_the_dashboard_follows_the_api() {
+    let dev = Process::start(&[], None);
+    let index = http(dev.addr, "GET", "/", None, None).await;
+    assert_eq!(index.status, 200);
+    assert!(
+        index
+            .headers
+            .iter()
+            .any(|(n, v)| n == "content-type" && v.starts_with("text/html"))
+    );
+    assert_eq!(
+        http(dev.addr, "GET", "/dashboard", None, None).await.status,
+        200
+    );
+    assert_eq!(
+        http(dev.addr, "GET", "/assets/switchboard.js", None, None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        http(dev.addr, "GET", "/assets/nope.js", None, None)
+            .await
+            .status,
+        404
+    );
+    // Not in production mode unless asked for.
+    let prod = Process::start(&[("SWITCHBOARD_AUTH__JWT_SECRET", "s")], None);
+    assert_eq!(http(prod.addr, "GET", "/", None, None).await.status, 404);
+    // Asked for, with an admin listener: the dashboard moves there with the API.
+    let split = Process::start(
+        &[
+            ("SWITCHBOARD_AUTH__JWT_SECRET", "s"),
+            ("SWITCHBOARD_PAGES__ENABLED", "true"),
+            ("SWITCHBOARD_ADMIN_BIND", "127.0.0.1:0"),
+        ],
+        None,
+    );
+    let admin = split.admin_addr.unwrap();
+    assert_eq!(http(split.addr, "GET", "/", None, None).await.status, 200);
+    assert_eq!(
+        http(split.addr, "GET", "/dashboard", None, None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        http(admin, "GET", "/dashboard", None, None).await.status,
+        200
+    );
+    assert_eq!(
+        http(admin, "GET", "/assets/dashboard.js", None, None)
+            .await
+            .status,
+        200
+    );
+}

@@ -1,0 +1,1 @@
+// The browser build of the TypeScript client (clients/typescript), bundled by esbuild.
