@@ -138,7 +138,7 @@ impl Hub {
         let (pos, change) = lobby.add(conn.clone());
         let offered = conn.offer(welcome(self.events_on(lobby)));
         debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
-        if change == PresenceChange::Joined {
+        if change == PresenceChange::Joined && !conn.cluster_presence {
             self.announce(
                 lobby,
                 conn.seq,
@@ -219,7 +219,7 @@ impl Hub {
         });
         if let Some(lobby) = reg.lobbies.get_mut(&info.lobby) {
             let (moved, change) = lobby.remove(pos, generation);
-            if change == PresenceChange::Left {
+            if change == PresenceChange::Left && !conn.cluster_presence {
                 self.announce(
                     lobby,
                     seq,

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //!
+//! - [`cluster`]: the seam for several nodes ([`cluster::Cluster`]); local by default.
 //! - [`config`]: [`Config`] with documented defaults.
 //! - [`disconnect`]: [`DisconnectReason`], the single source of close codes and retry advice.
 //! - [`protocol`]: client and server frames of protocol v1.
@@ -67,6 +68,7 @@
 pub mod axum;
 #[doc(hidden)]
 pub mod bench_support;
+pub mod cluster;
 pub mod config;
 mod connection;
 pub mod disconnect;

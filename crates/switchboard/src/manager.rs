@@ -1,8 +1,8 @@
 //! [`Manager`]: the cheap-clone handle an app keeps, and the methods a backend calls.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{Message, WebSocketUpgrade};
@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{Cluster, ClusterStats, LocalNode};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnHandle, ConnectionInfo};
 use crate::disconnect::DisconnectReason;
@@ -112,6 +113,8 @@ pub(crate) struct Shared {
     epoch: Instant,
     /// New connections per IP per second, if limited.
     connect_rate: Option<ConnectRate>,
+    /// The other nodes, once attached.
+    cluster: OnceLock<Arc<dyn Cluster>>,
 }
 
 /// A token bucket per client IP. Idle buckets are swept every [`ConnectRate::SWEEP_EVERY`]
@@ -150,6 +153,11 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// The cluster, if this node is part of one.
+    pub(crate) fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        self.cluster.get().cloned()
+    }
+
     /// Whether a new connection from `ip` fits the per-IP connect rate.
     pub(crate) fn allow_connect(&self, ip: IpAddr) -> bool {
         self.connect_rate.as_ref().is_none_or(|r| r.allow(ip))
@@ -208,6 +216,7 @@ impl Manager {
                 next_seq: AtomicU64::new(1),
                 epoch: Instant::now(),
                 connect_rate,
+                cluster: OnceLock::new(),
             }),
         })
     }
@@ -277,7 +286,11 @@ impl Manager {
             .encode(),
         );
         let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
-        Ok(self.shared.hub.broadcast(lobby.as_str(), &frame, exclude))
+        let reached = self.shared.hub.broadcast(lobby.as_str(), &frame, exclude);
+        if let Some(cluster) = self.shared.cluster() {
+            cluster.publish_lobby(&lobby, frame_text(&frame), exclude_user);
+        }
+        Ok(reached)
     }
 
     /// Sends `data` to every connection of `user` as a `direct` frame from the backend.
@@ -288,7 +301,12 @@ impl Manager {
         data: &T,
     ) -> Result<usize, Error> {
         let data = to_raw(data)?;
-        Ok(self.shared.hub.send_to_user(user, &direct(&data)))
+        let frame = direct(&data);
+        let reached = self.shared.hub.send_to_user(user, &frame);
+        if let Some(cluster) = self.shared.cluster() {
+            cluster.publish_user(user, frame_text(&frame));
+        }
+        Ok(reached)
     }
 
     /// Sends `data` to one connection as a `direct` frame from the backend.
@@ -410,10 +428,97 @@ impl Manager {
             .is_ok()
     }
 
+    /// Joins this manager to a cluster. `build` receives the [`LocalNode`] through which the
+    /// cluster delivers what other nodes send. Call it once, before serving connections.
+    pub fn attach_cluster(&self, build: impl FnOnce(LocalNode) -> Arc<dyn Cluster>) {
+        let cluster = build(LocalNode::new(&self.shared));
+        if self.shared.cluster.set(cluster).is_err() {
+            tracing::warn!("a cluster was already attached; ignoring the second one");
+        }
+    }
+
+    /// `"up"` / `"down"` when part of a cluster.
+    pub fn cluster_status(&self) -> Option<&'static str> {
+        self.shared.cluster().map(|c| c.status())
+    }
+
+    /// Cluster-wide counts, when part of a cluster that answers.
+    pub async fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.shared.cluster()?.stats().await
+    }
+
+    /// The users of a lobby on every node (this node's view when the cluster cannot answer).
+    pub async fn presence_everywhere(&self, lobby: &str) -> Result<Vec<String>, Error> {
+        let code = LobbyCode::parse(lobby)?;
+        if let Some(cluster) = self.shared.cluster()
+            && let Some(users) = cluster.presence(&code).await
+        {
+            return Ok(users);
+        }
+        Ok(self
+            .shared
+            .hub
+            .presence(&code)
+            .into_iter()
+            .map(|u| u.as_str().to_owned())
+            .collect())
+    }
+
+    /// Every lobby with counts on every node (this node's view when the cluster cannot
+    /// answer).
+    pub async fn lobbies_everywhere(&self) -> Vec<crate::cluster::ClusterLobby> {
+        if let Some(cluster) = self.shared.cluster()
+            && let Some(lobbies) = cluster.lobbies().await
+        {
+            return lobbies;
+        }
+        self.lobbies()
+            .into_iter()
+            .map(|l| crate::cluster::ClusterLobby {
+                lobby: l.lobby.as_str().to_owned(),
+                connections: l.connections,
+                users: l.users,
+            })
+            .collect()
+    }
+
+    /// Closes every connection of a user on every node; how many.
+    pub async fn disconnect_user_everywhere(&self, user: &str, reason: DisconnectReason) -> usize {
+        let here = self.disconnect_user(user, reason);
+        let elsewhere = match self.shared.cluster() {
+            Some(cluster) => cluster.close_user(user, reason).await.unwrap_or(0),
+            None => 0,
+        };
+        here + elsewhere
+    }
+
+    /// Closes one connection wherever it is (its id names its node).
+    pub async fn disconnect_everywhere(
+        &self,
+        id: &str,
+        reason: DisconnectReason,
+    ) -> Result<(), Error> {
+        if self.disconnect(id, reason).is_ok() {
+            return Ok(());
+        }
+        match self.shared.cluster() {
+            Some(cluster) if cluster.close_connection(id, reason).await == Some(true) => Ok(()),
+            _ => Err(Error::NoSuchConnection),
+        }
+    }
+
     fn find(&self, id: &str) -> Result<Arc<ConnHandle>, Error> {
         ConnectionId::seq_on(id, &self.shared.config.node_id)
             .and_then(|seq| self.shared.hub.connection(seq))
             .ok_or(Error::NoSuchConnection)
+    }
+}
+
+/// The text of an encoded frame (every frame the manager encodes is text).
+pub(crate) fn frame_text(frame: &Message) -> &str {
+    match frame {
+        Message::Text(text) => text.as_str(),
+        _ => "",
     }
 }
 

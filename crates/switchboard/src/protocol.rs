@@ -96,6 +96,15 @@ pub(crate) struct ParseError<'a> {
 
 /// Parses one client text frame. On success also returns the frame's `id` (string or number).
 pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), ParseError<'_>> {
+    // serde's derive would also read a JSON array as the struct's fields by position, so
+    // anything that is not an object is decided here: valid JSON of another shape, or not JSON.
+    if !text.trim_start().starts_with('{') {
+        let error = match serde_json::from_str::<&RawValue>(text) {
+            Ok(_) => ClientError::new(ErrorCode::InvalidMessage, "a frame must be a JSON object"),
+            Err(e) => ClientError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")),
+        };
+        return Err(ParseError { error, id: None });
+    }
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
         let error = if e.is_data() {
             ClientError::new(ErrorCode::InvalidMessage, "a frame must be a JSON object")
@@ -268,6 +277,30 @@ mod tests {
         assert_eq!(
             code_of(r#"{"type":"direct","to":"","data":1}"#),
             ErrorCode::InvalidMessage
+        );
+    }
+
+    /// Found by the fuzzer: arrays were read as the envelope's fields by position, and
+    /// trailing garbage after a non-object was called `invalid_message`.
+    #[test]
+    fn arrays_are_never_frames_and_garbage_is_invalid_json() {
+        assert_eq!(
+            code_of(r#"["presence",null,null,null,null,null]"#),
+            ErrorCode::InvalidMessage
+        );
+        assert_eq!(
+            code_of(r#"["broadcast","a",{"x":1},null,true,null]"#),
+            ErrorCode::InvalidMessage
+        );
+        let long = "\t\t[\t\t\t\t\t\t\t3.0e2,3.1e2,3.2,3,3.1e2,3.2,3.02,3.1e2,3.0e2,3.11e2,\n1]";
+        assert_eq!(code_of(long), ErrorCode::InvalidMessage);
+        assert_eq!(
+            code_of(r#""health_pong"{"typ)e":"dirata":1,"id":-3}"#),
+            ErrorCode::InvalidJson
+        );
+        assert!(
+            parse("  {\"type\":\"presence\"}").is_ok(),
+            "leading whitespace is fine"
         );
     }
 

@@ -42,6 +42,8 @@ pub(crate) enum Offer {
 pub(crate) struct ConnHandle {
     pub(crate) seq: u64,
     pub(crate) info: ConnectionInfo,
+    /// Join/leave events for this connection come from the cluster, not from this node's hub.
+    pub(crate) cluster_presence: bool,
     outbox: mpsc::Sender<Message>,
     closing: CancellationToken,
     reason: OnceLock<DisconnectReason>,
@@ -56,6 +58,7 @@ impl ConnHandle {
         Self {
             seq,
             info,
+            cluster_presence: false,
             outbox,
             closing: CancellationToken::new(),
             reason: OnceLock::new(),

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 pub use handle::ConnectionInfo;
 pub(crate) use handle::{ConnHandle, Offer};
 
+use crate::cluster::Admission;
 use crate::disconnect::DisconnectReason;
 use crate::manager::{ConnectRequest, Shared};
 use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
@@ -37,8 +38,23 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
         ip: request.ip,
         connected_at: SystemTime::now(),
     };
-    let conn = Arc::new(ConnHandle::new(seq, info, outbox));
-    let welcome = |presence_events| {
+    // The cluster (if any) reserves its limits first; its refusal needs no local work.
+    let cluster = shared.cluster();
+    let admission = match (shared.allow_connect(info.ip), &cluster) {
+        (false, _) => Err(DisconnectReason::RateLimited),
+        (true, None) => Ok(None),
+        (true, Some(cluster)) => match cluster.admit(&info).await {
+            Admission::Admitted { presence_events } => Ok(Some(presence_events)),
+            Admission::Refused(reason) => Err(reason),
+            Admission::Unavailable => Ok(None),
+        },
+    };
+    // From here on the cluster counts this connection until `release`.
+    let cluster = cluster.filter(|_| admission.is_ok());
+    let mut handle = ConnHandle::new(seq, info, outbox);
+    handle.cluster_presence = matches!(admission, Ok(Some(_)));
+    let conn = Arc::new(handle);
+    let welcome = |local_events| {
         let info = &conn.info;
         crate::hub::text(
             ServerFrame::Welcome {
@@ -48,17 +64,16 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
                 ping_interval_ms: config.ping_interval.as_millis() as u64,
                 server_time: unix_ms(),
                 protocol: PROTOCOL_VERSION,
-                presence_events,
+                presence_events: admission.ok().flatten().unwrap_or(local_events),
             }
             .encode(),
         )
     };
-    let registered = if shared.allow_connect(conn.info.ip) {
-        shared.hub.register(conn.clone(), welcome)
-    } else {
-        Err(DisconnectReason::RateLimited)
-    };
+    let registered = admission.and_then(|_| shared.hub.register(conn.clone(), welcome));
     if let Err(reason) = registered {
+        if let Some(cluster) = &cluster {
+            cluster.release(&conn.info).await;
+        }
         shared.counters.rejected(reason);
         tracing::info!(user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, %reason, "connection refused");
         close_socket(socket, reason, config.close_timeout).await;
@@ -83,6 +98,9 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
     shared.counters.closed(reason);
+    if let Some(cluster) = &cluster {
+        cluster.release(&conn.info).await;
+    }
     // Read on while the writer says goodbye, so the peer's close reply (or anything else in
     // flight) is consumed and the socket ends with FIN rather than RST.
     let _ = tokio::time::timeout(config.close_timeout, async {

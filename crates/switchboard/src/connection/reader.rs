@@ -14,6 +14,7 @@ use crate::disconnect::DisconnectReason;
 use crate::handler::AppMessage;
 use crate::hub::{Exclude, text};
 use crate::manager::Shared;
+use crate::manager::frame_text;
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 
 pub(super) async fn run<S>(
@@ -118,8 +119,8 @@ impl HealthClock {
 /// Handles one inbound frame; an `Err` closes the connection with that reason.
 fn handle(
     message: Message,
-    conn: &ConnHandle,
-    shared: &Shared,
+    conn: &Arc<ConnHandle>,
+    shared: &Arc<Shared>,
     rate: &mut MessageRate,
 ) -> Result<(), DisconnectReason> {
     match message {
@@ -142,8 +143,8 @@ fn handle(
 
 fn handle_text(
     text: &Utf8Bytes,
-    conn: &ConnHandle,
-    shared: &Shared,
+    conn: &Arc<ConnHandle>,
+    shared: &Arc<Shared>,
     rate: &mut MessageRate,
 ) -> Result<(), DisconnectReason> {
     let parsed = protocol::parse(text.as_str());
@@ -199,11 +200,11 @@ fn handle_text(
             } else {
                 Exclude::Nobody
             };
-            shared.hub.broadcast(
-                info.lobby.as_str(),
-                &crate::hub::text(frame.encode()),
-                exclude,
-            );
+            let frame = crate::hub::text(frame.encode());
+            shared.hub.broadcast(info.lobby.as_str(), &frame, exclude);
+            if let Some(cluster) = shared.cluster() {
+                cluster.publish_lobby(&info.lobby, frame_text(&frame), None);
+            }
             Ok(())
         }
         ClientFrame::Direct { to, data } => {
@@ -211,15 +212,33 @@ fn handle_text(
                 from: Some(&info.user_id),
                 data,
             };
-            shared
-                .hub
-                .send_to_user(to.as_str(), &crate::hub::text(frame.encode()));
+            let frame = crate::hub::text(frame.encode());
+            shared.hub.send_to_user(to.as_str(), &frame);
+            if let Some(cluster) = shared.cluster() {
+                cluster.publish_user(to.as_str(), frame_text(&frame));
+            }
             Ok(())
         }
         ClientFrame::Presence => {
-            shared
-                .hub
-                .deliver(conn, shared.hub.presence_frame(&info.lobby));
+            match shared.cluster() {
+                None => {
+                    shared
+                        .hub
+                        .deliver(conn, shared.hub.presence_frame(&info.lobby));
+                }
+                // The cluster's answer needs a round trip: answer from a task, so reading
+                // goes on meanwhile.
+                Some(cluster) => {
+                    let (conn, shared) = (conn.clone(), shared.clone());
+                    tokio::spawn(async move {
+                        let frame = match cluster.presence(&conn.info.lobby).await {
+                            Some(users) => cluster_presence_frame(&conn.info.lobby, &users),
+                            None => shared.hub.presence_frame(&conn.info.lobby),
+                        };
+                        shared.hub.deliver(&conn, frame);
+                    });
+                }
+            }
             Ok(())
         }
         ClientFrame::App { kind } => shared.handler.on_message(
@@ -234,6 +253,21 @@ fn handle_text(
         reply_error(conn, shared, &error, id);
     }
     Ok(())
+}
+
+fn cluster_presence_frame(lobby: &crate::ids::LobbyCode, users: &[String]) -> Message {
+    #[derive(serde::Serialize)]
+    struct Presence<'a> {
+        r#type: &'static str,
+        lobby: &'a crate::ids::LobbyCode,
+        users: &'a [String],
+    }
+    let frame = Presence {
+        r#type: "presence",
+        lobby,
+        users,
+    };
+    text(serde_json::to_string(&frame).expect("plain data serializes"))
 }
 
 fn not_allowed(kind: &str) -> ClientError {

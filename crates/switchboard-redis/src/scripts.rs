@@ -1,0 +1,200 @@
+//! The Lua scripts that keep the cluster's shared state. Each runs atomically in Redis, so a
+//! reservation checks every limit and commits in one step, whatever the other nodes do.
+//!
+//! Keys (P = `redis.key_prefix`):
+//! - `P nodes`                 ZSET node -> last heartbeat (ms)
+//! - `P node:{n}`              HASH connection id -> "user \t lobby \t ip" (node n's connections)
+//! - `P user:{u}`              HASH connection id -> "node \t lobby \t ip"
+//! - `P lobby:{l}:users`       HASH user -> connections of the user in the lobby (presence)
+//! - `P lobby:{l}:count`       connections in the lobby
+//! - `P ip:{ip}`               connections from the IP
+//! - `P count`, `P users`      connections and users on every node
+//! - `P lobbies`               SET of lobbies with members
+//!
+//! Every removal goes through `release`, which deletes the connection from its node's hash
+//! first and does nothing if it was already gone: a connection is freed exactly once, whether
+//! its node releases it, a replacement frees it, or a survivor cleans up its dead node.
+
+/// Shared Lua functions, prepended to every script.
+const PRELUDE: &str = r#"
+local P = ARGV[1]
+local function split(s)
+  local a, b, c = string.match(s, '^([^\t]*)\t([^\t]*)\t(.*)$')
+  return a, b, c
+end
+local function decr_or_del(key)
+  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+end
+-- Frees one connection of `node`; returns "lobby\tuser" if its user left the lobby.
+local function release(node, id)
+  local info = redis.call('HGET', P .. 'node:' .. node, id)
+  if not info then return nil end
+  redis.call('HDEL', P .. 'node:' .. node, id)
+  local user, lobby, ip = split(info)
+  decr_or_del(P .. 'count')
+  if redis.call('DECR', P .. 'lobby:' .. lobby .. ':count') <= 0 then
+    redis.call('DEL', P .. 'lobby:' .. lobby .. ':count')
+    redis.call('SREM', P .. 'lobbies', lobby)
+  end
+  local left = nil
+  if redis.call('HINCRBY', P .. 'lobby:' .. lobby .. ':users', user, -1) <= 0 then
+    redis.call('HDEL', P .. 'lobby:' .. lobby .. ':users', user)
+    left = lobby .. '\t' .. user
+  end
+  redis.call('HDEL', P .. 'user:' .. user, id)
+  if redis.call('HLEN', P .. 'user:' .. user) == 0 then decr_or_del(P .. 'users') end
+  decr_or_del(P .. 'ip:' .. ip)
+  return left
+end
+-- Records one connection of `node`; returns true if its user joined the lobby.
+local function add(node, id, user, lobby, ip)
+  redis.call('INCR', P .. 'count')
+  if redis.call('INCR', P .. 'lobby:' .. lobby .. ':count') == 1 then
+    redis.call('SADD', P .. 'lobbies', lobby)
+  end
+  local joined = redis.call('HINCRBY', P .. 'lobby:' .. lobby .. ':users', user, 1) == 1
+  if redis.call('HLEN', P .. 'user:' .. user) == 0 then redis.call('INCR', P .. 'users') end
+  redis.call('HSET', P .. 'user:' .. user, id, node .. '\t' .. lobby .. '\t' .. ip)
+  redis.call('INCR', P .. 'ip:' .. ip)
+  redis.call('HSET', P .. 'node:' .. node, id, user .. '\t' .. lobby .. '\t' .. ip)
+  return joined
+end
+"#;
+
+/// ARGV: P, node, id, user, lobby, ip, max_connections, max_per_lobby, max_per_user,
+/// max_per_ip, policy. Returns {status, reason, joined, lobby users, {replaced "node\tid"},
+/// {left "lobby\tuser"}}.
+const ADMIT: &str = r#"
+local node, id, user, lobby, ip = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local max_conn, max_lobby, max_user, max_ip =
+  tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local policy = ARGV[11]
+local existing = redis.call('HGETALL', P .. 'user:' .. user)
+local olds = {}
+for i = 1, #existing, 2 do
+  local onode, olobby, oip = split(existing[i + 1])
+  olds[#olds + 1] = {id = existing[i], node = onode, lobby = olobby, ip = oip}
+end
+local replaced = {}
+if policy == 'replace' then
+  replaced = olds
+elseif policy == 'reject' then
+  if #olds >= 1 then return {'refused', 'user_limit', 0, 0, {}, {}} end
+elseif #olds >= max_user then
+  return {'refused', 'user_limit', 0, 0, {}, {}}
+end
+local freed_lobby, freed_ip = 0, 0
+for _, o in ipairs(replaced) do
+  if o.lobby == lobby then freed_lobby = freed_lobby + 1 end
+  if o.ip == ip then freed_ip = freed_ip + 1 end
+end
+local function count(key) return tonumber(redis.call('GET', key) or '0') end
+if count(P .. 'count') - #replaced + 1 > max_conn then
+  return {'refused', 'server_full', 0, 0, {}, {}}
+end
+if count(P .. 'lobby:' .. lobby .. ':count') - freed_lobby + 1 > max_lobby then
+  return {'refused', 'lobby_full', 0, 0, {}, {}}
+end
+if count(P .. 'ip:' .. ip) - freed_ip + 1 > max_ip then
+  return {'refused', 'ip_limit', 0, 0, {}, {}}
+end
+-- The new connection is added before the replaced ones go, so a replacement in the same
+-- lobby never shows a leave/join pair.
+local joined = add(node, id, user, lobby, ip)
+local gone, left = {}, {}
+for _, o in ipairs(replaced) do
+  local l = release(o.node, o.id)
+  gone[#gone + 1] = o.node .. '\t' .. o.id
+  if l then left[#left + 1] = l end
+end
+local members = redis.call('HLEN', P .. 'lobby:' .. lobby .. ':users')
+return {'ok', '', joined and 1 or 0, members, gone, left}
+"#;
+
+/// ARGV: P, node, id. Returns {left (0/1), lobby users}.
+const RELEASE: &str = r#"
+local node, id = ARGV[2], ARGV[3]
+local left = release(node, id)
+if not left then return {0, 0} end
+local lobby = string.match(left, '^([^\t]*)')
+return {1, redis.call('HLEN', P .. 'lobby:' .. lobby .. ':users')}
+"#;
+
+/// ARGV: P, node, now (ms), ttl (ms). Refreshes this node, frees every node silent for longer
+/// than the TTL. Returns {1 if this node was unknown (first beat, or cleaned up by others),
+/// {left "lobby\tuser"}}.
+const HEARTBEAT: &str = r#"
+local node, now, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local added = redis.call('ZADD', P .. 'nodes', now, node)
+local dead = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', now - ttl)
+local left = {}
+for _, d in ipairs(dead) do
+  if d ~= node then
+    local conns = redis.call('HKEYS', P .. 'node:' .. d)
+    for _, id in ipairs(conns) do
+      local l = release(d, id)
+      if l then left[#left + 1] = l end
+    end
+    redis.call('DEL', P .. 'node:' .. d)
+    redis.call('ZREM', P .. 'nodes', d)
+  end
+end
+return {added, left}
+"#;
+
+/// ARGV: P, node, then (id, user, lobby, ip) for every connection the node holds now.
+/// Makes the node's entries match exactly. Returns {{left}, {joined "lobby\tuser"}}.
+const RESYNC: &str = r#"
+local node = ARGV[2]
+local want = {}
+for i = 3, #ARGV, 4 do want[ARGV[i]] = {ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]} end
+local left, joined = {}, {}
+for _, id in ipairs(redis.call('HKEYS', P .. 'node:' .. node)) do
+  if not want[id] then
+    local l = release(node, id)
+    if l then left[#left + 1] = l end
+  else
+    want[id] = nil
+  end
+end
+for id, c in pairs(want) do
+  if add(node, id, c[1], c[2], c[3]) then joined[#joined + 1] = c[2] .. '\t' .. c[1] end
+end
+return {left, joined}
+"#;
+
+/// ARGV: P, node. Removes a node that leaves gracefully (after releasing its connections).
+const LEAVE: &str = r#"
+local node = ARGV[2]
+local left = {}
+for _, id in ipairs(redis.call('HKEYS', P .. 'node:' .. node)) do
+  local l = release(node, id)
+  if l then left[#left + 1] = l end
+end
+redis.call('DEL', P .. 'node:' .. node)
+redis.call('ZREM', P .. 'nodes', node)
+return left
+"#;
+
+/// The compiled scripts (loaded with EVALSHA, falling back to EVAL).
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) admit: redis::Script,
+    pub(crate) release: redis::Script,
+    pub(crate) heartbeat: redis::Script,
+    pub(crate) resync: redis::Script,
+    pub(crate) leave: redis::Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        let script = |body: &str| redis::Script::new(&format!("{PRELUDE}{body}"));
+        Self {
+            admit: script(ADMIT),
+            release: script(RELEASE),
+            heartbeat: script(HEARTBEAT),
+            resync: script(RESYNC),
+            leave: script(LEAVE),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The seam for running several nodes as one: a [`Cluster`] the manager consults at connect
+//! and disconnect and tells about what it delivers, and a [`LocalNode`] handle through which
+//! the cluster delivers what other nodes sent.
+//!
+//! Without a cluster everything is local. `switchboard-redis` implements it over Redis; the
+//! design is in `docs/cluster.md`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+
+use serde::Serialize;
+
+use crate::connection::ConnectionInfo;
+use crate::disconnect::DisconnectReason;
+use crate::hub::{Exclude, text};
+use crate::ids::{LobbyCode, UserId};
+use crate::manager::Shared;
+
+/// A boxed future, so [`Cluster`] stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The cluster's answer to a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Every limit reserved cluster-wide; the user's older connections on other nodes are
+    /// being closed (policy `replace`). Presence events for this connection come from the
+    /// cluster, not from this node.
+    Admitted {
+        /// Whether the lobby sends join/leave events (its size cluster-wide).
+        presence_events: bool,
+    },
+    /// A cluster-wide limit refuses it.
+    Refused(DisconnectReason),
+    /// The cluster cannot be reached: limits and presence fall back to this node's view.
+    Unavailable,
+}
+
+/// Cluster-wide counts, for stats.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterStats {
+    /// Live nodes.
+    pub nodes: usize,
+    /// Connections on every node.
+    pub total_connections: usize,
+    /// Lobbies with members on any node.
+    pub active_lobbies: usize,
+    /// Users with connections on any node.
+    pub users: usize,
+}
+
+impl ClusterStats {
+    /// Counts from a cluster.
+    pub fn new(
+        nodes: usize,
+        total_connections: usize,
+        active_lobbies: usize,
+        users: usize,
+    ) -> Self {
+        Self {
+            nodes,
+            total_connections,
+            active_lobbies,
+            users,
+        }
+    }
+}
+
+/// A lobby with cluster-wide counts.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterLobby {
+    /// The lobby code.
+    pub lobby: String,
+    /// Connections on every node.
+    pub connections: usize,
+    /// Distinct users on every node.
+    pub users: usize,
+}
+
+/// What several nodes share. Every method must be quick or asynchronous: they are called on
+/// connection tasks and by the HTTP API.
+///
+/// Contract: for every connection, `admit` is called once before it is registered; unless
+/// it returned [`Admission::Refused`], `release` is called once after it ended (or after a
+/// local refusal).
+pub trait Cluster: Send + Sync + 'static {
+    /// Reserves the cluster-wide limits for a new connection and applies the user policy
+    /// across nodes.
+    fn admit<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, Admission>;
+
+    /// Frees what `admit` reserved; sends `member_left` cluster-wide when it was the user's
+    /// last connection in the lobby.
+    fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()>;
+
+    /// A frame this node delivered to its members of `lobby`: the other nodes deliver it to
+    /// theirs, skipping `exclude_user`'s connections.
+    fn publish_lobby(&self, lobby: &LobbyCode, frame: &str, exclude_user: Option<&str>);
+
+    /// A frame this node delivered to its connections of `user`: the other nodes holding the
+    /// user's connections deliver it too.
+    fn publish_user(&self, user: &str, frame: &str);
+
+    /// The lobby's users on every node, or `None` when the cluster cannot answer.
+    fn presence<'a>(&'a self, lobby: &'a LobbyCode) -> BoxFuture<'a, Option<Vec<String>>>;
+
+    /// Every lobby with cluster-wide counts, or `None` when the cluster cannot answer.
+    fn lobbies(&self) -> BoxFuture<'_, Option<Vec<ClusterLobby>>>;
+
+    /// Closes the user's connections on the other nodes; how many, if the cluster answers.
+    fn close_user<'a>(
+        &'a self,
+        user: &'a str,
+        reason: DisconnectReason,
+    ) -> BoxFuture<'a, Option<usize>>;
+
+    /// Closes a connection held by another node; whether it exists, if the cluster answers.
+    fn close_connection<'a>(
+        &'a self,
+        id: &'a str,
+        reason: DisconnectReason,
+    ) -> BoxFuture<'a, Option<bool>>;
+
+    /// Cluster-wide counts, if the cluster answers.
+    fn stats(&self) -> BoxFuture<'_, Option<ClusterStats>>;
+
+    /// `"up"` or `"down"`, for readiness and metrics.
+    fn status(&self) -> &'static str;
+}
+
+/// The local side a cluster delivers to: a weak handle on the manager, so the cluster can be
+/// owned by the manager without a reference cycle.
+#[derive(Debug, Clone)]
+pub struct LocalNode {
+    shared: Weak<Shared>,
+}
+
+impl LocalNode {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        Self {
+            shared: Arc::downgrade(shared),
+        }
+    }
+
+    /// This node's id (the prefix of its connection ids).
+    pub fn node_id(&self) -> Option<String> {
+        Some(self.shared.upgrade()?.config.node_id.clone())
+    }
+
+    /// Delivers an encoded frame from another node to this node's members of `lobby`.
+    pub fn deliver_lobby(&self, lobby: &str, frame: String, exclude_user: Option<&str>) -> usize {
+        let Some(shared) = self.shared.upgrade() else {
+            return 0;
+        };
+        let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
+        shared.hub.broadcast(lobby, &text(frame), exclude)
+    }
+
+    /// Delivers an encoded frame from another node to this node's connections of `user`.
+    pub fn deliver_user(&self, user: &str, frame: String) -> usize {
+        let Some(shared) = self.shared.upgrade() else {
+            return 0;
+        };
+        shared.hub.send_to_user(user, &text(frame))
+    }
+
+    /// Closes one of this node's connections; whether it was here.
+    pub fn close_connection(&self, id: &str, reason: DisconnectReason) -> bool {
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        crate::ids::ConnectionId::seq_on(id, &shared.config.node_id)
+            .and_then(|seq| shared.hub.connection(seq))
+            .is_some_and(|c| c.close(reason))
+    }
+
+    /// Closes this node's connections of `user`; how many.
+    pub fn close_user(&self, user: &str, reason: DisconnectReason) -> usize {
+        let Some(shared) = self.shared.upgrade() else {
+            return 0;
+        };
+        let conns = shared.hub.user_connections(user);
+        conns.iter().filter(|c| c.close(reason)).count()
+    }
+
+    /// Encodes a presence event frame (`member_joined` / `member_left`).
+    pub fn presence_event(lobby: &LobbyCode, user: &UserId, joined: bool) -> String {
+        use crate::protocol::ServerFrame;
+        if joined {
+            ServerFrame::MemberJoined {
+                lobby,
+                user_id: user,
+            }
+            .encode()
+        } else {
+            ServerFrame::MemberLeft {
+                lobby,
+                user_id: user,
+            }
+            .encode()
+        }
+    }
+}
