@@ -4,6 +4,13 @@
 # into .venv-autobahn from PyPI). Each part installs what it needs on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The cluster tests start their own redis-server processes.
+if ! command -v redis-server >/dev/null; then
+  sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+fi
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 ./scripts/autobahn.sh --quick
+./scripts/test-client.sh

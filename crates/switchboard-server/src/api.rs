@@ -165,12 +165,16 @@ async fn send(
 }
 
 async fn lobbies(State(state): State<AppState>) -> ApiResult {
-    Ok(Json(json!(state.manager.lobbies())))
+    Ok(Json(json!(state.manager.lobbies_everywhere().await)))
 }
 
 async fn presence(State(state): State<AppState>, Path(lobby): Path<String>) -> ApiResult {
     let lobby = lobby_code(&lobby)?;
-    let users = state.manager.presence(lobby.as_str()).map_err(internal)?;
+    let users = state
+        .manager
+        .presence_everywhere(lobby.as_str())
+        .await
+        .map_err(internal)?;
     Ok(Json(json!({ "lobby": lobby, "users": users })))
 }
 
@@ -178,7 +182,8 @@ async fn kick_user(State(state): State<AppState>, Path(user): Path<String>) -> A
     let user = user_id(&user)?;
     let closed = state
         .manager
-        .disconnect_user(user.as_str(), DisconnectReason::Kicked);
+        .disconnect_user_everywhere(user.as_str(), DisconnectReason::Kicked)
+        .await;
     tracing::info!(%user, closed, "kicked by the API");
     Ok(Json(json!({ "closed": closed })))
 }
@@ -186,7 +191,8 @@ async fn kick_user(State(state): State<AppState>, Path(user): Path<String>) -> A
 async fn kick_connection(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     state
         .manager
-        .disconnect(&id, DisconnectReason::Kicked)
+        .disconnect_everywhere(&id, DisconnectReason::Kicked)
+        .await
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection"))?;
     tracing::info!(connection = %id, "kicked by the API");
     Ok(Json(json!({ "closed": 1 })))
@@ -197,6 +203,10 @@ async fn stats(State(state): State<AppState>) -> ApiResult {
     stats["node_id"] = json!(state.manager.config().node_id);
     stats["uptime_seconds"] = json!(state.started.elapsed().as_secs());
     stats["draining"] = json!(state.is_draining());
+    if let Some(status) = state.manager.cluster_status() {
+        stats["redis"] = json!(status);
+        stats["cluster"] = json!(state.manager.cluster_stats().await);
+    }
     Ok(Json(stats))
 }
 

@@ -62,22 +62,30 @@ pub fn admin_routes(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// 503 only while draining. A Redis outage keeps it 200 (so a balancer does not drop every
+/// node at once) and shows in the body.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "draining": true})),
-        )
-            .into_response()
-    } else {
-        axum::Json(json!({"ready": true, "draining": false})).into_response()
+    let draining = state.is_draining();
+    let mut body = json!({"ready": !draining, "draining": draining});
+    if let Some(redis) = state.manager.cluster_status() {
+        body["redis"] = json!(redis);
     }
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&state.manager, state.is_draining()),
+        crate::metrics::render(
+            &state.manager,
+            state.is_draining(),
+            state.manager.cluster_stats().await,
+        ),
     )
         .into_response()
 }

@@ -18,14 +18,7 @@ const PREFIX: &str = "SWITCHBOARD_";
 
 /// Settings of DESIGN.md's table that a later version implements. They are refused rather than
 /// ignored, so nobody believes a rate limit or a Redis cluster is on when it is not.
-const NOT_YET: &[&str] = &[
-    "redis.url",
-    "redis.heartbeat_ms",
-    "redis.node_ttl_ms",
-    "redis.key_prefix",
-    "history.size",
-    "history.ttl_ms",
-];
+const NOT_YET: &[&str] = &["history.size", "history.ttl_ms"];
 
 /// Every name [`ServerConfig::set`] accepts.
 pub const KNOWN: &[&str] = &[
@@ -59,6 +52,10 @@ pub const KNOWN: &[&str] = &[
     "presence.events_max_members",
     "capacity_warn_percent",
     "redis.node_id",
+    "redis.url",
+    "redis.heartbeat_ms",
+    "redis.node_ttl_ms",
+    "redis.key_prefix",
     "shutdown.drain_ms",
     "shutdown.deadline_ms",
     "log.format",
@@ -110,6 +107,14 @@ pub struct ServerConfig {
     pub drain: Duration,
     /// Hard limit for the whole shutdown.
     pub deadline: Duration,
+    /// Cluster mode: the Redis URL (`None`: a single node).
+    pub redis_url: Option<Secret>,
+    /// Heartbeat period of this node in the cluster.
+    pub redis_heartbeat: Duration,
+    /// A node silent for longer than this is dead; its state is freed.
+    pub redis_node_ttl: Duration,
+    /// Namespace of every Redis key and channel.
+    pub redis_key_prefix: String,
     /// Demo page and dashboard: `Some` when asked for explicitly; `None` means in dev mode only.
     pub pages_enabled: Option<bool>,
     /// Log format.
@@ -151,6 +156,10 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_millis(10_000),
             drain: Duration::from_millis(5_000),
             deadline: Duration::from_millis(10_000),
+            redis_url: None,
+            redis_heartbeat: Duration::from_millis(2_000),
+            redis_node_ttl: Duration::from_millis(6_000),
+            redis_key_prefix: "switchboard:".into(),
             pages_enabled: None,
             log_format: LogFormat::Human,
             log_level: "info".into(),
@@ -328,6 +337,10 @@ impl ServerConfig {
                     .map_err(|_| "expected a percentage, 0-100".to_owned())?;
             }
             "redis.node_id" => m.node_id = value.to_owned(),
+            "redis.url" => self.redis_url = secret(value),
+            "redis.heartbeat_ms" => self.redis_heartbeat = parse_ms(value)?,
+            "redis.node_ttl_ms" => self.redis_node_ttl = parse_ms(value)?,
+            "redis.key_prefix" => self.redis_key_prefix = value.to_owned(),
             "shutdown.drain_ms" => self.drain = parse_ms(value)?,
             "shutdown.deadline_ms" => self.deadline = parse_ms(value)?,
             "log.format" => {
@@ -363,6 +376,23 @@ impl ServerConfig {
             .is_some_and(|a| a == self.bind && a.port() != 0)
         {
             return Err(err("admin_bind", "must differ from bind"));
+        }
+        if self.redis_url.is_some() {
+            if self.redis_heartbeat < Duration::from_millis(50) {
+                return Err(err("redis.heartbeat_ms", "must be at least 50 ms"));
+            }
+            if self.redis_node_ttl < self.redis_heartbeat * 2 {
+                return Err(err(
+                    "redis.node_ttl_ms",
+                    "must be at least twice redis.heartbeat_ms, or live nodes look dead",
+                ));
+            }
+            if !self.manager.presence.leave_grace.is_zero() {
+                return Err(err(
+                    "presence.leave_grace_ms",
+                    "is not supported in cluster mode yet (set it to 0 with redis.url)",
+                ));
+            }
         }
         if self.handshake_timeout < Duration::from_millis(100) {
             return Err(err("handshake_timeout_ms", "must be at least 100 ms"));
@@ -494,8 +524,14 @@ mod tests {
         assert_eq!(e.field, "limits.max_per_lobby");
         let e = vars(&[("SWITCHBOARD_LIMITS__MAX_PER_LOBY", "3")]).unwrap_err();
         assert!(e.to_string().contains("unknown setting"), "{e}");
-        let e = vars(&[("SWITCHBOARD_REDIS__URL", "redis://x")]).unwrap_err();
+        let e = vars(&[("SWITCHBOARD_HISTORY__SIZE", "10")]).unwrap_err();
         assert!(e.to_string().contains("not supported"), "{e}");
+        let e = vars(&[
+            ("SWITCHBOARD_REDIS__URL", "redis://127.0.0.1:1"),
+            ("SWITCHBOARD_REDIS__NODE_TTL_MS", "1000"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.field, "redis.node_ttl_ms");
         let e = vars(&[("SWITCHBOARD_TRUSTED_PROXIES", "10.0.0.0/8,nope")]).unwrap_err();
         assert_eq!(e.field, "trusted_proxies");
     }

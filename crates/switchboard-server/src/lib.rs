@@ -76,6 +76,10 @@ pub async fn run(
         );
     }
     metrics::handle();
+    let cluster = match &config.redis_url {
+        Some(url) => Some(join_cluster(&config, url, &manager).await?),
+        None => None,
+    };
     let draining = Arc::new(AtomicBool::new(false));
     let state = app::AppState {
         manager: manager.clone(),
@@ -131,6 +135,9 @@ pub async fn run(
     tracing::info!(drain = ?config.drain, deadline = ?config.deadline, "shutting down");
     draining.store(true, Ordering::SeqCst);
     let drained = manager.shutdown(config.drain, config.deadline).await;
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     stop_http.cancel();
     // Plain HTTP requests still in flight get what is left of the deadline.
     let remaining = config.deadline.saturating_sub(config.drain);
@@ -140,6 +147,28 @@ pub async fn run(
     .await;
     tracing::info!(drained, "stopped");
     Ok(drained)
+}
+
+/// Starts the Redis adapter and attaches it; waits briefly for Redis so the first clients
+/// get cluster-wide limits, but starts anyway when Redis is away (local limits meanwhile).
+async fn join_cluster(
+    config: &ServerConfig,
+    url: &config::Secret,
+    manager: &Manager,
+) -> anyhow::Result<Arc<switchboard_redis::RedisCluster>> {
+    let mut settings = switchboard_redis::RedisConfig::new(url.0.clone(), &config.manager);
+    settings.heartbeat = config.redis_heartbeat;
+    settings.node_ttl = config.redis_node_ttl;
+    settings.key_prefix = config.redis_key_prefix.clone();
+    let cluster = switchboard_redis::RedisCluster::start(settings, manager.local_node())?;
+    manager.attach_cluster(cluster.clone());
+    let wait = config.redis_heartbeat * 2 + std::time::Duration::from_millis(500);
+    if cluster.wait_up(wait).await {
+        tracing::info!(node = %config.manager.node_id, "joined the cluster");
+    } else {
+        tracing::error!("redis unreachable at start: serving with local limits until it answers");
+    }
+    Ok(cluster)
 }
 
 /// A server running in the background: what tests and embedders get from [`spawn`].

@@ -54,7 +54,11 @@ pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
 }
 
 /// Renders every metric, refreshing the scrape-time values from `manager` first.
-pub fn render(manager: &Manager, draining: bool) -> String {
+pub fn render(
+    manager: &Manager,
+    draining: bool,
+    cluster: Option<switchboard::cluster::ClusterStats>,
+) -> String {
     let stats = manager.stats();
     metrics::gauge!("switchboard_connections").set(stats.total_connections as f64);
     metrics::gauge!("switchboard_max_connections").set(stats.max_connections as f64);
@@ -78,6 +82,15 @@ pub fn render(manager: &Manager, draining: bool) -> String {
             .map_or_else(|| "none".to_owned(), |c| c.to_string());
         metrics::counter!("switchboard_closes_total", "code" => code, "reason" => *reason)
             .absolute(*count);
+    }
+    if let Some(status) = manager.cluster_status() {
+        metrics::gauge!("switchboard_redis_up").set(if status == "up" { 1.0 } else { 0.0 });
+    }
+    if let Some(c) = cluster {
+        metrics::gauge!("switchboard_cluster_nodes").set(c.nodes as f64);
+        metrics::gauge!("switchboard_cluster_connections").set(c.total_connections as f64);
+        metrics::gauge!("switchboard_cluster_lobbies").set(c.active_lobbies as f64);
+        metrics::gauge!("switchboard_cluster_users").set(c.users as f64);
     }
     handle().render()
 }

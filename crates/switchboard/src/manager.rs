@@ -428,10 +428,14 @@ impl Manager {
             .is_ok()
     }
 
-    /// Joins this manager to a cluster. `build` receives the [`LocalNode`] through which the
-    /// cluster delivers what other nodes send. Call it once, before serving connections.
-    pub fn attach_cluster(&self, build: impl FnOnce(LocalNode) -> Arc<dyn Cluster>) {
-        let cluster = build(LocalNode::new(&self.shared));
+    /// The handle a cluster delivers through (what other nodes send to this one).
+    pub fn local_node(&self) -> LocalNode {
+        LocalNode::new(&self.shared)
+    }
+
+    /// Joins this manager to a cluster (built with [`Manager::local_node`]). Call it once,
+    /// before serving connections.
+    pub fn attach_cluster(&self, cluster: Arc<dyn Cluster>) {
         if self.shared.cluster.set(cluster).is_err() {
             tracing::warn!("a cluster was already attached; ignoring the second one");
         }

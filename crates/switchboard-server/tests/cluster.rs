@@ -1,0 +1,445 @@
+//! Cluster mode: real `redis-server` processes and several real `switchboard` processes.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const HEARTBEAT_MS: u64 = 100;
+const NODE_TTL_MS: u64 = 600;
+
+/// A `redis-server` on a free loopback port, without persistence; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Redis { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(redis: &Redis, id: &str, extra: &[(&str, &str)]) -> Process {
+    let url = redis.url();
+    let hb = HEARTBEAT_MS.to_string();
+    let ttl = NODE_TTL_MS.to_string();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("SWITCHBOARD_REDIS__URL", &url),
+        ("SWITCHBOARD_REDIS__NODE_ID", id),
+        ("SWITCHBOARD_REDIS__HEARTBEAT_MS", &hb),
+        ("SWITCHBOARD_REDIS__NODE_TTL_MS", &ttl),
+        ("SWITCHBOARD_RATE__CONNECTS_PER_IP_PER_SEC", "0"),
+        ("SWITCHBOARD_RATE__MESSAGES_PER_SEC", "0"),
+    ];
+    env.extend_from_slice(extra);
+    Process::start(&env, None)
+}
+
+async fn api(addr: SocketAddr, method: &str, path: &str) -> Value {
+    let r = http(addr, method, path, None, None).await;
+    assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+    r.json()
+}
+
+async fn eventually_json(
+    what: &str,
+    addr: SocketAddr,
+    path: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = api(addr, "GET", path).await;
+        if check(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}: last {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn broadcasts_and_directs_cross_nodes_exactly_once() {
+    let redis = Redis::start();
+    let a = node(&redis, "na", &[("SWITCHBOARD_USER_POLICY", "multi")]);
+    let b = node(&redis, "nb", &[("SWITCHBOARD_USER_POLICY", "multi")]);
+    let mut alice = connect(a.addr, "room", "alice").await;
+    let mut bob = connect(b.addr, "room", "bob").await;
+    let j = alice
+        .expect("member_joined", "bob's join seen on the other node")
+        .await;
+    assert_eq!(j["user_id"], "bob");
+    for i in 0..50 {
+        bob.send(json!({"type": "broadcast", "data": i})).await;
+    }
+    for i in 0..50 {
+        assert_eq!(
+            alice.expect("message", "bob's broadcasts, in order").await["data"],
+            i
+        );
+        assert_eq!(
+            bob.expect("message", "bob's own broadcasts").await["data"],
+            i
+        );
+    }
+    // Exactly once: the next frame either sees is the answer to a presence request.
+    for c in [&mut alice, &mut bob] {
+        c.send(json!({"type": "presence"})).await;
+        let p = c
+            .expect(
+                "presence",
+                "no duplicate delivery before the presence answer",
+            )
+            .await;
+        assert_eq!(p["users"], json!(["alice", "bob"]), "cluster-wide presence");
+    }
+    // A user with tabs on both nodes gets a direct message on each, once.
+    let mut carol_a = connect(a.addr, "other", "carol").await;
+    let mut carol_b = connect(b.addr, "other2", "carol").await;
+    alice
+        .send(json!({"type": "direct", "to": "carol", "data": "psst"}))
+        .await;
+    for tab in [&mut carol_a, &mut carol_b] {
+        let d = tab.expect("direct", "alice's direct").await;
+        assert_eq!(
+            (d["from"].as_str(), d["data"].as_str()),
+            (Some("alice"), Some("psst"))
+        );
+    }
+    // The backend's broadcast through node B reaches node A's members too.
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/lobbies/room/broadcast",
+        None,
+        Some(r#"{"data":"api"}"#),
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({"delivered": 1}),
+        "one member on node B itself"
+    );
+    assert_eq!(
+        alice
+            .expect("message", "API broadcast via the other node")
+            .await["data"],
+        "api"
+    );
+    for tab in [&mut carol_a, &mut carol_b] {
+        tab.send(json!({"type": "presence"})).await;
+        let p = tab.expect("presence", "no stray frames for carol").await;
+        assert_eq!(p["type"], "presence");
+    }
+}
+
+#[tokio::test]
+async fn presence_is_per_user_across_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis, "pa", &[("SWITCHBOARD_USER_POLICY", "multi")]);
+    let b = node(&redis, "pb", &[("SWITCHBOARD_USER_POLICY", "multi")]);
+    let mut watcher = connect(a.addr, "room", "watcher").await;
+    let tab1 = connect(a.addr, "room", "dana").await;
+    watcher.expect("member_joined", "dana's first tab").await;
+    let tab2 = connect(b.addr, "room", "dana").await;
+    let p = api(b.addr, "GET", "/api/lobbies/room/presence").await;
+    assert_eq!(p["users"], json!(["dana", "watcher"]), "dana listed once");
+    let lobbies = api(a.addr, "GET", "/api/lobbies").await;
+    assert_eq!(
+        lobbies,
+        json!([{"lobby": "room", "connections": 3, "users": 2}])
+    );
+    tab1.close().await;
+    eventually_json("tab1 is released", a.addr, "/api/lobbies", |v| {
+        v[0]["connections"] == 3 - 1
+    })
+    .await;
+    watcher.send(json!({"type": "presence"})).await;
+    let p = watcher
+        .expect("presence", "no leave while a tab remains on the other node")
+        .await;
+    assert_eq!(p["users"], json!(["dana", "watcher"]));
+    tab2.close().await;
+    let left = watcher
+        .expect("member_left", "dana's last tab, on the other node")
+        .await;
+    assert_eq!(left["user_id"], "dana");
+    let stats = api(a.addr, "GET", "/api/stats").await;
+    assert_eq!(stats["redis"], "up");
+    assert_eq!(stats["cluster"]["nodes"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limits_hold_cluster_wide_under_a_burst() {
+    let redis = Redis::start();
+    let limits = [
+        ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "10"),
+        ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "16"),
+        ("SWITCHBOARD_LIMITS__MAX_PER_IP", "1000"),
+    ];
+    let nodes = [
+        node(&redis, "la", &limits),
+        node(&redis, "lb", &limits),
+        node(&redis, "lc", &limits),
+    ];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut tasks = Vec::new();
+    for i in 0..45usize {
+        let addr = addrs[i % 3];
+        let lobby = if i % 2 == 0 { "even" } else { "odd" };
+        tasks.push(tokio::spawn(async move {
+            let ws = raw_connect(addr, &format!("/ws/{lobby}?token=u{i}"), ip(1)).await;
+            let mut c = Client {
+                ws,
+                welcome: Value::Null,
+            };
+            let first = c.next_json("welcome or goodbye").await;
+            (first, c)
+        }));
+    }
+    let mut kept = Vec::new();
+    let mut welcomed = 0;
+    for t in tasks {
+        let (first, c) = t.await.unwrap();
+        if first["type"] == "welcome" {
+            welcomed += 1;
+        } else {
+            assert!(
+                matches!(first["reason"].as_str(), Some("lobby_full" | "server_full")),
+                "{first}"
+            );
+        }
+        kept.push(c);
+    }
+    assert_eq!(welcomed, 16, "the global cap of 16 across three nodes");
+    let lobbies = api(addrs[0], "GET", "/api/lobbies").await;
+    for l in lobbies.as_array().unwrap() {
+        assert!(l["connections"].as_u64().unwrap() <= 10, "{lobbies}");
+    }
+    let stats = api(addrs[1], "GET", "/api/stats").await;
+    assert_eq!(stats["cluster"]["total_connections"], 16);
+    drop(kept);
+    eventually_json(
+        "every reservation is released",
+        addrs[2],
+        "/api/stats",
+        |v| {
+            v["cluster"]["total_connections"] == 0
+                && v["cluster"]["users"] == 0
+                && v["cluster"]["active_lobbies"] == 0
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn replace_closes_the_older_connection_on_another_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "ra", &[]);
+    let b = node(&redis, "rb", &[]);
+    let mut watcher = connect(a.addr, "room", "watcher").await;
+    let mut old = connect(a.addr, "room", "erin").await;
+    watcher.expect("member_joined", "erin's join").await;
+    let mut new = connect(b.addr, "room", "erin").await;
+    old.ending("the replaced connection on the other node")
+        .await
+        .assert(4003, "replaced", false);
+    new.send(json!({"type": "broadcast", "data": "still here"}))
+        .await;
+    let m = watcher
+        .expect("message", "no leave/join pair before erin's message")
+        .await;
+    assert_eq!(m["data"], "still here");
+    let p = api(a.addr, "GET", "/api/lobbies/room/presence").await;
+    assert_eq!(p["users"], json!(["erin", "watcher"]));
+}
+
+#[tokio::test]
+async fn kicks_reach_any_node_through_the_api() {
+    let redis = Redis::start();
+    let a = node(&redis, "ka", &[]);
+    let b = node(&redis, "kb", &[]);
+    let mut far = connect(b.addr, "room", "frank").await;
+    let id = far.id().to_owned();
+    let r = http(
+        a.addr,
+        "DELETE",
+        &format!("/api/connections/{id}"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.json()), (200, json!({"closed": 1})));
+    far.ending("a kick routed to its node")
+        .await
+        .assert(4009, "kicked", false);
+    let missing = http(a.addr, "DELETE", "/api/connections/kb-999", None, None).await;
+    assert_eq!(missing.status, 404);
+    let mut g = connect(b.addr, "room", "gina").await;
+    let r = api(a.addr, "DELETE", "/api/users/gina").await;
+    assert_eq!(r, json!({"closed": 1}));
+    g.ending_skipping_data("a user kick routed to the other node")
+        .await
+        .assert(4009, "kicked", false);
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_the_cluster_within_the_ttl() {
+    let redis = Redis::start();
+    let a = node(&redis, "da", &[]);
+    let mut b = node(&redis, "db", &[]);
+    let mut watcher = connect(a.addr, "room", "watcher").await;
+    let _doomed = connect(b.addr, "room", "hank").await;
+    watcher.expect("member_joined", "hank's join").await;
+    b.signal("KILL");
+    b.wait(WAIT).await;
+    let killed = Instant::now();
+    let left = watcher
+        .expect("member_left", "hank gone with his node")
+        .await;
+    assert_eq!(left["user_id"], "hank");
+    let elapsed = killed.elapsed();
+    let bound = Duration::from_millis(NODE_TTL_MS + 2 * HEARTBEAT_MS + 500);
+    assert!(
+        elapsed <= bound,
+        "dead node cleaned after {elapsed:?}, bound {bound:?}"
+    );
+    let p = api(a.addr, "GET", "/api/lobbies/room/presence").await;
+    assert_eq!(p["users"], json!(["watcher"]));
+    let stats = api(a.addr, "GET", "/api/stats").await;
+    assert_eq!(
+        (
+            stats["cluster"]["nodes"].clone(),
+            stats["cluster"]["total_connections"].clone()
+        ),
+        (json!(1), json!(1))
+    );
+}
+
+#[tokio::test]
+async fn redis_outage_degrades_to_local_and_recovers() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let a = node(&redis, "oa", &[]);
+    let b = node(&redis, "ob", &[]);
+    let mut alice = connect(a.addr, "room", "alice").await;
+    let mut bob = connect(b.addr, "room", "bob").await;
+    alice.expect("member_joined", "bob's join").await;
+    redis.kill();
+    // Readiness stays 200 and says redis is down; local delivery goes on.
+    let ready = eventually_json("node A notices", a.addr, "/readyz", |v| {
+        v["redis"] == "down"
+    })
+    .await;
+    assert_eq!(ready["ready"], true);
+    assert_eq!(http(a.addr, "GET", "/readyz", None, None).await.status, 200);
+    let mut alice2 = connect(a.addr, "room", "alice2").await;
+    alice
+        .expect("member_joined", "a local join during the outage")
+        .await;
+    alice2
+        .send(json!({"type": "broadcast", "data": "local"}))
+        .await;
+    assert_eq!(
+        alice
+            .expect("message", "local delivery during the outage")
+            .await["data"],
+        "local"
+    );
+    alice2.expect("message", "own message").await;
+    // Redis comes back (empty: it had no persistence): nodes reconnect, resubscribe, resync.
+    let _redis = Redis::start_on(port);
+    for n in [&a, &b] {
+        eventually_json("the node reconnects", n.addr, "/readyz", |v| {
+            v["redis"] == "up"
+        })
+        .await;
+    }
+    eventually_json(
+        "presence re-registered",
+        b.addr,
+        "/api/lobbies/room/presence",
+        |v| v["users"] == json!(["alice", "alice2", "bob"]),
+    )
+    .await;
+    // Cross-node delivery resumes (the subscription may take a heartbeat to come back).
+    let deadline = Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        bob.send(json!({"type": "broadcast", "data": n})).await;
+        let seen = tokio::time::timeout(Duration::from_millis(200), async {
+            loop {
+                let m = alice.next_json("bob's message after the outage").await;
+                if m["type"] == "message" && m["from"] == "bob" {
+                    return m;
+                }
+            }
+        })
+        .await;
+        if seen.is_ok() {
+            break;
+        }
+        n += 1;
+        assert!(
+            Instant::now() < deadline,
+            "cross-node delivery never resumed"
+        );
+    }
+    let metrics = http(a.addr, "GET", "/metrics", None, None).await.body;
+    assert!(
+        metrics.contains("switchboard_redis_errors_total"),
+        "outage counted in metrics"
+    );
+}
