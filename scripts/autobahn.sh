@@ -28,7 +28,7 @@ if [ ! -x "$venv/bin/kosoku" ]; then
 fi
 
 cargo build --quiet --release -p switchboard --example autobahn_echo
-echo_bin=target/release/examples/autobahn_echo
+echo_bin="${CARGO_TARGET_DIR:-target}/release/examples/autobahn_echo"
 outdir=target/autobahn
 rm -rf "$outdir"
 mkdir -p "$outdir"
