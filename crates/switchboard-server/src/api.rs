@@ -203,6 +203,9 @@ async fn stats(State(state): State<AppState>) -> ApiResult {
     stats["node_id"] = json!(state.manager.config().node_id);
     stats["uptime_seconds"] = json!(state.started.elapsed().as_secs());
     stats["draining"] = json!(state.is_draining());
+    // For leak checks: tasks alive in the runtime and open file descriptors of the process.
+    stats["tasks"] = json!(tokio::runtime::Handle::current().metrics().num_alive_tasks());
+    stats["open_fds"] = json!(crate::metrics::open_fds());
     if let Some(status) = state.manager.cluster_status() {
         stats["redis"] = json!(status);
         stats["cluster"] = json!(state.manager.cluster_stats().await);

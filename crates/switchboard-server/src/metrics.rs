@@ -53,6 +53,11 @@ pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
     }
 }
 
+/// Open file descriptors of this process (Linux), if readable.
+pub fn open_fds() -> Option<usize> {
+    std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count())
+}
+
 /// Renders every metric, refreshing the scrape-time values from `manager` first.
 pub fn render(
     manager: &Manager,
@@ -65,6 +70,11 @@ pub fn render(
     metrics::gauge!("switchboard_lobbies").set(stats.active_lobbies as f64);
     metrics::gauge!("switchboard_users").set(stats.users as f64);
     metrics::gauge!("switchboard_draining").set(if draining { 1.0 } else { 0.0 });
+    metrics::gauge!("switchboard_tokio_tasks")
+        .set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as f64);
+    if let Some(fds) = open_fds() {
+        metrics::gauge!("switchboard_open_fds").set(fds as f64);
+    }
     metrics::counter!("switchboard_messages_in_total").absolute(stats.messages_in);
     metrics::counter!("switchboard_messages_out_total").absolute(stats.messages_out);
     metrics::counter!("switchboard_bytes_in_total").absolute(stats.bytes_in);
