@@ -13,3 +13,4 @@ fi
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 ./scripts/autobahn.sh --quick
+./scripts/test-client.sh

@@ -1,0 +1,216 @@
+// End-to-end: the demo page and the dashboard in real headless Chromium (Debian's, driven by
+// playwright-core) against the real server binary. Every wait is on DOM state or an event.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+import { SwitchboardClient } from "../../dist/index.js";
+import { api, launchBrowser, newPage, screenshotPath, startServer } from "./helpers.mjs";
+
+let browser;
+const problems = [];
+const cleanups = [];
+
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  for (const fn of cleanups.reverse()) await fn().catch(() => {});
+  await browser?.close();
+});
+
+async function server(options) {
+  const s = await startServer(options);
+  cleanups.push(() => s.stop());
+  return s;
+}
+
+/** A Node client (the same TypeScript client, with the ws package) connected to `lobby`. */
+async function nodeClient(s, lobby, user) {
+  const c = new SwitchboardClient({ url: s.url, lobby, token: user, WebSocket, reconnect: false });
+  cleanups.push(async () => c.close());
+  const welcome = c.once("welcome", 10_000);
+  c.connect();
+  await welcome;
+  return c;
+}
+
+async function join(page, s, name, lobby) {
+  await page.goto(`${s.url}/?name=${encodeURIComponent(name)}&lobby=${encodeURIComponent(lobby)}`);
+  await page.click("#join");
+  await page.locator('#state[data-state="open"]').waitFor();
+}
+
+async function say(page, text) {
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+}
+
+const member = (page, user) => page.locator(`#members li[data-user="${user}"]`);
+const chatLine = (page, text) => page.locator("#messages li.chat", { hasText: text });
+
+describe("demo page", () => {
+  test("two pages chat in a lobby; presence and join/leave events update the member list", async () => {
+    const s = await server({ name: "chat" });
+    const alice = await newPage(browser, problems);
+    const bob = await newPage(browser, problems);
+
+    await join(alice, s, "alice", "room-1");
+    await member(alice, "alice").waitFor();
+    assert.equal(await alice.locator("#member-count").textContent(), "1");
+
+    await join(bob, s, "bob", "room-1");
+    // bob learns the lobby from presence; alice from member_joined.
+    await member(bob, "alice").waitFor();
+    await member(bob, "bob").waitFor();
+    await member(alice, "bob").waitFor();
+    await alice.locator("#messages li.system", { hasText: "bob joined" }).waitFor();
+    assert.equal(await alice.locator("#member-count").textContent(), "2");
+
+    await say(bob, "hello from bob");
+    await chatLine(alice, "hello from bob").waitFor();
+    assert.equal(await chatLine(alice, "hello from bob").locator(".from").textContent(), "bob");
+    await say(alice, "hi bob, alice here");
+    await chatLine(bob, "hi bob, alice here").waitFor();
+    await chatLine(alice, "hi bob, alice here").waitFor(); // broadcasts include the sender
+
+    // A backend message through the HTTP API reaches both.
+    const r = await api(s, "POST", "/api/lobbies/room-1/broadcast", { data: { text: "welcome from the backend" } });
+    assert.deepEqual(r, { status: 200, body: { delivered: 2 } });
+    await chatLine(alice, "welcome from the backend").waitFor();
+    await chatLine(bob, "welcome from the backend").waitFor();
+    await alice.screenshot({ path: screenshotPath("demo-chat-alice.png"), fullPage: true });
+
+    await bob.click("#leave");
+    await member(alice, "bob").waitFor({ state: "detached" });
+    await alice.locator("#messages li.system", { hasText: "bob left" }).waitFor();
+    assert.equal(await alice.locator("#member-count").textContent(), "1");
+    await alice.screenshot({ path: screenshotPath("demo-chat-after-leave.png"), fullPage: true });
+    await alice.context().close();
+    await bob.context().close();
+    assert.deepEqual(problems, []);
+  });
+
+  test("the server is killed and restarted on the same port: the page reconnects by itself", async () => {
+    const first = await server({ name: "restart-1" });
+    const page = await newPage(browser, problems);
+    await join(page, first, "carol", "room-r");
+    await member(page, "carol").waitFor();
+
+    await first.stop("SIGKILL");
+    await page.locator('#state[data-state="reconnecting"]').waitFor();
+    await page.locator("#notice:not([hidden])", { hasText: "Connection lost (1006" }).waitFor();
+    // Typed while the server is down: queued by the client, sent after the reconnect.
+    await say(page, "typed while offline");
+    await page.locator("#queued:not([hidden])", { hasText: "1 message(s) waiting" }).waitFor();
+    await page.screenshot({ path: screenshotPath("demo-reconnecting.png"), fullPage: true });
+
+    const second = await server({ name: "restart-2", bind: first.addr });
+    assert.equal(second.addr, first.addr, "same port");
+    await page.locator('#state[data-state="open"]').waitFor({ timeout: 30_000 });
+    await page.locator("#notice").waitFor({ state: "hidden" });
+    await chatLine(page, "typed while offline").waitFor();
+    await member(page, "carol").waitFor();
+
+    const r = await api(second, "POST", "/api/lobbies/room-r/broadcast", { data: { text: "after the restart" } });
+    assert.equal(r.body.delivered, 1);
+    await chatLine(page, "after the restart").waitFor();
+    assert.equal(await chatLine(page, "after the restart").locator(".from").textContent(), "backend");
+    await say(page, "and I can still talk");
+    await chatLine(page, "and I can still talk").waitFor();
+    await page.screenshot({ path: screenshotPath("demo-after-restart.png"), fullPage: true });
+    await page.context().close();
+    assert.deepEqual(problems, []);
+  });
+
+  test("4002 lobby_full is shown to the user, and the page gets in once a place frees up", async () => {
+    const s = await server({ name: "full", env: { SWITCHBOARD_LIMITS__MAX_PER_LOBBY: "2" } });
+    await nodeClient(s, "full-room", "n1");
+    const n2 = await nodeClient(s, "full-room", "n2");
+
+    const page = await newPage(browser, problems);
+    await page.goto(`${s.url}/?name=dave&lobby=full-room`);
+    await page.click("#join");
+    const notice = page.locator('#notice[data-kind="full"]');
+    await notice.waitFor();
+    const text = await notice.textContent();
+    assert.match(text, /The lobby “full-room” is full \(4002 lobby_full\)\. Retrying in [\d.]+ s/);
+    await page.locator('#state[data-state="reconnecting"]').waitFor();
+    assert.equal(await page.locator("#members li").count(), 0);
+    await page.screenshot({ path: screenshotPath("demo-lobby-full.png"), fullPage: true });
+
+    // The goodbye's retry_after_ms (2-10 s) is honoured, then the page gets in.
+    n2.close();
+    await page.locator('#state[data-state="open"]').waitFor({ timeout: 30_000 });
+    await member(page, "dave").waitFor();
+    await member(page, "n1").waitFor();
+    const stats = await api(s, "GET", "/api/stats");
+    assert.equal(stats.body.rejections.lobby_full >= 1, true, JSON.stringify(stats.body.rejections));
+    await page.context().close();
+    assert.deepEqual(problems, []);
+  });
+});
+
+describe("dashboard", () => {
+  test("shows the right connection count, lobbies with member counts, and follows changes live", async () => {
+    const s = await server({ name: "dashboard", env: { SWITCHBOARD_HEALTH__PING_INTERVAL_MS: "500" } });
+    const dash = await newPage(browser, problems);
+    await dash.goto(`${s.url}/dashboard`);
+    await dash.locator('#status[data-state="open"]').waitFor();
+    await dash.locator("#connections", { hasText: /^0$/ }).waitFor();
+
+    const a = await newPage(browser, problems);
+    const b = await newPage(browser, problems);
+    await join(a, s, "alice", "lobby-a");
+    await join(b, s, "bob", "lobby-a");
+    const n1 = await nodeClient(s, "lobby-b", "node-1");
+    for (let i = 0; i < 5; i++) n1.broadcast({ text: `tick ${i}` });
+    await say(a, "hello dashboard");
+
+    await dash.locator("#connections", { hasText: /^3$/ }).waitFor();
+    await dash.locator("#users", { hasText: /^3$/ }).waitFor();
+    await dash.locator('#lobbies tr[data-lobby="lobby-a"] td.conns', { hasText: /^2$/ }).waitFor();
+    await dash.locator('#lobbies tr[data-lobby="lobby-b"] td.conns', { hasText: /^1$/ }).waitFor();
+    await dash.locator("#lobby-count", { hasText: /^2$/ }).waitFor();
+    assert.equal(await dash.locator("#capacity").textContent(), "0.03");
+    // Ping latency appears once the server measured a round trip (ping interval 500 ms).
+    await dash.locator("#latency", { hasText: / ms$/ }).waitFor();
+    await dash.locator("#messages-in", { hasText: /^([6-9]|\d\d+)$/ }).waitFor();
+    await dash.screenshot({ path: screenshotPath("dashboard.png"), fullPage: true });
+
+    // No reload: the numbers follow.
+    await b.context().close();
+    await dash.locator("#connections", { hasText: /^2$/ }).waitFor();
+    await dash.locator('#lobbies tr[data-lobby="lobby-a"] td.conns', { hasText: /^1$/ }).waitFor();
+    n1.close();
+    await dash.locator("#connections", { hasText: /^1$/ }).waitFor();
+    await dash.locator('#lobbies tr[data-lobby="lobby-b"]').waitFor({ state: "detached" });
+    await a.context().close();
+    await dash.locator("#connections", { hasText: /^0$/ }).waitFor();
+    await dash.context().close();
+    assert.deepEqual(problems, []);
+  });
+
+  test("with api.key set, asks for the key once and keeps it for the tab", async () => {
+    const s = await server({
+      name: "dashboard-key",
+      env: { SWITCHBOARD_API__KEY: "sekret-key", SWITCHBOARD_PAGES__ENABLED: "true" },
+    });
+    await nodeClient(s, "keyed", "k1");
+    const dash = await newPage(browser, problems);
+    await dash.goto(`${s.url}/dashboard`);
+    await dash.locator("#key-form:not([hidden])").waitFor();
+    await dash.fill("#api-key", "wrong");
+    await dash.press("#api-key", "Enter");
+    await dash.locator("#key-error", { hasText: "That key was refused." }).waitFor();
+    await dash.fill("#api-key", "sekret-key");
+    await dash.press("#api-key", "Enter");
+    await dash.locator("#connections", { hasText: /^1$/ }).waitFor();
+    assert.equal(await dash.locator("#key-form").isHidden(), true);
+    await dash.reload();
+    await dash.locator('#status[data-state="open"]').waitFor();
+    await dash.locator("#connections", { hasText: /^1$/ }).waitFor();
+    assert.equal(await dash.locator("#key-form").isHidden(), true, "not asked again");
+    await dash.context().close();
+    assert.deepEqual(problems, []);
+  });
+});
