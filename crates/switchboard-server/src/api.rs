@@ -204,7 +204,11 @@ async fn stats(State(state): State<AppState>) -> ApiResult {
     stats["uptime_seconds"] = json!(state.started.elapsed().as_secs());
     stats["draining"] = json!(state.is_draining());
     // For leak checks: tasks alive in the runtime and open file descriptors of the process.
-    stats["tasks"] = json!(tokio::runtime::Handle::current().metrics().num_alive_tasks());
+    stats["tasks"] = json!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    );
     stats["open_fds"] = json!(crate::metrics::open_fds());
     if let Some(status) = state.manager.cluster_status() {
         stats["redis"] = json!(status);

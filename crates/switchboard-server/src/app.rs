@@ -118,6 +118,9 @@ async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMa
     if let Some(at) = identity.expires_at {
         request = request.expires_at(at);
     }
+    if let Some(recovery) = connect.recovery {
+        request = request.recover(recovery);
+    }
     manager.accept(connect.upgrade, request)
 }
 

@@ -18,7 +18,7 @@ const PREFIX: &str = "SWITCHBOARD_";
 
 /// Settings of DESIGN.md's table that a later version implements. They are refused rather than
 /// ignored, so nobody believes a rate limit or a Redis cluster is on when it is not.
-const NOT_YET: &[&str] = &["history.size", "history.ttl_ms"];
+const NOT_YET: &[&str] = &[];
 
 /// Every name [`ServerConfig::set`] accepts.
 pub const KNOWN: &[&str] = &[
@@ -61,6 +61,8 @@ pub const KNOWN: &[&str] = &[
     "log.format",
     "log.level",
     "pages.enabled",
+    "history.size",
+    "history.ttl_ms",
 ];
 
 /// A secret (JWT secret, API key): its `Debug` never shows it.
@@ -352,6 +354,8 @@ impl ServerConfig {
             }
             "log.level" => self.log_level = value.to_owned(),
             "pages.enabled" => self.pages_enabled = Some(parse_bool(value)?),
+            "history.size" => m.history.size = parse_num(value)?,
+            "history.ttl_ms" => m.history.ttl = parse_ms(value)?,
             f if NOT_YET.contains(&f) => {
                 return Err("not supported by this version of the server yet".into());
             }
@@ -524,8 +528,6 @@ mod tests {
         assert_eq!(e.field, "limits.max_per_lobby");
         let e = vars(&[("SWITCHBOARD_LIMITS__MAX_PER_LOBY", "3")]).unwrap_err();
         assert!(e.to_string().contains("unknown setting"), "{e}");
-        let e = vars(&[("SWITCHBOARD_HISTORY__SIZE", "10")]).unwrap_err();
-        assert!(e.to_string().contains("not supported"), "{e}");
         let e = vars(&[
             ("SWITCHBOARD_REDIS__URL", "redis://127.0.0.1:1"),
             ("SWITCHBOARD_REDIS__NODE_TTL_MS", "1000"),

@@ -70,8 +70,11 @@ pub fn render(
     metrics::gauge!("switchboard_lobbies").set(stats.active_lobbies as f64);
     metrics::gauge!("switchboard_users").set(stats.users as f64);
     metrics::gauge!("switchboard_draining").set(if draining { 1.0 } else { 0.0 });
-    metrics::gauge!("switchboard_tokio_tasks")
-        .set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as f64);
+    metrics::gauge!("switchboard_tokio_tasks").set(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks() as f64,
+    );
     if let Some(fds) = open_fds() {
         metrics::gauge!("switchboard_open_fds").set(fds as f64);
     }

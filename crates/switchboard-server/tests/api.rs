@@ -93,7 +93,7 @@ async fn publish_to_a_lobby_with_and_without_exclusion() {
     let m = bob.expect("message", "the API broadcast").await;
     assert_eq!(
         m,
-        json!({"type":"message","lobby":"room","from":null,"data":{"n":1}})
+        json!({"type":"message","lobby":"room","from":null,"data":{"n":1},"offset":1})
     );
     let r = http(
         server.api_addr(),

@@ -23,7 +23,7 @@ async fn welcome_broadcast_and_clean_close() {
         let m = c.expect("message", "bob's broadcast").await;
         assert_eq!(
             m,
-            json!({"type":"message","lobby":"l1","from":"bob","data":{"hello":1}})
+            json!({"type":"message","lobby":"l1","from":"bob","data":{"hello":1},"offset":1})
         );
     }
     b.close().await;

@@ -40,7 +40,7 @@ async fn backend_broadcast_can_exclude_a_user() {
     let m = bob.expect("message", "backend broadcast").await;
     assert_eq!(
         m,
-        json!({"type": "message", "lobby": "l1", "from": null, "data": {"k": 1}})
+        json!({"type": "message", "lobby": "l1", "from": null, "data": {"k": 1}, "offset": 1})
     );
     assert_eq!(server.manager.broadcast("l1", &json!(2), None).unwrap(), 2);
     let m = alice.expect("message", "the second broadcast only").await;

@@ -32,11 +32,15 @@ pub struct WsConnect {
     pub peer: SocketAddr,
     /// The request's `Origin` header, if any (browsers always send one).
     pub origin: Option<String>,
+    /// `since=OFFSET&epoch=EPOCH`: a reconnecting client asks for what it missed.
+    pub recovery: Option<crate::history::Recovery>,
 }
 
 #[derive(Deserialize)]
-struct TokenQuery {
+struct ConnectQuery {
     token: Option<String>,
+    since: Option<u64>,
+    epoch: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
@@ -54,8 +58,13 @@ impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
             .find(|(name, _)| *name == "lobby")
             .and_then(|(_, value)| LobbyCode::parse(value).ok())
             .ok_or_else(|| bad_request("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]"))?;
-        let query = Query::<TokenQuery>::try_from_uri(&parts.uri)
-            .map_err(|_| bad_request("invalid query string"))?;
+        let query = Query::<ConnectQuery>::try_from_uri(&parts.uri)
+            .map_err(|_| bad_request("invalid query string (since must be an integer)"))?;
+        let recovery = match (query.0.since, query.0.epoch.clone()) {
+            (Some(since), Some(epoch)) => Some(crate::history::Recovery { since, epoch }),
+            (None, None) => None,
+            _ => return Err(bad_request("since and epoch go together")),
+        };
         let bearer = || {
             parts
                 .headers
@@ -88,6 +97,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
             token,
             peer,
             origin,
+            recovery,
         })
     }
 }

@@ -154,7 +154,14 @@ impl LocalNode {
             return 0;
         };
         let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
-        shared.hub.broadcast(lobby, &text(frame), exclude)
+        // Broadcasts get this node's next offset and go into its history; presence events
+        // are passed through.
+        match LobbyCode::parse(lobby) {
+            Ok(code) if frame.starts_with(r#"{"type":"message""#) => {
+                shared.hub.publish_message(&code, &frame, exclude)
+            }
+            _ => shared.hub.broadcast(lobby, &text(frame), exclude),
+        }
     }
 
     /// Delivers an encoded frame from another node to this node's connections of `user`.

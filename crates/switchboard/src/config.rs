@@ -41,6 +41,8 @@ pub struct Config {
     /// Log a warning when connections exceed this share of the global limit, or a lobby this
     /// share of the per-lobby limit. Default 80; 0 turns the warnings off.
     pub capacity_warn_percent: u8,
+    /// Per-lobby history for recovery after reconnect.
+    pub history: crate::history::HistoryConfig,
 }
 
 /// Rate limits. A value of 0 turns that limit off.
@@ -179,6 +181,7 @@ impl Default for Config {
             rate: RateConfig::default(),
             client: ClientPermissions::default(),
             capacity_warn_percent: 80,
+            history: crate::history::HistoryConfig::default(),
         }
     }
 }

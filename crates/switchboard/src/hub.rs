@@ -14,6 +14,7 @@ use axum::extract::ws::Message;
 use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::connection::{ConnHandle, Offer};
 use crate::disconnect::DisconnectReason;
+use crate::history::{History, Recovery};
 use crate::ids::{LobbyCode, UserId};
 use crate::lobby::{Lobby, PresenceChange};
 use crate::protocol::ServerFrame;
@@ -60,6 +61,19 @@ struct Registry {
     ips: HashMap<IpAddr, usize>,
     draining: bool,
     next_generation: u64,
+    /// Offsets and recent broadcasts per lobby; outlives the lobby's members until its
+    /// entries expire, so a client that was the last one out can still recover.
+    histories: HashMap<LobbyCode, History>,
+    /// Counts publishes and departures, to sweep expired histories now and then.
+    sweep_tick: u32,
+}
+
+/// What `welcome` tells a new connection about its lobby.
+#[derive(Debug)]
+pub(crate) struct WelcomeState<'a> {
+    pub(crate) presence_events: bool,
+    pub(crate) offset: u64,
+    pub(crate) epoch: &'a str,
 }
 
 #[derive(Debug)]
@@ -90,10 +104,12 @@ impl Hub {
     pub(crate) fn register(
         &self,
         conn: Arc<ConnHandle>,
-        welcome: impl FnOnce(bool) -> Message,
+        welcome: impl FnOnce(WelcomeState<'_>) -> Message,
+        recovery: Option<&Recovery>,
     ) -> Result<(), DisconnectReason> {
         let limits = self.config.limits;
-        let mut reg = self.lock();
+        let mut guard = self.lock();
+        let reg = &mut *guard;
         if reg.draining {
             return Err(DisconnectReason::ServerShutdown);
         }
@@ -136,8 +152,25 @@ impl Hub {
         // the same lobby never shows a leave/join pair.
         let lobby = reg.lobbies.entry(info.lobby.clone()).or_default();
         let (pos, change) = lobby.add(conn.clone());
-        let offered = conn.offer(welcome(self.events_on(lobby)));
+        let history = reg
+            .histories
+            .entry(info.lobby.clone())
+            .or_insert_with(History::new);
+        let offered = conn.offer(welcome(WelcomeState {
+            presence_events: self.events_on(lobby),
+            offset: history.last,
+            epoch: &history.epoch,
+        }));
         debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
+        // Replay before the connection can see anything live: both happen under this lock.
+        if let Some(recovery) = recovery {
+            let replay = history.replay(recovery, &self.config.history);
+            let ok = replay.is_some();
+            for frame in replay.unwrap_or_default() {
+                conn.offer(frame);
+            }
+            conn.offer(text(ServerFrame::Recovered { ok }.encode()));
+        }
         if change == PresenceChange::Joined && !conn.cluster_presence {
             self.announce(
                 lobby,
@@ -159,7 +192,7 @@ impl Hub {
             },
         );
         for &seq in replaced {
-            if let Some(old) = self.remove_locked(&mut reg, seq, false) {
+            if let Some(old) = self.remove_locked(reg, seq, false) {
                 old.close(DisconnectReason::Replaced);
             }
         }
@@ -229,6 +262,13 @@ impl Hub {
             }
             if lobby.is_empty() {
                 reg.lobbies.remove(&info.lobby);
+                if reg
+                    .histories
+                    .get(&info.lobby)
+                    .is_some_and(History::is_empty)
+                {
+                    reg.histories.remove(&info.lobby);
+                }
             }
             if let Some(entry) = moved.and_then(|m| reg.conns.get_mut(&m.seq)) {
                 entry.pos = pos;
@@ -294,6 +334,49 @@ impl Hub {
         metrics::histogram!("switchboard_broadcast_fanout_seconds")
             .record(started.elapsed().as_secs_f64());
         reached
+    }
+
+    /// Publishes a `message` frame (encoded without an offset) to a lobby: assigns the next
+    /// offset, keeps it in the lobby's history, and offers it to every member. Returns how
+    /// many queued it.
+    pub(crate) fn publish_message(
+        &self,
+        lobby: &LobbyCode,
+        frame_without_offset: &str,
+        exclude: Exclude<'_>,
+    ) -> usize {
+        let started = std::time::Instant::now();
+        let reached = {
+            let mut guard = self.lock();
+            let reg = &mut *guard;
+            self.maybe_sweep(reg);
+            let history = reg
+                .histories
+                .entry(lobby.clone())
+                .or_insert_with(History::new);
+            let frame = history.record(frame_without_offset, &self.config.history);
+            match reg.lobbies.get(lobby) {
+                Some(lobby) => self.fan_out(&lobby.members, &frame, exclude),
+                None => return 0,
+            }
+        };
+        metrics::histogram!("switchboard_broadcast_fanout_seconds")
+            .record(started.elapsed().as_secs_f64());
+        reached
+    }
+
+    /// Every so often, forgets histories that expired in lobbies nobody is in.
+    fn maybe_sweep(&self, reg: &mut Registry) {
+        reg.sweep_tick = reg.sweep_tick.wrapping_add(1);
+        if !reg.sweep_tick.is_multiple_of(1024) {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let lobbies = &reg.lobbies;
+        reg.histories.retain(|code, history| {
+            history.expire(now, &self.config.history);
+            !history.is_empty() || lobbies.contains_key(code)
+        });
     }
 
     /// Offers one encoded frame to every connection of a user. Returns how many queued it.

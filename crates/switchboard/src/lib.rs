@@ -15,6 +15,7 @@
 //! - `lobby`: one lobby's members and per-user presence.
 //! - `connection`: one connection's reader and writer tasks and its handle.
 //! - [`handler`]: how the embedding app hears about connections and its own messages.
+//! - [`history`]: per-lobby offsets, epoch and recent broadcasts for recovery.
 //! - `manager`: [`Manager`], the methods a backend calls.
 //! - [`axum`]: the [`WsConnect`](crate::axum::WsConnect) extractor.
 //! - [`stats`]: [`Stats`], the snapshot a backend reads.
@@ -73,6 +74,7 @@ pub mod config;
 mod connection;
 pub mod disconnect;
 pub mod handler;
+pub mod history;
 mod hub;
 mod ids;
 mod lobby;
@@ -87,6 +89,7 @@ pub use config::{
 pub use connection::ConnectionInfo;
 pub use disconnect::DisconnectReason;
 pub use handler::{AppMessage, Handler, NoHandler};
+pub use history::{HistoryConfig, Recovery};
 pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 pub use manager::{ConnectRequest, Error, LobbyInfo, Manager, SUBPROTOCOL};
 pub use protocol::{ClientError, ErrorCode};

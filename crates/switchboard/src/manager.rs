@@ -19,6 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnHandle, ConnectionInfo};
 use crate::disconnect::DisconnectReason;
 use crate::handler::{Handler, NoHandler};
+use crate::history::Recovery;
 use crate::hub::{Exclude, Hub, PendingLeave, text};
 use crate::ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 use crate::protocol::ServerFrame;
@@ -39,6 +40,8 @@ pub struct ConnectRequest {
     pub ip: IpAddr,
     /// When the credential expires: the connection is then closed with 4010.
     pub expires_at: Option<SystemTime>,
+    /// Recovery after a reconnect: replay what was missed since this offset of this epoch.
+    pub recovery: Option<Recovery>,
 }
 
 impl ConnectRequest {
@@ -49,7 +52,15 @@ impl ConnectRequest {
             user_id,
             ip,
             expires_at: None,
+            recovery: None,
         }
+    }
+
+    /// Asks for the broadcasts after `since` (of `epoch`) before live traffic.
+    #[must_use]
+    pub fn recover(mut self, recovery: Recovery) -> Self {
+        self.recovery = Some(recovery);
+        self
     }
 
     /// Closes the connection with 4010 `token_expired` at `at`.
@@ -277,18 +288,16 @@ impl Manager {
     ) -> Result<usize, Error> {
         let lobby = LobbyCode::parse(lobby)?;
         let data = to_raw(data)?;
-        let frame = text(
-            ServerFrame::Message {
-                lobby: &lobby,
-                from: None,
-                data: &data,
-            }
-            .encode(),
-        );
+        let frame = ServerFrame::Message {
+            lobby: &lobby,
+            from: None,
+            data: &data,
+        }
+        .encode();
         let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
-        let reached = self.shared.hub.broadcast(lobby.as_str(), &frame, exclude);
+        let reached = self.shared.hub.publish_message(&lobby, &frame, exclude);
         if let Some(cluster) = self.shared.cluster() {
-            cluster.publish_lobby(&lobby, frame_text(&frame), exclude_user);
+            cluster.publish_lobby(&lobby, &frame, exclude_user);
         }
         Ok(reached)
     }

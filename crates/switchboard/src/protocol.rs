@@ -201,6 +201,10 @@ pub(crate) enum ServerFrame<'a> {
         server_time: u64,
         protocol: u32,
         presence_events: bool,
+        /// The lobby's last assigned offset (0: none yet).
+        offset: u64,
+        /// Changes whenever the lobby's history is lost.
+        epoch: &'a str,
     },
     HealthPing {
         timestamp: u64,
@@ -231,6 +235,9 @@ pub(crate) enum ServerFrame<'a> {
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
+    },
+    Recovered {
+        ok: bool,
     },
     Goodbye {
         code: u16,

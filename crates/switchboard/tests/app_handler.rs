@@ -441,7 +441,7 @@ async fn broadcast_skips_the_excluded_users_connections() {
     let message = bob.json("first broadcast at bob").await;
     assert_eq!(
         message,
-        json!({"type": "message", "lobby": "room-1", "from": null, "data": {"n": 1}})
+        json!({"type": "message", "lobby": "room-1", "from": null, "data": {"n": 1}, "offset": 1})
     );
 
     let reached = manager

@@ -30,7 +30,8 @@ use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
 pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: ConnectRequest) {
     let config = &shared.config;
     let seq = shared.next_seq();
-    let (outbox, queue) = mpsc::channel(config.queue_capacity);
+    // Room for a full replay after `welcome`, whatever the queue size.
+    let (outbox, queue) = mpsc::channel(config.queue_capacity.max(config.history.size + 2));
     let info = ConnectionInfo {
         id: crate::ids::ConnectionId::new(&config.node_id, seq),
         user_id: request.user_id,
@@ -54,7 +55,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
     let mut handle = ConnHandle::new(seq, info, outbox);
     handle.cluster_presence = matches!(admission, Ok(Some(_)));
     let conn = Arc::new(handle);
-    let welcome = |local_events| {
+    let welcome = |state: crate::hub::WelcomeState<'_>| {
         let info = &conn.info;
         crate::hub::text(
             ServerFrame::Welcome {
@@ -64,12 +65,18 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
                 ping_interval_ms: config.ping_interval.as_millis() as u64,
                 server_time: unix_ms(),
                 protocol: PROTOCOL_VERSION,
-                presence_events: admission.ok().flatten().unwrap_or(local_events),
+                presence_events: admission.ok().flatten().unwrap_or(state.presence_events),
+                offset: state.offset,
+                epoch: state.epoch,
             }
             .encode(),
         )
     };
-    let registered = admission.and_then(|_| shared.hub.register(conn.clone(), welcome));
+    let registered = admission.and_then(|_| {
+        shared
+            .hub
+            .register(conn.clone(), welcome, request.recovery.as_ref())
+    });
     if let Err(reason) = registered {
         if let Some(cluster) = &cluster {
             cluster.release(&conn.info).await;

@@ -200,10 +200,11 @@ fn handle_text(
             } else {
                 Exclude::Nobody
             };
-            let frame = crate::hub::text(frame.encode());
-            shared.hub.broadcast(info.lobby.as_str(), &frame, exclude);
+            // Encoded once without an offset: each node adds its own as it publishes.
+            let frame = frame.encode();
+            shared.hub.publish_message(&info.lobby, &frame, exclude);
             if let Some(cluster) = shared.cluster() {
-                cluster.publish_lobby(&info.lobby, frame_text(&frame), None);
+                cluster.publish_lobby(&info.lobby, &frame, None);
             }
             Ok(())
         }

@@ -1,0 +1,180 @@
+//! Recovery after reconnect: offsets, epoch, replay exactly once and in order.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn reconnect(addr: std::net::SocketAddr, user: &str, since: u64, epoch: &str) -> Client {
+    let path = format!("/ws/room?token={user}&since={since}&epoch={epoch}");
+    let ws = raw_connect(addr, &path, ip(1)).await;
+    let mut c = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    c.welcome = c.expect("welcome", "welcome on reconnect").await;
+    c
+}
+
+#[tokio::test]
+async fn welcome_and_messages_carry_offsets_and_the_epoch() {
+    let server = server(|_| {}).await;
+    let mut a = connect(server.addr, "room", "a").await;
+    assert_eq!(a.welcome["offset"], 0);
+    let epoch = a.welcome["epoch"].as_str().unwrap().to_owned();
+    assert!(!epoch.is_empty());
+    for i in 1..=3 {
+        server.manager.broadcast("room", &json!(i), None).unwrap();
+        assert_eq!(a.expect("message", "a broadcast").await["offset"], i);
+    }
+    let b = connect(server.addr, "room", "b").await;
+    assert_eq!(
+        (b.welcome["offset"].as_u64(), b.welcome["epoch"].as_str()),
+        (Some(3), Some(epoch.as_str()))
+    );
+    // Another lobby has its own offsets.
+    let c = connect(server.addr, "other", "c").await;
+    assert_eq!(c.welcome["offset"], 0);
+    assert_ne!(c.welcome["epoch"], json!(epoch));
+}
+
+/// A client drops abruptly while 100 messages go out; it comes back with `since` and gets
+/// exactly those, in order, then `recovered`, then live traffic without a gap or a duplicate,
+/// while a publisher keeps publishing through the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_gets_exactly_what_it_missed() {
+    let server = server(|c| c.manager.history.size = 1_000).await;
+    let _anchor = connect(server.addr, "room", "anchor").await; // keeps the lobby alive
+    let mut b = connect(server.addr, "room", "bob").await;
+    let epoch = b.welcome["epoch"].as_str().unwrap().to_owned();
+    server
+        .manager
+        .broadcast("room", &json!("first"), None)
+        .unwrap();
+    let last_seen = b.expect("message", "the first message").await["offset"]
+        .as_u64()
+        .unwrap();
+    drop(b); // abrupt: no close frame
+    eventually("bob is gone", || {
+        server.manager.stats().total_connections == 1
+    })
+    .await;
+    for i in 0..100 {
+        server
+            .manager
+            .broadcast("room", &json!({"missed": i}), None)
+            .unwrap();
+    }
+    // Keep publishing while bob reconnects: the switch from replay to live must be seamless.
+    let manager = server.manager.clone();
+    let publisher = tokio::spawn(async move {
+        for i in 0..200 {
+            manager
+                .broadcast("room", &json!({"live": i}), None)
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut b = reconnect(server.addr, "bob", last_seen, &epoch).await;
+    publisher.await.unwrap();
+    let end = last_seen + 100 + 200;
+    let mut expected = last_seen + 1;
+    let mut recovered = 0;
+    while expected <= end {
+        let frame = b.next_json("replayed and live messages").await;
+        match frame["type"].as_str() {
+            Some("recovered") => {
+                assert_eq!(frame["ok"], true);
+                assert!(
+                    expected > last_seen + 100,
+                    "all 100 missed ones come before `recovered`"
+                );
+                recovered += 1;
+            }
+            Some("message") => {
+                assert_eq!(frame["offset"], expected, "in order, no gap, no duplicate");
+                if expected <= last_seen + 100 {
+                    assert_eq!(frame["data"]["missed"], expected - last_seen - 1);
+                }
+                expected += 1;
+            }
+            other => panic!("unexpected {other:?}: {frame}"),
+        }
+    }
+    assert_eq!(recovered, 1);
+    // And nothing more.
+    b.send(json!({"type": "presence"})).await;
+    b.expect("presence", "no duplicate after the last message")
+        .await;
+}
+
+#[tokio::test]
+async fn recovery_fails_cleanly_when_history_cannot_help() {
+    let server = server(|c| c.manager.history.size = 5).await;
+    let mut a = connect(server.addr, "room", "a").await;
+    let epoch = a.welcome["epoch"].as_str().unwrap().to_owned();
+    for i in 0..10 {
+        server.manager.broadcast("room", &json!(i), None).unwrap();
+        a.expect("message", "a broadcast").await;
+    }
+    // Too old: offsets 1..5 are gone from a ring of 5.
+    let mut stale = reconnect(server.addr, "s", 2, &epoch).await;
+    assert_eq!(
+        stale.next_json("recovered").await,
+        json!({"type":"recovered","ok":false})
+    );
+    // Another epoch (history lost, e.g. a restart).
+    let mut other = reconnect(server.addr, "o", 9, "0000000000000000").await;
+    assert_eq!(
+        other.next_json("recovered").await,
+        json!({"type":"recovered","ok":false})
+    );
+    // From the future.
+    let mut future = reconnect(server.addr, "f", 99, &epoch).await;
+    assert_eq!(
+        future.next_json("recovered").await,
+        json!({"type":"recovered","ok":false})
+    );
+    // Just in range: the last 5, then ok.
+    let mut fine = reconnect(server.addr, "g", 5, &epoch).await;
+    for offset in 6..=10 {
+        assert_eq!(fine.expect("message", "replayed").await["offset"], offset);
+    }
+    assert_eq!(
+        fine.next_json("recovered").await,
+        json!({"type":"recovered","ok":true})
+    );
+    // A malformed pair is refused before the upgrade.
+    let err = try_raw_connect(server.addr, "/ws/room?token=x&since=3", ip(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+    let err = try_raw_connect(server.addr, "/ws/room?token=x&since=no&epoch=e", ip(1))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+}
+
+#[tokio::test]
+async fn the_last_one_out_can_still_recover_until_the_ttl() {
+    let server = server(|c| c.manager.history.ttl = Duration::from_secs(60)).await;
+    let mut a = connect(server.addr, "room", "a").await;
+    let epoch = a.welcome["epoch"].as_str().unwrap().to_owned();
+    server.manager.broadcast("room", &json!("x"), None).unwrap();
+    let seen = a.expect("message", "x").await["offset"].as_u64().unwrap();
+    a.close().await;
+    all_clean(&server).await;
+    // The lobby is empty, but its history lives on: a backend message still counts...
+    server
+        .manager
+        .broadcast("room", &json!("while away"), None)
+        .unwrap();
+    let mut back = reconnect(server.addr, "a", seen, &epoch).await;
+    assert_eq!(
+        back.expect("message", "the message sent while away").await["data"],
+        "while away"
+    );
+    assert_eq!(back.next_json("recovered").await["ok"], true);
+}
