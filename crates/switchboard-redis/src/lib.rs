@@ -431,6 +431,12 @@ impl RedisCluster {
             "close_user" => {
                 self.local.close_user(arg, reason());
             }
+            "post" => {
+                let mut who = arg.splitn(3, '\t');
+                if let (Some(id), Some(user), Some(lobby)) = (who.next(), who.next(), who.next()) {
+                    self.local.post(id, user, lobby, rest.to_owned());
+                }
+            }
             _ => tracing::debug!(kind, "unknown node message"),
         }
     }
@@ -740,6 +746,34 @@ impl Cluster for RedisCluster {
                 .ok()?;
             if exists {
                 let payload = format!("close{SEP}{id}{SEP}{}", reason.as_str());
+                self.enqueue(Outgoing::Publish {
+                    channel: self.node_channel(node),
+                    payload,
+                });
+            }
+            Some(exists)
+        })
+    }
+
+    fn forward_post<'a>(
+        &'a self,
+        id: &'a str,
+        user: &'a str,
+        lobby: &'a str,
+        frame: &'a str,
+    ) -> BoxFuture<'a, Option<bool>> {
+        Box::pin(async move {
+            let (node, _) = id.rsplit_once('-')?;
+            if node == self.cfg.node_id {
+                return Some(false);
+            }
+            let mut con = self.connection()?;
+            let exists: bool = con
+                .hexists(self.key(&format!("node:{node}")), id)
+                .await
+                .ok()?;
+            if exists {
+                let payload = format!("post{SEP}{id}\t{user}\t{lobby}{SEP}{frame}");
                 self.enqueue(Outgoing::Publish {
                     channel: self.node_channel(node),
                     payload,

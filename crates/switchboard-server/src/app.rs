@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ipnet::IpNet;
 use serde_json::json;
-use switchboard::axum::WsConnect;
+use switchboard::axum::{ConnectParams, WsConnect};
+use switchboard::sse::SsePostError;
 use switchboard::{ConnectRequest, DisconnectReason, Manager};
 
 use crate::auth::Auth;
@@ -50,6 +51,8 @@ impl AppState {
 pub fn public_routes(state: AppState) -> Router {
     Router::new()
         .route("/ws/{lobby}", get(ws))
+        .route("/sse/{lobby}", get(sse))
+        .route("/sse/{lobby}/messages", axum::routing::post(sse_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -90,38 +93,138 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMap) -> Response {
+/// Why a connect was not turned into a [`ConnectRequest`].
+enum Refusal {
+    /// A foreign `Origin`: answered with 403 before any upgrade or stream.
+    ForeignOrigin,
+    /// Answered in the transport's own way (a close code, or an SSE status).
+    Close(DisconnectReason),
+}
+
+/// The checks in front of every connect, whatever the transport: origin, draining, token,
+/// lobby claim, client IP.
+fn authorize(
+    state: &AppState,
+    params: ConnectParams,
+    headers: &HeaderMap,
+) -> Result<ConnectRequest, Refusal> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if let Some(origin) = connect.origin.as_deref()
+    if let Some(origin) = params.origin.as_deref()
         && !origin_allowed(origin, host, &state.allowed_origins)
     {
-        tracing::info!(origin, "upgrade refused: origin not allowed");
-        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+        tracing::info!(origin, "refused: origin not allowed");
+        return Err(Refusal::ForeignOrigin);
     }
-    let manager = &state.manager;
     if state.is_draining() {
-        return manager.refuse(connect.upgrade, DisconnectReason::ServerShutdown);
+        return Err(Refusal::Close(DisconnectReason::ServerShutdown));
     }
-    let ip = client_ip(connect.peer.ip(), &headers, &state.trusted_proxies);
-    let identity = match state.auth.verify(connect.token.as_deref()) {
-        Ok(identity) if identity.may_join(&connect.lobby) => identity,
+    let ip = client_ip(params.peer.ip(), headers, &state.trusted_proxies);
+    let identity = match state.auth.verify(params.token.as_deref()) {
+        Ok(identity) if identity.may_join(&params.lobby) => identity,
         Ok(identity) => {
-            tracing::info!(user = %identity.user_id, lobby = %connect.lobby, %ip, "refused: lobby not allowed by token");
-            return manager.refuse(connect.upgrade, DisconnectReason::Unauthorized);
+            tracing::info!(user = %identity.user_id, lobby = %params.lobby, %ip, "refused: lobby not allowed by token");
+            return Err(Refusal::Close(DisconnectReason::Unauthorized));
         }
         Err(error) => {
             tracing::info!(%error, %ip, "refused: unauthorized");
-            return manager.refuse(connect.upgrade, DisconnectReason::Unauthorized);
+            return Err(Refusal::Close(DisconnectReason::Unauthorized));
         }
     };
-    let mut request = ConnectRequest::new(connect.lobby, identity.user_id, ip);
+    let mut request = ConnectRequest::new(params.lobby, identity.user_id, ip);
     if let Some(at) = identity.expires_at {
         request = request.expires_at(at);
     }
-    if let Some(recovery) = connect.recovery {
+    if let Some(recovery) = params.recovery {
         request = request.recover(recovery);
     }
-    manager.accept(connect.upgrade, request)
+    Ok(request)
+}
+
+async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMap) -> Response {
+    let (upgrade, params) = connect.into_parts();
+    match authorize(&state, params, &headers) {
+        Ok(request) => state.manager.accept(upgrade, request),
+        Err(Refusal::ForeignOrigin) => forbidden_origin(),
+        Err(Refusal::Close(reason)) => state.manager.refuse(upgrade, reason),
+    }
+}
+
+/// `GET /sse/{lobby}`: the same connection over Server-Sent Events.
+async fn sse(State(state): State<AppState>, params: ConnectParams, headers: HeaderMap) -> Response {
+    match authorize(&state, params, &headers) {
+        Ok(request) => state.manager.accept_sse(request).await,
+        Err(Refusal::ForeignOrigin) => forbidden_origin(),
+        Err(Refusal::Close(reason)) => sse_refusal(reason),
+    }
+}
+
+fn forbidden_origin() -> Response {
+    (StatusCode::FORBIDDEN, "origin not allowed").into_response()
+}
+
+fn sse_refusal(reason: DisconnectReason) -> Response {
+    let status = match reason {
+        DisconnectReason::Unauthorized => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = json!({"error": {"code": reason.as_str(), "message": format!("connection refused: {reason}")}});
+    (status, axum::Json(body)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SsePost {
+    connection_id: String,
+    message: Box<serde_json::value::RawValue>,
+}
+
+/// `POST /sse/{lobby}/messages`: a client frame for an SSE connection, from its owner.
+async fn sse_post(
+    State(state): State<AppState>,
+    params: ConnectParams,
+    headers: HeaderMap,
+    body: Result<axum::Json<SsePost>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let error = |status: StatusCode, code: &str, message: String| {
+        (
+            status,
+            axum::Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    };
+    let lobby = params.lobby.clone();
+    let request = match authorize(&state, params, &headers) {
+        Ok(request) => request,
+        Err(Refusal::ForeignOrigin) => return forbidden_origin(),
+        Err(Refusal::Close(reason)) => return sse_refusal(reason),
+    };
+    let post = match body {
+        Ok(axum::Json(post)) => post,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()),
+    };
+    let frame = post.message.get().to_owned();
+    let posted = state
+        .manager
+        .sse_post_everywhere(
+            &post.connection_id,
+            request.user_id.as_str(),
+            lobby.as_str(),
+            frame,
+        )
+        .await;
+    match posted {
+        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({"accepted": true}))).into_response(),
+        Err(SsePostError::Forbidden) => error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            SsePostError::Forbidden.to_string(),
+        ),
+        Err(SsePostError::Busy) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            SsePostError::Busy.to_string(),
+        ),
+        Err(other) => error(StatusCode::NOT_FOUND, "not_found", other.to_string()),
+    }
 }
 
 /// The client's IP: the TCP peer, unless the peer is a trusted proxy; then the nearest

@@ -443,3 +443,39 @@ async fn redis_outage_degrades_to_local_and_recovers() {
         "outage counted in metrics"
     );
 }
+
+#[tokio::test]
+async fn sse_posts_reach_their_connection_through_any_node() {
+    use common::sse::{Sse, sse_post};
+    let redis = Redis::start();
+    let a = node(&redis, "sa", &[]);
+    let b = node(&redis, "sb", &[]);
+    let mut ws = connect(a.addr, "room", "wendy").await;
+    let mut sse = Sse::open(b.addr, "/sse/room?token=sam", &[]).await;
+    let id = sse.expect("welcome", "welcome on node B").await.data["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ws.expect("member_joined", "sam's join on the other node")
+        .await;
+    // Posted to node A (no sticky sessions), the frame reaches sam's connection on node B.
+    let r = sse_post(
+        a.addr,
+        "room",
+        "sam",
+        &id,
+        json!({"type":"broadcast","data":"via A"}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        ws.expect("message", "sam's broadcast").await["data"],
+        "via A"
+    );
+    assert_eq!(
+        sse.expect("message", "sam's own broadcast").await.data["data"],
+        "via A"
+    );
+    let unknown = sse_post(a.addr, "room", "sam", "sb-999", json!({"type":"presence"})).await;
+    assert_eq!(unknown.status, 404);
+}

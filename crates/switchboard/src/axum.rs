@@ -1,4 +1,5 @@
-//! axum integration: an extractor for the connect request of protocol v1.
+//! axum integration: extractors for the connect request of protocol v1 ([`WsConnect`] for
+//! WebSocket, [`ConnectParams`] alone for SSE).
 //!
 //! Route `GET /ws/{lobby}` to a handler taking [`WsConnect`], authenticate its `token`, then
 //! call [`Manager::accept`](crate::Manager::accept) (or `refuse` with 4001). The app must be
@@ -43,6 +44,20 @@ struct ConnectQuery {
     epoch: Option<String>,
 }
 
+impl WsConnect {
+    /// The upgrade, and what the request carries apart from it.
+    pub fn into_parts(self) -> (WebSocketUpgrade, ConnectParams) {
+        let params = ConnectParams {
+            lobby: self.lobby,
+            token: self.token,
+            peer: self.peer,
+            origin: self.origin,
+            recovery: self.recovery,
+        };
+        (self.upgrade, params)
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
     type Rejection = Response;
 
@@ -50,6 +65,40 @@ impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
         let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
+        let p = ConnectParams::from_request_parts(parts, state).await?;
+        Ok(Self {
+            upgrade,
+            lobby: p.lobby,
+            token: p.token,
+            peer: p.peer,
+            origin: p.origin,
+            recovery: p.recovery,
+        })
+    }
+}
+
+/// What a connect request carries, whatever the transport: the path's `{lobby}`, the token,
+/// the peer, the `Origin`, and a recovery request (`since` + `epoch`, or for SSE the
+/// `Last-Event-ID: EPOCH:OFFSET` header the browser sends by itself).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectParams {
+    /// The validated `{lobby}` path parameter.
+    pub lobby: LobbyCode,
+    /// The `token` query parameter, else the bearer token, if any.
+    pub token: Option<String>,
+    /// The TCP peer (the client, or a proxy in front of it).
+    pub peer: SocketAddr,
+    /// The request's `Origin` header, if any.
+    pub origin: Option<String>,
+    /// What a reconnecting client asks to recover.
+    pub recovery: Option<crate::history::Recovery>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
@@ -60,9 +109,17 @@ impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
             .ok_or_else(|| bad_request("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]"))?;
         let query = Query::<ConnectQuery>::try_from_uri(&parts.uri)
             .map_err(|_| bad_request("invalid query string (since must be an integer)"))?;
+        let last_event_id = || {
+            let id = parts.headers.get("last-event-id")?.to_str().ok()?;
+            let (epoch, offset) = id.rsplit_once(':')?;
+            Some(crate::history::Recovery {
+                since: offset.parse().ok()?,
+                epoch: epoch.to_owned(),
+            })
+        };
         let recovery = match (query.0.since, query.0.epoch.clone()) {
             (Some(since), Some(epoch)) => Some(crate::history::Recovery { since, epoch }),
-            (None, None) => None,
+            (None, None) => last_event_id(),
             _ => return Err(bad_request("since and epoch go together")),
         };
         let bearer = || {
@@ -92,7 +149,6 @@ impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         Ok(Self {
-            upgrade,
             lobby,
             token,
             peer,

@@ -122,6 +122,16 @@ pub trait Cluster: Send + Sync + 'static {
         reason: DisconnectReason,
     ) -> BoxFuture<'a, Option<bool>>;
 
+    /// Forwards a client frame posted for an SSE connection held by another node; whether
+    /// the connection exists, if the cluster answers.
+    fn forward_post<'a>(
+        &'a self,
+        id: &'a str,
+        user: &'a str,
+        lobby: &'a str,
+        frame: &'a str,
+    ) -> BoxFuture<'a, Option<bool>>;
+
     /// Cluster-wide counts, if the cluster answers.
     fn stats(&self) -> BoxFuture<'_, Option<ClusterStats>>;
 
@@ -189,6 +199,14 @@ impl LocalNode {
         };
         let conns = shared.hub.user_connections(user);
         conns.iter().filter(|c| c.close(reason)).count()
+    }
+
+    /// Delivers a frame posted (on another node) for one of this node's SSE connections.
+    pub fn post(&self, id: &str, user: &str, lobby: &str, frame: String) -> bool {
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        crate::sse::post(&shared, id, user, lobby, frame).is_ok()
     }
 
     /// Encodes a presence event frame (`member_joined` / `member_left`).

@@ -18,6 +18,7 @@
 //! - [`history`]: per-lobby offsets, epoch and recent broadcasts for recovery.
 //! - `manager`: [`Manager`], the methods a backend calls.
 //! - [`axum`]: the [`WsConnect`](crate::axum::WsConnect) extractor.
+//! - [`sse`]: Server-Sent Events, the same connections for clients without WebSocket.
 //! - [`stats`]: [`Stats`], the snapshot a backend reads.
 //!
 //! # Example
@@ -80,6 +81,7 @@ mod ids;
 mod lobby;
 mod manager;
 pub mod protocol;
+pub mod sse;
 pub mod stats;
 
 pub use config::{

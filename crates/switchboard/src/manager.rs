@@ -520,6 +520,10 @@ impl Manager {
         }
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     fn find(&self, id: &str) -> Result<Arc<ConnHandle>, Error> {
         ConnectionId::seq_on(id, &self.shared.config.node_id)
             .and_then(|seq| self.shared.hub.connection(seq))

@@ -1,6 +1,8 @@
 //! Test helpers: a real server on port 0 and real WebSocket clients.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod sse;
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 

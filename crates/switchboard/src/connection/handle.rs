@@ -44,6 +44,9 @@ pub(crate) struct ConnHandle {
     pub(crate) info: ConnectionInfo,
     /// Join/leave events for this connection come from the cluster, not from this node's hub.
     pub(crate) cluster_presence: bool,
+    /// Where client frames go for transports without an inbound stream of their own (SSE:
+    /// frames arrive as HTTP posts).
+    pub(crate) inbound: Option<mpsc::Sender<Message>>,
     outbox: mpsc::Sender<Message>,
     closing: CancellationToken,
     reason: OnceLock<DisconnectReason>,
@@ -59,6 +62,7 @@ impl ConnHandle {
             seq,
             info,
             cluster_presence: false,
+            inbound: None,
             outbox,
             closing: CancellationToken::new(),
             reason: OnceLock::new(),

@@ -21,13 +21,38 @@ use tokio::sync::mpsc;
 pub use handle::ConnectionInfo;
 pub(crate) use handle::{ConnHandle, Offer};
 
-use crate::cluster::Admission;
+use crate::cluster::{Admission, Cluster};
 use crate::disconnect::DisconnectReason;
 use crate::manager::{ConnectRequest, Shared};
 use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
 
 /// Runs one accepted WebSocket until it ends, then removes every trace of it.
 pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: ConnectRequest) {
+    match admit(&shared, request, None).await {
+        Err(reason) => close_socket(socket, reason, shared.config.close_timeout).await,
+        Ok(admitted) => {
+            let (sink, stream) = socket.split();
+            drive(shared, admitted, stream, sink, true).await;
+        }
+    }
+}
+
+/// A connection that passed every limit and is registered: ready to be driven.
+pub(crate) struct Admitted {
+    conn: Arc<ConnHandle>,
+    queue: mpsc::Receiver<Message>,
+    cluster: Option<Arc<dyn Cluster>>,
+    expires_at: Option<SystemTime>,
+}
+
+/// Reserves the cluster's and this node's limits and registers the connection, queueing
+/// `welcome` (and a replay, if asked for). `inbound` is set for transports whose client frames
+/// arrive by another route (SSE posts). A refusal is counted and logged here.
+pub(crate) async fn admit(
+    shared: &Arc<Shared>,
+    request: ConnectRequest,
+    inbound: Option<mpsc::Sender<Message>>,
+) -> Result<Admitted, DisconnectReason> {
     let config = &shared.config;
     let seq = shared.next_seq();
     // Room for a full replay after `welcome`, whatever the queue size.
@@ -54,6 +79,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
     let cluster = cluster.filter(|_| admission.is_ok());
     let mut handle = ConnHandle::new(seq, info, outbox);
     handle.cluster_presence = matches!(admission, Ok(Some(_)));
+    handle.inbound = inbound;
     let conn = Arc::new(handle);
     let welcome = |state: crate::hub::WelcomeState<'_>| {
         let info = &conn.info;
@@ -83,17 +109,42 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
         }
         shared.counters.rejected(reason);
         tracing::info!(user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, %reason, "connection refused");
-        close_socket(socket, reason, config.close_timeout).await;
-        return;
+        return Err(reason);
     }
+    Ok(Admitted {
+        conn,
+        queue,
+        cluster,
+        expires_at: request.expires_at,
+    })
+}
+
+/// Drives an admitted connection over a transport until it ends, then removes every trace
+/// of it. `drain` reads on after the close (WebSocket: the peer's close reply).
+pub(crate) async fn drive<St, Si>(
+    shared: Arc<Shared>,
+    admitted: Admitted,
+    mut stream: St,
+    sink: Si,
+    drain: bool,
+) where
+    St: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+    Si: futures_util::Sink<Message> + Unpin + Send + 'static,
+{
+    let Admitted {
+        conn,
+        queue,
+        cluster,
+        expires_at,
+    } = admitted;
+    let config = &shared.config;
     let registration = Registration {
         shared: &shared,
-        seq,
+        seq: conn.seq,
     };
     tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, "connected");
     shared.handler.on_connect(&conn.info);
 
-    let (sink, mut stream) = socket.split();
     let writer = shared.tracker.spawn(writer::run(
         sink,
         queue,
@@ -101,7 +152,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
         shared.counters.clone(),
         config.close_timeout,
     ));
-    reader::run(&mut stream, &conn, &shared, request.expires_at).await;
+    reader::run(&mut stream, &conn, &shared, expires_at).await;
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
     shared.counters.closed(reason);
@@ -110,10 +161,12 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: Connect
     }
     // Read on while the writer says goodbye, so the peer's close reply (or anything else in
     // flight) is consumed and the socket ends with FIN rather than RST.
-    let _ = tokio::time::timeout(config.close_timeout, async {
-        while let Some(Ok(_)) = stream.next().await {}
-    })
-    .await;
+    if drain {
+        let _ = tokio::time::timeout(config.close_timeout, async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    }
     let _ = writer.await;
     let duration = conn.info.connected_at.elapsed().unwrap_or_default();
     tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, %reason, duration_ms = duration.as_millis() as u64, "disconnected");

@@ -1,0 +1,152 @@
+//! A raw Server-Sent Events client for the tests.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{HttpResponse, WAIT, http};
+
+/// A raw SSE client: one GET, then events parsed from the chunked body as they arrive.
+pub struct Sse {
+    tcp: TcpStream,
+    pub status: u16,
+    pub headers: String,
+    raw: Vec<u8>,
+    text: String,
+}
+
+/// One event: its name, id (if any) and JSON data.
+#[derive(Debug)]
+pub struct Event {
+    pub name: String,
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+impl Sse {
+    pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n");
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let head_end = loop {
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i;
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+                .await
+                .expect("response head")
+                .unwrap();
+            assert!(n > 0, "closed before the response head");
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let rest = raw[head_end + 4..].to_vec();
+        Sse {
+            tcp,
+            status,
+            headers: head.to_ascii_lowercase(),
+            raw: rest,
+            text: String::new(),
+        }
+    }
+
+    /// Decodes whole chunks from `raw` into `text`; `false` at the last chunk.
+    fn dechunk(&mut self) -> bool {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return true;
+            };
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&self.raw[..line_end]).unwrap().trim(),
+                16,
+            )
+            .unwrap();
+            if size == 0 {
+                return false;
+            }
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return true;
+            }
+            let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.text.push_str(std::str::from_utf8(&chunk).unwrap());
+            self.raw.drain(..line_end + 2 + size + 2);
+        }
+    }
+
+    /// The next event other than comments and health pings; `None` when the stream ended.
+    pub async fn next(&mut self, what: &str) -> Option<Event> {
+        loop {
+            let open = self.dechunk();
+            while let Some(end) = self.text.find("\n\n") {
+                let block: String = self.text.drain(..end + 2).collect();
+                let (mut name, mut id, mut data) = (None, None, None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        name = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).unwrap());
+                    }
+                }
+                if let (Some(name), Some(data)) = (name, data)
+                    && name != "health_ping"
+                {
+                    return Some(Event { name, id, data });
+                }
+            }
+            if !open {
+                return None;
+            }
+            let mut buf = [0u8; 8192];
+            let n = tokio::time::timeout(WAIT, self.tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .unwrap();
+            if n == 0 {
+                return None;
+            }
+            self.raw.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    pub async fn expect(&mut self, name: &str, what: &str) -> Event {
+        let e = self
+            .next(what)
+            .await
+            .unwrap_or_else(|| panic!("stream ended waiting for {what}"));
+        assert_eq!(e.name, name, "waiting for {what}: {e:?}");
+        assert_eq!(e.data["type"], name, "event name is the frame type");
+        e
+    }
+}
+
+/// Posts a client frame for an SSE connection.
+pub async fn sse_post(
+    addr: SocketAddr,
+    lobby: &str,
+    token: &str,
+    id: &str,
+    message: Value,
+) -> HttpResponse {
+    let body = json!({"connection_id": id, "message": message}).to_string();
+    http(
+        addr,
+        "POST",
+        &format!("/sse/{lobby}/messages?token={token}"),
+        None,
+        Some(&body),
+    )
+    .await
+}

@@ -1,0 +1,279 @@
+//! Server-Sent Events: the same connections for clients that cannot open a WebSocket.
+//!
+//! An SSE connection is admitted, registered, health-checked and cleaned up exactly like a
+//! WebSocket one (it runs through the same `connection::drive`); only the transport differs:
+//! server frames leave as SSE events (`event:` the frame's type, `data:` the JSON frame, `id:`
+//! `EPOCH:OFFSET` for messages, so the browser's `Last-Event-ID` recovers), and client frames
+//! arrive as HTTP posts ([`Manager::sse_post`]). A close is an event `close` with the code and
+//! reason, then the stream ends. Refusals happen before the stream starts, as HTTP statuses.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::Message;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::Sink;
+use tokio::sync::mpsc;
+use tokio_util::sync::PollSender;
+
+use crate::connection;
+use crate::disconnect::DisconnectReason;
+use crate::manager::{ConnectRequest, Manager, Shared};
+
+/// Client frames waiting for an SSE connection's reader; beyond this a post gets 429.
+const INBOUND_QUEUE: usize = 64;
+/// Encoded events waiting for the HTTP body; the outbound queue in front of it is the real
+/// bound (and the slow-consumer policy).
+const BODY_QUEUE: usize = 16;
+
+/// Why a post for an SSE connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SsePostError {
+    /// No SSE connection with that id on this node.
+    #[error("no such SSE connection")]
+    NotFound,
+    /// The connection belongs to another user or lobby.
+    #[error("the connection belongs to another user or lobby")]
+    Forbidden,
+    /// Too many frames waiting for the connection.
+    #[error("too many frames waiting; slow down")]
+    Busy,
+}
+
+impl Manager {
+    /// Opens an SSE stream for `request`, with the same admission as a WebSocket. A refusal
+    /// is an HTTP status with a JSON error body: 401 (`unauthorized`), 429 (`rate_limited`),
+    /// 503 (a capacity limit or a shutdown, with `Retry-After`).
+    pub async fn accept_sse(&self, request: ConnectRequest) -> Response {
+        let (inbound, frames) = mpsc::channel(INBOUND_QUEUE);
+        let admitted = match connection::admit(self.shared(), request, Some(inbound)).await {
+            Ok(admitted) => admitted,
+            Err(reason) => return refusal(reason),
+        };
+        let (body, events) = mpsc::channel::<Bytes>(BODY_QUEUE);
+        let stream = Box::pin(futures_util::stream::unfold(frames, |mut frames| async {
+            frames.recv().await.map(|frame| (Ok(frame), frames))
+        }));
+        let sink = SseSink {
+            body: PollSender::new(body),
+            epoch: None,
+        };
+        let shared = self.shared().clone();
+        self.shared()
+            .tracker
+            .spawn(connection::drive(shared, admitted, stream, sink, false));
+        let body = futures_util::stream::unfold(events, |mut events| async {
+            events
+                .recv()
+                .await
+                .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), events))
+        });
+        (
+            [
+                (header::CONTENT_TYPE, "text/event-stream"),
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::HeaderName::from_static("x-accel-buffering"), "no"),
+            ],
+            Body::from_stream(body),
+        )
+            .into_response()
+    }
+
+    /// Hands a client frame posted for an SSE connection on this node to that connection, as
+    /// if it had arrived on a socket. `user` and `lobby` are the poster's, checked against the
+    /// connection's.
+    pub fn sse_post(
+        &self,
+        connection_id: &str,
+        user: &str,
+        lobby: &str,
+        frame: String,
+    ) -> Result<(), SsePostError> {
+        post(self.shared(), connection_id, user, lobby, frame)
+    }
+
+    /// Like [`Manager::sse_post`], for a connection on any node (the cluster forwards it;
+    /// then only its existence is checked here).
+    pub async fn sse_post_everywhere(
+        &self,
+        connection_id: &str,
+        user: &str,
+        lobby: &str,
+        frame: String,
+    ) -> Result<(), SsePostError> {
+        match self.sse_post(connection_id, user, lobby, frame.clone()) {
+            Err(SsePostError::NotFound) => {}
+            done => return done,
+        }
+        match self.shared().cluster() {
+            Some(cluster)
+                if cluster
+                    .forward_post(connection_id, user, lobby, &frame)
+                    .await
+                    == Some(true) =>
+            {
+                Ok(())
+            }
+            _ => Err(SsePostError::NotFound),
+        }
+    }
+}
+
+/// Delivers a posted frame to an SSE connection of this node.
+pub(crate) fn post(
+    shared: &Shared,
+    connection_id: &str,
+    user: &str,
+    lobby: &str,
+    frame: String,
+) -> Result<(), SsePostError> {
+    let conn = crate::ids::ConnectionId::seq_on(connection_id, &shared.config.node_id)
+        .and_then(|seq| shared.hub.connection(seq))
+        .ok_or(SsePostError::NotFound)?;
+    let inbound = conn.inbound.as_ref().ok_or(SsePostError::NotFound)?;
+    if conn.info.user_id.as_str() != user || conn.info.lobby.as_str() != lobby {
+        return Err(SsePostError::Forbidden);
+    }
+    inbound
+        .try_send(Message::Text(frame.into()))
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SsePostError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SsePostError::NotFound,
+        })
+}
+
+/// The HTTP answer to a refused SSE connect.
+fn refusal(reason: DisconnectReason) -> Response {
+    let status = match reason {
+        DisconnectReason::Unauthorized => StatusCode::UNAUTHORIZED,
+        DisconnectReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = serde_json::json!({"error": {"code": reason.as_str(), "message": format!("connection refused: {reason}")}});
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(ms) = reason.retry_after_ms() {
+        let secs = ms.div_ceil(1000).to_string();
+        if let Ok(value) = secs.parse() {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
+}
+
+/// The writer's side of an SSE connection: frames in, event-stream bytes out.
+struct SseSink {
+    body: PollSender<Bytes>,
+    /// The lobby's epoch, read from `welcome`, for the `id:` of messages.
+    epoch: Option<String>,
+}
+
+impl SseSink {
+    /// Encodes one frame as an SSE event; `None` for frames SSE has no use for.
+    fn encode(&mut self, frame: Message) -> Option<Bytes> {
+        match frame {
+            Message::Text(text) => {
+                let json = text.as_str();
+                let kind = frame_type(json)?;
+                let mut event = format!("event: {kind}\n");
+                if kind == "welcome" {
+                    self.epoch = serde_json::from_str::<serde_json::Value>(json)
+                        .ok()
+                        .and_then(|v| v["epoch"].as_str().map(str::to_owned));
+                }
+                if kind == "message"
+                    && let (Some(epoch), Some(offset)) = (&self.epoch, trailing_offset(json))
+                {
+                    event.push_str(&format!("id: {epoch}:{offset}\n"));
+                }
+                event.push_str("data: ");
+                event.push_str(json);
+                event.push_str("\n\n");
+                Some(Bytes::from(event))
+            }
+            // Protocol pings become comments: they keep proxies from timing the stream out.
+            Message::Ping(_) => Some(Bytes::from_static(b": ping\n\n")),
+            Message::Close(frame) => {
+                let (code, reason) = frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
+                let data = serde_json::json!({"code": code, "reason": reason});
+                Some(Bytes::from(format!("event: close\ndata: {data}\n\n")))
+            }
+            Message::Pong(_) | Message::Binary(_) => None,
+        }
+    }
+}
+
+/// The `type` of a frame the server encoded (`{"type":"..."` comes first).
+fn frame_type(json: &str) -> Option<&str> {
+    let rest = json.strip_prefix(r#"{"type":""#)?;
+    rest.split_once('"').map(|(kind, _)| kind)
+}
+
+/// The `offset` a message frame ends with (`,"offset":N}`).
+fn trailing_offset(json: &str) -> Option<u64> {
+    let body = json.strip_suffix('}')?;
+    let (_, offset) = body.rsplit_once(r#","offset":"#)?;
+    offset.parse().ok()
+}
+
+impl Sink<Message> for SseSink {
+    type Error = ();
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        self.body.poll_reserve(cx).map_err(drop)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, frame: Message) -> Result<(), ()> {
+        let closing = matches!(frame, Message::Close(_));
+        match self.encode(frame) {
+            Some(event) => self.body.send_item(event).map_err(drop)?,
+            // Nothing to send: give the reserved slot back.
+            None => {
+                self.body.abort_send();
+            }
+        }
+        if closing {
+            // The stream ends after the close event.
+            self.body.close();
+        }
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        self.body.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_become_events() {
+        let (tx, _rx) = mpsc::channel(4);
+        let mut sink = SseSink {
+            body: PollSender::new(tx),
+            epoch: None,
+        };
+        let welcome = r#"{"type":"welcome","epoch":"e1","offset":0}"#;
+        let event = sink.encode(Message::Text(welcome.into())).unwrap();
+        assert_eq!(event, format!("event: welcome\ndata: {welcome}\n\n"));
+        let message = r#"{"type":"message","lobby":"l","from":null,"data":{"x":"}"},"offset":12}"#;
+        let event = sink.encode(Message::Text(message.into())).unwrap();
+        assert_eq!(event, format!("event: message\nid: e1:12\ndata: {message}\n\n"));
+        let close = axum::extract::ws::CloseFrame {
+            code: 4009,
+            reason: "kicked".into(),
+        };
+        let event = sink.encode(Message::Close(Some(close))).unwrap();
+        assert_eq!(event, "event: close\ndata: {\"code\":4009,\"reason\":\"kicked\"}\n\n");
+        assert!(sink.encode(Message::Pong(Bytes::new())).is_none());
+    }
+}
