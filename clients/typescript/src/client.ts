@@ -10,6 +10,11 @@
  * - Liveness: no server traffic within `livenessFactor` (2) x `ping_interval_ms` from `welcome`
  *   on means the connection is dead: it is dropped and a reconnect is scheduled.
  * - Outgoing frames sent while not connected wait in a bounded queue, sent after `welcome`.
+ * - Recovery: the last message offset and the lobby's epoch are tracked; every automatic
+ *   reconnect asks for what was missed (`since` / `epoch`); replayed messages arrive as ordinary
+ *   `message` events, then a `recovered` event; a message already seen is never emitted twice.
+ * - Transports: WebSocket, or Server-Sent Events (`transport`, and the fallback rule of
+ *   `transport: "auto"`, below); both give the same events and close-code handling.
  */
 
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
@@ -32,8 +37,15 @@ import type {
   MemberLeftFrame,
   MessageFrame,
   PresenceFrame,
+  RecoveredFrame,
   WelcomeFrame,
 } from "./protocol.js";
+import {
+  SseSocket,
+  type EventSourceConstructor,
+  type FetchLike,
+  type TransportCloseEvent,
+} from "./sse.js";
 
 /** The part of the standard WebSocket the client uses (browsers' and the `ws` package's). */
 export interface WebSocketLike {
@@ -43,9 +55,18 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void;
   onopen: ((event: unknown) => void) | null;
   onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number; reason: string; wasClean?: boolean }) => void) | null;
+  onclose: ((event: TransportCloseEvent) => void) | null;
   onerror: ((event: unknown) => void) | null;
 }
+
+/**
+ * - `websocket`: WebSocket only.
+ * - `sse`: Server-Sent Events only (`GET /sse/{lobby}` + `POST /sse/{lobby}/messages`).
+ * - `auto` (default): WebSocket first; Server-Sent Events when WebSocket cannot connect (see
+ *   `fallbackAfter`).
+ */
+export type TransportOption = "auto" | "websocket" | "sse";
+export type TransportKind = "websocket" | "sse";
 
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
 
@@ -84,6 +105,8 @@ export interface DisconnectEvent {
   retryInMs: number | null;
   /** The number of the next attempt (1 for the first retry), when `willReconnect`. */
   attempt: number;
+  /** The transport of the connection that closed. */
+  transport: TransportKind;
 }
 
 export interface DroppedEvent {
@@ -101,6 +124,8 @@ export interface ClientEvents {
   /** An `error` frame from the server (the connection stays open). */
   error: ErrorFrame;
   goodbye: GoodbyeFrame;
+  /** After a reconnect that asked for missed messages: whether they were all replayed. */
+  recovered: RecoveredFrame;
   health_ping: HealthPingFrame;
   /** Every frame from the server, parsed, including types this client does not know. */
   frame: { type: string; [field: string]: unknown };
@@ -141,6 +166,18 @@ export interface ClientOptions {
   /** Random numbers in [0, 1) for the jitter (tests). */
   random?: () => number;
   timers?: Timers;
+  /** `auto` (default), `websocket` or `sse`. */
+  transport?: TransportOption;
+  /**
+   * `transport: "auto"`: after this many WebSocket attempts in a row that fail before the socket
+   * opens (the constructor throws, or a close, e.g. 1006, or the connect timeout, before `open`)
+   * while no WebSocket of this client ever opened, switch to Server-Sent Events (default 2).
+   */
+  fallbackAfter?: number;
+  /** The EventSource constructor; default `globalThis.EventSource`. */
+  EventSource?: EventSourceConstructor;
+  /** The fetch function for SSE sends; default `globalThis.fetch`. */
+  fetch?: FetchLike;
 }
 
 const OPEN = 1;
@@ -159,6 +196,10 @@ function defaultUrl(): string {
   return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`;
 }
 
+function httpUrl(wsUrl: string): string {
+  return wsUrl.replace(/^ws(s?):/i, "http$1:");
+}
+
 function normalizeUrl(url: string): string {
   return url.replace(/^http(s?):/i, "ws$1:").replace(/\/+$/, "");
 }
@@ -167,7 +208,27 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
   readonly lobby: string;
   private readonly options: ClientOptions;
   private readonly baseUrl: string;
-  private readonly WS: WebSocketConstructor;
+  private readonly WS: WebSocketConstructor | undefined;
+  private readonly ES: EventSourceConstructor | undefined;
+  private readonly fetchFn: FetchLike | undefined;
+  private readonly transportOption: TransportOption;
+  private _transport: TransportKind = "websocket";
+  /** A WebSocket of this client opened once: WebSocket works here, no fallback. */
+  private wsWorked = false;
+  /** An SSE stream of this client got a `welcome` once. */
+  private sseWorked = false;
+  /** WebSocket attempts in a row that failed before opening (for `auto`). */
+  private wsPreOpenFailures = 0;
+  /** The current socket fired `open`. */
+  private socketOpened = false;
+  /** The next open() is the first one after connect(): no `since`. */
+  private firstAttempt = true;
+  /** Recovery: the lobby's epoch and the last offset received (or the welcome's baseline). */
+  private epochSeen: string | null = null;
+  private offsetSeen = 0;
+  /** The current connection asked for recovery (since/epoch, or SSE's native resume). */
+  private resumed = false;
+  private _lastRecovery: RecoveredFrame | null = null;
   private readonly timers: Timers;
   private readonly backoff: BackoffOptions;
   private readonly maxQueue: number;
@@ -199,10 +260,23 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     const WS =
       options.WebSocket ??
       (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WS) {
-      throw new Error(
-        "switchboard: no global WebSocket; pass options.WebSocket (in Node 20: the ws package)",
-      );
+    this.ES =
+      options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
+    const globalFetch = (globalThis as { fetch?: FetchLike }).fetch;
+    this.fetchFn =
+      options.fetch ?? (typeof globalFetch === "function" ? (url, init) => globalFetch(url, init) : undefined);
+    this.transportOption = options.transport ?? "auto";
+    if (this.transportOption === "sse") {
+      if (!this.ES) throw new Error("switchboard: transport 'sse' needs an EventSource (options.EventSource)");
+      this._transport = "sse";
+    } else if (!WS) {
+      if (this.transportOption === "auto" && this.ES) {
+        this._transport = "sse";
+      } else {
+        throw new Error(
+          "switchboard: no global WebSocket; pass options.WebSocket (in Node 20: the ws package)",
+        );
+      }
     }
     this.WS = WS;
     this.timers = options.timers ?? defaultTimers;
@@ -225,6 +299,29 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     return this._attempt;
   }
 
+  /** The transport in use (or of the next attempt): `websocket` or `sse`. */
+  get transport(): TransportKind {
+    return this._transport;
+  }
+
+  /**
+   * The last `recovered` frame since `connect()` (null if no reconnect asked for recovery yet):
+   * `ok: false` means messages were lost and the application should resync.
+   */
+  get lastRecovery(): RecoveredFrame | null {
+    return this._lastRecovery;
+  }
+
+  /** The lobby's history epoch (from `welcome`), or null. */
+  get epoch(): string | null {
+    return this.epochSeen;
+  }
+
+  /** The offset of the last message received (or the `welcome`'s, if none since). */
+  get lastOffset(): number {
+    return this.offsetSeen;
+  }
+
   /** Frames waiting for the connection. */
   get queued(): number {
     return this.queue.length;
@@ -234,6 +331,11 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
   connect(): void {
     if (this._state !== "idle" && this._state !== "closed") return;
     this._attempt = 0;
+    // connect() starts afresh: nothing to recover from an earlier life.
+    this.firstAttempt = true;
+    this.epochSeen = null;
+    this.offsetSeen = 0;
+    this._lastRecovery = null;
     this.setState("connecting");
     void this.open();
   }
@@ -269,6 +371,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
       willReconnect: false,
       retryInMs: null,
       attempt: 0,
+      transport: this._transport,
     });
     this.setState("closed");
   }
@@ -376,39 +479,108 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     // close() (or another open) happened while the token was being fetched.
     if (generation !== this.generation || this._state === "closed") return;
 
-    const url = `${this.baseUrl}/ws/${encodeURIComponent(this.lobby)}?token=${encodeURIComponent(token)}`;
-    const protocols = this.options.protocols ?? "switchboard.v1";
-    let socket: WebSocketLike;
-    try {
-      socket =
-        Array.isArray(protocols) && protocols.length === 0
-          ? new this.WS(url)
-          : new this.WS(url, protocols);
-    } catch {
-      this.scheduleReconnect(1006, "connect_failed", false, null);
-      return;
+    // Every automatic reconnect asks for what was missed (not the first connect).
+    const resume = !this.firstAttempt && this.epochSeen !== null;
+    this.firstAttempt = false;
+    const lobby = encodeURIComponent(this.lobby);
+    let query = `token=${encodeURIComponent(token)}`;
+    if (resume) {
+      query += `&since=${this.offsetSeen}&epoch=${encodeURIComponent(this.epochSeen as string)}`;
+    }
+    let socket: WebSocketLike | null = null;
+    if (this._transport === "websocket") {
+      const url = `${this.baseUrl}/ws/${lobby}?${query}`;
+      const protocols = this.options.protocols ?? "switchboard.v1";
+      try {
+        const WS = this.WS as WebSocketConstructor;
+        socket =
+          Array.isArray(protocols) && protocols.length === 0 ? new WS(url) : new WS(url, protocols);
+      } catch {
+        // WebSocket is impossible here (blocked, bad URL...): with `auto`, SSE at once.
+        if (this.transportOption === "auto" && this.ES && !this.wsWorked) {
+          this._transport = "sse";
+          this.wsPreOpenFailures = 0;
+        } else {
+          this.scheduleReconnect(1006, "connect_failed", false, null);
+          return;
+        }
+      }
+    }
+    if (!socket) {
+      const base = httpUrl(this.baseUrl);
+      socket = new SseSocket({
+        streamUrl: `${base}/sse/${lobby}?${query}`,
+        postUrl: `${base}/sse/${lobby}/messages?token=${encodeURIComponent(token)}`,
+        EventSource: this.ES as EventSourceConstructor,
+        fetch: this.fetchFn,
+        nativeResume: !resume,
+      });
     }
     this.socket = socket;
     this.goodbye = null;
     this._welcome = null;
+    this.resumed = resume;
+    this.socketOpened = false;
 
-    socket.onopen = noop;
+    socket.onopen = () => {
+      if (generation !== this.generation) return;
+      this.socketOpened = true;
+      if (this._transport === "websocket") this.wsWorked = true;
+    };
     socket.onerror = noop; // a close event always follows an error
     socket.onmessage = (event) => {
       if (generation === this.generation) this.onData(event.data);
     };
     socket.onclose = (event) => {
       if (generation !== this.generation) return;
-      this.onClose(event.code, event.reason ?? "", event.wasClean ?? false);
+      if (event.resuming) this.onResuming(generation);
+      else this.onClose(event.code, event.reason ?? "", event.wasClean ?? false);
     };
 
     const connectTimeoutMs = this.options.connectTimeoutMs ?? 15_000;
+    this.armConnectTimeout(generation, connectTimeoutMs);
+  }
+
+  private armConnectTimeout(generation: number, ms: number): void {
+    if (this.connectTimer !== null) this.timers.clearTimeout(this.connectTimer);
     this.connectTimer = this.timers.setTimeout(() => {
       this.connectTimer = null;
       if (generation === this.generation && !this._welcome) {
         this.drop(CLIENT_LIVENESS_CODE, "connect_timeout");
       }
-    }, connectTimeoutMs);
+    }, ms);
+  }
+
+  /**
+   * The SSE stream broke and EventSource reconnects by itself (with `Last-Event-ID`, so the
+   * server replays what was missed): reported as a lost connection that will reconnect, but the
+   * transport is kept. No `welcome` within `connectTimeoutMs` drops it (a client-level retry
+   * with backoff follows).
+   */
+  private onResuming(generation: number): void {
+    if (this.options.reconnect === false) {
+      this.drop(1006, "stream_lost");
+      return;
+    }
+    this.clearTimers();
+    this._welcome = null;
+    this.goodbye = null;
+    this.resumed = this.epochSeen !== null;
+    this._attempt += 1;
+    this.emit("disconnect", {
+      code: 1006,
+      reason: "stream_lost",
+      wasClean: false,
+      info: undefined,
+      goodbye: null,
+      willReconnect: true,
+      retryInMs: null,
+      attempt: this._attempt,
+      transport: this._transport,
+    });
+    if ((this._state as ConnectionState) === "closed" || generation !== this.generation) return;
+    this.setState("reconnecting");
+    this.armConnectTimeout(generation, this.options.connectTimeoutMs ?? 15_000);
   }
 
   private onData(raw: unknown): void {
@@ -435,7 +607,27 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
         this.sendNow({ type: "health_pong", timestamp: typed.timestamp });
         this.emit("health_ping", typed as unknown as HealthPingFrame);
         break;
-      case "message":
+      case "message": {
+        const offset = typed.offset;
+        if (typeof offset === "number" && this.epochSeen !== null) {
+          // Replayed and live messages meet here: one already seen is not delivered again.
+          if (offset <= this.offsetSeen) return;
+          this.offsetSeen = offset;
+        }
+        this.emit("message", typed as unknown as MessageFrame);
+        break;
+      }
+      case "recovered": {
+        const recovered = typed as unknown as RecoveredFrame;
+        this._lastRecovery = recovered;
+        const baseline = this._welcome?.offset;
+        if (!recovered.ok && typeof baseline === "number" && baseline > this.offsetSeen) {
+          // What was missed is lost: the next recovery starts from this connection's start.
+          this.offsetSeen = baseline;
+        }
+        this.emit("recovered", recovered);
+        break;
+      }
       case "direct":
       case "presence":
       case "member_joined":
@@ -457,6 +649,19 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     }
     this._welcome = welcome;
     this._attempt = 0;
+    if (this._transport === "sse") this.sseWorked = true;
+    this.wsPreOpenFailures = 0;
+    if (typeof welcome.epoch === "string") {
+      const offset = typeof welcome.offset === "number" ? welcome.offset : 0;
+      if (welcome.epoch !== this.epochSeen || !this.resumed) {
+        // A new epoch (first connect, or history lost): tracking restarts at the welcome.
+        this.epochSeen = welcome.epoch;
+        this.offsetSeen = offset;
+      }
+    } else {
+      this.epochSeen = null;
+      this.offsetSeen = 0;
+    }
     this.armLiveness();
     // What waited goes first, in order, before any listener can send something newer.
     const pending = this.queue;
@@ -523,9 +728,27 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
 
   private onClose(code: number, reason: string, wasClean: boolean): void {
     if (this.socket) this.detach();
+    const transport = this._transport;
+    this.chooseTransport();
     const goodbye = this.goodbye;
     this.goodbye = null;
-    this.scheduleReconnect(code, reason, wasClean, goodbye);
+    this.scheduleReconnect(code, reason, wasClean, goodbye, transport);
+  }
+
+  /** `transport: "auto"`: the fallback rule (see `ClientOptions.fallbackAfter`). */
+  private chooseTransport(): void {
+    if (this.transportOption !== "auto" || this._welcome) return;
+    if (this._transport === "websocket") {
+      if (this.socketOpened || this.wsWorked || !this.ES) return;
+      this.wsPreOpenFailures += 1;
+      if (this.wsPreOpenFailures >= Math.max(1, this.options.fallbackAfter ?? 2)) {
+        this._transport = "sse";
+        this.wsPreOpenFailures = 0;
+      }
+    } else if (!this.sseWorked && this.WS) {
+      // SSE failed too, before any welcome: the server may just be down; try WebSocket again.
+      this._transport = "websocket";
+    }
   }
 
   private scheduleReconnect(
@@ -533,6 +756,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     reason: string,
     wasClean: boolean,
     goodbye: GoodbyeFrame | null,
+    transport: TransportKind = this._transport,
   ): void {
     this.clearTimers();
     this._welcome = null;
@@ -552,6 +776,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
         willReconnect: false,
         retryInMs: null,
         attempt: this._attempt,
+        transport,
       });
       this.setState("closed");
       return;
@@ -570,6 +795,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
       willReconnect: true,
       retryInMs: delay,
       attempt: this._attempt,
+      transport,
     });
     // A listener may have called close().
     if ((this._state as ConnectionState) === "closed") return;

@@ -7,6 +7,8 @@ export type {
   DroppedEvent,
   StateChange,
   Timers,
+  TransportKind,
+  TransportOption,
   WebSocketConstructor,
   WebSocketLike,
 } from "./client.js";
@@ -22,6 +24,8 @@ export {
 } from "./closeCodes.js";
 export type { CloseCodeInfo, ReconnectRule } from "./closeCodes.js";
 export { Emitter } from "./emitter.js";
+export { refusalClose, SseSocket, SSE_EVENT_TYPES } from "./sse.js";
+export type { EventSourceConstructor, EventSourceLike, FetchLike, TransportCloseEvent } from "./sse.js";
 export type * from "./protocol.js";
 
 /** The protocol version this client speaks. */

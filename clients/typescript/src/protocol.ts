@@ -13,6 +13,10 @@ export interface WelcomeFrame {
   server_time: number;
   protocol: number;
   presence_events: boolean;
+  /** The lobby's last assigned message offset (0 if none yet). Servers with recovery. */
+  offset?: number;
+  /** The lobby's history epoch: changes whenever history is lost (a restart). */
+  epoch?: string;
 }
 export interface HealthPingFrame {
   type: "health_ping";
@@ -24,6 +28,8 @@ export interface MessageFrame<T = unknown> {
   /** The sending user, or null when the backend sent it. */
   from: string | null;
   data: T;
+  /** The message's offset in the lobby (1, 2, ...), within the welcome's `epoch`. */
+  offset?: number;
 }
 export interface DirectFrame<T = unknown> {
   type: "direct";
@@ -58,6 +64,17 @@ export interface GoodbyeFrame {
   retry_after_ms: number;
 }
 
+/**
+ * After a reconnect that asked for missed messages (`since` / `epoch`, or SSE's
+ * `Last-Event-ID`): `ok` is true when every missed message was replayed (they came before this
+ * frame, as `message` events), false when the history did not reach back that far or the epoch
+ * changed (a server restart): the application should then resync its state.
+ */
+export interface RecoveredFrame {
+  type: "recovered";
+  ok: boolean;
+}
+
 export type ServerFrame =
   | WelcomeFrame
   | HealthPingFrame
@@ -67,7 +84,8 @@ export type ServerFrame =
   | MemberJoinedFrame
   | MemberLeftFrame
   | ErrorFrame
-  | GoodbyeFrame;
+  | GoodbyeFrame
+  | RecoveredFrame;
 
 /** Any client frame: the protocol's own and application messages (any other `type`). */
 export interface ClientFrame {

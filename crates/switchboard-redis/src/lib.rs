@@ -23,8 +23,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
-use switchboard::cluster::{Admission, BoxFuture, Cluster, ClusterLobby, ClusterStats, LocalNode};
-use switchboard::{ConnectionInfo, DisconnectReason, LobbyCode, UserId, UserPolicy};
+use switchboard::cluster::{
+    Admission, BoxFuture, Cluster, ClusterLobby, ClusterStats, LocalNode, Skip,
+};
+use switchboard::{
+    ClusterHistory, ConnectionInfo, DisconnectReason, HistoryConfig, LobbyCode, UserId, UserPolicy,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +61,8 @@ pub struct RedisConfig {
     pub presence_events: bool,
     /// No join/leave events in lobbies with more users than this.
     pub events_max_members: usize,
+    /// Broadcasts kept per lobby, cluster-wide, for recovery on any node.
+    pub history: HistoryConfig,
 }
 
 impl RedisConfig {
@@ -72,6 +78,7 @@ impl RedisConfig {
             user_policy: manager.user_policy,
             presence_events: manager.presence.events,
             events_max_members: manager.presence.events_max_members,
+            history: manager.history,
         }
     }
 }
@@ -120,8 +127,20 @@ struct Subscriptions {
 type AdmitReply = (String, String, i64, i64, Vec<String>, Vec<String>);
 
 enum Outgoing {
-    Publish { channel: String, payload: String },
-    User { user: String, frame: String },
+    Publish {
+        channel: String,
+        payload: String,
+    },
+    /// A broadcast to number and publish with the `PUBLISH` script.
+    Message {
+        lobby: String,
+        frame: String,
+        skip: String,
+    },
+    User {
+        user: String,
+        frame: String,
+    },
 }
 
 impl RedisCluster {
@@ -169,6 +188,7 @@ impl RedisCluster {
                 .scripts
                 .leave
                 .arg(&self.cfg.key_prefix)
+                .arg(self.history_ttl_ms())
                 .arg(&self.cfg.node_id)
                 .invoke_async(&mut con)
                 .await;
@@ -177,6 +197,10 @@ impl RedisCluster {
             }
         }
         self.stop.cancel();
+    }
+
+    fn history_ttl_ms(&self) -> u64 {
+        (self.cfg.history.ttl.as_millis() as u64).max(1)
     }
 
     fn key(&self, rest: &str) -> String {
@@ -274,6 +298,7 @@ impl RedisCluster {
                 .scripts
                 .heartbeat
                 .arg(&self.cfg.key_prefix)
+                .arg(self.history_ttl_ms())
                 .arg(&self.cfg.node_id)
                 .arg(now)
                 .arg(self.cfg.node_ttl.as_millis() as u64)
@@ -322,7 +347,10 @@ impl RedisCluster {
     async fn resync(&self, con: &mut ConnectionManager) {
         let conns = self.conns_snapshot();
         let mut invocation = self.scripts.resync.prepare_invoke();
-        invocation.arg(&self.cfg.key_prefix).arg(&self.cfg.node_id);
+        invocation
+            .arg(&self.cfg.key_prefix)
+            .arg(self.history_ttl_ms())
+            .arg(&self.cfg.node_id);
         for c in &conns {
             invocation
                 .arg(c.id.as_str())
@@ -397,6 +425,25 @@ impl RedisCluster {
     /// Handles one pub/sub message.
     fn receive(&self, channel: &str, payload: String) {
         let lobby_prefix = self.key("chan:lobby:");
+        if let Some(lobby) = channel.strip_prefix(&lobby_prefix)
+            && let Some(numbered) = payload.strip_prefix("#M\u{1f}")
+        {
+            // A broadcast numbered by the cluster: every node delivers it, the sender's too.
+            let mut parts = numbered.splitn(4, SEP);
+            if let (Some(epoch), Some(offset), Some(skip), Some(frame)) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+                && let Ok(offset) = offset.parse()
+            {
+                self.local.deliver_numbered(
+                    lobby,
+                    epoch,
+                    offset,
+                    frame.to_owned(),
+                    Skip::decode(skip),
+                );
+            }
+            return;
+        }
         if let Some(lobby) = channel.strip_prefix(&lobby_prefix) {
             let mut parts = payload.splitn(3, SEP);
             let (Some(origin), Some(exclude), Some(frame)) =
@@ -461,6 +508,23 @@ impl RedisCluster {
                 match out {
                     Outgoing::Publish { channel, payload } => {
                         pipe.publish(channel, payload).ignore();
+                    }
+                    Outgoing::Message { lobby, frame, skip } => {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        pipe.cmd("EVAL")
+                            .arg(scripts::PUBLISH)
+                            .arg(0)
+                            .arg(&self.cfg.key_prefix)
+                            .arg(lobby)
+                            .arg(frame)
+                            .arg(self.cfg.history.size)
+                            .arg(self.cfg.history.ttl.as_millis().max(1) as u64)
+                            .arg(now)
+                            .arg(skip)
+                            .arg(format!("{:016x}", fastrand::u64(..)))
+                            .ignore();
                     }
                     Outgoing::User { user, frame } => {
                         // Which other nodes hold the user's connections.
@@ -529,6 +593,7 @@ impl RedisCluster {
             .scripts
             .admit
             .arg(&self.cfg.key_prefix)
+            .arg(self.history_ttl_ms())
             .arg(&self.cfg.node_id)
             .arg(conn.id.as_str())
             .arg(conn.user_id.as_str())
@@ -611,6 +676,7 @@ impl Cluster for RedisCluster {
                 .scripts
                 .release
                 .arg(&self.cfg.key_prefix)
+                .arg(self.history_ttl_ms())
                 .arg(&self.cfg.node_id)
                 .arg(conn.id.as_str())
                 .invoke_async(&mut con)
@@ -638,6 +704,60 @@ impl Cluster for RedisCluster {
             channel: self.lobby_channel(lobby.as_str()),
             payload,
         });
+    }
+
+    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> bool {
+        if !self.up.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.enqueue(Outgoing::Message {
+            lobby: lobby.as_str().to_owned(),
+            frame: frame.to_owned(),
+            skip: skip.encode(),
+        });
+        true
+    }
+
+    fn history<'a>(
+        &'a self,
+        lobby: &'a LobbyCode,
+        since: Option<u64>,
+    ) -> BoxFuture<'a, Option<ClusterHistory>> {
+        Box::pin(async move {
+            let mut con = self.connection()?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let replayed: redis::RedisResult<(String, u64, Vec<String>)> = self
+                .scripts
+                .replay
+                .arg(&self.cfg.key_prefix)
+                .arg(self.history_ttl_ms())
+                .arg(lobby.as_str())
+                // No recovery asked: just the epoch and last offset.
+                .arg(since.unwrap_or(u64::MAX / 2))
+                .arg(now)
+                .arg(self.history_ttl_ms())
+                .arg(format!("{:016x}", fastrand::u64(..)))
+                .invoke_async(&mut con)
+                .await;
+            let (epoch, last, flat) = match replayed {
+                Ok(r) => r,
+                Err(error) => {
+                    self.failed("history", &error);
+                    return None;
+                }
+            };
+            let frames = flat
+                .chunks(2)
+                .filter_map(|pair| Some((pair[0].parse().ok()?, pair.get(1)?.clone())))
+                .collect();
+            Some(ClusterHistory {
+                epoch,
+                last,
+                frames,
+            })
+        })
     }
 
     fn publish_user(&self, user: &str, frame: &str) {

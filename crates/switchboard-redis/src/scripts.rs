@@ -15,9 +15,10 @@
 //! first and does nothing if it was already gone: a connection is freed exactly once, whether
 //! its node releases it, a replacement frees it, or a survivor cleans up its dead node.
 
-/// Shared Lua functions, prepended to every script.
+/// Shared Lua functions, prepended to every script but `PUBLISH`. ARGV[1] is the key prefix,
+/// ARGV[2] the history TTL (ms), for every script that uses them.
 const PRELUDE: &str = r#"
-local P = ARGV[1]
+local P, TTL = ARGV[1], tonumber(ARGV[2])
 local function split(s)
   local a, b, c = string.match(s, '^([^\t]*)\t([^\t]*)\t(.*)$')
   return a, b, c
@@ -35,6 +36,9 @@ local function release(node, id)
   if redis.call('DECR', P .. 'lobby:' .. lobby .. ':count') <= 0 then
     redis.call('DEL', P .. 'lobby:' .. lobby .. ':count')
     redis.call('SREM', P .. 'lobbies', lobby)
+    -- Nobody left: the lobby's numbering lives on for the history TTL, then a new epoch.
+    redis.call('PEXPIRE', P .. 'lobby:' .. lobby .. ':epoch', TTL)
+    redis.call('PEXPIRE', P .. 'lobby:' .. lobby .. ':offset', TTL)
   end
   local left = nil
   if redis.call('HINCRBY', P .. 'lobby:' .. lobby .. ':users', user, -1) <= 0 then
@@ -51,6 +55,9 @@ local function add(node, id, user, lobby, ip)
   redis.call('INCR', P .. 'count')
   if redis.call('INCR', P .. 'lobby:' .. lobby .. ':count') == 1 then
     redis.call('SADD', P .. 'lobbies', lobby)
+    -- Members again: the numbering must not expire under them.
+    redis.call('PERSIST', P .. 'lobby:' .. lobby .. ':epoch')
+    redis.call('PERSIST', P .. 'lobby:' .. lobby .. ':offset')
   end
   local joined = redis.call('HINCRBY', P .. 'lobby:' .. lobby .. ':users', user, 1) == 1
   if redis.call('HLEN', P .. 'user:' .. user) == 0 then redis.call('INCR', P .. 'users') end
@@ -61,14 +68,14 @@ local function add(node, id, user, lobby, ip)
 end
 "#;
 
-/// ARGV: P, node, id, user, lobby, ip, max_connections, max_per_lobby, max_per_user,
+/// ARGV: P, TTL, node, id, user, lobby, ip, max_connections, max_per_lobby, max_per_user,
 /// max_per_ip, policy. Returns {status, reason, joined, lobby users, {replaced "node\tid"},
 /// {left "lobby\tuser"}}.
 const ADMIT: &str = r#"
-local node, id, user, lobby, ip = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local node, id, user, lobby, ip = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local max_conn, max_lobby, max_user, max_ip =
-  tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
-local policy = ARGV[11]
+  tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+local policy = ARGV[12]
 local existing = redis.call('HGETALL', P .. 'user:' .. user)
 local olds = {}
 for i = 1, #existing, 2 do
@@ -111,20 +118,20 @@ local members = redis.call('HLEN', P .. 'lobby:' .. lobby .. ':users')
 return {'ok', '', joined and 1 or 0, members, gone, left}
 "#;
 
-/// ARGV: P, node, id. Returns {left (0/1), lobby users}.
+/// ARGV: P, TTL, node, id. Returns {left (0/1), lobby users}.
 const RELEASE: &str = r#"
-local node, id = ARGV[2], ARGV[3]
+local node, id = ARGV[3], ARGV[4]
 local left = release(node, id)
 if not left then return {0, 0} end
 local lobby = string.match(left, '^([^\t]*)')
 return {1, redis.call('HLEN', P .. 'lobby:' .. lobby .. ':users')}
 "#;
 
-/// ARGV: P, node, now (ms), ttl (ms). Refreshes this node, frees every node silent for longer
+/// ARGV: P, TTL, node, now (ms), ttl (ms). Refreshes this node, frees every node silent for longer
 /// than the TTL. Returns {1 if this node was unknown (first beat, or cleaned up by others),
 /// {left "lobby\tuser"}}.
 const HEARTBEAT: &str = r#"
-local node, now, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local node, now, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local added = redis.call('ZADD', P .. 'nodes', now, node)
 local dead = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', now - ttl)
 local left = {}
@@ -142,12 +149,12 @@ end
 return {added, left}
 "#;
 
-/// ARGV: P, node, then (id, user, lobby, ip) for every connection the node holds now.
+/// ARGV: P, TTL, node, then (id, user, lobby, ip) for every connection the node holds now.
 /// Makes the node's entries match exactly. Returns {{left}, {joined "lobby\tuser"}}.
 const RESYNC: &str = r#"
-local node = ARGV[2]
+local node = ARGV[3]
 local want = {}
-for i = 3, #ARGV, 4 do want[ARGV[i]] = {ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]} end
+for i = 4, #ARGV, 4 do want[ARGV[i]] = {ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]} end
 local left, joined = {}, {}
 for _, id in ipairs(redis.call('HKEYS', P .. 'node:' .. node)) do
   if not want[id] then
@@ -163,9 +170,9 @@ end
 return {left, joined}
 "#;
 
-/// ARGV: P, node. Removes a node that leaves gracefully (after releasing its connections).
+/// ARGV: P, TTL, node. Removes a node that leaves gracefully (after releasing its connections).
 const LEAVE: &str = r#"
-local node = ARGV[2]
+local node = ARGV[3]
 local left = {}
 for _, id in ipairs(redis.call('HKEYS', P .. 'node:' .. node)) do
   local l = release(node, id)
@@ -176,6 +183,67 @@ redis.call('ZREM', P .. 'nodes', node)
 return left
 "#;
 
+/// ARGV: P, lobby, frame (without offset), history size, ttl ms, now ms, exclude user,
+/// fresh epoch. Numbers the broadcast cluster-wide, keeps it in the lobby's capped stream,
+/// and publishes it on the lobby's channel for every node, the sender's included, so all
+/// nodes deliver the lobby's broadcasts in one order. Returns the offset.
+///
+/// The offset counter, the epoch and the stream expire `ttl` after the lobby's last
+/// broadcast: a lobby quiet for that long starts a new epoch.
+pub(crate) const PUBLISH: &str = r#"
+local P, lobby, frame = ARGV[1], ARGV[2], ARGV[3]
+local size, ttl, now, exclude, fresh = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8]
+local base = P .. 'lobby:' .. lobby
+local epoch = redis.call('GET', base .. ':epoch')
+if not epoch then
+  epoch = fresh
+  redis.call('SET', base .. ':epoch', epoch)
+end
+local offset = redis.call('INCR', base .. ':offset')
+local numbered = string.sub(frame, 1, -2) .. ',"offset":' .. offset .. '}'
+if size > 0 then
+  redis.call('XADD', base .. ':history', 'MAXLEN', size, offset .. '-1', 'f', numbered, 't', now)
+end
+redis.call('PEXPIRE', base .. ':history', ttl)
+if redis.call('EXISTS', base .. ':count') == 0 then
+  -- A broadcast to an empty lobby: its numbering lasts as long as its history.
+  redis.call('PEXPIRE', base .. ':epoch', ttl)
+  redis.call('PEXPIRE', base .. ':offset', ttl)
+end
+local sep = string.char(31)
+redis.call('PUBLISH', P .. 'chan:lobby:' .. lobby,
+  '#M' .. sep .. epoch .. sep .. offset .. sep .. exclude .. sep .. numbered)
+return offset
+"#;
+
+/// ARGV: P, TTL, lobby, since, now ms, ttl ms, fresh epoch. Creates the epoch if the lobby has
+/// none. Returns {epoch or '', last offset, {offset, frame,
+/// offset, frame, ...}} for the broadcasts after `since` still in the stream and younger than
+/// the TTL.
+const REPLAY: &str = r#"
+local lobby, since, now, ttl, fresh =
+  ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local base = P .. 'lobby:' .. lobby
+-- The epoch exists from the first `welcome` on, so clients keep the one they saw.
+redis.call('SET', base .. ':epoch', fresh, 'NX')
+local epoch = redis.call('GET', base .. ':epoch')
+local last = tonumber(redis.call('GET', base .. ':offset') or '0')
+local out = {}
+if since < last then
+  for _, e in ipairs(redis.call('XRANGE', base .. ':history', (since + 1) .. '-1', '+')) do
+    local f, t = nil, 0
+    for i = 1, #e[2], 2 do
+      if e[2][i] == 'f' then f = e[2][i + 1] elseif e[2][i] == 't' then t = tonumber(e[2][i + 1]) end
+    end
+    if f and now - t < ttl then
+      out[#out + 1] = string.match(e[1], '^(%d+)')
+      out[#out + 1] = f
+    end
+  end
+end
+return {epoch, last, out}
+"#;
+
 /// The compiled scripts (loaded with EVALSHA, falling back to EVAL).
 #[derive(Debug)]
 pub(crate) struct Scripts {
@@ -184,6 +252,7 @@ pub(crate) struct Scripts {
     pub(crate) heartbeat: redis::Script,
     pub(crate) resync: redis::Script,
     pub(crate) leave: redis::Script,
+    pub(crate) replay: redis::Script,
 }
 
 impl Scripts {
@@ -195,6 +264,7 @@ impl Scripts {
             heartbeat: script(HEARTBEAT),
             resync: script(RESYNC),
             leave: script(LEAVE),
+            replay: script(REPLAY),
         }
     }
 }

@@ -79,6 +79,7 @@
     dl.textContent = "";
     if (!welcome) return;
     [["connection", welcome.connection_id], ["user", welcome.user_id],
+     ["transport", client ? client.transport : ""],
      ["ping interval", (welcome.ping_interval_ms / 1000) + " s"],
      ["presence events", welcome.presence_events ? "on" : "off"]].forEach(function (row) {
       var dt = document.createElement("dt"); dt.textContent = row[0];
@@ -152,6 +153,8 @@
     var c = new Switchboard.SwitchboardClient({
       lobby: lobby,
       getToken: function () { return name; },
+      // ?transport=sse forces Server-Sent Events (default: WebSocket, SSE as a fallback).
+      transport: params.get("transport") || undefined,
     });
     client = c;
     c.on("state", function (s) {
@@ -184,6 +187,12 @@
       addLine("system", undefined, m.user_id + " left");
     });
     c.on("message", function (m) { addLine("chat", m.from, text(m.data)); });
+    // After a reconnect: were the messages sent meanwhile all delivered (above)?
+    c.on("recovered", function (r) {
+      addLine("system", undefined, r.ok
+        ? "reconnected: no message was missed"
+        : "reconnected: messages sent meanwhile could not be recovered (history lost)");
+    });
     c.on("direct", function (m) { addLine("direct", m.from, "(direct) " + text(m.data)); });
     c.on("error", function (e) { addLine("error", undefined, "error " + e.code + ": " + e.message); });
     c.on("dropped", function () { updateQueued(); });

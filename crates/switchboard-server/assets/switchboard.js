@@ -30,11 +30,14 @@ var Switchboard = (() => {
     Emitter: () => Emitter,
     NO_RECONNECT_CODES: () => NO_RECONNECT_CODES,
     PROTOCOL_VERSION: () => PROTOCOL_VERSION,
+    SSE_EVENT_TYPES: () => SSE_EVENT_TYPES,
+    SseSocket: () => SseSocket,
     SwitchboardClient: () => SwitchboardClient,
     backoffCap: () => backoffCap,
     backoffDelay: () => backoffDelay,
     closeCodeInfo: () => closeCodeInfo,
-    reconnectRule: () => reconnectRule
+    reconnectRule: () => reconnectRule,
+    refusalClose: () => refusalClose
   });
 
   // src/backoff.ts
@@ -135,8 +138,238 @@ var Switchboard = (() => {
     }
   };
 
-  // src/client.ts
+  // src/sse.ts
+  var SSE_EVENT_TYPES = [
+    "welcome",
+    "health_ping",
+    "direct",
+    "presence",
+    "member_joined",
+    "member_left",
+    "error",
+    "goodbye",
+    "recovered"
+  ];
+  var CONNECTING = 0;
   var OPEN = 1;
+  var CLOSED = 3;
+  var ES_CLOSED = 2;
+  function refusalClose(status, errorCode) {
+    if (errorCode) {
+      for (const code of [4001, 4002, 4003, 4004, 4008, 4009, 4010, 1001]) {
+        const row = closeCodeInfo(code, errorCode);
+        if (row && row.reason === errorCode) return { code: row.code, reason: row.reason };
+      }
+    }
+    if (status === 401) return { code: 4001, reason: errorCode != null ? errorCode : "unauthorized" };
+    if (status === 403) return { code: 4001, reason: errorCode != null ? errorCode : "forbidden" };
+    if (status === 429) return { code: 4008, reason: errorCode != null ? errorCode : "rate_limited" };
+    if (status === 503) return { code: 4002, reason: errorCode != null ? errorCode : "server_full" };
+    return { code: 1006, reason: errorCode != null ? errorCode : status ? `http_${status}` : "sse_failed" };
+  }
+  function errorBody(text) {
+    try {
+      const body = JSON.parse(text);
+      const e = body == null ? void 0 : body.error;
+      if (!e || typeof e !== "object") return {};
+      return {
+        code: typeof e.code === "string" ? e.code : void 0,
+        message: typeof e.message === "string" ? e.message : void 0,
+        retry_after_ms: typeof e.retry_after_ms === "number" ? e.retry_after_ms : void 0
+      };
+    } catch {
+      return {};
+    }
+  }
+  var SseSocket = class {
+    constructor(options) {
+      this.readyState = CONNECTING;
+      this.protocol = "";
+      this.onopen = null;
+      this.onmessage = null;
+      this.onclose = null;
+      this.onerror = null;
+      /** From the current stream's `welcome`: where POSTs go. */
+      this.connectionId = null;
+      /** A `welcome` arrived on this EventSource (so a broken stream is resumed, not failed). */
+      this.welcomed = false;
+      /** A message with an id arrived: EventSource will send `Last-Event-ID` when it resumes. */
+      this.sawId = false;
+      this.outbox = [];
+      this.posting = false;
+      this.finished = false;
+      this.options = options;
+      const es = new options.EventSource(options.streamUrl);
+      this.es = es;
+      es.onopen = (event) => {
+        var _a;
+        if (!this.finished) (_a = this.onopen) == null ? void 0 : _a.call(this, event);
+      };
+      es.onmessage = (event) => {
+        if (event.lastEventId) this.sawId = true;
+        this.frame("message", event.data);
+      };
+      for (const type of SSE_EVENT_TYPES) {
+        es.addEventListener(type, (event) => {
+          if (type === "error" && typeof (event == null ? void 0 : event.data) !== "string") return;
+          this.frame(type, event == null ? void 0 : event.data);
+        });
+      }
+      es.addEventListener("close", (event) => this.onCloseEvent(event == null ? void 0 : event.data));
+      es.onerror = () => this.onStreamError();
+    }
+    /** Queues a client frame for POSTing (in order, one request at a time). */
+    send(data) {
+      if (this.readyState !== OPEN) throw new Error("switchboard: SSE connection not open");
+      this.outbox.push(JSON.parse(data));
+      void this.pump();
+    }
+    /** Closes the stream (no native reconnect). The server notices the stream's end. */
+    close(_code, _reason) {
+      this.finish();
+    }
+    finish() {
+      this.finished = true;
+      this.readyState = CLOSED;
+      this.outbox = [];
+      try {
+        this.es.close();
+      } catch {
+      }
+    }
+    frame(type, data) {
+      var _a;
+      if (this.finished || typeof data !== "string") return;
+      let frame;
+      try {
+        frame = JSON.parse(data);
+      } catch {
+        return;
+      }
+      if (!frame || typeof frame !== "object") return;
+      let text = data;
+      if (typeof frame.type !== "string") {
+        frame = { ...frame, type };
+        text = JSON.stringify(frame);
+      }
+      if (frame.type === "message" && typeof frame.offset === "number") this.sawId = true;
+      if (frame.type === "welcome" && typeof frame.connection_id === "string") {
+        this.connectionId = frame.connection_id;
+        this.welcomed = true;
+        this.readyState = OPEN;
+      }
+      (_a = this.onmessage) == null ? void 0 : _a.call(this, { data: text });
+    }
+    onCloseEvent(data) {
+      var _a;
+      if (this.finished) return;
+      let code = 1006;
+      let reason = "";
+      if (typeof data === "string") {
+        try {
+          const parsed = JSON.parse(data);
+          if (typeof parsed.code === "number") code = parsed.code;
+          if (typeof parsed.reason === "string") reason = parsed.reason;
+        } catch {
+        }
+      }
+      this.finish();
+      (_a = this.onclose) == null ? void 0 : _a.call(this, { code, reason, wasClean: true });
+    }
+    onStreamError() {
+      var _a, _b, _c;
+      if (this.finished) return;
+      (_a = this.onerror) == null ? void 0 : _a.call(this, {});
+      if (this.es.readyState !== ES_CLOSED && this.welcomed && this.sawId && this.options.nativeResume) {
+        this.readyState = CONNECTING;
+        this.connectionId = null;
+        (_b = this.onclose) == null ? void 0 : _b.call(this, { code: 1006, reason: "stream_lost", wasClean: false, resuming: true });
+        return;
+      }
+      if (this.welcomed) {
+        this.finish();
+        (_c = this.onclose) == null ? void 0 : _c.call(this, { code: 1006, reason: "stream_lost", wasClean: false });
+        return;
+      }
+      this.finish();
+      void this.probe().then((close) => {
+        var _a2;
+        return (_a2 = this.onclose) == null ? void 0 : _a2.call(this, { ...close, wasClean: false });
+      });
+    }
+    /** Learns why the stream was refused: one GET of the same URL, aborted after the headers. */
+    async probe() {
+      var _a, _b, _c;
+      const fetchFn = this.options.fetch;
+      if (!fetchFn) return { code: 1006, reason: "sse_failed" };
+      const abort = typeof AbortController === "function" ? new AbortController() : void 0;
+      try {
+        const res = await fetchFn(this.options.streamUrl, {
+          headers: { accept: "text/event-stream" },
+          signal: abort == null ? void 0 : abort.signal
+        });
+        if (res.ok) {
+          abort == null ? void 0 : abort.abort();
+          return { code: 1006, reason: "sse_failed" };
+        }
+        const body = errorBody(await res.text());
+        const close = refusalClose(res.status, body.code);
+        const retryHeader = Number((_b = (_a = res.headers) == null ? void 0 : _a.get("retry-after")) != null ? _b : NaN);
+        const retryAfterMs = (_c = body.retry_after_ms) != null ? _c : Number.isFinite(retryHeader) ? Math.round(retryHeader * 1e3) : void 0;
+        if (retryAfterMs !== void 0 && this.onmessage) {
+          this.onmessage({
+            data: JSON.stringify({ type: "goodbye", code: close.code, reason: close.reason, retry_after_ms: retryAfterMs })
+          });
+        }
+        return close;
+      } catch {
+        return { code: 1006, reason: "sse_failed" };
+      }
+    }
+    async pump() {
+      if (this.posting) return;
+      this.posting = true;
+      try {
+        while (this.outbox.length > 0 && !this.finished) {
+          const message = this.outbox.shift();
+          await this.post(message);
+        }
+      } finally {
+        this.posting = false;
+      }
+    }
+    async post(message) {
+      var _a, _b;
+      const fetchFn = this.options.fetch;
+      const refused = (code, text) => {
+        var _a2;
+        if (this.finished || message.type === "health_pong") return;
+        const frame = { type: "error", code, message: text };
+        if (typeof message.id === "string" || typeof message.id === "number") frame.id = message.id;
+        (_a2 = this.onmessage) == null ? void 0 : _a2.call(this, { data: JSON.stringify(frame) });
+      };
+      if (!fetchFn) {
+        refused("send_failed", "no fetch function to POST with");
+        return;
+      }
+      try {
+        const res = await fetchFn(this.options.postUrl, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ connection_id: this.connectionId, message })
+        });
+        if (!res.ok) {
+          const body = errorBody(await res.text().catch(() => ""));
+          refused((_a = body.code) != null ? _a : `http_${res.status}`, (_b = body.message) != null ? _b : `POST refused with HTTP ${res.status}`);
+        }
+      } catch (error) {
+        refused("send_failed", `POST failed: ${String(error)}`);
+      }
+    }
+  };
+
+  // src/client.ts
+  var OPEN2 = 1;
   var noop = () => {
   };
   var defaultTimers = {
@@ -150,13 +383,33 @@ var Switchboard = (() => {
     }
     return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}`;
   }
+  function httpUrl(wsUrl) {
+    return wsUrl.replace(/^ws(s?):/i, "http$1:");
+  }
   function normalizeUrl(url) {
     return url.replace(/^http(s?):/i, "ws$1:").replace(/\/+$/, "");
   }
   var SwitchboardClient = class extends Emitter {
     constructor(options) {
-      var _a, _b, _c, _d;
+      var _a, _b, _c, _d, _e, _f, _g;
       super();
+      this._transport = "websocket";
+      /** A WebSocket of this client opened once: WebSocket works here, no fallback. */
+      this.wsWorked = false;
+      /** An SSE stream of this client got a `welcome` once. */
+      this.sseWorked = false;
+      /** WebSocket attempts in a row that failed before opening (for `auto`). */
+      this.wsPreOpenFailures = 0;
+      /** The current socket fired `open`. */
+      this.socketOpened = false;
+      /** The next open() is the first one after connect(): no `since`. */
+      this.firstAttempt = true;
+      /** Recovery: the lobby's epoch and the last offset received (or the welcome's baseline). */
+      this.epochSeen = null;
+      this.offsetSeen = 0;
+      /** The current connection asked for recovery (since/epoch, or SSE's native resume). */
+      this.resumed = false;
+      this._lastRecovery = null;
       this._state = "idle";
       this.socket = null;
       /** Increases with every socket, so events of an abandoned socket are ignored. */
@@ -179,15 +432,26 @@ var Switchboard = (() => {
       this.lobby = options.lobby;
       this.baseUrl = normalizeUrl((_a = options.url) != null ? _a : defaultUrl());
       const WS = (_b = options.WebSocket) != null ? _b : globalThis.WebSocket;
-      if (!WS) {
-        throw new Error(
-          "switchboard: no global WebSocket; pass options.WebSocket (in Node 20: the ws package)"
-        );
+      this.ES = (_c = options.EventSource) != null ? _c : globalThis.EventSource;
+      const globalFetch = globalThis.fetch;
+      this.fetchFn = (_d = options.fetch) != null ? _d : typeof globalFetch === "function" ? (url, init) => globalFetch(url, init) : void 0;
+      this.transportOption = (_e = options.transport) != null ? _e : "auto";
+      if (this.transportOption === "sse") {
+        if (!this.ES) throw new Error("switchboard: transport 'sse' needs an EventSource (options.EventSource)");
+        this._transport = "sse";
+      } else if (!WS) {
+        if (this.transportOption === "auto" && this.ES) {
+          this._transport = "sse";
+        } else {
+          throw new Error(
+            "switchboard: no global WebSocket; pass options.WebSocket (in Node 20: the ws package)"
+          );
+        }
       }
       this.WS = WS;
-      this.timers = (_c = options.timers) != null ? _c : defaultTimers;
+      this.timers = (_f = options.timers) != null ? _f : defaultTimers;
       this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
-      this.maxQueue = Math.max(0, (_d = options.maxQueue) != null ? _d : 100);
+      this.maxQueue = Math.max(0, (_g = options.maxQueue) != null ? _g : 100);
     }
     /** The connection state. */
     get state() {
@@ -201,6 +465,25 @@ var Switchboard = (() => {
     get attempt() {
       return this._attempt;
     }
+    /** The transport in use (or of the next attempt): `websocket` or `sse`. */
+    get transport() {
+      return this._transport;
+    }
+    /**
+     * The last `recovered` frame since `connect()` (null if no reconnect asked for recovery yet):
+     * `ok: false` means messages were lost and the application should resync.
+     */
+    get lastRecovery() {
+      return this._lastRecovery;
+    }
+    /** The lobby's history epoch (from `welcome`), or null. */
+    get epoch() {
+      return this.epochSeen;
+    }
+    /** The offset of the last message received (or the `welcome`'s, if none since). */
+    get lastOffset() {
+      return this.offsetSeen;
+    }
     /** Frames waiting for the connection. */
     get queued() {
       return this.queue.length;
@@ -209,6 +492,10 @@ var Switchboard = (() => {
     connect() {
       if (this._state !== "idle" && this._state !== "closed") return;
       this._attempt = 0;
+      this.firstAttempt = true;
+      this.epochSeen = null;
+      this.offsetSeen = 0;
+      this._lastRecovery = null;
       this.setState("connecting");
       void this.open();
     }
@@ -241,7 +528,8 @@ var Switchboard = (() => {
         goodbye: null,
         willReconnect: false,
         retryInMs: null,
-        attempt: 0
+        attempt: 0,
+        transport: this._transport
       });
       this.setState("closed");
     }
@@ -307,7 +595,7 @@ var Switchboard = (() => {
         this.emit("dropped", { frame, reason: "closed" });
         return false;
       }
-      if (this._state === "open" && this.socket && this.socket.readyState === OPEN) {
+      if (this._state === "open" && this.socket && this.socket.readyState === OPEN2) {
         try {
           this.socket.send(JSON.stringify(frame));
           return true;
@@ -341,19 +629,50 @@ var Switchboard = (() => {
         return;
       }
       if (generation !== this.generation || this._state === "closed") return;
-      const url = `${this.baseUrl}/ws/${encodeURIComponent(this.lobby)}?token=${encodeURIComponent(token)}`;
-      const protocols = (_a = this.options.protocols) != null ? _a : "switchboard.v1";
-      let socket;
-      try {
-        socket = Array.isArray(protocols) && protocols.length === 0 ? new this.WS(url) : new this.WS(url, protocols);
-      } catch {
-        this.scheduleReconnect(1006, "connect_failed", false, null);
-        return;
+      const resume = !this.firstAttempt && this.epochSeen !== null;
+      this.firstAttempt = false;
+      const lobby = encodeURIComponent(this.lobby);
+      let query = `token=${encodeURIComponent(token)}`;
+      if (resume) {
+        query += `&since=${this.offsetSeen}&epoch=${encodeURIComponent(this.epochSeen)}`;
+      }
+      let socket = null;
+      if (this._transport === "websocket") {
+        const url = `${this.baseUrl}/ws/${lobby}?${query}`;
+        const protocols = (_a = this.options.protocols) != null ? _a : "switchboard.v1";
+        try {
+          const WS = this.WS;
+          socket = Array.isArray(protocols) && protocols.length === 0 ? new WS(url) : new WS(url, protocols);
+        } catch {
+          if (this.transportOption === "auto" && this.ES && !this.wsWorked) {
+            this._transport = "sse";
+            this.wsPreOpenFailures = 0;
+          } else {
+            this.scheduleReconnect(1006, "connect_failed", false, null);
+            return;
+          }
+        }
+      }
+      if (!socket) {
+        const base = httpUrl(this.baseUrl);
+        socket = new SseSocket({
+          streamUrl: `${base}/sse/${lobby}?${query}`,
+          postUrl: `${base}/sse/${lobby}/messages?token=${encodeURIComponent(token)}`,
+          EventSource: this.ES,
+          fetch: this.fetchFn,
+          nativeResume: !resume
+        });
       }
       this.socket = socket;
       this.goodbye = null;
       this._welcome = null;
-      socket.onopen = noop;
+      this.resumed = resume;
+      this.socketOpened = false;
+      socket.onopen = () => {
+        if (generation !== this.generation) return;
+        this.socketOpened = true;
+        if (this._transport === "websocket") this.wsWorked = true;
+      };
       socket.onerror = noop;
       socket.onmessage = (event) => {
         if (generation === this.generation) this.onData(event.data);
@@ -361,17 +680,55 @@ var Switchboard = (() => {
       socket.onclose = (event) => {
         var _a2, _b2;
         if (generation !== this.generation) return;
-        this.onClose(event.code, (_a2 = event.reason) != null ? _a2 : "", (_b2 = event.wasClean) != null ? _b2 : false);
+        if (event.resuming) this.onResuming(generation);
+        else this.onClose(event.code, (_a2 = event.reason) != null ? _a2 : "", (_b2 = event.wasClean) != null ? _b2 : false);
       };
       const connectTimeoutMs = (_b = this.options.connectTimeoutMs) != null ? _b : 15e3;
+      this.armConnectTimeout(generation, connectTimeoutMs);
+    }
+    armConnectTimeout(generation, ms) {
+      if (this.connectTimer !== null) this.timers.clearTimeout(this.connectTimer);
       this.connectTimer = this.timers.setTimeout(() => {
         this.connectTimer = null;
         if (generation === this.generation && !this._welcome) {
           this.drop(CLIENT_LIVENESS_CODE, "connect_timeout");
         }
-      }, connectTimeoutMs);
+      }, ms);
+    }
+    /**
+     * The SSE stream broke and EventSource reconnects by itself (with `Last-Event-ID`, so the
+     * server replays what was missed): reported as a lost connection that will reconnect, but the
+     * transport is kept. No `welcome` within `connectTimeoutMs` drops it (a client-level retry
+     * with backoff follows).
+     */
+    onResuming(generation) {
+      var _a;
+      if (this.options.reconnect === false) {
+        this.drop(1006, "stream_lost");
+        return;
+      }
+      this.clearTimers();
+      this._welcome = null;
+      this.goodbye = null;
+      this.resumed = this.epochSeen !== null;
+      this._attempt += 1;
+      this.emit("disconnect", {
+        code: 1006,
+        reason: "stream_lost",
+        wasClean: false,
+        info: void 0,
+        goodbye: null,
+        willReconnect: true,
+        retryInMs: null,
+        attempt: this._attempt,
+        transport: this._transport
+      });
+      if (this._state === "closed" || generation !== this.generation) return;
+      this.setState("reconnecting");
+      this.armConnectTimeout(generation, (_a = this.options.connectTimeoutMs) != null ? _a : 15e3);
     }
     onData(raw) {
+      var _a;
       let text;
       if (typeof raw === "string") text = raw;
       else if (raw instanceof ArrayBuffer) text = new TextDecoder().decode(raw);
@@ -395,7 +752,25 @@ var Switchboard = (() => {
           this.sendNow({ type: "health_pong", timestamp: typed.timestamp });
           this.emit("health_ping", typed);
           break;
-        case "message":
+        case "message": {
+          const offset = typed.offset;
+          if (typeof offset === "number" && this.epochSeen !== null) {
+            if (offset <= this.offsetSeen) return;
+            this.offsetSeen = offset;
+          }
+          this.emit("message", typed);
+          break;
+        }
+        case "recovered": {
+          const recovered = typed;
+          this._lastRecovery = recovered;
+          const baseline = (_a = this._welcome) == null ? void 0 : _a.offset;
+          if (!recovered.ok && typeof baseline === "number" && baseline > this.offsetSeen) {
+            this.offsetSeen = baseline;
+          }
+          this.emit("recovered", recovered);
+          break;
+        }
         case "direct":
         case "presence":
         case "member_joined":
@@ -415,6 +790,18 @@ var Switchboard = (() => {
       }
       this._welcome = welcome;
       this._attempt = 0;
+      if (this._transport === "sse") this.sseWorked = true;
+      this.wsPreOpenFailures = 0;
+      if (typeof welcome.epoch === "string") {
+        const offset = typeof welcome.offset === "number" ? welcome.offset : 0;
+        if (welcome.epoch !== this.epochSeen || !this.resumed) {
+          this.epochSeen = welcome.epoch;
+          this.offsetSeen = offset;
+        }
+      } else {
+        this.epochSeen = null;
+        this.offsetSeen = 0;
+      }
       this.armLiveness();
       const pending = this.queue;
       this.queue = [];
@@ -429,7 +816,7 @@ var Switchboard = (() => {
     }
     sendNow(frame) {
       const socket = this.socket;
-      if (!socket || socket.readyState !== OPEN) return false;
+      if (!socket || socket.readyState !== OPEN2) return false;
       try {
         socket.send(JSON.stringify(frame));
         return true;
@@ -474,11 +861,28 @@ var Switchboard = (() => {
     }
     onClose(code, reason, wasClean) {
       if (this.socket) this.detach();
+      const transport = this._transport;
+      this.chooseTransport();
       const goodbye = this.goodbye;
       this.goodbye = null;
-      this.scheduleReconnect(code, reason, wasClean, goodbye);
+      this.scheduleReconnect(code, reason, wasClean, goodbye, transport);
     }
-    scheduleReconnect(code, reason, wasClean, goodbye) {
+    /** `transport: "auto"`: the fallback rule (see `ClientOptions.fallbackAfter`). */
+    chooseTransport() {
+      var _a;
+      if (this.transportOption !== "auto" || this._welcome) return;
+      if (this._transport === "websocket") {
+        if (this.socketOpened || this.wsWorked || !this.ES) return;
+        this.wsPreOpenFailures += 1;
+        if (this.wsPreOpenFailures >= Math.max(1, (_a = this.options.fallbackAfter) != null ? _a : 2)) {
+          this._transport = "sse";
+          this.wsPreOpenFailures = 0;
+        }
+      } else if (!this.sseWorked && this.WS) {
+        this._transport = "websocket";
+      }
+    }
+    scheduleReconnect(code, reason, wasClean, goodbye, transport = this._transport) {
       this.clearTimers();
       this._welcome = null;
       if (this._state === "closed") return;
@@ -496,7 +900,8 @@ var Switchboard = (() => {
           goodbye,
           willReconnect: false,
           retryInMs: null,
-          attempt: this._attempt
+          attempt: this._attempt,
+          transport
         });
         this.setState("closed");
         return;
@@ -514,7 +919,8 @@ var Switchboard = (() => {
         goodbye,
         willReconnect: true,
         retryInMs: delay,
-        attempt: this._attempt
+        attempt: this._attempt,
+        transport
       });
       if (this._state === "closed") return;
       this.setState("reconnecting");

@@ -153,7 +153,7 @@ async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMa
 async fn sse(State(state): State<AppState>, params: ConnectParams, headers: HeaderMap) -> Response {
     match authorize(&state, params, &headers) {
         Ok(request) => state.manager.accept_sse(request).await,
-        Err(Refusal::ForeignOrigin) => forbidden_origin(),
+        Err(Refusal::ForeignOrigin) => sse_forbidden_origin(),
         Err(Refusal::Close(reason)) => sse_refusal(reason),
     }
 }
@@ -163,12 +163,13 @@ fn forbidden_origin() -> Response {
 }
 
 fn sse_refusal(reason: DisconnectReason) -> Response {
-    let status = match reason {
-        DisconnectReason::Unauthorized => StatusCode::UNAUTHORIZED,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let body = json!({"error": {"code": reason.as_str(), "message": format!("connection refused: {reason}")}});
-    (status, axum::Json(body)).into_response()
+    switchboard::sse::refusal(reason)
+}
+
+/// A foreign `Origin` on the SSE routes: 403 with the JSON error body.
+fn sse_forbidden_origin() -> Response {
+    let body = json!({"error": {"code": "forbidden_origin", "message": "origin not allowed"}});
+    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -194,7 +195,7 @@ async fn sse_post(
     let lobby = params.lobby.clone();
     let request = match authorize(&state, params, &headers) {
         Ok(request) => request,
-        Err(Refusal::ForeignOrigin) => return forbidden_origin(),
+        Err(Refusal::ForeignOrigin) => return sse_forbidden_origin(),
         Err(Refusal::Close(reason)) => return sse_refusal(reason),
     };
     let post = match body {

@@ -479,3 +479,87 @@ async fn sse_posts_reach_their_connection_through_any_node() {
     let unknown = sse_post(a.addr, "room", "sam", "sb-999", json!({"type":"presence"})).await;
     assert_eq!(unknown.status, 404);
 }
+
+#[tokio::test]
+async fn recovery_works_across_nodes() {
+    let redis = Redis::start();
+    let a = node(&redis, "ha", &[]);
+    let b = node(&redis, "hb", &[]);
+    let mut anchor = connect(a.addr, "room", "anchor").await;
+    let mut c = connect(a.addr, "room", "cleo").await;
+    anchor.expect("member_joined", "cleo's join").await;
+    let epoch = c.welcome["epoch"].as_str().unwrap().to_owned();
+    let r = http(
+        a.addr,
+        "POST",
+        "/api/lobbies/room/broadcast",
+        None,
+        Some(r#"{"data":"first"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = c.expect("message", "the first message").await["offset"]
+        .as_u64()
+        .unwrap();
+    drop(c); // abrupt
+    for i in 0..100 {
+        let body = format!(r#"{{"data":{{"missed":{i}}}}}"#);
+        let node = if i % 2 == 0 { a.addr } else { b.addr };
+        assert_eq!(
+            http(
+                node,
+                "POST",
+                "/api/lobbies/room/broadcast",
+                None,
+                Some(&body)
+            )
+            .await
+            .status,
+            200
+        );
+    }
+    // Publishing is asynchronous: wait until the cluster numbered all of them (the anchor has
+    // them) so that they are all history by the time cleo comes back.
+    let mut numbered = 0;
+    while numbered < 101 {
+        if anchor.next_json("the broadcasts, at the anchor").await["type"] == "message" {
+            numbered += 1;
+        }
+    }
+    // Back on the other node, with since/epoch: the 100 missed ones, in order, then recovered.
+    let path = format!("/ws/room?token=cleo&since={seen}&epoch={epoch}");
+    let ws = raw_connect(b.addr, &path, ip(1)).await;
+    let mut back = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    let welcome = back.expect("welcome", "welcome on node B").await;
+    assert_eq!(welcome["epoch"], json!(epoch), "one epoch cluster-wide");
+    let mut expected = seen + 1;
+    loop {
+        let f = back.next_json("replayed messages").await;
+        if f["type"] == "recovered" {
+            assert_eq!(f["ok"], true);
+            break;
+        }
+        if f["type"] == "message" {
+            assert_eq!(f["offset"], expected, "in order, exactly once");
+            expected += 1;
+        }
+    }
+    assert_eq!(expected, seen + 101, "exactly the 100 missed messages");
+    // Live traffic continues from there, from either node.
+    http(
+        a.addr,
+        "POST",
+        "/api/lobbies/room/broadcast",
+        None,
+        Some(r#"{"data":"live"}"#),
+    )
+    .await;
+    let live = back.expect("message", "a live message").await;
+    assert_eq!(
+        (live["offset"].as_u64(), live["data"].as_str()),
+        (Some(seen + 101), Some("live"))
+    );
+}

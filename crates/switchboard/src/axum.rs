@@ -117,8 +117,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
                 epoch: epoch.to_owned(),
             })
         };
+        // The browser's own Last-Event-ID (an EventSource resuming) is always newer than
+        // the `since` of the URL it was opened with.
         let recovery = match (query.0.since, query.0.epoch.clone()) {
-            (Some(since), Some(epoch)) => Some(crate::history::Recovery { since, epoch }),
+            (Some(since), Some(epoch)) => {
+                last_event_id().or(Some(crate::history::Recovery { since, epoch }))
+            }
             (None, None) => last_event_id(),
             _ => return Err(bad_request("since and epoch go together")),
         };

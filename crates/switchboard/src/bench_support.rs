@@ -61,7 +61,7 @@ impl BenchHub {
         };
         let handle = Arc::new(ConnHandle::new(seq, info, tx));
         self.hub
-            .register(handle, |_| Message::text("welcome"), None)
+            .register(handle, |_| Message::text("welcome"), None, None)
             .expect("limits leave room");
         (seq, rx)
     }

@@ -17,6 +17,39 @@ use crate::hub::{Exclude, text};
 use crate::ids::{LobbyCode, UserId};
 use crate::manager::Shared;
 
+/// Who a cluster-wide broadcast skips.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip<'a> {
+    /// Nobody.
+    Nobody,
+    /// Every connection of this user.
+    User(&'a str),
+    /// This one connection (its id names its node).
+    Connection(&'a str),
+}
+
+impl<'a> Skip<'a> {
+    /// A compact text form for the wire: `""`, `u:USER` or `c:ID`.
+    pub fn encode(self) -> String {
+        match self {
+            Self::Nobody => String::new(),
+            Self::User(u) => format!("u:{u}"),
+            Self::Connection(c) => format!("c:{c}"),
+        }
+    }
+
+    /// The reverse of [`Skip::encode`].
+    pub fn decode(text: &'a str) -> Self {
+        if let Some(u) = text.strip_prefix("u:") {
+            Self::User(u)
+        } else if let Some(c) = text.strip_prefix("c:") {
+            Self::Connection(c)
+        } else {
+            Self::Nobody
+        }
+    }
+}
+
 /// A boxed future, so [`Cluster`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -98,6 +131,19 @@ pub trait Cluster: Send + Sync + 'static {
     /// theirs, skipping `exclude_user`'s connections.
     fn publish_lobby(&self, lobby: &LobbyCode, frame: &str, exclude_user: Option<&str>);
 
+    /// A broadcast (`message` encoded without an offset): the cluster numbers it and every
+    /// node, this one included, delivers it through [`LocalNode::deliver_numbered`], in one
+    /// order. `false`: the cluster cannot take it now; this node delivers it alone.
+    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> bool;
+
+    /// The lobby's cluster-wide epoch and last offset, and the broadcasts after `since` it
+    /// still keeps (for `welcome` and recovery on any node); `None` when it cannot answer.
+    fn history<'a>(
+        &'a self,
+        lobby: &'a LobbyCode,
+        since: Option<u64>,
+    ) -> BoxFuture<'a, Option<crate::history::ClusterHistory>>;
+
     /// A frame this node delivered to its connections of `user`: the other nodes holding the
     /// user's connections deliver it too.
     fn publish_user(&self, user: &str, frame: &str);
@@ -158,20 +204,37 @@ impl LocalNode {
         Some(self.shared.upgrade()?.config.node_id.clone())
     }
 
-    /// Delivers an encoded frame from another node to this node's members of `lobby`.
+    /// Delivers an encoded frame (a presence event) from another node to this node's members
+    /// of `lobby`. Broadcasts go through [`LocalNode::deliver_numbered`].
     pub fn deliver_lobby(&self, lobby: &str, frame: String, exclude_user: Option<&str>) -> usize {
         let Some(shared) = self.shared.upgrade() else {
             return 0;
         };
         let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
-        // Broadcasts get this node's next offset and go into its history; presence events
-        // are passed through.
-        match LobbyCode::parse(lobby) {
-            Ok(code) if frame.starts_with(r#"{"type":"message""#) => {
-                shared.hub.publish_message(&code, &frame, exclude)
-            }
-            _ => shared.hub.broadcast(lobby, &text(frame), exclude),
-        }
+        shared.hub.broadcast(lobby, &text(frame), exclude)
+    }
+
+    /// Delivers a broadcast the cluster numbered to this node's members of `lobby`.
+    pub fn deliver_numbered(
+        &self,
+        lobby: &str,
+        epoch: &str,
+        offset: u64,
+        frame: String,
+        skip: Skip<'_>,
+    ) -> usize {
+        let (Some(shared), Ok(code)) = (self.shared.upgrade(), LobbyCode::parse(lobby)) else {
+            return 0;
+        };
+        let exclude = match skip {
+            Skip::Nobody => Exclude::Nobody,
+            Skip::User(user) => Exclude::User(user),
+            Skip::Connection(id) => crate::ids::ConnectionId::seq_on(id, &shared.config.node_id)
+                .map_or(Exclude::Nobody, Exclude::Connection),
+        };
+        shared
+            .hub
+            .deliver_numbered(&code, epoch, offset, text(frame), exclude)
     }
 
     /// Delivers an encoded frame from another node to this node's connections of `user`.

@@ -49,7 +49,21 @@ pub(crate) struct History {
     pub(crate) epoch: Arc<str>,
     /// The last offset assigned (0: none yet).
     pub(crate) last: u64,
+    /// Offsets and epoch come from the cluster (cluster mode): a broadcast numbered locally
+    /// (Redis away) must start a new epoch first.
+    pub(crate) from_cluster: bool,
     ring: VecDeque<Entry>,
+}
+
+/// A lobby's history as the cluster keeps it, for `welcome` and recovery on any node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterHistory {
+    /// The lobby's cluster-wide epoch ("" when it has none yet).
+    pub epoch: String,
+    /// The last offset assigned cluster-wide.
+    pub last: u64,
+    /// The broadcasts after the requested offset still kept, oldest first, with their offsets.
+    pub frames: Vec<(u64, String)>,
 }
 
 #[derive(Debug)]
@@ -61,16 +75,88 @@ struct Entry {
 
 impl History {
     pub(crate) fn new() -> Self {
+        Self::with_epoch(new_epoch(), 0)
+    }
+
+    pub(crate) fn with_epoch(epoch: String, last: u64) -> Self {
         Self {
-            epoch: format!("{:016x}", fastrand::u64(..)).into(),
-            last: 0,
+            epoch: epoch.into(),
+            last,
+            from_cluster: false,
             ring: VecDeque::new(),
         }
+    }
+
+    /// Adopts the cluster's epoch (cluster mode), dropping local entries of another epoch.
+    pub(crate) fn follow(&mut self, epoch: &str, last: u64) {
+        if epoch.is_empty() {
+            return;
+        }
+        if *self.epoch != *epoch {
+            *self = Self::with_epoch(epoch.to_owned(), last);
+        }
+        self.from_cluster = true;
+        self.last = self.last.max(last);
+    }
+
+    /// Keeps a broadcast the cluster numbered (cluster mode).
+    pub(crate) fn record_numbered(&mut self, offset: u64, frame: Message, config: &HistoryConfig) {
+        self.last = self.last.max(offset);
+        if config.size > 0 && self.ring.back().is_none_or(|e| e.offset < offset) {
+            let now = Instant::now();
+            self.expire(now, config);
+            if self.ring.len() == config.size {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(Entry {
+                offset,
+                at: now,
+                frame,
+            });
+        }
+    }
+
+    /// The replay for `recovery` from the cluster's kept broadcasts and this node's ring
+    /// (which holds what arrived since the node subscribed), or `None` when they do not cover
+    /// every offset from `since + 1` to the last one.
+    pub(crate) fn replay_with(
+        &mut self,
+        recovery: &Recovery,
+        cluster: &ClusterHistory,
+        config: &HistoryConfig,
+    ) -> Option<Vec<(u64, Message)>> {
+        if *recovery.epoch != *self.epoch || recovery.since > self.last {
+            return None;
+        }
+        self.expire(Instant::now(), config);
+        let local_first = self.ring.front().map(|e| e.offset);
+        let mut frames: Vec<(u64, Message)> = cluster
+            .frames
+            .iter()
+            .filter(|(o, _)| *o > recovery.since && local_first.is_none_or(|l| *o < l))
+            .map(|(o, f)| (*o, Message::Text(f.clone().into())))
+            .collect();
+        frames.extend(
+            self.ring
+                .iter()
+                .filter(|e| e.offset > recovery.since)
+                .map(|e| (e.offset, e.frame.clone())),
+        );
+        let contiguous = frames
+            .iter()
+            .enumerate()
+            .all(|(i, (o, _))| *o == recovery.since + 1 + i as u64);
+        let complete = recovery.since + frames.len() as u64 == self.last;
+        (contiguous && complete).then_some(frames)
     }
 
     /// Assigns the next offset to a `message` frame encoded without one, returns the frame
     /// with it, and keeps it for recovery.
     pub(crate) fn record(&mut self, frame_without_offset: &str, config: &HistoryConfig) -> Message {
+        if self.from_cluster {
+            // Numbered here while the cluster is away: these offsets are not the cluster's.
+            *self = Self::with_epoch(new_epoch(), 0);
+        }
         self.last += 1;
         let frame = Message::Text(with_offset(frame_without_offset, self.last).into());
         if config.size > 0 {
@@ -128,6 +214,10 @@ impl History {
                 .collect(),
         )
     }
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
 }
 
 /// Inserts `"offset":N` into an encoded object (which ends with `}`).

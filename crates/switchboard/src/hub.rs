@@ -14,7 +14,7 @@ use axum::extract::ws::Message;
 use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::connection::{ConnHandle, Offer};
 use crate::disconnect::DisconnectReason;
-use crate::history::{History, Recovery};
+use crate::history::{ClusterHistory, History, Recovery};
 use crate::ids::{LobbyCode, UserId};
 use crate::lobby::{Lobby, PresenceChange};
 use crate::protocol::ServerFrame;
@@ -106,6 +106,7 @@ impl Hub {
         conn: Arc<ConnHandle>,
         welcome: impl FnOnce(WelcomeState<'_>) -> Message,
         recovery: Option<&Recovery>,
+        cluster_history: Option<&ClusterHistory>,
     ) -> Result<(), DisconnectReason> {
         let limits = self.config.limits;
         let mut guard = self.lock();
@@ -156,6 +157,9 @@ impl Hub {
             .histories
             .entry(info.lobby.clone())
             .or_insert_with(History::new);
+        if let Some(cluster) = cluster_history {
+            history.follow(&cluster.epoch, cluster.last);
+        }
         let offered = conn.offer(welcome(WelcomeState {
             presence_events: self.events_on(lobby),
             offset: history.last,
@@ -164,9 +168,16 @@ impl Hub {
         debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
         // Replay before the connection can see anything live: both happen under this lock.
         if let Some(recovery) = recovery {
-            let replay = history.replay(recovery, &self.config.history);
+            let replay = match cluster_history {
+                Some(cluster) => history.replay_with(recovery, cluster, &self.config.history),
+                None => history
+                    .replay(recovery, &self.config.history)
+                    .map(|frames| frames.into_iter().map(|f| (0, f)).collect()),
+            };
             let ok = replay.is_some();
-            for frame in replay.unwrap_or_default() {
+            for (offset, frame) in replay.unwrap_or_default() {
+                conn.replayed_until
+                    .store(offset, std::sync::atomic::Ordering::Relaxed);
                 conn.offer(frame);
             }
             conn.offer(text(ServerFrame::Recovered { ok }.encode()));
@@ -365,6 +376,49 @@ impl Hub {
         reached
     }
 
+    /// Delivers a broadcast the cluster numbered (cluster mode): keeps it in the lobby's
+    /// history and offers it to every member, except connections whose recovery already
+    /// replayed it. Returns how many queued it.
+    pub(crate) fn deliver_numbered(
+        &self,
+        lobby: &LobbyCode,
+        epoch: &str,
+        offset: u64,
+        frame: Message,
+        exclude: Exclude<'_>,
+    ) -> usize {
+        let mut guard = self.lock();
+        let reg = &mut *guard;
+        self.maybe_sweep(reg);
+        let history = reg
+            .histories
+            .entry(lobby.clone())
+            .or_insert_with(History::new);
+        history.follow(epoch, 0);
+        history.record_numbered(offset, frame.clone(), &self.config.history);
+        let Some(lobby) = reg.lobbies.get(lobby) else {
+            return 0;
+        };
+        self.fan_out_where(&lobby.members, &frame, exclude, |c| {
+            c.replayed_until.load(std::sync::atomic::Ordering::Relaxed) < offset
+        })
+    }
+
+    /// How many members of a lobby a broadcast with `exclude` would reach now.
+    pub(crate) fn count_recipients(&self, lobby: &str, exclude: Exclude<'_>) -> usize {
+        let reg = self.lock();
+        reg.lobbies.get(lobby).map_or(0, |l| {
+            l.members
+                .iter()
+                .filter(|c| match exclude {
+                    Exclude::Nobody => true,
+                    Exclude::Connection(seq) => c.seq != seq,
+                    Exclude::User(user) => c.info.user_id.as_str() != user,
+                })
+                .count()
+        })
+    }
+
     /// Every so often, forgets histories that expired in lobbies nobody is in.
     fn maybe_sweep(&self, reg: &mut Registry) {
         reg.sweep_tick = reg.sweep_tick.wrapping_add(1);
@@ -392,8 +446,19 @@ impl Hub {
     }
 
     fn fan_out(&self, members: &[Arc<ConnHandle>], frame: &Message, exclude: Exclude<'_>) -> usize {
+        self.fan_out_where(members, frame, exclude, |_| true)
+    }
+
+    fn fan_out_where(
+        &self,
+        members: &[Arc<ConnHandle>],
+        frame: &Message,
+        exclude: Exclude<'_>,
+        keep: impl Fn(&ConnHandle) -> bool,
+    ) -> usize {
         members
             .iter()
+            .filter(|c| keep(c))
             .filter(|c| match exclude {
                 Exclude::Nobody => true,
                 Exclude::Connection(seq) => c.seq != seq,

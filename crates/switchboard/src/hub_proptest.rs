@@ -238,7 +238,7 @@ impl Harness {
         let conn = Arc::new(ConnHandle::new(seq, info, tx));
         let outcome = self
             .hub
-            .register(conn.clone(), |_| Message::text("welcome"), None);
+            .register(conn.clone(), |_| Message::text("welcome"), None, None);
         prop_assert_eq!(outcome, expected, "connect l{} u{} ip{}", lobby, user, ip);
         if outcome.is_err() {
             for l in &self.live {

@@ -47,7 +47,7 @@ impl Fixture {
         };
         let conn = Arc::new(ConnHandle::new(self.next, info, tx));
         self.hub
-            .register(conn.clone(), |_| Message::text("welcome"), None)
+            .register(conn.clone(), |_| Message::text("welcome"), None, None)
             .map(|()| {
                 self.queues.insert(self.next, rx);
                 conn

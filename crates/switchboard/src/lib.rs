@@ -91,7 +91,7 @@ pub use config::{
 pub use connection::ConnectionInfo;
 pub use disconnect::DisconnectReason;
 pub use handler::{AppMessage, Handler, NoHandler};
-pub use history::{HistoryConfig, Recovery};
+pub use history::{ClusterHistory, HistoryConfig, Recovery};
 pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 pub use manager::{ConnectRequest, Error, LobbyInfo, Manager, SUBPROTOCOL};
 pub use protocol::{ClientError, ErrorCode};

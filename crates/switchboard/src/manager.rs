@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{Cluster, ClusterStats, LocalNode};
+use crate::cluster::{Cluster, ClusterStats, LocalNode, Skip};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnHandle, ConnectionInfo};
 use crate::disconnect::DisconnectReason;
@@ -164,6 +164,34 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Publishes a broadcast (`message` encoded without an offset). In cluster mode the
+    /// cluster numbers and delivers it everywhere, this node included (so the count of this
+    /// node's recipients is its current member count); alone, or with the cluster away, this
+    /// node numbers and delivers it. Returns the connections reached on this node.
+    pub(crate) fn publish_message(
+        &self,
+        lobby: &LobbyCode,
+        frame: &str,
+        exclude: Exclude<'_>,
+        exclude_user: Option<&str>,
+    ) -> usize {
+        if let Some(cluster) = self.cluster() {
+            let conn_id;
+            let skip = match (exclude, exclude_user) {
+                (Exclude::Connection(seq), _) => {
+                    conn_id = ConnectionId::new(&self.config.node_id, seq);
+                    Skip::Connection(conn_id.as_str())
+                }
+                (_, Some(user)) => Skip::User(user),
+                _ => Skip::Nobody,
+            };
+            if cluster.publish_message(lobby, frame, skip) {
+                return self.hub.count_recipients(lobby.as_str(), exclude);
+            }
+        }
+        self.hub.publish_message(lobby, frame, exclude)
+    }
+
     /// The cluster, if this node is part of one.
     pub(crate) fn cluster(&self) -> Option<Arc<dyn Cluster>> {
         self.cluster.get().cloned()
@@ -295,11 +323,9 @@ impl Manager {
         }
         .encode();
         let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
-        let reached = self.shared.hub.publish_message(&lobby, &frame, exclude);
-        if let Some(cluster) = self.shared.cluster() {
-            cluster.publish_lobby(&lobby, &frame, exclude_user);
-        }
-        Ok(reached)
+        Ok(self
+            .shared
+            .publish_message(&lobby, &frame, exclude, exclude_user))
     }
 
     /// Sends `data` to every connection of `user` as a `direct` frame from the backend.

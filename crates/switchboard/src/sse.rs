@@ -145,8 +145,9 @@ pub(crate) fn post(
         })
 }
 
-/// The HTTP answer to a refused SSE connect.
-fn refusal(reason: DisconnectReason) -> Response {
+/// The HTTP answer to a refused SSE connect: 401, 429, or 503 with `Retry-After`, and the
+/// JSON error body.
+pub fn refusal(reason: DisconnectReason) -> Response {
     let status = match reason {
         DisconnectReason::Unauthorized => StatusCode::UNAUTHORIZED,
         DisconnectReason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -179,9 +180,16 @@ impl SseSink {
                 let kind = frame_type(json)?;
                 let mut event = format!("event: {kind}\n");
                 if kind == "welcome" {
-                    self.epoch = serde_json::from_str::<serde_json::Value>(json)
-                        .ok()
+                    // welcome's id too: a stream that breaks before its first message still
+                    // resumes (Last-Event-ID) from the lobby's offset at connect time.
+                    let welcome = serde_json::from_str::<serde_json::Value>(json).ok();
+                    self.epoch = welcome
+                        .as_ref()
                         .and_then(|v| v["epoch"].as_str().map(str::to_owned));
+                    let offset = welcome.as_ref().and_then(|v| v["offset"].as_u64());
+                    if let (Some(epoch), Some(offset)) = (&self.epoch, offset) {
+                        event.push_str(&format!("id: {epoch}:{offset}\n"));
+                    }
                 }
                 if kind == "message"
                     && let (Some(epoch), Some(offset)) = (&self.epoch, trailing_offset(json))
@@ -196,7 +204,8 @@ impl SseSink {
             // Protocol pings become comments: they keep proxies from timing the stream out.
             Message::Ping(_) => Some(Bytes::from_static(b": ping\n\n")),
             Message::Close(frame) => {
-                let (code, reason) = frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
+                let (code, reason) =
+                    frame.map_or((1000, String::new()), |f| (f.code, f.reason.to_string()));
                 let data = serde_json::json!({"code": code, "reason": reason});
                 Some(Bytes::from(format!("event: close\ndata: {data}\n\n")))
             }
@@ -264,16 +273,25 @@ mod tests {
         };
         let welcome = r#"{"type":"welcome","epoch":"e1","offset":0}"#;
         let event = sink.encode(Message::Text(welcome.into())).unwrap();
-        assert_eq!(event, format!("event: welcome\ndata: {welcome}\n\n"));
+        assert_eq!(
+            event,
+            format!("event: welcome\nid: e1:0\ndata: {welcome}\n\n")
+        );
         let message = r#"{"type":"message","lobby":"l","from":null,"data":{"x":"}"},"offset":12}"#;
         let event = sink.encode(Message::Text(message.into())).unwrap();
-        assert_eq!(event, format!("event: message\nid: e1:12\ndata: {message}\n\n"));
+        assert_eq!(
+            event,
+            format!("event: message\nid: e1:12\ndata: {message}\n\n")
+        );
         let close = axum::extract::ws::CloseFrame {
             code: 4009,
             reason: "kicked".into(),
         };
         let event = sink.encode(Message::Close(Some(close))).unwrap();
-        assert_eq!(event, "event: close\ndata: {\"code\":4009,\"reason\":\"kicked\"}\n\n");
+        assert_eq!(
+            event,
+            "event: close\ndata: {\"code\":4009,\"reason\":\"kicked\"}\n\n"
+        );
         assert!(sink.encode(Message::Pong(Bytes::new())).is_none());
     }
 }

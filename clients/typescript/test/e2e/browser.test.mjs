@@ -110,6 +110,8 @@ describe("demo page", () => {
     await page.locator("#notice").waitFor({ state: "hidden" });
     await chatLine(page, "typed while offline").waitFor();
     await member(page, "carol").waitFor();
+    // The restarted server lost the lobby's history (a new epoch): the page says so.
+    await page.locator("#messages li.system", { hasText: "could not be recovered" }).waitFor();
 
     const r = await api(second, "POST", "/api/lobbies/room-r/broadcast", { data: { text: "after the restart" } });
     assert.equal(r.body.delivered, 1);

@@ -10,7 +10,9 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const packageRoot = join(here, "..", "..");
 export const repoRoot = join(packageRoot, "..", "..");
 export const outputDir = join(packageRoot, "test-output");
-export const binary = process.env.SWITCHBOARD_BIN ?? join(repoRoot, "target", "debug", "switchboard");
+export const binary =
+  process.env.SWITCHBOARD_BIN ??
+  join(process.env.CARGO_TARGET_DIR ?? join(repoRoot, "target"), "debug", "switchboard");
 export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 
 /** Flags that work headless as root on Debian's Chromium (see shared notes). */

@@ -47,6 +47,9 @@ pub(crate) struct ConnHandle {
     /// Where client frames go for transports without an inbound stream of their own (SSE:
     /// frames arrive as HTTP posts).
     pub(crate) inbound: Option<mpsc::Sender<Message>>,
+    /// Cluster mode: the last offset its recovery replayed; live broadcasts up to it are
+    /// skipped (they were in flight while the replay was read).
+    pub(crate) replayed_until: AtomicU64,
     outbox: mpsc::Sender<Message>,
     closing: CancellationToken,
     reason: OnceLock<DisconnectReason>,
@@ -63,6 +66,7 @@ impl ConnHandle {
             info,
             cluster_presence: false,
             inbound: None,
+            replayed_until: AtomicU64::new(0),
             outbox,
             closing: CancellationToken::new(),
             reason: OnceLock::new(),

@@ -98,10 +98,22 @@ pub(crate) async fn admit(
             .encode(),
         )
     };
+    // Cluster mode: the lobby's offsets, epoch and kept broadcasts are the cluster's. Read
+    // after `admit` subscribed this node to the lobby, so nothing falls between the two.
+    let cluster_history = match (&cluster, admission) {
+        (Some(cluster), Ok(Some(_))) => {
+            let since = request.recovery.as_ref().map(|r| r.since);
+            cluster.history(&conn.info.lobby, since).await
+        }
+        _ => None,
+    };
     let registered = admission.and_then(|_| {
-        shared
-            .hub
-            .register(conn.clone(), welcome, request.recovery.as_ref())
+        shared.hub.register(
+            conn.clone(),
+            welcome,
+            request.recovery.as_ref(),
+            cluster_history.as_ref(),
+        )
     });
     if let Err(reason) = registered {
         if let Some(cluster) = &cluster {

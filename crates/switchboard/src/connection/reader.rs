@@ -202,10 +202,7 @@ fn handle_text(
             };
             // Encoded once without an offset: each node adds its own as it publishes.
             let frame = frame.encode();
-            shared.hub.publish_message(&info.lobby, &frame, exclude);
-            if let Some(cluster) = shared.cluster() {
-                cluster.publish_lobby(&info.lobby, &frame, None);
-            }
+            shared.publish_message(&info.lobby, &frame, exclude, None);
             Ok(())
         }
         ClientFrame::Direct { to, data } => {

@@ -1,0 +1,382 @@
+//! `fanout`: M members in one lobby and a publisher sending `broadcast` frames (a sequence
+//! number and a send time in `data`) at a fixed rate; `--sweep` raises the rate step by step
+//! (doubling, then bisecting) to find the highest rate sustained with nothing lost and
+//! p99 < `--max-p99-ms`. Each step reports deliveries/s, losses, latency and the server's
+//! CPU-seconds per delivery.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+use crate::args::Args;
+use crate::client::{OP_TEXT, Ws, field_u64};
+use crate::common::{Ctx, histogram, latency_json, now_us, round};
+use crate::pool::{Tasks, connect_all};
+use crate::procfs::cpu_secs;
+
+pub(crate) const OPTS: &[&str] = &[
+    "members",
+    "lobby",
+    "payload",
+    "rate",
+    "duration",
+    "sweep",
+    "rate-start",
+    "rate-factor",
+    "refine",
+    "max-steps",
+    "step-secs",
+    "drain-secs",
+    "max-p99-ms",
+];
+
+/// What the members have seen; shared by every member task on the one thread.
+#[derive(Debug)]
+pub(crate) struct Seen {
+    /// Messages with a smaller sequence number belong to an earlier step and are ignored.
+    pub(crate) first_seq: Cell<u64>,
+    pub(crate) received: Cell<u64>,
+    pub(crate) any: Cell<u64>,
+    pub(crate) last_at: Cell<Option<Instant>>,
+    pub(crate) hist: RefCell<Histogram<u64>>,
+    pub(crate) closed: Cell<u64>,
+    pub(crate) close_codes: RefCell<BTreeMap<String, u64>>,
+}
+
+impl Seen {
+    pub(crate) fn new() -> Rc<Self> {
+        Rc::new(Self {
+            first_seq: Cell::new(u64::MAX),
+            received: Cell::new(0),
+            any: Cell::new(0),
+            last_at: Cell::new(None),
+            hist: RefCell::new(histogram()),
+            closed: Cell::new(0),
+            close_codes: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    fn on_text(&self, payload: &[u8]) {
+        let Some(seq) = field_u64(payload, b"\"s\":") else {
+            return;
+        };
+        self.any.set(self.any.get() + 1);
+        if seq < self.first_seq.get() {
+            return;
+        }
+        if let Some(sent) = field_u64(payload, b"\"t\":") {
+            let now = now_us();
+            self.received.set(self.received.get() + 1);
+            self.last_at.set(Some(Instant::now()));
+            let _ = self
+                .hist
+                .borrow_mut()
+                .record(now.saturating_sub(sent).max(1));
+        }
+    }
+
+    /// Starts counting from sequence number `seq`.
+    pub(crate) fn reset(&self, seq: u64) {
+        self.first_seq.set(seq);
+        self.received.set(0);
+        self.last_at.set(None);
+        self.hist.borrow_mut().reset();
+    }
+
+    /// Waits until no message has arrived for `quiet` (at most `limit`).
+    pub(crate) async fn settle(&self, quiet: Duration, limit: Duration) {
+        let start = Instant::now();
+        let mut last = (self.any.get(), Instant::now());
+        while start.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let any = self.any.get();
+            if any != last.0 {
+                last = (any, Instant::now());
+            } else if last.1.elapsed() >= quiet {
+                return;
+            }
+        }
+    }
+}
+
+/// A member's life: read, measure, answer pings, until closed.
+pub(crate) async fn member(mut ws: Ws, seen: Rc<Seen>) {
+    loop {
+        let read = ws
+            .read_some(&mut |f| {
+                if f.opcode == OP_TEXT {
+                    seen.on_text(f.payload);
+                }
+            })
+            .await;
+        if read.is_err() || ws.flush().await.is_err() || ws.closed.is_some() {
+            seen.closed.set(seen.closed.get() + 1);
+            let code = match (&read, ws.closed) {
+                (Err(e), _) => format!("io:{:?}", e.kind()),
+                (_, Some(Some(code))) => code.to_string(),
+                _ => "eof".into(),
+            };
+            *seen.close_codes.borrow_mut().entry(code).or_default() += 1;
+            return;
+        }
+    }
+}
+
+/// The publisher: frames carrying a sequence number, a send time and padding to `payload`
+/// bytes of `data`, sent at `rate` per second with `exclude_self`.
+#[derive(Debug)]
+pub(crate) struct Publisher {
+    pub(crate) ws: Ws,
+    pub(crate) next_seq: u64,
+    pad: String,
+}
+
+impl Publisher {
+    pub(crate) fn new(ws: Ws, payload: usize) -> Self {
+        // `{"s":SEQ,"t":MICROS,"p":"..."}` with typical widths of SEQ and MICROS.
+        let overhead = r#"{"s":1234,"t":12345678,"p":""}"#.len();
+        Self {
+            ws,
+            next_seq: 1,
+            pad: "x".repeat(payload.saturating_sub(overhead)),
+        }
+    }
+
+    fn queue_one(&mut self) {
+        let frame = format!(
+            r#"{{"type":"broadcast","exclude_self":true,"data":{{"s":{},"t":{},"p":"{}"}}}}"#,
+            self.next_seq,
+            now_us(),
+            self.pad
+        );
+        self.next_seq += 1;
+        self.ws.text(frame.as_bytes());
+    }
+
+    /// Sends at `rate` per second for `secs`; returns messages sent and the time it took.
+    /// Keeps reading its own socket (pings) meanwhile.
+    pub(crate) async fn send_for(&mut self, rate: f64, secs: f64) -> anyhow::Result<(u64, f64)> {
+        let total = (rate * secs).round().max(1.0) as u64;
+        let start = Instant::now();
+        let tick = Duration::from_secs_f64((1.0 / rate).clamp(0.001, 0.05));
+        let mut sent = 0;
+        while sent < total {
+            let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+            while sent < due {
+                self.queue_one();
+                sent += 1;
+            }
+            self.ws.flush().await?;
+            if sent >= total {
+                break;
+            }
+            let mut ignore = |_: crate::client::Frame<'_>| {};
+            tokio::select! {
+                read = self.ws.read_some(&mut ignore) => read?,
+                () = tokio::time::sleep(tick) => {}
+            }
+            if self.ws.closed.is_some() {
+                bail!("publisher closed by the server: {:?}", self.ws.closed);
+            }
+        }
+        Ok((sent, start.elapsed().as_secs_f64()))
+    }
+
+    /// Reads (answers pings) for `d`.
+    pub(crate) async fn idle_for(&mut self, d: Duration) {
+        let _ = tokio::time::timeout(d, async {
+            while self.ws.closed.is_none() {
+                if self.ws.read_some(&mut |_| {}).await.is_err() || self.ws.flush().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+struct StepConfig {
+    secs: f64,
+    drain: Duration,
+    max_p99_us: u64,
+}
+
+async fn step(
+    ctx: &Ctx,
+    publisher: &mut Publisher,
+    seen: &Seen,
+    members: u64,
+    rate: f64,
+    cfg: &StepConfig,
+) -> anyhow::Result<Value> {
+    seen.settle(Duration::from_millis(300), Duration::from_secs(10))
+        .await;
+    seen.reset(publisher.next_seq);
+    let closed0 = seen.closed.get();
+    let live = members - closed0;
+    let (server_cpu0, client_cpu0) = (ctx.server.cpu(), cpu_secs(None));
+    let start = Instant::now();
+    let (sent, send_secs) = publisher.send_for(rate, cfg.secs).await?;
+    let expected = sent * live;
+    let deadline = Instant::now() + cfg.drain;
+    while seen.received.get() < expected && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        publisher
+            .idle_for(Duration::from_millis(20).min(left))
+            .await;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let (server_cpu1, client_cpu1) = (ctx.server.cpu(), cpu_secs(None));
+    let received = seen.received.get();
+    let active = seen
+        .last_at
+        .get()
+        .map_or(wall, |t| t.duration_since(start).as_secs_f64());
+    let hist = seen.hist.borrow();
+    let closed = seen.closed.get() - closed0;
+    let lost = expected.saturating_sub(received);
+    let pass = lost == 0 && closed == 0 && hist.value_at_quantile(0.99) < cfg.max_p99_us;
+    let server_cpu = server_cpu0.zip(server_cpu1).map(|(a, b)| b - a);
+    let client_cpu = client_cpu0.zip(client_cpu1).map(|(a, b)| b - a);
+    let per_cpu = server_cpu
+        .filter(|c| *c > 0.0)
+        .map(|c| round(received as f64 / c, 0));
+    Ok(json!({
+        "rate": round(rate, 3),
+        "sent": sent,
+        "send_secs": round(send_secs, 3),
+        "members": live,
+        "expected": expected,
+        "received": received,
+        "lost": lost,
+        "members_closed": closed,
+        "deliveries_per_sec": round(received as f64 / active.max(1e-9), 0),
+        "latency": latency_json(&hist),
+        "server_cpu_s": server_cpu.map(|c| round(c, 2)),
+        "deliveries_per_server_cpu_s": per_cpu,
+        "server_cpu_us_per_delivery": server_cpu
+            .filter(|_| received > 0)
+            .map(|c| round(c * 1e6 / received as f64, 3)),
+        "client_cpu_s": client_cpu.map(|c| round(c, 2)),
+        "pass": pass,
+    }))
+}
+
+pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
+    let members: usize = args.get("members", 1_000)?;
+    let lobby: String = args.get("lobby", "fanout".to_owned())?;
+    let payload: usize = args.get("payload", 100)?;
+    let sweep = args.flag("sweep");
+    let cfg = StepConfig {
+        secs: args.get("step-secs", args.get("duration", 5.0)?)?,
+        drain: Duration::from_secs_f64(args.get("drain-secs", 3.0)?),
+        max_p99_us: (args.get::<f64>("max-p99-ms", 1000.0)? * 1000.0) as u64,
+    };
+    let server_rss0 = ctx.server.rss();
+    let seen = Seen::new();
+    let mut tasks = Tasks::default();
+    let prefix = ctx.user_prefix.clone();
+    let s = seen.clone();
+    let l = lobby.clone();
+    let connected = connect_all(
+        &ctx,
+        &mut tasks,
+        "connect",
+        members,
+        ctx.time_left(),
+        |i| (l.clone(), format!("{prefix}{i}")),
+        move |_, ws| member(ws, s.clone()),
+    )
+    .await;
+    let publisher_ws = match ctx
+        .connect(&lobby, &format!("{}pub", ctx.user_prefix))
+        .await
+    {
+        Ok(ws) => ws,
+        Err(e) => bail!("publisher could not connect: {}", e.label()),
+    };
+    let mut publisher = Publisher::new(publisher_ws, payload);
+    // Let every member's welcome (and any join events) pass before measuring.
+    publisher.idle_for(Duration::from_secs(1)).await;
+    let live = connected.ok;
+    let mut steps = Vec::new();
+    let mut best: Option<Value> = None;
+    if sweep {
+        let factor: f64 = args.get("rate-factor", 2.0)?;
+        let mut rate: f64 = args.get("rate-start", 10.0)?;
+        let refine: u32 = args.get("refine", 2)?;
+        let max_steps: usize = args.get("max-steps", 14)?;
+        let (mut pass_rate, mut fail_rate): (Option<f64>, Option<f64>) = (None, None);
+        let (mut downs, mut refines) = (0, 0);
+        for n in 0..max_steps {
+            if ctx.time_left() < Duration::from_secs_f64(cfg.secs + 5.0) {
+                ctx.progress("sweep", "stopping: --max-secs reached");
+                break;
+            }
+            let result = step(&ctx, &mut publisher, &seen, live, rate, &cfg).await?;
+            let pass = result["pass"].as_bool().unwrap_or(false);
+            ctx.progress(
+                &format!("sweep-{n}"),
+                format!(
+                    "rate={rate:.2}/s deliveries/s={} lost={} p99={}ms pass={pass}",
+                    result["deliveries_per_sec"], result["lost"], result["latency"]["p99_ms"]
+                ),
+            );
+            let closed = result["members_closed"].as_u64().unwrap_or(0);
+            if pass {
+                pass_rate = Some(rate);
+                best = Some(result.clone());
+            } else {
+                fail_rate = Some(rate);
+            }
+            steps.push(result);
+            if closed > 0 {
+                ctx.progress("sweep", "stopping: members were disconnected");
+                break;
+            }
+            rate = match (pass_rate, fail_rate) {
+                (Some(_), None) => rate * factor,
+                (None, Some(f)) if downs < 3 => {
+                    downs += 1;
+                    f / factor
+                }
+                (Some(p), Some(f)) if refines < refine && f / p > 1.05 => {
+                    refines += 1;
+                    (p * f).sqrt()
+                }
+                _ => break,
+            };
+        }
+    } else {
+        let rate: f64 = args.get("rate", 10.0)?;
+        let result = step(&ctx, &mut publisher, &seen, live, rate, &cfg).await?;
+        ctx.progress(
+            "fixed",
+            format!(
+                "rate={rate:.2}/s deliveries/s={} lost={} p99={}ms",
+                result["deliveries_per_sec"], result["lost"], result["latency"]["p99_ms"]
+            ),
+        );
+        if result["pass"].as_bool().unwrap_or(false) {
+            best = Some(result.clone());
+        }
+        steps.push(result);
+    }
+    let mut m = ctx.summary();
+    m.insert("members".into(), json!(members));
+    m.insert("payload_bytes".into(), json!(payload));
+    m.insert("connect".into(), connected.json());
+    m.insert("sweep".into(), json!(sweep));
+    m.insert("best".into(), best.unwrap_or(Value::Null));
+    m.insert("steps".into(), json!(steps));
+    m.insert("close_codes".into(), json!(*seen.close_codes.borrow()));
+    m.insert("rss_kib_before".into(), json!(server_rss0));
+    m.insert("rss_kib_end".into(), json!(ctx.server.rss()));
+    drop(tasks);
+    Ok(Value::Object(m))
+}

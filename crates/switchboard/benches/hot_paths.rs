@@ -1,0 +1,72 @@
+//! Criterion micro-benchmarks of the hub's hot paths, without sockets
+//! (`switchboard::bench_support::BenchHub`: connection handles are bare bounded queues).
+//!
+//! - `register_unregister`: one connection in and out of a lobby of 1,000.
+//! - `broadcast_enqueue/N`: one pre-encoded 100-byte frame offered to N handles (enqueue only;
+//!   the queues are drained between iterations, outside the measured time).
+//! - `presence/N`: the lobby's presence list encoded as a `presence` frame.
+//!
+//! Run: `cargo bench -p switchboard --bench hot_paths`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::Message;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use switchboard::bench_support::BenchHub;
+
+fn register_unregister(c: &mut Criterion) {
+    let mut hub = BenchHub::new(1_000, 256);
+    c.bench_function("register_unregister/lobby_1000", |b| {
+        b.iter(|| hub.register_unregister());
+    });
+}
+
+fn broadcast_enqueue(c: &mut Criterion) {
+    let frame = Message::text(format!(
+        r#"{{"type":"message","lobby":"bench","from":"u1","data":"{}"}}"#,
+        "x".repeat(100)
+    ));
+    let mut group = c.benchmark_group("broadcast_enqueue");
+    for members in [1_000usize, 10_000] {
+        let mut hub = BenchHub::new(members, 256);
+        group.throughput(Throughput::Elements(members as u64));
+        group.bench_function(BenchmarkId::from_parameter(members), |b| {
+            // Draining is not measured: each iteration times one broadcast, then empties
+            // every queue so the next one finds room.
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    black_box(hub.broadcast(&frame));
+                    total += start.elapsed();
+                    hub.drain();
+                }
+                total
+            });
+        });
+    }
+    group.finish();
+}
+
+fn presence(c: &mut Criterion) {
+    let mut group = c.benchmark_group("presence");
+    for members in [1_000usize, 10_000] {
+        let hub = BenchHub::new(members, 16);
+        group.throughput(Throughput::Elements(members as u64));
+        group.bench_function(BenchmarkId::from_parameter(members), |b| {
+            b.iter(|| black_box(hub.presence()));
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = register_unregister, broadcast_enqueue, presence
+}
+criterion_main!(benches);
