@@ -49,13 +49,23 @@ pub struct Listeners {
 impl Listeners {
     /// Binds `bind` and, if set, `admin_bind`.
     pub async fn bind(config: &ServerConfig) -> std::io::Result<Self> {
-        let public = TcpListener::bind(config.bind).await?;
-        let admin = match config.admin_bind {
-            Some(addr) => Some(TcpListener::bind(addr).await?),
-            None => None,
-        };
+        let public = listen(config.bind)?;
+        let admin = config.admin_bind.map(listen).transpose()?;
         Ok(Self { public, admin })
     }
+}
+
+/// A listener with a deep accept backlog: a connect burst (a reconnect storm after a
+/// restart) must queue, not be dropped and retried after a SYN timeout.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Serves until `shutdown` resolves; then reports not-ready, refuses new upgrades, closes

@@ -23,6 +23,8 @@ fn start() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot bind {} / admin_bind", config.bind))?;
         let addr = listeners.public.local_addr()?;
+        // The recorder first: the manager looks up its metric handles when it is created.
+        switchboard_server::metrics::handle();
         let manager = switchboard::Manager::new(config.manager.clone())?;
         // The first line on stdout: scripts and tests wait for it.
         let mut stdout = std::io::stdout();

@@ -234,6 +234,9 @@ impl Shared {
 
 impl Manager {
     /// A manager that refuses application messages (`unknown_type`).
+    ///
+    /// Metrics go to the `metrics` recorder installed when the manager is created: install
+    /// yours (e.g. a Prometheus exporter) first.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         Self::with_handler(config, NoHandler)
     }

@@ -10,9 +10,13 @@ use crate::disconnect::DisconnectReason;
 
 const REASONS: usize = DisconnectReason::ALL.len();
 
-/// Monotonic counters shared by the hub and the connection tasks.
+/// Monotonic counters shared by the hub and the connection tasks, and the two histograms,
+/// whose handles are looked up once (a `metrics::histogram!` per event would hash its key
+/// every time).
 #[derive(Debug)]
 pub(crate) struct Counters {
+    pub(crate) rtt: metrics::Histogram,
+    pub(crate) fanout: metrics::Histogram,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
     bytes_in: AtomicU64,
@@ -26,6 +30,8 @@ pub(crate) struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Self {
+            rtt: metrics::histogram!("switchboard_ping_rtt_seconds"),
+            fanout: metrics::histogram!("switchboard_broadcast_fanout_seconds"),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),

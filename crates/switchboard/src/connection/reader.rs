@@ -131,7 +131,7 @@ fn handle(
         Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
         Message::Pong(payload) => {
             if let Some(rtt) = shared.rtt_from_pong(&payload) {
-                conn.record_rtt(rtt);
+                conn.record_rtt(rtt, &shared.counters.rtt);
             }
             Ok(())
         }
@@ -180,7 +180,7 @@ fn handle_text(
             if let Some(rtt) = timestamp.and_then(|sent| now.checked_sub(sent)) {
                 let rtt = Duration::from_millis(rtt);
                 if rtt <= shared.config.stale_after() {
-                    conn.record_rtt(rtt);
+                    conn.record_rtt(rtt, &shared.counters.rtt);
                 }
             }
             Ok(())
