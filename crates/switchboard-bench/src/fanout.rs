@@ -13,6 +13,8 @@ use anyhow::bail;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use anyhow::Context;
+
 use crate::args::Args;
 use crate::client::{OP_TEXT, Ws, field_u64};
 use crate::common::{Ctx, histogram, latency_json, now_us, round};
@@ -21,6 +23,7 @@ use crate::procfs::cpu_secs;
 
 pub(crate) const OPTS: &[&str] = &[
     "members",
+    "publish-addr",
     "lobby",
     "payload",
     "rate",
@@ -293,10 +296,21 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
         move |_, ws| member(ws, s.clone()),
     )
     .await;
-    let publisher_ws = match ctx
-        .connect(&lobby, &format!("{}pub", ctx.user_prefix))
-        .await
-    {
+    // `--publish-addr`: the publisher on another node of a cluster (cross-node latency).
+    let publisher_user = format!("{}pub", ctx.user_prefix);
+    let publisher_ws = match args.opt::<String>("publish-addr")? {
+        Some(addr) => {
+            let target = crate::client::Target {
+                server: addr.parse().context("--publish-addr")?,
+                timeout: ctx.target.timeout,
+            };
+            target
+                .connect(ctx.next_source(), &lobby, &ctx.token(&publisher_user))
+                .await
+        }
+        None => ctx.connect(&lobby, &publisher_user).await,
+    };
+    let publisher_ws = match publisher_ws {
         Ok(ws) => ws,
         Err(e) => bail!("publisher could not connect: {}", e.label()),
     };
