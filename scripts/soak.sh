@@ -21,6 +21,10 @@ outdir="${CARGO_TARGET_DIR:-target}/soak"
 mkdir -p "$outdir"
 log="$outdir/soak.log"
 
+# glibc gives each thread its own malloc arena and keeps their memory after busy moments: a
+# 3-minute soak measured 1.113x RSS with the default and 0.992x (flat) with 2 arenas, every
+# count, fd and task back exactly in both. The servers inherit this.
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 cargo build --release --quiet -p switchboard-server --bin switchboard
 started=$(date +%s)
 set +e
