@@ -16,10 +16,6 @@ use switchboard::{Config as ManagerConfig, SlowConsumerPolicy, UserPolicy};
 
 const PREFIX: &str = "SWITCHBOARD_";
 
-/// Settings of DESIGN.md's table that a later version implements. They are refused rather than
-/// ignored, so nobody believes a rate limit or a Redis cluster is on when it is not.
-const NOT_YET: &[&str] = &[];
-
 /// Every name [`ServerConfig::set`] accepts.
 pub const KNOWN: &[&str] = &[
     "bind",
@@ -356,9 +352,6 @@ impl ServerConfig {
             "pages.enabled" => self.pages_enabled = Some(parse_bool(value)?),
             "history.size" => m.history.size = parse_num(value)?,
             "history.ttl_ms" => m.history.ttl = parse_ms(value)?,
-            f if NOT_YET.contains(&f) => {
-                return Err("not supported by this version of the server yet".into());
-            }
             _ => return Err("unknown setting".into()),
         }
         Ok(())
