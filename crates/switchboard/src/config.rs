@@ -146,7 +146,8 @@ pub struct PresenceConfig {
 #[non_exhaustive]
 pub struct TransportConfig {
     /// Read buffer. tungstenite's 128 KiB default costs 128 KiB per idle connection.
-    /// Default 4 KiB.
+    /// Default 2 KiB: client frames are small; 4 KiB measured 2 KiB more per idle connection
+    /// for no gain in throughput.
     pub read_buffer_size: usize,
     /// Frames are buffered up to this many bytes before a write; the writer flushes after
     /// each batch anyway. Default 8 KiB: 0 writes every frame with its own syscall, which
@@ -210,7 +211,7 @@ impl Default for PresenceConfig {
 impl Default for TransportConfig {
     fn default() -> Self {
         Self {
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 2 * 1024,
             write_buffer_size: 8 * 1024,
         }
     }
