@@ -253,14 +253,25 @@ impl RedisCluster {
                 continue;
             };
             let frame = LocalNode::presence_event(&lobby, &user, joined);
-            self.local
-                .deliver_lobby(lobby.as_str(), frame.clone(), None);
-            self.publish_lobby(&lobby, &frame, None);
+            self.local.deliver_event(lobby.as_str(), frame.clone());
+            self.publish_event(&lobby, &frame);
         }
     }
 
     fn announce_left(&self, items: &[String]) {
         self.announce(items, false);
+    }
+
+    /// Publishes a join/leave event on the lobby's channel for the other nodes.
+    fn publish_event(&self, lobby: &LobbyCode, frame: &str) {
+        if !self.up.load(Ordering::Relaxed) {
+            return;
+        }
+        let payload = format!("{}{SEP}{frame}", self.cfg.node_id);
+        self.enqueue(Outgoing::Publish {
+            channel: self.lobby_channel(lobby.as_str()),
+            payload,
+        });
     }
 
     /// Keeps a connection and a heartbeat going; frees dead nodes; resyncs after trouble.
@@ -445,16 +456,11 @@ impl RedisCluster {
             return;
         }
         if let Some(lobby) = channel.strip_prefix(&lobby_prefix) {
-            let mut parts = payload.splitn(3, SEP);
-            let (Some(origin), Some(exclude), Some(frame)) =
-                (parts.next(), parts.next(), parts.next())
-            else {
-                return;
-            };
-            // The origin delivered to its own members already: exactly once.
-            if origin != self.cfg.node_id {
-                let exclude = Some(exclude).filter(|e| !e.is_empty());
-                self.local.deliver_lobby(lobby, frame.to_owned(), exclude);
+            // A join/leave event: the origin delivered it to its own members already.
+            if let Some((origin, frame)) = payload.split_once(SEP)
+                && origin != self.cfg.node_id
+            {
+                self.local.deliver_event(lobby, frame.to_owned());
             }
             return;
         }
@@ -689,21 +695,6 @@ impl Cluster for RedisCluster {
                 Err(error) => self.failed("release", &error),
             }
         })
-    }
-
-    fn publish_lobby(&self, lobby: &LobbyCode, frame: &str, exclude_user: Option<&str>) {
-        if !self.up.load(Ordering::Relaxed) {
-            return;
-        }
-        let payload = format!(
-            "{}{SEP}{}{SEP}{frame}",
-            self.cfg.node_id,
-            exclude_user.unwrap_or("")
-        );
-        self.enqueue(Outgoing::Publish {
-            channel: self.lobby_channel(lobby.as_str()),
-            payload,
-        });
     }
 
     fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> bool {

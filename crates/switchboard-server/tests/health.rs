@@ -202,3 +202,58 @@ async fn drop_policy_keeps_the_slow_consumer_and_counts_drops() {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order");
     assert_eq!(server.manager.stats().total_connections, 1);
 }
+
+/// A member that falls behind while members join is not closed for it: the join events it
+/// could not take are replaced by one fresh `presence` list once it catches up.
+#[tokio::test]
+async fn a_member_behind_on_join_events_gets_a_fresh_presence_list() {
+    let server = server(|c| {
+        c.manager.queue_capacity = 4;
+        c.manager.on_full = SlowConsumerPolicy::Drop;
+    })
+    .await;
+    let mut watcher = connect(server.addr, "l1", "watcher").await; // stops reading for now
+    // Fill the watcher's socket buffers, then its queue (the drop policy keeps it open): go on
+    // until 20 broadcasts in a row found the queue full, i.e. its writer is stuck.
+    let payload = "z".repeat(64 * 1024);
+    let mut full_in_a_row = 0;
+    for i in 0..5_000 {
+        let before = server.manager.stats().queue_overflows;
+        server
+            .manager
+            .broadcast("l1", &json!({"i": i, "p": payload}), None)
+            .unwrap();
+        if server.manager.stats().queue_overflows > before {
+            full_in_a_row += 1;
+            if full_in_a_row == 20 {
+                break;
+            }
+        } else {
+            full_in_a_row = 0;
+        }
+        tokio::task::yield_now().await; // let the writer push what it can
+    }
+    assert_eq!(full_in_a_row, 20, "the watcher's writer never got stuck");
+    let overflows_before_joins = server.manager.stats().queue_overflows;
+    let mut joiners = Vec::new();
+    for i in 0..10 {
+        joiners.push(connect(server.addr, "l1", &format!("j{i}")).await);
+    }
+    assert_eq!(
+        server.manager.stats().total_connections,
+        11,
+        "nobody closed"
+    );
+    assert!(
+        server.manager.stats().queue_overflows > overflows_before_joins,
+        "join events dropped"
+    );
+    // Reading again, the watcher finds the list with everyone (after what was queued).
+    let users = loop {
+        let frame = watcher.next_json("the fresh presence list").await;
+        if frame["type"] == "presence" {
+            break frame["users"].clone();
+        }
+    };
+    assert_eq!(users.as_array().unwrap().len(), 11, "{users}");
+}

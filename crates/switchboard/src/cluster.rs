@@ -127,10 +127,6 @@ pub trait Cluster: Send + Sync + 'static {
     /// last connection in the lobby.
     fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()>;
 
-    /// A frame this node delivered to its members of `lobby`: the other nodes deliver it to
-    /// theirs, skipping `exclude_user`'s connections.
-    fn publish_lobby(&self, lobby: &LobbyCode, frame: &str, exclude_user: Option<&str>);
-
     /// A broadcast (`message` encoded without an offset): the cluster numbers it and every
     /// node, this one included, delivers it through [`LocalNode::deliver_numbered`], in one
     /// order. `false`: the cluster cannot take it now; this node delivers it alone.
@@ -204,14 +200,13 @@ impl LocalNode {
         Some(self.shared.upgrade()?.config.node_id.clone())
     }
 
-    /// Delivers an encoded frame (a presence event) from another node to this node's members
-    /// of `lobby`. Broadcasts go through [`LocalNode::deliver_numbered`].
-    pub fn deliver_lobby(&self, lobby: &str, frame: String, exclude_user: Option<&str>) -> usize {
+    /// Delivers a join/leave event (encoded) to this node's members of `lobby`. Broadcasts go
+    /// through [`LocalNode::deliver_numbered`].
+    pub fn deliver_event(&self, lobby: &str, frame: String) -> usize {
         let Some(shared) = self.shared.upgrade() else {
             return 0;
         };
-        let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
-        shared.hub.broadcast(lobby, &text(frame), exclude)
+        shared.hub.broadcast_event(lobby, &text(frame))
     }
 
     /// Delivers a broadcast the cluster numbered to this node's members of `lobby`.

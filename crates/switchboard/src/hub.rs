@@ -304,7 +304,7 @@ impl Hub {
                     }
                     .encode(),
                 );
-                self.fan_out(&lobby.members, &frame, Exclude::Nobody);
+                self.fan_out_events(&lobby.members, &frame, Exclude::Nobody);
             }
             if lobby.is_empty() {
                 reg.lobbies.remove(&pending.lobby);
@@ -322,8 +322,46 @@ impl Hub {
     ) {
         if self.events_on(lobby) {
             let encoded = text(frame(&info.lobby, &info.user_id).encode());
-            self.fan_out(&lobby.members, &encoded, Exclude::Connection(skip));
+            self.fan_out_events(&lobby.members, &encoded, Exclude::Connection(skip));
         }
+    }
+
+    /// Offers a join/leave event to members. A member whose queue is full does not lose its
+    /// connection over it (a join storm would otherwise close a whole lobby): the event is
+    /// dropped and the member is marked behind, and its writer sends a fresh `presence` list
+    /// once it has caught up.
+    fn fan_out_events(
+        &self,
+        members: &[Arc<ConnHandle>],
+        frame: &Message,
+        exclude: Exclude<'_>,
+    ) -> usize {
+        members
+            .iter()
+            .filter(|c| match exclude {
+                Exclude::Nobody => true,
+                Exclude::Connection(seq) => c.seq != seq,
+                Exclude::User(user) => c.info.user_id.as_str() != user,
+            })
+            .filter(|c| match c.offer(frame.clone()) {
+                Offer::Queued => true,
+                Offer::Closed => false,
+                Offer::Full => {
+                    c.presence_behind
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.counters.overflow(true);
+                    false
+                }
+            })
+            .count()
+    }
+
+    /// Offers a presence event from another node to this node's members of a lobby.
+    pub(crate) fn broadcast_event(&self, lobby: &str, frame: &Message) -> usize {
+        let reg = self.lock();
+        reg.lobbies.get(lobby).map_or(0, |l| {
+            self.fan_out_events(&l.members, frame, Exclude::Nobody)
+        })
     }
 
     /// Whether join/leave events are sent in this lobby right now.

@@ -193,3 +193,22 @@ fn random_sequences_keep_every_index_consistent() {
         );
     }
 }
+
+/// A join storm fills a member's queue: the member is not closed for it; its events are
+/// dropped and it is marked to get a fresh presence list instead.
+#[test]
+fn a_join_storm_never_closes_members() {
+    let mut f = Fixture::new(|c| c.limits.max_per_lobby = 100);
+    let watcher = f.connect("l1", "w", 1).unwrap(); // a queue of 8, never drained here
+    for i in 0..30 {
+        f.connect("l1", &format!("u{i}"), 1).unwrap();
+    }
+    assert_eq!(watcher.reason(), None, "not closed as a slow consumer");
+    assert!(
+        watcher
+            .presence_behind
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert_eq!(f.drain(watcher.seq).len(), 8, "what fitted stays queued");
+    f.hub.assert_consistent();
+}

@@ -1,7 +1,7 @@
 //! The handle through which everything outside a connection's tasks reaches it.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -50,6 +50,9 @@ pub(crate) struct ConnHandle {
     /// Cluster mode: the last offset its recovery replayed; live broadcasts up to it are
     /// skipped (they were in flight while the replay was read).
     pub(crate) replayed_until: AtomicU64,
+    /// Join/leave events were dropped on a full queue: the writer sends a fresh `presence`
+    /// list once it has caught up.
+    pub(crate) presence_behind: AtomicBool,
     outbox: mpsc::Sender<Message>,
     closing: CancellationToken,
     reason: OnceLock<DisconnectReason>,
@@ -67,6 +70,7 @@ impl ConnHandle {
             cluster_presence: false,
             inbound: None,
             replayed_until: AtomicU64::new(0),
+            presence_behind: AtomicBool::new(false),
             outbox,
             closing: CancellationToken::new(),
             reason: OnceLock::new(),

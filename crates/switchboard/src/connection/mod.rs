@@ -157,13 +157,9 @@ pub(crate) async fn drive<St, Si>(
     tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, "connected");
     shared.handler.on_connect(&conn.info);
 
-    let writer = shared.tracker.spawn(writer::run(
-        sink,
-        queue,
-        conn.clone(),
-        shared.counters.clone(),
-        config.close_timeout,
-    ));
+    let writer = shared
+        .tracker
+        .spawn(writer::run(sink, queue, conn.clone(), shared.clone()));
     reader::run(&mut stream, &conn, &shared, expires_at).await;
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);

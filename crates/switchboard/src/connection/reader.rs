@@ -253,7 +253,7 @@ fn handle_text(
     Ok(())
 }
 
-fn cluster_presence_frame(lobby: &crate::ids::LobbyCode, users: &[String]) -> Message {
+pub(super) fn cluster_presence_frame(lobby: &crate::ids::LobbyCode, users: &[String]) -> Message {
     #[derive(serde::Serialize)]
     struct Presence<'a> {
         r#type: &'static str,

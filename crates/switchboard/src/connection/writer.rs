@@ -1,7 +1,7 @@
 //! The writer task: drains the outbound queue into the socket, several frames per write.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt};
@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use super::{ConnHandle, close_message};
 use crate::disconnect::DisconnectReason;
 use crate::hub::text;
+use crate::manager::Shared;
 use crate::protocol::ServerFrame;
-use crate::stats::Counters;
 
 /// Frames written before one flush: waiting frames go out in one syscall, without letting one
 /// connection's backlog grow the write buffer without bound.
@@ -21,11 +21,12 @@ pub(super) async fn run<S>(
     mut sink: S,
     mut queue: mpsc::Receiver<Message>,
     conn: Arc<ConnHandle>,
-    counters: Arc<Counters>,
-    close_timeout: Duration,
+    shared: Arc<Shared>,
 ) where
     S: Sink<Message> + Unpin,
 {
+    let counters = &shared.counters;
+    let close_timeout = shared.config.close_timeout;
     loop {
         let first = tokio::select! {
             biased;
@@ -39,7 +40,15 @@ pub(super) async fn run<S>(
         let written = tokio::select! {
             biased;
             () = conn.closed() => break,
-            written = write_batch(&mut sink, first, &mut queue) => written,
+            written = async {
+                let written = write_batch(&mut sink, first, &mut queue).await?;
+                // Caught up after dropping join/leave events: one fresh list replaces them.
+                if queue.is_empty() && conn.presence_behind.swap(false, Ordering::Relaxed) {
+                    let list = presence_snapshot(&shared, &conn).await;
+                    sink.send(list).await.map_err(drop)?;
+                }
+                Ok(written)
+            } => written,
         };
         match written {
             Ok((frames, bytes)) => counters.messages_out(frames, bytes),
@@ -61,6 +70,16 @@ pub(super) async fn run<S>(
         say_goodbye(&mut sink, reason).await
     })
     .await;
+}
+
+/// The connection's lobby's presence list (cluster-wide in cluster mode).
+async fn presence_snapshot(shared: &Shared, conn: &ConnHandle) -> Message {
+    if let Some(cluster) = shared.cluster()
+        && let Some(users) = cluster.presence(&conn.info.lobby).await
+    {
+        return super::reader::cluster_presence_frame(&conn.info.lobby, &users);
+    }
+    shared.hub.presence_frame(&conn.info.lobby)
 }
 
 async fn write_batch<S>(
