@@ -557,6 +557,27 @@ impl RedisCluster {
         }
     }
 
+    /// Publishes `payload` on the channel of the node holding connection `id` (its id names
+    /// it), if that connection exists there: whether it does, `None` when Redis cannot answer.
+    async fn send_to_owner(&self, id: &str, payload: String) -> Option<bool> {
+        let (node, _) = id.rsplit_once('-')?;
+        if node == self.cfg.node_id {
+            return Some(false);
+        }
+        let mut con = self.connection()?;
+        let exists: bool = con
+            .hexists(self.key(&format!("node:{node}")), id)
+            .await
+            .ok()?;
+        if exists {
+            self.enqueue(Outgoing::Publish {
+                channel: self.node_channel(node),
+                payload,
+            });
+        }
+        Some(exists)
+    }
+
     async fn subscribe_lobby(&self, lobby: &str) {
         let mut subs = self.subs.lock().await;
         let count = subs.lobbies.entry(lobby.to_owned()).or_default();
@@ -845,25 +866,7 @@ impl Cluster for RedisCluster {
         id: &'a str,
         reason: DisconnectReason,
     ) -> BoxFuture<'a, Option<bool>> {
-        Box::pin(async move {
-            let (node, _) = id.rsplit_once('-')?;
-            if node == self.cfg.node_id {
-                return Some(false);
-            }
-            let mut con = self.connection()?;
-            let exists: bool = con
-                .hexists(self.key(&format!("node:{node}")), id)
-                .await
-                .ok()?;
-            if exists {
-                let payload = format!("close{SEP}{id}{SEP}{}", reason.as_str());
-                self.enqueue(Outgoing::Publish {
-                    channel: self.node_channel(node),
-                    payload,
-                });
-            }
-            Some(exists)
-        })
+        Box::pin(self.send_to_owner(id, format!("close{SEP}{id}{SEP}{}", reason.as_str())))
     }
 
     fn forward_post<'a>(
@@ -873,25 +876,7 @@ impl Cluster for RedisCluster {
         lobby: &'a str,
         frame: &'a str,
     ) -> BoxFuture<'a, Option<bool>> {
-        Box::pin(async move {
-            let (node, _) = id.rsplit_once('-')?;
-            if node == self.cfg.node_id {
-                return Some(false);
-            }
-            let mut con = self.connection()?;
-            let exists: bool = con
-                .hexists(self.key(&format!("node:{node}")), id)
-                .await
-                .ok()?;
-            if exists {
-                let payload = format!("post{SEP}{id}\t{user}\t{lobby}{SEP}{frame}");
-                self.enqueue(Outgoing::Publish {
-                    channel: self.node_channel(node),
-                    payload,
-                });
-            }
-            Some(exists)
-        })
+        Box::pin(self.send_to_owner(id, format!("post{SEP}{id}\t{user}\t{lobby}{SEP}{frame}")))
     }
 
     fn stats(&self) -> BoxFuture<'_, Option<ClusterStats>> {

@@ -10,7 +10,7 @@
 //! `max_message_bytes` raised to the 16 MiB the suite's 9.* cases send. Each text or binary
 //! message is echoed with the same opcode; nothing else is sent (no `welcome`, no pings of its
 //! own). Pings are answered and closes completed by the stack itself. A read error ends the
-//! connection as the library's reader does (`connection/reader.rs`, `reason_for`): a close
+//! connection as the library's reader does (`DisconnectReason::for_read_error`): a close
 //! frame with the reason's code and word (1002 protocol error, 1007 invalid UTF-8, 1009 too
 //! big), then reading until the peer's close reply, within the library's default
 //! `close_timeout`.
@@ -45,7 +45,7 @@ async fn echo(mut socket: WebSocket) {
             return;
         }
     };
-    let reason = reason_for(error);
+    let reason = DisconnectReason::for_read_error(error);
     let Some(code) = reason.close_code() else {
         return;
     };
@@ -59,24 +59,6 @@ async fn echo(mut socket: WebSocket) {
         }
     })
     .await;
-}
-
-/// The library reader's mapping of a read error to the close it calls for.
-fn reason_for(error: axum::Error) -> DisconnectReason {
-    use tungstenite::error::{CapacityError, Error, ProtocolError};
-    let Ok(error) = error.into_inner().downcast::<Error>() else {
-        return DisconnectReason::ConnectionLost;
-    };
-    match *error {
-        Error::Capacity(CapacityError::MessageTooLong { .. }) => DisconnectReason::MessageTooBig,
-        Error::Utf8(_) => DisconnectReason::InvalidUtf8,
-        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            DisconnectReason::ConnectionLost
-        }
-        Error::Protocol(_) => DisconnectReason::ProtocolError,
-        Error::ConnectionClosed => DisconnectReason::ClientClosed,
-        _ => DisconnectReason::ConnectionLost,
-    }
 }
 
 #[tokio::main]

@@ -49,7 +49,7 @@ pub(super) async fn run<S>(
                             Err(reason) => reason,
                         }
                     }
-                    Some(Err(error)) => reason_for(error),
+                    Some(Err(error)) => DisconnectReason::for_read_error(error),
                     None => DisconnectReason::ConnectionLost,
                 };
                 conn.close(reason);
@@ -287,23 +287,4 @@ fn reply_error(
         id,
     };
     shared.hub.deliver(conn, text(frame.encode()));
-}
-
-/// Maps a read error to the close it calls for.
-fn reason_for(error: axum::Error) -> DisconnectReason {
-    use tungstenite::error::{CapacityError, Error, ProtocolError};
-    let Ok(error) = error.into_inner().downcast::<Error>() else {
-        return DisconnectReason::ConnectionLost;
-    };
-    match *error {
-        Error::Capacity(CapacityError::MessageTooLong { .. }) => DisconnectReason::MessageTooBig,
-        Error::Utf8(_) => DisconnectReason::InvalidUtf8,
-        // A peer that vanished without a close frame is gone, not misbehaving.
-        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
-            DisconnectReason::ConnectionLost
-        }
-        Error::Protocol(_) => DisconnectReason::ProtocolError,
-        Error::ConnectionClosed => DisconnectReason::ClientClosed,
-        _ => DisconnectReason::ConnectionLost,
-    }
 }
