@@ -30,6 +30,17 @@ pub(crate) enum Exclude<'a> {
     User(&'a str),
 }
 
+impl Exclude<'_> {
+    /// Whether a broadcast with this exclusion reaches `conn`.
+    fn keeps(self, conn: &ConnHandle) -> bool {
+        match self {
+            Exclude::Nobody => true,
+            Exclude::Connection(seq) => conn.seq != seq,
+            Exclude::User(user) => conn.info.user_id.as_str() != user,
+        }
+    }
+}
+
 /// A leave grace that must be timed by the caller: call [`Hub::expire_leave`] after the grace.
 #[derive(Debug)]
 pub(crate) struct PendingLeave {
@@ -338,11 +349,7 @@ impl Hub {
     ) -> usize {
         members
             .iter()
-            .filter(|c| match exclude {
-                Exclude::Nobody => true,
-                Exclude::Connection(seq) => c.seq != seq,
-                Exclude::User(user) => c.info.user_id.as_str() != user,
-            })
+            .filter(|c| exclude.keeps(c))
             .filter(|c| match c.offer(frame.clone()) {
                 Offer::Queued => true,
                 Offer::Closed => false,
@@ -443,16 +450,9 @@ impl Hub {
     /// How many members of a lobby a broadcast with `exclude` would reach now.
     pub(crate) fn count_recipients(&self, lobby: &str, exclude: Exclude<'_>) -> usize {
         let reg = self.lock();
-        reg.lobbies.get(lobby).map_or(0, |l| {
-            l.members
-                .iter()
-                .filter(|c| match exclude {
-                    Exclude::Nobody => true,
-                    Exclude::Connection(seq) => c.seq != seq,
-                    Exclude::User(user) => c.info.user_id.as_str() != user,
-                })
-                .count()
-        })
+        reg.lobbies
+            .get(lobby)
+            .map_or(0, |l| l.members.iter().filter(|c| exclude.keeps(c)).count())
     }
 
     /// Every so often, forgets histories that expired in lobbies nobody is in.
@@ -495,11 +495,7 @@ impl Hub {
         members
             .iter()
             .filter(|c| keep(c))
-            .filter(|c| match exclude {
-                Exclude::Nobody => true,
-                Exclude::Connection(seq) => c.seq != seq,
-                Exclude::User(user) => c.info.user_id.as_str() != user,
-            })
+            .filter(|c| exclude.keeps(c))
             .filter(|c| self.deliver(c, frame.clone()))
             .count()
     }
