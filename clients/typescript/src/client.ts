@@ -610,9 +610,17 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
       case "message": {
         const offset = typed.offset;
         if (typeof offset === "number" && this.epochSeen !== null) {
-          // Replayed and live messages meet here: one already seen is not delivered again.
-          if (offset <= this.offsetSeen) return;
-          this.offsetSeen = offset;
+          if (offset > this.offsetSeen) {
+            this.offsetSeen = offset;
+          } else {
+            // The server never repeats an offset (replay and live traffic meet without
+            // overlap), so a smaller one means the lobby's numbering restarted under a new
+            // epoch (its history was lost, e.g. a cluster's Redis restarted empty). Deliver
+            // it, and forget the old epoch: the next reconnect starts afresh instead of asking
+            // for a range that no longer exists.
+            this.epochSeen = null;
+            this.offsetSeen = 0;
+          }
         }
         this.emit("message", typed as unknown as MessageFrame);
         break;

@@ -755,8 +755,12 @@ var Switchboard = (() => {
         case "message": {
           const offset = typed.offset;
           if (typeof offset === "number" && this.epochSeen !== null) {
-            if (offset <= this.offsetSeen) return;
-            this.offsetSeen = offset;
+            if (offset > this.offsetSeen) {
+              this.offsetSeen = offset;
+            } else {
+              this.epochSeen = null;
+              this.offsetSeen = 0;
+            }
           }
           this.emit("message", typed);
           break;

@@ -154,9 +154,9 @@ describe("SSE transport", () => {
     assert.equal(c.state, "reconnecting");
     c.broadcast("typed while away");
     assert.equal(c.queued, 1);
-    // The browser reconnected with Last-Event-ID: the server replays, then recovered.
+    // The browser reconnected with Last-Event-ID (e1:1): the server replays what came after
+    // it, then recovered.
     es.welcome({ connection_id: "sse-2", offset: 3, epoch: "e1" });
-    es.serverEvent({ type: "message", lobby: "room", from: null, data: 1, offset: 1 });
     es.serverEvent({ type: "message", lobby: "room", from: null, data: 2, offset: 2 });
     es.serverEvent({ type: "message", lobby: "room", from: null, data: 3, offset: 3 });
     es.serverEvent({ type: "recovered", ok: true });
