@@ -487,7 +487,7 @@ impl RedisCluster {
             "post" => {
                 let mut who = arg.splitn(3, '\t');
                 if let (Some(id), Some(user), Some(lobby)) = (who.next(), who.next(), who.next()) {
-                    self.local.post(id, user, lobby, rest.to_owned());
+                    self.local.post(id, user, lobby, rest);
                 }
             }
             _ => tracing::debug!(kind, "unknown node message"),

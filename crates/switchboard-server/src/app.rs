@@ -202,7 +202,7 @@ async fn sse_post(
         Ok(axum::Json(post)) => post,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()),
     };
-    let frame = post.message.get().to_owned();
+    let frame = post.message.get();
     let posted = state
         .manager
         .sse_post_everywhere(

@@ -260,7 +260,7 @@ impl LocalNode {
     }
 
     /// Delivers a frame posted (on another node) for one of this node's SSE connections.
-    pub fn post(&self, id: &str, user: &str, lobby: &str, frame: String) -> bool {
+    pub fn post(&self, id: &str, user: &str, lobby: &str, frame: &str) -> bool {
         let Some(shared) = self.shared.upgrade() else {
             return false;
         };

@@ -164,10 +164,7 @@ impl Hub {
         // the same lobby never shows a leave/join pair.
         let lobby = reg.lobbies.entry(info.lobby.clone()).or_default();
         let (pos, change) = lobby.add(conn.clone());
-        let history = reg
-            .histories
-            .entry(info.lobby.clone())
-            .or_insert_with(History::new);
+        let history = history_of(&mut reg.histories, &info.lobby);
         if let Some(cluster) = cluster_history {
             history.follow(&cluster.epoch, cluster.last);
         }
@@ -405,10 +402,7 @@ impl Hub {
             let mut guard = self.lock();
             let reg = &mut *guard;
             self.maybe_sweep(reg);
-            let history = reg
-                .histories
-                .entry(lobby.clone())
-                .or_insert_with(History::new);
+            let history = history_of(&mut reg.histories, lobby);
             let frame = history.record(frame_without_offset, &self.config.history);
             match reg.lobbies.get(lobby) {
                 Some(lobby) => self.fan_out(&lobby.members, &frame, exclude),
@@ -430,21 +424,23 @@ impl Hub {
         frame: Message,
         exclude: Exclude<'_>,
     ) -> usize {
-        let mut guard = self.lock();
-        let reg = &mut *guard;
-        self.maybe_sweep(reg);
-        let history = reg
-            .histories
-            .entry(lobby.clone())
-            .or_insert_with(History::new);
-        history.follow(epoch, 0);
-        history.record_numbered(offset, frame.clone(), &self.config.history);
-        let Some(lobby) = reg.lobbies.get(lobby) else {
-            return 0;
+        let started = std::time::Instant::now();
+        let reached = {
+            let mut guard = self.lock();
+            let reg = &mut *guard;
+            self.maybe_sweep(reg);
+            let history = history_of(&mut reg.histories, lobby);
+            history.follow(epoch, 0);
+            history.record_numbered(offset, frame.clone(), &self.config.history);
+            let Some(lobby) = reg.lobbies.get(lobby) else {
+                return 0;
+            };
+            self.fan_out_where(&lobby.members, &frame, exclude, |c| {
+                c.replayed_until.load(std::sync::atomic::Ordering::Relaxed) < offset
+            })
         };
-        self.fan_out_where(&lobby.members, &frame, exclude, |c| {
-            c.replayed_until.load(std::sync::atomic::Ordering::Relaxed) < offset
-        })
+        self.counters.fanout.record(started.elapsed().as_secs_f64());
+        reached
     }
 
     /// How many members of a lobby a broadcast with `exclude` would reach now.
@@ -604,6 +600,14 @@ impl Hub {
             assert_eq!(counted as usize, lobby.members.len());
         }
     }
+}
+
+/// A lobby's history, created with a fresh epoch on first use.
+fn history_of<'a>(
+    histories: &'a mut HashMap<LobbyCode, History>,
+    lobby: &LobbyCode,
+) -> &'a mut History {
+    histories.entry(lobby.clone()).or_insert_with(History::new)
 }
 
 pub(crate) fn text(encoded: String) -> Message {

@@ -90,7 +90,7 @@ impl Manager {
         connection_id: &str,
         user: &str,
         lobby: &str,
-        frame: String,
+        frame: &str,
     ) -> Result<(), SsePostError> {
         post(self.shared(), connection_id, user, lobby, frame)
     }
@@ -102,16 +102,16 @@ impl Manager {
         connection_id: &str,
         user: &str,
         lobby: &str,
-        frame: String,
+        frame: &str,
     ) -> Result<(), SsePostError> {
-        match self.sse_post(connection_id, user, lobby, frame.clone()) {
+        match self.sse_post(connection_id, user, lobby, frame) {
             Err(SsePostError::NotFound) => {}
             done => return done,
         }
         match self.shared().cluster() {
             Some(cluster)
                 if cluster
-                    .forward_post(connection_id, user, lobby, &frame)
+                    .forward_post(connection_id, user, lobby, frame)
                     .await
                     == Some(true) =>
             {
@@ -128,7 +128,7 @@ pub(crate) fn post(
     connection_id: &str,
     user: &str,
     lobby: &str,
-    frame: String,
+    frame: &str,
 ) -> Result<(), SsePostError> {
     let conn = crate::ids::ConnectionId::seq_on(connection_id, &shared.config.node_id)
         .and_then(|seq| shared.hub.connection(seq))
