@@ -1,62 +1,99 @@
-//! An RFC 6455 echo server on exactly Switchboard's WebSocket stack, for the Autobahn|Testsuite
+//! An RFC 6455 echo server on Switchboard's own WebSocket layer, for the Autobahn|Testsuite
 //! (`scripts/autobahn.sh` drives it with `kosoku`).
 //!
 //! ```text
 //! cargo run --release -p switchboard --example autobahn_echo -- 127.0.0.1:9001
 //! ```
 //!
-//! Every path upgrades. The upgrade is configured by `Manager::configure_upgrade`, the same
-//! call `Manager::accept` makes (buffer sizes, message and frame size limits, subprotocol), with
-//! `max_message_bytes` raised to the 16 MiB the suite's 9.* cases send. Each text or binary
-//! message is echoed with the same opcode; nothing else is sent (no `welcome`, no pings of its
-//! own). Pings are answered and closes completed by the stack itself. A read error ends the
-//! connection as the library's reader does (`DisconnectReason::for_read_error`): a close
-//! frame with the reason's code and word (1002 protocol error, 1007 invalid UTF-8, 1009 too
-//! big), then reading until the peer's close reply, within the library's default
-//! `close_timeout`.
+//! Every path upgrades with [`switchboard::ws::Upgrade`], the extractor `Manager::accept`
+//! takes, and frames go through [`switchboard::ws::frame`], the codec connections use, with
+//! the message limit raised to the 16 MiB the suite's 9.* cases send. Each text or binary
+//! message is echoed with the same opcode, pings are answered with pongs, and a close is
+//! answered with the peer's code. A broken frame ends the connection as a Switchboard
+//! connection ends: a close frame with the code of `DisconnectReason` (1002 protocol error,
+//! 1007 invalid UTF-8, 1009 too big), then reading until the peer's close reply.
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 
 use axum::Router;
-use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
-use switchboard::{Config, DisconnectReason, Manager};
+use switchboard::ws::frame::{self, Decoder, Frame, OpCode};
+use switchboard::ws::{Upgrade, Upgraded};
+use switchboard::{Config, DisconnectReason};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The largest message of the suite (case 9.1.6 / 9.2.6: 16 MiB).
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
-async fn upgrade(State(manager): State<Manager>, upgrade: WebSocketUpgrade) -> Response {
-    manager.configure_upgrade(upgrade).on_upgrade(echo)
+async fn upgrade(upgrade: Upgrade) -> Response {
+    upgrade.on_upgrade(switchboard::SUBPROTOCOL, echo)
 }
 
-async fn echo(mut socket: WebSocket) {
-    // `recv` returns the peer's Close once (the stack queues the reply), then `None` after the
-    // reply is flushed.
-    let error = loop {
-        let reply = match socket.recv().await {
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => message,
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_))) => continue,
-            Some(Err(error)) => break error,
-            None => return,
+/// How the echo loop ends.
+enum End {
+    /// The peer closed (with this code): the reply is sent, nothing more is read.
+    PeerClosed(Option<u16>),
+    /// A broken frame: close with the reason's code, then await the peer's reply.
+    Broken(DisconnectReason),
+    /// The socket ended or failed.
+    Gone,
+}
+
+async fn echo(mut io: Upgraded) {
+    let mut decoder = Decoder::new(MAX_MESSAGE_BYTES);
+    let mut buf = vec![0; 64 * 1024];
+    let mut out = Vec::new();
+    let end = loop {
+        let n = match io.read(&mut buf).await {
+            Ok(0) | Err(_) => break End::Gone,
+            Ok(n) => n,
         };
-        if socket.send(reply).await.is_err() {
-            return;
+        let fed = decoder.feed(&mut buf[..n], |frame| {
+            match frame {
+                Frame::Text(text) => frame::encode(&mut out, OpCode::Text, text.as_bytes()),
+                Frame::Binary(data) => frame::encode(&mut out, OpCode::Binary, data),
+                Frame::Ping(data) => frame::encode(&mut out, OpCode::Pong, data),
+                Frame::Pong(_) => {}
+                Frame::Close(code, _) => return ControlFlow::Break(code),
+            }
+            ControlFlow::Continue(())
+        });
+        if io.write_all(&out).await.is_err() {
+            break End::Gone;
+        }
+        out.clear();
+        match fed {
+            Ok(None) => {}
+            Ok(Some(code)) => break End::PeerClosed(code),
+            Err(error) => break End::Broken(error.into()),
         }
     };
-    let reason = DisconnectReason::for_read_error(error);
-    let Some(code) = reason.close_code() else {
-        return;
-    };
-    let close = Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.as_str().into(),
-    }));
-    let _ = tokio::time::timeout(Config::default().close_timeout, async {
-        if socket.send(close).await.is_ok() {
-            while let Some(Ok(_)) = socket.recv().await {}
+    let timeout = Config::default().close_timeout;
+    let _ = tokio::time::timeout(timeout, async {
+        match end {
+            End::Gone => return,
+            End::PeerClosed(code) => {
+                frame::encode_close(&mut out, code, "");
+                let _ = io.write_all(&out).await;
+            }
+            End::Broken(reason) => {
+                frame::encode_close(&mut out, reason.close_code(), reason.as_str());
+                if io.write_all(&out).await.is_ok() {
+                    while let Ok(n @ 1..) = io.read(&mut buf).await {
+                        let reply = decoder.feed(&mut buf[..n], |frame| match frame {
+                            Frame::Close(..) => ControlFlow::Break(()),
+                            _ => ControlFlow::Continue(()),
+                        });
+                        if !matches!(reply, Ok(None)) {
+                            break;
+                        }
+                    }
+                }
+            }
         }
+        let _ = io.shutdown().await;
     })
     .await;
 }
@@ -68,10 +105,7 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or_else(|| "127.0.0.1:9001".into())
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let mut config = Config::default();
-    config.max_message_bytes = MAX_MESSAGE_BYTES;
-    let manager = Manager::new(config).map_err(std::io::Error::other)?;
-    let app = Router::new().fallback(get(upgrade)).with_state(manager);
+    let app = Router::new().fallback(get(upgrade));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await

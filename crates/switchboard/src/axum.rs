@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, FromRequestParts, Query, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -15,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::ids::LobbyCode;
+use crate::ws::Upgrade;
 
 /// A WebSocket connect request: `GET /ws/{lobby}?token=T` (or `Authorization: Bearer T`).
 ///
@@ -24,7 +24,7 @@ use crate::ids::LobbyCode;
 #[non_exhaustive]
 pub struct WsConnect {
     /// The pending upgrade; pass it to `Manager::accept` or `Manager::refuse`.
-    pub upgrade: WebSocketUpgrade,
+    pub upgrade: Upgrade,
     /// The validated `{lobby}` path parameter.
     pub lobby: LobbyCode,
     /// The `token` query parameter, else the bearer token, if any.
@@ -46,7 +46,7 @@ struct ConnectQuery {
 
 impl WsConnect {
     /// The upgrade, and what the request carries apart from it.
-    pub fn into_parts(self) -> (WebSocketUpgrade, ConnectParams) {
+    pub fn into_parts(self) -> (Upgrade, ConnectParams) {
         let params = ConnectParams {
             lobby: self.lobby,
             token: self.token,
@@ -62,7 +62,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let upgrade = WebSocketUpgrade::from_request_parts(parts, state)
+        let upgrade = Upgrade::from_request_parts(parts, state)
             .await
             .map_err(IntoResponse::into_response)?;
         let p = ConnectParams::from_request_parts(parts, state).await?;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::ws::Message;
-use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::connection::{ConnHandle, ConnectionInfo};
@@ -20,7 +19,7 @@ use crate::stats::Counters;
 pub struct BenchHub {
     hub: Hub,
     lobby: LobbyCode,
-    queues: Vec<mpsc::Receiver<Message>>,
+    members: Vec<Arc<ConnHandle>>,
     queue: usize,
     next: u64,
 }
@@ -37,21 +36,20 @@ impl BenchHub {
         let mut bench = Self {
             hub: Hub::new(Arc::new(config), Arc::new(Counters::default())),
             lobby: LobbyCode::parse("bench").expect("valid code"),
-            queues: Vec::with_capacity(members),
+            members: Vec::with_capacity(members),
             queue,
             next: 0,
         };
         for _ in 0..members {
-            let rx = bench.register().1;
-            bench.queues.push(rx);
+            let conn = bench.register();
+            bench.members.push(conn);
         }
         bench
     }
 
-    fn register(&mut self) -> (u64, mpsc::Receiver<Message>) {
+    fn register(&mut self) -> Arc<ConnHandle> {
         self.next += 1;
         let seq = self.next;
-        let (tx, rx) = mpsc::channel(self.queue);
         let info = ConnectionInfo {
             id: ConnectionId::new("bench", seq),
             user_id: UserId::parse(&format!("u{seq}")).expect("valid id"),
@@ -59,17 +57,17 @@ impl BenchHub {
             ip: IpAddr::from([127, 0, 0, 1]),
             connected_at: SystemTime::now(),
         };
-        let handle = Arc::new(ConnHandle::new(seq, info, tx));
+        let handle = Arc::new(ConnHandle::new(seq, info, self.queue));
         self.hub
-            .register(handle, |_| Message::text("welcome"), None, None)
+            .register(handle.clone(), |_| Message::text("welcome"), None, None)
             .expect("limits leave room");
-        (seq, rx)
+        handle
     }
 
     /// Registers one more connection and unregisters it again.
     pub fn register_unregister(&mut self) {
-        let (seq, _rx) = self.register();
-        self.hub.unregister(seq);
+        let conn = self.register();
+        self.hub.unregister(conn.seq);
     }
 
     /// Encodes nothing: offers one pre-encoded frame to every member. Returns the count.
@@ -80,8 +78,8 @@ impl BenchHub {
 
     /// Empties every member's queue (between benchmark iterations).
     pub fn drain(&mut self) {
-        for q in &mut self.queues {
-            while q.try_recv().is_ok() {}
+        for conn in &self.members {
+            conn.take_all(drop);
         }
     }
 

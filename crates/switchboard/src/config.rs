@@ -32,8 +32,6 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// This node's name; it prefixes every connection id. Default: random 8 hex digits.
     pub node_id: String,
-    /// Per-connection transport buffers: the main cost of an idle connection.
-    pub transport: TransportConfig,
     /// Inbound message and connect rate limits.
     pub rate: RateConfig,
     /// What clients may send.
@@ -141,20 +139,6 @@ pub struct PresenceConfig {
     pub leave_grace: Duration,
 }
 
-/// Transport buffer sizes per connection (see `bench/stack-choice/RESULTS.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TransportConfig {
-    /// Read buffer. tungstenite's 128 KiB default costs 128 KiB per idle connection.
-    /// Default 2 KiB: client frames are small; 4 KiB measured 2 KiB more per idle connection
-    /// for no gain in throughput.
-    pub read_buffer_size: usize,
-    /// Frames are buffered up to this many bytes before a write; the writer flushes after
-    /// each batch anyway. Default 8 KiB: 0 writes every frame with its own syscall, which
-    /// measured about 15x the CPU per broadcast delivery for no idle-memory gain.
-    pub write_buffer_size: usize,
-}
-
 /// A configuration value that cannot work, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid config `{field}`: {reason}")]
@@ -178,7 +162,6 @@ impl Default for Config {
             close_timeout: Duration::from_secs(1),
             presence: PresenceConfig::default(),
             node_id: format!("{:08x}", fastrand::u32(..)),
-            transport: TransportConfig::default(),
             rate: RateConfig::default(),
             client: ClientPermissions::default(),
             capacity_warn_percent: 80,
@@ -204,15 +187,6 @@ impl Default for PresenceConfig {
             events: true,
             events_max_members: 1_000,
             leave_grace: Duration::ZERO,
-        }
-    }
-}
-
-impl Default for TransportConfig {
-    fn default() -> Self {
-        Self {
-            read_buffer_size: 2 * 1024,
-            write_buffer_size: 8 * 1024,
         }
     }
 }
@@ -270,12 +244,6 @@ impl Config {
             return Err(ConfigError {
                 field: "capacity_warn_percent",
                 reason: "must be a percentage, 0-100".into(),
-            });
-        }
-        if self.transport.read_buffer_size < 256 {
-            return Err(ConfigError {
-                field: "transport.read_buffer_size",
-                reason: "must be at least 256 bytes".into(),
             });
         }
         Ok(())

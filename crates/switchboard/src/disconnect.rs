@@ -167,27 +167,22 @@ impl DisconnectReason {
         self.retry_after_range_ms().map(fastrand::u64)
     }
 
-    /// The close a WebSocket read error calls for (1009 too big, 1007 invalid UTF-8, 1002 a
-    /// protocol violation; a peer gone without a close frame is `connection_lost`). Public so
-    /// a program on the same stack (the Autobahn echo) closes exactly as the library does.
-    pub fn for_read_error(error: axum::Error) -> Self {
-        use tungstenite::error::{CapacityError, Error, ProtocolError};
-        let Ok(error) = error.into_inner().downcast::<Error>() else {
-            return Self::ConnectionLost;
-        };
-        match *error {
-            Error::Capacity(CapacityError::MessageTooLong { .. }) => Self::MessageTooBig,
-            Error::Utf8(_) => Self::InvalidUtf8,
-            Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Self::ConnectionLost,
-            Error::Protocol(_) => Self::ProtocolError,
-            Error::ConnectionClosed => Self::ClientClosed,
-            _ => Self::ConnectionLost,
-        }
-    }
-
     /// Whether a well-behaved client reconnects after this close (never after 4001, 4003, 4009).
     pub fn client_should_reconnect(self) -> bool {
         !matches!(self, Self::Unauthorized | Self::Replaced | Self::Kicked)
+    }
+}
+
+/// The close a broken frame calls for: 1009 too big, 1007 invalid UTF-8, else 1002. Public so
+/// a program on the same WebSocket layer (the Autobahn echo) closes exactly as the library does.
+impl From<crate::ws::frame::FrameError> for DisconnectReason {
+    fn from(error: crate::ws::frame::FrameError) -> Self {
+        use crate::ws::frame::FrameError;
+        match error {
+            FrameError::InvalidUtf8 => Self::InvalidUtf8,
+            FrameError::TooBig => Self::MessageTooBig,
+            FrameError::Protocol(_) => Self::ProtocolError,
+        }
     }
 }
 

@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime};
 use axum::extract::ws::Message;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::config::{Config, Limits};
@@ -77,7 +76,6 @@ struct Live {
     lobby: u8,
     user: u8,
     ip: u8,
-    queue: mpsc::Receiver<Message>,
 }
 
 struct Pending {
@@ -227,7 +225,6 @@ impl Harness {
 
         self.next_seq += 1;
         let seq = self.next_seq;
-        let (tx, queue) = mpsc::channel(1024);
         let info = ConnectionInfo {
             id: ConnectionId::new("p", seq),
             user_id: user_id(user),
@@ -235,7 +232,7 @@ impl Harness {
             ip: IpAddr::from([10, 0, 0, ip]),
             connected_at: SystemTime::now(),
         };
-        let conn = Arc::new(ConnHandle::new(seq, info, tx));
+        let conn = Arc::new(ConnHandle::new(seq, info, 1024));
         let outcome = self
             .hub
             .register(conn.clone(), |_| Message::text("welcome"), None, None);
@@ -265,7 +262,6 @@ impl Harness {
             lobby,
             user,
             ip,
-            queue,
         });
         Ok(Some(seq))
     }
@@ -367,9 +363,10 @@ impl Harness {
         // Events: each member heard exactly its lobby's presence changes; a new one, welcome.
         let empty = BTreeSet::new();
         for l in &mut self.live {
-            let frames: Vec<String> = std::iter::from_fn(|| l.queue.try_recv().ok())
-                .map(|m| m.into_text().map(|t| t.to_string()).unwrap_or_default())
-                .collect();
+            let mut frames: Vec<String> = Vec::new();
+            l.conn.take_all(|m| {
+                frames.push(m.into_text().map(|t| t.to_string()).unwrap_or_default())
+            });
             if Some(l.conn.seq) == new_seq {
                 prop_assert_eq!(frames, vec!["welcome".to_string()]);
                 continue;
@@ -385,7 +382,6 @@ impl Harness {
                     format!(r#"{{"type":"{kind}","lobby":"{code}","user_id":"u{u}"}}"#)
                 })
                 .collect();
-            let mut frames = frames;
             frames.sort();
             expected.sort();
             prop_assert_eq!(frames, expected, "events heard by {}", l.conn.info.id);

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::ws::Message;
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::config::Config;
@@ -16,7 +15,7 @@ use crate::ids::ConnectionId;
 struct Fixture {
     hub: Hub,
     next: u64,
-    queues: HashMap<u64, mpsc::Receiver<Message>>,
+    conns: HashMap<u64, Arc<ConnHandle>>,
 }
 
 impl Fixture {
@@ -26,7 +25,7 @@ impl Fixture {
         Self {
             hub: Hub::new(Arc::new(config), Arc::default()),
             next: 0,
-            queues: HashMap::new(),
+            conns: HashMap::new(),
         }
     }
 
@@ -37,7 +36,6 @@ impl Fixture {
         ip: u8,
     ) -> Result<Arc<ConnHandle>, DisconnectReason> {
         self.next += 1;
-        let (tx, rx) = mpsc::channel(8);
         let info = ConnectionInfo {
             id: ConnectionId::new("t", self.next),
             user_id: UserId::parse(user).unwrap(),
@@ -45,21 +43,20 @@ impl Fixture {
             ip: IpAddr::from([10, 0, 0, ip]),
             connected_at: SystemTime::now(),
         };
-        let conn = Arc::new(ConnHandle::new(self.next, info, tx));
+        let conn = Arc::new(ConnHandle::new(self.next, info, 8));
         self.hub
             .register(conn.clone(), |_| Message::text("welcome"), None, None)
             .map(|()| {
-                self.queues.insert(self.next, rx);
+                self.conns.insert(self.next, conn.clone());
                 conn
             })
     }
 
     /// Frames queued for a connection so far, as text.
     fn drain(&mut self, seq: u64) -> Vec<String> {
-        let rx = self.queues.get_mut(&seq).unwrap();
-        std::iter::from_fn(|| rx.try_recv().ok())
-            .filter_map(|m| m.into_text().ok().map(|t| t.to_string()))
-            .collect()
+        let mut frames = Vec::new();
+        self.conns[&seq].take_all(|m| frames.extend(m.into_text().ok().map(|t| t.to_string())));
+        frames
     }
 }
 

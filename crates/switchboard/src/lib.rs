@@ -13,7 +13,8 @@
 //! - [`protocol`]: client and server frames of protocol v1.
 //! - `hub`: the registry (connections, users, lobbies, IPs) behind one short lock.
 //! - `lobby`: one lobby's members and per-user presence.
-//! - `connection`: one connection's reader and writer tasks and its handle.
+//! - `connection`: one connection's task (WebSocket) or tasks (SSE) and its handle.
+//! - [`ws`]: the WebSocket upgrade and frame codec, with no buffer held while idle.
 //! - [`handler`]: how the embedding app hears about connections and its own messages.
 //! - [`history`]: per-lobby offsets, epoch and recent broadcasts for recovery.
 //! - `manager`: [`Manager`], the methods a backend calls.
@@ -83,6 +84,7 @@ mod manager;
 pub mod protocol;
 pub mod sse;
 pub mod stats;
+pub mod ws;
 
 pub use config::{
     ClientPermissions, Config, ConfigError, Limits, PresenceConfig, RateConfig, SlowConsumerPolicy,

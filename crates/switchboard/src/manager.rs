@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::ws::Message;
 use axum::response::Response;
 use bytes::Bytes;
 use serde::Serialize;
@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, ClusterStats, LocalNode, Skip};
 use crate::config::{Config, ConfigError};
-use crate::connection::{self, ConnHandle, ConnectionInfo};
+use crate::connection::{self, ConnHandle, ConnectionInfo, Socket};
 use crate::disconnect::DisconnectReason;
 use crate::handler::{Handler, NoHandler};
 use crate::history::Recovery;
@@ -24,6 +24,7 @@ use crate::hub::{Exclude, Hub, PendingLeave, text};
 use crate::ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 use crate::protocol::ServerFrame;
 use crate::stats::{Counters, Stats};
+use crate::ws::Upgrade;
 
 /// The subprotocol a client may offer; it is echoed when offered.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
@@ -271,41 +272,27 @@ impl Manager {
     /// Completes a WebSocket upgrade and runs the connection: limits are reserved, `welcome`
     /// sent, and from then on the manager owns it. Refusals by a limit are closes with 4002,
     /// which the client can read, rather than HTTP statuses it cannot.
-    pub fn accept(&self, upgrade: WebSocketUpgrade, request: ConnectRequest) -> Response {
+    pub fn accept(&self, upgrade: Upgrade, request: ConnectRequest) -> Response {
         let shared = self.shared.clone();
-        self.configure_upgrade(upgrade).on_upgrade(move |socket| {
+        upgrade.on_upgrade(SUBPROTOCOL, move |io| {
             let tracker = shared.tracker.clone();
+            let socket = Socket::new(io, shared.config.max_message_bytes);
             tracker.track_future(connection::run(shared, socket, request))
         })
     }
 
     /// Completes a WebSocket upgrade only to close it with `reason` (e.g. 4001 for a bad
     /// token), so that a browser client can tell why.
-    pub fn refuse(&self, upgrade: WebSocketUpgrade, reason: DisconnectReason) -> Response {
+    pub fn refuse(&self, upgrade: Upgrade, reason: DisconnectReason) -> Response {
         let shared = self.shared.clone();
         shared.counters.rejected(reason);
-        self.configure_upgrade(upgrade).on_upgrade(move |socket| {
+        upgrade.on_upgrade(SUBPROTOCOL, move |io| {
             let timeout = shared.config.close_timeout;
+            let socket = Socket::new(io, shared.config.max_message_bytes);
             shared
                 .tracker
-                .track_future(connection::close_socket(socket, reason, timeout))
+                .track_future(socket.close(None, reason, timeout))
         })
-    }
-
-    /// Applies this manager's transport settings (buffer sizes, message size limit,
-    /// subprotocol) to an upgrade. `accept` and `refuse` do this themselves; it is public for
-    /// programs that need the same WebSocket stack with their own frame loop (the Autobahn echo
-    /// example).
-    pub fn configure_upgrade(&self, upgrade: WebSocketUpgrade) -> WebSocketUpgrade {
-        let config = &self.shared.config;
-        upgrade
-            .read_buffer_size(config.transport.read_buffer_size)
-            .write_buffer_size(config.transport.write_buffer_size)
-            // Bounded by one batch of frames: the writer flushes after each batch.
-            .max_write_buffer_size(usize::MAX)
-            .max_message_size(config.max_message_bytes)
-            .max_frame_size(config.max_message_bytes)
-            .protocols([SUBPROTOCOL])
     }
 
     /// Sends `data` to every connection in `lobby` as a `message` frame from the backend

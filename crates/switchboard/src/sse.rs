@@ -55,7 +55,7 @@ impl Manager {
         };
         let (body, events) = mpsc::channel::<Bytes>(BODY_QUEUE);
         let stream = Box::pin(futures_util::stream::unfold(frames, |mut frames| async {
-            frames.recv().await.map(|frame| (Ok(frame), frames))
+            frames.recv().await.map(|frame| (frame, frames))
         }));
         let sink = SseSink {
             body: PollSender::new(body),
@@ -64,7 +64,7 @@ impl Manager {
         let shared = self.shared().clone();
         self.shared()
             .tracker
-            .spawn(connection::drive(shared, admitted, stream, sink, false));
+            .spawn(connection::drive(shared, admitted, stream, sink));
         let body = futures_util::stream::unfold(events, |mut events| async {
             events
                 .recv()

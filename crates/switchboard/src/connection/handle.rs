@@ -1,13 +1,14 @@
 //! The handle through which everything outside a connection's tasks reaches it.
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::Message;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::disconnect::DisconnectReason;
 use crate::ids::{ConnectionId, LobbyCode, UserId};
@@ -53,8 +54,9 @@ pub(crate) struct ConnHandle {
     /// Join/leave events were dropped on a full queue: the writer sends a fresh `presence`
     /// list once it has caught up.
     pub(crate) presence_behind: AtomicBool,
-    outbox: mpsc::Sender<Message>,
-    closing: CancellationToken,
+    outbox: Outbox,
+    /// Wakes everyone awaiting [`closed`](Self::closed).
+    closing: Notify,
     reason: OnceLock<DisconnectReason>,
     /// Last measured round trip in microseconds; `u64::MAX` until the first pong.
     rtt_us: AtomicU64,
@@ -63,7 +65,8 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
-    pub(crate) fn new(seq: u64, info: ConnectionInfo, outbox: mpsc::Sender<Message>) -> Self {
+    /// A handle whose outbound queue holds at most `capacity` frames.
+    pub(crate) fn new(seq: u64, info: ConnectionInfo, capacity: usize) -> Self {
         Self {
             seq,
             info,
@@ -71,8 +74,8 @@ impl ConnHandle {
             inbound: None,
             replayed_until: AtomicU64::new(0),
             presence_behind: AtomicBool::new(false),
-            outbox,
-            closing: CancellationToken::new(),
+            outbox: Outbox::new(capacity),
+            closing: Notify::new(),
             reason: OnceLock::new(),
             rtt_us: AtomicU64::new(u64::MAX),
             pong_waiters: Mutex::new(Vec::new()),
@@ -81,18 +84,43 @@ impl ConnHandle {
 
     /// Offers a frame without waiting: broadcast never waits for a slow client.
     pub(crate) fn offer(&self, frame: Message) -> Offer {
-        match self.outbox.try_send(frame) {
-            Ok(()) => Offer::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
-            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
-        }
+        self.outbox.offer(frame)
+    }
+
+    /// The connection's own task takes queued frames, oldest first, at most `max`; with none
+    /// queued it is woken by the next offer or by [`close`](Self::close).
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        take: impl FnMut(Message),
+    ) -> Poll<usize> {
+        self.outbox.poll_take(cx, max, take)
+    }
+
+    /// Takes every queued frame, oldest first (a closing connection's last words).
+    pub(crate) fn take_all(&self, take: impl FnMut(Message)) {
+        self.outbox.take_all(take);
+    }
+
+    /// Wakes the connection's task through `waker` on the next offer or close, whatever the
+    /// queue holds.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.outbox.register(waker);
+    }
+
+    /// Refuses every later offer (`Offer::Closed`) and drops what is queued: the connection's
+    /// task is done with it.
+    pub(crate) fn shut(&self) {
+        self.outbox.shut();
     }
 
     /// Asks the connection to close. The first reason wins; returns whether it was this one.
     pub(crate) fn close(&self, reason: DisconnectReason) -> bool {
         let first = self.reason.set(reason).is_ok();
         if first {
-            self.closing.cancel();
+            self.closing.notify_waiters();
+            self.outbox.wake();
         }
         first
     }
@@ -104,7 +132,13 @@ impl ConnHandle {
 
     /// Resolves once [`close`](Self::close) has been called.
     pub(crate) async fn closed(&self) {
-        self.closing.cancelled().await;
+        let notified = self.closing.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a close in between is not missed.
+        notified.as_mut().enable();
+        if self.reason().is_none() {
+            notified.await;
+        }
     }
 
     pub(crate) fn rtt(&self) -> Option<Duration> {
@@ -136,4 +170,97 @@ impl ConnHandle {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A connection's bounded outbound queue. Unlike a channel it allocates nothing while empty,
+/// and it wakes the connection's task once per burst (on the first frame into an empty
+/// queue), not once per frame.
+#[derive(Debug)]
+struct Outbox {
+    capacity: usize,
+    state: Mutex<OutboxState>,
+}
+
+#[derive(Debug, Default)]
+struct OutboxState {
+    frames: VecDeque<Message>,
+    waker: Option<Waker>,
+    shut: bool,
+}
+
+impl Outbox {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            state: Mutex::default(),
+        }
+    }
+
+    fn offer(&self, frame: Message) -> Offer {
+        let mut state = lock(&self.state);
+        if state.shut {
+            return Offer::Closed;
+        }
+        if state.frames.len() >= self.capacity {
+            return Offer::Full;
+        }
+        state.frames.push_back(frame);
+        if state.frames.len() == 1
+            && let Some(waker) = &state.waker
+        {
+            waker.wake_by_ref();
+        }
+        Offer::Queued
+    }
+
+    fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+        mut take: impl FnMut(Message),
+    ) -> Poll<usize> {
+        let mut state = lock(&self.state);
+        if state.frames.is_empty() {
+            store_waker(&mut state.waker, cx.waker());
+            return Poll::Pending;
+        }
+        let n = state.frames.len().min(max);
+        for frame in state.frames.drain(..n) {
+            take(frame);
+        }
+        // Nothing is kept while idle: a drained queue gives its memory back.
+        if state.frames.is_empty() {
+            state.frames = VecDeque::new();
+        }
+        Poll::Ready(n)
+    }
+
+    fn take_all(&self, take: impl FnMut(Message)) {
+        let frames = std::mem::take(&mut lock(&self.state).frames);
+        frames.into_iter().for_each(take);
+    }
+
+    fn register(&self, waker: &Waker) {
+        store_waker(&mut lock(&self.state).waker, waker);
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = &lock(&self.state).waker {
+            waker.wake_by_ref();
+        }
+    }
+
+    fn shut(&self) {
+        let mut state = lock(&self.state);
+        state.shut = true;
+        state.frames = VecDeque::new();
+        state.waker = None;
+    }
+}
+
+fn store_waker(slot: &mut Option<Waker>, waker: &Waker) {
+    match slot {
+        Some(current) if current.will_wake(waker) => {}
+        _ => *slot = Some(waker.clone()),
+    }
 }

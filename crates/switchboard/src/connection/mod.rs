@@ -1,46 +1,188 @@
-//! One connection's life: register, run a reader and a writer, end, clean up.
+//! One connection's life: register, serve, end, clean up.
 //!
-//! Ownership: the reader task (this module's [`run`]) owns the socket's read half and the
-//! health clock; the writer task owns the write half and the receiving end of the bounded
-//! outbound queue; everyone else holds a [`ConnHandle`]. Every disconnect path sets a
-//! [`DisconnectReason`] on the handle first; that wakes both tasks, and the [`Registration`]
-//! guard removes the connection from the hub whichever way the reader ends.
+//! Ownership: a WebSocket connection is one task ([`socket::Socket`], this module's [`run`])
+//! that owns the socket, the health clock and the taking end of the bounded outbound queue;
+//! an SSE connection is a reader task and a writer task with the same split. Everyone else
+//! holds a [`ConnHandle`]. Every disconnect path sets a [`DisconnectReason`] on the handle
+//! first; that wakes the connection's task(s), and the [`Registration`] guard removes the
+//! connection from the hub whichever way serving ends.
 
 mod handle;
 mod rate;
 mod reader;
+mod socket;
 mod writer;
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::SystemTime;
 
-use axum::extract::ws::{Message, WebSocket};
-use futures_util::StreamExt;
+use axum::extract::ws::Message;
 use tokio::sync::mpsc;
 
 pub use handle::ConnectionInfo;
 pub(crate) use handle::{ConnHandle, Offer};
+pub(crate) use socket::Socket;
 
 use crate::cluster::{Admission, Cluster};
 use crate::disconnect::DisconnectReason;
 use crate::manager::{ConnectRequest, Shared};
 use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
 
-/// Runs one accepted WebSocket until it ends, then removes every trace of it.
-pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, request: ConnectRequest) {
+/// Admits one upgraded WebSocket, then serves it in a task of its own until it ends. The
+/// serving task starts after admission so that it carries none of admission's state: a
+/// connection's task is most of its idle memory.
+pub(crate) async fn run(shared: Arc<Shared>, socket: Socket, request: ConnectRequest) {
     match admit(&shared, request, None).await {
-        Err(reason) => close_socket(socket, reason, shared.config.close_timeout).await,
         Ok(admitted) => {
-            let (sink, stream) = socket.split();
-            drive(shared, admitted, stream, sink, true).await;
+            let tracker = shared.tracker.clone();
+            tracker.spawn(Serving::new(shared, socket, admitted));
         }
+        Err(reason) => {
+            socket
+                .close(None, reason, shared.config.close_timeout)
+                .await
+        }
+    }
+}
+
+/// A WebSocket connection being served: its task's whole state, written out as one future
+/// (rather than an `async fn`, which would keep admission's and closing's state alongside).
+struct Serving {
+    shared: Arc<Shared>,
+    conn: Arc<ConnHandle>,
+    cluster: Option<Arc<dyn Cluster>>,
+    /// Still in the hub: unregistered when serving ends, or when dropped (a panic).
+    registered: bool,
+    phase: Phase,
+}
+
+// The live phase is the long one, and inline: boxing it would add an allocation per connection.
+#[allow(clippy::large_enum_variant)]
+enum Phase {
+    Live {
+        socket: Socket,
+        clock: reader::HealthClock,
+        rate: rate::MessageRate,
+        timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    },
+    Closing(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
+    Done,
+}
+
+impl Serving {
+    fn new(shared: Arc<Shared>, socket: Socket, admitted: Admitted) -> Self {
+        let Admitted {
+            conn,
+            cluster,
+            expires_at,
+        } = admitted;
+        connected(&shared, &conn);
+        let clock = reader::HealthClock::new(&shared, expires_at);
+        let timer = Box::pin(tokio::time::sleep_until(clock.next_deadline()));
+        let rate = rate::MessageRate::new(&shared.config.rate);
+        Self {
+            shared,
+            conn,
+            cluster,
+            registered: true,
+            phase: Phase::Live {
+                socket,
+                clock,
+                rate,
+                timer,
+            },
+        }
+    }
+
+    fn unregister(&mut self) {
+        if std::mem::take(&mut self.registered)
+            && let Some(pending) = self.shared.hub.unregister(self.conn.seq)
+        {
+            self.shared.time_leave(pending);
+        }
+    }
+
+    /// Serving is over: leave the hub, then say goodbye and release the cluster's count
+    /// together.
+    fn start_closing(&mut self) {
+        let Phase::Live { socket, .. } = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return;
+        };
+        let reason = self
+            .conn
+            .reason()
+            .unwrap_or(DisconnectReason::ConnectionLost);
+        self.unregister();
+        self.shared.counters.closed(reason);
+        let (conn, cluster) = (self.conn.clone(), self.cluster.clone());
+        let timeout = self.shared.config.close_timeout;
+        self.phase = Phase::Closing(Box::pin(async move {
+            let release = async {
+                if let Some(cluster) = &cluster {
+                    cluster.release(&conn.info).await;
+                }
+            };
+            tokio::join!(release, socket.close(Some(&conn), reason, timeout));
+        }));
+    }
+}
+
+impl Future for Serving {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.phase {
+                Phase::Live {
+                    socket,
+                    clock,
+                    rate,
+                    timer,
+                } => {
+                    let mut live = socket::Live {
+                        conn: &this.conn,
+                        shared: &this.shared,
+                        clock,
+                        rate,
+                    };
+                    if socket
+                        .poll_serve(cx, &mut live, timer.as_mut())
+                        .is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                    this.start_closing();
+                }
+                Phase::Closing(closing) => {
+                    if closing.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.phase = Phase::Done;
+                    this.conn.shut();
+                    let reason = this
+                        .conn
+                        .reason()
+                        .unwrap_or(DisconnectReason::ConnectionLost);
+                    disconnected(&this.shared, &this.conn, reason);
+                    return Poll::Ready(());
+                }
+                Phase::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.unregister();
     }
 }
 
 /// A connection that passed every limit and is registered: ready to be driven.
 pub(crate) struct Admitted {
     conn: Arc<ConnHandle>,
-    queue: mpsc::Receiver<Message>,
     cluster: Option<Arc<dyn Cluster>>,
     expires_at: Option<SystemTime>,
 }
@@ -56,7 +198,7 @@ pub(crate) async fn admit(
     let config = &shared.config;
     let seq = shared.next_seq();
     // Room for a full replay after `welcome`, whatever the queue size.
-    let (outbox, queue) = mpsc::channel(config.queue_capacity.max(config.history.size + 2));
+    let capacity = config.queue_capacity.max(config.history.size + 2);
     let info = ConnectionInfo {
         id: crate::ids::ConnectionId::new(&config.node_id, seq),
         user_id: request.user_id,
@@ -77,7 +219,7 @@ pub(crate) async fn admit(
     };
     // From here on the cluster counts this connection until `release`.
     let cluster = cluster.filter(|_| admission.is_ok());
-    let mut handle = ConnHandle::new(seq, info, outbox);
+    let mut handle = ConnHandle::new(seq, info, capacity);
     handle.cluster_presence = matches!(admission, Ok(Some(_)));
     handle.inbound = inbound;
     let conn = Arc::new(handle);
@@ -125,41 +267,31 @@ pub(crate) async fn admit(
     }
     Ok(Admitted {
         conn,
-        queue,
         cluster,
         expires_at: request.expires_at,
     })
 }
 
-/// Drives an admitted connection over a transport until it ends, then removes every trace
-/// of it. `drain` reads on after the close (WebSocket: the peer's close reply).
-pub(crate) async fn drive<St, Si>(
-    shared: Arc<Shared>,
-    admitted: Admitted,
-    mut stream: St,
-    sink: Si,
-    drain: bool,
-) where
-    St: futures_util::Stream<Item = Result<Message, axum::Error>> + Unpin,
+/// Drives an admitted connection over a stream of client frames and a sink of server frames
+/// (SSE) until it ends, then removes every trace of it.
+pub(crate) async fn drive<St, Si>(shared: Arc<Shared>, admitted: Admitted, mut stream: St, sink: Si)
+where
+    St: futures_util::Stream<Item = Message> + Unpin,
     Si: futures_util::Sink<Message> + Unpin + Send + 'static,
 {
     let Admitted {
         conn,
-        queue,
         cluster,
         expires_at,
     } = admitted;
-    let config = &shared.config;
     let registration = Registration {
         shared: &shared,
         seq: conn.seq,
     };
-    tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, "connected");
-    shared.handler.on_connect(&conn.info);
-
+    connected(&shared, &conn);
     let writer = shared
         .tracker
-        .spawn(writer::run(sink, queue, conn.clone(), shared.clone()));
+        .spawn(writer::run(sink, conn.clone(), shared.clone()));
     reader::run(&mut stream, &conn, &shared, expires_at).await;
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
@@ -167,15 +299,18 @@ pub(crate) async fn drive<St, Si>(
     if let Some(cluster) = &cluster {
         cluster.release(&conn.info).await;
     }
-    // Read on while the writer says goodbye, so the peer's close reply (or anything else in
-    // flight) is consumed and the socket ends with FIN rather than RST.
-    if drain {
-        let _ = tokio::time::timeout(config.close_timeout, async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
-    }
+    drop(stream);
     let _ = writer.await;
+    conn.shut();
+    disconnected(&shared, &conn, reason);
+}
+
+fn connected(shared: &Shared, conn: &ConnHandle) {
+    tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, "connected");
+    shared.handler.on_connect(&conn.info);
+}
+
+fn disconnected(shared: &Shared, conn: &ConnHandle, reason: DisconnectReason) {
     let duration = conn.info.connected_at.elapsed().unwrap_or_default();
     tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, %reason, duration_ms = duration.as_millis() as u64, "disconnected");
     shared.handler.on_disconnect(&conn.info, reason);
@@ -194,21 +329,6 @@ impl Drop for Registration<'_> {
             self.shared.time_leave(pending);
         }
     }
-}
-
-/// Closes a socket that never got registered: goodbye (when the close invites a retry), close
-/// frame, then reading until the peer's close reply, all within `timeout`.
-pub(crate) async fn close_socket(
-    mut socket: WebSocket,
-    reason: DisconnectReason,
-    timeout: std::time::Duration,
-) {
-    let _ = tokio::time::timeout(timeout, async {
-        if writer::say_goodbye(&mut socket, reason).await.is_ok() {
-            while let Some(Ok(_)) = socket.recv().await {}
-        }
-    })
-    .await;
 }
 
 /// The `Message` for a close frame with this reason's code and word.

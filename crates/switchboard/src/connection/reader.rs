@@ -1,10 +1,11 @@
-//! The reader: inbound frames, the health clock (pings, staleness, token expiry), and the
-//! answers to client frames. Returns once the connection has a [`DisconnectReason`].
+//! Inbound frames for every transport: the health clock (pings, staleness, token expiry) and
+//! the answers to client frames; and the reader task of transports whose frames arrive as a
+//! stream (SSE), which returns once the connection has a [`DisconnectReason`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use axum::extract::ws::Message;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, sleep_until};
 
@@ -23,7 +24,7 @@ pub(super) async fn run<S>(
     shared: &Arc<Shared>,
     expires_at: Option<SystemTime>,
 ) where
-    S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    S: Stream<Item = Message> + Unpin,
 {
     let mut clock = HealthClock::new(shared, expires_at);
     let mut rate = MessageRate::new(&shared.config.rate);
@@ -42,14 +43,13 @@ pub(super) async fn run<S>(
             }
             frame = stream.next() => {
                 let reason = match frame {
-                    Some(Ok(message)) => {
+                    Some(message) => {
                         clock.last_seen = Instant::now();
                         match handle(message, conn, shared, &mut rate) {
                             Ok(()) => continue,
                             Err(reason) => reason,
                         }
                     }
-                    Some(Err(error)) => DisconnectReason::for_read_error(error),
                     None => DisconnectReason::ConnectionLost,
                 };
                 conn.close(reason);
@@ -63,16 +63,16 @@ pub(super) async fn run<S>(
 ///
 /// The timer is reset only when it fires, not on every inbound frame: a frame just moves
 /// `last_seen`, and a timer that fires early finds the connection alive and sleeps again.
-struct HealthClock {
+pub(super) struct HealthClock {
     interval: Duration,
     stale_after: Duration,
-    last_seen: Instant,
+    pub(super) last_seen: Instant,
     next_ping: Instant,
     expires_at: Option<Instant>,
 }
 
 impl HealthClock {
-    fn new(shared: &Shared, expires_at: Option<SystemTime>) -> Self {
+    pub(super) fn new(shared: &Shared, expires_at: Option<SystemTime>) -> Self {
         let now = Instant::now();
         let expires_at = expires_at.map(|at| {
             now + at
@@ -88,13 +88,13 @@ impl HealthClock {
         }
     }
 
-    fn next_deadline(&self) -> Instant {
+    pub(super) fn next_deadline(&self) -> Instant {
         let health = self.next_ping.min(self.last_seen + self.stale_after);
         self.expires_at.map_or(health, |at| at.min(health))
     }
 
     /// Called when the timer fires: a reason to close, or pings sent as due.
-    fn tick(&mut self, conn: &ConnHandle, shared: &Shared) -> Option<DisconnectReason> {
+    pub(super) fn tick(&mut self, conn: &ConnHandle, shared: &Shared) -> Option<DisconnectReason> {
         let now = Instant::now();
         if self.expires_at.is_some_and(|at| now >= at) {
             return Some(DisconnectReason::TokenExpired);
@@ -126,7 +126,7 @@ fn handle(
     match message {
         Message::Text(text) => {
             shared.counters.message_in(text.len());
-            handle_text(&text, conn, shared, rate)
+            handle_text(text.as_str(), conn, shared, rate)
         }
         Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
         Message::Pong(payload) => {
@@ -141,13 +141,14 @@ fn handle(
     }
 }
 
-fn handle_text(
-    text: &Utf8Bytes,
+/// Handles one client text frame; an `Err` closes the connection with that reason.
+pub(super) fn handle_text(
+    text: &str,
     conn: &Arc<ConnHandle>,
     shared: &Arc<Shared>,
     rate: &mut MessageRate,
 ) -> Result<(), DisconnectReason> {
-    let parsed = protocol::parse(text.as_str());
+    let parsed = protocol::parse(text);
     // Liveness answers are never limited: a busy client must not look dead.
     if !matches!(parsed, Ok((ClientFrame::HealthPong { .. }, _))) {
         let verdict = rate.check();
@@ -218,34 +219,12 @@ fn handle_text(
             Ok(())
         }
         ClientFrame::Presence => {
-            match shared.cluster() {
-                None => {
-                    shared
-                        .hub
-                        .deliver(conn, shared.hub.presence_frame(&info.lobby));
-                }
-                // The cluster's answer needs a round trip: answer from a task, so reading
-                // goes on meanwhile.
-                Some(cluster) => {
-                    let (conn, shared) = (conn.clone(), shared.clone());
-                    tokio::spawn(async move {
-                        let frame = match cluster.presence(&conn.info.lobby).await {
-                            Some(users) => cluster_presence_frame(&conn.info.lobby, &users),
-                            None => shared.hub.presence_frame(&conn.info.lobby),
-                        };
-                        shared.hub.deliver(&conn, frame);
-                    });
-                }
-            }
+            queue_presence_list(conn, shared);
             Ok(())
         }
-        ClientFrame::App { kind } => shared.handler.on_message(
-            info,
-            AppMessage {
-                kind: &kind,
-                text: text.as_str(),
-            },
-        ),
+        ClientFrame::App { kind } => shared
+            .handler
+            .on_message(info, AppMessage { kind: &kind, text }),
     };
     if let Err(error) = outcome {
         reply_error(conn, shared, &error, id);
@@ -253,7 +232,29 @@ fn handle_text(
     Ok(())
 }
 
-pub(super) fn cluster_presence_frame(lobby: &crate::ids::LobbyCode, users: &[String]) -> Message {
+/// Queues the lobby's presence list for the connection. The cluster's list needs a round
+/// trip: it is fetched from a task, so the connection goes on meanwhile.
+pub(super) fn queue_presence_list(conn: &Arc<ConnHandle>, shared: &Arc<Shared>) {
+    match shared.cluster() {
+        None => {
+            shared
+                .hub
+                .deliver(conn, shared.hub.presence_frame(&conn.info.lobby));
+        }
+        Some(cluster) => {
+            let (conn, shared) = (conn.clone(), shared.clone());
+            tokio::spawn(async move {
+                let frame = match cluster.presence(&conn.info.lobby).await {
+                    Some(users) => cluster_presence_frame(&conn.info.lobby, &users),
+                    None => shared.hub.presence_frame(&conn.info.lobby),
+                };
+                shared.hub.deliver(&conn, frame);
+            });
+        }
+    }
+}
+
+fn cluster_presence_frame(lobby: &crate::ids::LobbyCode, users: &[String]) -> Message {
     #[derive(serde::Serialize)]
     struct Presence<'a> {
         r#type: &'static str,

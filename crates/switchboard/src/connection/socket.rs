@@ -1,0 +1,340 @@
+//! The WebSocket transport: one task per connection, driven by readiness.
+//!
+//! The task waits on three things at once: the socket, the outbound queue (an offer or a close
+//! wakes it) and the health timer. While a connection is idle it holds no buffer: reads land
+//! in a per-thread buffer and are decoded in place; queued frames are encoded into another
+//! per-thread buffer and written in one syscall. Only bytes the socket did not take yet, or a
+//! frame split across reads, are kept with the connection.
+
+use std::cell::RefCell;
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::ConnHandle;
+use super::rate::MessageRate;
+use super::reader::{self, HealthClock};
+use crate::disconnect::DisconnectReason;
+use crate::manager::Shared;
+use crate::protocol::ServerFrame;
+use crate::ws::Upgraded;
+use crate::ws::frame::{self, Decoder, Frame, OpCode};
+
+/// Frames encoded into one write: waiting frames go out in one syscall, without one
+/// connection's backlog growing the buffer without bound.
+const MAX_BATCH: usize = 64;
+/// Reads per wakeup before the task lets others run.
+const MAX_READS: usize = 16;
+/// Each worker thread's read buffer.
+const READ_CHUNK: usize = 16 * 1024;
+/// A thread's write buffer larger than this after a batch is given back.
+const KEEP_WRITE_BUF: usize = 256 * 1024;
+/// Pong replies the peer leaves unread beyond this close it as a slow consumer: pings must
+/// not grow memory without bound.
+const MAX_UNSENT_REPLIES: usize = 64 * 1024;
+/// The read buffer of a closing connection, waiting for the peer's close reply.
+const CLOSING_READ: usize = 1024;
+
+thread_local! {
+    static READ_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_CHUNK].into_boxed_slice());
+    static WRITE_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A WebSocket connection's socket and the little state it needs between wakeups.
+pub(crate) struct Socket {
+    io: Upgraded,
+    decoder: Decoder,
+    /// Encoded bytes the socket has not taken yet; no allocation when caught up.
+    unsent: Vec<u8>,
+    /// The peer's close frame arrived, with this code: the close reply echoes it.
+    peer_close: Option<Option<u16>>,
+}
+
+impl Socket {
+    pub(crate) fn new(io: Upgraded, max_message: usize) -> Self {
+        Self {
+            io,
+            decoder: Decoder::new(max_message),
+            unsent: Vec::new(),
+            peer_close: None,
+        }
+    }
+
+    /// Serves the connection until it has a [`DisconnectReason`]: `Ready` then.
+    pub(super) fn poll_serve(
+        &mut self,
+        cx: &mut Context<'_>,
+        live: &mut Live<'_>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Poll<()> {
+        let conn = live.conn;
+        conn.register(cx.waker());
+        if conn.reason().is_some() {
+            return Poll::Ready(());
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if let Some(reason) = live.clock.tick(conn, live.shared) {
+                conn.close(reason);
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(live.clock.next_deadline());
+        }
+        if let Poll::Ready(reason) = self.poll_read(cx, live) {
+            conn.close(reason);
+            return Poll::Ready(());
+        }
+        if self.poll_write(cx, conn, live.shared).is_err() {
+            conn.close(DisconnectReason::ConnectionLost);
+        }
+        if conn.reason().is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Reads and handles frames until the socket has nothing more (`Pending`) or the
+    /// connection must end (`Ready` with why).
+    fn poll_read(&mut self, cx: &mut Context<'_>, live: &mut Live<'_>) -> Poll<DisconnectReason> {
+        for _ in 0..MAX_READS {
+            let step = with_read_buffer(|buf| {
+                let n = {
+                    let mut read = ReadBuf::new(buf);
+                    match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(_)) => {
+                            return Poll::Ready(Some(DisconnectReason::ConnectionLost));
+                        }
+                        Poll::Ready(Ok(())) => read.filled().len(),
+                    }
+                };
+                if n == 0 {
+                    return Poll::Ready(Some(DisconnectReason::ConnectionLost));
+                }
+                live.clock.last_seen = Instant::now();
+                let (unsent, peer_close) = (&mut self.unsent, &mut self.peer_close);
+                let fed = self.decoder.feed(&mut buf[..n], |frame| {
+                    match live.on_frame(frame, unsent, peer_close) {
+                        Ok(()) => ControlFlow::Continue(()),
+                        Err(reason) => ControlFlow::Break(reason),
+                    }
+                });
+                Poll::Ready(fed.unwrap_or_else(|e| Some(e.into())))
+            });
+            match step {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(reason)) => return Poll::Ready(reason),
+                Poll::Ready(None) => {}
+            }
+        }
+        // More may be waiting: come back after others had a turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes what the socket has not taken yet, then queued frames, until the socket pushes
+    /// back or nothing is left. `Err` when the socket fails.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &Arc<ConnHandle>,
+        shared: &Arc<Shared>,
+    ) -> Result<(), ()> {
+        loop {
+            while !self.unsent.is_empty() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.unsent) {
+                    Poll::Ready(Ok(0) | Err(_)) => return Err(()),
+                    Poll::Ready(Ok(n)) => drop(self.unsent.drain(..n)),
+                    Poll::Pending => return Ok(()),
+                }
+            }
+            if self.unsent.capacity() > 0 {
+                self.unsent = Vec::new();
+            }
+            let (mut frames, mut bytes) = (0, 0);
+            let written = with_write_buffer(|buf| {
+                buf.clear();
+                let taken = conn.poll_take(cx, MAX_BATCH, |message| {
+                    bytes += encode_message(buf, &message);
+                });
+                let Poll::Ready(taken) = taken else {
+                    return Ok(false);
+                };
+                frames = taken as u64;
+                let mut at = 0;
+                while at < buf.len() {
+                    match Pin::new(&mut self.io).poll_write(cx, &buf[at..]) {
+                        Poll::Ready(Ok(0) | Err(_)) => return Err(()),
+                        Poll::Ready(Ok(n)) => at += n,
+                        Poll::Pending => {
+                            self.unsent.extend_from_slice(&buf[at..]);
+                            break;
+                        }
+                    }
+                }
+                if buf.capacity() > KEEP_WRITE_BUF {
+                    *buf = Vec::new();
+                }
+                Ok(true)
+            })?;
+            if frames > 0 {
+                shared.counters.messages_out(frames, bytes);
+            }
+            if !written {
+                // Caught up after dropping join/leave events: one fresh list replaces them.
+                if conn.presence_behind.swap(false, Ordering::Relaxed) {
+                    reader::queue_presence_list(conn, shared);
+                    continue;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Ends the connection on the wire: frames queued before the close (when the server is
+    /// the one closing), `goodbye` when the close invites a retry, the close frame, then the
+    /// peer's close reply, all within `timeout`. The socket is dropped when this returns.
+    pub(crate) async fn close(
+        mut self,
+        conn: Option<&ConnHandle>,
+        reason: DisconnectReason,
+        timeout: Duration,
+    ) {
+        let code = reason.close_code();
+        let mut out = std::mem::take(&mut self.unsent);
+        if let (Some(conn), Some(_)) = (conn, code) {
+            conn.take_all(|message| {
+                encode_message(&mut out, &message);
+            });
+        }
+        encode_goodbye(&mut out, reason);
+        match (code, self.peer_close) {
+            (Some(code), _) => frame::encode_close(&mut out, Some(code), reason.as_str()),
+            // The peer closed first: echo its code.
+            (None, Some(code)) => frame::encode_close(&mut out, code, ""),
+            // The socket is gone: nothing to say.
+            (None, None) => return,
+        }
+        let _ = tokio::time::timeout(timeout, async {
+            self.io.write_all(&out).await?;
+            drop(out);
+            if code.is_some() {
+                self.await_close_reply().await;
+            }
+            self.io.shutdown().await
+        })
+        .await;
+    }
+
+    /// Reads until the peer's close frame, the end of the stream, or a broken frame.
+    async fn await_close_reply(&mut self) {
+        let mut buf = vec![0; CLOSING_READ];
+        loop {
+            match self.io.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let fed = self.decoder.feed(&mut buf[..n], |frame| match frame {
+                        Frame::Close(..) => ControlFlow::Break(()),
+                        _ => ControlFlow::Continue(()),
+                    });
+                    if !matches!(fed, Ok(None)) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What handling inbound frames needs besides the socket.
+pub(super) struct Live<'a> {
+    pub(super) conn: &'a Arc<ConnHandle>,
+    pub(super) shared: &'a Arc<Shared>,
+    pub(super) clock: &'a mut HealthClock,
+    pub(super) rate: &'a mut MessageRate,
+}
+
+impl Live<'_> {
+    /// Handles one inbound frame; an `Err` closes the connection with that reason.
+    fn on_frame(
+        &mut self,
+        frame: Frame<'_>,
+        unsent: &mut Vec<u8>,
+        peer_close: &mut Option<Option<u16>>,
+    ) -> Result<(), DisconnectReason> {
+        let (conn, shared) = (self.conn, self.shared);
+        match frame {
+            Frame::Text(text) => {
+                shared.counters.message_in(text.len());
+                reader::handle_text(text, conn, shared, self.rate)
+            }
+            Frame::Binary(_) => Err(DisconnectReason::UnsupportedData),
+            Frame::Ping(payload) => {
+                if unsent.len() > MAX_UNSENT_REPLIES {
+                    return Err(DisconnectReason::SlowConsumer);
+                }
+                frame::encode(unsent, OpCode::Pong, payload);
+                Ok(())
+            }
+            Frame::Pong(payload) => {
+                if let Some(rtt) = shared.rtt_from_pong(payload) {
+                    conn.record_rtt(rtt, &shared.counters.rtt);
+                }
+                Ok(())
+            }
+            Frame::Close(code, _) => {
+                *peer_close = Some(code);
+                Err(DisconnectReason::ClientClosed)
+            }
+        }
+    }
+}
+
+/// Encodes a queued frame; returns its payload's length.
+fn encode_message(out: &mut Vec<u8>, message: &Message) -> u64 {
+    let (opcode, payload): (OpCode, &[u8]) = match message {
+        Message::Text(text) => (OpCode::Text, text.as_bytes()),
+        Message::Binary(bytes) => (OpCode::Binary, bytes),
+        Message::Ping(bytes) => (OpCode::Ping, bytes),
+        Message::Pong(bytes) => (OpCode::Pong, bytes),
+        // Only `Socket::close` sends a close frame, after everything queued.
+        Message::Close(_) => return 0,
+    };
+    frame::encode(out, opcode, payload);
+    payload.len() as u64
+}
+
+/// Encodes `goodbye` for the closes that invite a retry.
+fn encode_goodbye(out: &mut Vec<u8>, reason: DisconnectReason) {
+    if let (Some(code), Some(retry_after_ms)) = (reason.close_code(), reason.retry_after_ms()) {
+        let goodbye = ServerFrame::Goodbye {
+            code,
+            reason: reason.as_str(),
+            retry_after_ms,
+        };
+        frame::encode(out, OpCode::Text, goodbye.encode().as_bytes());
+    }
+}
+
+/// Runs `f` with this thread's read buffer; a nested call (never expected) gets a fresh one.
+fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut vec![0; READ_CHUNK]),
+    })
+}
+
+/// Runs `f` with this thread's write buffer; a nested call (never expected) gets a fresh one.
+fn with_write_buffer<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    WRITE_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    })
+}

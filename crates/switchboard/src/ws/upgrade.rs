@@ -1,0 +1,225 @@
+//! The HTTP/1.1 upgrade to WebSocket (RFC 6455 section 4.2), as an axum extractor.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Buf, Bytes};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A valid WebSocket upgrade request, waiting for its answer.
+#[derive(Debug)]
+pub struct Upgrade {
+    on_upgrade: OnUpgrade,
+    key: HeaderValue,
+    protocols: Option<HeaderValue>,
+}
+
+/// Why a request is not a WebSocket upgrade: answered with this status and text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpgradeRejection {
+    /// 400, 405 or 426.
+    pub status: StatusCode,
+    /// What was wrong.
+    pub message: &'static str,
+}
+
+impl IntoResponse for UpgradeRejection {
+    fn into_response(self) -> Response {
+        (self.status, self.message).into_response()
+    }
+}
+
+fn reject(status: StatusCode, message: &'static str) -> UpgradeRejection {
+    UpgradeRejection { status, message }
+}
+
+/// Whether a comma-separated header holds `token` (case-insensitive).
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = UpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        if parts.method != Method::GET {
+            return Err(reject(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "a WebSocket upgrade is a GET",
+            ));
+        }
+        let headers = &parts.headers;
+        if !header_has(headers, header::CONNECTION, "upgrade") {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "`Connection` must include `upgrade`",
+            ));
+        }
+        if !header_has(headers, header::UPGRADE, "websocket") {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "`Upgrade` must be `websocket`",
+            ));
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(HeaderValue::as_bytes)
+            != Some(b"13")
+        {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Version` must be 13",
+            ));
+        }
+        let key = headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(reject(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Key` is missing",
+            ))?;
+        let protocols = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(reject(
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded (HTTP/1.1 with upgrades is required)",
+        ))?;
+        Ok(Self {
+            on_upgrade,
+            key,
+            protocols,
+        })
+    }
+}
+
+impl Upgrade {
+    /// Whether the client offered `protocol` in `Sec-WebSocket-Protocol`.
+    pub fn offers(&self, protocol: &str) -> bool {
+        self.protocols
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim() == protocol))
+    }
+
+    /// Answers 101 Switching Protocols (echoing `protocol` if the client offered it) and, once
+    /// hyper hands the connection over, runs `callback` with it in a task of its own.
+    pub fn on_upgrade<C, Fut>(self, protocol: &'static str, callback: C) -> Response
+    where
+        C: FnOnce(Upgraded) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let echo = self.offers(protocol);
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            match on_upgrade.await {
+                Ok(upgraded) => callback(Upgraded::new(upgraded)).await,
+                Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+            }
+        });
+        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let mut response = Response::new(axum::body::Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&accept) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        if echo {
+            headers.insert(
+                header::SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_static(protocol),
+            );
+        }
+        response
+    }
+}
+
+/// An upgraded connection: the TCP stream itself when the server is a plain hyper/axum one
+/// (no box, no extra buffer), else hyper's upgraded I/O. Bytes the client sent right after
+/// its request come first.
+#[derive(Debug)]
+pub struct Upgraded {
+    io: Io,
+    early: Bytes,
+}
+
+#[derive(Debug)]
+enum Io {
+    Tcp(TcpStream),
+    Other(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+impl Upgraded {
+    fn new(upgraded: hyper::upgrade::Upgraded) -> Self {
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => Self {
+                io: Io::Tcp(parts.io.into_inner()),
+                // A copy: hyper's `read_buf` keeps its whole read buffer (8 KiB) alive.
+                early: Bytes::copy_from_slice(&parts.read_buf),
+            },
+            Err(upgraded) => Self {
+                io: Io::Other(TokioIo::new(upgraded)),
+                early: Bytes::new(),
+            },
+        }
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.early.has_remaining() {
+            let n = this.early.len().min(buf.remaining());
+            buf.put_slice(&this.early.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Other(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Io::Other(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Other(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Other(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
