@@ -46,6 +46,7 @@ pub const KNOWN: &[&str] = &[
     "presence.events",
     "presence.leave_grace_ms",
     "presence.events_max_members",
+    "presence.events_batch_ms",
     "capacity_warn_percent",
     "redis.node_id",
     "redis.url",
@@ -329,6 +330,7 @@ impl ServerConfig {
             "presence.events" => m.presence.events = parse_bool(value)?,
             "presence.leave_grace_ms" => m.presence.leave_grace = parse_ms(value)?,
             "presence.events_max_members" => m.presence.events_max_members = parse_num(value)?,
+            "presence.events_batch_ms" => m.presence.events_batch = parse_ms(value)?,
             "capacity_warn_percent" => {
                 m.capacity_warn_percent = value
                     .parse()

@@ -14,6 +14,7 @@ use axum::extract::ws::Message;
 use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::connection::{ConnHandle, Offer};
 use crate::disconnect::DisconnectReason;
+use crate::event_batch::EventBatch;
 use crate::history::{ClusterHistory, History, Recovery};
 use crate::ids::{LobbyCode, UserId};
 use crate::lobby::{Lobby, PresenceChange};
@@ -62,6 +63,7 @@ pub(crate) struct Hub {
     config: Arc<Config>,
     counters: Arc<Counters>,
     state: Mutex<Registry>,
+    events: EventBatch,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +99,7 @@ struct Entry {
 impl Hub {
     pub(crate) fn new(config: Arc<Config>, counters: Arc<Counters>) -> Self {
         Self {
+            events: EventBatch::new(config.presence.events_batch),
             config,
             counters,
             state: Mutex::new(Registry::default()),
@@ -347,7 +350,7 @@ impl Hub {
         members
             .iter()
             .filter(|c| exclude.keeps(c))
-            .filter(|c| match c.offer(frame.clone()) {
+            .filter(|c| match self.events.offer(c, frame.clone()) {
                 Offer::Queued => true,
                 Offer::Closed => false,
                 Offer::Full => {

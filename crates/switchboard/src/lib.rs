@@ -75,6 +75,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod disconnect;
+mod event_batch;
 pub mod handler;
 pub mod history;
 mod hub;

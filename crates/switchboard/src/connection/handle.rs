@@ -84,7 +84,19 @@ impl ConnHandle {
 
     /// Offers a frame without waiting: broadcast never waits for a slow client.
     pub(crate) fn offer(&self, frame: Message) -> Offer {
-        self.outbox.offer(frame)
+        self.outbox.offer(frame, true).0
+    }
+
+    /// Offers a frame without waking the connection: it goes out with the next frame that
+    /// does, or at the next [`wake`](Self::wake). The flag says whether it was the first
+    /// frame in an empty queue (and so needs a wake scheduled).
+    pub(crate) fn offer_quietly(&self, frame: Message) -> (Offer, bool) {
+        self.outbox.offer(frame, false)
+    }
+
+    /// Wakes the connection's task to write whatever is queued.
+    pub(crate) fn wake(&self) {
+        self.outbox.wake();
     }
 
     /// The connection's own task takes queued frames, oldest first, at most `max`; with none
@@ -185,7 +197,18 @@ struct Outbox {
 struct OutboxState {
     frames: VecDeque<Message>,
     waker: Option<Waker>,
+    /// Frames were queued quietly and the task was not woken for them yet.
+    unannounced: bool,
     shut: bool,
+}
+
+impl OutboxState {
+    fn wake(&mut self) {
+        self.unannounced = false;
+        if let Some(waker) = &self.waker {
+            waker.wake_by_ref();
+        }
+    }
 }
 
 impl Outbox {
@@ -196,21 +219,24 @@ impl Outbox {
         }
     }
 
-    fn offer(&self, frame: Message) -> Offer {
+    /// Queues a frame; wakes the task (`wake`) if the queue was empty. Returns whether the
+    /// queue was empty.
+    fn offer(&self, frame: Message, wake: bool) -> (Offer, bool) {
         let mut state = lock(&self.state);
         if state.shut {
-            return Offer::Closed;
+            return (Offer::Closed, false);
         }
         if state.frames.len() >= self.capacity {
-            return Offer::Full;
+            return (Offer::Full, false);
         }
         state.frames.push_back(frame);
-        if state.frames.len() == 1
-            && let Some(waker) = &state.waker
-        {
-            waker.wake_by_ref();
+        let first = state.frames.len() == 1;
+        if wake && (first || state.unannounced) {
+            state.wake();
+        } else if first {
+            state.unannounced = true;
         }
-        Offer::Queued
+        (Offer::Queued, first)
     }
 
     fn poll_take(
@@ -231,6 +257,7 @@ impl Outbox {
         // Nothing is kept while idle: a drained queue gives its memory back.
         if state.frames.is_empty() {
             state.frames = VecDeque::new();
+            state.unannounced = false;
         }
         Poll::Ready(n)
     }
@@ -245,9 +272,7 @@ impl Outbox {
     }
 
     fn wake(&self) {
-        if let Some(waker) = &lock(&self.state).waker {
-            waker.wake_by_ref();
-        }
+        lock(&self.state).wake();
     }
 
     fn shut(&self) {

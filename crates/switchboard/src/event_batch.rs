@@ -1,0 +1,79 @@
+//! Join/leave events go out in batches. They are queued at once, so their order against
+//! messages holds, but a connection is not woken for them: it writes them with its next
+//! message, or when the batch is due (`presence.events_batch` after the first one), whichever
+//! comes first. A join storm in a lobby of a hundred then costs each member one write per
+//! batch instead of one per join.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+
+use crate::connection::{ConnHandle, Offer};
+
+/// The connections holding events not yet written, and whether a flush is scheduled.
+#[derive(Debug)]
+pub(crate) struct EventBatch {
+    delay: Duration,
+    state: Arc<Mutex<Due>>,
+}
+
+#[derive(Debug, Default)]
+struct Due {
+    conns: Vec<Arc<ConnHandle>>,
+    flushing: bool,
+}
+
+impl EventBatch {
+    /// Batches of `delay`; zero writes every event at once.
+    pub(crate) fn new(delay: Duration) -> Self {
+        Self {
+            delay,
+            state: Arc::default(),
+        }
+    }
+
+    /// Queues an event for `conn`, to be written within the batch delay.
+    pub(crate) fn offer(&self, conn: &Arc<ConnHandle>, frame: Message) -> Offer {
+        if self.delay.is_zero() {
+            return conn.offer(frame);
+        }
+        let (offer, first) = conn.offer_quietly(frame);
+        if first {
+            self.schedule(conn);
+        }
+        offer
+    }
+
+    fn schedule(&self, conn: &Arc<ConnHandle>) {
+        let mut due = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        due.conns.push(conn.clone());
+        if due.flushing {
+            return;
+        }
+        // Outside a runtime (unit tests of the registry) there is nothing to defer to.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(due);
+            conn.wake();
+            return;
+        };
+        due.flushing = true;
+        let (state, delay) = (self.state.clone(), self.delay);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(delay).await;
+                let conns = {
+                    let mut due = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    if due.conns.is_empty() {
+                        due.flushing = false;
+                        return;
+                    }
+                    std::mem::take(&mut due.conns)
+                };
+                for conn in conns {
+                    conn.wake();
+                }
+            }
+        });
+    }
+}
