@@ -107,7 +107,7 @@ start_server() {
     local name=$1 log=$2; shift 2
     PORT=$((PORT + 1))
     case "$name" in
-        switchboard)
+        switchboard|switchboard-events)
             env "${SB_ENV[@]}" "$@" SWITCHBOARD_BIND=127.0.0.1:$PORT taskset -c 0 "$SB" > "$log" 2>&1 &
             ;;
         ws|fastapi)
@@ -154,11 +154,19 @@ run_case() {
 }
 
 # --- scenarios -----------------------------------------------------------------------------
+# Idle: Switchboard does the peers' work (they send no join/leave events), then the same with
+# its join/leave events on ("switchboard-events"), to show what they cost.
 for n in $IDLE_SIZES; do
     lobbies=$(( n / 100 > 0 ? n / 100 : 1 ))
     for s in $SERVERS; do
-        run_case "$s" idle "n$n" -- --conns "$n" --lobbies "$lobbies" --hold "$IDLE_HOLD" \
-            --settle 3 --concurrency 100
+        senv=()
+        [[ $s == switchboard ]] && senv=(SWITCHBOARD_PRESENCE__EVENTS=false)
+        run_case "$s" idle "n$n" "${senv[@]}" -- --conns "$n" --lobbies "$lobbies" \
+            --hold "$IDLE_HOLD" --settle 3 --concurrency 100
+        if [[ $s == switchboard ]]; then
+            run_case switchboard-events idle "n$n" -- --conns "$n" --lobbies "$lobbies" \
+                --hold "$IDLE_HOLD" --settle 3 --concurrency 100
+        fi
     done
 done
 
