@@ -3,14 +3,11 @@
 #
 #   scripts/fuzz.sh [SECONDS]
 #
-# Targets: client_frame (the inbound client-frame parser) and ids (lobby code / user id
-# parsers). Each starts from the seed corpus kept in the repo (fuzz/corpus/TARGET, read only)
-# plus what earlier runs found (fuzz/target/corpus/TARGET, gitignored, where new inputs go).
+# Targets: client_frame (the inbound client-frame parser), ids (lobby code / user id
+# parsers) and ws_frames (the WebSocket frame decoder, whole against split). Each starts from
+# the seed corpus kept in the repo (fuzz/corpus/TARGET, read only) plus what earlier runs found (fuzz/target/corpus/TARGET, gitignored, where new inputs go).
 # A crash stops the run with the input saved under fuzz/artifacts/TARGET/ and a non-zero exit;
 # reproduce it with `cargo fuzz run --sanitizer none TARGET fuzz/artifacts/TARGET/crash-...`.
-#
-# With SWITCHBOARD_FUZZ_ALLOW_KNOWN=1, client_frame lets through the findings that still wait
-# for a fix in the library (listed in docs/testing.md), to look for anything else.
 #
 # The toolchain is stable: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass its -Z flags, and no
 # sanitizer is used (the code under test is safe Rust: #![forbid(unsafe_code)]); libFuzzer's

@@ -11,7 +11,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
@@ -50,19 +49,6 @@ struct Accepted<'a> {
     to: Option<&'a RawValue>,
 }
 
-/// Findings of this target that wait for a fix in the library (see `docs/testing.md`), let
-/// through when `SWITCHBOARD_FUZZ_ALLOW_KNOWN` is set, so a run can look for anything else:
-///
-/// 1. A JSON array is parsed positionally as a frame (serde derives accept a sequence for a
-///    struct, fields in the order `type`, `id`, `data`, `to`, `exclude_self`, `timestamp`):
-///    `["presence",null,null,null,null,null]` is answered as a `presence` request and
-///    `["broadcast","a",{"x":1},null,true,null]` is relayed as a broadcast; a longer array is
-///    `invalid_json` (trailing characters); a shorter one is `invalid_message`, as it should be.
-/// 2. A JSON value of the wrong kind followed by garbage, e.g. `"x"{`, is `invalid_message`
-///    rather than `invalid_json`: serde meets the type error before the trailing characters.
-static ALLOW_KNOWN: LazyLock<bool> =
-    LazyLock::new(|| std::env::var_os("SWITCHBOARD_FUZZ_ALLOW_KNOWN").is_some());
-
 fuzz_target!(|bytes: &[u8]| {
     // Text frames that are not UTF-8 never reach the parser: the stack closes with 1007.
     let Ok(text) = std::str::from_utf8(bytes) else {
@@ -72,10 +58,9 @@ fuzz_target!(|bytes: &[u8]| {
     let is_object = text
         .trim_start_matches([' ', '\t', '\n', '\r'])
         .starts_with('{');
-    let known = *ALLOW_KNOWN;
     match switchboard::protocol::fuzz_parse(text) {
         None => {
-            assert!(is_object || known, "accepted a frame that is not an object");
+            assert!(is_object, "accepted a frame that is not an object");
             let frame: Accepted<'_> = serde_json::from_str(text)
                 .unwrap_or_else(|e| panic!("accepted a frame without a string type: {e}"));
             match &*frame.kind {
@@ -103,13 +88,11 @@ fuzz_target!(|bytes: &[u8]| {
                 // Not JSON, or JSON whose strings do not decode (a lone surrogate escape such
                 // as `\ud800` in a key): serde_json cannot read it as a value either.
                 assert!(
-                    serde_json::from_str::<serde_json::Value>(text).is_err()
-                        || (known && !is_object),
+                    serde_json::from_str::<serde_json::Value>(text).is_err(),
                     "JSON called invalid_json: {answer}"
                 );
-            } else if !is_json {
-                assert!(known, "not JSON, yet {answer}");
-                assert_eq!(frame.code, "invalid_message", "not JSON: {answer}");
+            } else {
+                assert!(is_json, "not JSON, yet {answer}");
             }
             if let Some(id) = frame.id {
                 let first = id.get().as_bytes()[0];
@@ -126,7 +109,7 @@ fuzz_target!(|bytes: &[u8]| {
                         "the echoed id is not the frame's: {answer}"
                     );
                 } else {
-                    assert!(known, "an id echoed from a non-object: {answer}");
+                    panic!("an id echoed from a non-object: {answer}");
                 }
             }
         }

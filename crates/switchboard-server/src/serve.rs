@@ -9,10 +9,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tower::ServiceExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 /// Serves `router` on `listener` until `stop` is cancelled, then lets in-flight HTTP requests
 /// finish (upgraded WebSockets are the manager's, not ours) and returns.
@@ -41,7 +41,9 @@ pub(crate) async fn serve(
         // whole route table for every connection.
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(peer));
             router.clone().oneshot(request)
         });
         let stop = stop.clone();

@@ -39,6 +39,8 @@ const KEEP_WRITE_BUF: usize = 256 * 1024;
 /// Pong replies the peer leaves unread beyond this close it as a slow consumer: pings must
 /// not grow memory without bound.
 const MAX_UNSENT_REPLIES: usize = 64 * 1024;
+/// How long a stale connection's goodbye may wait for room in its socket.
+const STALE_CLOSE_DEADLINE: Duration = Duration::from_millis(100);
 /// The read buffer of a closing connection, waiting for the peer's close reply.
 const CLOSING_READ: usize = 1024;
 
@@ -86,18 +88,31 @@ impl Socket {
             }
             timer.as_mut().reset(live.clock.next_deadline());
         }
-        if let Poll::Ready(reason) = self.poll_read(cx, live) {
+        if let Err(reason) = self.poll_io(cx, live) {
             conn.close(reason);
             return Poll::Ready(());
-        }
-        if self.poll_write(cx, conn, live.shared).is_err() {
-            conn.close(DisconnectReason::ConnectionLost);
         }
         if conn.reason().is_some() {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
+    }
+
+    /// Write, read, write: what was queued goes out before any reply to what is read
+    /// (`welcome` before the pong to a ping sent along with the upgrade request), and the
+    /// replies go out in the same wakeup.
+    fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        live: &mut Live<'_>,
+    ) -> Result<(), DisconnectReason> {
+        let lost = |()| DisconnectReason::ConnectionLost;
+        self.poll_write(cx, live.conn, live.shared).map_err(lost)?;
+        if let Poll::Ready(reason) = self.poll_read(cx, live) {
+            return Err(reason);
+        }
+        self.poll_write(cx, live.conn, live.shared).map_err(lost)
     }
 
     /// Reads and handles frames until the socket has nothing more (`Pending`) or the
@@ -208,8 +223,11 @@ impl Socket {
         timeout: Duration,
     ) {
         let code = reason.close_code();
+        // A stale peer has been silent for `ping_interval + pong_timeout`: it gets what its
+        // socket takes at once (not its backlog), and no wait for a reply that will not come.
+        let stale = reason == DisconnectReason::Stale;
         let mut out = std::mem::take(&mut self.unsent);
-        if let (Some(conn), Some(_)) = (conn, code) {
+        if let (Some(conn), Some(_), false) = (conn, code, stale) {
             conn.take_all(|message| {
                 encode_message(&mut out, &message);
             });
@@ -222,15 +240,23 @@ impl Socket {
             // The socket is gone: nothing to say.
             (None, None) => return,
         }
-        let _ = tokio::time::timeout(timeout, async {
+        let patience = if stale {
+            timeout.min(STALE_CLOSE_DEADLINE)
+        } else {
+            timeout
+        };
+        let said = tokio::time::timeout(patience, async {
             self.io.write_all(&out).await?;
             drop(out);
-            if code.is_some() {
+            if code.is_some() && !stale {
                 self.await_close_reply().await;
             }
-            self.io.shutdown().await
+            Ok::<_, std::io::Error>(())
         })
         .await;
+        if matches!(said, Ok(Ok(()))) {
+            let _ = tokio::time::timeout(patience, self.io.shutdown()).await;
+        }
     }
 
     /// Reads until the peer's close frame, the end of the stream, or a broken frame.

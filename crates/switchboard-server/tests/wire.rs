@@ -1,0 +1,249 @@
+//! Switchboard's own WebSocket layer against real clients: the upgrade, control frames,
+//! fragmentation, the close handshake, and frames no client may send. Raw TCP where a
+//! conforming client library refuses to misbehave.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+
+/// The next frame that is not a text frame (skipping `welcome`, pings and the like).
+async fn next_control(client: &mut Client, what: &str) -> Message {
+    loop {
+        let message = tokio::time::timeout(WAIT, client.ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|| panic!("stream ended waiting for {what}"))
+            .unwrap_or_else(|e| panic!("error waiting for {what}: {e}"));
+        if !message.is_text() {
+            return message;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_ping_is_answered_with_its_payload() {
+    let server = server(|_| {}).await;
+    let mut c = connect(server.addr, "l1", "alice").await;
+    c.ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    match next_control(&mut c, "the pong").await {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    c.close().await;
+    all_clean(&server).await;
+}
+
+#[tokio::test]
+async fn a_fragmented_message_is_assembled_with_a_ping_between_its_fragments() {
+    let server = server(|_| {}).await;
+    let mut c = connect(server.addr, "l1", "alice").await;
+    let text = r#"{"type":"broadcast","data":{"text":"héllo in three fragments"}}"#.as_bytes();
+    // Cut inside the two-byte 'é': UTF-8 is checked across fragments.
+    let cut = text.iter().position(|&b| b == 0xc3).unwrap() + 1;
+    let fragments = [
+        Frame::message(text[..cut].to_vec(), OpCode::Data(Data::Text), false),
+        Frame::ping(b"between".to_vec()),
+        Frame::message(text[cut..40].to_vec(), OpCode::Data(Data::Continue), false),
+        Frame::message(text[40..].to_vec(), OpCode::Data(Data::Continue), true),
+    ];
+    for fragment in fragments {
+        c.ws.send(Message::Frame(fragment)).await.unwrap();
+    }
+    match next_control(&mut c, "the pong between fragments").await {
+        Message::Pong(payload) => assert_eq!(&payload[..], b"between"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    let message = c.expect("message", "the assembled broadcast").await;
+    assert_eq!(message["data"]["text"], "héllo in three fragments");
+    c.close().await;
+    all_clean(&server).await;
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_its_code_and_cleaned_up() {
+    let server = server(|_| {}).await;
+    let mut watcher = connect(server.addr, "l1", "watcher").await;
+    let mut c = connect(server.addr, "l1", "alice").await;
+    watcher.expect("member_joined", "alice's join").await;
+    c.ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Library(4321),
+        reason: "done here".into(),
+    })))
+    .await
+    .unwrap();
+    match next_control(&mut c, "the close reply").await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4321),
+        other => panic!("expected the close reply, got {other:?}"),
+    }
+    watcher.expect("member_left", "alice's leave").await;
+    watcher.close().await;
+    all_clean(&server).await;
+}
+
+/// A raw client: the upgrade request, then bytes as given.
+async fn raw_upgrade(server: &switchboard_server::RunningServer, after: &[u8]) -> TcpStream {
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut request = format!(
+        "GET /ws/l1?token=raw HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    request.extend_from_slice(after);
+    tcp.write_all(&request).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // The accept key of RFC 6455's own example.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    tcp
+}
+
+/// Reads one unmasked server frame: (opcode, payload).
+async fn read_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    let read = async {
+        let mut header = [0u8; 2];
+        tcp.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[1] & 0x80, 0, "server frames are not masked");
+        let len = match header[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                tcp.read_exact(&mut b).await.unwrap();
+                u64::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                tcp.read_exact(&mut b).await.unwrap();
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0; len as usize];
+        tcp.read_exact(&mut payload).await.unwrap();
+        (header[0] & 0x0f, payload)
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("a server frame in time")
+}
+
+/// Reads frames until the close frame; returns its code.
+async fn close_code(tcp: &mut TcpStream) -> u16 {
+    loop {
+        let (opcode, payload) = read_frame(tcp).await;
+        if opcode == 8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}
+
+/// A masked client frame.
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [1, 2, 3, 4];
+    let mut out = vec![first, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    out
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_not_lost() {
+    let server = server(|_| {}).await;
+    // A ping pipelined behind the request, before the 101 arrives.
+    let mut tcp = raw_upgrade(&server, &masked(0x89, b"early")).await;
+    let (opcode, welcome) = read_frame(&mut tcp).await;
+    assert_eq!(opcode, 1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&welcome).unwrap()["type"],
+        "welcome"
+    );
+    let (opcode, payload) = read_frame(&mut tcp).await;
+    assert_eq!((opcode, payload.as_slice()), (10, b"early".as_slice()));
+}
+
+#[tokio::test]
+async fn frames_no_client_may_send_close_with_1002_and_leave_nothing_behind() {
+    let server = server(|_| {}).await;
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("unmasked", vec![0x81, 0x02, b'h', b'i']),
+        ("reserved bit", masked(0x81 | 0x40, b"{}")),
+        ("unknown opcode", masked(0x83, b"")),
+        ("fragmented ping", masked(0x09, b"")),
+        ("continuation first", masked(0x80, b"x")),
+    ];
+    for (what, bytes) in cases {
+        let mut tcp = raw_upgrade(&server, &[]).await;
+        tcp.write_all(&bytes).await.unwrap();
+        assert_eq!(close_code(&mut tcp).await, 1002, "{what}");
+        // The server shuts the socket down after its close (the reply is not required).
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest)).await;
+    }
+    all_clean(&server).await;
+    assert_eq!(server.manager.stats().total_connections, 0);
+}
+
+#[tokio::test]
+async fn requests_that_are_not_upgrades_are_refused_with_their_reason() {
+    let server = server(|_| {}).await;
+    let good = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for (missing, expect) in [
+        ("Connection", "`Connection` must include `upgrade`"),
+        ("Upgrade", "`Upgrade` must be `websocket`"),
+        (
+            "Sec-WebSocket-Version",
+            "`Sec-WebSocket-Version` must be 13",
+        ),
+        ("Sec-WebSocket-Key", "`Sec-WebSocket-Key` is missing"),
+    ] {
+        let headers: Vec<(&str, &str)> = good
+            .iter()
+            .copied()
+            .filter(|(n, _)| *n != missing)
+            .collect();
+        let response = http_with(server.addr, "GET", "/ws/l1?token=a", None, None, &headers).await;
+        assert_eq!(response.status, 400, "without {missing}");
+        assert_eq!(response.body, expect);
+    }
+    let mut wrong_version = good.to_vec();
+    wrong_version[2] = ("Sec-WebSocket-Version", "8");
+    let response = http_with(
+        server.addr,
+        "GET",
+        "/ws/l1?token=a",
+        None,
+        None,
+        &wrong_version,
+    )
+    .await;
+    assert_eq!(response.status, 400);
+    assert_eq!(server.manager.stats().total_connections, 0);
+    // Still serving upgrades.
+    let c = connect(server.addr, "l1", "alice").await;
+    c.close().await;
+}
