@@ -106,7 +106,10 @@ pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), 
         return Err(ParseError { error, id: None });
     }
     let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| {
-        let error = if e.is_data() {
+        // serde may stop at a shape error (a duplicate key) before it reaches a syntax error
+        // later on: only JSON is `invalid_message`.
+        let is_json = || serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+        let error = if e.is_data() && is_json() {
             ClientError::new(ErrorCode::InvalidMessage, "a frame must be a JSON object")
         } else {
             ClientError::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"))
@@ -308,6 +311,12 @@ mod tests {
         assert!(
             parse("  {\"type\":\"presence\"}").is_ok(),
             "leading whitespace is fine"
+        );
+        // Found by the fuzzer: serde stops at the duplicate key before the truncation.
+        assert_eq!(code_of(r#"{"id":"","id""#), ErrorCode::InvalidJson);
+        assert_eq!(
+            code_of(r#"{"type":"presence","type":"presence"}"#),
+            ErrorCode::InvalidMessage
         );
     }
 
