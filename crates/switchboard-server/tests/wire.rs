@@ -183,7 +183,8 @@ async fn a_frame_sent_with_the_upgrade_request_is_not_lost() {
 
 #[tokio::test]
 async fn frames_no_client_may_send_close_with_1002_and_leave_nothing_behind() {
-    let server = server(|_| {}).await;
+    // A long close deadline, so that ending at the reply and ending at the deadline differ.
+    let server = server(|c| c.manager.close_timeout = std::time::Duration::from_secs(10)).await;
     let cases: [(&str, Vec<u8>); 5] = [
         ("unmasked", vec![0x81, 0x02, b'h', b'i']),
         ("reserved bit", masked(0x81 | 0x40, b"{}")),
@@ -195,9 +196,18 @@ async fn frames_no_client_may_send_close_with_1002_and_leave_nothing_behind() {
         let mut tcp = raw_upgrade(&server, &[]).await;
         tcp.write_all(&bytes).await.unwrap();
         assert_eq!(close_code(&mut tcp).await, 1002, "{what}");
-        // The server shuts the socket down after its close (the reply is not required).
+        // The close handshake: the server ends the stream once the reply arrives.
+        tcp.write_all(&masked(0x88, &1002u16.to_be_bytes()))
+            .await
+            .unwrap();
         let mut rest = Vec::new();
-        let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest)).await;
+        tokio::time::timeout(
+            std::time::Duration::from_millis(500),
+            tcp.read_to_end(&mut rest),
+        )
+        .await
+        .expect("the server ends the stream after the close reply, not at its deadline")
+        .unwrap();
     }
     all_clean(&server).await;
     assert_eq!(server.manager.stats().total_connections, 0);
@@ -246,4 +256,38 @@ async fn requests_that_are_not_upgrades_are_refused_with_their_reason() {
     // Still serving upgrades.
     let c = connect(server.addr, "l1", "alice").await;
     c.close().await;
+}
+
+/// A client that sends pings and never reads the pongs cannot grow the server's memory with
+/// replies: once its socket's buffers are full and 64 KiB of replies wait, it is closed as a
+/// slow consumer.
+#[tokio::test]
+async fn pongs_a_client_does_not_read_are_bounded() {
+    let server = server(|_| {}).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window: the kernel's buffers fill quickly.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws/l1?token=pinger HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let ping = masked(0x89, &[b'p'; 125]);
+    // Bounded: 60,000 pings (7.6 MB of replies; the kernel may buffer 4 MB of them), far more
+    // than the server may hold. The writes fail once the server has closed the socket.
+    let mut sent = 0;
+    let flood = async {
+        while sent < 60_000 && tcp.write_all(&ping).await.is_ok() {
+            sent += 1;
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), flood).await;
+    eventually("the pinger closed as a slow consumer", || {
+        server.manager.stats().closes.get("slow_consumer") == Some(&1)
+    })
+    .await;
+    assert!(sent < 60_000, "the server read every ping: {sent}");
+    all_clean(&server).await;
 }
