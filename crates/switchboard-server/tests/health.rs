@@ -176,6 +176,16 @@ async fn drop_policy_keeps_the_slow_consumer_and_counts_drops() {
         1,
         "not closed under drop"
     );
+    // A direct send to the full queue says so, rather than that the connection is gone.
+    let dropped = server.manager.stats().messages_dropped;
+    let sent = server
+        .manager
+        .send_to_connection(slow.id(), &json!("direct"));
+    assert!(
+        matches!(sent, Err(switchboard::Error::QueueFull)),
+        "{sent:?}"
+    );
+    assert_eq!(server.manager.stats().messages_dropped, dropped + 1);
     // Once it reads again it gets what was queued, in order, and stays usable. The backend
     // repeats an end marker until the reader, draining, has room for one.
     let reader = tokio::spawn(async move {

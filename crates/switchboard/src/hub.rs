@@ -476,7 +476,7 @@ impl Hub {
         };
         seqs.iter()
             .filter_map(|seq| reg.conns.get(seq))
-            .filter(|e| self.deliver(&e.conn, frame.clone()))
+            .filter(|e| self.deliver(&e.conn, frame.clone()) == Offer::Queued)
             .count()
     }
 
@@ -495,24 +495,21 @@ impl Hub {
             .iter()
             .filter(|c| keep(c))
             .filter(|c| exclude.keeps(c))
-            .filter(|c| self.deliver(c, frame.clone()))
+            .filter(|c| self.deliver(c, frame.clone()) == Offer::Queued)
             .count()
     }
 
     /// Offers a frame to one connection, applying the slow-consumer policy when it is full.
-    pub(crate) fn deliver(&self, conn: &ConnHandle, frame: Message) -> bool {
-        match conn.offer(frame) {
-            Offer::Queued => true,
-            Offer::Closed => false,
-            Offer::Full => {
-                let drop = self.config.on_full == SlowConsumerPolicy::Drop;
-                if !drop {
-                    conn.close(DisconnectReason::SlowConsumer);
-                }
-                self.counters.overflow(drop);
-                false
+    pub(crate) fn deliver(&self, conn: &ConnHandle, frame: Message) -> Offer {
+        let offer = conn.offer(frame);
+        if offer == Offer::Full {
+            let drop = self.config.on_full == SlowConsumerPolicy::Drop;
+            if !drop {
+                conn.close(DisconnectReason::SlowConsumer);
             }
+            self.counters.overflow(drop);
         }
+        offer
     }
 
     /// The users of a lobby, sorted; `None` when the lobby has nobody.

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, ClusterStats, LocalNode, Skip};
 use crate::config::{Config, ConfigError};
-use crate::connection::{self, ConnHandle, ConnectionInfo, Socket};
+use crate::connection::{self, ConnHandle, ConnectionInfo, Offer, Socket};
 use crate::disconnect::DisconnectReason;
 use crate::handler::{Handler, NoHandler};
 use crate::history::Recovery;
@@ -85,6 +85,10 @@ pub enum Error {
     /// No connection with that id on this server.
     #[error("no such connection")]
     NoSuchConnection,
+    /// The connection's outbound queue is full: under the slow-consumer policy `close` it is
+    /// being closed (4008), under `drop` this frame was dropped (and counted).
+    #[error("the connection's outbound queue is full")]
+    QueueFull,
     /// The connection did not answer a ping in time.
     #[error("no pong within {0:?}")]
     PingTimeout(Duration),
@@ -342,10 +346,10 @@ impl Manager {
     ) -> Result<(), Error> {
         let conn = self.find(id)?;
         let data = to_raw(data)?;
-        if self.shared.hub.deliver(&conn, direct(&data)) {
-            Ok(())
-        } else {
-            Err(Error::NoSuchConnection)
+        match self.shared.hub.deliver(&conn, direct(&data)) {
+            Offer::Queued => Ok(()),
+            Offer::Full => Err(Error::QueueFull),
+            Offer::Closed => Err(Error::NoSuchConnection),
         }
     }
 
@@ -402,12 +406,14 @@ impl Manager {
     pub async fn ping(&self, id: &str, timeout: Duration) -> Result<Duration, Error> {
         let conn = self.find(id)?;
         let pong = conn.wait_for_pong();
-        if !self
+        match self
             .shared
             .hub
             .deliver(&conn, Message::Ping(self.shared.ping_payload()))
         {
-            return Err(Error::NoSuchConnection);
+            Offer::Queued => {}
+            Offer::Full => return Err(Error::QueueFull),
+            Offer::Closed => return Err(Error::NoSuchConnection),
         }
         // A connection that closes meanwhile answers at once, not after the timeout.
         let answer = async {
