@@ -90,15 +90,19 @@ async fn a_client_close_is_answered_with_its_code_and_cleaned_up() {
     all_clean(&server).await;
 }
 
+/// An upgrade request to lobby `l1` as `user` (dev mode), with RFC 6455's example key.
+fn upgrade_request(addr: std::net::SocketAddr, user: &str) -> String {
+    format!(
+        "GET /ws/l1?token={user} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
 /// A raw client: the upgrade request, then bytes as given.
 async fn raw_upgrade(server: &switchboard_server::RunningServer, after: &[u8]) -> TcpStream {
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    let mut request = format!(
-        "GET /ws/l1?token=raw HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    )
-    .into_bytes();
+    let mut request = upgrade_request(server.addr, "raw").into_bytes();
     request.extend_from_slice(after);
     tcp.write_all(&request).await.unwrap();
     let mut head = Vec::new();
@@ -268,11 +272,7 @@ async fn pongs_a_client_does_not_read_are_bounded() {
     // A small receive window: the kernel's buffers fill quickly.
     socket.set_recv_buffer_size(4096).unwrap();
     let mut tcp = socket.connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws/l1?token=pinger HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-        server.addr
-    );
+    let request = upgrade_request(server.addr, "pinger");
     tcp.write_all(request.as_bytes()).await.unwrap();
     let ping = masked(0x89, &[b'p'; 125]);
     // Bounded: 60,000 pings (7.6 MB of replies; the kernel may buffer 4 MB of them), far more

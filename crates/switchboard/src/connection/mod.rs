@@ -96,10 +96,8 @@ impl Serving {
     }
 
     fn unregister(&mut self) {
-        if std::mem::take(&mut self.registered)
-            && let Some(pending) = self.shared.hub.unregister(self.conn.seq)
-        {
-            self.shared.time_leave(pending);
+        if std::mem::take(&mut self.registered) {
+            leave_hub(&self.shared, self.conn.seq);
         }
     }
 
@@ -316,7 +314,7 @@ fn disconnected(shared: &Shared, conn: &ConnHandle, reason: DisconnectReason) {
     shared.handler.on_disconnect(&conn.info, reason);
 }
 
-/// Removes the connection from the hub when dropped: on every path out of [`run`], panics
+/// Removes the connection from the hub when dropped: on every path out of [`drive`], panics
 /// included.
 struct Registration<'a> {
     shared: &'a Arc<Shared>,
@@ -325,10 +323,29 @@ struct Registration<'a> {
 
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
-        if let Some(pending) = self.shared.hub.unregister(self.seq) {
-            self.shared.time_leave(pending);
-        }
+        leave_hub(self.shared, self.seq);
     }
+}
+
+/// Removes a connection from every index of the hub; a leave inside a leave grace is timed.
+fn leave_hub(shared: &Arc<Shared>, seq: u64) {
+    if let Some(pending) = shared.hub.unregister(seq) {
+        shared.time_leave(pending);
+    }
+}
+
+/// The `goodbye` frame, for the closes that invite a retry.
+fn goodbye_frame(reason: DisconnectReason) -> Option<String> {
+    let code = reason.close_code()?;
+    let retry_after_ms = reason.retry_after_ms()?;
+    Some(
+        ServerFrame::Goodbye {
+            code,
+            reason: reason.as_str(),
+            retry_after_ms,
+        }
+        .encode(),
+    )
 }
 
 /// The `Message` for a close frame with this reason's code and word.

@@ -124,15 +124,10 @@ fn handle(
     rate: &mut MessageRate,
 ) -> Result<(), DisconnectReason> {
     match message {
-        Message::Text(text) => {
-            shared.counters.message_in(text.len());
-            handle_text(text.as_str(), conn, shared, rate)
-        }
+        Message::Text(text) => handle_text(text.as_str(), conn, shared, rate),
         Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
         Message::Pong(payload) => {
-            if let Some(rtt) = shared.rtt_from_pong(&payload) {
-                conn.record_rtt(rtt, &shared.counters.rtt);
-            }
+            record_pong(&payload, conn, shared);
             Ok(())
         }
         // The WebSocket layer answers pings itself; any frame is proof of life.
@@ -141,13 +136,22 @@ fn handle(
     }
 }
 
-/// Handles one client text frame; an `Err` closes the connection with that reason.
+/// A WebSocket Pong: its payload is our ping's send time, so it measures a round trip.
+pub(super) fn record_pong(payload: &[u8], conn: &ConnHandle, shared: &Shared) {
+    if let Some(rtt) = shared.rtt_from_pong(payload) {
+        conn.record_rtt(rtt, &shared.counters.rtt);
+    }
+}
+
+/// Handles one client text frame (and counts it); an `Err` closes the connection with that
+/// reason.
 pub(super) fn handle_text(
     text: &str,
     conn: &Arc<ConnHandle>,
     shared: &Arc<Shared>,
     rate: &mut MessageRate,
 ) -> Result<(), DisconnectReason> {
+    shared.counters.message_in(text.len());
     let parsed = protocol::parse(text);
     // Liveness answers are never limited: a busy client must not look dead.
     if !matches!(parsed, Ok((ClientFrame::HealthPong { .. }, _))) {

@@ -23,7 +23,6 @@ use super::rate::MessageRate;
 use super::reader::{self, HealthClock};
 use crate::disconnect::DisconnectReason;
 use crate::manager::Shared;
-use crate::protocol::ServerFrame;
 use crate::ws::Upgraded;
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
 
@@ -232,7 +231,9 @@ impl Socket {
                 encode_message(&mut out, &message);
             });
         }
-        encode_goodbye(&mut out, reason);
+        if let Some(goodbye) = super::goodbye_frame(reason) {
+            frame::encode(&mut out, OpCode::Text, goodbye.as_bytes());
+        }
         match (code, self.peer_close) {
             (Some(code), _) => frame::encode_close(&mut out, Some(code), reason.as_str()),
             // The peer closed first: echo its code.
@@ -297,10 +298,7 @@ impl Live<'_> {
     ) -> Result<(), DisconnectReason> {
         let (conn, shared) = (self.conn, self.shared);
         match frame {
-            Frame::Text(text) => {
-                shared.counters.message_in(text.len());
-                reader::handle_text(text, conn, shared, self.rate)
-            }
+            Frame::Text(text) => reader::handle_text(text, conn, shared, self.rate),
             Frame::Binary(_) => Err(DisconnectReason::UnsupportedData),
             Frame::Ping(payload) => {
                 if unsent.len() > MAX_UNSENT_REPLIES {
@@ -310,9 +308,7 @@ impl Live<'_> {
                 Ok(())
             }
             Frame::Pong(payload) => {
-                if let Some(rtt) = shared.rtt_from_pong(payload) {
-                    conn.record_rtt(rtt, &shared.counters.rtt);
-                }
+                reader::record_pong(payload, conn, shared);
                 Ok(())
             }
             Frame::Close(code, _) => {
@@ -335,18 +331,6 @@ fn encode_message(out: &mut Vec<u8>, message: &Message) -> u64 {
     };
     frame::encode(out, opcode, payload);
     payload.len() as u64
-}
-
-/// Encodes `goodbye` for the closes that invite a retry.
-fn encode_goodbye(out: &mut Vec<u8>, reason: DisconnectReason) {
-    if let (Some(code), Some(retry_after_ms)) = (reason.close_code(), reason.retry_after_ms()) {
-        let goodbye = ServerFrame::Goodbye {
-            code,
-            reason: reason.as_str(),
-            retry_after_ms,
-        };
-        frame::encode(out, OpCode::Text, goodbye.encode().as_bytes());
-    }
 }
 
 /// Runs `f` with this thread's read buffer; a nested call (never expected) gets a fresh one.

@@ -11,7 +11,6 @@ use super::{ConnHandle, close_message};
 use crate::disconnect::DisconnectReason;
 use crate::hub::text;
 use crate::manager::Shared;
-use crate::protocol::ServerFrame;
 
 /// Frames written before one flush: waiting frames go out together, without letting one
 /// connection's backlog grow a buffer without bound.
@@ -93,13 +92,8 @@ where
     let Some(close) = close_message(reason) else {
         return sink.close().await.map_err(drop);
     };
-    if let (Some(code), Some(retry_after_ms)) = (reason.close_code(), reason.retry_after_ms()) {
-        let goodbye = ServerFrame::Goodbye {
-            code,
-            reason: reason.as_str(),
-            retry_after_ms,
-        };
-        sink.feed(text(goodbye.encode())).await.map_err(drop)?;
+    if let Some(goodbye) = super::goodbye_frame(reason) {
+        sink.feed(text(goodbye)).await.map_err(drop)?;
     }
     sink.send(close).await.map_err(drop)
 }
