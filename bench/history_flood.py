@@ -23,7 +23,7 @@ def rss_kib(pid):
 
 def main():
     n, lobbies, size, history = (int(a) for a in (sys.argv[1:] + ["50000", "20", "1024", "100"][len(sys.argv) - 1:])[:4])
-    env = dict(os.environ, SWITCHBOARD_BIND="127.0.0.1:0", SWITCHBOARD_LOG__LEVEL="warn",
+    env = dict(os.environ, SWITCHBOARD_BIND="127.0.0.1:0", SWITCHBOARD_DEV_MODE="true", SWITCHBOARD_LOG__LEVEL="warn",
                SWITCHBOARD_HISTORY__SIZE=str(history))
     server = subprocess.Popen(["target/release/switchboard"], env=env, stdout=subprocess.PIPE, text=True)
     try:

@@ -58,6 +58,10 @@ impl Identity {
     }
 }
 
+/// The latest `exp` accepted: the year 9999. Later values are refused, so that no deadline
+/// arithmetic on the expiry (timers, `Instant` conversions) can overflow.
+const MAX_EXP: u64 = 253_402_300_799;
+
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
@@ -85,7 +89,7 @@ pub struct KeyError(String);
 impl Auth {
     /// The verifier the configuration asks for.
     pub fn from_config(config: &ServerConfig) -> Result<Self, KeyError> {
-        if config.dev_mode() {
+        if config.dev_mode {
             return Ok(Self::Dev);
         }
         let (key, algorithm) = match (&config.jwt_secret, &config.jwt_public_key_file) {
@@ -103,7 +107,22 @@ impl Auth {
             (None, None) => return Err(KeyError("no key configured".into())),
         };
         let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &config.jwt_issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        match &config.jwt_audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            // Without a configured audience a token's `aud` is not checked (jsonwebtoken
+            // would otherwise refuse every token that has one).
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+        validation.validate_nbf = true;
         validation.leeway = 0;
         Ok(Self::Jwt(Box::new(JwtVerifier { key, validation })))
     }
@@ -121,10 +140,15 @@ impl Auth {
                 let claims = decode::<Claims>(token, &jwt.key, &jwt.validation)
                     .map_err(|e| AuthError::Invalid(e.to_string()))?
                     .claims;
+                // An `exp` past what the clock can represent is refused, never a panic.
+                let expires_at = UNIX_EPOCH
+                    .checked_add(Duration::from_secs(claims.exp))
+                    .filter(|_| claims.exp <= MAX_EXP)
+                    .ok_or_else(|| AuthError::Invalid("exp is out of range".into()))?;
                 Ok(Identity {
                     user_id: UserId::parse(&claims.sub)
                         .map_err(|e| AuthError::Invalid(e.to_string()))?,
-                    expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+                    expires_at: Some(expires_at),
                     lobbies: claims.lobbies,
                 })
             }

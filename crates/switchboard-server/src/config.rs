@@ -22,6 +22,8 @@ pub const KNOWN: &[&str] = &[
     "dev_mode",
     "auth.jwt_secret",
     "auth.jwt_public_key_file",
+    "auth.issuer",
+    "auth.audience",
     "api.key",
     "allowed_origins",
     "trusted_proxies",
@@ -86,12 +88,17 @@ pub enum LogFormat {
 pub struct ServerConfig {
     /// Listen address.
     pub bind: SocketAddr,
-    /// `Some` when asked for explicitly; `None` decides from auth and bind.
-    pub dev_mode: Option<bool>,
+    /// Dev mode (tokens are user ids): only when asked for (`dev_mode = true` or `--dev`),
+    /// never inferred from missing auth, so a lost secret stops the server instead of opening it.
+    pub dev_mode: bool,
     /// HS256 secret.
     pub jwt_secret: Option<Secret>,
     /// RS256 public key (PEM file).
     pub jwt_public_key_file: Option<PathBuf>,
+    /// When set, a token's `iss` must equal it.
+    pub jwt_issuer: Option<String>,
+    /// When set, a token's `aud` must contain it.
+    pub jwt_audience: Option<String>,
     /// `Origin` allowlist; empty means same host and loopback origins only.
     pub allowed_origins: Vec<String>,
     /// Bearer key of the HTTP API; without one the API is off (except in dev mode).
@@ -145,9 +152,11 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            dev_mode: None,
+            dev_mode: false,
             jwt_secret: None,
             jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             allowed_origins: Vec::new(),
             api_key: None,
             trusted_proxies: Vec::new(),
@@ -169,10 +178,23 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// The configuration of the process: the file named by `--config FILE` (or
-    /// `SWITCHBOARD_CONFIG`), then every `SWITCHBOARD_*` environment variable.
+    /// `SWITCHBOARD_CONFIG`), then every `SWITCHBOARD_*` environment variable, then `--dev`.
     pub fn from_args_and_env() -> Result<Self, ConfigError> {
-        let mut args = std::env::args().skip(1);
-        let mut file = std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from);
+        Self::from_args(std::env::args().skip(1), std::env::vars())
+    }
+
+    /// [`Self::from_args_and_env`] with the arguments and variables given.
+    pub fn from_args(
+        args: impl IntoIterator<Item = String>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut file = vars
+            .iter()
+            .find(|(k, _)| k == "SWITCHBOARD_CONFIG")
+            .map(|(_, v)| PathBuf::from(v));
+        let mut dev = false;
+        let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--config" => {
@@ -181,15 +203,17 @@ impl ServerConfig {
                         .ok_or_else(|| err("--config", "expects a file path"))?;
                     file = Some(path.into());
                 }
+                "--dev" => dev = true,
                 other => {
                     return Err(err(
                         other,
-                        "unknown argument (usage: switchboard [--config FILE])",
+                        "unknown argument (usage: switchboard [--config FILE] [--dev])",
                     ));
                 }
             }
         }
-        Self::load(file.as_deref(), std::env::vars())
+        let extra = dev.then(|| ("SWITCHBOARD_DEV_MODE".to_owned(), "true".to_owned()));
+        Self::load(file.as_deref(), vars.into_iter().chain(extra))
     }
 
     /// Reads `file` (if any), then applies `vars` over it, then validates.
@@ -277,10 +301,14 @@ impl ServerConfig {
         let m = &mut self.manager;
         match field {
             "bind" => self.bind = parse_addr(value)?,
-            "dev_mode" => self.dev_mode = Some(parse_bool(value)?),
-            "auth.jwt_secret" => self.jwt_secret = secret(value),
+            "dev_mode" => self.dev_mode = parse_bool(value)?,
+            "auth.jwt_secret" => self.jwt_secret = Some(secret(value)?),
             "auth.jwt_public_key_file" => self.jwt_public_key_file = Some(value.into()),
-            "api.key" => self.api_key = secret(value),
+            "auth.issuer" => self.jwt_issuer = Some(value.to_owned()).filter(|v| !v.is_empty()),
+            "auth.audience" => {
+                self.jwt_audience = Some(value.to_owned()).filter(|v| !v.is_empty());
+            }
+            "api.key" => self.api_key = Some(secret(value)?),
             "allowed_origins" => {
                 self.allowed_origins = split_list(value)
                     .map(|o| o.trim_end_matches('/').to_owned())
@@ -337,7 +365,9 @@ impl ServerConfig {
                     .map_err(|_| "expected a percentage, 0-100".to_owned())?;
             }
             "redis.node_id" => m.node_id = value.to_owned(),
-            "redis.url" => self.redis_url = secret(value),
+            "redis.url" => {
+                self.redis_url = Some(Secret(value.to_owned())).filter(|u| !u.0.is_empty())
+            }
             "redis.heartbeat_ms" => self.redis_heartbeat = parse_ms(value)?,
             "redis.node_ttl_ms" => self.redis_node_ttl = parse_ms(value)?,
             "redis.key_prefix" => self.redis_key_prefix = value.to_owned(),
@@ -396,49 +426,77 @@ impl ServerConfig {
         if self.handshake_timeout < Duration::from_millis(100) {
             return Err(err("handshake_timeout_ms", "must be at least 100 ms"));
         }
+        self.validate_auth()
+    }
+
+    /// Dev mode only when asked for, never together with a key, never off loopback; without
+    /// dev mode a JWT key is required; an API without a key only on a loopback listener.
+    fn validate_auth(&self) -> Result<(), ConfigError> {
         if self.jwt_secret.is_some() && self.jwt_public_key_file.is_some() {
             return Err(err(
                 "auth.jwt_secret",
                 "set either auth.jwt_secret (HS256) or auth.jwt_public_key_file (RS256), not both",
             ));
         }
-        let auth = self.jwt_secret.is_some() || self.jwt_public_key_file.is_some();
-        let loopback = self.bind.ip().is_loopback();
-        match (self.dev_mode, auth, loopback) {
-            (Some(true), _, false) => Err(err(
-                "dev_mode",
-                format!("dev mode is refused on the non-loopback bind {}", self.bind),
-            )),
-            (Some(false) | None, false, false) => Err(err(
+        if let Some(secret) = &self.jwt_secret
+            && secret.0.len() < MIN_HS256_SECRET_BYTES
+        {
+            return Err(err(
                 "auth.jwt_secret",
                 format!(
-                    "no auth configured for the non-loopback bind {}: set auth.jwt_secret or auth.jwt_public_key_file",
-                    self.bind
+                    "is {} bytes; an HS256 secret needs at least {MIN_HS256_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+                    secret.0.len()
                 ),
-            )),
-            (Some(false), false, true) => Err(err(
-                "dev_mode",
-                "dev mode is off but no auth is configured: set auth.jwt_secret or auth.jwt_public_key_file",
-            )),
-            _ => Ok(()),
+            ));
         }
+        let auth = self.jwt_secret.is_some() || self.jwt_public_key_file.is_some();
+        if self.dev_mode {
+            if auth {
+                return Err(err(
+                    "dev_mode",
+                    "dev mode (tokens are user ids) contradicts a configured auth.jwt_secret / auth.jwt_public_key_file: remove one of them",
+                ));
+            }
+            if !self.bind.ip().is_loopback() {
+                return Err(err(
+                    "dev_mode",
+                    format!("dev mode is refused on the non-loopback bind {}", self.bind),
+                ));
+            }
+        } else if !auth {
+            return Err(err(
+                "auth.jwt_secret",
+                "no auth configured: set auth.jwt_secret (HS256, at least 32 bytes) or auth.jwt_public_key_file (RS256), or run with --dev (dev_mode = true, loopback only) to try it out",
+            ));
+        }
+        let api_listener = self.admin_bind.unwrap_or(self.bind);
+        if self.api_key.is_none() && self.dev_mode && !api_listener.ip().is_loopback() {
+            return Err(err(
+                "api.key",
+                format!(
+                    "the HTTP API has no key and would listen on the non-loopback {api_listener}: set api.key"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the demo page and dashboard are served (default: in dev mode only).
     pub fn pages_enabled(&self) -> bool {
-        self.pages_enabled.unwrap_or_else(|| self.dev_mode())
-    }
-
-    /// Whether tokens are user ids (dev mode).
-    pub fn dev_mode(&self) -> bool {
-        self.dev_mode
-            .unwrap_or_else(|| self.jwt_secret.is_none() && self.jwt_public_key_file.is_none())
+        self.pages_enabled.unwrap_or(self.dev_mode)
     }
 }
 
-fn secret(value: &str) -> Option<Secret> {
-    Some(Secret(value.to_owned())).filter(|s| !s.0.is_empty())
+/// An empty secret is a mistake (an unset variable in a template), never "no secret".
+fn secret(value: &str) -> Result<Secret, String> {
+    if value.is_empty() {
+        return Err("is empty: remove the setting or give it a value".into());
+    }
+    Ok(Secret(value.to_owned()))
 }
+
+/// The shortest HS256 secret accepted: 256 bits, as RFC 7518 3.2 requires of an HMAC key.
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 fn parse_addr(value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| "expected IP:PORT".to_owned())
@@ -484,16 +542,73 @@ mod tests {
         ServerConfig::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     #[test]
-    fn no_configuration_is_dev_mode_on_loopback_8080() {
-        let c = vars(&[]).unwrap();
-        assert!(c.dev_mode());
+    fn dev_mode_only_when_asked_for() {
+        let e = vars(&[]).unwrap_err();
+        assert_eq!(e.field, "auth.jwt_secret");
+        assert!(e.reason.contains("--dev"), "{e}");
+        let c = vars(&[("SWITCHBOARD_DEV_MODE", "true")]).unwrap();
+        assert!(c.dev_mode);
         assert_eq!(c.bind.to_string(), "127.0.0.1:8080");
+        let c = ServerConfig::from_args(["--dev".to_owned()], []).unwrap();
+        assert!(c.dev_mode && c.pages_enabled());
+        let e = ServerConfig::from_args(["--deb".to_owned()], []).unwrap_err();
+        assert!(e.reason.contains("--dev"), "{e}");
+        let c = vars(&[("SWITCHBOARD_AUTH__JWT_SECRET", SECRET)]).unwrap();
+        assert!(!c.dev_mode && !c.pages_enabled());
+    }
+
+    #[test]
+    fn secrets_must_be_real() {
+        for var in ["SWITCHBOARD_AUTH__JWT_SECRET", "SWITCHBOARD_API__KEY"] {
+            let e = vars(&[("SWITCHBOARD_DEV_MODE", "true"), (var, "")]).unwrap_err();
+            assert!(e.reason.contains("empty"), "{var}: {e}");
+        }
+        let e = vars(&[("SWITCHBOARD_AUTH__JWT_SECRET", &SECRET[1..])]).unwrap_err();
+        assert_eq!(e.field, "auth.jwt_secret");
+        assert!(e.reason.contains("31 bytes"), "{e}");
+    }
+
+    #[test]
+    fn dev_mode_contradicts_a_key() {
+        for (var, value) in [
+            ("SWITCHBOARD_AUTH__JWT_SECRET", SECRET),
+            ("SWITCHBOARD_AUTH__JWT_PUBLIC_KEY_FILE", "/etc/key.pem"),
+        ] {
+            let e = vars(&[("SWITCHBOARD_DEV_MODE", "true"), (var, value)]).unwrap_err();
+            assert_eq!(e.field, "dev_mode", "{var}");
+            assert!(e.reason.contains("contradicts"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_api_without_a_key_listens_only_on_loopback() {
+        let e = vars(&[
+            ("SWITCHBOARD_DEV_MODE", "true"),
+            ("SWITCHBOARD_ADMIN_BIND", "0.0.0.0:9090"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.field, "api.key");
+        vars(&[
+            ("SWITCHBOARD_DEV_MODE", "true"),
+            ("SWITCHBOARD_ADMIN_BIND", "0.0.0.0:9090"),
+            ("SWITCHBOARD_API__KEY", "k"),
+        ])
+        .unwrap();
+        // Without dev mode and without a key the API is off (403), wherever it listens.
+        vars(&[
+            ("SWITCHBOARD_AUTH__JWT_SECRET", SECRET),
+            ("SWITCHBOARD_ADMIN_BIND", "0.0.0.0:9090"),
+        ])
+        .unwrap();
     }
 
     #[test]
     fn environment_names_map_to_fields() {
         let c = vars(&[
+            ("SWITCHBOARD_DEV_MODE", "on"),
             ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "7"),
             ("SWITCHBOARD_USER_POLICY", "multi"),
             ("SWITCHBOARD_HEALTH__PING_INTERVAL_MS", "1500"),
@@ -540,16 +655,15 @@ mod tests {
         let e = vars(&[
             ("SWITCHBOARD_BIND", "0.0.0.0:8080"),
             ("SWITCHBOARD_DEV_MODE", "true"),
-            ("SWITCHBOARD_AUTH__JWT_SECRET", "s"),
         ])
         .unwrap_err();
         assert_eq!(e.field, "dev_mode");
         let c = vars(&[
             ("SWITCHBOARD_BIND", "0.0.0.0:8080"),
-            ("SWITCHBOARD_AUTH__JWT_SECRET", "s"),
+            ("SWITCHBOARD_AUTH__JWT_SECRET", SECRET),
         ])
         .unwrap();
-        assert!(!c.dev_mode());
+        assert!(!c.dev_mode);
     }
 
     #[test]
@@ -559,6 +673,7 @@ mod tests {
         let file = dir.join("c.toml");
         let toml = r#"
 bind = "127.0.0.1:9000"
+dev_mode = true
 user_policy = "reject"
 trusted_proxies = ["10.0.0.0/8", "192.168.1.1"]
 [limits]
@@ -620,7 +735,10 @@ allow_direct = false
     #[test]
     fn secrets_never_show_in_debug() {
         let c = vars(&[
-            ("SWITCHBOARD_AUTH__JWT_SECRET", "hunter2"),
+            (
+                "SWITCHBOARD_AUTH__JWT_SECRET",
+                "hunter2-hunter2-hunter2-hunter2!",
+            ),
             ("SWITCHBOARD_API__KEY", "k3y"),
         ])
         .unwrap();

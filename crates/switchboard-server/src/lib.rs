@@ -78,7 +78,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<bool> {
     let auth = auth::Auth::from_config(&config)?;
-    let dev_mode = config.dev_mode();
+    let dev_mode = config.dev_mode;
     if dev_mode {
         tracing::warn!(
             "DEV MODE: tokens are user ids and are not verified; never expose this server (bind {})",

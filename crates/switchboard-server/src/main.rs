@@ -1,5 +1,5 @@
-//! `switchboard`: the standalone server. Configuration comes from `SWITCHBOARD_*` environment
-//! variables; with none it runs in dev mode on 127.0.0.1:8080.
+//! `switchboard`: the standalone server. Configuration comes from `--config FILE` and
+//! `SWITCHBOARD_*` environment variables; `switchboard --dev` runs in dev mode on 127.0.0.1:8080.
 
 use std::io::Write;
 

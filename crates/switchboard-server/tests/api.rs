@@ -63,7 +63,7 @@ async fn the_key_is_required_and_checked() {
 #[tokio::test]
 async fn without_a_key_the_api_is_off_unless_dev_mode() {
     // JWT mode, no key: off.
-    let jwt = Process::start(&[("SWITCHBOARD_AUTH__JWT_SECRET", "s")], None);
+    let jwt = Process::start(&[("SWITCHBOARD_AUTH__JWT_SECRET", TEST_SECRET)], None);
     let r = http(jwt.addr, "GET", "/api/stats", None, None).await;
     assert_eq!((r.status, r.error_code().as_str()), (403, "api_disabled"));
     // Dev mode (loopback), no key: open.

@@ -7,8 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::*;
 use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = TEST_SECRET;
 
 fn token(sub: &str, exp_in_secs: i64, lobbies: Option<&[&str]>) -> String {
     let now = SystemTime::now()
@@ -154,4 +155,90 @@ async fn foreign_origins_are_refused_before_the_upgrade() {
             (r, _) => panic!("origin {origin}: unexpected {:?}", r.map(|_| ())),
         }
     }
+}
+
+fn signed(claims: serde_json::Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn connects(addr: std::net::SocketAddr, token: &str) -> bool {
+    let ws = raw_connect(addr, &format!("/ws/l1?token={token}"), ip(1)).await;
+    let mut c = Client {
+        ws,
+        welcome: serde_json::Value::Null,
+    };
+    let first = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut c.ws))
+        .await
+        .expect("an answer to the token")
+        .expect("a frame")
+        .expect("no error");
+    match first {
+        Message::Text(t) => {
+            let frame: serde_json::Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(frame["type"], "welcome", "{frame}");
+            true
+        }
+        Message::Close(Some(close)) => {
+            assert_eq!(
+                (u16::from(close.code), close.reason.as_str()),
+                (4001, "unauthorized")
+            );
+            false
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// `iss` and `aud` must match when configured; `nbf` in the future is refused; an `exp` no
+/// clock can hold is refused, never a panic.
+#[tokio::test]
+async fn issuer_audience_not_before_and_absurd_expiry() {
+    let server = server(|c| {
+        c.jwt_secret = Some(switchboard_server::config::Secret(SECRET.into()));
+        c.jwt_issuer = Some("https://auth.example".into());
+        c.jwt_audience = Some("switchboard".into());
+    })
+    .await;
+    let now = now_secs();
+    let good =
+        json!({"sub": "a", "exp": now + 60, "iss": "https://auth.example", "aud": "switchboard"});
+    assert!(connects(server.addr, &signed(good.clone())).await);
+    let with = |key: &str, value: serde_json::Value| {
+        let mut claims = good.clone();
+        claims[key] = value;
+        signed(claims)
+    };
+    let without = |key: &str| {
+        let mut claims = good.clone();
+        claims.as_object_mut().unwrap().remove(key);
+        signed(claims)
+    };
+    for (what, token) in [
+        ("another issuer", with("iss", json!("https://evil.example"))),
+        ("no issuer", without("iss")),
+        ("another audience", with("aud", json!(["other"]))),
+        ("no audience", without("aud")),
+        ("not before a minute from now", with("nbf", json!(now + 60))),
+        ("exp beyond any clock", with("exp", json!(u64::MAX))),
+    ] {
+        assert!(!connects(server.addr, &token).await, "{what} was accepted");
+    }
+    assert!(
+        connects(server.addr, &with("aud", json!(["other", "switchboard"]))).await,
+        "an audience list that contains ours"
+    );
+    assert!(connects(server.addr, &with("nbf", json!(now - 1))).await);
+    assert_eq!(server.manager.stats().rejections["unauthorized"], 6);
 }

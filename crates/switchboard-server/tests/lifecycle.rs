@@ -133,6 +133,7 @@ async fn probes_answer() {
 #[tokio::test]
 async fn binary_prints_its_address_and_drains_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("--dev")
         .env("SWITCHBOARD_BIND", "127.0.0.1:0")
         .env("SWITCHBOARD_SHUTDOWN__DRAIN_MS", "200")
         .env("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "1")
@@ -198,6 +199,27 @@ fn binary_refuses_a_bad_configuration_naming_the_field() {
         .unwrap();
     assert!(out.is_empty(), "nothing listens: {out}");
     let _ = std::io::stdout().flush();
+}
+
+/// Dev mode is never inferred: without a key and without `--dev` the binary stops and says
+/// what to set; an empty secret is a mistake, not "no secret".
+#[test]
+fn binary_without_auth_or_dev_refuses_to_start() {
+    for secret in [None, Some("")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.env("SWITCHBOARD_BIND", "127.0.0.1:0");
+        if let Some(secret) = secret {
+            cmd.env("SWITCHBOARD_AUTH__JWT_SECRET", secret);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "secret {secret:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("auth.jwt_secret"), "{err}");
+        if secret.is_none() {
+            assert!(err.contains("--dev"), "says how to try it out: {err}");
+        }
+        assert!(out.stdout.is_empty(), "nothing listens");
+    }
 }
 
 #[test]

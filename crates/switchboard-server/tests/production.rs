@@ -191,6 +191,11 @@ async fn json_logs_record_connects_and_disconnects_without_secrets() {
     );
     let a = connect(p.addr, "l1", "alice").await;
     a.close().await;
+    // A refused token (too long for a user id) is not logged either.
+    let token = format!("token-{}", "x".repeat(200));
+    connect_refused(p.addr, "l1", &token, ip(1))
+        .await
+        .assert(4001, "unauthorized", false);
     let _ = http(p.addr, "GET", "/api/stats", Some("wrong-key-value"), None).await;
     let mut lines: Vec<serde_json::Value> = Vec::new();
     let deadline = Instant::now() + WAIT;
@@ -233,6 +238,7 @@ async fn json_logs_record_connects_and_disconnects_without_secrets() {
     assert!(gone["fields"]["duration_ms"].as_u64().is_some());
     let all = p.logs();
     assert!(!all.contains("sekrit-api-key") && !all.contains("wrong-key-value"));
+    assert!(!all.contains("token-xxx"), "the token is never logged");
 }
 
 #[tokio::test]
@@ -346,12 +352,12 @@ async fn pages_are_served_in_dev_mode_and_the_dashboard_follows_the_api() {
         404
     );
     // Not in production mode unless asked for.
-    let prod = Process::start(&[("SWITCHBOARD_AUTH__JWT_SECRET", "s")], None);
+    let prod = Process::start(&[("SWITCHBOARD_AUTH__JWT_SECRET", TEST_SECRET)], None);
     assert_eq!(http(prod.addr, "GET", "/", None, None).await.status, 404);
     // Asked for, with an admin listener: the dashboard moves there with the API.
     let split = Process::start(
         &[
-            ("SWITCHBOARD_AUTH__JWT_SECRET", "s"),
+            ("SWITCHBOARD_AUTH__JWT_SECRET", TEST_SECRET),
             ("SWITCHBOARD_PAGES__ENABLED", "true"),
             ("SWITCHBOARD_ADMIN_BIND", "127.0.0.1:0"),
         ],

@@ -189,7 +189,9 @@ async fn last_event_id_recovers_what_was_missed() {
 
 #[tokio::test]
 async fn refusals_are_http_statuses_with_json_errors() {
-    let jwt = server(|c| c.jwt_secret = Some(switchboard_server::config::Secret("s".into()))).await;
+    let jwt =
+        server(|c| c.jwt_secret = Some(switchboard_server::config::Secret(TEST_SECRET.into())))
+            .await;
     let r = Sse::open(jwt.addr, "/sse/room?token=forged", &[]).await;
     assert_eq!(r.status, 401);
     let full = server(|c| c.manager.limits.max_per_lobby = 1).await;

@@ -41,7 +41,7 @@ let serverSeq = 0;
 /**
  * Starts the real server; resolves once it printed `listening on ADDR`. `bind` defaults to
  * 127.0.0.1:0 (a free port); pass the address of a previous run to restart on the same port.
- * No configuration but `env`: dev mode, pages on.
+ * No configuration but `env`: dev mode (`--dev`, unless `env` sets a JWT secret), pages on.
  */
 export async function startServer({ env = {}, bind = "127.0.0.1:0", name = "server" } = {}) {
   ensureBinary();
@@ -50,7 +50,8 @@ export async function startServer({ env = {}, bind = "127.0.0.1:0", name = "serv
   );
   const logPath = join(outputDir, `${name}-${++serverSeq}.log`);
   const log = createWriteStream(logPath);
-  const proc = spawn(binary, [], {
+  const args = env.SWITCHBOARD_AUTH__JWT_SECRET ? [] : ["--dev"];
+  const proc = spawn(binary, args, {
     env: { ...cleanEnv, RUST_LOG: "info", SWITCHBOARD_BIND: bind, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

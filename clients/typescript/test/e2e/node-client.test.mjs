@@ -104,7 +104,7 @@ describe("Node client against the real server", () => {
   });
 
   test("4001 unauthorized: no reconnect", async () => {
-    const s = await server({ name: "node-401", env: { SWITCHBOARD_AUTH__JWT_SECRET: "another-secret-0123456789abcdef" } });
+    const s = await server({ name: "node-401", env: { SWITCHBOARD_AUTH__JWT_SECRET: "another-secret-0123456789abcdef!" } });
     const c = client(s, "x", { token: "not-a-jwt" });
     const gone = c.once("disconnect", 10_000);
     c.connect();

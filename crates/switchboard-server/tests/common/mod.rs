@@ -17,18 +17,37 @@ use tokio_tungstenite::{WebSocketStream, client_async};
 /// How long any single expected event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(5);
 
-/// Starts a server on 127.0.0.1:0 in dev mode, with rate limits off (tests connect fast from
-/// one IP; `rate_limits.rs` turns them on), after `tune`.
+/// An HS256 secret long enough for the server (32 bytes at least).
+pub const TEST_SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
+
+/// Whether a test's settings configure a JWT key: then the server runs without dev mode.
+fn configures_jwt(env: &[(&str, &str)]) -> bool {
+    env.iter().any(|(k, _)| {
+        matches!(
+            *k,
+            "SWITCHBOARD_AUTH__JWT_SECRET"
+                | "SWITCHBOARD_AUTH__JWT_PUBLIC_KEY_FILE"
+                | "SWITCHBOARD_DEV_MODE"
+        )
+    })
+}
+
+/// Starts a server on 127.0.0.1:0 in dev mode (unless `tune` sets a JWT key), with rate
+/// limits off (tests connect fast from one IP; `rate_limits.rs` turns them on), after `tune`.
 pub async fn server(tune: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig {
         bind: "127.0.0.1:0".parse().unwrap(),
         drain: Duration::from_millis(200),
         deadline: Duration::from_secs(3),
+        dev_mode: true,
         ..ServerConfig::default()
     };
     config.manager.rate.connects_per_ip_per_sec = 0;
     config.manager.rate.messages_per_sec = 0;
     tune(&mut config);
+    if config.jwt_secret.is_some() || config.jwt_public_key_file.is_some() {
+        config.dev_mode = false;
+    }
     switchboard_server::spawn(config)
         .await
         .expect("server starts")
@@ -355,11 +374,15 @@ pub struct Process {
 
 impl Process {
     /// Starts the binary with `env` (and `--config FILE` when given) on 127.0.0.1:0 and waits
-    /// for its `listening on` line.
+    /// for its `listening on` line. It runs with `--dev` unless `env` sets a JWT key or
+    /// `SWITCHBOARD_DEV_MODE`.
     pub fn start(env: &[(&str, &str)], config_file: Option<&std::path::Path>) -> Process {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.env("SWITCHBOARD_BIND", "127.0.0.1:0");
+        if !configures_jwt(env) {
+            cmd.arg("--dev");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

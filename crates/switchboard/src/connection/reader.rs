@@ -74,10 +74,12 @@ pub(super) struct HealthClock {
 impl HealthClock {
     pub(super) fn new(shared: &Shared, expires_at: Option<SystemTime>) -> Self {
         let now = Instant::now();
-        let expires_at = expires_at.map(|at| {
-            now + at
-                .duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
+        // An expiry too far away for the monotonic clock is no expiry, never an overflow.
+        let expires_at = expires_at.and_then(|at| {
+            now.checked_add(
+                at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            )
         });
         Self {
             interval: shared.config.ping_interval,
