@@ -367,7 +367,7 @@ impl RedisCluster {
                 .arg(c.id.as_str())
                 .arg(c.user_id.as_str())
                 .arg(c.lobby.as_str())
-                .arg(c.ip.to_string());
+                .arg(self.cfg.limits.ip_key(c.ip).to_string());
         }
         let synced: Result<(Vec<String>, Vec<String>), _> = invocation.invoke_async(con).await;
         match synced {
@@ -625,7 +625,7 @@ impl RedisCluster {
             .arg(conn.id.as_str())
             .arg(conn.user_id.as_str())
             .arg(conn.lobby.as_str())
-            .arg(conn.ip.to_string())
+            .arg(limits.ip_key(conn.ip).to_string())
             .arg(limits.max_connections)
             .arg(limits.max_per_lobby)
             .arg(limits.max_per_user)

@@ -228,28 +228,60 @@ async fn sse_post(
     }
 }
 
-/// The client's IP: the TCP peer, unless the peer is a trusted proxy; then the nearest
-/// address in `X-Forwarded-For` that is not itself a trusted proxy. Addresses a client put
-/// there itself (further left) are never believed.
+/// The client's IP: the TCP peer, unless the peer is a trusted proxy; then `X-Forwarded-For`
+/// read from the right (each proxy appends the address it saw), skipping trusted proxies, up
+/// to the first address that is not one. An entry that does not parse ends the walk: the
+/// client is then the last trusted hop seen, never anything further left, which the client
+/// could have written itself. IPv4-mapped IPv6 addresses count as IPv4.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(&peer) {
-        return peer;
+    let mut client = peer.to_canonical();
+    if !is_trusted(&client) {
+        return client;
     }
-    let forwarded: Vec<IpAddr> = headers
+    let values: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map_while(|part| part.trim().parse().ok())
+        .map(|v| v.to_str().unwrap_or(""))
         .collect();
-    forwarded
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(ip))
-        .or(forwarded.first())
-        .copied()
-        .unwrap_or(peer)
+    // Several header lines are one list, in order.
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Some(hop) = forwarded_address(entry) else {
+            return client;
+        };
+        client = hop;
+        if !is_trusted(&client) {
+            return client;
+        }
+    }
+    client
+}
+
+/// One `X-Forwarded-For` entry in the forms proxies write: `1.2.3.4`, `1.2.3.4:5678`, `::1`,
+/// `[::1]`, `[::1]:80`; IPv4-mapped IPv6 becomes IPv4.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    let ip = if let Some(rest) = entry.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port_ok = after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok());
+        if !port_ok {
+            return None;
+        }
+        inside.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)?
+    } else if let Ok(ip) = entry.parse::<IpAddr>() {
+        ip
+    } else {
+        entry
+            .parse::<std::net::SocketAddrV4>()
+            .ok()?
+            .ip()
+            .to_owned()
+            .into()
+    };
+    Some(ip.to_canonical())
 }
 
 /// An `Origin` is allowed when listed, or (with an empty list) when it is the request's own
@@ -294,23 +326,88 @@ mod tests {
         assert!(!origin_allowed("http://localhost", None, &list));
     }
 
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            "6.6.6.6, 1.2.3.4, 10.0.0.7".parse().unwrap(),
-        );
-        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
-        let direct: IpAddr = "5.5.5.5".parse().unwrap();
-        assert_eq!(
-            client_ip(proxy, &h, &trusted),
-            "1.2.3.4".parse::<IpAddr>().unwrap()
-        );
+        let h = forwarded(&["6.6.6.6, 1.2.3.4, 10.0.0.7"]);
+        let proxy = ip("10.0.0.1");
+        let direct = ip("5.5.5.5");
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("1.2.3.4"));
         assert_eq!(client_ip(direct, &h, &trusted), direct, "untrusted peer");
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
-        h.insert("x-forwarded-for", "garbage".parse().unwrap());
+        // Only trusted hops: the leftmost of them.
+        let h = forwarded(&["10.0.0.9, 10.0.0.7"]);
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("10.0.0.9"));
+        // Several header lines are one list.
+        let h = forwarded(&["6.6.6.6", "1.2.3.4", "10.0.0.7"]);
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("1.2.3.4"));
+    }
+
+    #[test]
+    fn an_entry_that_does_not_parse_ends_the_walk_at_the_nearest_trusted_hop() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy = ip("10.0.0.1");
+        // nginx appended the real peer (9.9.9.9) to what the client sent.
+        let h = forwarded(&["6.6.6.6, x, 9.9.9.9"]);
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("9.9.9.9"));
+        // Garbage right behind a trusted hop: that hop, never 6.6.6.6.
+        let h = forwarded(&["6.6.6.6, x, 10.0.0.7"]);
+        assert_eq!(client_ip(proxy, &h, &trusted), ip("10.0.0.7"));
+        let h = forwarded(&["6.6.6.6, garbage"]);
         assert_eq!(client_ip(proxy, &h, &trusted), proxy);
+        let h = forwarded(&["6.6.6.6,"]);
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy, "an empty entry");
+        let h = forwarded(&["1.2.3.4:99999"]);
+        assert_eq!(client_ip(proxy, &h, &trusted), proxy, "a port out of range");
+    }
+
+    #[test]
+    fn the_forms_proxies_write() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        let proxy = ip("10.0.0.1");
+        for (entry, want) in [
+            ("1.2.3.4", "1.2.3.4"),
+            (" 1.2.3.4:5678 ", "1.2.3.4"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[2001:db8::1]:80", "2001:db8::1"),
+            ("::ffff:1.2.3.4", "1.2.3.4"),
+            ("[::ffff:1.2.3.4]:443", "1.2.3.4"),
+        ] {
+            let h = forwarded(&[entry]);
+            assert_eq!(client_ip(proxy, &h, &trusted), ip(want), "{entry}");
+        }
+        for bad in [
+            "[2001:db8::1",
+            "[2001:db8::1]x",
+            "1.2.3",
+            "1.2.3.4:",
+            "[1.2.3.4]",
+        ] {
+            let h = forwarded(&[bad]);
+            assert_eq!(client_ip(proxy, &h, &trusted), proxy, "{bad}");
+        }
+        // A mapped peer is the IPv4 proxy it maps, and trusted as such.
+        let h = forwarded(&["5.6.7.8"]);
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), &h, &trusted),
+            ip("5.6.7.8")
+        );
+        assert_eq!(client_ip(ip("::ffff:5.5.5.5"), &h, &trusted), ip("5.5.5.5"));
+        // An IPv6 proxy.
+        let h = forwarded(&["[2001:db8::7]:1234, fd00::2"]);
+        assert_eq!(client_ip(ip("fd00::1"), &h, &trusted), ip("2001:db8::7"));
     }
 }

@@ -33,6 +33,7 @@ pub const KNOWN: &[&str] = &[
     "limits.max_per_lobby",
     "limits.max_per_user",
     "limits.max_per_ip",
+    "limits.ipv6_prefix",
     "user_policy",
     "health.ping_interval_ms",
     "health.pong_timeout_ms",
@@ -319,6 +320,7 @@ impl ServerConfig {
                     .map(|p| {
                         p.parse::<IpNet>()
                             .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                            .map(mapped_as_ipv4)
                             .map_err(|_| format!("{p:?} is not an IP address or CIDR"))
                     })
                     .collect::<Result<_, _>>()?;
@@ -330,6 +332,10 @@ impl ServerConfig {
             "limits.max_per_lobby" => m.limits.max_per_lobby = parse_num(value)?,
             "limits.max_per_user" => m.limits.max_per_user = parse_num(value)?,
             "limits.max_per_ip" => m.limits.max_per_ip = parse_num(value)?,
+            "limits.ipv6_prefix" => {
+                m.limits.ipv6_prefix =
+                    u8::try_from(parse_num(value)?).map_err(|_| "must be 48-128".to_string())?;
+            }
             "user_policy" => {
                 m.user_policy = match value {
                     "replace" => UserPolicy::Replace,
@@ -523,6 +529,17 @@ fn parse_bool(value: &str) -> Result<bool, String> {
     }
 }
 
+/// `::ffff:10.0.0.0/104` is `10.0.0.0/8`: client addresses are compared in their IPv4 form.
+fn mapped_as_ipv4(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
 fn parse_num(value: &str) -> Result<usize, String> {
     value
         .replace('_', "")
@@ -646,6 +663,30 @@ mod tests {
         assert_eq!(e.field, "redis.node_ttl_ms");
         let e = vars(&[("SWITCHBOARD_TRUSTED_PROXIES", "10.0.0.0/8,nope")]).unwrap_err();
         assert_eq!(e.field, "trusted_proxies");
+    }
+
+    #[test]
+    fn ipv6_prefix_and_mapped_proxies() {
+        let c = vars(&[
+            ("SWITCHBOARD_DEV_MODE", "true"),
+            ("SWITCHBOARD_LIMITS__IPV6_PREFIX", "56"),
+            (
+                "SWITCHBOARD_TRUSTED_PROXIES",
+                "::ffff:10.0.0.0/104, fd00::/8",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.manager.limits.ipv6_prefix, 56);
+        let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["10.0.0.0/8", "fd00::/8"]);
+        for bad in ["47", "129", "300"] {
+            let e = vars(&[
+                ("SWITCHBOARD_DEV_MODE", "true"),
+                ("SWITCHBOARD_LIMITS__IPV6_PREFIX", bad),
+            ])
+            .unwrap_err();
+            assert_eq!(e.field, "limits.ipv6_prefix", "{bad}");
+        }
     }
 
     #[test]

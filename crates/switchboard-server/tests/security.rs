@@ -187,6 +187,14 @@ async fn rs256_tokens_with_a_lobby_claim() {
 }
 
 async fn connect_with_forwarded(addr: std::net::SocketAddr, user: &str, forwarded: &str) -> Client {
+    let mut c = upgrade_with_forwarded(addr, user, forwarded).await;
+    c.welcome = c.expect("welcome", "welcome behind a proxy").await;
+    c
+}
+
+/// An upgrade through a proxy that sent `X-Forwarded-For: forwarded`; the welcome (or the
+/// refusal) is still to be read.
+async fn upgrade_with_forwarded(addr: std::net::SocketAddr, user: &str, forwarded: &str) -> Client {
     let mut req = format!("ws://{addr}/ws/l1?token={user}")
         .into_client_request()
         .unwrap();
@@ -194,12 +202,62 @@ async fn connect_with_forwarded(addr: std::net::SocketAddr, user: &str, forwarde
         .insert("x-forwarded-for", forwarded.parse().unwrap());
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
-    let mut c = Client {
+    Client {
         ws,
         welcome: serde_json::Value::Null,
-    };
-    c.welcome = c.expect("welcome", "welcome behind a proxy").await;
-    c
+    }
+}
+
+/// Behind the documented nginx setup (which appends the address it saw), a client that
+/// writes its own `X-Forwarded-For` with an entry that does not parse is still counted by its
+/// real address: it neither escapes `max_per_ip` nor locks out the address it names.
+#[tokio::test]
+async fn a_forged_forwarded_list_neither_escapes_the_ip_limit_nor_frames_a_victim() {
+    let server = server(|c| {
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.manager.limits.max_per_ip = 1;
+    })
+    .await;
+    let attacker = "198.51.100.1";
+    let first = connect_with_forwarded(server.addr, "a1", &format!("6.6.6.6, x, {attacker}")).await;
+    let ip_of = |c: &Client| server.manager.connection(c.id()).unwrap().ip.to_string();
+    assert_eq!(ip_of(&first), attacker);
+    let mut second =
+        upgrade_with_forwarded(server.addr, "a2", &format!("7.7.7.7, junk, {attacker}")).await;
+    second
+        .ending("the attacker's second connection")
+        .await
+        .assert(4002, "ip_limit", true);
+    // The address the attacker named is not locked out.
+    let victim = connect_with_forwarded(server.addr, "v", "6.6.6.6").await;
+    assert_eq!(ip_of(&victim), "6.6.6.6");
+}
+
+/// IPv6 clients count per /64 (`limits.ipv6_prefix`); IPv4-mapped addresses as IPv4.
+#[tokio::test]
+async fn ipv6_clients_count_per_network() {
+    let server = server(|c| {
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.manager.limits.max_per_ip = 2;
+    })
+    .await;
+    let _a = connect_with_forwarded(server.addr, "a", "2001:db8:1:2::1").await;
+    let _b = connect_with_forwarded(server.addr, "b", "[2001:db8:1:2:ffff::2]:443").await;
+    let mut c = upgrade_with_forwarded(server.addr, "c", "2001:db8:1:2:abcd::3").await;
+    c.ending("a third address of the same /64")
+        .await
+        .assert(4002, "ip_limit", true);
+    let _d = connect_with_forwarded(server.addr, "d", "2001:db8:1:3::1").await;
+    let e = connect_with_forwarded(server.addr, "e", "::ffff:203.0.113.5").await;
+    assert_eq!(
+        server.manager.connection(e.id()).unwrap().ip.to_string(),
+        "203.0.113.5"
+    );
+    let _f = connect_with_forwarded(server.addr, "f", "203.0.113.5").await;
+    let mut g = upgrade_with_forwarded(server.addr, "g", "203.0.113.5").await;
+    g.ending("a third connection from the mapped address")
+        .await
+        .assert(4002, "ip_limit", true);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::sse::{Sse, sse_post};
 use common::*;
+use futures_util::SinkExt;
 use serde_json::json;
 
 #[tokio::test]
@@ -212,4 +213,26 @@ async fn refusals_are_http_statuses_with_json_errors() {
             .status,
         429
     );
+}
+
+/// JSON may carry raw line breaks between its tokens (a client's pretty-printed `data`): each
+/// line becomes its own `data:` field, so the frame still arrives as one event, intact.
+#[tokio::test]
+async fn frames_with_line_breaks_arrive_as_one_event_each() {
+    let server = server(|_| {}).await;
+    let mut ws = connect(server.addr, "room", "wendy").await;
+    let mut sse = Sse::open(server.addr, "/sse/room?token=sam", &[]).await;
+    sse.expect("welcome", "welcome").await;
+    ws.expect("member_joined", "sam joins").await;
+    let pretty = "{\"type\":\"broadcast\",\"data\":{\n  \"list\": [\r\n    1,\r    2\n  ],\n  \"s\": \"a\\nb\"\n}}";
+    ws.ws
+        .send(tokio_tungstenite::tungstenite::Message::text(pretty))
+        .await
+        .unwrap();
+    let m = sse.expect("message", "the pretty-printed broadcast").await;
+    assert_eq!(m.data["data"], json!({"list": [1, 2], "s": "a\nb"}));
+    // The next event is still a separate one.
+    ws.send(json!({"type":"broadcast","data":"after"})).await;
+    let next = sse.expect("message", "the broadcast after it").await;
+    assert_eq!(next.data["data"], "after");
 }

@@ -217,6 +217,35 @@ async fn frames_no_client_may_send_close_with_1002_and_leave_nothing_behind() {
     assert_eq!(server.manager.stats().total_connections, 0);
 }
 
+/// RFC 6455: the key is 16 random bytes in base64; anything else is not a WebSocket client.
+#[tokio::test]
+async fn a_key_that_is_not_16_bytes_in_base64_is_refused_with_400() {
+    let server = server(|_| {}).await;
+    for key in [
+        "x",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=",
+        "dGhlIHNhbXBsZSBub25jZQ!=",
+        "!!!!!!!!!!!!!!!!!!!!!!==",
+    ] {
+        let headers = [
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", key),
+        ];
+        let response = http_with(server.addr, "GET", "/ws/l1?token=a", None, None, &headers).await;
+        assert_eq!(response.status, 400, "key {key:?}");
+        assert_eq!(
+            response.body, "`Sec-WebSocket-Key` must be 16 bytes in base64",
+            "key {key:?}"
+        );
+    }
+    assert_eq!(server.manager.stats().total_connections, 0);
+    let c = connect(server.addr, "l1", "alice").await;
+    c.close().await;
+}
+
 #[tokio::test]
 async fn requests_that_are_not_upgrades_are_refused_with_their_reason() {
     let server = server(|_| {}).await;

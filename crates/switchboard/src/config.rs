@@ -2,6 +2,7 @@
 //!
 //! Config is data: the library never reads files or the environment; the server binary does.
 
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 /// Everything a [`Manager`](crate::Manager) needs to know. Start from [`Config::default`] and
@@ -100,6 +101,25 @@ pub struct Limits {
     pub max_per_user: usize,
     /// Connections from one client IP (`ip_limit`). Default 100.
     pub max_per_ip: usize,
+    /// IPv6 clients count per network of this prefix length in `max_per_ip` and
+    /// `connects_per_ip_per_sec`: one host usually holds a whole /64, so counting single
+    /// addresses would let it pick a fresh one for every connection. 48-128, default 64.
+    pub ipv6_prefix: u8,
+}
+
+impl Limits {
+    /// The address per-IP limits count `ip` under: an IPv4 address (IPv4-mapped IPv6
+    /// included) as itself, an IPv6 address as its network of [`Limits::ipv6_prefix`] bits.
+    pub fn ip_key(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let bits = u32::from(self.ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+            v4 => v4,
+        }
+    }
 }
 
 /// What happens when a user who already has a connection opens another one. The policy spans
@@ -181,6 +201,7 @@ impl Default for Limits {
             max_per_lobby: 100,
             max_per_user: 5,
             max_per_ip: 100,
+            ipv6_prefix: 64,
         }
     }
 }
@@ -245,6 +266,12 @@ impl Config {
                 reason: "must be at least 1 when rate.messages_per_sec is set".into(),
             });
         }
+        if !(48..=128).contains(&self.limits.ipv6_prefix) {
+            return Err(ConfigError {
+                field: "limits.ipv6_prefix",
+                reason: "must be 48-128 (bits of an IPv6 address that name one client)".into(),
+            });
+        }
         if self.capacity_warn_percent > 100 {
             return Err(ConfigError {
                 field: "capacity_warn_percent",
@@ -284,5 +311,26 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "redis.node_id");
+        let mut c = Config::default();
+        c.limits.ipv6_prefix = 47;
+        assert_eq!(c.validate().unwrap_err().field, "limits.ipv6_prefix");
+        c.limits.ipv6_prefix = 129;
+        assert_eq!(c.validate().unwrap_err().field, "limits.ipv6_prefix");
+    }
+
+    #[test]
+    fn ipv6_counts_per_network_and_mapped_ipv4_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut limits = Limits::default();
+        assert_eq!(limits.ip_key(ip("1.2.3.4")), ip("1.2.3.4"));
+        assert_eq!(limits.ip_key(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
+        assert_eq!(
+            limits.ip_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        limits.ipv6_prefix = 48;
+        assert_eq!(limits.ip_key(ip("2001:db8:1:2::9")), ip("2001:db8:1::"));
+        limits.ipv6_prefix = 128;
+        assert_eq!(limits.ip_key(ip("2001:db8::9")), ip("2001:db8::9"));
     }
 }

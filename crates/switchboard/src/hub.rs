@@ -143,8 +143,10 @@ impl Hub {
         let total_after = reg.conns.len() - replaced.len() + 1;
         let lobby_now = reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len());
         let lobby_after = lobby_now - freed(&|c| c.info.lobby == info.lobby) + 1;
-        let ip_after =
-            reg.ips.get(&info.ip).copied().unwrap_or(0) - freed(&|c| c.info.ip == info.ip) + 1;
+        let ip_key = limits.ip_key(info.ip);
+        let ip_after = reg.ips.get(&ip_key).copied().unwrap_or(0)
+            - freed(&|c| limits.ip_key(c.info.ip) == ip_key)
+            + 1;
         let user_after = existing.len() - replaced.len() + 1;
         let user_max = match self.config.user_policy {
             UserPolicy::Replace | UserPolicy::Reject => 1,
@@ -205,7 +207,7 @@ impl Hub {
             .entry(info.user_id.clone())
             .or_default()
             .push(conn.seq);
-        *reg.ips.entry(info.ip).or_default() += 1;
+        *reg.ips.entry(ip_key).or_default() += 1;
         reg.conns.insert(
             conn.seq,
             Entry {
@@ -262,10 +264,11 @@ impl Hub {
                 reg.users.remove(&info.user_id);
             }
         }
-        if let Some(count) = reg.ips.get_mut(&info.ip) {
+        let ip_key = self.config.limits.ip_key(info.ip);
+        if let Some(count) = reg.ips.get_mut(&ip_key) {
             *count -= 1;
             if *count == 0 {
-                reg.ips.remove(&info.ip);
+                reg.ips.remove(&ip_key);
             }
         }
         let generation = grace.then(|| {
@@ -587,7 +590,8 @@ impl Hub {
             let lobby = &reg.lobbies[&entry.conn.info.lobby];
             assert_eq!(lobby.members[entry.pos].seq, *seq, "position of {seq}");
             assert!(reg.users[&entry.conn.info.user_id].contains(seq));
-            *ips.entry(entry.conn.info.ip).or_default() += 1;
+            *ips.entry(self.config.limits.ip_key(entry.conn.info.ip))
+                .or_default() += 1;
             *users.entry(&entry.conn.info.user_id).or_default() += 1;
         }
         assert_eq!(ips, reg.ips, "ip counts");

@@ -37,6 +37,7 @@ const LIMITS: Limits = Limits {
     max_per_lobby: 4,
     max_per_user: 2,
     max_per_ip: 3,
+    ipv6_prefix: 64,
 };
 
 #[derive(Debug, Clone)]

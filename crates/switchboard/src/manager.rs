@@ -202,9 +202,11 @@ impl Shared {
         self.cluster.get().cloned()
     }
 
-    /// Whether a new connection from `ip` fits the per-IP connect rate.
+    /// Whether a new connection from `ip` (counted as [`crate::Limits::ip_key`]) fits the
+    /// per-IP connect rate.
     pub(crate) fn allow_connect(&self, ip: IpAddr) -> bool {
-        self.connect_rate.as_ref().is_none_or(|r| r.allow(ip))
+        let key = self.config.limits.ip_key(ip);
+        self.connect_rate.as_ref().is_none_or(|r| r.allow(key))
     }
 
     pub(crate) fn next_seq(&self) -> u64 {

@@ -196,9 +196,8 @@ impl SseSink {
                 {
                     event.push_str(&format!("id: {epoch}:{offset}\n"));
                 }
-                event.push_str("data: ");
-                event.push_str(json);
-                event.push_str("\n\n");
+                push_data(&mut event, json);
+                event.push('\n');
                 Some(Bytes::from(event))
             }
             // Protocol pings become comments: they keep proxies from timing the stream out.
@@ -211,6 +210,18 @@ impl SseSink {
             }
             Message::Pong(_) | Message::Binary(_) => None,
         }
+    }
+}
+
+/// Appends `json` as `data:` lines. JSON may hold raw line breaks outside its strings (a
+/// client's or a backend's pretty-printed `data`); a line break would end the `data:` field
+/// early, so each line gets its own field and EventSource joins them back with `\n`, which
+/// is the same JSON (a `\r\n` becomes two line breaks: whitespace all the same).
+fn push_data(event: &mut String, json: &str) {
+    for line in json.split(['\r', '\n']) {
+        event.push_str("data: ");
+        event.push_str(line);
+        event.push('\n');
     }
 }
 
@@ -293,5 +304,20 @@ mod tests {
             "event: close\ndata: {\"code\":4009,\"reason\":\"kicked\"}\n\n"
         );
         assert!(sink.encode(Message::Pong(Bytes::new())).is_none());
+    }
+
+    #[test]
+    fn line_breaks_in_json_become_one_data_line_each() {
+        let (tx, _rx) = mpsc::channel(4);
+        let mut sink = SseSink {
+            body: PollSender::new(tx),
+            epoch: None,
+        };
+        let message = "{\"type\":\"message\",\"data\":[\n 1,\r\n 2\r]}";
+        let event = sink.encode(Message::Text(message.into())).unwrap();
+        assert_eq!(
+            event,
+            "event: message\ndata: {\"type\":\"message\",\"data\":[\ndata:  1,\ndata: \ndata:  2\ndata: ]}\n\n"
+        );
     }
 }

@@ -216,3 +216,34 @@ describe("dashboard", () => {
     assert.deepEqual(problems, []);
   });
 });
+
+describe("server-sent events", () => {
+  test("a frame whose JSON holds line breaks arrives in EventSource as one intact event", async () => {
+    const s = await server({ name: "sse-lines" });
+    const page = await newPage(browser, problems);
+    await page.goto(`${s.url}/?name=viewer&lobby=feed`);
+    await page.evaluate(() => {
+      window.got = [];
+      const source = new EventSource("/sse/feed?token=viewer");
+      source.addEventListener("welcome", () => (window.welcomed = true));
+      source.addEventListener("message", (e) => window.got.push(JSON.parse(e.data)));
+      window.source = source;
+    });
+    await page.waitForFunction(() => window.welcomed === true);
+    const ws = new WebSocket(`${s.url.replace("http", "ws")}/ws/feed?token=writer`);
+    cleanups.push(async () => ws.close());
+    await new Promise((resolve, reject) => {
+      ws.once("open", resolve);
+      ws.once("error", reject);
+    });
+    // Pretty-printed by a client: raw LF, CRLF and CR between the tokens.
+    ws.send('{"type":"broadcast","data":{\n  "list": [\r\n    1,\r    2\n  ],\n  "s": "a\\nb"\n}}');
+    ws.send('{"type":"broadcast","data":"after"}');
+    await page.waitForFunction(() => window.got.length >= 2);
+    const got = await page.evaluate(() => window.got.map((m) => m.data));
+    assert.deepEqual(got, [{ list: [1, 2], s: "a\nb" }, "after"]);
+    await page.evaluate(() => window.source.close());
+    await page.context().close();
+    assert.deepEqual(problems, []);
+  });
+});

@@ -90,16 +90,24 @@ impl Sse {
             let open = self.dechunk();
             while let Some(end) = self.text.find("\n\n") {
                 let block: String = self.text.drain(..end + 2).collect();
-                let (mut name, mut id, mut data) = (None, None, None);
+                let (mut name, mut id, mut data) = (None, None, None::<String>);
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("event: ") {
                         name = Some(v.to_owned());
                     } else if let Some(v) = line.strip_prefix("id: ") {
                         id = Some(v.to_owned());
                     } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = Some(serde_json::from_str(v).unwrap());
+                        // As EventSource does: the data lines of one event, joined by `\n`.
+                        match &mut data {
+                            Some(d) => {
+                                d.push('\n');
+                                d.push_str(v);
+                            }
+                            None => data = Some(v.to_owned()),
+                        }
                     }
                 }
+                let data = data.map(|d| serde_json::from_str(&d).unwrap());
                 if let (Some(name), Some(data)) = (name, data)
                     && name != "health_ping"
                 {

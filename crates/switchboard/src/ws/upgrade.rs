@@ -91,6 +91,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 StatusCode::BAD_REQUEST,
                 "`Sec-WebSocket-Key` is missing",
             ))?;
+        if !is_valid_key(key.as_bytes()) {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Key` must be 16 bytes in base64",
+            ));
+        }
         let protocols = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(reject(
             StatusCode::UPGRADE_REQUIRED,
@@ -220,6 +226,36 @@ impl AsyncWrite for Upgraded {
         match &mut self.get_mut().io {
             Io::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Io::Other(io) => Pin::new(io).poll_shutdown(cx),
+        }
+    }
+}
+
+/// RFC 6455 4.2.1: the key is a base64-encoded 16-byte value (24 characters).
+fn is_valid_key(key: &[u8]) -> bool {
+    use base64::Engine as _;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|bytes| bytes.len() == 16)
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::is_valid_key;
+
+    #[test]
+    fn keys_are_16_bytes_in_base64() {
+        assert!(is_valid_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZQ===",
+            b"dGhlIHNhbXBsZSBub25jZR==",
+            b"dGhlIHNhbXBsZSBub25jZQ!=",
+            b"aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=",
+        ] {
+            assert!(!is_valid_key(bad), "{}", String::from_utf8_lossy(bad));
         }
     }
 }
