@@ -65,12 +65,14 @@ pub fn routes(state: AppState) -> Router<AppState> {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API path")
         })
         .route_layer(middleware::from_fn_with_state(state, require_key))
+        // Bodies are bounded by `api.max_body_bytes` in `with_body`, not axum's default.
+        .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
 async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(key) = state.api_key.as_deref() else {
         if state.dev_mode {
-            return next.run(request).await;
+            return with_body(&state, request, next).await;
         }
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -88,7 +90,7 @@ async fn require_key(State(state): State<AppState>, request: Request, next: Next
         .map(|(_, token)| token.trim());
     match presented {
         Some(token) if bool::from(token.as_bytes().ct_eq(key.as_bytes())) => {
-            next.run(request).await
+            with_body(&state, request, next).await
         }
         Some(_) => {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong API key").into_response()
@@ -99,6 +101,26 @@ async fn require_key(State(state): State<AppState>, request: Request, next: Next
             "missing `Authorization: Bearer <api.key>`",
         )
         .into_response(),
+    }
+}
+
+/// Runs the call once its body is all there: at most `api.max_body_bytes` (413 past it),
+/// within `http.body_timeout_ms` (408). Only a caller with the key gets this far.
+async fn with_body(state: &AppState, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match crate::body::read(
+        &parts.headers,
+        body,
+        state.api_max_body_bytes,
+        state.body_timeout,
+    )
+    .await
+    {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(refused) => refused.into_response(),
     }
 }
 

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -34,6 +34,10 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     /// Dev mode: tokens are user ids, and the API needs no key when none is set.
     pub dev_mode: bool,
+    /// A request body must arrive whole within this (`http.body_timeout_ms`).
+    pub body_timeout: Duration,
+    /// The largest API body (`api.max_body_bytes`).
+    pub api_max_body_bytes: usize,
     /// Set at shutdown: readiness fails and upgrades are refused.
     pub draining: Arc<AtomicBool>,
     /// When the server started.
@@ -178,12 +182,18 @@ struct SsePost {
     message: Box<serde_json::value::RawValue>,
 }
 
-/// `POST /sse/{lobby}/messages`: a client frame for an SSE connection, from its owner.
+/// The envelope around a posted frame (`{"connection_id":"...","message":...}`): a posted
+/// body may be this much larger than `max_message_bytes`.
+const SSE_POST_ENVELOPE_BYTES: usize = 1024;
+
+/// `POST /sse/{lobby}/messages`: a client frame for an SSE connection, from its owner. The
+/// token is checked before the body is read; the body is read within `http.body_timeout_ms`
+/// and the frame bounded by `max_message_bytes`, like a WebSocket message (413 past it).
 async fn sse_post(
     State(state): State<AppState>,
     params: ConnectParams,
     headers: HeaderMap,
-    body: Result<axum::Json<SsePost>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let error = |status: StatusCode, code: &str, message: String| {
         (
@@ -198,9 +208,24 @@ async fn sse_post(
         Err(Refusal::ForeignOrigin) => return sse_forbidden_origin(),
         Err(Refusal::Close(reason)) => return sse_refusal(reason),
     };
-    let post = match body {
-        Ok(axum::Json(post)) => post,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()),
+    let limit = state.manager.config().max_message_bytes;
+    let bytes = match crate::body::read(
+        &headers,
+        body,
+        limit.saturating_add(SSE_POST_ENVELOPE_BYTES),
+        state.body_timeout,
+    )
+    .await
+    {
+        Ok(bytes) => bytes,
+        Err(crate::body::BodyError::TooLarge(_)) => {
+            return crate::body::BodyError::TooLarge(limit).into_response();
+        }
+        Err(refused) => return refused.into_response(),
+    };
+    let post: SsePost = match serde_json::from_slice(&bytes) {
+        Ok(post) => post,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()),
     };
     let frame = post.message.get();
     let posted = state
@@ -224,6 +249,9 @@ async fn sse_post(
             "rate_limited",
             SsePostError::Busy.to_string(),
         ),
+        Err(SsePostError::TooLarge(limit)) => {
+            crate::body::BodyError::TooLarge(limit).into_response()
+        }
         Err(other) => error(StatusCode::NOT_FOUND, "not_found", other.to_string()),
     }
 }

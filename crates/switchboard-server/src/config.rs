@@ -16,6 +16,9 @@ use switchboard::{Config as ManagerConfig, SlowConsumerPolicy, UserPolicy};
 
 const PREFIX: &str = "SWITCHBOARD_";
 
+/// The largest `api.max_body_bytes`: an API body is read whole into memory.
+pub const MAX_API_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 /// Every name [`ServerConfig::set`] accepts.
 pub const KNOWN: &[&str] = &[
     "bind",
@@ -29,6 +32,9 @@ pub const KNOWN: &[&str] = &[
     "trusted_proxies",
     "admin_bind",
     "handshake_timeout_ms",
+    "http.body_timeout_ms",
+    "http.max_pending",
+    "api.max_body_bytes",
     "limits.max_connections",
     "limits.max_per_lobby",
     "limits.max_per_user",
@@ -110,6 +116,13 @@ pub struct ServerConfig {
     pub admin_bind: Option<SocketAddr>,
     /// A TCP connection must finish its HTTP request head (the upgrade) within this.
     pub handshake_timeout: Duration,
+    /// A request body (an SSE post, an API call) must arrive whole within this.
+    pub body_timeout: Duration,
+    /// HTTP connections not (yet) upgraded, at most; more are refused at once with 503, so a
+    /// crowd of slow requests cannot use up the process's file descriptors.
+    pub max_pending: usize,
+    /// The largest body the HTTP API reads; larger ones get 413.
+    pub api_max_body_bytes: usize,
     /// Close spread at shutdown.
     pub drain: Duration,
     /// Hard limit for the whole shutdown.
@@ -163,6 +176,9 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             admin_bind: None,
             handshake_timeout: Duration::from_millis(10_000),
+            body_timeout: Duration::from_millis(10_000),
+            max_pending: 1024,
+            api_max_body_bytes: 1024 * 1024,
             drain: Duration::from_millis(5_000),
             deadline: Duration::from_millis(10_000),
             redis_url: None,
@@ -328,6 +344,9 @@ impl ServerConfig {
             "admin_bind" if value.is_empty() => self.admin_bind = None,
             "admin_bind" => self.admin_bind = Some(parse_addr(value)?),
             "handshake_timeout_ms" => self.handshake_timeout = parse_ms(value)?,
+            "http.body_timeout_ms" => self.body_timeout = parse_ms(value)?,
+            "http.max_pending" => self.max_pending = parse_num(value)?,
+            "api.max_body_bytes" => self.api_max_body_bytes = parse_num(value)?,
             "limits.max_connections" => m.limits.max_connections = parse_num(value)?,
             "limits.max_per_lobby" => m.limits.max_per_lobby = parse_num(value)?,
             "limits.max_per_user" => m.limits.max_per_user = parse_num(value)?,
@@ -431,6 +450,18 @@ impl ServerConfig {
         }
         if self.handshake_timeout < Duration::from_millis(100) {
             return Err(err("handshake_timeout_ms", "must be at least 100 ms"));
+        }
+        if self.body_timeout < Duration::from_millis(100) {
+            return Err(err("http.body_timeout_ms", "must be at least 100 ms"));
+        }
+        if self.max_pending == 0 {
+            return Err(err("http.max_pending", "must be at least 1"));
+        }
+        if !(1024..=MAX_API_BODY_BYTES).contains(&self.api_max_body_bytes) {
+            return Err(err(
+                "api.max_body_bytes",
+                format!("must be 1024-{MAX_API_BODY_BYTES} (64 MiB)"),
+            ));
         }
         self.validate_auth()
     }

@@ -10,7 +10,8 @@
 //! - [`api`]: the HTTP API for backends (`/api/...`).
 //! - [`metrics`]: `GET /metrics`.
 //! - [`pages`]: the demo page and the dashboard, embedded static files.
-//! - `serve`: the accept loop with a request-head deadline.
+//! - `body`: request bodies read whole, bounded in bytes and time.
+//! - `serve`: the accept loop with a request-head deadline and a cap on pending connections.
 //! - [`run`] / [`spawn`]: serve until a shutdown signal, then drain.
 //!
 //! The binary is thin: read config, init logs, bind, print `listening on ADDR`, call [`run`].
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+mod body;
 pub mod config;
 pub mod metrics;
 pub mod pages;
@@ -98,6 +100,8 @@ pub async fn run(
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         api_key: config.api_key.as_ref().map(|k| Arc::from(k.0.as_str())),
         dev_mode,
+        body_timeout: config.body_timeout,
+        api_max_body_bytes: config.api_max_body_bytes,
         draining: draining.clone(),
         started: Instant::now(),
     };
@@ -105,7 +109,10 @@ pub async fn run(
     let mut servers = tokio::task::JoinSet::new();
     let public = app::public_routes(state.clone());
     let admin = app::admin_routes(state);
-    let head_timeout = config.handshake_timeout;
+    let bounds = serve::Bounds {
+        head_timeout: config.handshake_timeout,
+        max_pending: config.max_pending,
+    };
     let pages = config.pages_enabled();
     let (mut public, mut admin) = (public, admin);
     if pages {
@@ -120,13 +127,13 @@ pub async fn run(
             servers.spawn(serve::serve(
                 listeners.public,
                 public,
-                head_timeout,
+                bounds,
                 stop_http.clone(),
             ));
             servers.spawn(serve::serve(
                 admin_listener,
                 admin,
-                head_timeout,
+                bounds,
                 stop_http.clone(),
             ));
         }
@@ -135,7 +142,7 @@ pub async fn run(
             servers.spawn(serve::serve(
                 listeners.public,
                 both,
-                head_timeout,
+                bounds,
                 stop_http.clone(),
             ));
         }

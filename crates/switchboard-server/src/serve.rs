@@ -1,28 +1,47 @@
 //! The accept loop: HTTP/1.1 with upgrades, a deadline for every request head (so a TCP
-//! connection that never sends its upgrade cannot hold a socket), and a graceful stop.
+//! connection that never sends its upgrade cannot hold a socket), a cap on connections that
+//! have not upgraded (so a crowd of slow requests cannot use up the file descriptors the
+//! established WebSockets and the next upgrades need), and a graceful stop.
 //!
 //! `axum::serve` has no request-head timeout; this is the same hyper stack with one.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+/// The answer to a connection over the `http.max_pending` cap, written without waiting.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// How the accept loop bounds what is not yet an upgraded WebSocket.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bounds {
+    /// The request head must arrive within this.
+    pub(crate) head_timeout: Duration,
+    /// Connections still speaking HTTP (not upgraded), at most.
+    pub(crate) max_pending: usize,
+}
 
 /// Serves `router` on `listener` until `stop` is cancelled, then lets in-flight HTTP requests
 /// finish (upgraded WebSockets are the manager's, not ours) and returns.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
-    head_timeout: Duration,
+    bounds: Bounds,
     stop: CancellationToken,
 ) {
     let connections = TaskTracker::new();
+    // A permit per connection until it upgrades (hyper's connection future ends then) or
+    // closes.
+    let pending = Arc::new(Semaphore::new(bounds.max_pending));
     loop {
         let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -35,6 +54,12 @@ pub(crate) async fn serve(
                     continue;
                 }
             },
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            metrics::counter!("switchboard_http_refused_total", "reason" => "max_pending")
+                .increment(1);
+            let _ = tcp.try_write(BUSY);
+            continue;
         };
         let _ = tcp.set_nodelay(true);
         // The peer goes into each request's extensions; `Router::layer` would rebuild the
@@ -50,7 +75,7 @@ pub(crate) async fn serve(
         connections.spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(head_timeout)
+                .header_read_timeout(bounds.head_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             tokio::pin!(connection);
@@ -61,6 +86,7 @@ pub(crate) async fn serve(
                     let _ = connection.await;
                 }
             }
+            drop(permit);
         });
     }
     connections.close();

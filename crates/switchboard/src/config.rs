@@ -89,6 +89,10 @@ impl Default for ClientPermissions {
     }
 }
 
+/// The largest `max_message_bytes` accepted: a frame this size may wait in a reader's buffer
+/// and, shared, in every queue, so the worst case per connection stays countable.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Capacity limits. Each refusal closes with 4002 and the matching reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -236,6 +240,12 @@ impl Config {
                 });
             }
         }
+        if self.max_message_bytes > MAX_MESSAGE_BYTES {
+            return Err(ConfigError {
+                field: "max_message_bytes",
+                reason: format!("must be at most {MAX_MESSAGE_BYTES} (16 MiB)"),
+            });
+        }
         if self.ping_interval < Duration::from_millis(10) {
             return Err(ConfigError {
                 field: "health.ping_interval_ms",
@@ -316,6 +326,13 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().field, "limits.ipv6_prefix");
         c.limits.ipv6_prefix = 129;
         assert_eq!(c.validate().unwrap_err().field, "limits.ipv6_prefix");
+        let mut c = Config {
+            max_message_bytes: MAX_MESSAGE_BYTES + 1,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "max_message_bytes");
+        c.max_message_bytes = MAX_MESSAGE_BYTES;
+        c.validate().unwrap();
     }
 
     #[test]

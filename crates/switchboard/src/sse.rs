@@ -41,6 +41,9 @@ pub enum SsePostError {
     /// Too many frames waiting for the connection.
     #[error("too many frames waiting; slow down")]
     Busy,
+    /// The frame is larger than `max_message_bytes`, the bound of a WebSocket message.
+    #[error("the frame is larger than max_message_bytes ({0} bytes)")]
+    TooLarge(usize),
 }
 
 impl Manager {
@@ -130,6 +133,12 @@ pub(crate) fn post(
     lobby: &str,
     frame: &str,
 ) -> Result<(), SsePostError> {
+    // The same bound as a WebSocket message, checked before anything is looked up, stored or
+    // forwarded; a frame from another node is checked again here.
+    let limit = shared.config.max_message_bytes;
+    if frame.len() > limit {
+        return Err(SsePostError::TooLarge(limit));
+    }
     let conn = crate::ids::ConnectionId::seq_on(connection_id, &shared.config.node_id)
         .and_then(|seq| shared.hub.connection(seq))
         .ok_or(SsePostError::NotFound)?;
