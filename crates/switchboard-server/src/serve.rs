@@ -21,6 +21,11 @@ use tower::ServiceExt;
 /// The answer to a connection over the `http.max_pending` cap, written without waiting.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
+/// The read buffer of a connection still speaking HTTP, which bounds its request head (431
+/// past it): an upgrade with a long token needs a few KiB, and hyper's default (about 400 KiB)
+/// times `http.max_pending` would be a lot of memory for a crowd of slow requests.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// How the accept loop bounds what is not yet an upgraded WebSocket.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bounds {
@@ -76,6 +81,8 @@ pub(crate) async fn serve(
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(bounds.head_timeout)
+                .max_header_size(MAX_HEAD_BYTES)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             tokio::pin!(connection);

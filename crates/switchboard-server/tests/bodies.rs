@@ -199,6 +199,23 @@ async fn a_trickled_body_is_dropped_within_the_body_timeout() {
     c.close().await;
 }
 
+/// A request head is at most 64 KiB: what a crowd of pending connections can hold is bounded.
+#[tokio::test]
+async fn a_request_head_over_64_kib_is_refused() {
+    let server = server(|_| {}).await;
+    let long = "a".repeat(70 * 1024);
+    let head = format!("GET /ws/room?token=a HTTP/1.1\r\nHost: x\r\nX-Long: {long}\r\n\r\n");
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    // The server may stop reading (and answer) before all of it is written.
+    let _ = tcp.write_all(head.as_bytes()).await;
+    let (status, _) = answer(&mut tcp, WAIT).await;
+    assert_eq!(status, 431);
+    let fine = "a".repeat(16 * 1024);
+    let headers = [("X-Long", fine.as_str())];
+    let r = http_with(server.addr, "GET", "/healthz", None, None, &headers).await;
+    assert_eq!(r.status, 200);
+}
+
 /// Open descriptors of a process.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
