@@ -216,6 +216,24 @@ redis.call('PUBLISH', P .. 'chan:lobby:' .. lobby,
 return offset
 "#;
 
+/// ARGV: P, node, user, payload. Publishes `payload` on the channel of every other node that
+/// holds a connection of `user`, once per node: the lookup happens in Redis, inside the
+/// publisher's pipeline, so a direct frame costs no round trip of its own. Returns how many
+/// nodes.
+pub(crate) const DIRECT: &str = r#"
+local P, me, user, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local seen, n = {}, 0
+for _, v in ipairs(redis.call('HVALS', P .. 'user:' .. user)) do
+  local node = string.match(v, '^([^\t]*)')
+  if node ~= me and not seen[node] then
+    seen[node] = true
+    n = n + 1
+    redis.call('PUBLISH', P .. 'chan:node:' .. node, payload)
+  end
+end
+return n
+"#;
+
 /// ARGV: P, TTL, lobby, since, now ms, ttl ms, fresh epoch. Creates the epoch if the lobby has
 /// none. Returns {epoch or '', last offset, {offset, frame,
 /// offset, frame, ...}} for the broadcasts after `since` still in the stream and younger than

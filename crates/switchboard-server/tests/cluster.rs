@@ -563,3 +563,197 @@ async fn recovery_works_across_nodes() {
         (Some(seen + 101), Some("live"))
     );
 }
+
+/// The value of an unlabelled counter or gauge in Prometheus text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Item 6: 100 clients sending `direct` frames to users who do not exist, each at its rate
+/// limit, on node A, while a member of A broadcasts: node B receives every broadcast, in
+/// order and promptly (a direct frame no longer costs a Redis round trip of its own ahead of
+/// the broadcasts), and nothing is refused or dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_floods_to_absent_users_do_not_stall_broadcasts() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const SENDERS: usize = 100;
+    const RATE: u64 = 100; // per sender per second: 10,000 directs/s in all
+    const BROADCASTS: u64 = 100;
+    let redis = Redis::start();
+    let rate = RATE.to_string();
+    let env = [
+        ("SWITCHBOARD_RATE__MESSAGES_PER_SEC", rate.as_str()),
+        ("SWITCHBOARD_RATE__BURST", rate.as_str()),
+        ("SWITCHBOARD_LIMITS__MAX_PER_IP", "1000"),
+        ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "1000"),
+        ("SWITCHBOARD_PRESENCE__EVENTS", "false"),
+    ];
+    let a = node(&redis, "fa", &env);
+    let b = node(&redis, "fb", &env);
+    let mut listener = connect(b.addr, "room", "listener").await;
+    let mut speaker = connect(a.addr, "room", "speaker").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut spammers = Vec::new();
+    for i in 0..SENDERS {
+        let c = connect(a.addr, "spam", &format!("spammer{i}")).await;
+        let (mut tx, mut rx) = c.ws.split();
+        let (stop, refused) = (stop.clone(), refused.clone());
+        spammers.push(tokio::spawn(async move {
+            let reader = tokio::spawn(async move {
+                while let Some(Ok(m)) = rx.next().await {
+                    if let Message::Text(t) = m
+                        && t.contains("\"error\"")
+                    {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let frame = json!({
+                    "type": "direct",
+                    "to": format!("absent{i}-{sent}"),
+                    "data": {"pad": "x".repeat(200), "n": sent},
+                });
+                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            let _ = tx.close().await;
+            reader.abort();
+            sent
+        }));
+    }
+    // Let the flood build up before the broadcasts start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    for n in 0..BROADCASTS {
+        let sent_at = Instant::now();
+        speaker.send(json!({"type": "broadcast", "data": n})).await;
+        let m = listener
+            .expect("message", "every broadcast on the other node, in order")
+            .await;
+        assert_eq!(m["data"], n);
+        worst = worst.max(sent_at.elapsed());
+        let own = speaker
+            .expect("message", "the speaker's own broadcast")
+            .await;
+        assert_eq!(own["data"], n, "no error frame for the speaker");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut directs = 0;
+    for s in spammers {
+        directs += s.await.unwrap();
+    }
+    eprintln!(
+        "{directs} directs sent; {BROADCASTS} broadcasts in {elapsed:?}, worst cross-node \
+         latency {worst:?}; {} errors to the senders",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "a broadcast waited {worst:?} behind the direct frames"
+    );
+    let metrics = http(a.addr, "GET", "/metrics", None, None).await.body;
+    assert_eq!(metric(&metrics, "switchboard_redis_overloaded_total"), 0.0);
+    assert_eq!(
+        metric(&metrics, "switchboard_redis_publish_dropped_total"),
+        0.0
+    );
+    // `direct` is rate-limited like any client frame: a burst past the bucket is refused.
+    let mut eager = connect(a.addr, "spam", "eager").await;
+    for n in 0..(RATE + 20) {
+        eager
+            .send(json!({"type": "direct", "to": "absent", "data": n, "id": n}))
+            .await;
+    }
+    let e = eager.expect("error", "the frames past the burst").await;
+    assert_eq!(e["code"], "rate_limited");
+}
+
+/// Item 6: with the outbound queue full (a bound smaller than any frame), a client's
+/// broadcast and direct get `error` `overloaded`, the API's 503 with `Retry-After`, nothing
+/// is delivered anywhere, and `/metrics` counts every refusal.
+#[tokio::test]
+async fn a_full_outbound_queue_is_reported_never_lost_silently() {
+    let redis = Redis::start();
+    let a = node(
+        &redis,
+        "qa",
+        &[("SWITCHBOARD_REDIS__OUTBOUND_MAX_BYTES", "64")],
+    );
+    let b = node(&redis, "qb", &[]);
+    let mut far = connect(b.addr, "room", "far").await;
+    let mut near = connect(a.addr, "room", "near").await;
+    near.send(json!({"type": "broadcast", "data": "lost?", "id": 1}))
+        .await;
+    let e = near.expect("error", "the broadcast refused").await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_i64()),
+        (Some("overloaded"), Some(1))
+    );
+    near.send(json!({"type": "direct", "to": "far", "data": "psst", "id": "d"}))
+        .await;
+    let e = near.expect("error", "the direct refused").await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("overloaded"), Some("d"))
+    );
+    let r = http(
+        a.addr,
+        "POST",
+        "/api/lobbies/room/broadcast",
+        None,
+        Some(r#"{"data":"api"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "overloaded");
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "retry-after" && v == "1"),
+        "{r:?}"
+    );
+    let r = http(
+        a.addr,
+        "POST",
+        "/api/users/far/send",
+        None,
+        Some(r#"{"data":1}"#),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    // Nothing reached anyone: the next frame each sees answers its presence request.
+    for c in [&mut near, &mut far] {
+        c.send(json!({"type": "presence"})).await;
+        c.expect("presence", "no message, no direct").await;
+    }
+    let metrics = http(a.addr, "GET", "/metrics", None, None).await.body;
+    assert_eq!(metric(&metrics, "switchboard_redis_overloaded_total"), 4.0);
+    // Node B's queue is not bounded that tightly: its traffic flows.
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/lobbies/room/broadcast",
+        None,
+        Some(r#"{"data":"fine"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        near.expect("message", "B's broadcast").await["data"],
+        "fine"
+    );
+}
