@@ -6,8 +6,9 @@
 //!   atomic step per connect;
 //! - lobby frames go over one channel per lobby, to which a node subscribes only while it has
 //!   members there; frames for a user, and kicks, go over one channel per node;
-//! - each node heartbeats into a sorted set; any node frees the connections, presence and
-//!   reservations of a node silent for longer than `node_ttl`;
+//! - each node heartbeats into a sorted set, timed by Redis's clock (`TIME`), not its own; any
+//!   node frees the connections, presence and reservations of a node silent for longer than
+//!   `node_ttl`;
 //! - while Redis is away the node keeps serving with local limits, and on its return it
 //!   reconnects, resubscribes and re-registers its connections (`resync`).
 //!
@@ -376,14 +377,13 @@ impl RedisCluster {
                     }
                 },
             };
-            let now = self.local_ms();
+            // No time from here: the script reads Redis's clock.
             let beat: Result<(i64, Vec<String>), _> = self
                 .scripts
                 .heartbeat
                 .arg(&self.cfg.key_prefix)
                 .arg(self.history_ttl_ms())
                 .arg(&self.cfg.node_id)
-                .arg(now)
                 .arg(self.cfg.node_ttl.as_millis() as u64)
                 .invoke_async(&mut con)
                 .await;

@@ -757,3 +757,57 @@ async fn a_full_outbound_queue_is_reported_never_lost_silently() {
         "fine"
     );
 }
+
+/// Item 11: liveness runs on Redis's clock. Of three nodes, one's wall clock is 10 s ahead
+/// and one's 10 s behind (the test-only offset): over several node TTLs nobody frees anybody
+/// (no `member_left`, every node and connection counted throughout), and a node that really
+/// dies is still freed within the TTL.
+#[tokio::test]
+async fn liveness_does_not_depend_on_the_nodes_clocks() {
+    let redis = Redis::start();
+    let n = node(&redis, "cn", &[]);
+    let ahead = node(
+        &redis,
+        "cf",
+        &[("SWITCHBOARD_TEST_CLOCK_OFFSET_MS", "10000")],
+    );
+    let mut behind = node(
+        &redis,
+        "cs",
+        &[("SWITCHBOARD_TEST_CLOCK_OFFSET_MS", "-10000")],
+    );
+    let mut watcher = connect(n.addr, "room", "watcher").await;
+    let _f = connect(ahead.addr, "room", "fiona").await;
+    watcher.expect("member_joined", "fiona's join").await;
+    let _s = connect(behind.addr, "room", "sid").await;
+    watcher.expect("member_joined", "sid's join").await;
+    // Watch for three node TTLs: a node whose clock is off would be freed (or free the others)
+    // at the first sweep after its heartbeat, within one TTL.
+    let until = Instant::now() + Duration::from_millis(3 * NODE_TTL_MS);
+    while Instant::now() < until {
+        for addr in [n.addr, ahead.addr, behind.addr] {
+            let stats = api(addr, "GET", "/api/stats").await;
+            assert_eq!(
+                (
+                    stats["cluster"]["nodes"].as_u64(),
+                    stats["cluster"]["total_connections"].as_u64()
+                ),
+                (Some(3), Some(3)),
+                "every node and connection stays: {stats}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.send(json!({"type": "presence"})).await;
+    let p = watcher
+        .expect("presence", "no member_left before the presence answer")
+        .await;
+    assert_eq!(p["users"], json!(["fiona", "sid", "watcher"]));
+    // A real death is still noticed, by Redis's clock.
+    behind.signal("KILL");
+    behind.wait(WAIT).await;
+    let left = watcher
+        .expect("member_left", "sid gone with his node")
+        .await;
+    assert_eq!(left["user_id"], "sid");
+}
