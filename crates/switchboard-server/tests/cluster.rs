@@ -811,3 +811,182 @@ async fn liveness_does_not_depend_on_the_nodes_clocks() {
         .await;
     assert_eq!(left["user_id"], "sid");
 }
+
+/// Opens every `(node, path, from)` at once; the first frame of each (welcome or goodbye), with
+/// its client, in order.
+async fn burst(attempts: Vec<(SocketAddr, String, std::net::IpAddr)>) -> Vec<(Value, Client)> {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(attempts.len()));
+    let tasks: Vec<_> = attempts
+        .into_iter()
+        .map(|(addr, path, from)| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                let ws = raw_connect(addr, &path, from).await;
+                let mut c = Client {
+                    ws,
+                    welcome: Value::Null,
+                };
+                let first = c.next_json("welcome or goodbye").await;
+                (first, c)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// How many of a burst were welcomed; asserts every other one was refused for `reason`.
+fn welcomed(results: &[(Value, Client)], reason: &str) -> usize {
+    results
+        .iter()
+        .filter(|(first, _)| {
+            if first["type"] == "welcome" {
+                return true;
+            }
+            assert_eq!(first["reason"], reason, "{first}");
+            false
+        })
+        .count()
+}
+
+/// Item 14: `limits.max_per_ip` holds across three nodes under a concurrent burst from one
+/// address, without touching another address's share, and a freed slot is free everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_ip_limit_holds_cluster_wide_under_a_burst() {
+    let redis = Redis::start();
+    let env = [
+        ("SWITCHBOARD_LIMITS__MAX_PER_IP", "5"),
+        ("SWITCHBOARD_USER_POLICY", "multi"),
+    ];
+    let nodes = [
+        node(&redis, "ia", &env),
+        node(&redis, "ib", &env),
+        node(&redis, "ic", &env),
+    ];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut attempts = Vec::new();
+    for i in 0..30usize {
+        attempts.push((addrs[i % 3], format!("/ws/l{}?token=u{i}", i % 4), ip(7)));
+    }
+    for i in 0..5usize {
+        attempts.push((addrs[i % 3], format!("/ws/other?token=v{i}"), ip(8)));
+    }
+    let mut results = burst(attempts).await;
+    let from_8 = results.split_off(30);
+    assert_eq!(welcomed(&results, "ip_limit"), 5, "5 from 127.0.0.7 in all");
+    assert_eq!(welcomed(&from_8, "ip_limit"), 5, "127.0.0.8 has its own 5");
+    let stats = api(addrs[0], "GET", "/api/stats").await;
+    assert_eq!(stats["cluster"]["total_connections"], 10);
+    // One of 127.0.0.7's connections goes (the others stay open); its slot is free on any
+    // node.
+    let i = results
+        .iter()
+        .position(|(first, _)| first["type"] == "welcome")
+        .unwrap();
+    let (_, c) = results.swap_remove(i);
+    c.close().await;
+    let other = addrs[(i + 1) % 3];
+    eventually_json("the slot is freed", other, "/api/stats", |v| {
+        v["cluster"]["total_connections"] == 9
+    })
+    .await;
+    let _late = connect_from(other, "l0", "late", ip(7)).await;
+    let refused = connect_refused(addrs[i % 3], "l0", "later", ip(7)).await;
+    refused.assert(4002, "ip_limit", true);
+}
+
+/// Item 14: policy `multi` with `limits.max_per_user` holds across three nodes under a
+/// concurrent burst of one user's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_per_user_cap_holds_cluster_wide_under_a_burst() {
+    let redis = Redis::start();
+    let env = [
+        ("SWITCHBOARD_USER_POLICY", "multi"),
+        ("SWITCHBOARD_LIMITS__MAX_PER_USER", "3"),
+    ];
+    let nodes = [
+        node(&redis, "ua", &env),
+        node(&redis, "ub", &env),
+        node(&redis, "uc", &env),
+    ];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let attempts = (0..24usize)
+        .map(|i| {
+            (
+                addrs[i % 3],
+                format!("/ws/tab{}?token=ursula", i % 5),
+                ip(1),
+            )
+        })
+        .collect();
+    let results = burst(attempts).await;
+    assert_eq!(welcomed(&results, "user_limit"), 3, "3 tabs in all");
+    let stats = api(addrs[2], "GET", "/api/stats").await;
+    assert_eq!(
+        (
+            stats["cluster"]["total_connections"].as_u64(),
+            stats["cluster"]["users"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
+    // Every welcomed tab is live: a direct to ursula reaches each exactly once.
+    let r = http(
+        addrs[0],
+        "POST",
+        "/api/users/ursula/send",
+        None,
+        Some(r#"{"data":"all tabs"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for (first, mut c) in results {
+        if first["type"] == "welcome" {
+            assert_eq!(
+                c.expect("direct", "the direct on every tab").await["data"],
+                "all tabs"
+            );
+        }
+    }
+}
+
+/// Item 14: policy `reject` holds across three nodes under a concurrent burst: exactly one of
+/// a user's connections is admitted; once it is gone, the next is, on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reject_policy_holds_cluster_wide_under_a_burst() {
+    let redis = Redis::start();
+    let env = [("SWITCHBOARD_USER_POLICY", "reject")];
+    let nodes = [
+        node(&redis, "ja", &env),
+        node(&redis, "jb", &env),
+        node(&redis, "jc", &env),
+    ];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let attempts = (0..21usize)
+        .map(|i| (addrs[i % 3], format!("/ws/l{}?token=rex", i % 2), ip(1)))
+        .collect();
+    let results = burst(attempts).await;
+    assert_eq!(
+        welcomed(&results, "user_limit"),
+        1,
+        "one connection for rex"
+    );
+    let (i, (_, only)) = results
+        .into_iter()
+        .enumerate()
+        .find(|(_, (first, _))| first["type"] == "welcome")
+        .unwrap();
+    let other = addrs[(i + 1) % 3];
+    connect_refused(other, "l0", "rex", ip(1))
+        .await
+        .assert(4002, "user_limit", true);
+    only.close().await;
+    eventually_json("rex is released", other, "/api/stats", |v| {
+        v["cluster"]["total_connections"] == 0
+    })
+    .await;
+    let _rex = connect(other, "l1", "rex").await;
+}
