@@ -6,8 +6,9 @@
 //!   atomic step per connect;
 //! - lobby frames go over one channel per lobby, to which a node subscribes only while it has
 //!   members there; frames for a user, and kicks, go over one channel per node;
-//! - each node heartbeats into a sorted set; any node frees the connections, presence and
-//!   reservations of a node silent for longer than `node_ttl`;
+//! - each node heartbeats into a sorted set, timed by Redis's clock (`TIME`), not its own; any
+//!   node frees the connections, presence and reservations of a node silent for longer than
+//!   `node_ttl`;
 //! - while Redis is away the node keeps serving with local limits, and on its return it
 //!   reconnects, resubscribes and re-registers its connections (`resync`).
 //!
@@ -16,7 +17,7 @@
 mod scripts;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +25,7 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use switchboard::cluster::{
-    Admission, BoxFuture, Cluster, ClusterLobby, ClusterStats, LocalNode, Skip,
+    Admission, BoxFuture, Cluster, ClusterLobby, ClusterStats, LocalNode, Published, Skip,
 };
 use switchboard::{
     ClusterHistory, ConnectionInfo, DisconnectReason, HistoryConfig, LobbyCode, UserId, UserPolicy,
@@ -36,8 +37,10 @@ use crate::scripts::Scripts;
 
 /// Separates the fields of a pub/sub payload (never in ids, lobby codes or JSON text).
 const SEP: char = '\u{1f}';
-/// Frames waiting to be published; beyond this a publish is dropped and counted.
-const PUBLISH_QUEUE: usize = 65_536;
+/// What one queued publish costs on top of its text (the entry, its channel, the pipeline).
+const ENTRY_OVERHEAD: usize = 128;
+/// The default bound of the outbound queue (`redis.outbound_max_bytes`).
+pub const DEFAULT_OUTBOUND_MAX_BYTES: usize = 32 << 20;
 
 /// What the adapter needs to know.
 #[derive(Debug, Clone)]
@@ -63,6 +66,13 @@ pub struct RedisConfig {
     pub events_max_members: usize,
     /// Broadcasts kept per lobby, cluster-wide, for recovery on any node.
     pub history: HistoryConfig,
+    /// Bytes of frames waiting to be published (client and API frames); past it a publish is
+    /// refused and its caller told ([`Published::Overloaded`]). The node's own messages
+    /// (presence events, closes) may use as much again, so clients cannot crowd them out.
+    pub outbound_max_bytes: usize,
+    /// Test only: shifts this node's wall clock by this many ms, to show that liveness does
+    /// not depend on it (`SWITCHBOARD_TEST_CLOCK_OFFSET_MS` in the server). 0 in production.
+    pub clock_offset_ms: i64,
 }
 
 impl RedisConfig {
@@ -79,6 +89,8 @@ impl RedisConfig {
             presence_events: manager.presence.events,
             events_max_members: manager.presence.events_max_members,
             history: manager.history,
+            outbound_max_bytes: DEFAULT_OUTBOUND_MAX_BYTES,
+            clock_offset_ms: 0,
         }
     }
 }
@@ -102,7 +114,9 @@ pub struct RedisCluster {
     /// This node's connections admitted so far (what a resync re-registers).
     conns: Mutex<HashMap<String, ConnectionInfo>>,
     subs: tokio::sync::Mutex<Subscriptions>,
-    publish: mpsc::Sender<Outgoing>,
+    publish: mpsc::UnboundedSender<Outgoing>,
+    /// Bytes queued in `publish` (by [`Outgoing::cost`]): the queue's bound.
+    queued: AtomicUsize,
     stop: CancellationToken,
 }
 
@@ -143,12 +157,33 @@ enum Outgoing {
     },
 }
 
+impl Outgoing {
+    /// What the entry holds in the queue, in bytes.
+    fn cost(&self) -> usize {
+        ENTRY_OVERHEAD
+            + match self {
+                Self::Publish { channel, payload } => channel.len() + payload.len(),
+                Self::Message { lobby, frame, skip } => lobby.len() + frame.len() + skip.len(),
+                Self::User { user, frame } => user.len() + frame.len(),
+            }
+    }
+}
+
+/// Whose publish it is: a caller's that can be told it failed, or the node's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Priority {
+    /// A client's or the API's frame: up to `outbound_max_bytes`.
+    Data,
+    /// Presence events, closes: up to twice that, so data cannot crowd them out.
+    Control,
+}
+
 impl RedisCluster {
     /// Creates the adapter and starts its background tasks (connection, heartbeat, pub/sub,
     /// publisher). Nothing here waits for Redis: a node starts even when Redis is away.
     pub fn start(cfg: RedisConfig, local: LocalNode) -> Result<Arc<Self>, UrlError> {
         let client = redis::Client::open(cfg.url.as_str())?;
-        let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
+        let (publish, queue) = mpsc::unbounded_channel();
         let cluster = Arc::new(Self {
             cfg,
             client,
@@ -160,6 +195,7 @@ impl RedisCluster {
             conns: Mutex::new(HashMap::new()),
             subs: tokio::sync::Mutex::new(Subscriptions::default()),
             publish,
+            queued: AtomicUsize::new(0),
             stop: CancellationToken::new(),
         });
         tokio::spawn(cluster.clone().maintain());
@@ -234,9 +270,45 @@ impl RedisCluster {
         self.needs_resync.store(true, Ordering::SeqCst);
     }
 
-    fn enqueue(&self, out: Outgoing) {
-        if self.publish.try_send(out).is_err() {
-            metrics::counter!("switchboard_redis_publish_dropped_total").increment(1);
+    /// Queues a publish within the byte bound; whether it was queued. A refusal is counted:
+    /// `switchboard_redis_overloaded_total` for data (whose caller is told),
+    /// `switchboard_redis_publish_dropped_total` for the node's own messages.
+    fn enqueue(&self, out: Outgoing, priority: Priority) -> bool {
+        let cost = out.cost();
+        let ceiling = match priority {
+            Priority::Data => self.cfg.outbound_max_bytes,
+            Priority::Control => self.cfg.outbound_max_bytes.saturating_mul(2),
+        };
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                q.checked_add(cost).filter(|&after| after <= ceiling)
+            })
+            .is_ok();
+        if reserved && self.publish.send(out).is_ok() {
+            return true;
+        }
+        if reserved {
+            self.queued.fetch_sub(cost, Ordering::SeqCst);
+        }
+        match priority {
+            Priority::Data => metrics::counter!("switchboard_redis_overloaded_total").increment(1),
+            Priority::Control => {
+                metrics::counter!("switchboard_redis_publish_dropped_total").increment(1);
+            }
+        }
+        false
+    }
+
+    /// Queues a caller's frame: what to tell the caller.
+    fn enqueue_data(&self, out: Outgoing) -> Published {
+        if !self.up.load(Ordering::Relaxed) {
+            return Published::Unavailable;
+        }
+        if self.enqueue(out, Priority::Data) {
+            Published::Queued
+        } else {
+            Published::Overloaded
         }
     }
 
@@ -268,10 +340,13 @@ impl RedisCluster {
             return;
         }
         let payload = format!("{}{SEP}{frame}", self.cfg.node_id);
-        self.enqueue(Outgoing::Publish {
-            channel: self.lobby_channel(lobby.as_str()),
-            payload,
-        });
+        self.enqueue(
+            Outgoing::Publish {
+                channel: self.lobby_channel(lobby.as_str()),
+                payload,
+            },
+            Priority::Control,
+        );
     }
 
     /// Keeps a connection and a heartbeat going; frees dead nodes; resyncs after trouble.
@@ -302,16 +377,13 @@ impl RedisCluster {
                     }
                 },
             };
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            // No time from here: the script reads Redis's clock.
             let beat: Result<(i64, Vec<String>), _> = self
                 .scripts
                 .heartbeat
                 .arg(&self.cfg.key_prefix)
                 .arg(self.history_ttl_ms())
                 .arg(&self.cfg.node_id)
-                .arg(now)
                 .arg(self.cfg.node_ttl.as_millis() as u64)
                 .invoke_async(&mut con)
                 .await;
@@ -494,8 +566,9 @@ impl RedisCluster {
         }
     }
 
-    /// Publishes in order, pipelining whatever is waiting.
-    async fn publisher(self: Arc<Self>, mut queue: mpsc::Receiver<Outgoing>) {
+    /// Publishes in order, pipelining whatever is waiting: one round trip per batch, whatever
+    /// it holds (a direct frame's recipients are looked up inside Redis, by `DIRECT`).
+    async fn publisher(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
         let mut batch = Vec::new();
         loop {
             let received = tokio::select! {
@@ -505,8 +578,13 @@ impl RedisCluster {
             if received == 0 {
                 return;
             }
+            let cost: usize = batch.iter().map(Outgoing::cost).sum();
             let Some(mut con) = self.connection() else {
+                // Redis went away after these were queued: they are lost, and counted.
+                metrics::counter!("switchboard_redis_publish_dropped_total")
+                    .increment(batch.len() as u64);
                 batch.clear();
+                self.dequeued(cost);
                 continue;
             };
             let mut pipe = redis::pipe();
@@ -516,9 +594,6 @@ impl RedisCluster {
                         pipe.publish(channel, payload).ignore();
                     }
                     Outgoing::Message { lobby, frame, skip } => {
-                        let now = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64);
                         pipe.cmd("EVAL")
                             .arg(scripts::PUBLISH)
                             .arg(0)
@@ -527,39 +602,50 @@ impl RedisCluster {
                             .arg(frame)
                             .arg(self.cfg.history.size)
                             .arg(self.cfg.history.ttl.as_millis().max(1) as u64)
-                            .arg(now)
+                            .arg(self.local_ms())
                             .arg(skip)
                             .arg(format!("{:016x}", fastrand::u64(..)))
                             .ignore();
                     }
                     Outgoing::User { user, frame } => {
-                        // Which other nodes hold the user's connections.
-                        let held: Result<HashMap<String, String>, _> =
-                            con.hgetall(self.key(&format!("user:{user}"))).await;
-                        let Ok(held) = held else { continue };
-                        let mut nodes: Vec<&str> = held
-                            .values()
-                            .filter_map(|v| v.split('\t').next())
-                            .filter(|n| *n != self.cfg.node_id)
-                            .collect();
-                        nodes.sort_unstable();
-                        nodes.dedup();
-                        for node in nodes {
-                            let payload = format!("user{SEP}{user}{SEP}{frame}");
-                            pipe.publish(self.node_channel(node), payload).ignore();
-                        }
+                        let payload = format!("user{SEP}{user}{SEP}{frame}");
+                        pipe.cmd("EVAL")
+                            .arg(scripts::DIRECT)
+                            .arg(0)
+                            .arg(&self.cfg.key_prefix)
+                            .arg(&self.cfg.node_id)
+                            .arg(user)
+                            .arg(payload)
+                            .ignore();
                     }
                 }
             }
-            if let Err(error) = pipe.query_async::<()>(&mut con).await {
+            let sent = pipe.query_async::<()>(&mut con).await;
+            self.dequeued(cost);
+            if let Err(error) = sent {
                 self.failed("publish", &error);
             }
         }
     }
 
+    fn dequeued(&self, cost: usize) {
+        let left = self.queued.fetch_sub(cost, Ordering::SeqCst) - cost;
+        metrics::gauge!("switchboard_redis_outbound_bytes").set(left as f64);
+    }
+
+    /// This node's wall clock in ms since the Unix epoch, for history timestamps only
+    /// (liveness runs on Redis's clock); shifted by the test-only clock offset.
+    fn local_ms(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        now.saturating_add(self.cfg.clock_offset_ms).max(0) as u64
+    }
+
     /// Publishes `payload` on the channel of the node holding connection `id` (its id names
-    /// it), if that connection exists there: whether it does, `None` when Redis cannot answer.
-    async fn send_to_owner(&self, id: &str, payload: String) -> Option<bool> {
+    /// it), if that connection exists there: whether it does, `None` when Redis cannot answer
+    /// or the outbound queue is full.
+    async fn send_to_owner(&self, id: &str, payload: String, priority: Priority) -> Option<bool> {
         let (node, _) = id.rsplit_once('-')?;
         if node == self.cfg.node_id {
             return Some(false);
@@ -569,11 +655,16 @@ impl RedisCluster {
             .hexists(self.key(&format!("node:{node}")), id)
             .await
             .ok()?;
-        if exists {
-            self.enqueue(Outgoing::Publish {
-                channel: self.node_channel(node),
-                payload,
-            });
+        if exists
+            && !self.enqueue(
+                Outgoing::Publish {
+                    channel: self.node_channel(node),
+                    payload,
+                },
+                priority,
+            )
+        {
+            return None;
         }
         Some(exists)
     }
@@ -653,10 +744,13 @@ impl RedisCluster {
             };
             if node != self.cfg.node_id {
                 let payload = format!("close{SEP}{id}{SEP}{}", DisconnectReason::Replaced.as_str());
-                self.enqueue(Outgoing::Publish {
-                    channel: self.node_channel(node),
-                    payload,
-                });
+                self.enqueue(
+                    Outgoing::Publish {
+                        channel: self.node_channel(node),
+                        payload,
+                    },
+                    Priority::Control,
+                );
             }
         }
         self.announce_left(&left);
@@ -718,16 +812,12 @@ impl Cluster for RedisCluster {
         })
     }
 
-    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> bool {
-        if !self.up.load(Ordering::Relaxed) {
-            return false;
-        }
-        self.enqueue(Outgoing::Message {
+    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> Published {
+        self.enqueue_data(Outgoing::Message {
             lobby: lobby.as_str().to_owned(),
             frame: frame.to_owned(),
             skip: skip.encode(),
-        });
-        true
+        })
     }
 
     fn history<'a>(
@@ -737,9 +827,7 @@ impl Cluster for RedisCluster {
     ) -> BoxFuture<'a, Option<ClusterHistory>> {
         Box::pin(async move {
             let mut con = self.connection()?;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now = self.local_ms();
             let replayed: redis::RedisResult<(String, u64, Vec<String>)> = self
                 .scripts
                 .replay
@@ -772,14 +860,11 @@ impl Cluster for RedisCluster {
         })
     }
 
-    fn publish_user(&self, user: &str, frame: &str) {
-        if !self.up.load(Ordering::Relaxed) {
-            return;
-        }
-        self.enqueue(Outgoing::User {
+    fn publish_user(&self, user: &str, frame: &str) -> Published {
+        self.enqueue_data(Outgoing::User {
             user: user.to_owned(),
             frame: frame.to_owned(),
-        });
+        })
     }
 
     fn presence<'a>(&'a self, lobby: &'a LobbyCode) -> BoxFuture<'a, Option<Vec<String>>> {
@@ -852,10 +937,13 @@ impl Cluster for RedisCluster {
             nodes.dedup();
             for node in nodes {
                 let payload = format!("close_user{SEP}{user}{SEP}{}", reason.as_str());
-                self.enqueue(Outgoing::Publish {
-                    channel: self.node_channel(node),
-                    payload,
-                });
+                self.enqueue(
+                    Outgoing::Publish {
+                        channel: self.node_channel(node),
+                        payload,
+                    },
+                    Priority::Control,
+                );
             }
             Some(elsewhere)
         })
@@ -866,7 +954,11 @@ impl Cluster for RedisCluster {
         id: &'a str,
         reason: DisconnectReason,
     ) -> BoxFuture<'a, Option<bool>> {
-        Box::pin(self.send_to_owner(id, format!("close{SEP}{id}{SEP}{}", reason.as_str())))
+        Box::pin(self.send_to_owner(
+            id,
+            format!("close{SEP}{id}{SEP}{}", reason.as_str()),
+            Priority::Control,
+        ))
     }
 
     fn forward_post<'a>(
@@ -876,7 +968,11 @@ impl Cluster for RedisCluster {
         lobby: &'a str,
         frame: &'a str,
     ) -> BoxFuture<'a, Option<bool>> {
-        Box::pin(self.send_to_owner(id, format!("post{SEP}{id}\t{user}\t{lobby}{SEP}{frame}")))
+        Box::pin(self.send_to_owner(
+            id,
+            format!("post{SEP}{id}\t{user}\t{lobby}{SEP}{frame}"),
+            Priority::Data,
+        ))
     }
 
     fn stats(&self) -> BoxFuture<'_, Option<ClusterStats>> {

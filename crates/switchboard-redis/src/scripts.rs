@@ -2,7 +2,7 @@
 //! reservation checks every limit and commits in one step, whatever the other nodes do.
 //!
 //! Keys (P = `redis.key_prefix`):
-//! - `P nodes`                 ZSET node -> last heartbeat (ms)
+//! - `P nodes`                 ZSET node -> last heartbeat (ms, Redis's clock)
 //! - `P node:{n}`              HASH connection id -> "user \t lobby \t ip" (node n's connections)
 //! - `P user:{u}`              HASH connection id -> "node \t lobby \t ip"
 //! - `P lobby:{l}:users`       HASH user -> connections of the user in the lobby (presence)
@@ -127,11 +127,16 @@ local lobby = string.match(left, '^([^\t]*)')
 return {1, redis.call('HLEN', P .. 'lobby:' .. lobby .. ':users')}
 "#;
 
-/// ARGV: P, TTL, node, now (ms), ttl (ms). Refreshes this node, frees every node silent for longer
+/// ARGV: P, TTL, node, ttl (ms). Refreshes this node, frees every node silent for longer
 /// than the TTL. Returns {1 if this node was unknown (first beat, or cleaned up by others),
 /// {left "lobby\tuser"}}.
+///
+/// The time is Redis's (`TIME`), never a node's: every heartbeat and every sweep reads one
+/// clock, so a node whose clock is off neither frees the others nor gets freed.
 const HEARTBEAT: &str = r#"
-local node, now, ttl = ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local node, ttl = ARGV[3], tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local added = redis.call('ZADD', P .. 'nodes', now, node)
 local dead = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', now - ttl)
 local left = {}
@@ -214,6 +219,24 @@ local sep = string.char(31)
 redis.call('PUBLISH', P .. 'chan:lobby:' .. lobby,
   '#M' .. sep .. epoch .. sep .. offset .. sep .. exclude .. sep .. numbered)
 return offset
+"#;
+
+/// ARGV: P, node, user, payload. Publishes `payload` on the channel of every other node that
+/// holds a connection of `user`, once per node: the lookup happens in Redis, inside the
+/// publisher's pipeline, so a direct frame costs no round trip of its own. Returns how many
+/// nodes.
+pub(crate) const DIRECT: &str = r#"
+local P, me, user, payload = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local seen, n = {}, 0
+for _, v in ipairs(redis.call('HVALS', P .. 'user:' .. user)) do
+  local node = string.match(v, '^([^\t]*)')
+  if node ~= me and not seen[node] then
+    seen[node] = true
+    n = n + 1
+    redis.call('PUBLISH', P .. 'chan:node:' .. node, payload)
+  end
+end
+return n
 "#;
 
 /// ARGV: P, TTL, lobby, since, now ms, ttl ms, fresh epoch. Creates the epoch if the lobby has

@@ -44,6 +44,11 @@ impl IntoResponse for ApiError {
                 "Bearer".parse().expect("static header"),
             );
         }
+        if self.code == "overloaded" {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, "1".parse().expect("static header"));
+        }
         response
     }
 }
@@ -248,6 +253,14 @@ async fn openapi() -> Response {
 }
 
 fn internal(error: switchboard::Error) -> ApiError {
+    if let switchboard::Error::Overloaded = error {
+        // Sent nowhere: the backend retries (after `Retry-After`) rather than losing it.
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            error.to_string(),
+        );
+    }
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",

@@ -62,6 +62,8 @@ pub const KNOWN: &[&str] = &[
     "redis.heartbeat_ms",
     "redis.node_ttl_ms",
     "redis.key_prefix",
+    "redis.outbound_max_bytes",
+    "test_clock_offset_ms",
     "shutdown.drain_ms",
     "shutdown.deadline_ms",
     "log.format",
@@ -135,6 +137,11 @@ pub struct ServerConfig {
     pub redis_node_ttl: Duration,
     /// Namespace of every Redis key and channel.
     pub redis_key_prefix: String,
+    /// Bound of the node's queue of frames waiting to be published to Redis, in bytes.
+    pub redis_outbound_max_bytes: usize,
+    /// Test only (`SWITCHBOARD_TEST_CLOCK_OFFSET_MS`): shifts the node's wall clock as the
+    /// Redis adapter reads it, to show that cluster liveness does not depend on it.
+    pub test_clock_offset_ms: i64,
     /// Demo page and dashboard: `Some` when asked for explicitly; `None` means in dev mode only.
     pub pages_enabled: Option<bool>,
     /// Log format.
@@ -185,6 +192,8 @@ impl Default for ServerConfig {
             redis_heartbeat: Duration::from_millis(2_000),
             redis_node_ttl: Duration::from_millis(6_000),
             redis_key_prefix: "switchboard:".into(),
+            redis_outbound_max_bytes: switchboard_redis::DEFAULT_OUTBOUND_MAX_BYTES,
+            test_clock_offset_ms: 0,
             pages_enabled: None,
             log_format: LogFormat::Human,
             log_level: "info".into(),
@@ -396,6 +405,17 @@ impl ServerConfig {
             "redis.heartbeat_ms" => self.redis_heartbeat = parse_ms(value)?,
             "redis.node_ttl_ms" => self.redis_node_ttl = parse_ms(value)?,
             "redis.key_prefix" => self.redis_key_prefix = value.to_owned(),
+            "redis.outbound_max_bytes" => {
+                self.redis_outbound_max_bytes = parse_num(value)?;
+                if self.redis_outbound_max_bytes == 0 {
+                    return Err("must be at least 1".into());
+                }
+            }
+            "test_clock_offset_ms" => {
+                self.test_clock_offset_ms = value
+                    .parse()
+                    .map_err(|_| "expected a number of ms (test only)".to_owned())?;
+            }
             "shutdown.drain_ms" => self.drain = parse_ms(value)?,
             "shutdown.deadline_ms" => self.deadline = parse_ms(value)?,
             "log.format" => {

@@ -563,3 +563,430 @@ async fn recovery_works_across_nodes() {
         (Some(seen + 101), Some("live"))
     );
 }
+
+/// The value of an unlabelled counter or gauge in Prometheus text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Item 6: 100 clients sending `direct` frames to users who do not exist, each at its rate
+/// limit, on node A, while a member of A broadcasts: node B receives every broadcast, in
+/// order and promptly (a direct frame no longer costs a Redis round trip of its own ahead of
+/// the broadcasts), and nothing is refused or dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_floods_to_absent_users_do_not_stall_broadcasts() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    const SENDERS: usize = 100;
+    const RATE: u64 = 100; // per sender per second: 10,000 directs/s in all
+    const BROADCASTS: u64 = 100;
+    let redis = Redis::start();
+    let rate = RATE.to_string();
+    let env = [
+        ("SWITCHBOARD_RATE__MESSAGES_PER_SEC", rate.as_str()),
+        ("SWITCHBOARD_RATE__BURST", rate.as_str()),
+        ("SWITCHBOARD_LIMITS__MAX_PER_IP", "1000"),
+        ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "1000"),
+        ("SWITCHBOARD_PRESENCE__EVENTS", "false"),
+    ];
+    let a = node(&redis, "fa", &env);
+    let b = node(&redis, "fb", &env);
+    let mut listener = connect(b.addr, "room", "listener").await;
+    let mut speaker = connect(a.addr, "room", "speaker").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut spammers = Vec::new();
+    for i in 0..SENDERS {
+        let c = connect(a.addr, "spam", &format!("spammer{i}")).await;
+        let (mut tx, mut rx) = c.ws.split();
+        let (stop, refused) = (stop.clone(), refused.clone());
+        spammers.push(tokio::spawn(async move {
+            let reader = tokio::spawn(async move {
+                while let Some(Ok(m)) = rx.next().await {
+                    if let Message::Text(t) = m
+                        && t.contains("\"error\"")
+                    {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            });
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let frame = json!({
+                    "type": "direct",
+                    "to": format!("absent{i}-{sent}"),
+                    "data": {"pad": "x".repeat(200), "n": sent},
+                });
+                if tx.send(Message::text(frame.to_string())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            let _ = tx.close().await;
+            reader.abort();
+            sent
+        }));
+    }
+    // Let the flood build up before the broadcasts start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    for n in 0..BROADCASTS {
+        let sent_at = Instant::now();
+        speaker.send(json!({"type": "broadcast", "data": n})).await;
+        let m = listener
+            .expect("message", "every broadcast on the other node, in order")
+            .await;
+        assert_eq!(m["data"], n);
+        worst = worst.max(sent_at.elapsed());
+        let own = speaker
+            .expect("message", "the speaker's own broadcast")
+            .await;
+        assert_eq!(own["data"], n, "no error frame for the speaker");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut directs = 0;
+    for s in spammers {
+        directs += s.await.unwrap();
+    }
+    eprintln!(
+        "{directs} directs sent; {BROADCASTS} broadcasts in {elapsed:?}, worst cross-node \
+         latency {worst:?}; {} errors to the senders",
+        refused.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "a broadcast waited {worst:?} behind the direct frames"
+    );
+    let metrics = http(a.addr, "GET", "/metrics", None, None).await.body;
+    assert_eq!(metric(&metrics, "switchboard_redis_overloaded_total"), 0.0);
+    assert_eq!(
+        metric(&metrics, "switchboard_redis_publish_dropped_total"),
+        0.0
+    );
+    // `direct` is rate-limited like any client frame: a burst past the bucket is refused.
+    let mut eager = connect(a.addr, "spam", "eager").await;
+    for n in 0..(RATE + 20) {
+        eager
+            .send(json!({"type": "direct", "to": "absent", "data": n, "id": n}))
+            .await;
+    }
+    let e = eager.expect("error", "the frames past the burst").await;
+    assert_eq!(e["code"], "rate_limited");
+}
+
+/// Item 6: with the outbound queue full (a bound smaller than any frame), a client's
+/// broadcast and direct get `error` `overloaded`, the API's 503 with `Retry-After`, nothing
+/// is delivered anywhere, and `/metrics` counts every refusal.
+#[tokio::test]
+async fn a_full_outbound_queue_is_reported_never_lost_silently() {
+    let redis = Redis::start();
+    let a = node(
+        &redis,
+        "qa",
+        &[("SWITCHBOARD_REDIS__OUTBOUND_MAX_BYTES", "64")],
+    );
+    let b = node(&redis, "qb", &[]);
+    let mut far = connect(b.addr, "room", "far").await;
+    let mut near = connect(a.addr, "room", "near").await;
+    near.send(json!({"type": "broadcast", "data": "lost?", "id": 1}))
+        .await;
+    let e = near.expect("error", "the broadcast refused").await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_i64()),
+        (Some("overloaded"), Some(1))
+    );
+    near.send(json!({"type": "direct", "to": "far", "data": "psst", "id": "d"}))
+        .await;
+    let e = near.expect("error", "the direct refused").await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("overloaded"), Some("d"))
+    );
+    let r = http(
+        a.addr,
+        "POST",
+        "/api/lobbies/room/broadcast",
+        None,
+        Some(r#"{"data":"api"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "overloaded");
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "retry-after" && v == "1"),
+        "{r:?}"
+    );
+    let r = http(
+        a.addr,
+        "POST",
+        "/api/users/far/send",
+        None,
+        Some(r#"{"data":1}"#),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    // Nothing reached anyone: the next frame each sees answers its presence request.
+    for c in [&mut near, &mut far] {
+        c.send(json!({"type": "presence"})).await;
+        c.expect("presence", "no message, no direct").await;
+    }
+    let metrics = http(a.addr, "GET", "/metrics", None, None).await.body;
+    assert_eq!(metric(&metrics, "switchboard_redis_overloaded_total"), 4.0);
+    // Node B's queue is not bounded that tightly: its traffic flows.
+    let r = http(
+        b.addr,
+        "POST",
+        "/api/lobbies/room/broadcast",
+        None,
+        Some(r#"{"data":"fine"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        near.expect("message", "B's broadcast").await["data"],
+        "fine"
+    );
+}
+
+/// Item 11: liveness runs on Redis's clock. Of three nodes, one's wall clock is 10 s ahead
+/// and one's 10 s behind (the test-only offset): over several node TTLs nobody frees anybody
+/// (no `member_left`, every node and connection counted throughout), and a node that really
+/// dies is still freed within the TTL.
+#[tokio::test]
+async fn liveness_does_not_depend_on_the_nodes_clocks() {
+    let redis = Redis::start();
+    let n = node(&redis, "cn", &[]);
+    let ahead = node(
+        &redis,
+        "cf",
+        &[("SWITCHBOARD_TEST_CLOCK_OFFSET_MS", "10000")],
+    );
+    let mut behind = node(
+        &redis,
+        "cs",
+        &[("SWITCHBOARD_TEST_CLOCK_OFFSET_MS", "-10000")],
+    );
+    let mut watcher = connect(n.addr, "room", "watcher").await;
+    let _f = connect(ahead.addr, "room", "fiona").await;
+    watcher.expect("member_joined", "fiona's join").await;
+    let _s = connect(behind.addr, "room", "sid").await;
+    watcher.expect("member_joined", "sid's join").await;
+    // Watch for three node TTLs: a node whose clock is off would be freed (or free the others)
+    // at the first sweep after its heartbeat, within one TTL.
+    let until = Instant::now() + Duration::from_millis(3 * NODE_TTL_MS);
+    while Instant::now() < until {
+        for addr in [n.addr, ahead.addr, behind.addr] {
+            let stats = api(addr, "GET", "/api/stats").await;
+            assert_eq!(
+                (
+                    stats["cluster"]["nodes"].as_u64(),
+                    stats["cluster"]["total_connections"].as_u64()
+                ),
+                (Some(3), Some(3)),
+                "every node and connection stays: {stats}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.send(json!({"type": "presence"})).await;
+    let p = watcher
+        .expect("presence", "no member_left before the presence answer")
+        .await;
+    assert_eq!(p["users"], json!(["fiona", "sid", "watcher"]));
+    // A real death is still noticed, by Redis's clock.
+    behind.signal("KILL");
+    behind.wait(WAIT).await;
+    let left = watcher
+        .expect("member_left", "sid gone with his node")
+        .await;
+    assert_eq!(left["user_id"], "sid");
+}
+
+/// Opens every `(node, path, from)` at once; the first frame of each (welcome or goodbye), with
+/// its client, in order.
+async fn burst(attempts: Vec<(SocketAddr, String, std::net::IpAddr)>) -> Vec<(Value, Client)> {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(attempts.len()));
+    let tasks: Vec<_> = attempts
+        .into_iter()
+        .map(|(addr, path, from)| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                let ws = raw_connect(addr, &path, from).await;
+                let mut c = Client {
+                    ws,
+                    welcome: Value::Null,
+                };
+                let first = c.next_json("welcome or goodbye").await;
+                (first, c)
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// How many of a burst were welcomed; asserts every other one was refused for `reason`.
+fn welcomed(results: &[(Value, Client)], reason: &str) -> usize {
+    results
+        .iter()
+        .filter(|(first, _)| {
+            if first["type"] == "welcome" {
+                return true;
+            }
+            assert_eq!(first["reason"], reason, "{first}");
+            false
+        })
+        .count()
+}
+
+/// Item 14: `limits.max_per_ip` holds across three nodes under a concurrent burst from one
+/// address, without touching another address's share, and a freed slot is free everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_ip_limit_holds_cluster_wide_under_a_burst() {
+    let redis = Redis::start();
+    let env = [
+        ("SWITCHBOARD_LIMITS__MAX_PER_IP", "5"),
+        ("SWITCHBOARD_USER_POLICY", "multi"),
+    ];
+    let nodes = [
+        node(&redis, "ia", &env),
+        node(&redis, "ib", &env),
+        node(&redis, "ic", &env),
+    ];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let mut attempts = Vec::new();
+    for i in 0..30usize {
+        attempts.push((addrs[i % 3], format!("/ws/l{}?token=u{i}", i % 4), ip(7)));
+    }
+    for i in 0..5usize {
+        attempts.push((addrs[i % 3], format!("/ws/other?token=v{i}"), ip(8)));
+    }
+    let mut results = burst(attempts).await;
+    let from_8 = results.split_off(30);
+    assert_eq!(welcomed(&results, "ip_limit"), 5, "5 from 127.0.0.7 in all");
+    assert_eq!(welcomed(&from_8, "ip_limit"), 5, "127.0.0.8 has its own 5");
+    let stats = api(addrs[0], "GET", "/api/stats").await;
+    assert_eq!(stats["cluster"]["total_connections"], 10);
+    // One of 127.0.0.7's connections goes (the others stay open); its slot is free on any
+    // node.
+    let i = results
+        .iter()
+        .position(|(first, _)| first["type"] == "welcome")
+        .unwrap();
+    let (_, c) = results.swap_remove(i);
+    c.close().await;
+    let other = addrs[(i + 1) % 3];
+    eventually_json("the slot is freed", other, "/api/stats", |v| {
+        v["cluster"]["total_connections"] == 9
+    })
+    .await;
+    let _late = connect_from(other, "l0", "late", ip(7)).await;
+    let refused = connect_refused(addrs[i % 3], "l0", "later", ip(7)).await;
+    refused.assert(4002, "ip_limit", true);
+}
+
+/// Item 14: policy `multi` with `limits.max_per_user` holds across three nodes under a
+/// concurrent burst of one user's connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_per_user_cap_holds_cluster_wide_under_a_burst() {
+    let redis = Redis::start();
+    let env = [
+        ("SWITCHBOARD_USER_POLICY", "multi"),
+        ("SWITCHBOARD_LIMITS__MAX_PER_USER", "3"),
+    ];
+    let nodes = [
+        node(&redis, "ua", &env),
+        node(&redis, "ub", &env),
+        node(&redis, "uc", &env),
+    ];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let attempts = (0..24usize)
+        .map(|i| {
+            (
+                addrs[i % 3],
+                format!("/ws/tab{}?token=ursula", i % 5),
+                ip(1),
+            )
+        })
+        .collect();
+    let results = burst(attempts).await;
+    assert_eq!(welcomed(&results, "user_limit"), 3, "3 tabs in all");
+    let stats = api(addrs[2], "GET", "/api/stats").await;
+    assert_eq!(
+        (
+            stats["cluster"]["total_connections"].as_u64(),
+            stats["cluster"]["users"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
+    // Every welcomed tab is live: a direct to ursula reaches each exactly once.
+    let r = http(
+        addrs[0],
+        "POST",
+        "/api/users/ursula/send",
+        None,
+        Some(r#"{"data":"all tabs"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for (first, mut c) in results {
+        if first["type"] == "welcome" {
+            assert_eq!(
+                c.expect("direct", "the direct on every tab").await["data"],
+                "all tabs"
+            );
+        }
+    }
+}
+
+/// Item 14: policy `reject` holds across three nodes under a concurrent burst: exactly one of
+/// a user's connections is admitted; once it is gone, the next is, on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reject_policy_holds_cluster_wide_under_a_burst() {
+    let redis = Redis::start();
+    let env = [("SWITCHBOARD_USER_POLICY", "reject")];
+    let nodes = [
+        node(&redis, "ja", &env),
+        node(&redis, "jb", &env),
+        node(&redis, "jc", &env),
+    ];
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+    let attempts = (0..21usize)
+        .map(|i| (addrs[i % 3], format!("/ws/l{}?token=rex", i % 2), ip(1)))
+        .collect();
+    let results = burst(attempts).await;
+    assert_eq!(
+        welcomed(&results, "user_limit"),
+        1,
+        "one connection for rex"
+    );
+    let (i, (_, only)) = results
+        .into_iter()
+        .enumerate()
+        .find(|(_, (first, _))| first["type"] == "welcome")
+        .unwrap();
+    let other = addrs[(i + 1) % 3];
+    connect_refused(other, "l0", "rex", ip(1))
+        .await
+        .assert(4002, "user_limit", true);
+    only.close().await;
+    eventually_json("rex is released", other, "/api/stats", |v| {
+        v["cluster"]["total_connections"] == 0
+    })
+    .await;
+    let _rex = connect(other, "l1", "rex").await;
+}

@@ -53,6 +53,19 @@ impl<'a> Skip<'a> {
 /// A boxed future, so [`Cluster`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What the cluster did with a frame handed to it for the other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Published {
+    /// Queued for the other nodes.
+    Queued,
+    /// The cluster cannot be reached: this node delivers alone (as a single node would).
+    Unavailable,
+    /// The node's outbound queue to the cluster is full: nothing was sent anywhere, and the
+    /// caller is told so (an `error` `overloaded` to a client, 503 to the HTTP API).
+    Overloaded,
+}
+
 /// The cluster's answer to a new connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -129,8 +142,9 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// A broadcast (`message` encoded without an offset): the cluster numbers it and every
     /// node, this one included, delivers it through [`LocalNode::deliver_numbered`], in one
-    /// order. `false`: the cluster cannot take it now; this node delivers it alone.
-    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> bool;
+    /// order. [`Published::Unavailable`]: the cluster cannot take it now; this node delivers
+    /// it alone. [`Published::Overloaded`]: nobody delivers it; the caller is told.
+    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> Published;
 
     /// The lobby's cluster-wide epoch and last offset, and the broadcasts after `since` it
     /// still keeps (for `welcome` and recovery on any node); `None` when it cannot answer.
@@ -140,9 +154,10 @@ pub trait Cluster: Send + Sync + 'static {
         since: Option<u64>,
     ) -> BoxFuture<'a, Option<crate::history::ClusterHistory>>;
 
-    /// A frame this node delivered to its connections of `user`: the other nodes holding the
-    /// user's connections deliver it too.
-    fn publish_user(&self, user: &str, frame: &str);
+    /// A frame for `user`: the other nodes holding the user's connections deliver it. Called
+    /// before this node delivers it to its own: on [`Published::Overloaded`] nobody does, and
+    /// the caller is told.
+    fn publish_user(&self, user: &str, frame: &str) -> Published;
 
     /// The lobby's users on every node, or `None` when the cluster cannot answer.
     fn presence<'a>(&'a self, lobby: &'a LobbyCode) -> BoxFuture<'a, Option<Vec<String>>>;

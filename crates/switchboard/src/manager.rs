@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{Cluster, ClusterStats, LocalNode, Skip};
+use crate::cluster::{Cluster, ClusterStats, LocalNode, Published, Skip};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, ConnHandle, ConnectionInfo, Offer, Socket};
 use crate::disconnect::DisconnectReason;
@@ -92,6 +92,10 @@ pub enum Error {
     /// The connection did not answer a ping in time.
     #[error("no pong within {0:?}")]
     PingTimeout(Duration),
+    /// Cluster mode: this node's outbound queue to the cluster is full, so the frame was sent
+    /// nowhere; retry later.
+    #[error("the cluster's outbound queue is full; retry later")]
+    Overloaded,
 }
 
 /// A lobby and its counts, as listed by [`Manager::lobbies`].
@@ -172,14 +176,15 @@ impl Shared {
     /// Publishes a broadcast (`message` encoded without an offset). In cluster mode the
     /// cluster numbers and delivers it everywhere, this node included (so the count of this
     /// node's recipients is its current member count); alone, or with the cluster away, this
-    /// node numbers and delivers it. Returns the connections reached on this node.
+    /// node numbers and delivers it. Returns the connections reached on this node, or
+    /// [`Error::Overloaded`] when the cluster's outbound queue is full (sent nowhere).
     pub(crate) fn publish_message(
         &self,
         lobby: &LobbyCode,
         frame: &str,
         exclude: Exclude<'_>,
         exclude_user: Option<&str>,
-    ) -> usize {
+    ) -> Result<usize, Error> {
         if let Some(cluster) = self.cluster() {
             let conn_id;
             let skip = match (exclude, exclude_user) {
@@ -190,11 +195,25 @@ impl Shared {
                 (_, Some(user)) => Skip::User(user),
                 _ => Skip::Nobody,
             };
-            if cluster.publish_message(lobby, frame, skip) {
-                return self.hub.count_recipients(lobby.as_str(), exclude);
+            match cluster.publish_message(lobby, frame, skip) {
+                Published::Queued => return Ok(self.hub.count_recipients(lobby.as_str(), exclude)),
+                Published::Overloaded => return Err(Error::Overloaded),
+                Published::Unavailable => {}
             }
         }
-        self.hub.publish_message(lobby, frame, exclude)
+        Ok(self.hub.publish_message(lobby, frame, exclude))
+    }
+
+    /// Sends an encoded frame to every connection of `user`, on every node: the cluster first,
+    /// so that a full outbound queue ([`Error::Overloaded`]) means sent nowhere. Returns the
+    /// connections reached on this node.
+    pub(crate) fn send_to_user(&self, user: &str, frame: &Message) -> Result<usize, Error> {
+        if let Some(cluster) = self.cluster()
+            && cluster.publish_user(user, frame_text(frame)) == Published::Overloaded
+        {
+            return Err(Error::Overloaded);
+        }
+        Ok(self.hub.send_to_user(user, frame))
     }
 
     /// The cluster, if this node is part of one.
@@ -319,9 +338,8 @@ impl Manager {
         }
         .encode();
         let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
-        Ok(self
-            .shared
-            .publish_message(&lobby, &frame, exclude, exclude_user))
+        self.shared
+            .publish_message(&lobby, &frame, exclude, exclude_user)
     }
 
     /// Sends `data` to every connection of `user` as a `direct` frame from the backend.
@@ -332,12 +350,7 @@ impl Manager {
         data: &T,
     ) -> Result<usize, Error> {
         let data = to_raw(data)?;
-        let frame = direct(&data);
-        let reached = self.shared.hub.send_to_user(user, &frame);
-        if let Some(cluster) = self.shared.cluster() {
-            cluster.publish_user(user, frame_text(&frame));
-        }
-        Ok(reached)
+        self.shared.send_to_user(user, &direct(&data))
     }
 
     /// Sends `data` to one connection as a `direct` frame from the backend.

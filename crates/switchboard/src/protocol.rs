@@ -28,6 +28,9 @@ pub enum ErrorCode {
     RateLimited,
     /// A client permission is off.
     NotAllowed,
+    /// Cluster mode: the node's outbound queue to the other nodes is full; the frame was sent
+    /// nowhere. Retry later.
+    Overloaded,
 }
 
 /// A refusal of one client frame: sent as an `error` frame, the connection stays open.

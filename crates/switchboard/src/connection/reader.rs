@@ -15,7 +15,6 @@ use crate::disconnect::DisconnectReason;
 use crate::handler::AppMessage;
 use crate::hub::{Exclude, text};
 use crate::manager::Shared;
-use crate::manager::frame_text;
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 
 pub(super) async fn run<S>(
@@ -209,8 +208,10 @@ pub(super) fn handle_text(
             };
             // Encoded once without an offset: each node adds its own as it publishes.
             let frame = frame.encode();
-            shared.publish_message(&info.lobby, &frame, exclude, None);
-            Ok(())
+            shared
+                .publish_message(&info.lobby, &frame, exclude, None)
+                .map(drop)
+                .map_err(|_| overloaded())
         }
         ClientFrame::Direct { to, data } => {
             let frame = ServerFrame::Direct {
@@ -218,11 +219,10 @@ pub(super) fn handle_text(
                 data,
             };
             let frame = crate::hub::text(frame.encode());
-            shared.hub.send_to_user(to.as_str(), &frame);
-            if let Some(cluster) = shared.cluster() {
-                cluster.publish_user(to.as_str(), frame_text(&frame));
-            }
-            Ok(())
+            shared
+                .send_to_user(to.as_str(), &frame)
+                .map(drop)
+                .map_err(|_| overloaded())
         }
         ClientFrame::Presence => {
             queue_presence_list(conn, shared);
@@ -273,6 +273,13 @@ fn cluster_presence_frame(lobby: &crate::ids::LobbyCode, users: &[String]) -> Me
         users,
     };
     text(serde_json::to_string(&frame).expect("plain data serializes"))
+}
+
+fn overloaded() -> ClientError {
+    ClientError::new(
+        ErrorCode::Overloaded,
+        "the server cannot forward this to the other nodes now; retry later",
+    )
 }
 
 fn not_allowed(kind: &str) -> ClientError {
