@@ -867,6 +867,213 @@ async fn slow_reader_under_a_flood_is_closed_and_memory_stays_bounded() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A hundred stalled readers at once.
+
+/// Stalled readers: raw TCP clients that upgrade, then never read.
+const STALLED: usize = 100;
+/// The pad of each broadcast: the frames are just under `max_message_bytes` (64 KiB).
+const STALL_PAYLOAD: usize = 64 * 1024 - 256;
+/// At most this many broadcasts: every stalled reader must be closed well before.
+const STALL_MAX_MESSAGES: u64 = 2_000;
+/// The server's peak RSS (`VmHWM`) may exceed its RSS before the flood by at most this. What
+/// it holds: the frames the stalled queues share (256 frames of 64 KiB = 16 MiB, the same
+/// frames in every queue), the lobby's history (100 x 64 KiB = 6.4 MiB), and per stalled
+/// connection one write batch the socket did not take (64 KiB, 6.4 MiB for 100) and, while it
+/// closes, frame headers only (a large frame goes out from the shared bytes). About 29 MiB;
+/// 48 MiB leaves allocator slack. Re-encoding each queue for its close (as before) costs 16 MiB
+/// per connection, 1.6 GiB for the hundred.
+const STALL_CEILING_KIB: u64 = 48 * 1024;
+
+/// Peak resident memory of a process in KiB (`VmHWM`).
+fn hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+/// A client that upgrades with a 4 KiB receive buffer, reads the response head, and then
+/// never reads again.
+async fn stalled_reader(addr: SocketAddr, lobby: &str, user: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(SocketAddr::new(next_ip(), 0)).unwrap();
+    let mut s = socket.connect(addr).await.expect("tcp connect");
+    let head = format!(
+        "GET /ws/{lobby}?token={user} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(WAIT, async {
+        while !got.ends_with(b"\r\n\r\n") {
+            assert_eq!(s.read(&mut byte).await.unwrap(), 1, "upgrade answer");
+            got.push(byte[0]);
+        }
+    })
+    .await
+    .expect("upgrade answer in time");
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    s
+}
+
+/// A healthy member: counts the `message` frames, which must come in order without a gap;
+/// runs until aborted.
+fn healthy_member(
+    mut ws: Ws,
+    received: Arc<AtomicU64>,
+    progress: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "message" {
+                        let expected = received.load(Ordering::SeqCst);
+                        assert_eq!(v["data"]["seq"], expected, "in order, no gaps");
+                        received.store(expected + 1, Ordering::SeqCst);
+                        progress.notify_waiters();
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("healthy member ended: {other:?}"),
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_stalled_readers_cost_a_bounded_amount_of_memory() {
+    let _turn = SERIAL.lock().await;
+    let p = Process::start(
+        &[
+            ("SWITCHBOARD_RATE__MESSAGES_PER_SEC", "0"),
+            ("SWITCHBOARD_RATE__CONNECTS_PER_IP_PER_SEC", "0"),
+            ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "1000"),
+            ("SWITCHBOARD_LOG__LEVEL", "warn"),
+        ],
+        None,
+    );
+    let pid = p.child.id();
+    let base = idle(p.addr).await;
+    let lobby = "stalls";
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        stalled.push(stalled_reader(p.addr, lobby, &format!("stalled{i}")).await);
+    }
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut members = Vec::new();
+    for i in 0..2 {
+        let ws = ws_connect_within(p.addr, lobby, &format!("healthy{i}"), WAIT)
+            .await
+            .unwrap();
+        let received = Arc::new(AtomicU64::new(0));
+        let task = healthy_member(ws, received.clone(), progress.clone());
+        members.push((received, task));
+    }
+    let mut publisher = ws_connect_within(p.addr, lobby, "publisher", WAIT)
+        .await
+        .unwrap();
+    let before = settle(p.addr, "everyone connected", WAIT, |s| {
+        count(s, "total_connections") == STALLED as u64 + 3
+    })
+    .await;
+    let rss_before = rss_kib(pid);
+    let hwm_before = hwm_kib(pid);
+
+    let pad = "x".repeat(STALL_PAYLOAD);
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut all_closed_at = None;
+    while sent < STALL_MAX_MESSAGES {
+        // Stay within the window of the healthy members (bounded wait).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let slowest = members.iter().map(|(r, _)| r.load(Ordering::SeqCst)).min();
+            if slowest.unwrap() + FLOOD_WINDOW > sent {
+                break;
+            }
+            assert!(Instant::now() < deadline, "healthy members stuck at {sent}");
+            let _ = tokio::time::timeout(Duration::from_millis(50), progress.notified()).await;
+        }
+        let frame = json!({
+            "type": "broadcast",
+            "exclude_self": true,
+            "data": {"seq": sent, "pad": pad},
+        });
+        publisher
+            .send(Message::text(frame.to_string()))
+            .await
+            .expect("publisher sends");
+        sent += 1;
+        if sent % 50 == 0 {
+            let s = stats(p.addr).await;
+            if closes(&s, "slow_consumer") >= closes(&before, "slow_consumer") + STALLED as u64 {
+                all_closed_at = Some(sent);
+                break;
+            }
+        }
+    }
+    let all_closed_at = all_closed_at.expect("every stalled reader closed as a slow consumer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (received, task) in members {
+        while received.load(Ordering::SeqCst) < sent && !task.is_finished() {
+            assert!(Instant::now() < deadline, "a healthy member stuck");
+            let _ = tokio::time::timeout(Duration::from_millis(50), progress.notified()).await;
+        }
+        if task.is_finished() {
+            task.await
+                .expect("a healthy member got everything in order");
+            panic!("a healthy member ended");
+        }
+        assert_eq!(
+            received.load(Ordering::SeqCst),
+            sent,
+            "a healthy member lost nothing"
+        );
+        task.abort();
+    }
+    // Every close has run its course (the peak includes the closes' last words).
+    drop(stalled);
+    close_politely(publisher).await;
+    back_to(
+        p.addr,
+        base,
+        "after the stalled readers",
+        Duration::from_secs(30),
+    )
+    .await;
+    let hwm = hwm_kib(pid);
+    let growth = hwm.saturating_sub(rss_before);
+    figure(format_args!(
+        "stalled readers: {STALLED} closed as slow consumers after {all_closed_at} broadcasts of \
+         {} KiB in {:.1} s; RSS before {}, peak (VmHWM) before {} after {}: +{} (ceiling +{})",
+        STALL_PAYLOAD / 1024,
+        started.elapsed().as_secs_f64(),
+        mib(rss_before),
+        mib(hwm_before),
+        mib(hwm),
+        mib(growth),
+        mib(STALL_CEILING_KIB),
+    ));
+    assert!(
+        growth <= STALL_CEILING_KIB,
+        "peak RSS grew by {} over the ceiling {}",
+        mib(growth),
+        mib(STALL_CEILING_KIB)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Handshake abuse.
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(1000);

@@ -99,18 +99,31 @@ impl ConnHandle {
         self.outbox.wake();
     }
 
-    /// The connection's own task takes queued frames, oldest first, at most `max`; with none
-    /// queued it is woken by the next offer or by [`close`](Self::close).
+    /// The connection's own task takes queued frames, oldest first: at most `max` frames,
+    /// and no more payload bytes than `max_bytes` unless the first frame alone is larger; with
+    /// none queued it is woken by the next offer or by [`close`](Self::close).
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
         max: usize,
+        max_bytes: usize,
         take: impl FnMut(Message),
     ) -> Poll<usize> {
-        self.outbox.poll_take(cx, max, take)
+        self.outbox.poll_take(cx, max, max_bytes, take)
     }
 
-    /// Takes every queued frame, oldest first (a closing connection's last words).
+    /// Takes queued frames as [`poll_take`](Self::poll_take) does, without registering for a
+    /// wakeup: 0 when nothing is queued (a closing connection's last words, batch by batch).
+    pub(crate) fn take_batch(
+        &self,
+        max: usize,
+        max_bytes: usize,
+        take: impl FnMut(Message),
+    ) -> usize {
+        self.outbox.take_batch(max, max_bytes, take)
+    }
+
+    /// Takes every queued frame, oldest first (tests and benchmarks).
     pub(crate) fn take_all(&self, take: impl FnMut(Message)) {
         self.outbox.take_all(take);
     }
@@ -243,23 +256,46 @@ impl Outbox {
         &self,
         cx: &mut Context<'_>,
         max: usize,
-        mut take: impl FnMut(Message),
+        max_bytes: usize,
+        take: impl FnMut(Message),
     ) -> Poll<usize> {
         let mut state = lock(&self.state);
         if state.frames.is_empty() {
             store_waker(&mut state.waker, cx.waker());
             return Poll::Pending;
         }
-        let n = state.frames.len().min(max);
-        for frame in state.frames.drain(..n) {
-            take(frame);
+        Poll::Ready(Self::take_from(&mut state, max, max_bytes, take))
+    }
+
+    fn take_batch(&self, max: usize, max_bytes: usize, take: impl FnMut(Message)) -> usize {
+        Self::take_from(&mut lock(&self.state), max, max_bytes, take)
+    }
+
+    /// Takes up to `max` frames and `max_bytes` of payload (at least one frame, if any).
+    fn take_from(
+        state: &mut OutboxState,
+        max: usize,
+        max_bytes: usize,
+        mut take: impl FnMut(Message),
+    ) -> usize {
+        let (mut n, mut bytes) = (0, 0usize);
+        while n < max {
+            let Some(next) = state.frames.front() else {
+                break;
+            };
+            bytes = bytes.saturating_add(payload_len(next));
+            if n > 0 && bytes > max_bytes {
+                break;
+            }
+            take(state.frames.pop_front().expect("a front frame"));
+            n += 1;
         }
         // Nothing is kept while idle: a drained queue gives its memory back.
         if state.frames.is_empty() {
             state.frames = VecDeque::new();
             state.unannounced = false;
         }
-        Poll::Ready(n)
+        n
     }
 
     fn take_all(&self, take: impl FnMut(Message)) {
@@ -280,6 +316,15 @@ impl Outbox {
         state.shut = true;
         state.frames = VecDeque::new();
         state.waker = None;
+    }
+}
+
+/// A queued frame's payload length.
+pub(crate) fn payload_len(frame: &Message) -> usize {
+    match frame {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_) => 0,
     }
 }
 

@@ -29,6 +29,9 @@ use crate::ws::frame::{self, Decoder, Frame, OpCode};
 /// Frames encoded into one write: waiting frames go out in one syscall, without one
 /// connection's backlog growing the buffer without bound.
 const MAX_BATCH: usize = 64;
+/// Payload bytes encoded into one write (unless one frame alone is larger). What a socket
+/// does not take is kept with the connection, so this bounds a slow reader's private bytes.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Reads per wakeup before the task lets others run.
 const MAX_READS: usize = 16;
 /// Each worker thread's read buffer.
@@ -175,7 +178,7 @@ impl Socket {
             let (mut frames, mut bytes) = (0, 0);
             let written = with_write_buffer(|buf| {
                 buf.clear();
-                let taken = conn.poll_take(cx, MAX_BATCH, |message| {
+                let taken = conn.poll_take(cx, MAX_BATCH, WRITE_BATCH_BYTES, |message| {
                     bytes += encode_message(buf, &message);
                 });
                 let Poll::Ready(taken) = taken else {
@@ -215,6 +218,10 @@ impl Socket {
     /// Ends the connection on the wire: frames queued before the close (when the server is
     /// the one closing), `goodbye` when the close invites a retry, the close frame, then the
     /// peer's close reply, all within `timeout`. The socket is dropped when this returns.
+    ///
+    /// The queued frames go out from the queue itself, a batch at a time: a closing
+    /// connection copies at most one batch (`WRITE_BATCH_BYTES`), whatever its backlog, and
+    /// what the deadline leaves unsent is dropped with the queue.
     pub(crate) async fn close(
         mut self,
         conn: Option<&ConnHandle>,
@@ -225,30 +232,31 @@ impl Socket {
         // A stale peer has been silent for `ping_interval + pong_timeout`: it gets what its
         // socket takes at once (not its backlog), and no wait for a reply that will not come.
         let stale = reason == DisconnectReason::Stale;
-        let mut out = std::mem::take(&mut self.unsent);
-        if let (Some(conn), Some(_), false) = (conn, code, stale) {
-            conn.take_all(|message| {
-                encode_message(&mut out, &message);
-            });
-        }
+        let mut last_words = Vec::new();
         if let Some(goodbye) = super::goodbye_frame(reason) {
-            frame::encode(&mut out, OpCode::Text, goodbye.as_bytes());
+            frame::encode(&mut last_words, OpCode::Text, goodbye.as_bytes());
         }
         match (code, self.peer_close) {
-            (Some(code), _) => frame::encode_close(&mut out, Some(code), reason.as_str()),
+            (Some(code), _) => frame::encode_close(&mut last_words, Some(code), reason.as_str()),
             // The peer closed first: echo its code.
-            (None, Some(code)) => frame::encode_close(&mut out, code, ""),
+            (None, Some(code)) => frame::encode_close(&mut last_words, code, ""),
             // The socket is gone: nothing to say.
             (None, None) => return,
         }
+        let backlog = conn.filter(|_| code.is_some() && !stale);
         let patience = if stale {
             timeout.min(STALE_CLOSE_DEADLINE)
         } else {
             timeout
         };
         let said = tokio::time::timeout(patience, async {
-            self.io.write_all(&out).await?;
-            drop(out);
+            let unsent = std::mem::take(&mut self.unsent);
+            self.io.write_all(&unsent).await?;
+            drop(unsent);
+            if let Some(conn) = backlog {
+                self.write_backlog(conn).await?;
+            }
+            self.io.write_all(&last_words).await?;
             if code.is_some() && !stale {
                 self.await_close_reply().await;
             }
@@ -258,6 +266,32 @@ impl Socket {
         if matches!(said, Ok(Ok(()))) {
             let _ = tokio::time::timeout(patience, self.io.shutdown()).await;
         }
+    }
+
+    /// Writes what is queued, oldest first, taking one batch at a time from the queue: small
+    /// frames are encoded together (at most `WRITE_BATCH_BYTES`), a larger one is written
+    /// as its header then its payload straight from the shared frame.
+    async fn write_backlog(&mut self, conn: &ConnHandle) -> std::io::Result<()> {
+        let mut frames = Vec::new();
+        let mut out = Vec::new();
+        while conn.take_batch(MAX_BATCH, WRITE_BATCH_BYTES, |m| frames.push(m)) > 0 {
+            for message in frames.drain(..) {
+                let Some((opcode, payload)) = message_parts(&message) else {
+                    continue;
+                };
+                if payload.len() < WRITE_BATCH_BYTES / 4 {
+                    frame::encode(&mut out, opcode, payload);
+                } else {
+                    frame::encode_header(&mut out, opcode, payload.len());
+                    self.io.write_all(&out).await?;
+                    out.clear();
+                    self.io.write_all(payload).await?;
+                }
+            }
+            self.io.write_all(&out).await?;
+            out.clear();
+        }
+        Ok(())
     }
 
     /// Reads until the peer's close frame, the end of the stream, or a broken frame.
@@ -321,16 +355,23 @@ impl Live<'_> {
 
 /// Encodes a queued frame; returns its payload's length.
 fn encode_message(out: &mut Vec<u8>, message: &Message) -> u64 {
-    let (opcode, payload): (OpCode, &[u8]) = match message {
+    let Some((opcode, payload)) = message_parts(message) else {
+        return 0;
+    };
+    frame::encode(out, opcode, payload);
+    payload.len() as u64
+}
+
+/// A queued frame's opcode and payload; `None` for a close frame (only `Socket::close` sends
+/// one, after everything queued).
+fn message_parts(message: &Message) -> Option<(OpCode, &[u8])> {
+    Some(match message {
         Message::Text(text) => (OpCode::Text, text.as_bytes()),
         Message::Binary(bytes) => (OpCode::Binary, bytes),
         Message::Ping(bytes) => (OpCode::Ping, bytes),
         Message::Pong(bytes) => (OpCode::Pong, bytes),
-        // Only `Socket::close` sends a close frame, after everything queued.
-        Message::Close(_) => return 0,
-    };
-    frame::encode(out, opcode, payload);
-    payload.len() as u64
+        Message::Close(_) => return None,
+    })
 }
 
 /// Runs `f` with this thread's read buffer; a nested call (never expected) gets a fresh one.

@@ -27,7 +27,7 @@ where
         let taken = tokio::select! {
             biased;
             () = conn.closed() => break,
-            taken = std::future::poll_fn(|cx| conn.poll_take(cx, MAX_BATCH, |m| batch.push(m))) => taken,
+            taken = std::future::poll_fn(|cx| conn.poll_take(cx, MAX_BATCH, usize::MAX, |m| batch.push(m))) => taken,
         };
         // A peer that stops reading blocks this write; the close signal still gets through.
         let written = tokio::select! {
@@ -52,9 +52,11 @@ where
     // A dead peer never drains the socket: all of it gets a deadline, then the socket goes.
     let _ = tokio::time::timeout(close_timeout, async {
         if reason.close_code().is_some() {
-            conn.take_all(|m| batch.push(m));
-            for frame in batch.drain(..) {
-                sink.feed(frame).await.map_err(drop)?;
+            // A batch at a time: the sink's channel bounds what is encoded ahead.
+            while conn.take_batch(MAX_BATCH, usize::MAX, |m| batch.push(m)) > 0 {
+                for frame in batch.drain(..) {
+                    sink.feed(frame).await.map_err(drop)?;
+                }
             }
         }
         say_goodbye(&mut sink, reason).await

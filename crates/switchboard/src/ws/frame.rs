@@ -322,8 +322,14 @@ pub fn valid_close_code(code: u16) -> bool {
 
 /// Appends one unmasked, unfragmented server frame to `out`.
 pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    encode_header(out, opcode, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// Appends the header of an unmasked, unfragmented server frame whose payload is `len`
+/// bytes (the payload is written after it, from wherever it is).
+pub fn encode_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
     out.push(0x80 | opcode as u8);
-    let len = payload.len();
     if len < 126 {
         out.push(len as u8);
     } else if let Ok(len) = u16::try_from(len) {
@@ -333,7 +339,6 @@ pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
         out.push(127);
         out.extend_from_slice(&(len as u64).to_be_bytes());
     }
-    out.extend_from_slice(payload);
 }
 
 /// Appends a close frame: the code and as much of `reason` as fits a control frame.
