@@ -181,6 +181,11 @@ pub struct RedisCluster {
     needs_resync: AtomicBool,
     /// This node's connections admitted so far (what a resync re-registers).
     conns: Mutex<HashMap<String, ConnectionInfo>>,
+    /// Admits and releases hold it shared from their script to their change of `conns`; a
+    /// resync holds it alone from its snapshot of `conns` to its script. Otherwise a resync
+    /// could snapshot before a connection admitted in Redis is recorded here, and free it in
+    /// Redis while it lives (uncounted by every limit and missing from presence).
+    registry: tokio::sync::RwLock<()>,
     subs: tokio::sync::Mutex<Subscriptions>,
     publish: mpsc::UnboundedSender<Outgoing>,
     /// Bytes queued in `publish` (by [`Outgoing::cost`]): the queue's bound.
@@ -263,6 +268,7 @@ impl RedisCluster {
             up: AtomicBool::new(false),
             needs_resync: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
+            registry: tokio::sync::RwLock::new(()),
             subs: tokio::sync::Mutex::new(Subscriptions::default()),
             publish,
             queued: AtomicUsize::new(0),
@@ -498,6 +504,7 @@ impl RedisCluster {
 
     /// Makes this node's entries in Redis match its connections exactly.
     async fn resync(&self, con: &mut ConnectionManager) {
+        let _alone = self.registry.write().await;
         let conns = self.conns_snapshot();
         let mut invocation = self.scripts.resync.prepare_invoke();
         invocation
@@ -839,14 +846,17 @@ impl Cluster for RedisCluster {
         Box::pin(async move {
             // Subscribe before reserving: nothing published after our members exist is missed.
             self.subscribe_lobby(conn.lobby.as_str()).await;
+            let registering = self.registry.read().await;
             let admission = self.admit_remote(conn).await;
-            if let Admission::Refused(_) = admission {
-                self.unsubscribe_lobby(conn.lobby.as_str()).await;
-            } else {
+            if !matches!(admission, Admission::Refused(_)) {
                 self.conns
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(conn.id.as_str().to_owned(), conn.clone());
+            }
+            drop(registering);
+            if let Admission::Refused(_) = admission {
+                self.unsubscribe_lobby(conn.lobby.as_str()).await;
             }
             admission
         })
@@ -854,11 +864,12 @@ impl Cluster for RedisCluster {
 
     fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            self.unsubscribe_lobby(conn.lobby.as_str()).await;
+            let _releasing = self.registry.read().await;
             self.conns
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(conn.id.as_str());
-            self.unsubscribe_lobby(conn.lobby.as_str()).await;
             let Some(mut con) = self.connection() else {
                 self.needs_resync.store(true, Ordering::SeqCst);
                 return;

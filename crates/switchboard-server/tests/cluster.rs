@@ -1174,3 +1174,95 @@ async fn rediss_urls_work_with_a_private_ca_and_client_certificates() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node re-registers its connections (`resync`) whenever Redis forgot it; connects and
+/// disconnects meanwhile must stay counted exactly. Here Redis forgets the node every 10 ms
+/// (its entry in the node set removed, so every heartbeat resyncs) while eight clients open
+/// connections one after another for 2 s, each keeping its last 50: afterwards the cluster
+/// counts exactly the connections open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connects_during_a_resync_all_stay_counted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = Redis::spawn(
+        port,
+        &[
+            "--port".into(),
+            port.to_string(),
+            "--enable-debug-command".into(),
+            "yes".into(),
+        ],
+    );
+    let env = [
+        ("SWITCHBOARD_LIMITS__MAX_PER_IP", "100000"),
+        ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "100000"),
+        ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "100000"),
+        ("SWITCHBOARD_PRESENCE__EVENTS", "false"),
+    ];
+    let a = node(&redis, "ra", &env);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = redis.port.to_string();
+    let forgetter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Forgotten, then Redis stalls for 20 ms: the heartbeat and the connects in
+                // flight are answered together, and the resync follows at once.
+                for cmd in [
+                    &["ZREM", "switchboard:nodes", "ra"][..],
+                    &["DEBUG", "SLEEP", "0.02"],
+                ] {
+                    Command::new("redis-cli")
+                        .args(["-p", &port])
+                        .args(cmd)
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap();
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            n
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(2);
+    let connectors: Vec<_> = (0..8)
+        .map(|c| {
+            let addr = a.addr;
+            tokio::spawn(async move {
+                let mut kept = std::collections::VecDeque::new();
+                let mut n = 0;
+                while Instant::now() < until {
+                    kept.push_back(connect(addr, "room", &format!("c{c}n{n}")).await);
+                    n += 1;
+                    if kept.len() > 50 {
+                        kept.pop_front();
+                    }
+                }
+                (n, kept)
+            })
+        })
+        .collect();
+    let (mut opened, mut kept) = (0, Vec::new());
+    for c in connectors {
+        let (n, conns) = c.await.unwrap();
+        opened += n;
+        kept.extend(conns);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let forgotten = forgetter.join().unwrap();
+    eprintln!("{opened} connections opened; forgotten {forgotten} times meanwhile");
+    let live = kept.len();
+    let stats = eventually_json(
+        "the cluster counts what is open",
+        a.addr,
+        "/api/stats",
+        |v| v["total_connections"] == live && v["cluster"]["total_connections"] == live,
+    )
+    .await;
+    assert_eq!(stats["cluster"]["nodes"], 1);
+}
