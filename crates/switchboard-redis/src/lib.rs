@@ -17,6 +17,7 @@
 mod scripts;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,8 +47,12 @@ pub const DEFAULT_OUTBOUND_MAX_BYTES: usize = 32 << 20;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
-    /// `redis://host:port/db`.
+    /// `redis://host:port/db`, or `rediss://` for TLS (verified against the system's roots,
+    /// or against `tls.ca_pem` alone when set).
     pub url: String,
+    /// TLS (`rediss://`) trust and client identity; empty: the system's roots, no client
+    /// certificate.
+    pub tls: TlsFiles,
     /// This node's name (the manager's `node_id`).
     pub node_id: String,
     /// Heartbeat period.
@@ -80,6 +85,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>, manager: &switchboard::Config) -> Self {
         Self {
             url: url.into(),
+            tls: TlsFiles::default(),
             node_id: manager.node_id.clone(),
             heartbeat: Duration::from_millis(2_000),
             node_ttl: Duration::from_millis(6_000),
@@ -95,10 +101,72 @@ impl RedisConfig {
     }
 }
 
+/// PEM files for `rediss://` URLs.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// Trust only these certificates (PEM), instead of the system's roots: a private CA or a
+    /// self-signed Redis.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM), for a Redis that requires them
+    /// (`tls-auth-clients yes`, Redis's default).
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key_file: Option<PathBuf>,
+}
+
 /// A bad Redis configuration.
 #[derive(Debug, thiserror::Error)]
-#[error("redis.url: {0}")]
-pub struct UrlError(#[from] redis::RedisError);
+#[non_exhaustive]
+pub enum UrlError {
+    /// The URL (or the TLS settings with it) cannot work.
+    #[error("redis.url: {0}")]
+    Url(#[from] redis::RedisError),
+    /// A TLS file cannot be read.
+    #[error("{setting}: cannot read {}: {error}", path.display())]
+    File {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// The Redis client for `cfg`: plain, or TLS with the configured trust and identity.
+fn client(cfg: &RedisConfig) -> Result<redis::Client, UrlError> {
+    let tls = &cfg.tls;
+    if tls.ca_file.is_none() && tls.client_cert_file.is_none() {
+        return Ok(redis::Client::open(cfg.url.as_str())?);
+    }
+    let read = |setting: &'static str, path: &PathBuf| {
+        std::fs::read(path).map_err(|error| UrlError::File {
+            setting,
+            path: path.clone(),
+            error,
+        })
+    };
+    let root_cert = tls
+        .ca_file
+        .as_ref()
+        .map(|p| read("redis.ca_file", p))
+        .transpose()?;
+    let client_tls = match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("redis.client_cert_file", cert)?,
+            client_key: read("redis.client_key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok(redis::Client::build_with_tls(
+        cfg.url.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )?)
+}
 
 /// The Redis-backed cluster. Cheap to share (`Arc`).
 pub struct RedisCluster {
@@ -113,6 +181,11 @@ pub struct RedisCluster {
     needs_resync: AtomicBool,
     /// This node's connections admitted so far (what a resync re-registers).
     conns: Mutex<HashMap<String, ConnectionInfo>>,
+    /// Admits and releases hold it shared from their script to their change of `conns`; a
+    /// resync holds it alone from its snapshot of `conns` to its script. Otherwise a resync
+    /// could snapshot before a connection admitted in Redis is recorded here, and free it in
+    /// Redis while it lives (uncounted by every limit and missing from presence).
+    registry: tokio::sync::RwLock<()>,
     subs: tokio::sync::Mutex<Subscriptions>,
     publish: mpsc::UnboundedSender<Outgoing>,
     /// Bytes queued in `publish` (by [`Outgoing::cost`]): the queue's bound.
@@ -182,7 +255,9 @@ impl RedisCluster {
     /// Creates the adapter and starts its background tasks (connection, heartbeat, pub/sub,
     /// publisher). Nothing here waits for Redis: a node starts even when Redis is away.
     pub fn start(cfg: RedisConfig, local: LocalNode) -> Result<Arc<Self>, UrlError> {
-        let client = redis::Client::open(cfg.url.as_str())?;
+        // rustls's process-wide crypto provider (ring); a provider already installed stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = client(&cfg)?;
         let (publish, queue) = mpsc::unbounded_channel();
         let cluster = Arc::new(Self {
             cfg,
@@ -193,6 +268,7 @@ impl RedisCluster {
             up: AtomicBool::new(false),
             needs_resync: AtomicBool::new(false),
             conns: Mutex::new(HashMap::new()),
+            registry: tokio::sync::RwLock::new(()),
             subs: tokio::sync::Mutex::new(Subscriptions::default()),
             publish,
             queued: AtomicUsize::new(0),
@@ -428,6 +504,7 @@ impl RedisCluster {
 
     /// Makes this node's entries in Redis match its connections exactly.
     async fn resync(&self, con: &mut ConnectionManager) {
+        let _alone = self.registry.write().await;
         let conns = self.conns_snapshot();
         let mut invocation = self.scripts.resync.prepare_invoke();
         invocation
@@ -769,14 +846,17 @@ impl Cluster for RedisCluster {
         Box::pin(async move {
             // Subscribe before reserving: nothing published after our members exist is missed.
             self.subscribe_lobby(conn.lobby.as_str()).await;
+            let registering = self.registry.read().await;
             let admission = self.admit_remote(conn).await;
-            if let Admission::Refused(_) = admission {
-                self.unsubscribe_lobby(conn.lobby.as_str()).await;
-            } else {
+            if !matches!(admission, Admission::Refused(_)) {
                 self.conns
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(conn.id.as_str().to_owned(), conn.clone());
+            }
+            drop(registering);
+            if let Admission::Refused(_) = admission {
+                self.unsubscribe_lobby(conn.lobby.as_str()).await;
             }
             admission
         })
@@ -784,11 +864,12 @@ impl Cluster for RedisCluster {
 
     fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            self.unsubscribe_lobby(conn.lobby.as_str()).await;
+            let _releasing = self.registry.read().await;
             self.conns
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(conn.id.as_str());
-            self.unsubscribe_lobby(conn.lobby.as_str()).await;
             let Some(mut con) = self.connection() else {
                 self.needs_resync.store(true, Ordering::SeqCst);
                 return;

@@ -63,6 +63,9 @@ pub const KNOWN: &[&str] = &[
     "redis.node_ttl_ms",
     "redis.key_prefix",
     "redis.outbound_max_bytes",
+    "redis.ca_file",
+    "redis.client_cert_file",
+    "redis.client_key_file",
     "test_clock_offset_ms",
     "shutdown.drain_ms",
     "shutdown.deadline_ms",
@@ -139,6 +142,8 @@ pub struct ServerConfig {
     pub redis_key_prefix: String,
     /// Bound of the node's queue of frames waiting to be published to Redis, in bytes.
     pub redis_outbound_max_bytes: usize,
+    /// `rediss://` only: trust, and client identity (PEM files).
+    pub redis_tls: switchboard_redis::TlsFiles,
     /// Test only (`SWITCHBOARD_TEST_CLOCK_OFFSET_MS`): shifts the node's wall clock as the
     /// Redis adapter reads it, to show that cluster liveness does not depend on it.
     pub test_clock_offset_ms: i64,
@@ -193,6 +198,7 @@ impl Default for ServerConfig {
             redis_node_ttl: Duration::from_millis(6_000),
             redis_key_prefix: "switchboard:".into(),
             redis_outbound_max_bytes: switchboard_redis::DEFAULT_OUTBOUND_MAX_BYTES,
+            redis_tls: switchboard_redis::TlsFiles::default(),
             test_clock_offset_ms: 0,
             pages_enabled: None,
             log_format: LogFormat::Human,
@@ -411,6 +417,9 @@ impl ServerConfig {
                     return Err("must be at least 1".into());
                 }
             }
+            "redis.ca_file" => self.redis_tls.ca_file = optional_path(value),
+            "redis.client_cert_file" => self.redis_tls.client_cert_file = optional_path(value),
+            "redis.client_key_file" => self.redis_tls.client_key_file = optional_path(value),
             "test_clock_offset_ms" => {
                 self.test_clock_offset_ms = value
                     .parse()
@@ -451,6 +460,7 @@ impl ServerConfig {
         {
             return Err(err("admin_bind", "must differ from bind"));
         }
+        self.validate_redis_tls()?;
         if self.redis_url.is_some() {
             if self.redis_heartbeat < Duration::from_millis(50) {
                 return Err(err("redis.heartbeat_ms", "must be at least 50 ms"));
@@ -484,6 +494,37 @@ impl ServerConfig {
             ));
         }
         self.validate_auth()
+    }
+
+    /// TLS files only with a `rediss://` URL, a client certificate only with its key, and no
+    /// `#insecure` (verification off is not built in: trust a private CA with `redis.ca_file`).
+    fn validate_redis_tls(&self) -> Result<(), ConfigError> {
+        let url = self.redis_url.as_ref().map_or("", |u| u.0.as_str());
+        let tls = &self.redis_tls;
+        if url.contains("#insecure") {
+            return Err(err(
+                "redis.url",
+                "#insecure (no certificate verification) is not supported; trust the server's \
+                 CA with redis.ca_file instead",
+            ));
+        }
+        let files = [
+            ("redis.ca_file", tls.ca_file.is_some()),
+            ("redis.client_cert_file", tls.client_cert_file.is_some()),
+            ("redis.client_key_file", tls.client_key_file.is_some()),
+        ];
+        if let Some((name, _)) = files.iter().find(|(_, set)| *set)
+            && !url.starts_with("rediss://")
+        {
+            return Err(err(name, "needs a rediss:// (TLS) redis.url"));
+        }
+        if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+            return Err(err(
+                "redis.client_cert_file",
+                "set both redis.client_cert_file and redis.client_key_file, or neither",
+            ));
+        }
+        Ok(())
     }
 
     /// Dev mode only when asked for, never together with a key, never off loopback; without
@@ -555,6 +596,11 @@ fn secret(value: &str) -> Result<Secret, String> {
 /// The shortest HS256 secret accepted: 256 bits, as RFC 7518 3.2 requires of an HMAC key.
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
+/// A file setting: empty means unset.
+fn optional_path(value: &str) -> Option<PathBuf> {
+    (!value.is_empty()).then(|| value.into())
+}
+
 fn parse_addr(value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| "expected IP:PORT".to_owned())
 }
@@ -608,6 +654,30 @@ mod tests {
 
     fn vars(pairs: &[(&str, &str)]) -> Result<ServerConfig, ConfigError> {
         ServerConfig::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn redis_tls_settings_need_a_rediss_url_and_verification() {
+        let dev = ("SWITCHBOARD_DEV_MODE", "true");
+        let ca = ("SWITCHBOARD_REDIS__CA_FILE", "/ca.pem");
+        let plain = ("SWITCHBOARD_REDIS__URL", "redis://127.0.0.1:6379");
+        let tls = ("SWITCHBOARD_REDIS__URL", "rediss://127.0.0.1:6380");
+        assert_eq!(vars(&[dev, plain, ca]).unwrap_err().field, "redis.ca_file");
+        assert!(vars(&[dev, tls, ca]).is_ok());
+        let insecure = (
+            "SWITCHBOARD_REDIS__URL",
+            "rediss://127.0.0.1:6380/#insecure",
+        );
+        let e = vars(&[dev, insecure]).unwrap_err();
+        assert_eq!(e.field, "redis.url");
+        let cert = ("SWITCHBOARD_REDIS__CLIENT_CERT_FILE", "/c.pem");
+        let e = vars(&[dev, tls, cert]).unwrap_err();
+        assert_eq!(e.field, "redis.client_cert_file");
+        let queue = ("SWITCHBOARD_REDIS__OUTBOUND_MAX_BYTES", "0");
+        assert_eq!(
+            vars(&[dev, tls, queue]).unwrap_err().field,
+            "redis.outbound_max_bytes"
+        );
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";

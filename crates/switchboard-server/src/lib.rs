@@ -178,6 +178,7 @@ async fn join_cluster(
     settings.node_ttl = config.redis_node_ttl;
     settings.key_prefix = config.redis_key_prefix.clone();
     settings.outbound_max_bytes = config.redis_outbound_max_bytes;
+    settings.tls = config.redis_tls.clone();
     settings.clock_offset_ms = config.test_clock_offset_ms;
     let cluster = switchboard_redis::RedisCluster::start(settings, manager.local_node())?;
     manager.attach_cluster(cluster.clone());

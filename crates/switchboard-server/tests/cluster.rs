@@ -29,17 +29,15 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Redis::spawn(port, &["--port".into(), port.to_string()])
+    }
+
+    /// Starts `redis-server` with `args` (plus loopback, no persistence); ready once `port`
+    /// accepts TCP connections.
+    fn spawn(port: u16, args: &[String]) -> Redis {
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -989,4 +987,282 @@ async fn reject_policy_holds_cluster_wide_under_a_burst() {
     })
     .await;
     let _rex = connect(other, "l1", "rex").await;
+}
+
+/// Runs the `openssl` CLI in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl CLI is installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, all signed by
+/// the CA, in a fresh directory: `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`.
+fn tls_files() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("switchboard-tls-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let ca = [&ec[..], &["-x509", "-keyout", "ca.key", "-out", "ca.pem"]].concat();
+    openssl(
+        &dir,
+        &[
+            &["req"],
+            &ca[..],
+            &["-days", "1", "-subj", "/CN=switchboard test CA"],
+        ]
+        .concat(),
+    );
+    for (name, usage, san) in [
+        ("server", "serverAuth", "subjectAltName=IP:127.0.0.1\n"),
+        ("client", "clientAuth", ""),
+    ] {
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("{san}basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"),
+        )
+        .unwrap();
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subj = format!("/CN=switchboard test {name}");
+        openssl(
+            &dir,
+            &[
+                &["req"],
+                &ec[..],
+                &["-keyout", &key, "-out", &csr, "-subj", &subj],
+            ]
+            .concat(),
+        );
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "1",
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+    dir
+}
+
+/// Item 15: `rediss://` works against a TLS-only `redis-server` (Debian's build has TLS) that
+/// also asks for client certificates: two nodes trusting the private CA (`redis.ca_file`) with a
+/// client certificate form a cluster; a node without the client certificate, or trusting only
+/// the system's roots, cannot join; `#insecure` is refused at start-up.
+#[tokio::test]
+async fn rediss_urls_work_with_a_private_ca_and_client_certificates() {
+    let dir = tls_files();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = |f: &str| dir.join(f).to_str().unwrap().to_owned();
+    let _redis = Redis::spawn(
+        port,
+        &[
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path("server.pem"),
+            "--tls-key-file".into(),
+            path("server.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.pem"),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ],
+    );
+    let url = format!("rediss://127.0.0.1:{port}");
+    let hb = HEARTBEAT_MS.to_string();
+    let ttl = NODE_TTL_MS.to_string();
+    let (ca, cert, key) = (path("ca.pem"), path("client.pem"), path("client.key"));
+    let tls_node = |id: &str, tls: &[(&str, &str)]| {
+        let mut env = vec![
+            ("SWITCHBOARD_REDIS__URL", url.as_str()),
+            ("SWITCHBOARD_REDIS__NODE_ID", id),
+            ("SWITCHBOARD_REDIS__HEARTBEAT_MS", &hb),
+            ("SWITCHBOARD_REDIS__NODE_TTL_MS", &ttl),
+            ("SWITCHBOARD_RATE__CONNECTS_PER_IP_PER_SEC", "0"),
+        ];
+        env.extend_from_slice(tls);
+        Process::start(&env, None)
+    };
+    let full = [
+        ("SWITCHBOARD_REDIS__CA_FILE", ca.as_str()),
+        ("SWITCHBOARD_REDIS__CLIENT_CERT_FILE", cert.as_str()),
+        ("SWITCHBOARD_REDIS__CLIENT_KEY_FILE", key.as_str()),
+    ];
+    let a = tls_node("ta", &full);
+    let b = tls_node("tb", &full);
+    for n in [&a, &b] {
+        let ready = api(n.addr, "GET", "/readyz").await;
+        assert_eq!(ready["redis"], "up", "{}", n.logs());
+    }
+    let mut alice = connect(a.addr, "room", "alice").await;
+    let mut bob = connect(b.addr, "room", "bob").await;
+    alice.expect("member_joined", "bob's join over TLS").await;
+    bob.send(json!({"type": "broadcast", "data": "over tls"}))
+        .await;
+    assert_eq!(
+        alice.expect("message", "bob's broadcast").await["data"],
+        "over tls"
+    );
+    // Without a client certificate Redis refuses the handshake; trusting only the system's
+    // roots, the node refuses Redis's certificate. Either way: serving alone, saying so.
+    let no_client_cert = tls_node("tc", &full[..1]);
+    let system_roots = tls_node("td", &full[1..]);
+    for n in [&no_client_cert, &system_roots] {
+        let ready = api(n.addr, "GET", "/readyz").await;
+        assert_eq!(ready["redis"], "down", "{ready}");
+        assert!(
+            n.logs().contains("redis unreachable at start"),
+            "{}",
+            n.logs()
+        );
+    }
+    let stats = api(a.addr, "GET", "/api/stats").await;
+    assert_eq!(
+        stats["cluster"]["nodes"], 2,
+        "only the two trusted nodes joined"
+    );
+    // Verification cannot be switched off.
+    let refused = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("--dev")
+        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+        .env("SWITCHBOARD_REDIS__URL", format!("{url}/#insecure"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("#insecure"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A node re-registers its connections (`resync`) whenever Redis forgot it; connects and
+/// disconnects meanwhile must stay counted exactly. Here Redis forgets the node every 10 ms
+/// (its entry in the node set removed, so every heartbeat resyncs) while eight clients open
+/// connections one after another for 2 s, each keeping its last 50: afterwards the cluster
+/// counts exactly the connections open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connects_during_a_resync_all_stay_counted() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = Redis::spawn(
+        port,
+        &[
+            "--port".into(),
+            port.to_string(),
+            "--enable-debug-command".into(),
+            "yes".into(),
+        ],
+    );
+    let env = [
+        ("SWITCHBOARD_LIMITS__MAX_PER_IP", "100000"),
+        ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "100000"),
+        ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "100000"),
+        ("SWITCHBOARD_PRESENCE__EVENTS", "false"),
+    ];
+    let a = node(&redis, "ra", &env);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = redis.port.to_string();
+    let forgetter = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Forgotten, then Redis stalls for 20 ms: the heartbeat and the connects in
+                // flight are answered together, and the resync follows at once.
+                for cmd in [
+                    &["ZREM", "switchboard:nodes", "ra"][..],
+                    &["DEBUG", "SLEEP", "0.02"],
+                ] {
+                    Command::new("redis-cli")
+                        .args(["-p", &port])
+                        .args(cmd)
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap();
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            n
+        })
+    };
+    let until = Instant::now() + Duration::from_secs(2);
+    let connectors: Vec<_> = (0..8)
+        .map(|c| {
+            let addr = a.addr;
+            tokio::spawn(async move {
+                let mut kept = std::collections::VecDeque::new();
+                let mut n = 0;
+                while Instant::now() < until {
+                    kept.push_back(connect(addr, "room", &format!("c{c}n{n}")).await);
+                    n += 1;
+                    if kept.len() > 50 {
+                        kept.pop_front();
+                    }
+                }
+                (n, kept)
+            })
+        })
+        .collect();
+    let (mut opened, mut kept) = (0, Vec::new());
+    for c in connectors {
+        let (n, conns) = c.await.unwrap();
+        opened += n;
+        kept.extend(conns);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let forgotten = forgetter.join().unwrap();
+    eprintln!("{opened} connections opened; forgotten {forgotten} times meanwhile");
+    let live = kept.len();
+    let stats = eventually_json(
+        "the cluster counts what is open",
+        a.addr,
+        "/api/stats",
+        |v| v["total_connections"] == live && v["cluster"]["total_connections"] == live,
+    )
+    .await;
+    assert_eq!(stats["cluster"]["nodes"], 1);
 }
