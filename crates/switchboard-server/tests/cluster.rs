@@ -660,7 +660,7 @@ async fn direct_floods_to_absent_users_do_not_stall_broadcasts() {
         refused.load(std::sync::atomic::Ordering::Relaxed)
     );
     assert!(
-        worst < Duration::from_millis(500),
+        worst < Duration::from_millis(1_000),
         "a broadcast waited {worst:?} behind the direct frames"
     );
     let metrics = http(a.addr, "GET", "/metrics", None, None).await.body;
