@@ -126,6 +126,9 @@ impl History {
         if self.ring.is_empty() {
             // An empty ring gives its memory back.
             self.ring = VecDeque::new();
+        } else if self.ring.capacity() > 16 && self.ring.len() < self.ring.capacity() / 4 {
+            // A ring mostly evicted by the server-wide budget does not keep its old size.
+            self.ring.shrink_to(self.ring.len() * 2);
         }
     }
 
