@@ -74,6 +74,7 @@ pub const KNOWN: &[&str] = &[
     "pages.enabled",
     "history.size",
     "history.ttl_ms",
+    "history.max_bytes",
 ];
 
 /// A secret (JWT secret, API key): its `Debug` never shows it.
@@ -438,6 +439,7 @@ impl ServerConfig {
             "pages.enabled" => self.pages_enabled = Some(parse_bool(value)?),
             "history.size" => m.history.size = parse_num(value)?,
             "history.ttl_ms" => m.history.ttl = parse_ms(value)?,
+            "history.max_bytes" => m.history.max_bytes = parse_num(value)?,
             _ => return Err("unknown setting".into()),
         }
         Ok(())

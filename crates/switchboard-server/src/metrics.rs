@@ -69,6 +69,7 @@ pub fn render(
     metrics::gauge!("switchboard_max_connections").set(stats.max_connections as f64);
     metrics::gauge!("switchboard_lobbies").set(stats.active_lobbies as f64);
     metrics::gauge!("switchboard_users").set(stats.users as f64);
+    metrics::gauge!("switchboard_history_bytes").set(stats.history_bytes as f64);
     metrics::gauge!("switchboard_draining").set(if draining { 1.0 } else { 0.0 });
     metrics::gauge!("switchboard_tokio_tasks").set(
         tokio::runtime::Handle::current()

@@ -180,3 +180,90 @@ async fn the_last_one_out_can_still_recover_until_the_ttl() {
     );
     assert_eq!(back.next_json("recovered").await["ok"], true);
 }
+
+async fn reconnect_to(
+    addr: std::net::SocketAddr,
+    lobby: &str,
+    user: &str,
+    since: u64,
+    epoch: &str,
+) -> Client {
+    let path = format!("/ws/{lobby}?token={user}&since={since}&epoch={epoch}");
+    let ws = raw_connect(addr, &path, ip(1)).await;
+    let mut c = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    c.welcome = c.expect("welcome", "welcome on reconnect").await;
+    c
+}
+
+/// A client hops over fresh lobbies filling each with 100 large broadcasts: the history of the
+/// whole server stays within `history.max_bytes`, the server's oldest broadcasts go first, and
+/// recovering an evicted range answers `ok: false` as for any `since` too old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_bounded_for_the_whole_server() {
+    const MAX_BYTES: usize = 1024 * 1024;
+    const LOBBIES: usize = 30;
+    let server = server(|c| c.manager.history.max_bytes = MAX_BYTES).await;
+    let pad = "x".repeat(8 * 1024);
+    // The first lobby keeps a member, so its history (and epoch) stays while others flood.
+    let mut first = connect(server.addr, "hop0", "anchor").await;
+    let first_epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    let mut peak = 0;
+    let mut last = None;
+    for n in 0..LOBBIES {
+        let lobby = format!("hop{n}");
+        let mut c = connect(server.addr, &lobby, "hopper").await;
+        for i in 0..100 {
+            c.send(json!({"type":"broadcast","exclude_self":true,"data":{"i":i,"pad":pad}}))
+                .await;
+        }
+        // Frames are handled in order: once `presence` is answered, all 100 were kept.
+        c.send(json!({"type":"presence"})).await;
+        c.expect("presence", "the answer after 100 broadcasts")
+            .await;
+        let bytes = server.manager.stats().history_bytes;
+        assert!(bytes <= MAX_BYTES, "lobby {n}: {bytes} > {MAX_BYTES}");
+        peak = peak.max(bytes);
+        last = Some((lobby, c.welcome["epoch"].as_str().unwrap().to_owned()));
+        c.close().await;
+    }
+    assert!(
+        peak > MAX_BYTES / 2,
+        "the flood filled the history ({peak} bytes), it was not just small"
+    );
+    // The anchor saw all 100 of its lobby's broadcasts; they are the server's oldest: evicted.
+    let mut seen = 0;
+    while seen < 100 {
+        if first.next_json("hop0's broadcasts").await["type"] == "message" {
+            seen += 1;
+        }
+    }
+    let mut late = reconnect_to(server.addr, "hop0", "late", 0, &first_epoch).await;
+    assert_eq!(late.welcome["epoch"], json!(first_epoch), "same epoch");
+    assert_eq!(late.welcome["offset"], 100);
+    assert_eq!(
+        late.next_json("recovered").await,
+        json!({"type":"recovered","ok":false})
+    );
+    // The newest lobby's last broadcasts are still there.
+    let (lobby, epoch) = last.unwrap();
+    let mut recent = reconnect_to(server.addr, &lobby, "recent", 98, &epoch).await;
+    for offset in 99..=100 {
+        assert_eq!(recent.expect("message", "replayed").await["offset"], offset);
+    }
+    assert_eq!(
+        recent.next_json("recovered").await,
+        json!({"type":"recovered","ok":true})
+    );
+    // /metrics tells it too.
+    let metrics = http(server.addr, "GET", "/metrics", None, None).await;
+    let gauge = metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("switchboard_history_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("switchboard_history_bytes in /metrics");
+    assert!(gauge as usize <= MAX_BYTES, "{gauge}");
+}

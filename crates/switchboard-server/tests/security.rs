@@ -2,10 +2,10 @@
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -37,11 +37,13 @@ async fn message_flood_gets_rate_limited_errors_then_4008() {
             .await;
         assert_eq!(p["type"], "presence", "{i}");
     }
+    // Refused before the frame is parsed: no `id` to echo.
     for i in 3..7 {
         let e = flooder.expect("error", "a rate_limited error").await;
         assert_eq!(
-            (e["code"].as_str(), e["id"].as_i64()),
-            (Some("rate_limited"), Some(i))
+            (e["code"].as_str(), e.get("id")),
+            (Some("rate_limited"), None),
+            "{i}"
         );
     }
     flooder
@@ -55,8 +57,25 @@ async fn message_flood_gets_rate_limited_errors_then_4008() {
         .await;
 }
 
+/// Reads until the next `health_ping`; returns its timestamp.
+async fn next_health_ping(c: &mut Client) -> u64 {
+    loop {
+        let msg = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .expect("a health_ping in time")
+            .expect("the stream goes on")
+            .expect("no error");
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "health_ping" {
+                return v["timestamp"].as_u64().unwrap();
+            }
+        }
+    }
+}
+
 #[tokio::test]
-async fn health_pongs_are_never_rate_limited() {
+async fn health_pongs_that_echo_no_ping_are_rate_limited() {
     let server = server(|c| {
         c.manager.rate.messages_per_sec = 1;
         c.manager.rate.burst = 1;
@@ -67,8 +86,124 @@ async fn health_pongs_are_never_rate_limited() {
     for _ in 0..20 {
         c.send(json!({"type":"health_pong","timestamp":1})).await;
     }
+    // One pong within the budget, then two refusals close the connection.
+    for _ in 0..2 {
+        let e = c.expect("error", "a rate_limited error").await;
+        assert_eq!(e["code"], "rate_limited", "{e}");
+        assert_eq!(e.get("id"), None, "refused before parsing: no id");
+    }
+    c.ending("the rate-limit close")
+        .await
+        .assert(4008, "rate_limited", true);
+}
+
+#[tokio::test]
+async fn the_first_echo_of_the_last_health_ping_is_free_and_measures_the_round_trip() {
+    let server = server(|c| {
+        c.manager.rate.messages_per_sec = 1;
+        c.manager.rate.burst = 1;
+        c.manager.rate.max_violations = 2;
+        c.manager.ping_interval = Duration::from_secs(1);
+    })
+    .await;
+    // Pings come every second: `expect` skips them, so the whole exchange has a deadline.
+    let exchange = async {
+        let mut c = connect(server.addr, "l1", "a").await;
+        let id = c.id().to_owned();
+        let ts = next_health_ping(&mut c).await;
+        // The budget is spent on `presence`; the echo is free; a second echo is not.
+        c.send(json!({"type":"presence"})).await;
+        c.send(json!({"type":"health_pong","timestamp":ts})).await;
+        c.send(json!({"type":"health_pong","timestamp":ts})).await;
+        c.expect("presence", "the answer within the budget").await;
+        let e = c.expect("error", "the second echo refused").await;
+        assert_eq!(e["code"], "rate_limited", "{e}");
+        assert!(
+            server.manager.latency(&id).is_some(),
+            "the free echo measured a round trip"
+        );
+        c.send(json!({"type":"broadcast","data":"after","id":"last"}))
+            .await;
+        let e = c.expect("error", "one refusal more, the second").await;
+        assert_eq!(e["code"], "rate_limited", "{e}");
+        c.ending("two refusals close")
+            .await
+            .assert(4008, "rate_limited", true);
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("the exchange within 20 s");
+}
+
+#[tokio::test]
+async fn only_the_echo_of_the_last_ping_measures_a_round_trip() {
+    let server = server(|_| {}).await;
+    let mut c = connect(server.addr, "l1", "a").await;
+    let id = c.id().to_owned();
+    let five_s_ago = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 5_000;
+    c.send(json!({"type":"health_pong","timestamp":five_s_ago}))
+        .await;
+    c.ws.send(Message::Pong(vec![0, 0, 0, 0, 0, 0, 0, 1].into()))
+        .await
+        .unwrap();
+    // Frames are handled in order: once `presence` is answered, both pongs were seen.
     c.send(json!({"type":"presence"})).await;
-    c.expect("presence", "the answer after 20 pongs").await;
+    c.expect("presence", "the answer after the pongs").await;
+    assert_eq!(
+        server.manager.latency(&id),
+        None,
+        "a pong that echoes no ping of ours is no round trip"
+    );
+}
+
+#[tokio::test]
+async fn websocket_pings_and_pongs_count_against_the_rate() {
+    let server = server(|c| {
+        c.manager.rate.messages_per_sec = 1;
+        c.manager.rate.burst = 1;
+        c.manager.rate.max_violations = 3;
+    })
+    .await;
+    for frame in [Message::Ping, Message::Pong] {
+        let mut c = connect(server.addr, "l1", "a").await;
+        for _ in 0..10 {
+            c.ws.send(frame(b"flood".to_vec().into())).await.unwrap();
+        }
+        // Over the budget control frames are dropped unanswered; the third refusal closes.
+        c.ending_skipping_data("the close after a control-frame flood")
+            .await
+            .assert(4008, "rate_limited", true);
+    }
+}
+
+#[tokio::test]
+async fn violations_count_in_a_window_even_between_allowed_frames() {
+    let server = server(|c| {
+        c.manager.rate.messages_per_sec = 5;
+        c.manager.rate.burst = 1;
+        c.manager.rate.max_violations = 3;
+    })
+    .await;
+    let mut c = connect(server.addr, "l1", "a").await;
+    for round in 0..3 {
+        // One allowed frame, then one refused: never two refusals in a row.
+        c.send(json!({"type":"presence"})).await;
+        c.send(json!({"type":"presence"})).await;
+        c.expect("presence", "the allowed frame").await;
+        let e = c.expect("error", "the refused frame").await;
+        assert_eq!(e["code"], "rate_limited", "round {round}: {e}");
+        if round < 2 {
+            // Pacing, not synchronisation: the bucket refills one token in 200 ms.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    c.ending("three refusals within the window close")
+        .await
+        .assert(4008, "rate_limited", true);
 }
 
 #[tokio::test]

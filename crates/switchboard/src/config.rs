@@ -48,11 +48,14 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RateConfig {
-    /// Sustained inbound messages per second per connection (token bucket). Default 50.
+    /// Sustained inbound messages per second per connection (token bucket). Every inbound
+    /// frame counts, WebSocket Pings and Pongs included, except the first echo of the last
+    /// ping the server sent. Default 50.
     pub messages_per_sec: u32,
     /// Bucket size: messages a connection may send in a burst. Default 100.
     pub burst: u32,
-    /// Rate-limited messages in a row before the connection is closed with 4008. Default 10.
+    /// Refused messages within 10 seconds (allowed ones between them or not) before the
+    /// connection is closed with 4008. Default 10.
     pub max_violations: u32,
     /// New connections per client IP per second (refused with 4008 `rate_limited`).
     /// Default 20.

@@ -5,12 +5,14 @@
 //! replay taken at registration (also under the lock) and the live stream that follows it never
 //! overlap or leave a gap.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
 use tokio::time::Instant;
+
+use crate::ids::LobbyCode;
 
 /// History settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +23,11 @@ pub struct HistoryConfig {
     pub size: usize,
     /// How long a broadcast stays recoverable. Default 5 minutes.
     pub ttl: Duration,
+    /// Bytes kept across every lobby's history on this server (each broadcast's frame plus
+    /// [`ENTRY_OVERHEAD`]); past it the oldest broadcasts of the whole server go first (the
+    /// expired ones among them: every broadcast has the same `ttl`). Default 64 MiB; 0 keeps
+    /// nothing.
+    pub max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -28,9 +35,14 @@ impl Default for HistoryConfig {
         Self {
             size: 100,
             ttl: Duration::from_secs(300),
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
+
+/// What one kept broadcast costs besides its frame's bytes: its ring slot, the frame's shared
+/// buffer header, the server-wide index entry (accounted against `max_bytes`).
+pub const ENTRY_OVERHEAD: usize = 128;
 
 /// What a reconnecting client asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +65,8 @@ pub(crate) struct History {
     /// (Redis away) must start a new epoch first.
     pub(crate) from_cluster: bool,
     ring: VecDeque<Entry>,
+    /// What the ring's entries cost (frames plus `ENTRY_OVERHEAD` each).
+    bytes: usize,
 }
 
 /// A lobby's history as the cluster keeps it, for `welcome` and recovery on any node.
@@ -68,9 +82,18 @@ pub struct ClusterHistory {
 
 #[derive(Debug)]
 struct Entry {
+    /// Numbers entries across every lobby, in the order they were kept: the server's oldest
+    /// kept broadcast has the lowest.
+    seq: u64,
     offset: u64,
     at: Instant,
     frame: Message,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        ENTRY_OVERHEAD + crate::connection::payload_len(&self.frame)
+    }
 }
 
 impl History {
@@ -84,7 +107,34 @@ impl History {
             last,
             from_cluster: false,
             ring: VecDeque::new(),
+            bytes: 0,
         }
+    }
+
+    fn push(&mut self, entry: Entry, config: &HistoryConfig) {
+        if self.ring.len() == config.size {
+            self.pop_front();
+        }
+        self.bytes += entry.cost();
+        self.ring.push_back(entry);
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(entry) = self.ring.pop_front() {
+            self.bytes -= entry.cost();
+        }
+        if self.ring.is_empty() {
+            // An empty ring gives its memory back.
+            self.ring = VecDeque::new();
+        } else if self.ring.capacity() > 16 && self.ring.len() < self.ring.capacity() / 4 {
+            // A ring mostly evicted by the server-wide budget does not keep its old size.
+            self.ring.shrink_to(self.ring.len() * 2);
+        }
+    }
+
+    /// The number of the oldest entry kept.
+    fn front_seq(&self) -> Option<u64> {
+        self.ring.front().map(|e| e.seq)
     }
 
     /// Adopts the cluster's epoch (cluster mode), dropping local entries of another epoch.
@@ -100,19 +150,25 @@ impl History {
     }
 
     /// Keeps a broadcast the cluster numbered (cluster mode).
-    pub(crate) fn record_numbered(&mut self, offset: u64, frame: Message, config: &HistoryConfig) {
+    pub(crate) fn record_numbered(
+        &mut self,
+        offset: u64,
+        frame: Message,
+        config: &HistoryConfig,
+        seq: &mut u64,
+    ) {
         self.last = self.last.max(offset);
         if config.size > 0 && self.ring.back().is_none_or(|e| e.offset < offset) {
             let now = Instant::now();
             self.expire(now, config);
-            if self.ring.len() == config.size {
-                self.ring.pop_front();
-            }
-            self.ring.push_back(Entry {
+            *seq += 1;
+            let entry = Entry {
+                seq: *seq,
                 offset,
                 at: now,
                 frame,
-            });
+            };
+            self.push(entry, config);
         }
     }
 
@@ -152,7 +208,12 @@ impl History {
 
     /// Assigns the next offset to a `message` frame encoded without one, returns the frame
     /// with it, and keeps it for recovery.
-    pub(crate) fn record(&mut self, frame_without_offset: &str, config: &HistoryConfig) -> Message {
+    pub(crate) fn record(
+        &mut self,
+        frame_without_offset: &str,
+        config: &HistoryConfig,
+        seq: &mut u64,
+    ) -> Message {
         if self.from_cluster {
             // Numbered here while the cluster is away: these offsets are not the cluster's.
             *self = Self::with_epoch(new_epoch(), 0);
@@ -162,14 +223,14 @@ impl History {
         if config.size > 0 {
             let now = Instant::now();
             self.expire(now, config);
-            if self.ring.len() == config.size {
-                self.ring.pop_front();
-            }
-            self.ring.push_back(Entry {
+            *seq += 1;
+            let entry = Entry {
+                seq: *seq,
                 offset: self.last,
                 at: now,
                 frame: frame.clone(),
-            });
+            };
+            self.push(entry, config);
         }
         frame
     }
@@ -181,7 +242,7 @@ impl History {
             .front()
             .is_some_and(|e| now.duration_since(e.at) >= config.ttl)
         {
-            self.ring.pop_front();
+            self.pop_front();
         }
     }
 
@@ -216,6 +277,102 @@ impl History {
     }
 }
 
+/// Every lobby's history on this node, within one byte budget (`history.max_bytes`): each
+/// change to a lobby's history goes through [`update`](Self::update), which keeps the count
+/// and evicts the server's oldest broadcasts while it is over.
+#[derive(Debug, Default)]
+pub(crate) struct Histories {
+    map: HashMap<LobbyCode, History>,
+    /// The oldest entry of each non-empty history, by number: the server's oldest first.
+    fronts: BTreeMap<u64, LobbyCode>,
+    /// What every kept entry costs.
+    bytes: usize,
+    /// The last entry number given.
+    seq: u64,
+}
+
+impl Histories {
+    /// Changes a lobby's history (created with a fresh epoch on first use), then evicts the
+    /// server's oldest broadcasts until the total is within `config.max_bytes`.
+    pub(crate) fn update<R>(
+        &mut self,
+        lobby: &LobbyCode,
+        config: &HistoryConfig,
+        change: impl FnOnce(&mut History, &mut u64) -> R,
+    ) -> R {
+        if !self.map.contains_key(lobby) {
+            self.map.insert(lobby.clone(), History::new());
+        }
+        let history = self.map.get_mut(lobby).expect("inserted above");
+        let (front, bytes) = (history.front_seq(), history.bytes);
+        let out = change(history, &mut self.seq);
+        let new_front = history.front_seq();
+        self.bytes = self.bytes - bytes + history.bytes;
+        if front != new_front {
+            if let Some(front) = front {
+                self.fronts.remove(&front);
+            }
+            if let Some(new_front) = new_front {
+                self.fronts.insert(new_front, lobby.clone());
+            }
+        }
+        self.evict(config.max_bytes);
+        out
+    }
+
+    /// Drops the server's oldest entries while the total is over `max_bytes`. Every entry has
+    /// the same time to live, so the expired ones go first.
+    fn evict(&mut self, max_bytes: usize) {
+        while self.bytes > max_bytes {
+            let Some((front, lobby)) = self.fronts.pop_first() else {
+                return;
+            };
+            let Some(history) = self.map.get_mut(&lobby) else {
+                continue;
+            };
+            let bytes = history.bytes;
+            history.pop_front();
+            self.bytes -= bytes - history.bytes;
+            if let Some(next) = history.front_seq() {
+                debug_assert!(next > front);
+                self.fronts.insert(next, lobby);
+            }
+        }
+    }
+
+    /// Forgets a lobby's history (which must be empty: nothing to account).
+    pub(crate) fn remove_if_empty(&mut self, lobby: &LobbyCode) {
+        if self.map.get(lobby).is_some_and(History::is_empty) {
+            self.map.remove(lobby);
+        }
+    }
+
+    /// Expires every history; forgets the empty ones of lobbies `keep` says nobody is in.
+    pub(crate) fn sweep(&mut self, config: &HistoryConfig, keep: impl Fn(&LobbyCode) -> bool) {
+        let now = Instant::now();
+        let (fronts, bytes) = (&mut self.fronts, &mut self.bytes);
+        self.map.retain(|code, history| {
+            let (front, before) = (history.front_seq(), history.bytes);
+            history.expire(now, config);
+            *bytes -= before - history.bytes;
+            if front != history.front_seq() {
+                if let Some(front) = front {
+                    fronts.remove(&front);
+                }
+                if let Some(next) = history.front_seq() {
+                    fronts.insert(next, code.clone());
+                }
+            }
+            !history.is_empty() || keep(code)
+        });
+    }
+
+    /// What every kept broadcast costs, in bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 fn new_epoch() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
@@ -234,6 +391,7 @@ mod tests {
         HistoryConfig {
             size,
             ttl: Duration::from_secs(60),
+            ..HistoryConfig::default()
         }
     }
 
@@ -257,7 +415,7 @@ mod tests {
         let c = config(3);
         let mut h = History::new();
         for i in 1..=5 {
-            h.record(&format!("{{\"n\":{i}}}"), &c);
+            h.record(&format!("{{\"n\":{i}}}"), &c, &mut 0);
         }
         let epoch = h.epoch.to_string();
         let ask = |since| Recovery {
@@ -283,13 +441,58 @@ mod tests {
     }
 
     #[test]
+    fn the_whole_server_keeps_max_bytes_and_evicts_its_oldest_first() {
+        let frame = format!("{{\"pad\":\"{}\"}}", "x".repeat(1000));
+        let one = ENTRY_OVERHEAD + with_offset(&frame, 1).len();
+        let c = HistoryConfig {
+            size: 100,
+            ttl: Duration::from_secs(60),
+            max_bytes: 10 * one,
+        };
+        let mut all = Histories::default();
+        let lobby = |n: usize| LobbyCode::parse(&format!("l{n}")).unwrap();
+        // Four lobbies of four: sixteen broadcasts, room for ten.
+        for n in 0..4 {
+            for _ in 0..4 {
+                all.update(&lobby(n), &c, |h, seq| h.record(&frame, &c, seq));
+                assert!(all.bytes() <= c.max_bytes);
+            }
+        }
+        assert_eq!(all.bytes(), 10 * one);
+        let kept = |all: &mut Histories, n: usize| {
+            all.update(&lobby(n), &c, |h, _| {
+                h.ring.iter().map(|e| e.offset).collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            kept(&mut all, 0),
+            Vec::<u64>::new(),
+            "the oldest lobby went first"
+        );
+        assert_eq!(kept(&mut all, 1), [3, 4]);
+        assert_eq!(kept(&mut all, 3), [1, 2, 3, 4]);
+        // Losing a lobby's history (a new epoch) gives its bytes back.
+        all.update(&lobby(3), &c, |h, _| h.follow("other", 0));
+        assert_eq!(all.bytes(), 6 * one);
+        all.sweep(&c, |_| false);
+        assert_eq!(all.bytes(), 6 * one, "nothing expired yet");
+        let gone = HistoryConfig {
+            ttl: Duration::ZERO,
+            ..c
+        };
+        all.sweep(&gone, |_| false);
+        assert_eq!((all.bytes(), all.map.len(), all.fronts.len()), (0, 0, 0));
+    }
+
+    #[test]
     fn expired_entries_are_not_replayed() {
         let c = HistoryConfig {
             size: 10,
             ttl: Duration::ZERO,
+            ..HistoryConfig::default()
         };
         let mut h = History::new();
-        h.record("{}", &c);
+        h.record("{}", &c, &mut 0);
         let ask = Recovery {
             since: 0,
             epoch: h.epoch.to_string(),

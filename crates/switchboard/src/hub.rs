@@ -15,7 +15,7 @@ use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::connection::{ConnHandle, Offer};
 use crate::disconnect::DisconnectReason;
 use crate::event_batch::EventBatch;
-use crate::history::{ClusterHistory, History, Recovery};
+use crate::history::{ClusterHistory, Histories, Recovery};
 use crate::ids::{LobbyCode, UserId};
 use crate::lobby::{Lobby, PresenceChange};
 use crate::protocol::ServerFrame;
@@ -56,6 +56,7 @@ pub(crate) struct Census {
     pub(crate) connections: usize,
     pub(crate) lobbies: usize,
     pub(crate) users: usize,
+    pub(crate) history_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -76,7 +77,7 @@ struct Registry {
     next_generation: u64,
     /// Offsets and recent broadcasts per lobby; outlives the lobby's members until its
     /// entries expire, so a client that was the last one out can still recover.
-    histories: HashMap<LobbyCode, History>,
+    histories: Histories,
     /// Counts publishes and departures, to sweep expired histories now and then.
     sweep_tick: u32,
 }
@@ -169,32 +170,35 @@ impl Hub {
         // the same lobby never shows a leave/join pair.
         let lobby = reg.lobbies.entry(info.lobby.clone()).or_default();
         let (pos, change) = lobby.add(conn.clone());
-        let history = history_of(&mut reg.histories, &info.lobby);
-        if let Some(cluster) = cluster_history {
-            history.follow(&cluster.epoch, cluster.last);
-        }
-        let offered = conn.offer(welcome(WelcomeState {
-            presence_events: self.events_on(lobby),
-            offset: history.last,
-            epoch: &history.epoch,
-        }));
-        debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
-        // Replay before the connection can see anything live: both happen under this lock.
-        if let Some(recovery) = recovery {
-            let replay = match cluster_history {
-                Some(cluster) => history.replay_with(recovery, cluster, &self.config.history),
-                None => history
-                    .replay(recovery, &self.config.history)
-                    .map(|frames| frames.into_iter().map(|f| (0, f)).collect()),
-            };
-            let ok = replay.is_some();
-            for (offset, frame) in replay.unwrap_or_default() {
-                conn.replayed_until
-                    .store(offset, std::sync::atomic::Ordering::Relaxed);
-                conn.offer(frame);
+        let presence_events = self.events_on(lobby);
+        let config = &self.config.history;
+        reg.histories.update(&info.lobby, config, |history, _| {
+            if let Some(cluster) = cluster_history {
+                history.follow(&cluster.epoch, cluster.last);
             }
-            conn.offer(text(ServerFrame::Recovered { ok }.encode()));
-        }
+            let offered = conn.offer(welcome(WelcomeState {
+                presence_events,
+                offset: history.last,
+                epoch: &history.epoch,
+            }));
+            debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
+            // Replay before the connection can see anything live: both happen under this lock.
+            if let Some(recovery) = recovery {
+                let replay = match cluster_history {
+                    Some(cluster) => history.replay_with(recovery, cluster, config),
+                    None => history
+                        .replay(recovery, config)
+                        .map(|frames| frames.into_iter().map(|f| (0, f)).collect()),
+                };
+                let ok = replay.is_some();
+                for (offset, frame) in replay.unwrap_or_default() {
+                    conn.replayed_until
+                        .store(offset, std::sync::atomic::Ordering::Relaxed);
+                    conn.offer(frame);
+                }
+                conn.offer(text(ServerFrame::Recovered { ok }.encode()));
+            }
+        });
         if change == PresenceChange::Joined && !conn.cluster_presence {
             self.announce(
                 lobby,
@@ -287,13 +291,7 @@ impl Hub {
             }
             if lobby.is_empty() {
                 reg.lobbies.remove(&info.lobby);
-                if reg
-                    .histories
-                    .get(&info.lobby)
-                    .is_some_and(History::is_empty)
-                {
-                    reg.histories.remove(&info.lobby);
-                }
+                reg.histories.remove_if_empty(&info.lobby);
             }
             if let Some(entry) = moved.and_then(|m| reg.conns.get_mut(&m.seq)) {
                 entry.pos = pos;
@@ -408,8 +406,10 @@ impl Hub {
             let mut guard = self.lock();
             let reg = &mut *guard;
             self.maybe_sweep(reg);
-            let history = history_of(&mut reg.histories, lobby);
-            let frame = history.record(frame_without_offset, &self.config.history);
+            let config = &self.config.history;
+            let frame = reg.histories.update(lobby, config, |history, seq| {
+                history.record(frame_without_offset, config, seq)
+            });
             match reg.lobbies.get(lobby) {
                 Some(lobby) => self.fan_out(&lobby.members, &frame, exclude),
                 None => return 0,
@@ -435,9 +435,11 @@ impl Hub {
             let mut guard = self.lock();
             let reg = &mut *guard;
             self.maybe_sweep(reg);
-            let history = history_of(&mut reg.histories, lobby);
-            history.follow(epoch, 0);
-            history.record_numbered(offset, frame.clone(), &self.config.history);
+            let config = &self.config.history;
+            reg.histories.update(lobby, config, |history, seq| {
+                history.follow(epoch, 0);
+                history.record_numbered(offset, frame.clone(), config, seq);
+            });
             let Some(lobby) = reg.lobbies.get(lobby) else {
                 return 0;
             };
@@ -463,12 +465,9 @@ impl Hub {
         if !reg.sweep_tick.is_multiple_of(1024) {
             return;
         }
-        let now = tokio::time::Instant::now();
         let lobbies = &reg.lobbies;
-        reg.histories.retain(|code, history| {
-            history.expire(now, &self.config.history);
-            !history.is_empty() || lobbies.contains_key(code)
-        });
+        reg.histories
+            .sweep(&self.config.history, |code| lobbies.contains_key(code));
     }
 
     /// Offers one encoded frame to every connection of a user. Returns how many queued it.
@@ -570,6 +569,7 @@ impl Hub {
             connections: reg.conns.len(),
             lobbies: reg.lobbies.len(),
             users: reg.users.len(),
+            history_bytes: reg.histories.bytes(),
         }
     }
 
@@ -604,14 +604,6 @@ impl Hub {
             assert_eq!(counted as usize, lobby.members.len());
         }
     }
-}
-
-/// A lobby's history, created with a fresh epoch on first use.
-fn history_of<'a>(
-    histories: &'a mut HashMap<LobbyCode, History>,
-    lobby: &LobbyCode,
-) -> &'a mut History {
-    histories.entry(lobby.clone()).or_insert_with(History::new)
 }
 
 pub(crate) fn text(encoded: String) -> Message {

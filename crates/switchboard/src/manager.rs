@@ -7,7 +7,6 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::Message;
 use axum::response::Response;
-use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -232,16 +231,21 @@ impl Shared {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A protocol ping's payload: when it was sent, so the pong tells the round trip.
-    pub(crate) fn ping_payload(&self) -> Bytes {
-        let micros = self.epoch.elapsed().as_micros() as u64;
-        Bytes::copy_from_slice(&micros.to_be_bytes())
+    /// A protocol ping's payload: the time since the manager started, in microseconds
+    /// (at least 1: 0 means "no ping outstanding" to a connection).
+    pub(crate) fn ping_stamp(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64).max(1)
     }
 
-    pub(crate) fn rtt_from_pong(&self, payload: &[u8]) -> Option<Duration> {
-        let sent = u64::from_be_bytes(payload.try_into().ok()?);
+    /// The round trip of a pong echoing `stamp` ([`ping_stamp`](Self::ping_stamp)).
+    pub(crate) fn rtt_since(&self, stamp: u64) -> Option<Duration> {
         let now = self.epoch.elapsed().as_micros() as u64;
-        now.checked_sub(sent).map(Duration::from_micros)
+        now.checked_sub(stamp).map(Duration::from_micros)
+    }
+
+    /// The manager's clock in whole seconds (for rate-limit windows).
+    pub(crate) fn clock_secs(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Times a leave grace; at shutdown the leave happens at once.
@@ -415,16 +419,16 @@ impl Manager {
         Ok(())
     }
 
-    /// Sends a protocol ping to a connection now and waits for the next pong: the round trip.
-    /// (Pongs carry their ping's send time, so whichever pong comes first measures a real
-    /// round trip.)
+    /// Sends a protocol ping to a connection now and waits for its pong: the round trip.
+    /// (Only the first echo of the last ping sent to a connection measures a round trip;
+    /// this ping becomes that one.)
     pub async fn ping(&self, id: &str, timeout: Duration) -> Result<Duration, Error> {
         let conn = self.find(id)?;
         let pong = conn.wait_for_pong();
         match self
             .shared
             .hub
-            .deliver(&conn, Message::Ping(self.shared.ping_payload()))
+            .deliver(&conn, conn.ping(self.shared.ping_stamp()))
         {
             Offer::Queued => {}
             Offer::Full => return Err(Error::QueueFull),

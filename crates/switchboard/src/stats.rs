@@ -117,6 +117,8 @@ pub struct Stats {
     pub closes: BTreeMap<&'static str, u64>,
     /// Connections closed as stale (4004).
     pub stale_closed: u64,
+    /// Bytes of broadcasts kept for recovery across every lobby (within `history.max_bytes`).
+    pub history_bytes: usize,
 }
 
 impl Stats {
@@ -142,6 +144,7 @@ impl Stats {
             queue_overflows: counters.overflows.load(Relaxed),
             rejections: Counters::by_reason(&counters.rejections),
             stale_closed: closes.get("stale").copied().unwrap_or(0),
+            history_bytes: census.history_bytes,
             closes,
         }
     }

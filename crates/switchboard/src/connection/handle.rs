@@ -60,6 +60,11 @@ pub(crate) struct ConnHandle {
     reason: OnceLock<DisconnectReason>,
     /// Last measured round trip in microseconds; `u64::MAX` until the first pong.
     rtt_us: AtomicU64,
+    /// The last `health_ping`'s timestamp until its first echo; 0 when none is outstanding.
+    health_ping: AtomicU64,
+    /// The last protocol Ping's payload (a [`ping_stamp`](crate::manager::Shared::ping_stamp))
+    /// until its first echo; 0 when none is outstanding.
+    ping: AtomicU64,
     /// Callers of `Manager::ping` waiting for the next pong. Never held across `.await`.
     pong_waiters: Mutex<Vec<oneshot::Sender<Duration>>>,
 }
@@ -78,6 +83,8 @@ impl ConnHandle {
             closing: Notify::new(),
             reason: OnceLock::new(),
             rtt_us: AtomicU64::new(u64::MAX),
+            health_ping: AtomicU64::new(0),
+            ping: AtomicU64::new(0),
             pong_waiters: Mutex::new(Vec::new()),
         }
     }
@@ -164,6 +171,43 @@ impl ConnHandle {
         if self.reason().is_none() {
             notified.await;
         }
+    }
+
+    /// A `health_ping` frame with this timestamp, remembered until its first echo.
+    pub(crate) fn health_ping(&self, timestamp: u64) -> Message {
+        self.health_ping.store(timestamp, Ordering::Relaxed);
+        crate::hub::text(crate::protocol::ServerFrame::HealthPing { timestamp }.encode())
+    }
+
+    /// A protocol Ping carrying `stamp`, remembered until its first echo.
+    pub(crate) fn ping(&self, stamp: u64) -> Message {
+        self.ping.store(stamp, Ordering::Relaxed);
+        Message::Ping(bytes::Bytes::copy_from_slice(&stamp.to_be_bytes()))
+    }
+
+    /// Whether a `health_ping` waits for its first echo.
+    pub(crate) fn awaits_health_pong(&self) -> bool {
+        self.health_ping.load(Ordering::Relaxed) != 0
+    }
+
+    /// Whether `timestamp` is the first echo of the last `health_ping` (which it consumes).
+    pub(crate) fn answers_health_ping(&self, timestamp: u64) -> bool {
+        timestamp != 0
+            && self
+                .health_ping
+                .compare_exchange(timestamp, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// The stamp of the last protocol Ping if `payload` is its first echo (which it consumes).
+    pub(crate) fn answers_ping(&self, payload: &[u8]) -> Option<u64> {
+        let stamp = u64::from_be_bytes(payload.try_into().ok()?);
+        let first = stamp != 0
+            && self
+                .ping
+                .compare_exchange(stamp, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        first.then_some(stamp)
     }
 
     pub(crate) fn rtt(&self) -> Option<Duration> {

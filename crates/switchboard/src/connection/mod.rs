@@ -21,7 +21,7 @@ use axum::extract::ws::Message;
 use tokio::sync::mpsc;
 
 pub use handle::ConnectionInfo;
-pub(crate) use handle::{ConnHandle, Offer};
+pub(crate) use handle::{ConnHandle, Offer, payload_len};
 pub(crate) use socket::Socket;
 
 use crate::cluster::{Admission, Cluster};

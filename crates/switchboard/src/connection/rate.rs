@@ -1,5 +1,5 @@
-//! Inbound message rate per connection: a token bucket owned by the reader (no shared state,
-//! nothing to clean up), and a count of refusals in a row.
+//! Inbound message rate per connection: a token bucket owned by the connection's task (no
+//! shared state, nothing to clean up), and a count of refusals within a window.
 
 use std::num::NonZeroU32;
 
@@ -7,20 +7,26 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::config::RateConfig;
 
+/// Refusals are counted within this window: `max_violations` of them inside it close the
+/// connection, however many allowed frames come between.
+pub(crate) const VIOLATION_WINDOW_SECS: u32 = 10;
+
 /// What to do with one inbound message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {
     Allowed,
-    /// Answer `error` `rate_limited`; the connection stays.
+    /// Answer `error` `rate_limited` (a control frame is dropped); the connection stays.
     Refused,
-    /// `max_violations` refusals in a row: close with 4008.
+    /// `max_violations` refusals within `VIOLATION_WINDOW_SECS`: close with 4008.
     Exceeded,
 }
 
 pub(super) struct MessageRate {
     bucket: Option<DefaultDirectRateLimiter>,
+    /// Refusals in the current window.
     violations: u32,
-    max_violations: u32,
+    /// When the current window started, in seconds on the manager's clock.
+    window_start: u32,
 }
 
 impl MessageRate {
@@ -32,20 +38,26 @@ impl MessageRate {
         Self {
             bucket,
             violations: 0,
-            max_violations: config.max_violations,
+            window_start: 0,
         }
     }
 
-    pub(super) fn check(&mut self) -> Verdict {
+    /// Charges one inbound frame to the budget; `now_secs` is the manager's clock in seconds
+    /// (for the violation window).
+    pub(super) fn check(&mut self, config: &RateConfig, now_secs: u32) -> Verdict {
         let Some(bucket) = &self.bucket else {
             return Verdict::Allowed;
         };
         if bucket.check().is_ok() {
-            self.violations = 0;
             return Verdict::Allowed;
         }
+        let now = now_secs;
+        if now.saturating_sub(self.window_start) >= VIOLATION_WINDOW_SECS {
+            self.window_start = now;
+            self.violations = 0;
+        }
         self.violations += 1;
-        if self.max_violations > 0 && self.violations >= self.max_violations {
+        if config.max_violations > 0 && self.violations >= config.max_violations {
             Verdict::Exceeded
         } else {
             Verdict::Refused

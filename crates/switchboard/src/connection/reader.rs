@@ -107,11 +107,8 @@ impl HealthClock {
             self.next_ping = now + self.interval;
             // Pings are best effort: a full queue is the slow-consumer policy's business, and
             // staleness is judged on what arrives, not on what we manage to send.
-            let ping = ServerFrame::HealthPing {
-                timestamp: unix_ms(),
-            };
-            conn.offer(text(ping.encode()));
-            conn.offer(Message::Ping(shared.ping_payload()));
+            conn.offer(conn.health_ping(unix_ms()));
+            conn.offer(conn.ping(shared.ping_stamp()));
         }
         None
     }
@@ -127,22 +124,46 @@ fn handle(
     match message {
         Message::Text(text) => handle_text(text.as_str(), conn, shared, rate),
         Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
-        Message::Pong(payload) => {
-            record_pong(&payload, conn, shared);
-            Ok(())
-        }
+        Message::Pong(payload) => handle_pong(&payload, conn, shared, rate),
         // The WebSocket layer answers pings itself; any frame is proof of life.
-        Message::Ping(_) => Ok(()),
+        Message::Ping(_) => charge_control(shared, rate).map(drop),
         Message::Close(_) => Err(DisconnectReason::ClientClosed),
     }
 }
 
-/// A WebSocket Pong: its payload is our ping's send time, so it measures a round trip.
-pub(super) fn record_pong(payload: &[u8], conn: &ConnHandle, shared: &Shared) {
-    if let Some(rtt) = shared.rtt_from_pong(payload) {
-        conn.record_rtt(rtt, &shared.counters.rtt);
+/// A WebSocket Pong. The first echo of the last Ping this server sent is free and measures a
+/// round trip (its payload is the Ping's send time); any other Pong is charged to the rate.
+pub(super) fn handle_pong(
+    payload: &[u8],
+    conn: &ConnHandle,
+    shared: &Shared,
+    rate: &mut MessageRate,
+) -> Result<(), DisconnectReason> {
+    if let Some(stamp) = conn.answers_ping(payload) {
+        if let Some(rtt) = shared.rtt_since(stamp) {
+            conn.record_rtt(rtt, &shared.counters.rtt);
+        }
+        return Ok(());
+    }
+    charge_control(shared, rate).map(drop)
+}
+
+/// Charges a control frame (a Ping, an unsolicited Pong) to the rate: `Ok(false)` when it is
+/// over the budget (it is then dropped, unanswered), `Err` when the refusals close the
+/// connection.
+pub(super) fn charge_control(
+    shared: &Shared,
+    rate: &mut MessageRate,
+) -> Result<bool, DisconnectReason> {
+    match rate.check(&shared.config.rate, shared.clock_secs()) {
+        Verdict::Allowed => Ok(true),
+        Verdict::Refused => Ok(false),
+        Verdict::Exceeded => Err(DisconnectReason::RateLimited),
     }
 }
+
+/// A `health_pong` this small at most may be looked at before the rate check.
+const MAX_FREE_PONG: usize = 256;
 
 /// Handles one client text frame (and counts it); an `Err` closes the connection with that
 /// reason.
@@ -153,24 +174,34 @@ pub(super) fn handle_text(
     rate: &mut MessageRate,
 ) -> Result<(), DisconnectReason> {
     shared.counters.message_in(text.len());
-    let parsed = protocol::parse(text);
-    // Liveness answers are never limited: a busy client must not look dead.
-    if !matches!(parsed, Ok((ClientFrame::HealthPong { .. }, _))) {
-        let verdict = rate.check();
+    // The rate is checked before the frame is parsed. One exception: the first echo of the
+    // last `health_ping` is free, so that a client busy at its limit is never closed for
+    // answering health checks. Only a small frame naming the type, while a ping waits for its
+    // echo, is parsed to find out; anything else it turns out to be is charged as usual.
+    let mut parsed = None;
+    let mut echo = None;
+    if text.len() <= MAX_FREE_PONG && conn.awaits_health_pong() && text.contains("health_pong") {
+        let frame = protocol::parse(text);
+        if let Ok((ClientFrame::HealthPong { timestamp: Some(t) }, _)) = &frame
+            && conn.answers_health_ping(*t)
+        {
+            echo = Some(*t);
+        }
+        parsed = Some(frame);
+    }
+    if echo.is_none() {
+        let verdict = rate.check(&shared.config.rate, shared.clock_secs());
         if verdict != Verdict::Allowed {
-            let id = match &parsed {
-                Ok((_, id)) => *id,
-                Err(e) => e.id,
-            };
+            // Refused unparsed: no `id` to echo.
             let error = ClientError::new(ErrorCode::RateLimited, "too many messages; slow down");
-            reply_error(conn, shared, &error, id);
+            reply_error(conn, shared, &error, None);
             return match verdict {
                 Verdict::Exceeded => Err(DisconnectReason::RateLimited),
                 _ => Ok(()),
             };
         }
     }
-    let (frame, id) = match parsed {
+    let (frame, id) = match parsed.unwrap_or_else(|| protocol::parse(text)) {
         Ok(parsed) => parsed,
         Err(e) => {
             reply_error(conn, shared, &e.error, e.id);
@@ -180,10 +211,9 @@ pub(super) fn handle_text(
     let info = &conn.info;
     let permissions = shared.config.client;
     let outcome = match frame {
-        ClientFrame::HealthPong { timestamp } => {
-            // The timestamp comes from the client: only a plausible echo counts as a round trip.
-            let now = unix_ms();
-            if let Some(rtt) = timestamp.and_then(|sent| now.checked_sub(sent)) {
+        ClientFrame::HealthPong { .. } => {
+            // Only the echo of the ping this server last sent counts as a round trip.
+            if let Some(rtt) = echo.and_then(|sent| unix_ms().checked_sub(sent)) {
                 let rtt = Duration::from_millis(rtt);
                 if rtt <= shared.config.stale_after() {
                     conn.record_rtt(rtt, &shared.counters.rtt);

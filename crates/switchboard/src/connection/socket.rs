@@ -335,16 +335,17 @@ impl Live<'_> {
             Frame::Text(text) => reader::handle_text(text, conn, shared, self.rate),
             Frame::Binary(_) => Err(DisconnectReason::UnsupportedData),
             Frame::Ping(payload) => {
+                // Over the rate budget a Ping goes unanswered (and counts as a refusal).
+                if !reader::charge_control(shared, self.rate)? {
+                    return Ok(());
+                }
                 if unsent.len() > MAX_UNSENT_REPLIES {
                     return Err(DisconnectReason::SlowConsumer);
                 }
                 frame::encode(unsent, OpCode::Pong, payload);
                 Ok(())
             }
-            Frame::Pong(payload) => {
-                reader::record_pong(payload, conn, shared);
-                Ok(())
-            }
+            Frame::Pong(payload) => reader::handle_pong(payload, conn, shared, self.rate),
             Frame::Close(code, _) => {
                 *peer_close = Some(code);
                 Err(DisconnectReason::ClientClosed)
