@@ -249,6 +249,17 @@ async fn sse_post(
             "rate_limited",
             SsePostError::Busy.to_string(),
         ),
+        Err(SsePostError::Unavailable) => {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                SsePostError::Unavailable.to_string(),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response
+        }
         Err(SsePostError::TooLarge(limit)) => {
             crate::body::BodyError::TooLarge(limit).into_response()
         }

@@ -733,13 +733,31 @@ async fn a_full_outbound_queue_is_reported_never_lost_silently() {
     )
     .await;
     assert_eq!(r.status, 503, "{}", r.body);
+    // An SSE post for a connection on node B, posted to node A: A cannot forward it.
+    let mut sse = common::sse::Sse::open(b.addr, "/sse/room?token=sam", &[]).await;
+    let id = sse.expect("welcome", "sam's welcome").await.data["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    near.expect("member_joined", "sam").await;
+    far.expect("member_joined", "sam").await;
+    let r = common::sse::sse_post(
+        a.addr,
+        "room",
+        "sam",
+        &id,
+        json!({"type": "broadcast", "data": "via A"}),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], "overloaded");
     // Nothing reached anyone: the next frame each sees answers its presence request.
     for c in [&mut near, &mut far] {
         c.send(json!({"type": "presence"})).await;
         c.expect("presence", "no message, no direct").await;
     }
     let metrics = http(a.addr, "GET", "/metrics", None, None).await.body;
-    assert_eq!(metric(&metrics, "switchboard_redis_overloaded_total"), 4.0);
+    assert_eq!(metric(&metrics, "switchboard_redis_overloaded_total"), 5.0);
     // Node B's queue is not bounded that tightly: its traffic flows.
     let r = http(
         b.addr,

@@ -41,6 +41,10 @@ pub enum SsePostError {
     /// Too many frames waiting for the connection.
     #[error("too many frames waiting; slow down")]
     Busy,
+    /// The connection is on another node and the cluster cannot forward the post now (Redis
+    /// unreachable, or this node's queue to it full): nothing was sent; retry.
+    #[error("the cluster cannot forward the post now; retry")]
+    Unavailable,
     /// The frame is larger than `max_message_bytes`, the bound of a WebSocket message.
     #[error("the frame is larger than max_message_bytes ({0} bytes)")]
     TooLarge(usize),
@@ -111,16 +115,21 @@ impl Manager {
             Err(SsePostError::NotFound) => {}
             done => return done,
         }
-        match self.shared().cluster() {
-            Some(cluster)
-                if cluster
-                    .forward_post(connection_id, user, lobby, frame)
-                    .await
-                    == Some(true) =>
-            {
-                Ok(())
-            }
-            _ => Err(SsePostError::NotFound),
+        // An id names its node (`NODE-SEQ`); anything else is no connection anywhere.
+        let Some(cluster) = self
+            .shared()
+            .cluster()
+            .filter(|_| connection_id.contains('-'))
+        else {
+            return Err(SsePostError::NotFound);
+        };
+        match cluster
+            .forward_post(connection_id, user, lobby, frame)
+            .await
+        {
+            Some(true) => Ok(()),
+            Some(false) => Err(SsePostError::NotFound),
+            None => Err(SsePostError::Unavailable),
         }
     }
 }
