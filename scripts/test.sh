@@ -4,11 +4,15 @@
 # into .venv-autobahn from PyPI). Each part installs what it needs on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The cluster tests start their own redis-server processes.
-if ! command -v redis-server >/dev/null; then
+# The cluster tests start their own redis-server processes (redis-cli comes with it); the
+# rediss:// test makes its certificates with the openssl CLI.
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
   sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 cargo test --workspace --all-targets
 cargo test --workspace --doc
