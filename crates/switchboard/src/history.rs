@@ -379,8 +379,13 @@ fn new_epoch() -> String {
 
 /// Inserts `"offset":N` into an encoded object (which ends with `}`).
 pub(crate) fn with_offset(frame: &str, offset: u64) -> String {
+    use std::fmt::Write;
     let body = frame.strip_suffix('}').unwrap_or(frame);
-    format!("{body},\"offset\":{offset}}}")
+    // Sized exactly: the frame is kept (history, queues) with whatever capacity it has.
+    let mut out = String::with_capacity(body.len() + 32);
+    out.push_str(body);
+    let _ = write!(out, ",\"offset\":{offset}}}");
+    out
 }
 
 #[cfg(test)]

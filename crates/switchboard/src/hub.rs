@@ -606,9 +606,17 @@ impl Hub {
     }
 }
 
-pub(crate) fn text(encoded: String) -> Message {
+pub(crate) fn text(mut encoded: String) -> Message {
+    // The frame's buffer is shared by every queue and the history for as long as any holds
+    // it: not the up-to-double capacity a growing encoder leaves behind.
+    if encoded.capacity() - encoded.len() > SLACK {
+        encoded.shrink_to_fit();
+    }
     Message::Text(encoded.into())
 }
+
+/// Spare capacity a frame may keep (shrinking costs a copy: small frames keep theirs).
+const SLACK: usize = 1024;
 
 #[cfg(test)]
 #[path = "hub_tests.rs"]
