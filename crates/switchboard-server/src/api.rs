@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use switchboard::{DisconnectReason, LobbyCode, UserId};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// A refusal of an API call.
 #[derive(Debug)]

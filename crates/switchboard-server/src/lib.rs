@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: [`ServerConfig`] from a TOML file and `SWITCHBOARD_*` environment variables.
 //! - [`auth`]: dev-mode tokens and JWT (HS256 / RS256) verification.
+//! - [`state`]: [`state::AppState`], what every route needs.
 //! - [`app`]: public routes (`/ws/{lobby}`, `/healthz`, `/readyz`) and admin routes, origin
 //!   and proxy handling.
 //! - [`api`]: the HTTP API for backends (`/api/...`).
@@ -25,6 +26,7 @@ pub mod config;
 pub mod metrics;
 pub mod pages;
 mod serve;
+pub mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -93,7 +95,7 @@ pub async fn run(
         None => None,
     };
     let draining = Arc::new(AtomicBool::new(false));
-    let state = app::AppState {
+    let state = state::AppState {
         manager: manager.clone(),
         auth: Arc::new(auth),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
