@@ -237,6 +237,13 @@ impl ServerConfig {
                     file = Some(path.into());
                 }
                 "--dev" => dev = true,
+                other if other.starts_with("--config=") => {
+                    let path = &other["--config=".len()..];
+                    if path.is_empty() {
+                        return Err(err("--config", "expects a file path"));
+                    }
+                    file = Some(path.into());
+                }
                 other => {
                     return Err(err(
                         other,
@@ -698,6 +705,23 @@ mod tests {
         assert!(e.reason.contains("--dev"), "{e}");
         let c = vars(&[("SWITCHBOARD_AUTH__JWT_SECRET", SECRET)]).unwrap();
         assert!(!c.dev_mode && !c.pages_enabled());
+    }
+
+    #[test]
+    fn config_file_as_one_argument_or_two() {
+        let file = std::env::temp_dir().join(format!("sb-config-{}.toml", std::process::id()));
+        std::fs::write(&file, "dev_mode = true\nbind = \"127.0.0.1:9999\"\n").unwrap();
+        let path = file.display().to_string();
+        for args in [
+            vec![format!("--config={path}")],
+            vec!["--config".into(), path.clone()],
+        ] {
+            let c = ServerConfig::from_args(args.clone(), []).unwrap();
+            assert_eq!(c.bind.to_string(), "127.0.0.1:9999", "{args:?}");
+        }
+        let e = ServerConfig::from_args(["--config=".to_owned()], []).unwrap_err();
+        assert_eq!(e.field, "--config");
+        let _ = std::fs::remove_file(file);
     }
 
     #[test]

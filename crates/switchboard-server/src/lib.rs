@@ -89,6 +89,14 @@ pub async fn run(
             config.bind
         );
     }
+    let queue = config.manager.effective_queue_capacity();
+    if queue != config.manager.queue_capacity {
+        tracing::warn!(
+            configured = config.manager.queue_capacity,
+            effective = queue,
+            "queue.capacity is raised to history.size + 2 so a reconnect's replay fits"
+        );
+    }
     metrics::handle();
     let cluster = match &config.redis_url {
         Some(url) => Some(join_cluster(&config, url, &manager).await?),

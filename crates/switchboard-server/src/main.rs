@@ -60,8 +60,10 @@ async fn termination() {
 fn init_logs(config: &ServerConfig) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("log.level: invalid filter {:?}", config.log_level))?;
+    // Colour only on a terminal: logs piped to a file or journald stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Human => builder.init(),

@@ -165,11 +165,17 @@ async fn binary_prints_its_address_and_drains_on_sigterm() {
     a.ending("SIGTERM drain")
         .await
         .assert(1001, "server_shutdown", true);
+    let mut stderr = child.stderr.take().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
     assert!(status.success(), "exit status {status}");
+    // Logs to a pipe (a file, journald) carry no colour codes: those are for terminals.
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut logs).unwrap();
+    assert!(logs.contains("connected"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "ANSI escapes in {logs:?}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ pub struct Config {
     /// What happens when a user opens another connection. Default: [`UserPolicy::Replace`].
     pub user_policy: UserPolicy,
     /// Outbound frames queued per connection before the slow-consumer policy applies.
-    /// Default 256.
+    /// Default 256. At least `history.size + 2` in effect (see [`Config::effective_queue_capacity`]).
     pub queue_capacity: usize,
     /// What a full outbound queue means. Default: [`SlowConsumerPolicy::Close`].
     pub on_full: SlowConsumerPolicy,
@@ -292,6 +292,12 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The queue capacity connections get: `queue_capacity`, raised to `history.size + 2` when
+    /// smaller, so a reconnect's whole replay fits after its `welcome`.
+    pub fn effective_queue_capacity(&self) -> usize {
+        self.queue_capacity.max(self.history.size.saturating_add(2))
     }
 
     /// The silence after which a connection is stale.

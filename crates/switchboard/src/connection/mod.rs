@@ -196,7 +196,7 @@ pub(crate) async fn admit(
     let config = &shared.config;
     let seq = shared.next_seq();
     // Room for a full replay after `welcome`, whatever the queue size.
-    let capacity = config.queue_capacity.max(config.history.size + 2);
+    let capacity = config.effective_queue_capacity();
     let info = ConnectionInfo {
         id: crate::ids::ConnectionId::new(&config.node_id, seq),
         user_id: request.user_id,
