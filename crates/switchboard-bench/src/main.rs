@@ -1,4 +1,4 @@
-//! `switchboard-bench`: the load generator of issue 6. It speaks Switchboard's protocol v1
+//! `switchboard-bench`: the project's load generator. It speaks Switchboard's protocol v1
 //! (dev-mode tokens, or HS256 JWTs with `--jwt-secret`) to Switchboard or to a peer server,
 //! runs one scenario, prints progress lines on stderr and one JSON summary line on stdout.
 //!
@@ -69,6 +69,6 @@ const USAGE: &str = "usage: switchboard-bench idle|fanout|churn|stale [--option 
          --rate-factor 2 --refine 2 --max-steps 14 --step-secs 5) --drain-secs 3 --max-p99-ms 1000
   churn  --cycles 10000 --secs 120 --workers 32 --warmup 1000 --lobbies 10
   stale  --healthy 100 --frozen 10 --rate 50 --payload 1000 --window 45 --expect-within 31
-         [--stats-url http://127.0.0.1:8080/api/stats --stats-key KEY]  (issue 3's API)
+         [--stats-url http://127.0.0.1:8080/api/stats --stats-key KEY]  (Switchboard's stats API)
   common --addr 127.0.0.1:8080 --server-pid PID --label NAME --ip-base 0 --per-ip 10000
          --concurrency 256 --connect-timeout 10 --jwt-secret SECRET --user-prefix u --max-secs 600";

@@ -3,9 +3,9 @@
 //! the lobby. Measures when the server has removed the frozen ones and whether the healthy
 //! ones lost anything.
 //!
-//! How removal is observed: today the server has no stats API (it comes with issue 3), so
-//! the load generator counts the server's open files (/proc/PID/fd): each removed connection
-//! closes one socket. With `--stats-url http://HOST:PORT/api/stats` it polls
+//! How removal is observed: by default the load generator counts the server's open files
+//! (/proc/PID/fd), which works for any server (the peers have no stats API): each removed
+//! connection closes one socket. With `--stats-url http://HOST:PORT/api/stats` it polls
 //! `total_connections` instead (and `--stats-key` is sent as a bearer key).
 
 use std::rc::Rc;
@@ -31,7 +31,7 @@ pub(crate) const OPTS: &[&str] = &[
     "stats-key",
 ];
 
-/// `total_connections` from the server's stats API (issue 3).
+/// `total_connections` from the server's stats API (`GET /api/stats`).
 async fn stats_connections(url: &str, key: Option<&str>) -> anyhow::Result<u64> {
     let rest = url
         .strip_prefix("http://")
@@ -62,7 +62,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
     let stats_key: Option<String> = args.opt("stats-key")?;
     let server = ctx.server;
     if stats_url.is_none() && server.pid.is_none() {
-        bail!("stale needs --server-pid (open files) or --stats-url (issue 3's API)");
+        bail!("stale needs --server-pid (open files) or --stats-url (GET /api/stats)");
     }
     let lobby = "stale".to_owned();
     let seen = Seen::new();

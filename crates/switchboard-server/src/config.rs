@@ -1,7 +1,7 @@
 //! Server configuration: a TOML file, then `SWITCHBOARD_*` environment variables (the
 //! environment wins), validated at start-up.
 //!
-//! Names follow DESIGN.md's table: `limits.max_per_lobby` in the file is
+//! Names are dotted paths: `limits.max_per_lobby` in the file is
 //! `SWITCHBOARD_LIMITS__MAX_PER_LOBBY` in the environment. Both go through one setter, so they
 //! accept the same values. Unknown names are refused, so a typo never silently leaves a
 //! default in place. `config/switchboard.example.toml` documents every field.

@@ -78,11 +78,24 @@ impl Handler for EchoHandler {
     }
 }
 
+/// The web pages allowed to open sockets here. A browser sends `Origin` with every upgrade;
+/// without this check any page on the web could connect with its visitors' cookies.
+const ALLOWED_ORIGINS: &[&str] = &["http://127.0.0.1:3000", "http://localhost:3000"];
+
 /// `GET /ws/{lobby}?token=USER`: the token is taken as the user id.
 async fn ws(State(manager): State<Manager>, connect: WsConnect) -> Response {
+    if let Some(origin) = connect.origin.as_deref()
+        && !ALLOWED_ORIGINS.contains(&origin)
+    {
+        return (StatusCode::FORBIDDEN, "origin not allowed").into_response();
+    }
     match connect.token.as_deref().map(UserId::parse) {
         Some(Ok(user)) => {
-            let request = ConnectRequest::new(connect.lobby, user, connect.peer.ip());
+            let mut request = ConnectRequest::new(connect.lobby, user, connect.peer.ip());
+            // `?since=N&epoch=E` of a reconnecting client: replay what it missed.
+            if let Some(recovery) = connect.recovery {
+                request = request.recover(recovery);
+            }
             manager.accept(connect.upgrade, request)
         }
         // Accept, then close with 4001, so that a browser can tell why.

@@ -85,7 +85,7 @@ impl Counters {
     }
 }
 
-/// A snapshot of the manager's state and counters (the seed's fields, and more).
+/// A snapshot of the manager's state and counters (`/api/stats` serves it).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[non_exhaustive]
 pub struct Stats {
