@@ -1,0 +1,148 @@
+//! The load generator cannot rot unseen: each scenario runs at tiny counts against the real
+//! server (in this process, port 0) and its JSON summary is checked. One test, one server, the
+//! scenarios one after another: they measure the server process, so they must not overlap.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+use switchboard_server::ServerConfig;
+
+/// Runs `switchboard-bench SCENARIO` against `addr` and returns its JSON summary.
+async fn bench(addr: SocketAddr, ip_base: u8, scenario: &str, args: &[&str]) -> Value {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"));
+    cmd.arg(scenario)
+        .args(["--addr", &addr.to_string()])
+        .args(["--server-pid", &std::process::id().to_string()])
+        .args(["--ip-base", &ip_base.to_string(), "--max-secs", "60"])
+        .args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{scenario} failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{scenario} printed no JSON ({e}): {stdout:?} {stderr}"));
+    assert_eq!(summary["scenario"], scenario, "{summary}");
+    summary
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_against_the_real_server() {
+    let mut config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        dev_mode: true,
+        drain: Duration::from_millis(100),
+        deadline: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    config.manager.rate.messages_per_sec = 0;
+    config.manager.rate.connects_per_ip_per_sec = 0;
+    config.manager.ping_interval = Duration::from_millis(500);
+    config.manager.pong_timeout = Duration::from_millis(500);
+    let server = switchboard_server::spawn(config).await.unwrap();
+    let addr = server.addr;
+
+    let idle = bench(
+        addr,
+        231,
+        "idle",
+        &[
+            "--conns",
+            "40",
+            "--lobbies",
+            "2",
+            "--hold",
+            "1",
+            "--settle",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(idle["connect"]["ok"], 40, "{idle}");
+    assert_eq!(idle["connect"]["errors"], 0, "{idle}");
+    assert_eq!(idle["open_at_end"], 40, "{idle}");
+    assert!(idle["rss_kib_per_conn"].is_number(), "{idle}");
+
+    let fanout = bench(
+        addr,
+        232,
+        "fanout",
+        &[
+            "--members",
+            "20",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--drain-secs",
+            "1",
+            "--payload",
+            "100",
+        ],
+    )
+    .await;
+    let best = &fanout["best"];
+    assert_eq!(best["lost"], 0, "{fanout}");
+    assert_eq!(best["received"], best["expected"], "{fanout}");
+    assert!(best["received"].as_u64().unwrap() >= 20 * 15, "{fanout}");
+    assert!(
+        best["deliveries_per_sec"].as_f64().unwrap() > 0.0,
+        "{fanout}"
+    );
+
+    let churn = bench(
+        addr,
+        233,
+        "churn",
+        &[
+            "--cycles",
+            "200",
+            "--secs",
+            "20",
+            "--workers",
+            "4",
+            "--warmup",
+            "20",
+        ],
+    )
+    .await;
+    assert_eq!(churn["cycles_ok"], 200, "{churn}");
+    assert_eq!(churn["errors"], 0, "{churn}");
+    assert!(churn["cycles_per_sec"].as_f64().unwrap() > 0.0, "{churn}");
+
+    // Removal observed through the stats API (the open files of this process are not only
+    // the server's).
+    let stats_url = format!("http://{addr}/api/stats");
+    let stale = bench(
+        addr,
+        234,
+        "stale",
+        &[
+            "--healthy",
+            "4",
+            "--frozen",
+            "2",
+            "--rate",
+            "10",
+            "--payload",
+            "100",
+            "--window",
+            "4",
+            "--expect-within",
+            "2",
+            "--stats-url",
+            &stats_url,
+        ],
+    )
+    .await;
+    assert_eq!(stale["frozen_removed"], 2, "{stale}");
+    assert_eq!(stale["healthy_dropped"], 0, "{stale}");
+    assert_eq!(stale["healthy_lost"], 0, "{stale}");
+    assert_eq!(stale["within_expectation"], true, "{stale}");
+
+    server.shutdown().await.unwrap();
+}
