@@ -562,6 +562,109 @@ async fn recovery_works_across_nodes() {
     );
 }
 
+/// The next `message` frame's offset and data (other frames skipped).
+async fn next_message(client: &mut Client, what: &str) -> (u64, Value) {
+    loop {
+        let f = client.next_json(what).await;
+        if f["type"] == "message" {
+            return (f["offset"].as_u64().unwrap(), f["data"].clone());
+        }
+    }
+}
+
+/// Issue 13: xena is node A's only member of the lobby, so A unsubscribes from the lobby's
+/// channel when she leaves and subscribes again when she comes back; meanwhile `missed`
+/// broadcasts go out (from bob on B and the API of either node). Back on A with
+/// `since`/`epoch`, she gets exactly those, in the cluster's order, then `recovered` ok:true,
+/// then live traffic without a gap or a duplicate.
+async fn recover_on_the_node_whose_last_member_left(missed: usize) {
+    let redis = Redis::start();
+    let a = node(&redis, "sa", &[]);
+    let b = node(&redis, "sb", &[]);
+    let mut bob = connect(b.addr, "solo", "bob").await;
+    let mut xena = connect(a.addr, "solo", "xena").await;
+    bob.expect("member_joined", "xena's join").await;
+    let epoch = xena.welcome["epoch"].as_str().unwrap().to_owned();
+    // While she is connected: broadcasts from B, which A keeps in its ring.
+    for i in 0..3 {
+        bob.send(broadcast(json!({ "before": i }))).await;
+    }
+    let mut seen = 0;
+    for i in 0..3 {
+        let (offset, data) = next_message(&mut xena, "a broadcast while connected").await;
+        assert_eq!(data, json!({ "before": i }));
+        seen = offset;
+    }
+    for _ in 0..3 {
+        next_message(&mut bob, "bob's own broadcasts").await;
+    }
+    drop(xena); // abrupt
+    // B announces her leave after A has unsubscribed from the lobby (release).
+    let left = bob.expect("member_left", "xena's leave").await;
+    assert_eq!(left["user_id"], "xena");
+    let apis = [a.addr, b.addr];
+    for i in 0..missed {
+        let data = json!({ "missed": i });
+        if i % 3 == 0 {
+            bob.send(broadcast(data)).await;
+        } else {
+            let body = json!({ "data": data }).to_string();
+            let at = apis[i % 2];
+            let r = http(at, "POST", "/api/lobbies/solo/broadcast", None, Some(&body)).await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+    }
+    // Publishing is asynchronous: wait until the cluster numbered every one (bob has them),
+    // so they are all history when she comes back. Bob's order is the cluster's.
+    let mut numbered = Vec::new();
+    while numbered.len() < missed {
+        numbered.push(next_message(&mut bob, "the missed broadcasts, at bob").await);
+    }
+    // Back on node A, with since/epoch.
+    let path = format!("/ws/solo?token=xena&since={seen}&epoch={epoch}");
+    let ws = raw_connect(a.addr, &path, ip(1)).await;
+    let mut back = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    let welcome = back.expect("welcome", "welcome back on node A").await;
+    assert_eq!(welcome["epoch"], json!(epoch), "the same epoch");
+    assert_eq!(welcome["offset"], json!(seen + missed as u64));
+    let mut replayed = Vec::new();
+    let ok = loop {
+        let f = back.next_json("the replay").await;
+        match f["type"].as_str() {
+            Some("recovered") => break f["ok"].clone(),
+            Some("message") => replayed.push((f["offset"].as_u64().unwrap(), f["data"].clone())),
+            _ => {}
+        }
+    };
+    assert_eq!(ok, json!(true), "Redis holds every missed broadcast");
+    assert_eq!(
+        replayed, numbered,
+        "exactly the missed broadcasts, in order"
+    );
+    let offsets: Vec<u64> = replayed.iter().map(|(o, _)| *o).collect();
+    let expected: Vec<u64> = (seen + 1..=seen + missed as u64).collect();
+    assert_eq!(offsets, expected, "contiguous from since + 1");
+    // Live traffic continues right after, from either node.
+    bob.send(broadcast(json!("live"))).await;
+    assert_eq!(
+        next_message(&mut back, "a live message").await,
+        (seen + missed as u64 + 1, json!("live"))
+    );
+}
+
+#[tokio::test]
+async fn recovery_on_the_node_whose_last_member_left() {
+    recover_on_the_node_whose_last_member_left(12).await;
+}
+
+#[tokio::test]
+async fn recovery_on_the_node_whose_last_member_left_with_nothing_missed() {
+    recover_on_the_node_whose_last_member_left(0).await;
+}
+
 /// The value of an unlabelled counter or gauge in Prometheus text (0 when absent).
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()

@@ -172,9 +172,14 @@ impl History {
         }
     }
 
-    /// The replay for `recovery` from the cluster's kept broadcasts and this node's ring
-    /// (which holds what arrived since the node subscribed), or `None` when they do not cover
-    /// every offset from `since + 1` to the last one.
+    /// The replay for `recovery` from the cluster's kept broadcasts and this node's ring, or
+    /// `None` when together they do not cover every offset from `since + 1` to the last one.
+    ///
+    /// The ring is not one contiguous run: it outlives the lobby's last local member, and
+    /// while the node has no member there it is unsubscribed and hears nothing, so it may hold
+    /// broadcasts from before such a gap and again from after it. Each offset is therefore
+    /// taken from the ring when it has it (its frame is already shared) and from the
+    /// cluster's otherwise.
     pub(crate) fn replay_with(
         &mut self,
         recovery: &Recovery,
@@ -185,25 +190,29 @@ impl History {
             return None;
         }
         self.expire(Instant::now(), config);
-        let local_first = self.ring.front().map(|e| e.offset);
-        let mut frames: Vec<(u64, Message)> = cluster
+        let mut ring = self.ring.iter().skip_while(|e| e.offset <= recovery.since);
+        let mut kept = cluster
             .frames
             .iter()
-            .filter(|(o, _)| *o > recovery.since && local_first.is_none_or(|l| *o < l))
-            .map(|(o, f)| (*o, Message::Text(f.clone().into())))
-            .collect();
-        frames.extend(
-            self.ring
-                .iter()
-                .filter(|e| e.offset > recovery.since)
-                .map(|e| (e.offset, e.frame.clone())),
-        );
-        let contiguous = frames
-            .iter()
-            .enumerate()
-            .all(|(i, (o, _))| *o == recovery.since + 1 + i as u64);
-        let complete = recovery.since + frames.len() as u64 == self.last;
-        (contiguous && complete).then_some(frames)
+            .skip_while(|(o, _)| *o <= recovery.since);
+        let (mut local, mut remote) = (ring.next(), kept.next());
+        let mut frames = Vec::new();
+        for offset in recovery.since + 1..=self.last {
+            while local.is_some_and(|e| e.offset < offset) {
+                local = ring.next();
+            }
+            while remote.is_some_and(|(o, _)| *o < offset) {
+                remote = kept.next();
+            }
+            let frame = match (local, remote) {
+                (Some(e), _) if e.offset == offset => e.frame.clone(),
+                (_, Some((o, f))) if *o == offset => Message::Text(f.clone().into()),
+                // A gap: the loop ends at the first offset neither holds.
+                _ => return None,
+            };
+            frames.push((offset, frame));
+        }
+        Some(frames)
     }
 
     /// Assigns the next offset to a `message` frame encoded without one, returns the frame
@@ -443,6 +452,52 @@ mod tests {
             epoch: "nope".into(),
         };
         assert!(h.replay(&other, &c).is_none(), "another epoch");
+    }
+
+    #[test]
+    fn a_cluster_replay_fills_the_gaps_of_the_ring() {
+        let c = config(10);
+        let frame = |o: u64| with_offset("{}", o);
+        let mut h = History::with_epoch("e".into(), 0);
+        h.follow("e", 0);
+        // Heard 1..=3, unsubscribed (no local member) while 4..=7 went out, heard 8 and 9.
+        for o in [1, 2, 3, 8, 9] {
+            h.record_numbered(o, Message::Text(frame(o).into()), &c, &mut 0);
+        }
+        let stream = |offsets: &[u64]| ClusterHistory {
+            epoch: "e".into(),
+            last: 9,
+            frames: offsets.iter().map(|&o| (o, frame(o))).collect(),
+        };
+        let ask = |since| Recovery {
+            since,
+            epoch: "e".into(),
+        };
+        let offsets = |r: Option<Vec<(u64, Message)>>| {
+            r.map(|f| {
+                assert!(f.iter().all(|(o, m)| m.to_text().unwrap() == frame(*o)));
+                f.into_iter().map(|(o, _)| o).collect::<Vec<_>>()
+            })
+        };
+        let all: Vec<u64> = (1..=9).collect();
+        assert_eq!(
+            offsets(h.replay_with(&ask(3), &stream(&all[3..]), &c)),
+            Some((4..=9).collect())
+        );
+        assert_eq!(
+            offsets(h.replay_with(&ask(1), &stream(&[4, 5, 6, 7]), &c)),
+            Some((2..=9).collect()),
+            "the ring before and after the gap, the stream inside it"
+        );
+        assert_eq!(
+            offsets(h.replay_with(&ask(9), &stream(&[]), &c)),
+            Some(vec![])
+        );
+        assert!(
+            h.replay_with(&ask(3), &stream(&[4, 5, 7]), &c).is_none(),
+            "6 is nowhere"
+        );
+        assert!(h.replay_with(&ask(3), &stream(&[]), &c).is_none());
     }
 
     #[test]
