@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use axum::extract::ws::Message;
 
 use crate::config::Config;
-use crate::connection::{ConnHandle, ConnectionInfo};
+use crate::handle::{ConnHandle, ConnectionInfo};
 use crate::hub::{Exclude, Hub};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::stats::Counters;

@@ -11,11 +11,12 @@ use std::sync::{Arc, Weak};
 
 use serde::Serialize;
 
-use crate::connection::ConnectionInfo;
 use crate::disconnect::DisconnectReason;
-use crate::hub::{Exclude, text};
+use crate::handle::ConnectionInfo;
+use crate::hub::Exclude;
 use crate::ids::{LobbyCode, UserId};
 use crate::manager::Shared;
+use crate::protocol::text;
 
 /// Who a cluster-wide broadcast skips.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

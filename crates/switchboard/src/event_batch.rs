@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Message;
 
-use crate::connection::{ConnHandle, Offer};
+use crate::handle::{ConnHandle, Offer};
 
 /// The connections holding events not yet written, and whether a flush is scheduled.
 #[derive(Debug)]

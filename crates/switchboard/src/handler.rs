@@ -1,7 +1,7 @@
 //! How the embedding app hears about connections and receives its own messages.
 
-use crate::connection::ConnectionInfo;
 use crate::disconnect::DisconnectReason;
+use crate::handle::ConnectionInfo;
 use crate::protocol::{ClientError, ErrorCode};
 
 /// A client frame whose `type` the protocol does not define: the application's own message.

@@ -92,7 +92,7 @@ struct Entry {
 
 impl Entry {
     fn cost(&self) -> usize {
-        ENTRY_OVERHEAD + crate::connection::payload_len(&self.frame)
+        ENTRY_OVERHEAD + crate::handle::payload_len(&self.frame)
     }
 }
 

@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use axum::extract::ws::Message;
 
 use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
-use crate::connection::{ConnHandle, Offer};
 use crate::disconnect::DisconnectReason;
 use crate::event_batch::EventBatch;
+use crate::handle::{ConnHandle, Offer};
 use crate::history::{ClusterHistory, Histories, Recovery};
 use crate::ids::{LobbyCode, UserId};
 use crate::lobby::{Lobby, PresenceChange};
-use crate::protocol::ServerFrame;
-use crate::stats::Counters;
+use crate::protocol::{ServerFrame, text};
+use crate::stats::{Census, Counters};
 
 /// Who a broadcast skips.
 #[derive(Debug, Clone, Copy)]
@@ -48,15 +48,6 @@ pub(crate) struct PendingLeave {
     pub(crate) lobby: LobbyCode,
     pub(crate) user: UserId,
     pub(crate) generation: u64,
-}
-
-/// Counts for stats, read under the lock in O(1).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Census {
-    pub(crate) connections: usize,
-    pub(crate) lobbies: usize,
-    pub(crate) users: usize,
-    pub(crate) history_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -605,18 +596,6 @@ impl Hub {
         }
     }
 }
-
-pub(crate) fn text(mut encoded: String) -> Message {
-    // The frame's buffer is shared by every queue and the history for as long as any holds
-    // it: not the up-to-double capacity a growing encoder leaves behind.
-    if encoded.capacity() - encoded.len() > SLACK {
-        encoded.shrink_to_fit();
-    }
-    Message::Text(encoded.into())
-}
-
-/// Spare capacity a frame may keep (shrinking costs a copy: small frames keep theirs).
-const SLACK: usize = 1024;
 
 #[cfg(test)]
 #[path = "hub_tests.rs"]

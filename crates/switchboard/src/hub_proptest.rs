@@ -24,7 +24,7 @@ use proptest::sample::Index;
 
 use super::*;
 use crate::config::{Config, Limits};
-use crate::connection::ConnectionInfo;
+use crate::handle::ConnectionInfo;
 use crate::ids::ConnectionId;
 
 const LOBBIES: u8 = 3;

@@ -9,7 +9,7 @@ use axum::extract::ws::Message;
 
 use super::*;
 use crate::config::Config;
-use crate::connection::ConnectionInfo;
+use crate::handle::ConnectionInfo;
 use crate::ids::ConnectionId;
 
 struct Fixture {

@@ -13,7 +13,9 @@
 //! - [`protocol`]: client and server frames of protocol v1.
 //! - `hub`: the registry (connections, users, lobbies, IPs) behind one short lock.
 //! - `lobby`: one lobby's members and per-user presence.
-//! - `connection`: one connection's task (WebSocket) or tasks (SSE) and its handle.
+//! - `handle`: a connection's handle (identity, bounded outbound queue, close signal), what
+//!   the registry holds.
+//! - `connection`: one connection's task (WebSocket) or tasks (SSE).
 //! - [`ws`]: the WebSocket upgrade and frame codec, with no buffer held while idle.
 //! - [`handler`]: how the embedding app hears about connections and its own messages.
 //! - [`history`]: per-lobby offsets, epoch and recent broadcasts for recovery.
@@ -76,6 +78,7 @@ pub mod config;
 mod connection;
 pub mod disconnect;
 mod event_batch;
+mod handle;
 pub mod handler;
 pub mod history;
 mod hub;
@@ -91,8 +94,8 @@ pub use config::{
     ClientPermissions, Config, ConfigError, Limits, PresenceConfig, RateConfig, SlowConsumerPolicy,
     UserPolicy,
 };
-pub use connection::ConnectionInfo;
 pub use disconnect::DisconnectReason;
+pub use handle::ConnectionInfo;
 pub use handler::{AppMessage, Handler, NoHandler};
 pub use history::{ClusterHistory, HistoryConfig, Recovery};
 pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};

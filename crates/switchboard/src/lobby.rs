@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::connection::ConnHandle;
+use crate::handle::ConnHandle;
 use crate::ids::UserId;
 
 #[derive(Debug, Default)]

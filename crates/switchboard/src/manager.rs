@@ -15,13 +15,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Cluster, ClusterStats, LocalNode, Published, Skip};
 use crate::config::{Config, ConfigError};
-use crate::connection::{self, ConnHandle, ConnectionInfo, Offer, Socket};
+use crate::connection::{self, Socket};
 use crate::disconnect::DisconnectReason;
+use crate::handle::{ConnHandle, ConnectionInfo, Offer};
 use crate::handler::{Handler, NoHandler};
 use crate::history::Recovery;
-use crate::hub::{Exclude, Hub, PendingLeave, text};
+use crate::hub::{Exclude, Hub, PendingLeave};
 use crate::ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 use crate::protocol::ServerFrame;
+use crate::protocol::text;
 use crate::stats::{Counters, Stats};
 use crate::ws::Upgrade;
 

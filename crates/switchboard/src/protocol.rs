@@ -3,6 +3,7 @@
 //! Parsing borrows from the frame text: `data` is kept as raw JSON and copied into outbound
 //! frames without being re-serialized. `docs/protocol.md` describes the frames.
 
+use axum::extract::ws::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -265,6 +266,19 @@ pub(crate) fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
+
+/// A server frame, encoded, as the message every queue and the history share.
+pub(crate) fn text(mut encoded: String) -> Message {
+    // The frame's buffer is shared by every queue and the history for as long as any holds
+    // it: not the up-to-double capacity a growing encoder leaves behind.
+    if encoded.capacity() - encoded.len() > SLACK {
+        encoded.shrink_to_fit();
+    }
+    Message::Text(encoded.into())
+}
+
+/// Spare capacity a frame may keep (shrinking costs a copy: small frames keep theirs).
+const SLACK: usize = 1024;
 
 #[cfg(test)]
 mod tests {

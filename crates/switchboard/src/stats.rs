@@ -121,12 +121,17 @@ pub struct Stats {
     pub history_bytes: usize,
 }
 
+/// Counts the registry reads under its lock in O(1), for a [`Stats`] snapshot.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Census {
+    pub(crate) connections: usize,
+    pub(crate) lobbies: usize,
+    pub(crate) users: usize,
+    pub(crate) history_bytes: usize,
+}
+
 impl Stats {
-    pub(crate) fn new(
-        census: crate::hub::Census,
-        max_connections: usize,
-        counters: &Counters,
-    ) -> Self {
+    pub(crate) fn new(census: Census, max_connections: usize, counters: &Counters) -> Self {
         let closes = Counters::by_reason(&counters.closes);
         Self {
             total_connections: census.connections,

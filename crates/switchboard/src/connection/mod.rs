@@ -7,7 +7,6 @@
 //! first; that wakes the connection's task(s), and the [`Registration`] guard removes the
 //! connection from the hub whichever way serving ends.
 
-mod handle;
 mod rate;
 mod reader;
 mod socket;
@@ -20,8 +19,7 @@ use std::time::SystemTime;
 use axum::extract::ws::Message;
 use tokio::sync::mpsc;
 
-pub use handle::ConnectionInfo;
-pub(crate) use handle::{ConnHandle, Offer, payload_len};
+use crate::handle::{ConnHandle, ConnectionInfo};
 pub(crate) use socket::Socket;
 
 use crate::cluster::{Admission, Cluster};
@@ -223,7 +221,7 @@ pub(crate) async fn admit(
     let conn = Arc::new(handle);
     let welcome = |state: crate::hub::WelcomeState<'_>| {
         let info = &conn.info;
-        crate::hub::text(
+        crate::protocol::text(
             ServerFrame::Welcome {
                 connection_id: &info.id,
                 user_id: &info.user_id,

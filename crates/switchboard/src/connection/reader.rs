@@ -9,12 +9,13 @@ use axum::extract::ws::Message;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, sleep_until};
 
-use super::ConnHandle;
 use super::rate::{MessageRate, Verdict};
 use crate::disconnect::DisconnectReason;
+use crate::handle::ConnHandle;
 use crate::handler::AppMessage;
-use crate::hub::{Exclude, text};
+use crate::hub::Exclude;
 use crate::manager::Shared;
+use crate::protocol::text;
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 
 pub(super) async fn run<S>(
@@ -248,7 +249,7 @@ pub(super) fn handle_text(
                 from: Some(&info.user_id),
                 data,
             };
-            let frame = crate::hub::text(frame.encode());
+            let frame = crate::protocol::text(frame.encode());
             shared
                 .send_to_user(to.as_str(), &frame)
                 .map(drop)

@@ -18,10 +18,10 @@ use axum::extract::ws::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::ConnHandle;
 use super::rate::MessageRate;
 use super::reader::{self, HealthClock};
 use crate::disconnect::DisconnectReason;
+use crate::handle::ConnHandle;
 use crate::manager::Shared;
 use crate::ws::Upgraded;
 use crate::ws::frame::{self, Decoder, Frame, OpCode};

@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering;
 use axum::extract::ws::Message;
 use futures_util::{Sink, SinkExt};
 
-use super::{ConnHandle, close_message};
+use super::close_message;
 use crate::disconnect::DisconnectReason;
-use crate::hub::text;
+use crate::handle::ConnHandle;
 use crate::manager::Shared;
+use crate::protocol::text;
 
 /// Frames written before one flush: waiting frames go out together, without letting one
 /// connection's backlog grow a buffer without bound.

@@ -62,7 +62,7 @@ pub(crate) struct ConnHandle {
     rtt_us: AtomicU64,
     /// The last `health_ping`'s timestamp until its first echo; 0 when none is outstanding.
     health_ping: AtomicU64,
-    /// The last protocol Ping's payload (a [`ping_stamp`](crate::manager::Shared::ping_stamp))
+    /// The last protocol Ping's payload (the manager's ping stamp)
     /// until its first echo; 0 when none is outstanding.
     ping: AtomicU64,
     /// Callers of `Manager::ping` waiting for the next pong. Never held across `.await`.
@@ -176,7 +176,7 @@ impl ConnHandle {
     /// A `health_ping` frame with this timestamp, remembered until its first echo.
     pub(crate) fn health_ping(&self, timestamp: u64) -> Message {
         self.health_ping.store(timestamp, Ordering::Relaxed);
-        crate::hub::text(crate::protocol::ServerFrame::HealthPing { timestamp }.encode())
+        crate::protocol::text(crate::protocol::ServerFrame::HealthPing { timestamp }.encode())
     }
 
     /// A protocol Ping carrying `stamp`, remembered until its first echo.
