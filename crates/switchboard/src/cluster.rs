@@ -13,9 +13,8 @@ use serde::Serialize;
 
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnectionInfo;
-use crate::hub::Exclude;
+use crate::hub::{Exclude, Hub};
 use crate::ids::{LobbyCode, UserId};
-use crate::manager::Shared;
 use crate::protocol::text;
 
 /// Who a cluster-wide broadcast skips.
@@ -197,23 +196,44 @@ pub trait Cluster: Send + Sync + 'static {
     fn status(&self) -> &'static str;
 }
 
+/// What a cluster delivers to on this node: its id, its registry, and its SSE connections'
+/// inbound queues. The manager's shared state implements it; the seam keeps this module below
+/// the manager.
+pub(crate) trait Node: Send + Sync {
+    /// The node's id (the prefix of its connection ids).
+    fn node_id(&self) -> &str;
+    /// The node's registry.
+    fn hub(&self) -> &Hub;
+    /// Delivers a frame posted for one of the node's SSE connections; whether it was taken.
+    fn post(&self, id: &str, user: &str, lobby: &str, frame: &str) -> bool;
+}
+
 /// The local side a cluster delivers to: a weak handle on the manager, so the cluster can be
 /// owned by the manager without a reference cycle.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LocalNode {
-    shared: Weak<Shared>,
+    shared: Weak<dyn Node>,
+}
+
+impl std::fmt::Debug for LocalNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalNode")
+            .field("node_id", &self.node_id())
+            .finish()
+    }
 }
 
 impl LocalNode {
-    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+    pub(crate) fn new<N: Node + 'static>(node: &Arc<N>) -> Self {
+        let node: Arc<dyn Node> = node.clone();
         Self {
-            shared: Arc::downgrade(shared),
+            shared: Arc::downgrade(&node),
         }
     }
 
     /// This node's id (the prefix of its connection ids).
     pub fn node_id(&self) -> Option<String> {
-        Some(self.shared.upgrade()?.config.node_id.clone())
+        Some(self.shared.upgrade()?.node_id().to_owned())
     }
 
     /// Delivers a join/leave event (encoded) to this node's members of `lobby`. Broadcasts go
@@ -222,7 +242,7 @@ impl LocalNode {
         let Some(shared) = self.shared.upgrade() else {
             return 0;
         };
-        shared.hub.broadcast_event(lobby, &text(frame))
+        shared.hub().broadcast_event(lobby, &text(frame))
     }
 
     /// Delivers a broadcast the cluster numbered to this node's members of `lobby`.
@@ -240,11 +260,11 @@ impl LocalNode {
         let exclude = match skip {
             Skip::Nobody => Exclude::Nobody,
             Skip::User(user) => Exclude::User(user),
-            Skip::Connection(id) => crate::ids::ConnectionId::seq_on(id, &shared.config.node_id)
+            Skip::Connection(id) => crate::ids::ConnectionId::seq_on(id, shared.node_id())
                 .map_or(Exclude::Nobody, Exclude::Connection),
         };
         shared
-            .hub
+            .hub()
             .deliver_numbered(&code, epoch, offset, text(frame), exclude)
     }
 
@@ -253,7 +273,7 @@ impl LocalNode {
         let Some(shared) = self.shared.upgrade() else {
             return 0;
         };
-        shared.hub.send_to_user(user, &text(frame))
+        shared.hub().send_to_user(user, &text(frame))
     }
 
     /// Closes one of this node's connections; whether it was here.
@@ -261,8 +281,8 @@ impl LocalNode {
         let Some(shared) = self.shared.upgrade() else {
             return false;
         };
-        crate::ids::ConnectionId::seq_on(id, &shared.config.node_id)
-            .and_then(|seq| shared.hub.connection(seq))
+        crate::ids::ConnectionId::seq_on(id, shared.node_id())
+            .and_then(|seq| shared.hub().connection(seq))
             .is_some_and(|c| c.close(reason))
     }
 
@@ -271,7 +291,7 @@ impl LocalNode {
         let Some(shared) = self.shared.upgrade() else {
             return 0;
         };
-        let conns = shared.hub.user_connections(user);
+        let conns = shared.hub().user_connections(user);
         conns.iter().filter(|c| c.close(reason)).count()
     }
 
@@ -280,7 +300,7 @@ impl LocalNode {
         let Some(shared) = self.shared.upgrade() else {
             return false;
         };
-        crate::sse::post(&shared, id, user, lobby, frame).is_ok()
+        shared.post(id, user, lobby, frame)
     }
 
     /// Encodes a presence event frame (`member_joined` / `member_left`).

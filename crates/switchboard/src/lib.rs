@@ -19,6 +19,9 @@
 //! - [`ws`]: the WebSocket upgrade and frame codec, with no buffer held while idle.
 //! - [`handler`]: how the embedding app hears about connections and its own messages.
 //! - [`history`]: per-lobby offsets, epoch and recent broadcasts for recovery.
+//! - `shared`: the state the manager and every connection share, and the routing decided on
+//!   it (local or cluster-wide publish, the connect rate, the ping clock, SSE posts).
+//! - `request`, `error`: [`ConnectRequest`] and [`Error`].
 //! - `manager`: [`Manager`], the methods a backend calls.
 //! - [`axum`]: the [`WsConnect`](crate::axum::WsConnect) extractor.
 //! - [`sse`]: Server-Sent Events, the same connections for clients without WebSocket.
@@ -77,6 +80,7 @@ pub mod cluster;
 pub mod config;
 mod connection;
 pub mod disconnect;
+mod error;
 mod event_batch;
 mod handle;
 pub mod handler;
@@ -86,6 +90,8 @@ mod ids;
 mod lobby;
 mod manager;
 pub mod protocol;
+mod request;
+mod shared;
 pub mod sse;
 pub mod stats;
 pub mod ws;
@@ -95,10 +101,12 @@ pub use config::{
     UserPolicy,
 };
 pub use disconnect::DisconnectReason;
+pub use error::Error;
 pub use handle::ConnectionInfo;
 pub use handler::{AppMessage, Handler, NoHandler};
 pub use history::{ClusterHistory, HistoryConfig, Recovery};
 pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};
-pub use manager::{ConnectRequest, Error, LobbyInfo, Manager, SUBPROTOCOL};
+pub use manager::{LobbyInfo, Manager, SUBPROTOCOL};
 pub use protocol::{ClientError, ErrorCode};
+pub use request::ConnectRequest;
 pub use stats::Stats;

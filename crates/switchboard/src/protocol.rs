@@ -267,6 +267,14 @@ pub(crate) fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The text of an encoded frame (every frame the manager encodes is text).
+pub(crate) fn frame_text(frame: &Message) -> &str {
+    match frame {
+        Message::Text(text) => text.as_str(),
+        _ => "",
+    }
+}
+
 /// A server frame, encoded, as the message every queue and the history share.
 pub(crate) fn text(mut encoded: String) -> Message {
     // The frame's buffer is shared by every queue and the history for as long as any holds

@@ -20,7 +20,8 @@ use tokio_util::sync::PollSender;
 
 use crate::connection;
 use crate::disconnect::DisconnectReason;
-use crate::manager::{ConnectRequest, Manager, Shared};
+use crate::manager::Manager;
+use crate::request::ConnectRequest;
 
 /// Client frames waiting for an SSE connection's reader; beyond this a post gets 429.
 const INBOUND_QUEUE: usize = 64;
@@ -28,27 +29,7 @@ const INBOUND_QUEUE: usize = 64;
 /// bound (and the slow-consumer policy).
 const BODY_QUEUE: usize = 16;
 
-/// Why a post for an SSE connection was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SsePostError {
-    /// No SSE connection with that id on this node.
-    #[error("no such SSE connection")]
-    NotFound,
-    /// The connection belongs to another user or lobby.
-    #[error("the connection belongs to another user or lobby")]
-    Forbidden,
-    /// Too many frames waiting for the connection.
-    #[error("too many frames waiting; slow down")]
-    Busy,
-    /// The connection is on another node and the cluster cannot forward the post now (Redis
-    /// unreachable, or this node's queue to it full): nothing was sent; retry.
-    #[error("the cluster cannot forward the post now; retry")]
-    Unavailable,
-    /// The frame is larger than `max_message_bytes`, the bound of a WebSocket message.
-    #[error("the frame is larger than max_message_bytes ({0} bytes)")]
-    TooLarge(usize),
-}
+pub use crate::error::SsePostError;
 
 impl Manager {
     /// Opens an SSE stream for `request`, with the same admission as a WebSocket. A refusal
@@ -99,7 +80,7 @@ impl Manager {
         lobby: &str,
         frame: &str,
     ) -> Result<(), SsePostError> {
-        post(self.shared(), connection_id, user, lobby, frame)
+        self.shared().post_to_sse(connection_id, user, lobby, frame)
     }
 
     /// Like [`Manager::sse_post`], for a connection on any node (the cluster forwards it;
@@ -132,35 +113,6 @@ impl Manager {
             None => Err(SsePostError::Unavailable),
         }
     }
-}
-
-/// Delivers a posted frame to an SSE connection of this node.
-pub(crate) fn post(
-    shared: &Shared,
-    connection_id: &str,
-    user: &str,
-    lobby: &str,
-    frame: &str,
-) -> Result<(), SsePostError> {
-    // The same bound as a WebSocket message, checked before anything is looked up, stored or
-    // forwarded; a frame from another node is checked again here.
-    let limit = shared.config.max_message_bytes;
-    if frame.len() > limit {
-        return Err(SsePostError::TooLarge(limit));
-    }
-    let conn = crate::ids::ConnectionId::seq_on(connection_id, &shared.config.node_id)
-        .and_then(|seq| shared.hub.connection(seq))
-        .ok_or(SsePostError::NotFound)?;
-    let inbound = conn.inbound.as_ref().ok_or(SsePostError::NotFound)?;
-    if conn.info.user_id.as_str() != user || conn.info.lobby.as_str() != lobby {
-        return Err(SsePostError::Forbidden);
-    }
-    inbound
-        .try_send(Message::Text(frame.into()))
-        .map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SsePostError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SsePostError::NotFound,
-        })
 }
 
 /// The HTTP answer to a refused SSE connect: 401, 429, or 503 with `Retry-After`, and the

@@ -24,8 +24,9 @@ pub(crate) use socket::Socket;
 
 use crate::cluster::{Admission, Cluster};
 use crate::disconnect::DisconnectReason;
-use crate::manager::{ConnectRequest, Shared};
 use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
+use crate::request::ConnectRequest;
+use crate::shared::Shared;
 
 /// Admits one upgraded WebSocket, then serves it in a task of its own until it ends. The
 /// serving task starts after admission so that it carries none of admission's state: a

@@ -14,9 +14,9 @@ use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
 use crate::handler::AppMessage;
 use crate::hub::Exclude;
-use crate::manager::Shared;
 use crate::protocol::text;
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
+use crate::shared::Shared;
 
 pub(super) async fn run<S>(
     stream: &mut S,

@@ -22,7 +22,7 @@ use super::rate::MessageRate;
 use super::reader::{self, HealthClock};
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
-use crate::manager::Shared;
+use crate::shared::Shared;
 use crate::ws::Upgraded;
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
 

@@ -10,8 +10,8 @@ use futures_util::{Sink, SinkExt};
 use super::close_message;
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
-use crate::manager::Shared;
 use crate::protocol::text;
+use crate::shared::Shared;
 
 /// Frames written before one flush: waiting frames go out together, without letting one
 /// connection's backlog grow a buffer without bound.

@@ -1,0 +1,243 @@
+//! [`Shared`]: the state the manager handle and every connection task share (config, the
+//! registry, counters, the app's handler, the task tracker, the cluster), and the routing
+//! decisions made on it: local or cluster-wide publish, the connect rate, the ping clock.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::{Cluster, Published, Skip};
+use crate::config::Config;
+use crate::error::{Error, SsePostError};
+use crate::handler::Handler;
+use crate::hub::{Exclude, Hub, PendingLeave};
+use crate::ids::{ConnectionId, LobbyCode};
+use crate::protocol::frame_text;
+use crate::stats::Counters;
+
+/// State shared by the manager handle and every connection task.
+pub(crate) struct Shared {
+    pub(crate) config: Arc<Config>,
+    pub(crate) hub: Hub,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) handler: Arc<dyn Handler>,
+    /// Every connection and writer task, so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled at shutdown: leave-grace timers end early.
+    shutdown: CancellationToken,
+    next_seq: AtomicU64,
+    /// Origin of the protocol ping payloads (microseconds since it).
+    epoch: Instant,
+    /// New connections per IP per second, if limited.
+    connect_rate: Option<ConnectRate>,
+    /// The other nodes, once attached.
+    cluster: OnceLock<Arc<dyn Cluster>>,
+}
+
+/// A token bucket per client IP. Idle buckets are swept every [`ConnectRate::SWEEP_EVERY`]
+/// checks, so the map holds only IPs seen in the last second or so.
+struct ConnectRate {
+    buckets: governor::DefaultKeyedRateLimiter<IpAddr>,
+    checks: AtomicU64,
+}
+
+impl ConnectRate {
+    const SWEEP_EVERY: u64 = 1024;
+
+    fn new(per_sec: u32) -> Option<Self> {
+        let rate = std::num::NonZeroU32::new(per_sec)?;
+        Some(Self {
+            buckets: governor::RateLimiter::hashmap(governor::Quota::per_second(rate)),
+            checks: AtomicU64::new(0),
+        })
+    }
+
+    fn allow(&self, ip: IpAddr) -> bool {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % Self::SWEEP_EVERY == Self::SWEEP_EVERY - 1
+        {
+            self.buckets.retain_recent();
+        }
+        self.buckets.check_key(&ip).is_ok()
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The state of a new manager: `config` is already validated.
+    pub(crate) fn new(config: Config, handler: Arc<dyn Handler>) -> Self {
+        let connect_rate = ConnectRate::new(config.rate.connects_per_ip_per_sec);
+        let config = Arc::new(config);
+        let counters = Arc::new(Counters::default());
+        Self {
+            hub: Hub::new(config.clone(), counters.clone()),
+            config,
+            counters,
+            handler,
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            next_seq: AtomicU64::new(1),
+            epoch: Instant::now(),
+            connect_rate,
+            cluster: OnceLock::new(),
+        }
+    }
+
+    /// Publishes a broadcast (`message` encoded without an offset). In cluster mode the
+    /// cluster numbers and delivers it everywhere, this node included (so the count of this
+    /// node's recipients is its current member count); alone, or with the cluster away, this
+    /// node numbers and delivers it. Returns the connections reached on this node, or
+    /// [`Error::Overloaded`] when the cluster's outbound queue is full (sent nowhere).
+    pub(crate) fn publish_message(
+        &self,
+        lobby: &LobbyCode,
+        frame: &str,
+        exclude: Exclude<'_>,
+        exclude_user: Option<&str>,
+    ) -> Result<usize, Error> {
+        if let Some(cluster) = self.cluster() {
+            let conn_id;
+            let skip = match (exclude, exclude_user) {
+                (Exclude::Connection(seq), _) => {
+                    conn_id = ConnectionId::new(&self.config.node_id, seq);
+                    Skip::Connection(conn_id.as_str())
+                }
+                (_, Some(user)) => Skip::User(user),
+                _ => Skip::Nobody,
+            };
+            match cluster.publish_message(lobby, frame, skip) {
+                Published::Queued => return Ok(self.hub.count_recipients(lobby.as_str(), exclude)),
+                Published::Overloaded => return Err(Error::Overloaded),
+                Published::Unavailable => {}
+            }
+        }
+        Ok(self.hub.publish_message(lobby, frame, exclude))
+    }
+
+    /// Sends an encoded frame to every connection of `user`, on every node: the cluster first,
+    /// so that a full outbound queue ([`Error::Overloaded`]) means sent nowhere. Returns the
+    /// connections reached on this node.
+    pub(crate) fn send_to_user(&self, user: &str, frame: &Message) -> Result<usize, Error> {
+        if let Some(cluster) = self.cluster()
+            && cluster.publish_user(user, frame_text(frame)) == Published::Overloaded
+        {
+            return Err(Error::Overloaded);
+        }
+        Ok(self.hub.send_to_user(user, frame))
+    }
+
+    /// Joins a cluster; a second one is ignored (with a warning).
+    pub(crate) fn attach_cluster(&self, cluster: Arc<dyn Cluster>) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::warn!("a cluster was already attached; ignoring the second one");
+        }
+    }
+
+    /// At shutdown: pending leave graces end at once.
+    pub(crate) fn end_leave_graces(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// The cluster, if this node is part of one.
+    pub(crate) fn cluster(&self) -> Option<Arc<dyn Cluster>> {
+        self.cluster.get().cloned()
+    }
+
+    /// Whether a new connection from `ip` (counted as [`crate::Limits::ip_key`]) fits the
+    /// per-IP connect rate.
+    pub(crate) fn allow_connect(&self, ip: IpAddr) -> bool {
+        let key = self.config.limits.ip_key(ip);
+        self.connect_rate.as_ref().is_none_or(|r| r.allow(key))
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A protocol ping's payload: the time since the manager started, in microseconds
+    /// (at least 1: 0 means "no ping outstanding" to a connection).
+    pub(crate) fn ping_stamp(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+
+    /// The round trip of a pong echoing `stamp` ([`ping_stamp`](Self::ping_stamp)).
+    pub(crate) fn rtt_since(&self, stamp: u64) -> Option<Duration> {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        now.checked_sub(stamp).map(Duration::from_micros)
+    }
+
+    /// The manager's clock in whole seconds (for rate-limit windows).
+    pub(crate) fn clock_secs(&self) -> u32 {
+        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Times a leave grace; at shutdown the leave happens at once.
+    pub(crate) fn time_leave(self: &Arc<Self>, pending: PendingLeave) {
+        let shared = self.clone();
+        let grace = self.config.presence.leave_grace;
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(grace) => {}
+                () = shared.shutdown.cancelled() => {}
+            }
+            shared.hub.expire_leave(&pending);
+        });
+    }
+
+    /// Delivers a frame posted for an SSE connection of this node, as if it had arrived on
+    /// its socket; `user` and `lobby` are the poster's, checked against the connection's.
+    pub(crate) fn post_to_sse(
+        &self,
+        connection_id: &str,
+        user: &str,
+        lobby: &str,
+        frame: &str,
+    ) -> Result<(), SsePostError> {
+        // The same bound as a WebSocket message, checked before anything is looked up, stored or
+        // forwarded; a frame from another node is checked again here.
+        let limit = self.config.max_message_bytes;
+        if frame.len() > limit {
+            return Err(SsePostError::TooLarge(limit));
+        }
+        let conn = crate::ids::ConnectionId::seq_on(connection_id, &self.config.node_id)
+            .and_then(|seq| self.hub.connection(seq))
+            .ok_or(SsePostError::NotFound)?;
+        let inbound = conn.inbound.as_ref().ok_or(SsePostError::NotFound)?;
+        if conn.info.user_id.as_str() != user || conn.info.lobby.as_str() != lobby {
+            return Err(SsePostError::Forbidden);
+        }
+        inbound
+            .try_send(Message::Text(frame.into()))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SsePostError::Busy,
+                mpsc::error::TrySendError::Closed(_) => SsePostError::NotFound,
+            })
+    }
+}
+
+impl crate::cluster::Node for Shared {
+    fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    fn post(&self, id: &str, user: &str, lobby: &str, frame: &str) -> bool {
+        self.post_to_sse(id, user, lobby, frame).is_ok()
+    }
+}
