@@ -34,7 +34,11 @@ impl BenchHub {
         config.queue_capacity = queue;
         config.presence.events = false;
         let mut bench = Self {
-            hub: Hub::new(Arc::new(config), Arc::new(Counters::default())),
+            hub: Hub::new(
+                Arc::new(config),
+                Arc::new(Counters::default()),
+                tokio_util::task::TaskTracker::new(),
+            ),
             lobby: LobbyCode::parse("bench").expect("valid code"),
             members: Vec::with_capacity(members),
             queue,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use tokio_util::task::TaskTracker;
 
 use crate::handle::{ConnHandle, Offer};
 
@@ -16,6 +17,8 @@ use crate::handle::{ConnHandle, Offer};
 pub(crate) struct EventBatch {
     delay: Duration,
     state: Arc<Mutex<Due>>,
+    /// The manager's tracker: shutdown waits for a flush in progress too.
+    tracker: TaskTracker,
 }
 
 #[derive(Debug, Default)]
@@ -25,11 +28,12 @@ struct Due {
 }
 
 impl EventBatch {
-    /// Batches of `delay`; zero writes every event at once.
-    pub(crate) fn new(delay: Duration) -> Self {
+    /// Batches of `delay`; zero writes every event at once. Flushes run on `tracker`.
+    pub(crate) fn new(delay: Duration, tracker: TaskTracker) -> Self {
         Self {
             delay,
             state: Arc::default(),
+            tracker,
         }
     }
 
@@ -52,14 +56,14 @@ impl EventBatch {
             return;
         }
         // Outside a runtime (unit tests of the registry) there is nothing to defer to.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             drop(due);
             conn.wake();
             return;
-        };
+        }
         due.flushing = true;
         let (state, delay) = (self.state.clone(), self.delay);
-        runtime.spawn(async move {
+        self.tracker.spawn(async move {
             loop {
                 tokio::time::sleep(delay).await;
                 let conns = {

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Message;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::disconnect::DisconnectReason;
@@ -89,9 +90,10 @@ struct Entry {
 }
 
 impl Hub {
-    pub(crate) fn new(config: Arc<Config>, counters: Arc<Counters>) -> Self {
+    /// A registry; join/leave event flushes run on `tracker`.
+    pub(crate) fn new(config: Arc<Config>, counters: Arc<Counters>, tracker: TaskTracker) -> Self {
         Self {
-            events: EventBatch::new(config.presence.events_batch),
+            events: EventBatch::new(config.presence.events_batch, tracker),
             config,
             counters,
             state: Mutex::new(Registry::default()),

@@ -121,7 +121,11 @@ impl Harness {
             config.presence.leave_grace = Duration::from_secs(5);
         }
         Self {
-            hub: Hub::new(Arc::new(config), Arc::default()),
+            hub: Hub::new(
+                Arc::new(config),
+                Arc::default(),
+                tokio_util::task::TaskTracker::new(),
+            ),
             policy,
             grace,
             next_seq: 0,

@@ -23,7 +23,11 @@ impl Fixture {
         let mut config = Config::default();
         tune(&mut config);
         Self {
-            hub: Hub::new(Arc::new(config), Arc::default()),
+            hub: Hub::new(
+                Arc::new(config),
+                Arc::default(),
+                tokio_util::task::TaskTracker::new(),
+            ),
             next: 0,
             conns: HashMap::new(),
         }

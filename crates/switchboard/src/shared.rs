@@ -82,12 +82,13 @@ impl Shared {
         let connect_rate = ConnectRate::new(config.rate.connects_per_ip_per_sec);
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
+        let tracker = TaskTracker::new();
         Self {
-            hub: Hub::new(config.clone(), counters.clone()),
+            hub: Hub::new(config.clone(), counters.clone(), tracker.clone()),
             config,
             counters,
             handler,
-            tracker: TaskTracker::new(),
+            tracker,
             shutdown: CancellationToken::new(),
             next_seq: AtomicU64::new(1),
             epoch: Instant::now(),

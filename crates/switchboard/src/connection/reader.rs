@@ -279,8 +279,10 @@ pub(super) fn queue_presence_list(conn: &Arc<ConnHandle>, shared: &Arc<Shared>) 
                 .deliver(conn, shared.hub.presence_frame(&conn.info.lobby));
         }
         Some(cluster) => {
-            let (conn, shared) = (conn.clone(), shared.clone());
-            tokio::spawn(async move {
+            let (conn, shared2) = (conn.clone(), shared.clone());
+            // On the manager's tracker: shutdown waits for it like for any connection task.
+            shared.tracker.spawn(async move {
+                let shared = shared2;
                 let frame = match cluster.presence(&conn.info.lobby).await {
                     Some(users) => cluster_presence_frame(&conn.info.lobby, &users),
                     None => shared.hub.presence_frame(&conn.info.lobby),
