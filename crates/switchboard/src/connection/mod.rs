@@ -7,9 +7,11 @@
 //! first; that wakes the connection's task(s), and the [`Registration`] guard removes the
 //! connection from the hub whichever way serving ends.
 
+mod dispatch;
+mod health;
 mod rate;
-mod reader;
 mod socket;
+mod sse_reader;
 mod writer;
 
 use std::sync::Arc;
@@ -61,7 +63,7 @@ struct Serving {
 enum Phase {
     Live {
         socket: Socket,
-        clock: reader::HealthClock,
+        clock: health::HealthClock,
         rate: rate::MessageRate,
         timer: std::pin::Pin<Box<tokio::time::Sleep>>,
     },
@@ -77,7 +79,7 @@ impl Serving {
             expires_at,
         } = admitted;
         connected(&shared, &conn);
-        let clock = reader::HealthClock::new(&shared, expires_at);
+        let clock = health::HealthClock::new(&shared, expires_at);
         let timer = Box::pin(tokio::time::sleep_until(clock.next_deadline()));
         let rate = rate::MessageRate::new(&shared.config.rate);
         Self {
@@ -289,7 +291,7 @@ where
     let writer = shared
         .tracker
         .spawn(writer::run(sink, conn.clone(), shared.clone()));
-    reader::run(&mut stream, &conn, &shared, expires_at).await;
+    sse_reader::run(&mut stream, &conn, &shared, expires_at).await;
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
     shared.counters.closed(reason);

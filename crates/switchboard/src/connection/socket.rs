@@ -18,8 +18,9 @@ use axum::extract::ws::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::dispatch;
+use super::health::HealthClock;
 use super::rate::MessageRate;
-use super::reader::{self, HealthClock};
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
 use crate::shared::Shared;
@@ -207,7 +208,7 @@ impl Socket {
             if !written {
                 // Caught up after dropping join/leave events: one fresh list replaces them.
                 if conn.presence_behind.swap(false, Ordering::Relaxed) {
-                    reader::queue_presence_list(conn, shared);
+                    dispatch::queue_presence_list(conn, shared);
                     continue;
                 }
                 return Ok(());
@@ -332,11 +333,11 @@ impl Live<'_> {
     ) -> Result<(), DisconnectReason> {
         let (conn, shared) = (self.conn, self.shared);
         match frame {
-            Frame::Text(text) => reader::handle_text(text, conn, shared, self.rate),
+            Frame::Text(text) => dispatch::handle_text(text, conn, shared, self.rate),
             Frame::Binary(_) => Err(DisconnectReason::UnsupportedData),
             Frame::Ping(payload) => {
                 // Over the rate budget a Ping goes unanswered (and counts as a refusal).
-                if !reader::charge_control(shared, self.rate)? {
+                if !dispatch::charge_control(shared, self.rate)? {
                     return Ok(());
                 }
                 if unsent.len() > MAX_UNSENT_REPLIES {
@@ -345,7 +346,7 @@ impl Live<'_> {
                 frame::encode(unsent, OpCode::Pong, payload);
                 Ok(())
             }
-            Frame::Pong(payload) => reader::handle_pong(payload, conn, shared, self.rate),
+            Frame::Pong(payload) => dispatch::handle_pong(payload, conn, shared, self.rate),
             Frame::Close(code, _) => {
                 *peer_close = Some(code);
                 Err(DisconnectReason::ClientClosed)

@@ -1,13 +1,11 @@
-//! Inbound frames for every transport: the health clock (pings, staleness, token expiry) and
-//! the answers to client frames; and the reader task of transports whose frames arrive as a
-//! stream (SSE), which returns once the connection has a [`DisconnectReason`].
+//! What a client frame does, whatever transport carried it: the rate charge, `broadcast`,
+//! `direct`, `presence`, `health_pong`, application messages for the handler, and the
+//! `error` answers.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::ws::Message;
-use futures_util::{Stream, StreamExt};
-use tokio::time::{Instant, sleep_until};
 
 use super::rate::{MessageRate, Verdict};
 use crate::disconnect::DisconnectReason;
@@ -17,120 +15,6 @@ use crate::hub::Exclude;
 use crate::protocol::text;
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 use crate::shared::Shared;
-
-pub(super) async fn run<S>(
-    stream: &mut S,
-    conn: &Arc<ConnHandle>,
-    shared: &Arc<Shared>,
-    expires_at: Option<SystemTime>,
-) where
-    S: Stream<Item = Message> + Unpin,
-{
-    let mut clock = HealthClock::new(shared, expires_at);
-    let mut rate = MessageRate::new(&shared.config.rate);
-    let timer = sleep_until(clock.next_deadline());
-    tokio::pin!(timer);
-    loop {
-        tokio::select! {
-            biased;
-            () = conn.closed() => return,
-            () = &mut timer => {
-                if let Some(reason) = clock.tick(conn, shared) {
-                    conn.close(reason);
-                    return;
-                }
-                timer.as_mut().reset(clock.next_deadline());
-            }
-            frame = stream.next() => {
-                let reason = match frame {
-                    Some(message) => {
-                        clock.last_seen = Instant::now();
-                        match handle(message, conn, shared, &mut rate) {
-                            Ok(()) => continue,
-                            Err(reason) => reason,
-                        }
-                    }
-                    None => DisconnectReason::ConnectionLost,
-                };
-                conn.close(reason);
-                return;
-            }
-        }
-    }
-}
-
-/// When to ping, when a connection is stale, when its token expires.
-///
-/// The timer is reset only when it fires, not on every inbound frame: a frame just moves
-/// `last_seen`, and a timer that fires early finds the connection alive and sleeps again.
-pub(super) struct HealthClock {
-    interval: Duration,
-    stale_after: Duration,
-    pub(super) last_seen: Instant,
-    next_ping: Instant,
-    expires_at: Option<Instant>,
-}
-
-impl HealthClock {
-    pub(super) fn new(shared: &Shared, expires_at: Option<SystemTime>) -> Self {
-        let now = Instant::now();
-        // An expiry too far away for the monotonic clock is no expiry, never an overflow.
-        let expires_at = expires_at.and_then(|at| {
-            now.checked_add(
-                at.duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO),
-            )
-        });
-        Self {
-            interval: shared.config.ping_interval,
-            stale_after: shared.config.stale_after(),
-            last_seen: now,
-            next_ping: now + shared.config.ping_interval,
-            expires_at,
-        }
-    }
-
-    pub(super) fn next_deadline(&self) -> Instant {
-        let health = self.next_ping.min(self.last_seen + self.stale_after);
-        self.expires_at.map_or(health, |at| at.min(health))
-    }
-
-    /// Called when the timer fires: a reason to close, or pings sent as due.
-    pub(super) fn tick(&mut self, conn: &ConnHandle, shared: &Shared) -> Option<DisconnectReason> {
-        let now = Instant::now();
-        if self.expires_at.is_some_and(|at| now >= at) {
-            return Some(DisconnectReason::TokenExpired);
-        }
-        if now >= self.last_seen + self.stale_after {
-            return Some(DisconnectReason::Stale);
-        }
-        if now >= self.next_ping {
-            self.next_ping = now + self.interval;
-            // Pings are best effort: a full queue is the slow-consumer policy's business, and
-            // staleness is judged on what arrives, not on what we manage to send.
-            conn.offer(conn.health_ping(unix_ms()));
-            conn.offer(conn.ping(shared.ping_stamp()));
-        }
-        None
-    }
-}
-
-/// Handles one inbound frame; an `Err` closes the connection with that reason.
-fn handle(
-    message: Message,
-    conn: &Arc<ConnHandle>,
-    shared: &Arc<Shared>,
-    rate: &mut MessageRate,
-) -> Result<(), DisconnectReason> {
-    match message {
-        Message::Text(text) => handle_text(text.as_str(), conn, shared, rate),
-        Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
-        Message::Pong(payload) => handle_pong(&payload, conn, shared, rate),
-        // The WebSocket layer answers pings itself; any frame is proof of life.
-        Message::Ping(_) => charge_control(shared, rate).map(drop),
-        Message::Close(_) => Err(DisconnectReason::ClientClosed),
-    }
-}
 
 /// A WebSocket Pong. The first echo of the last Ping this server sent is free and measures a
 /// round trip (its payload is the Ping's send time); any other Pong is charged to the rate.

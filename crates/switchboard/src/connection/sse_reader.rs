@@ -1,0 +1,74 @@
+//! The reader task of transports whose frames arrive as a stream (SSE posts): each frame goes
+//! to the dispatcher; it returns once the connection has a [`DisconnectReason`].
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::ws::Message;
+use futures_util::{Stream, StreamExt};
+use tokio::time::{Instant, sleep_until};
+
+use super::dispatch::{charge_control, handle_pong, handle_text};
+use super::health::HealthClock;
+use super::rate::MessageRate;
+use crate::disconnect::DisconnectReason;
+use crate::handle::ConnHandle;
+use crate::shared::Shared;
+
+pub(super) async fn run<S>(
+    stream: &mut S,
+    conn: &Arc<ConnHandle>,
+    shared: &Arc<Shared>,
+    expires_at: Option<SystemTime>,
+) where
+    S: Stream<Item = Message> + Unpin,
+{
+    let mut clock = HealthClock::new(shared, expires_at);
+    let mut rate = MessageRate::new(&shared.config.rate);
+    let timer = sleep_until(clock.next_deadline());
+    tokio::pin!(timer);
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.closed() => return,
+            () = &mut timer => {
+                if let Some(reason) = clock.tick(conn, shared) {
+                    conn.close(reason);
+                    return;
+                }
+                timer.as_mut().reset(clock.next_deadline());
+            }
+            frame = stream.next() => {
+                let reason = match frame {
+                    Some(message) => {
+                        clock.last_seen = Instant::now();
+                        match handle(message, conn, shared, &mut rate) {
+                            Ok(()) => continue,
+                            Err(reason) => reason,
+                        }
+                    }
+                    None => DisconnectReason::ConnectionLost,
+                };
+                conn.close(reason);
+                return;
+            }
+        }
+    }
+}
+
+/// Handles one inbound frame; an `Err` closes the connection with that reason.
+fn handle(
+    message: Message,
+    conn: &Arc<ConnHandle>,
+    shared: &Arc<Shared>,
+    rate: &mut MessageRate,
+) -> Result<(), DisconnectReason> {
+    match message {
+        Message::Text(text) => handle_text(text.as_str(), conn, shared, rate),
+        Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
+        Message::Pong(payload) => handle_pong(&payload, conn, shared, rate),
+        // The WebSocket layer answers pings itself; any frame is proof of life.
+        Message::Ping(_) => charge_control(shared, rate).map(drop),
+        Message::Close(_) => Err(DisconnectReason::ClientClosed),
+    }
+}
