@@ -134,30 +134,18 @@ impl Hub {
                 .filter(|seq| reg.conns.get(seq).is_some_and(|e| pred(&e.conn)))
                 .count()
         };
-        let total_after = reg.conns.len() - replaced.len() + 1;
-        let lobby_now = reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len());
-        let lobby_after = lobby_now - freed(&|c| c.info.lobby == info.lobby) + 1;
         let ip_key = limits.ip_key(info.ip);
-        let ip_after = reg.ips.get(&ip_key).copied().unwrap_or(0)
-            - freed(&|c| limits.ip_key(c.info.ip) == ip_key)
-            + 1;
-        let user_after = existing.len() - replaced.len() + 1;
-        let user_max = match self.config.user_policy {
-            UserPolicy::Replace | UserPolicy::Reject => 1,
-            UserPolicy::Multi => limits.max_per_user,
+        let after = crate::limits::After {
+            total: reg.conns.len() - replaced.len() + 1,
+            lobby: reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len())
+                - freed(&|c| c.info.lobby == info.lobby)
+                + 1,
+            user: existing.len() - replaced.len() + 1,
+            ip: reg.ips.get(&ip_key).copied().unwrap_or(0)
+                - freed(&|c| limits.ip_key(c.info.ip) == ip_key)
+                + 1,
         };
-        if total_after > limits.max_connections {
-            return Err(DisconnectReason::ServerFull);
-        }
-        if lobby_after > limits.max_per_lobby {
-            return Err(DisconnectReason::LobbyFull);
-        }
-        if user_after > user_max {
-            return Err(DisconnectReason::UserLimit);
-        }
-        if ip_after > limits.max_per_ip {
-            return Err(DisconnectReason::IpLimit);
-        }
+        crate::limits::check(after, &limits, self.config.user_policy)?;
 
         // Commit. The new connection joins before the replaced ones leave, so a replacement in
         // the same lobby never shows a leave/join pair.

@@ -12,6 +12,7 @@
 //! - [`disconnect`]: [`DisconnectReason`], the single source of close codes and retry advice.
 //! - [`protocol`]: client and server frames of protocol v1.
 //! - `hub`: the registry (connections, users, lobbies, IPs) behind one short lock.
+//! - `limits`: the admission arithmetic (which limit a connect would exceed, in order).
 //! - `lobby`: one lobby's members and per-user presence.
 //! - `handle`: a connection's handle (identity, bounded outbound queue, close signal), what
 //!   the registry holds.
@@ -87,6 +88,7 @@ pub mod handler;
 pub mod history;
 mod hub;
 mod ids;
+mod limits;
 mod lobby;
 mod manager;
 pub mod protocol;
