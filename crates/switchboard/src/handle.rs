@@ -378,3 +378,131 @@ fn store_waker(slot: &mut Option<Waker>, waker: &Waker) {
         _ => *slot = Some(waker.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Count {
+        fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn handle(capacity: usize) -> ConnHandle {
+        let info = ConnectionInfo {
+            id: ConnectionId::new("t", 1),
+            user_id: UserId::parse("u").unwrap(),
+            lobby: LobbyCode::parse("l").unwrap(),
+            ip: [127, 0, 0, 1].into(),
+            connected_at: SystemTime::now(),
+        };
+        ConnHandle::new(1, info, capacity)
+    }
+
+    fn frame(text: &str) -> Message {
+        Message::Text(text.into())
+    }
+
+    fn drain(conn: &ConnHandle) -> Vec<String> {
+        let mut out = Vec::new();
+        conn.take_all(|m| {
+            if let Message::Text(t) = m {
+                out.push(t.to_string());
+            }
+        });
+        out
+    }
+
+    #[test]
+    fn the_task_is_woken_once_per_burst_not_per_frame() {
+        let conn = handle(8);
+        let count = Arc::new(Count::default());
+        conn.register(&Waker::from(count.clone()));
+        assert_eq!(conn.offer(frame("a")), Offer::Queued);
+        assert_eq!(conn.offer(frame("b")), Offer::Queued);
+        assert_eq!(
+            count.get(),
+            1,
+            "the first frame into an empty queue wakes, the next not"
+        );
+        assert_eq!(drain(&conn), ["a", "b"]);
+        assert_eq!(conn.offer(frame("c")), Offer::Queued);
+        assert_eq!(count.get(), 2, "empty again: the next burst wakes again");
+    }
+
+    #[test]
+    fn quiet_frames_wait_for_the_next_loud_one_or_a_wake() {
+        let conn = handle(8);
+        let count = Arc::new(Count::default());
+        conn.register(&Waker::from(count.clone()));
+        assert_eq!(conn.offer_quietly(frame("event")), (Offer::Queued, true));
+        assert_eq!(conn.offer_quietly(frame("event 2")), (Offer::Queued, false));
+        assert_eq!(count.get(), 0, "quiet offers wake nobody");
+        // A loud frame behind quiet ones wakes the task, though the queue was not empty.
+        assert_eq!(conn.offer(frame("message")), Offer::Queued);
+        assert_eq!(count.get(), 1);
+        assert_eq!(drain(&conn), ["event", "event 2", "message"]);
+        conn.offer_quietly(frame("event 3"));
+        conn.wake();
+        assert_eq!(count.get(), 2, "an explicit wake announces them");
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_a_shut_one_is_closed() {
+        let conn = handle(2);
+        assert_eq!(conn.offer(frame("1")), Offer::Queued);
+        assert_eq!(conn.offer(frame("2")), Offer::Queued);
+        assert_eq!(conn.offer(frame("3")), Offer::Full);
+        assert_eq!(drain(&conn), ["1", "2"], "the refused frame is not queued");
+        conn.shut();
+        assert_eq!(conn.offer(frame("4")), Offer::Closed);
+        assert!(drain(&conn).is_empty());
+    }
+
+    #[test]
+    fn a_batch_is_bounded_in_frames_and_bytes_but_takes_one_large_frame() {
+        let conn = handle(8);
+        for text in ["aaaa", "bbbb", "cccc", &"x".repeat(100)] {
+            conn.offer(frame(text));
+        }
+        let mut got = Vec::new();
+        let n = conn.take_batch(8, 8, |m| got.push(m));
+        assert_eq!(n, 2, "8 bytes: two 4-byte frames");
+        assert_eq!(conn.take_batch(1, 1024, |_| {}), 1, "at most `max` frames");
+        assert_eq!(
+            conn.take_batch(8, 8, |_| {}),
+            1,
+            "a larger frame goes alone"
+        );
+        assert_eq!(conn.take_batch(8, 8, |_| {}), 0);
+    }
+
+    #[test]
+    fn closing_wakes_the_task_and_the_first_reason_wins() {
+        let conn = handle(8);
+        let count = Arc::new(Count::default());
+        conn.register(&Waker::from(count.clone()));
+        assert!(conn.close(DisconnectReason::Kicked));
+        assert!(!conn.close(DisconnectReason::Stale));
+        assert_eq!(conn.reason(), Some(DisconnectReason::Kicked));
+        assert_eq!(count.get(), 1);
+    }
+}
