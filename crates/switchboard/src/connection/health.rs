@@ -64,3 +64,91 @@ impl HealthClock {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::extract::ws::Message;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::handle::ConnectionInfo;
+    use crate::handler::NoHandler;
+    use crate::ids::{ConnectionId, LobbyCode, UserId};
+
+    fn setup() -> (Shared, ConnHandle) {
+        let config = Config {
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
+            ..Config::default()
+        };
+        let info = ConnectionInfo {
+            id: ConnectionId::new("t", 1),
+            user_id: UserId::parse("u").unwrap(),
+            lobby: LobbyCode::parse("l").unwrap(),
+            ip: [127, 0, 0, 1].into(),
+            connected_at: SystemTime::now(),
+        };
+        (
+            Shared::new(config, Arc::new(NoHandler)),
+            ConnHandle::new(1, info, 8),
+        )
+    }
+
+    fn queued(conn: &ConnHandle) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        conn.take_all(|m| {
+            kinds.push(match m {
+                Message::Text(_) => "health_ping",
+                Message::Ping(_) => "ping",
+                _ => "other",
+            });
+        });
+        kinds
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_interval_and_stale_after_silence() {
+        let (shared, conn) = setup();
+        let mut clock = HealthClock::new(&shared, None);
+        let start = Instant::now();
+        assert_eq!(clock.next_deadline(), start + Duration::from_secs(20));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(clock.tick(&conn, &shared), None);
+        assert_eq!(queued(&conn), ["health_ping", "ping"]);
+        // The next deadline: staleness (30 s after the last frame) before the next ping (40 s).
+        assert_eq!(clock.next_deadline(), start + Duration::from_secs(30));
+        // A frame arrives at 25 s: alive until 55 s; the ping at 40 s comes first.
+        clock.last_seen = start + Duration::from_secs(25);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(
+            clock.tick(&conn, &shared),
+            None,
+            "an early wake finds it alive"
+        );
+        assert_eq!(clock.next_deadline(), start + Duration::from_secs(40));
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert_eq!(clock.tick(&conn, &shared), Some(DisconnectReason::Stale));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_expiry_closes_first_and_an_absurd_one_is_none() {
+        let (shared, conn) = setup();
+        let expires = SystemTime::now() + Duration::from_secs(5);
+        let mut clock = HealthClock::new(&shared, Some(expires));
+        assert!(clock.next_deadline() <= Instant::now() + Duration::from_secs(5));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(
+            clock.tick(&conn, &shared),
+            Some(DisconnectReason::TokenExpired)
+        );
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 4);
+        let clock = HealthClock::new(&shared, Some(far));
+        assert_eq!(
+            clock.next_deadline(),
+            Instant::now() + Duration::from_secs(20),
+            "no expiry, no overflow"
+        );
+    }
+}
