@@ -13,7 +13,7 @@ use crate::cluster::{Cluster, ClusterStats, LocalNode};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Socket};
 use crate::disconnect::DisconnectReason;
-use crate::error::Error;
+use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
 use crate::handler::{Handler, NoHandler};
 use crate::hub::Exclude;
@@ -250,6 +250,38 @@ impl Manager {
             .is_ok()
     }
 
+    /// Opens an SSE stream for `request`, with the same admission as a WebSocket. A refusal
+    /// is an HTTP status with a JSON error body: 401 (`unauthorized`), 429 (`rate_limited`),
+    /// 503 (a capacity limit or a shutdown, with `Retry-After`).
+    pub async fn accept_sse(&self, request: ConnectRequest) -> Response {
+        crate::sse::open(&self.shared, request).await
+    }
+
+    /// Hands a client frame posted for an SSE connection on this node to that connection, as
+    /// if it had arrived on a socket. `user` and `lobby` are the poster's, checked against the
+    /// connection's.
+    pub fn sse_post(
+        &self,
+        connection_id: &str,
+        user: &str,
+        lobby: &str,
+        frame: &str,
+    ) -> Result<(), SsePostError> {
+        self.shared.post_to_sse(connection_id, user, lobby, frame)
+    }
+
+    /// Like [`Manager::sse_post`], for a connection on any node (the cluster forwards it;
+    /// then only its existence is checked here).
+    pub async fn sse_post_everywhere(
+        &self,
+        connection_id: &str,
+        user: &str,
+        lobby: &str,
+        frame: &str,
+    ) -> Result<(), SsePostError> {
+        crate::sse::post_everywhere(&self.shared, connection_id, user, lobby, frame).await
+    }
+
     /// The handle a cluster delivers through (what other nodes send to this one).
     pub fn local_node(&self) -> LocalNode {
         LocalNode::new(&self.shared)
@@ -329,10 +361,6 @@ impl Manager {
             Some(cluster) if cluster.close_connection(id, reason).await == Some(true) => Ok(()),
             _ => Err(Error::NoSuchConnection),
         }
-    }
-
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
     }
 
     fn find(&self, id: &str) -> Result<Arc<ConnHandle>, Error> {

@@ -4,10 +4,11 @@
 //! WebSocket one (it runs through the same `connection::drive`); only the transport differs:
 //! server frames leave as SSE events (`event:` the frame's type, `data:` the JSON frame, `id:`
 //! `EPOCH:OFFSET` for messages, so the browser's `Last-Event-ID` recovers), and client frames
-//! arrive as HTTP posts ([`Manager::sse_post`]). A close is an event `close` with the code and
+//! arrive as HTTP posts (`Manager::sse_post`). A close is an event `close` with the code and
 //! reason, then the stream ends. Refusals happen before the stream starts, as HTTP statuses.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
@@ -20,8 +21,8 @@ use tokio_util::sync::PollSender;
 
 use crate::connection;
 use crate::disconnect::DisconnectReason;
-use crate::manager::Manager;
 use crate::request::ConnectRequest;
+use crate::shared::Shared;
 
 /// Client frames waiting for an SSE connection's reader; beyond this a post gets 429.
 const INBOUND_QUEUE: usize = 64;
@@ -31,87 +32,65 @@ const BODY_QUEUE: usize = 16;
 
 pub use crate::error::SsePostError;
 
-impl Manager {
-    /// Opens an SSE stream for `request`, with the same admission as a WebSocket. A refusal
-    /// is an HTTP status with a JSON error body: 401 (`unauthorized`), 429 (`rate_limited`),
-    /// 503 (a capacity limit or a shutdown, with `Retry-After`).
-    pub async fn accept_sse(&self, request: ConnectRequest) -> Response {
-        let (inbound, frames) = mpsc::channel(INBOUND_QUEUE);
-        let admitted = match connection::admit(self.shared(), request, Some(inbound)).await {
-            Ok(admitted) => admitted,
-            Err(reason) => return refusal(reason),
-        };
-        let (body, events) = mpsc::channel::<Bytes>(BODY_QUEUE);
-        let stream = Box::pin(futures_util::stream::unfold(frames, |mut frames| async {
-            frames.recv().await.map(|frame| (frame, frames))
-        }));
-        let sink = SseSink {
-            body: PollSender::new(body),
-            epoch: None,
-        };
-        let shared = self.shared().clone();
-        self.shared()
-            .tracker
-            .spawn(connection::drive(shared, admitted, stream, sink));
-        let body = futures_util::stream::unfold(events, |mut events| async {
-            events
-                .recv()
-                .await
-                .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), events))
-        });
-        (
-            [
-                (header::CONTENT_TYPE, "text/event-stream"),
-                (header::CACHE_CONTROL, "no-cache"),
-                (header::HeaderName::from_static("x-accel-buffering"), "no"),
-            ],
-            Body::from_stream(body),
-        )
-            .into_response()
-    }
-
-    /// Hands a client frame posted for an SSE connection on this node to that connection, as
-    /// if it had arrived on a socket. `user` and `lobby` are the poster's, checked against the
-    /// connection's.
-    pub fn sse_post(
-        &self,
-        connection_id: &str,
-        user: &str,
-        lobby: &str,
-        frame: &str,
-    ) -> Result<(), SsePostError> {
-        self.shared().post_to_sse(connection_id, user, lobby, frame)
-    }
-
-    /// Like [`Manager::sse_post`], for a connection on any node (the cluster forwards it;
-    /// then only its existence is checked here).
-    pub async fn sse_post_everywhere(
-        &self,
-        connection_id: &str,
-        user: &str,
-        lobby: &str,
-        frame: &str,
-    ) -> Result<(), SsePostError> {
-        match self.sse_post(connection_id, user, lobby, frame) {
-            Err(SsePostError::NotFound) => {}
-            done => return done,
-        }
-        // An id names its node (`NODE-SEQ`); anything else is no connection anywhere.
-        let Some(cluster) = self
-            .shared()
-            .cluster()
-            .filter(|_| connection_id.contains('-'))
-        else {
-            return Err(SsePostError::NotFound);
-        };
-        match cluster
-            .forward_post(connection_id, user, lobby, frame)
+/// Opens an SSE stream for `request` (`Manager::accept_sse`).
+pub(crate) async fn open(shared: &Arc<Shared>, request: ConnectRequest) -> Response {
+    let (inbound, frames) = mpsc::channel(INBOUND_QUEUE);
+    let admitted = match connection::admit(shared, request, Some(inbound)).await {
+        Ok(admitted) => admitted,
+        Err(reason) => return refusal(reason),
+    };
+    let (body, events) = mpsc::channel::<Bytes>(BODY_QUEUE);
+    let stream = Box::pin(futures_util::stream::unfold(frames, |mut frames| async {
+        frames.recv().await.map(|frame| (frame, frames))
+    }));
+    let sink = SseSink {
+        body: PollSender::new(body),
+        epoch: None,
+    };
+    shared
+        .tracker
+        .spawn(connection::drive(shared.clone(), admitted, stream, sink));
+    let body = futures_util::stream::unfold(events, |mut events| async {
+        events
+            .recv()
             .await
-        {
-            Some(true) => Ok(()),
-            Some(false) => Err(SsePostError::NotFound),
-            None => Err(SsePostError::Unavailable),
-        }
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), events))
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Hands a posted client frame to its SSE connection, on this node or (through the cluster)
+/// on the node the connection id names.
+pub(crate) async fn post_everywhere(
+    shared: &Shared,
+    connection_id: &str,
+    user: &str,
+    lobby: &str,
+    frame: &str,
+) -> Result<(), SsePostError> {
+    match shared.post_to_sse(connection_id, user, lobby, frame) {
+        Err(SsePostError::NotFound) => {}
+        done => return done,
+    }
+    // An id names its node (`NODE-SEQ`); anything else is no connection anywhere.
+    let Some(cluster) = shared.cluster().filter(|_| connection_id.contains('-')) else {
+        return Err(SsePostError::NotFound);
+    };
+    match cluster
+        .forward_post(connection_id, user, lobby, frame)
+        .await
+    {
+        Some(true) => Ok(()),
+        Some(false) => Err(SsePostError::NotFound),
+        None => Err(SsePostError::Unavailable),
     }
 }
 
