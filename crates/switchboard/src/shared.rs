@@ -33,8 +33,9 @@ pub(crate) struct Shared {
     /// Cancelled at shutdown: leave-grace timers end early.
     shutdown: CancellationToken,
     next_seq: AtomicU64,
-    /// Origin of the protocol ping payloads (microseconds since it).
-    epoch: Instant,
+    /// When the manager started: the origin of the ping stamps and rate windows (not the
+    /// history's `epoch`, which names a lobby's numbering).
+    started: Instant,
     /// New connections per IP per second, if limited.
     connect_rate: Option<ConnectRate>,
     /// The other nodes, once attached.
@@ -91,7 +92,7 @@ impl Shared {
             tracker,
             shutdown: CancellationToken::new(),
             next_seq: AtomicU64::new(1),
-            epoch: Instant::now(),
+            started: Instant::now(),
             connect_rate,
             cluster: OnceLock::new(),
         }
@@ -171,18 +172,18 @@ impl Shared {
     /// A protocol ping's payload: the time since the manager started, in microseconds
     /// (at least 1: 0 means "no ping outstanding" to a connection).
     pub(crate) fn ping_stamp(&self) -> u64 {
-        (self.epoch.elapsed().as_micros() as u64).max(1)
+        (self.started.elapsed().as_micros() as u64).max(1)
     }
 
     /// The round trip of a pong echoing `stamp` ([`ping_stamp`](Self::ping_stamp)).
     pub(crate) fn rtt_since(&self, stamp: u64) -> Option<Duration> {
-        let now = self.epoch.elapsed().as_micros() as u64;
+        let now = self.started.elapsed().as_micros() as u64;
         now.checked_sub(stamp).map(Duration::from_micros)
     }
 
     /// The manager's clock in whole seconds (for rate-limit windows).
     pub(crate) fn clock_secs(&self) -> u32 {
-        u32::try_from(self.epoch.elapsed().as_secs()).unwrap_or(u32::MAX)
+        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
     /// Times a leave grace; at shutdown the leave happens at once.
