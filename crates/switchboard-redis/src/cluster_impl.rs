@@ -1,0 +1,249 @@
+//! `Cluster` for `RedisCluster`: what the manager asks of the cluster (admit, release,
+//! publish, presence, counts), each a script call or a queued publish.
+
+use super::*;
+
+impl Cluster for RedisCluster {
+    fn admit<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, Admission> {
+        Box::pin(async move {
+            // Subscribe before reserving: nothing published after our members exist is missed.
+            self.subscribe_lobby(conn.lobby.as_str()).await;
+            let registering = self.registry.read().await;
+            let admission = self.admit_remote(conn).await;
+            if !matches!(admission, Admission::Refused(_)) {
+                self.conns
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(conn.id.as_str().to_owned(), conn.clone());
+            }
+            drop(registering);
+            if let Admission::Refused(_) = admission {
+                self.unsubscribe_lobby(conn.lobby.as_str()).await;
+            }
+            admission
+        })
+    }
+
+    fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            self.unsubscribe_lobby(conn.lobby.as_str()).await;
+            let _releasing = self.registry.read().await;
+            self.conns
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(conn.id.as_str());
+            let Some(mut con) = self.connection() else {
+                self.needs_resync.store(true, Ordering::SeqCst);
+                return;
+            };
+            let released: Result<(i64, i64), _> = self
+                .scripts
+                .release
+                .arg(&self.cfg.key_prefix)
+                .arg(self.history_ttl_ms())
+                .arg(&self.cfg.node_id)
+                .arg(conn.id.as_str())
+                .invoke_async(&mut con)
+                .await;
+            match released {
+                Ok((1, members)) if members as usize <= self.cfg.events_max_members => {
+                    self.announce_left(&[format!("{}\t{}", conn.lobby, conn.user_id)]);
+                }
+                Ok(_) => {}
+                Err(error) => self.failed("release", &error),
+            }
+        })
+    }
+
+    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> Published {
+        self.enqueue_data(Outgoing::Message {
+            lobby: lobby.as_str().to_owned(),
+            frame: frame.to_owned(),
+            skip: skip.encode(),
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        lobby: &'a LobbyCode,
+        since: Option<u64>,
+    ) -> BoxFuture<'a, Option<ClusterHistory>> {
+        Box::pin(async move {
+            let mut con = self.connection()?;
+            let now = self.local_ms();
+            let replayed: redis::RedisResult<(String, u64, Vec<String>)> = self
+                .scripts
+                .replay
+                .arg(&self.cfg.key_prefix)
+                .arg(self.history_ttl_ms())
+                .arg(lobby.as_str())
+                // No recovery asked: just the epoch and last offset.
+                .arg(since.unwrap_or(u64::MAX / 2))
+                .arg(now)
+                .arg(self.history_ttl_ms())
+                .arg(format!("{:016x}", fastrand::u64(..)))
+                .invoke_async(&mut con)
+                .await;
+            let (epoch, last, flat) = match replayed {
+                Ok(r) => r,
+                Err(error) => {
+                    self.failed("history", &error);
+                    return None;
+                }
+            };
+            let frames = flat
+                .chunks(2)
+                .filter_map(|pair| Some((pair[0].parse().ok()?, pair.get(1)?.clone())))
+                .collect();
+            Some(ClusterHistory {
+                epoch,
+                last,
+                frames,
+            })
+        })
+    }
+
+    fn publish_user(&self, user: &str, frame: &str) -> Published {
+        self.enqueue_data(Outgoing::User {
+            user: user.to_owned(),
+            frame: frame.to_owned(),
+        })
+    }
+
+    fn presence<'a>(&'a self, lobby: &'a LobbyCode) -> BoxFuture<'a, Option<Vec<String>>> {
+        Box::pin(async move {
+            let mut con = self.connection()?;
+            let key = self.key(&format!("lobby:{lobby}:users"));
+            match con.hkeys::<_, Vec<String>>(key).await {
+                Ok(mut users) => {
+                    users.sort_unstable();
+                    Some(users)
+                }
+                Err(error) => {
+                    self.failed("presence", &error);
+                    None
+                }
+            }
+        })
+    }
+
+    fn lobbies(&self) -> BoxFuture<'_, Option<Vec<ClusterLobby>>> {
+        Box::pin(async move {
+            let mut con = self.connection()?;
+            let names: Vec<String> = match con.smembers(self.key("lobbies")).await {
+                Ok(names) => names,
+                Err(error) => {
+                    self.failed("lobbies", &error);
+                    return None;
+                }
+            };
+            let mut pipe = redis::pipe();
+            for name in &names {
+                pipe.get(self.key(&format!("lobby:{name}:count")))
+                    .hlen(self.key(&format!("lobby:{name}:users")));
+            }
+            let counts: Vec<Option<usize>> = pipe.query_async(&mut con).await.ok()?;
+            let mut lobbies: Vec<ClusterLobby> = names
+                .into_iter()
+                .zip(counts.chunks(2))
+                .map(|(lobby, c)| ClusterLobby {
+                    lobby,
+                    connections: c[0].unwrap_or(0),
+                    users: c.get(1).copied().flatten().unwrap_or(0),
+                })
+                .filter(|l| l.connections > 0)
+                .collect();
+            lobbies.sort_unstable_by(|a, b| a.lobby.cmp(&b.lobby));
+            Some(lobbies)
+        })
+    }
+
+    fn close_user<'a>(
+        &'a self,
+        user: &'a str,
+        reason: DisconnectReason,
+    ) -> BoxFuture<'a, Option<usize>> {
+        Box::pin(async move {
+            let mut con = self.connection()?;
+            let held: HashMap<String, String> =
+                con.hgetall(self.key(&format!("user:{user}"))).await.ok()?;
+            let mut elsewhere = 0;
+            let mut nodes: Vec<&str> = Vec::new();
+            for value in held.values() {
+                let node = value.split('\t').next().unwrap_or_default();
+                if node != self.cfg.node_id {
+                    elsewhere += 1;
+                    nodes.push(node);
+                }
+            }
+            nodes.sort_unstable();
+            nodes.dedup();
+            for node in nodes {
+                let payload = format!("close_user{SEP}{user}{SEP}{}", reason.as_str());
+                self.enqueue(
+                    Outgoing::Publish {
+                        channel: self.node_channel(node),
+                        payload,
+                    },
+                    Priority::Control,
+                );
+            }
+            Some(elsewhere)
+        })
+    }
+
+    fn close_connection<'a>(
+        &'a self,
+        id: &'a str,
+        reason: DisconnectReason,
+    ) -> BoxFuture<'a, Option<bool>> {
+        Box::pin(self.send_to_owner(
+            id,
+            format!("close{SEP}{id}{SEP}{}", reason.as_str()),
+            Priority::Control,
+        ))
+    }
+
+    fn forward_post<'a>(
+        &'a self,
+        id: &'a str,
+        user: &'a str,
+        lobby: &'a str,
+        frame: &'a str,
+    ) -> BoxFuture<'a, Option<bool>> {
+        Box::pin(self.send_to_owner(
+            id,
+            format!("post{SEP}{id}\t{user}\t{lobby}{SEP}{frame}"),
+            Priority::Data,
+        ))
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Option<ClusterStats>> {
+        Box::pin(async move {
+            let mut con = self.connection()?;
+            let (nodes, total, lobbies, users): (usize, Option<usize>, usize, Option<usize>) =
+                redis::pipe()
+                    .zcard(self.key("nodes"))
+                    .get(self.key("count"))
+                    .scard(self.key("lobbies"))
+                    .get(self.key("users"))
+                    .query_async(&mut con)
+                    .await
+                    .ok()?;
+            Some(ClusterStats::new(
+                nodes,
+                total.unwrap_or(0),
+                lobbies,
+                users.unwrap_or(0),
+            ))
+        })
+    }
+
+    fn status(&self) -> &'static str {
+        if self.up.load(Ordering::Relaxed) {
+            "up"
+        } else {
+            "down"
+        }
+    }
+}
