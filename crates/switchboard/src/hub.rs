@@ -507,11 +507,9 @@ impl Hub {
     /// Encodes a `presence` answer under the lock, without copying the user list.
     pub(crate) fn presence_frame(&self, lobby: &LobbyCode) -> Message {
         let reg = self.lock();
-        let users = reg
-            .lobbies
-            .get(lobby)
-            .map(Lobby::user_list)
-            .unwrap_or_default();
+        let users = reg.lobbies.get(lobby).map_or_else(Vec::new, |l| {
+            l.user_list().into_iter().map(UserId::as_str).collect()
+        });
         text(ServerFrame::Presence { lobby, users }.encode())
     }
 

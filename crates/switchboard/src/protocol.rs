@@ -225,9 +225,10 @@ pub(crate) enum ServerFrame<'a> {
         from: Option<&'a UserId>,
         data: &'a RawValue,
     },
+    /// The lobby's users, sorted: this node's registry or, in cluster mode, the cluster's.
     Presence {
         lobby: &'a LobbyCode,
-        users: Vec<&'a UserId>,
+        users: Vec<&'a str>,
     },
     MemberJoined {
         lobby: &'a LobbyCode,

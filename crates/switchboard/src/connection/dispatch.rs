@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Message;
-
 use super::rate::{MessageRate, Verdict};
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
@@ -168,28 +166,17 @@ pub(super) fn queue_presence_list(conn: &Arc<ConnHandle>, shared: &Arc<Shared>) 
             shared.tracker.spawn(async move {
                 let shared = shared2;
                 let frame = match cluster.presence(&conn.info.lobby).await {
-                    Some(users) => cluster_presence_frame(&conn.info.lobby, &users),
+                    Some(users) => {
+                        let users = users.iter().map(String::as_str).collect();
+                        let lobby = &conn.info.lobby;
+                        text(ServerFrame::Presence { lobby, users }.encode())
+                    }
                     None => shared.hub.presence_frame(&conn.info.lobby),
                 };
                 shared.hub.deliver(&conn, frame);
             });
         }
     }
-}
-
-fn cluster_presence_frame(lobby: &crate::ids::LobbyCode, users: &[String]) -> Message {
-    #[derive(serde::Serialize)]
-    struct Presence<'a> {
-        r#type: &'static str,
-        lobby: &'a crate::ids::LobbyCode,
-        users: &'a [String],
-    }
-    let frame = Presence {
-        r#type: "presence",
-        lobby,
-        users,
-    };
-    text(serde_json::to_string(&frame).expect("plain data serializes"))
 }
 
 fn overloaded() -> ClientError {
