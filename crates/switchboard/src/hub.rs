@@ -16,7 +16,7 @@ use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::disconnect::DisconnectReason;
 use crate::event_batch::EventBatch;
 use crate::handle::{ConnHandle, Offer};
-use crate::history::{ClusterHistory, Histories, Recovery};
+use crate::history::{ClusterHistory, Histories, History, HistoryConfig, Recovery};
 use crate::ids::{LobbyCode, UserId};
 use crate::lobby::{Lobby, PresenceChange};
 use crate::protocol::{ServerFrame, text};
@@ -165,19 +165,7 @@ impl Hub {
             debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
             // Replay before the connection can see anything live: both happen under this lock.
             if let Some(recovery) = recovery {
-                let replay = match cluster_history {
-                    Some(cluster) => history.replay_with(recovery, cluster, config),
-                    None => history
-                        .replay(recovery, config)
-                        .map(|frames| frames.into_iter().map(|f| (0, f)).collect()),
-                };
-                let ok = replay.is_some();
-                for (offset, frame) in replay.unwrap_or_default() {
-                    conn.replayed_until
-                        .store(offset, std::sync::atomic::Ordering::Relaxed);
-                    conn.offer(frame);
-                }
-                conn.offer(text(ServerFrame::Recovered { ok }.encode()));
+                queue_replay(&conn, history, recovery, cluster_history, config);
             }
         });
         if change == PresenceChange::Joined && !conn.cluster_presence {
@@ -205,6 +193,13 @@ impl Hub {
                 old.close(DisconnectReason::Replaced);
             }
         }
+        self.warn_near_capacity(reg, &info.lobby);
+        Ok(())
+    }
+
+    /// Logs when a connect takes the server or its lobby past `capacity_warn_percent`.
+    fn warn_near_capacity(&self, reg: &Registry, lobby: &LobbyCode) {
+        let limits = &self.config.limits;
         if self.crosses_warning(reg.conns.len(), limits.max_connections) {
             tracing::warn!(
                 connections = reg.conns.len(),
@@ -212,11 +207,10 @@ impl Hub {
                 "capacity: connections above the warning threshold"
             );
         }
-        let members = reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len());
+        let members = reg.lobbies.get(lobby).map_or(0, |l| l.members.len());
         if self.crosses_warning(members, limits.max_per_lobby) {
-            tracing::warn!(lobby = %info.lobby, members, max = limits.max_per_lobby, "capacity: lobby above the warning threshold");
+            tracing::warn!(%lobby, members, max = limits.max_per_lobby, "capacity: lobby above the warning threshold");
         }
-        Ok(())
     }
 
     /// Whether `count` just reached `capacity_warn_percent` of `max` (warned once per crossing).
@@ -583,6 +577,30 @@ impl Hub {
             assert_eq!(counted as usize, lobby.members.len());
         }
     }
+}
+
+/// Queues the replay a reconnecting connection asked for (from this node's ring, and in cluster
+/// mode the cluster's kept broadcasts), then `recovered` with whether it was complete.
+fn queue_replay(
+    conn: &ConnHandle,
+    history: &mut History,
+    recovery: &Recovery,
+    cluster_history: Option<&ClusterHistory>,
+    config: &HistoryConfig,
+) {
+    let replay = match cluster_history {
+        Some(cluster) => history.replay_with(recovery, cluster, config),
+        None => history
+            .replay(recovery, config)
+            .map(|frames| frames.into_iter().map(|f| (0, f)).collect()),
+    };
+    let ok = replay.is_some();
+    for (offset, frame) in replay.unwrap_or_default() {
+        conn.replayed_until
+            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        conn.offer(frame);
+    }
+    conn.offer(text(ServerFrame::Recovered { ok }.encode()));
 }
 
 #[cfg(test)]
