@@ -84,38 +84,12 @@ impl EventBatch {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
-    use std::time::SystemTime;
-
     use super::*;
-    use crate::handle::ConnectionInfo;
-    use crate::ids::{ConnectionId, LobbyCode, UserId};
+    use crate::handle::testing::{WakeCount, handle};
 
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn conn(seq: u64) -> (Arc<ConnHandle>, Arc<Count>) {
-        let info = ConnectionInfo {
-            id: ConnectionId::new("t", seq),
-            user_id: UserId::parse("u").unwrap(),
-            lobby: LobbyCode::parse("l").unwrap(),
-            ip: [127, 0, 0, 1].into(),
-            connected_at: SystemTime::now(),
-        };
-        let conn = Arc::new(ConnHandle::new(seq, info, 8));
-        let count = Arc::new(Count::default());
-        conn.register(&Waker::from(count.clone()));
-        (conn, count)
+    fn conn(seq: u64) -> (Arc<ConnHandle>, Arc<WakeCount>) {
+        let (conn, count) = handle(seq, 8);
+        (Arc::new(conn), count)
     }
 
     fn event() -> Message {
@@ -132,20 +106,12 @@ mod tests {
             assert_eq!(batch.offer(&a, event()), Offer::Queued);
         }
         batch.offer(&b, event());
-        assert_eq!(
-            woken_a.0.load(Ordering::SeqCst),
-            0,
-            "not before the batch is due"
-        );
+        assert_eq!(woken_a.get(), 0, "not before the batch is due");
         // The flush runs on the tracker: once it has ended, the batch was written.
         tracker.close();
         tracker.wait().await;
-        assert_eq!(
-            woken_a.0.load(Ordering::SeqCst),
-            1,
-            "one wake for three events"
-        );
-        assert_eq!(woken_b.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken_a.get(), 1, "one wake for three events");
+        assert_eq!(woken_b.get(), 1);
         let mut queued = 0;
         a.take_all(|_| queued += 1);
         assert_eq!(
@@ -160,7 +126,7 @@ mod tests {
         let batch = EventBatch::new(Duration::ZERO, tracker.clone());
         let (a, woken) = conn(1);
         batch.offer(&a, event());
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.get(), 1);
         assert!(tracker.is_empty(), "nothing scheduled");
     }
 }

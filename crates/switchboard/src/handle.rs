@@ -379,19 +379,22 @@ fn store_waker(slot: &mut Option<Waker>, waker: &Waker) {
     }
 }
 
+/// Fixtures for the crate's unit tests: a handle, and a waker that counts its wakes.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::sync::Arc;
-    use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+    use std::time::SystemTime;
 
-    use super::*;
+    use super::{ConnHandle, ConnectionInfo};
+    use crate::ids::{ConnectionId, LobbyCode, UserId};
 
     /// A waker that counts its wakes.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
+    #[derive(Debug, Default)]
+    pub(crate) struct WakeCount(AtomicUsize);
 
-    impl Wake for Count {
+    impl Wake for WakeCount {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
@@ -400,22 +403,32 @@ mod tests {
         }
     }
 
-    impl Count {
-        fn get(&self) -> usize {
+    impl WakeCount {
+        pub(crate) fn get(&self) -> usize {
             self.0.load(Ordering::SeqCst)
         }
     }
 
-    fn handle(capacity: usize) -> ConnHandle {
+    /// A handle for user `u` in lobby `l`, and the count of the wakes of its task.
+    pub(crate) fn handle(seq: u64, capacity: usize) -> (ConnHandle, Arc<WakeCount>) {
         let info = ConnectionInfo {
-            id: ConnectionId::new("t", 1),
+            id: ConnectionId::new("t", seq),
             user_id: UserId::parse("u").unwrap(),
             lobby: LobbyCode::parse("l").unwrap(),
             ip: [127, 0, 0, 1].into(),
             connected_at: SystemTime::now(),
         };
-        ConnHandle::new(1, info, capacity)
+        let conn = ConnHandle::new(seq, info, capacity);
+        let count = Arc::new(WakeCount::default());
+        conn.register(&Waker::from(count.clone()));
+        (conn, count)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::handle;
+    use super::*;
 
     fn frame(text: &str) -> Message {
         Message::Text(text.into())
@@ -433,9 +446,7 @@ mod tests {
 
     #[test]
     fn the_task_is_woken_once_per_burst_not_per_frame() {
-        let conn = handle(8);
-        let count = Arc::new(Count::default());
-        conn.register(&Waker::from(count.clone()));
+        let (conn, count) = handle(1, 8);
         assert_eq!(conn.offer(frame("a")), Offer::Queued);
         assert_eq!(conn.offer(frame("b")), Offer::Queued);
         assert_eq!(
@@ -450,9 +461,7 @@ mod tests {
 
     #[test]
     fn quiet_frames_wait_for_the_next_loud_one_or_a_wake() {
-        let conn = handle(8);
-        let count = Arc::new(Count::default());
-        conn.register(&Waker::from(count.clone()));
+        let (conn, count) = handle(1, 8);
         assert_eq!(conn.offer_quietly(frame("event")), (Offer::Queued, true));
         assert_eq!(conn.offer_quietly(frame("event 2")), (Offer::Queued, false));
         assert_eq!(count.get(), 0, "quiet offers wake nobody");
@@ -467,7 +476,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_and_a_shut_one_is_closed() {
-        let conn = handle(2);
+        let (conn, _) = handle(1, 2);
         assert_eq!(conn.offer(frame("1")), Offer::Queued);
         assert_eq!(conn.offer(frame("2")), Offer::Queued);
         assert_eq!(conn.offer(frame("3")), Offer::Full);
@@ -479,7 +488,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_bounded_in_frames_and_bytes_but_takes_one_large_frame() {
-        let conn = handle(8);
+        let (conn, _) = handle(1, 8);
         for text in ["aaaa", "bbbb", "cccc", &"x".repeat(100)] {
             conn.offer(frame(text));
         }
@@ -497,9 +506,7 @@ mod tests {
 
     #[test]
     fn closing_wakes_the_task_and_the_first_reason_wins() {
-        let conn = handle(8);
-        let count = Arc::new(Count::default());
-        conn.register(&Waker::from(count.clone()));
+        let (conn, count) = handle(1, 8);
         assert!(conn.close(DisconnectReason::Kicked));
         assert!(!conn.close(DisconnectReason::Stale));
         assert_eq!(conn.reason(), Some(DisconnectReason::Kicked));

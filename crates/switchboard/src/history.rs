@@ -111,10 +111,21 @@ impl History {
         }
     }
 
-    fn push(&mut self, entry: Entry, config: &HistoryConfig) {
+    /// Keeps `frame` as broadcast `offset`, numbered `seq + 1` across the server, after
+    /// dropping what expired and, when the ring is full, its oldest entry.
+    fn keep(&mut self, offset: u64, frame: Message, config: &HistoryConfig, seq: &mut u64) {
+        let now = Instant::now();
+        self.expire(now, config);
         if self.ring.len() == config.size {
             self.pop_front();
         }
+        *seq += 1;
+        let entry = Entry {
+            seq: *seq,
+            offset,
+            at: now,
+            frame,
+        };
         self.bytes += entry.cost();
         self.ring.push_back(entry);
     }
@@ -159,16 +170,7 @@ impl History {
     ) {
         self.last = self.last.max(offset);
         if config.size > 0 && self.ring.back().is_none_or(|e| e.offset < offset) {
-            let now = Instant::now();
-            self.expire(now, config);
-            *seq += 1;
-            let entry = Entry {
-                seq: *seq,
-                offset,
-                at: now,
-                frame,
-            };
-            self.push(entry, config);
+            self.keep(offset, frame, config, seq);
         }
     }
 
@@ -230,16 +232,7 @@ impl History {
         self.last += 1;
         let frame = Message::Text(with_offset(frame_without_offset, self.last).into());
         if config.size > 0 {
-            let now = Instant::now();
-            self.expire(now, config);
-            *seq += 1;
-            let entry = Entry {
-                seq: *seq,
-                offset: self.last,
-                at: now,
-                frame: frame.clone(),
-            };
-            self.push(entry, config);
+            self.keep(self.last, frame.clone(), config, seq);
         }
         frame
     }

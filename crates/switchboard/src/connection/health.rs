@@ -73,9 +73,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::handle::ConnectionInfo;
     use crate::handler::NoHandler;
-    use crate::ids::{ConnectionId, LobbyCode, UserId};
 
     fn setup() -> (Shared, ConnHandle) {
         let config = Config {
@@ -83,17 +81,8 @@ mod tests {
             pong_timeout: Duration::from_secs(10),
             ..Config::default()
         };
-        let info = ConnectionInfo {
-            id: ConnectionId::new("t", 1),
-            user_id: UserId::parse("u").unwrap(),
-            lobby: LobbyCode::parse("l").unwrap(),
-            ip: [127, 0, 0, 1].into(),
-            connected_at: SystemTime::now(),
-        };
-        (
-            Shared::new(config, Arc::new(NoHandler)),
-            ConnHandle::new(1, info, 8),
-        )
+        let (conn, _) = crate::handle::testing::handle(1, 8);
+        (Shared::new(config, Arc::new(NoHandler)), conn)
     }
 
     fn queued(conn: &ConnHandle) -> Vec<&'static str> {

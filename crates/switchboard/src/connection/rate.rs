@@ -51,9 +51,8 @@ impl MessageRate {
         if bucket.check().is_ok() {
             return Verdict::Allowed;
         }
-        let now = now_secs;
-        if now.saturating_sub(self.window_start) >= VIOLATION_WINDOW_SECS {
-            self.window_start = now;
+        if now_secs.saturating_sub(self.window_start) >= VIOLATION_WINDOW_SECS {
+            self.window_start = now_secs;
             self.violations = 0;
         }
         self.violations += 1;

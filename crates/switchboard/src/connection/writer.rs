@@ -72,19 +72,11 @@ where
 {
     let mut bytes = 0;
     for frame in batch.drain(..) {
-        bytes += payload_len(&frame);
+        bytes += crate::handle::payload_len(&frame) as u64;
         sink.feed(frame).await.map_err(drop)?;
     }
     sink.flush().await.map_err(drop)?;
     Ok(bytes)
-}
-
-fn payload_len(frame: &Message) -> u64 {
-    match frame {
-        Message::Text(t) => t.len() as u64,
-        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len() as u64,
-        Message::Close(_) => 0,
-    }
 }
 
 /// Sends the `goodbye` frame (for closes that invite a retry) and the close frame.
