@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use switchboard::axum::WsConnect;
 use switchboard::{
     AppMessage, ClientError, Config, ConnectRequest, ConnectionInfo, DisconnectReason, ErrorCode,
-    Handler, Manager, NoHandler, UserId,
+    Handler, Manager, NoHandler, Skip, UserId,
 };
 
 /// The app's side of the manager: logs connections and answers `echo` messages.
@@ -114,7 +114,7 @@ async fn announce(
     Path(lobby): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    match manager.broadcast(&lobby, &body, None) {
+    match manager.broadcast(&lobby, &body, Skip::Nobody) {
         Ok(delivered) => Json(json!({ "delivered": delivered })).into_response(),
         Err(error) => (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     }
