@@ -12,9 +12,11 @@
 //! - [`config`]: [`Config`] with documented defaults.
 //! - [`disconnect`]: [`DisconnectReason`], the single source of close codes and retry advice.
 //! - [`protocol`]: client and server frames of protocol v1.
-//! - `hub`: the registry (connections, users, lobbies, IPs) behind one short lock.
-//! - `limits`: the admission arithmetic (which limit a connect would exceed, in order).
-//! - `lobby`: one lobby's members and per-user presence.
+//! - `hub`: the registry (connections, users, lobbies, IPs) behind one short lock, with the
+//!   one publish path; `hub::limits` (the admission arithmetic, which limit a connect would
+//!   exceed, in order), `hub::lobby` (one lobby's members) and `hub::presence` (everything
+//!   presence: per-user counts, join/leave events and their batching, the leave grace, the
+//!   presence list).
 //! - `handle`: a connection's handle (identity, bounded outbound queue, close signal), what
 //!   the registry holds.
 //! - `connection`: one connection's task (WebSocket) or tasks (SSE).
@@ -87,14 +89,11 @@ pub mod config;
 mod connection;
 pub mod disconnect;
 mod error;
-mod event_batch;
 mod handle;
 pub mod handler;
 pub mod history;
 mod hub;
 mod ids;
-mod limits;
-mod lobby;
 mod manager;
 pub mod protocol;
 mod request;

@@ -261,7 +261,7 @@ impl Manager {
     pub async fn shutdown(&self, drain: Duration, deadline: Duration) -> bool {
         let give_up = Instant::now() + deadline;
         let conns = self.shared.hub.start_draining();
-        self.shared.end_leave_graces();
+        self.shared.hub.end_leave_graces();
         self.shared.tracker.close();
         let start = Instant::now();
         let n = conns.len().max(1) as u32;

@@ -12,7 +12,6 @@ use std::time::Duration;
 use axum::extract::ws::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::{Admission, Cluster, ClusterLobby, ClusterStats, Published};
@@ -22,7 +21,7 @@ use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo};
 use crate::handler::Handler;
 use crate::history::{Broadcast, ClusterHistory};
-use crate::hub::{Hub, PendingLeave};
+use crate::hub::Hub;
 use crate::ids::LobbyCode;
 use crate::protocol::{ServerFrame, frame_text, text};
 use crate::skip::Skip;
@@ -31,13 +30,11 @@ use crate::stats::Counters;
 /// State shared by the manager handle and every connection task.
 pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
-    pub(crate) hub: Hub,
+    pub(crate) hub: Arc<Hub>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) handler: Arc<dyn Handler>,
     /// Every connection and writer task, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
-    /// Cancelled at shutdown: leave-grace timers end early.
-    shutdown: CancellationToken,
     next_seq: AtomicU64,
     /// When the manager started: the origin of the ping stamps and rate windows (not the
     /// history's `epoch`, which names a lobby's numbering).
@@ -103,12 +100,11 @@ impl Shared {
         let counters = Arc::new(Counters::default());
         let tracker = TaskTracker::new();
         Self {
-            hub: Hub::new(config.clone(), counters.clone(), tracker.clone()),
+            hub: Arc::new(Hub::new(config.clone(), counters.clone(), tracker.clone())),
             config,
             counters,
             handler,
             tracker,
-            shutdown: CancellationToken::new(),
             next_seq: AtomicU64::new(1),
             started: Instant::now(),
             connect_rate,
@@ -284,11 +280,6 @@ impl Shared {
         }
     }
 
-    /// At shutdown: pending leave graces end at once.
-    pub(crate) fn end_leave_graces(&self) {
-        self.shutdown.cancel();
-    }
-
     /// Whether a new connection from `ip` (counted as [`crate::Limits::ip_key`]) fits the
     /// per-IP connect rate.
     pub(crate) fn allow_connect(&self, ip: IpAddr) -> bool {
@@ -315,19 +306,6 @@ impl Shared {
     /// The manager's clock in whole seconds (for rate-limit windows).
     pub(crate) fn clock_secs(&self) -> u32 {
         u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
-    }
-
-    /// Times a leave grace; at shutdown the leave happens at once.
-    pub(crate) fn time_leave(self: &Arc<Self>, pending: PendingLeave) {
-        let shared = self.clone();
-        let grace = self.config.presence.leave_grace;
-        self.tracker.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(grace) => {}
-                () = shared.shutdown.cancelled() => {}
-            }
-            shared.hub.expire_leave(&pending);
-        });
     }
 
     /// Delivers a frame posted for an SSE connection of this node, as if it had arrived on

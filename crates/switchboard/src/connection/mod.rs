@@ -324,9 +324,7 @@ impl Drop for Registration<'_> {
 
 /// Removes a connection from every index of the hub; a leave inside a leave grace is timed.
 fn leave_hub(shared: &Arc<Shared>, seq: u64) {
-    if let Some(pending) = shared.hub.unregister(seq) {
-        shared.time_leave(pending);
-    }
+    shared.hub.leave(seq);
 }
 
 /// The `goodbye` frame, for the closes that invite a retry.

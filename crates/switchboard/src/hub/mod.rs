@@ -10,18 +10,25 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Message;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::disconnect::DisconnectReason;
-use crate::event_batch::EventBatch;
 use crate::handle::{ConnHandle, Offer};
 use crate::history::{Broadcast, ClusterHistory, Histories, History, HistoryConfig, Recovery};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
-use crate::lobby::{Lobby, PresenceChange};
 use crate::protocol::{ServerFrame, text};
 use crate::skip::Skip;
 use crate::stats::{Census, Counters};
+
+mod limits;
+mod lobby;
+mod presence;
+
+use lobby::Lobby;
+use presence::EventBatch;
+pub(crate) use presence::PendingLeave;
 
 /// Who a fan-out skips, resolved against this node: a [`Skip`] of one connection becomes its
 /// sequence number (or nobody, when the connection is on another node).
@@ -45,20 +52,16 @@ impl Exclude<'_> {
     }
 }
 
-/// A leave grace that must be timed by the caller: call [`Hub::expire_leave`] after the grace.
-#[derive(Debug)]
-pub(crate) struct PendingLeave {
-    pub(crate) lobby: LobbyCode,
-    pub(crate) user: UserId,
-    pub(crate) generation: u64,
-}
-
 #[derive(Debug)]
 pub(crate) struct Hub {
     config: Arc<Config>,
     counters: Arc<Counters>,
     state: Mutex<Registry>,
     events: EventBatch,
+    /// The manager's tracker: leave-grace timers and event flushes run on it.
+    tracker: TaskTracker,
+    /// Cancelled at shutdown: leave graces end at once.
+    leave_graces: CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -92,13 +95,15 @@ struct Entry {
 }
 
 impl Hub {
-    /// A registry; join/leave event flushes run on `tracker`.
+    /// A registry; join/leave event flushes and leave graces run on `tracker`.
     pub(crate) fn new(config: Arc<Config>, counters: Arc<Counters>, tracker: TaskTracker) -> Self {
         Self {
-            events: EventBatch::new(config.presence.events_batch, tracker),
+            events: EventBatch::new(config.presence.events_batch, tracker.clone()),
             config,
             counters,
             state: Mutex::new(Registry::default()),
+            tracker,
+            leave_graces: CancellationToken::new(),
         }
     }
 
@@ -137,7 +142,7 @@ impl Hub {
                 .count()
         };
         let ip_key = limits.ip_key(info.ip);
-        let after = crate::limits::After {
+        let after = limits::After {
             total: reg.conns.len() - replaced.len() + 1,
             lobby: reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len())
                 - freed(&|c| c.info.lobby == info.lobby)
@@ -147,7 +152,7 @@ impl Hub {
                 - freed(&|c| limits.ip_key(c.info.ip) == ip_key)
                 + 1,
         };
-        crate::limits::check(after, &limits, self.config.user_policy)?;
+        limits::check(after, &limits, self.config.user_policy)?;
 
         // Commit. The new connection joins before the replaced ones leave, so a replacement in
         // the same lobby never shows a leave/join pair.
@@ -170,14 +175,7 @@ impl Hub {
                 queue_replay(&conn, history, recovery, cluster_history, config);
             }
         });
-        if change == PresenceChange::Joined && !conn.cluster_presence {
-            self.announce(
-                lobby,
-                conn.seq,
-                |lobby, user_id| ServerFrame::MemberJoined { lobby, user_id },
-                info,
-            );
-        }
+        self.announce(lobby, change, &conn);
         reg.users
             .entry(info.user_id.clone())
             .or_default()
@@ -221,6 +219,14 @@ impl Hub {
         percent > 0 && count == (max * percent).div_ceil(100).max(1)
     }
 
+    /// A connection ended: removes it from every index and times its user's leave grace, if
+    /// any.
+    pub(crate) fn leave(self: &Arc<Self>, seq: u64) {
+        if let Some(pending) = self.unregister(seq) {
+            self.time_leave(pending);
+        }
+    }
+
     /// Removes a connection from every index. Idempotent: a connection already removed (by a
     /// replacement) is left alone. Returns a leave that waits for its grace, if any.
     pub(crate) fn unregister(&self, seq: u64) -> Option<PendingLeave> {
@@ -228,8 +234,8 @@ impl Hub {
         let grace = !self.config.presence.leave_grace.is_zero();
         let conn = self.remove_locked(&mut reg, seq, grace)?;
         let lobby = reg.lobbies.get(&conn.info.lobby)?;
-        let presence = lobby.users.get(&conn.info.user_id)?;
-        presence.leaving.map(|generation| PendingLeave {
+        let leaving = lobby.presence.leaving(&conn.info.user_id);
+        leaving.map(|generation| PendingLeave {
             lobby: conn.info.lobby.clone(),
             user: conn.info.user_id.clone(),
             generation,
@@ -258,14 +264,7 @@ impl Hub {
         });
         if let Some(lobby) = reg.lobbies.get_mut(&info.lobby) {
             let (moved, change) = lobby.remove(pos, generation);
-            if change == PresenceChange::Left && !conn.cluster_presence {
-                self.announce(
-                    lobby,
-                    seq,
-                    |lobby, user_id| ServerFrame::MemberLeft { lobby, user_id },
-                    info,
-                );
-            }
+            self.announce(lobby, change, &conn);
             if lobby.is_empty() {
                 reg.lobbies.remove(&info.lobby);
                 reg.histories.remove_if_empty(&info.lobby);
@@ -275,84 +274,6 @@ impl Hub {
             }
         }
         Some(conn)
-    }
-
-    /// Ends a leave grace: if the user has not come back, they leave now.
-    pub(crate) fn expire_leave(&self, pending: &PendingLeave) {
-        let mut reg = self.lock();
-        let Some(lobby) = reg.lobbies.get_mut(&pending.lobby) else {
-            return;
-        };
-        if lobby.expire_leave(&pending.user, pending.generation) {
-            let user_id = &pending.user;
-            if self.events_on(lobby) {
-                let frame = text(
-                    ServerFrame::MemberLeft {
-                        lobby: &pending.lobby,
-                        user_id,
-                    }
-                    .encode(),
-                );
-                self.fan_out_events(&lobby.members, &frame, Exclude::Nobody);
-            }
-            if lobby.is_empty() {
-                reg.lobbies.remove(&pending.lobby);
-            }
-        }
-    }
-
-    /// Sends a join/leave event about `info`'s user to the lobby, if events are on there.
-    fn announce(
-        &self,
-        lobby: &Lobby,
-        skip: u64,
-        frame: impl for<'a> Fn(&'a LobbyCode, &'a UserId) -> ServerFrame<'a>,
-        info: &crate::ConnectionInfo,
-    ) {
-        if self.events_on(lobby) {
-            let encoded = text(frame(&info.lobby, &info.user_id).encode());
-            self.fan_out_events(&lobby.members, &encoded, Exclude::Connection(skip));
-        }
-    }
-
-    /// Offers a join/leave event to members. A member whose queue is full does not lose its
-    /// connection over it (a join storm would otherwise close a whole lobby): the event is
-    /// dropped and the member is marked behind, and its writer sends a fresh `presence` list
-    /// once it has caught up.
-    fn fan_out_events(
-        &self,
-        members: &[Arc<ConnHandle>],
-        frame: &Message,
-        exclude: Exclude<'_>,
-    ) -> usize {
-        members
-            .iter()
-            .filter(|c| exclude.keeps(c))
-            .filter(|c| match self.events.offer(c, frame.clone()) {
-                Offer::Queued => true,
-                Offer::Closed => false,
-                Offer::Full => {
-                    c.presence_behind
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    self.counters.overflow(true);
-                    false
-                }
-            })
-            .count()
-    }
-
-    /// Offers a presence event from another node to this node's members of a lobby.
-    pub(crate) fn broadcast_event(&self, lobby: &str, frame: &Message) -> usize {
-        let reg = self.lock();
-        reg.lobbies.get(lobby).map_or(0, |l| {
-            self.fan_out_events(&l.members, frame, Exclude::Nobody)
-        })
-    }
-
-    /// Whether join/leave events are sent in this lobby right now.
-    pub(crate) fn events_on(&self, lobby: &Lobby) -> bool {
-        let presence = &self.config.presence;
-        presence.events && lobby.users.len() <= presence.events_max_members
     }
 
     /// Publishes a broadcast to a lobby: numbers it (unless the cluster did), keeps it in the
@@ -451,24 +372,6 @@ impl Hub {
         offer
     }
 
-    /// The users of a lobby, sorted; `None` when the lobby has nobody.
-    pub(crate) fn presence(&self, lobby: &LobbyCode) -> Vec<UserId> {
-        let reg = self.lock();
-        reg.lobbies
-            .get(lobby)
-            .map(|l| l.user_list().into_iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Encodes a `presence` answer under the lock, without copying the user list.
-    pub(crate) fn presence_frame(&self, lobby: &LobbyCode) -> Message {
-        let reg = self.lock();
-        let users = reg.lobbies.get(lobby).map_or_else(Vec::new, |l| {
-            l.user_list().into_iter().map(UserId::as_str).collect()
-        });
-        text(ServerFrame::Presence { lobby, users }.encode())
-    }
-
     pub(crate) fn connection(&self, seq: u64) -> Option<Arc<ConnHandle>> {
         self.lock().conns.get(&seq).map(|e| e.conn.clone())
     }
@@ -492,7 +395,7 @@ impl Hub {
         let mut list: Vec<_> = reg
             .lobbies
             .iter()
-            .map(|(code, l)| (code.clone(), l.members.len(), l.users.len()))
+            .map(|(code, l)| (code.clone(), l.members.len(), l.presence.len()))
             .collect();
         list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         list
@@ -535,8 +438,7 @@ impl Hub {
         assert_eq!(members, reg.conns.len(), "lobby members");
         for lobby in reg.lobbies.values() {
             assert!(!lobby.is_empty());
-            let counted: u32 = lobby.users.values().map(|p| p.conns).sum();
-            assert_eq!(counted as usize, lobby.members.len());
+            assert_eq!(lobby.presence.conns() as usize, lobby.members.len());
         }
     }
 }
@@ -561,9 +463,8 @@ fn queue_replay(
 }
 
 #[cfg(test)]
-#[path = "hub_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "hub_proptest.rs"]
+#[path = "proptest.rs"]
 mod proptests;
