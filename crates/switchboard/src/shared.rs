@@ -1,6 +1,6 @@
 //! [`Shared`]: the state the manager handle and every connection task share (config, the
-//! registry, counters, the app's handler, the task tracker, the cluster), and the routing
-//! decisions made on it: local or cluster-wide publish, the connect rate, the ping clock.
+//! registry, counters, the task tracker, the cluster), and the routing decisions made on it:
+//! local or cluster-wide publish, the connect rate, the ping clock.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::{Cluster, Published, Skip};
 use crate::config::Config;
 use crate::error::{Error, SsePostError};
-use crate::handler::Handler;
 use crate::hub::{Exclude, Hub, PendingLeave};
 use crate::ids::{ConnectionId, LobbyCode};
 use crate::protocol::frame_text;
@@ -27,7 +26,6 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) hub: Hub,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) handler: Arc<dyn Handler>,
     /// Every connection and writer task, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
     /// Cancelled at shutdown: leave-grace timers end early.
@@ -79,7 +77,7 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     /// The state of a new manager: `config` is already validated.
-    pub(crate) fn new(config: Config, handler: Arc<dyn Handler>) -> Self {
+    pub(crate) fn new(config: Config) -> Self {
         let connect_rate = ConnectRate::new(config.rate.connects_per_ip_per_sec);
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
@@ -88,7 +86,6 @@ impl Shared {
             hub: Hub::new(config.clone(), counters.clone(), tracker.clone()),
             config,
             counters,
-            handler,
             tracker,
             shutdown: CancellationToken::new(),
             next_seq: AtomicU64::new(1),

@@ -85,13 +85,13 @@ struct Recorder {
 }
 
 impl Handler for Recorder {
-    fn on_connect(&self, conn: &ConnectionInfo) {
-        let _ = self.seen.send(Seen::Connect(conn.clone()));
+    fn on_connect(&self, client: &switchboard::Client) {
+        let _ = self.seen.send(Seen::Connect(client.info().clone()));
     }
 
     fn on_message(
         &self,
-        conn: &ConnectionInfo,
+        client: &switchboard::Client,
         message: AppMessage<'_>,
     ) -> Result<(), ClientError> {
         if message.kind == "forbidden" {
@@ -101,7 +101,7 @@ impl Handler for Recorder {
             ));
         }
         let _ = self.seen.send(Seen::Message {
-            conn: conn.clone(),
+            conn: client.info().clone(),
             kind: message.kind.to_owned(),
             text: message.text.to_owned(),
         });
