@@ -1,6 +1,6 @@
 //! [`Shared`]: the state the manager handle and every connection task share (config, the
-//! registry, counters, the task tracker, the cluster), and the routing decisions made on it:
-//! local or cluster-wide publish, the connect rate, the ping clock.
+//! registry, counters, the task tracker, the cluster), and the routing
+//! decisions made on it: local or cluster-wide publish, the connect rate, the ping clock.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
