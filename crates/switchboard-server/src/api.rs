@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq;
 use switchboard::{DisconnectReason, LobbyCode, UserId};
 
 use crate::state::AppState;
+use switchboard::Skip;
 
 /// A refusal of an API call.
 #[derive(Debug)]
@@ -166,7 +167,10 @@ async fn publish(
         .broadcast(
             lobby.as_str(),
             &payload.data,
-            payload.exclude_user.as_deref(),
+            payload
+                .exclude_user
+                .as_deref()
+                .map_or(Skip::Nobody, Skip::User),
         )
         .map_err(internal)?;
     Ok(Json(json!({ "delivered": delivered })))
@@ -192,14 +196,14 @@ async fn send(
 }
 
 async fn lobbies(State(state): State<AppState>) -> ApiResult {
-    Ok(Json(json!(state.manager.lobbies_everywhere().await)))
+    Ok(Json(json!(state.manager.lobbies().await)))
 }
 
 async fn presence(State(state): State<AppState>, Path(lobby): Path<String>) -> ApiResult {
     let lobby = lobby_code(&lobby)?;
     let users = state
         .manager
-        .presence_everywhere(lobby.as_str())
+        .presence(lobby.as_str())
         .await
         .map_err(internal)?;
     Ok(Json(json!({ "lobby": lobby, "users": users })))
@@ -209,7 +213,7 @@ async fn kick_user(State(state): State<AppState>, Path(user): Path<String>) -> A
     let user = user_id(&user)?;
     let closed = state
         .manager
-        .disconnect_user_everywhere(user.as_str(), DisconnectReason::Kicked)
+        .disconnect_user(user.as_str(), DisconnectReason::Kicked)
         .await;
     tracing::info!(%user, closed, "kicked by the API");
     Ok(Json(json!({ "closed": closed })))
@@ -218,7 +222,7 @@ async fn kick_user(State(state): State<AppState>, Path(user): Path<String>) -> A
 async fn kick_connection(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     state
         .manager
-        .disconnect_everywhere(&id, DisconnectReason::Kicked)
+        .disconnect(&id, DisconnectReason::Kicked)
         .await
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection"))?;
     tracing::info!(connection = %id, "kicked by the API");

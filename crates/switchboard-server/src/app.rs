@@ -195,7 +195,7 @@ async fn sse_post(
     let frame = post.message.get();
     let posted = state
         .manager
-        .sse_post_everywhere(
+        .sse_post(
             &post.connection_id,
             request.user_id.as_str(),
             lobby.as_str(),

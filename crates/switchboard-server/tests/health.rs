@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::json;
+use switchboard::Skip;
 use switchboard::SlowConsumerPolicy;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -62,7 +63,7 @@ async fn frozen_client_is_closed_as_stale_while_healthy_ones_stay() {
         "stale close took {elapsed:?}, bound {bound:?}"
     );
     assert_eq!(server.manager.stats().stale_closed, 1);
-    assert_eq!(server.manager.presence("l1").unwrap().len(), 3);
+    assert_eq!(server.manager.presence("l1").await.unwrap().len(), 3);
     // The frozen client, reading again, finds health pings, the goodbye and 4004.
     frozen
         .ending_skipping_data("the stale close")
@@ -125,7 +126,7 @@ async fn slow_consumer_is_closed_without_delaying_others() {
     for i in 0..4_000 {
         server
             .manager
-            .broadcast("l1", &json!({"i": i, "p": payload}), None)
+            .broadcast("l1", &json!({"i": i, "p": payload}), Skip::Nobody)
             .unwrap();
         let m = loop {
             let m = fast.next_json("the flood, in order").await;
@@ -144,7 +145,7 @@ async fn slow_consumer_is_closed_without_delaying_others() {
     }
     assert!(slow_left, "the slow client was closed and left");
     assert_eq!(server.manager.stats().total_connections, 1);
-    assert_eq!(server.manager.presence("l1").unwrap().len(), 1);
+    assert_eq!(server.manager.presence("l1").await.unwrap().len(), 1);
     eventually("the close is counted", || {
         server.manager.stats().closes.get("slow_consumer") == Some(&1)
     })
@@ -167,7 +168,7 @@ async fn drop_policy_keeps_the_slow_consumer_and_counts_drops() {
     for i in 0..400 {
         server
             .manager
-            .broadcast("l1", &json!({"i": i, "p": payload}), None)
+            .broadcast("l1", &json!({"i": i, "p": payload}), Skip::Nobody)
             .unwrap();
     }
     assert!(server.manager.stats().messages_dropped > 0);
@@ -200,7 +201,10 @@ async fn drop_policy_keeps_the_slow_consumer_and_counts_drops() {
     });
     let deadline = Instant::now() + WAIT;
     while !reader.is_finished() && Instant::now() < deadline {
-        server.manager.broadcast("l1", &json!("end"), None).unwrap();
+        server
+            .manager
+            .broadcast("l1", &json!("end"), Skip::Nobody)
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_slow, seen) = reader.await.unwrap();
@@ -231,7 +235,7 @@ async fn a_member_behind_on_join_events_gets_a_fresh_presence_list() {
         let before = server.manager.stats().queue_overflows;
         server
             .manager
-            .broadcast("l1", &json!({"i": i, "p": payload}), None)
+            .broadcast("l1", &json!({"i": i, "p": payload}), Skip::Nobody)
             .unwrap();
         if server.manager.stats().queue_overflows > before {
             full_in_a_row += 1;

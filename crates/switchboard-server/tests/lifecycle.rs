@@ -19,7 +19,8 @@ async fn kick_by_user_and_by_connection() {
     assert_eq!(
         server
             .manager
-            .disconnect_user("a", DisconnectReason::Kicked),
+            .disconnect_user("a", DisconnectReason::Kicked)
+            .await,
         2
     );
     a1.ending_skipping_data("kick of a1")
@@ -30,12 +31,14 @@ async fn kick_by_user_and_by_connection() {
     server
         .manager
         .disconnect(b.id(), DisconnectReason::Kicked)
+        .await
         .unwrap();
     b.ending("kick of b").await.assert(4009, "kicked", false);
     assert!(
         server
             .manager
             .disconnect("nope-1", DisconnectReason::Kicked)
+            .await
             .is_err()
     );
     all_clean(&server).await;
@@ -251,6 +254,7 @@ async fn frames_queued_before_a_kick_are_delivered_before_the_close() {
     server
         .manager
         .disconnect(&id, DisconnectReason::Kicked)
+        .await
         .unwrap();
     let d = a.expect("direct", "the explanation before the kick").await;
     assert_eq!(d["data"]["why"], "spam");

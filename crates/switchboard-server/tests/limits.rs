@@ -106,7 +106,7 @@ async fn concurrent_burst_never_exceeds_limits() {
     let stats = server.manager.stats();
     assert_eq!(stats.total_connections, 20);
     assert_eq!(stats.rejections["lobby_full"], 40);
-    for lobby in server.manager.lobbies() {
+    for lobby in server.manager.lobbies().await {
         assert_eq!(lobby.connections, 10, "{lobby:?}");
     }
     drop(clients);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
+use switchboard::Skip;
 use switchboard::UserPolicy;
 
 #[tokio::test]
@@ -34,7 +35,7 @@ async fn backend_broadcast_can_exclude_a_user() {
     alice.expect("member_joined", "bob joined").await;
     let reached = server
         .manager
-        .broadcast("l1", &json!({"k": 1}), Some("alice"))
+        .broadcast("l1", &json!({"k": 1}), Skip::User("alice"))
         .unwrap();
     assert_eq!(reached, 1);
     let m = bob.expect("message", "backend broadcast").await;
@@ -42,11 +43,20 @@ async fn backend_broadcast_can_exclude_a_user() {
         m,
         json!({"type": "message", "lobby": "l1", "from": null, "data": {"k": 1}, "offset": 1})
     );
-    assert_eq!(server.manager.broadcast("l1", &json!(2), None).unwrap(), 2);
+    assert_eq!(
+        server
+            .manager
+            .broadcast("l1", &json!(2), Skip::Nobody)
+            .unwrap(),
+        2
+    );
     let m = alice.expect("message", "the second broadcast only").await;
     assert_eq!(m["data"], 2);
     assert_eq!(
-        server.manager.broadcast("empty", &json!(3), None).unwrap(),
+        server
+            .manager
+            .broadcast("empty", &json!(3), Skip::Nobody)
+            .unwrap(),
         0
     );
 }
@@ -70,7 +80,7 @@ async fn presence_events_and_queries() {
     drop(b); // abrupt: no close frame
     let l = a.expect("member_left", "b's abrupt leave").await;
     assert_eq!(l["user_id"], "b");
-    assert_eq!(server.manager.presence("l1").unwrap().len(), 1);
+    assert_eq!(server.manager.presence("l1").await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -112,7 +122,7 @@ async fn leave_grace_hides_a_quick_reconnect() {
     })
     .await;
     assert_eq!(
-        server.manager.presence("l1").unwrap().len(),
+        server.manager.presence("l1").await.unwrap().len(),
         2,
         "alice present during grace"
     );
@@ -123,7 +133,7 @@ async fn leave_grace_hides_a_quick_reconnect() {
         .expect("member_left", "alice's leave after the grace")
         .await;
     assert_eq!(l["user_id"], "alice");
-    assert_eq!(server.manager.presence("l1").unwrap().len(), 1);
+    assert_eq!(server.manager.presence("l1").await.unwrap().len(), 1);
     watcher.close().await;
     all_clean(&server).await;
 }

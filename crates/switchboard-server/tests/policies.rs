@@ -47,7 +47,7 @@ async fn replace_spans_lobbies() {
         .assert(4003, "replaced", false);
     let left = watcher.expect("member_left", "alice left l1 for l2").await;
     assert_eq!(left["user_id"], "alice");
-    assert_eq!(server.manager.presence("l2").unwrap().len(), 1);
+    assert_eq!(server.manager.presence("l2").await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -106,7 +106,7 @@ async fn multi_presence_is_per_user_not_per_tab() {
     watcher.expect("member_joined", "alice's first tab").await;
     let tab2 = connect(server.addr, "l1", "alice").await;
     assert_eq!(
-        server.manager.presence("l1").unwrap().len(),
+        server.manager.presence("l1").await.unwrap().len(),
         2,
         "alice listed once"
     );

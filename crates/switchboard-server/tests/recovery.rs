@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
+use switchboard::Skip;
 
 async fn reconnect(addr: std::net::SocketAddr, user: &str, since: u64, epoch: &str) -> Client {
     let path = format!("/ws/room?token={user}&since={since}&epoch={epoch}");
@@ -26,7 +27,10 @@ async fn welcome_and_messages_carry_offsets_and_the_epoch() {
     let epoch = a.welcome["epoch"].as_str().unwrap().to_owned();
     assert!(!epoch.is_empty());
     for i in 1..=3 {
-        server.manager.broadcast("room", &json!(i), None).unwrap();
+        server
+            .manager
+            .broadcast("room", &json!(i), Skip::Nobody)
+            .unwrap();
         assert_eq!(a.expect("message", "a broadcast").await["offset"], i);
     }
     let b = connect(server.addr, "room", "b").await;
@@ -51,7 +55,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed() {
     let epoch = b.welcome["epoch"].as_str().unwrap().to_owned();
     server
         .manager
-        .broadcast("room", &json!("first"), None)
+        .broadcast("room", &json!("first"), Skip::Nobody)
         .unwrap();
     let last_seen = b.expect("message", "the first message").await["offset"]
         .as_u64()
@@ -64,7 +68,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed() {
     for i in 0..100 {
         server
             .manager
-            .broadcast("room", &json!({"missed": i}), None)
+            .broadcast("room", &json!({"missed": i}), Skip::Nobody)
             .unwrap();
     }
     // Keep publishing while bob reconnects: the switch from replay to live must be seamless.
@@ -72,7 +76,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed() {
     let publisher = tokio::spawn(async move {
         for i in 0..200 {
             manager
-                .broadcast("room", &json!({"live": i}), None)
+                .broadcast("room", &json!({"live": i}), Skip::Nobody)
                 .unwrap();
             tokio::task::yield_now().await;
         }
@@ -118,7 +122,10 @@ async fn recovery_fails_cleanly_when_history_cannot_help() {
     let mut a = connect(server.addr, "room", "a").await;
     let epoch = a.welcome["epoch"].as_str().unwrap().to_owned();
     for i in 0..10 {
-        server.manager.broadcast("room", &json!(i), None).unwrap();
+        server
+            .manager
+            .broadcast("room", &json!(i), Skip::Nobody)
+            .unwrap();
         a.expect("message", "a broadcast").await;
     }
     // Too old: offsets 1..5 are gone from a ring of 5.
@@ -164,14 +171,17 @@ async fn the_last_one_out_can_still_recover_until_the_ttl() {
     let server = server(|c| c.manager.history.ttl = Duration::from_secs(60)).await;
     let mut a = connect(server.addr, "room", "a").await;
     let epoch = a.welcome["epoch"].as_str().unwrap().to_owned();
-    server.manager.broadcast("room", &json!("x"), None).unwrap();
+    server
+        .manager
+        .broadcast("room", &json!("x"), Skip::Nobody)
+        .unwrap();
     let seen = a.expect("message", "x").await["offset"].as_u64().unwrap();
     a.close().await;
     all_clean(&server).await;
     // The lobby is empty, but its history lives on: a backend message still counts...
     server
         .manager
-        .broadcast("room", &json!("while away"), None)
+        .broadcast("room", &json!("while away"), Skip::Nobody)
         .unwrap();
     let mut back = reconnect(server.addr, "a", seen, &epoch).await;
     assert_eq!(

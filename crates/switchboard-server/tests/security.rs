@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use switchboard::Skip;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -245,7 +246,7 @@ async fn client_permissions() {
     // The backend still publishes.
     server
         .manager
-        .broadcast("l1", &json!("from backend"), None)
+        .broadcast("l1", &json!("from backend"), Skip::Nobody)
         .unwrap();
     assert_eq!(
         a.expect("message", "backend broadcast").await["from"],

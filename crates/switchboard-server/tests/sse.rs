@@ -8,6 +8,7 @@ use common::sse::{Sse, sse_post};
 use common::*;
 use futures_util::SinkExt;
 use serde_json::json;
+use switchboard::Skip;
 
 #[tokio::test]
 async fn sse_clients_chat_with_websocket_clients() {
@@ -102,6 +103,7 @@ async fn sse_clients_chat_with_websocket_clients() {
     server
         .manager
         .disconnect(&id, switchboard::DisconnectReason::Kicked)
+        .await
         .unwrap();
     let close = sse.next("the close event").await.unwrap();
     assert_eq!(
@@ -153,7 +155,7 @@ async fn sse_needs_health_pongs_like_any_connection() {
         server.manager.stats().total_connections == 1
     })
     .await;
-    assert_eq!(server.manager.presence("room").unwrap().len(), 1);
+    assert_eq!(server.manager.presence("room").await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -162,7 +164,10 @@ async fn last_event_id_recovers_what_was_missed() {
     let _anchor = connect(server.addr, "room", "anchor").await;
     let mut first = Sse::open(server.addr, "/sse/room?token=rita", &[]).await;
     first.expect("welcome", "welcome").await;
-    server.manager.broadcast("room", &json!(0), None).unwrap();
+    server
+        .manager
+        .broadcast("room", &json!(0), Skip::Nobody)
+        .unwrap();
     let last_id = first
         .expect("message", "the first message")
         .await
@@ -172,7 +177,10 @@ async fn last_event_id_recovers_what_was_missed() {
     // replacement below, whichever comes first.
     drop(first);
     for i in 1..=5 {
-        server.manager.broadcast("room", &json!(i), None).unwrap();
+        server
+            .manager
+            .broadcast("room", &json!(i), Skip::Nobody)
+            .unwrap();
     }
     let mut back = Sse::open(
         server.addr,

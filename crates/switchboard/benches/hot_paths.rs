@@ -2,8 +2,9 @@
 //! (`switchboard::bench_support::BenchHub`: connection handles are bare bounded queues).
 //!
 //! - `register_unregister`: one connection in and out of a lobby of 1,000.
-//! - `broadcast_enqueue/N`: one pre-encoded 100-byte frame offered to N handles (enqueue only;
-//!   the queues are drained between iterations, outside the measured time).
+//! - `broadcast_enqueue/N`: one 100-byte broadcast published to N handles by the path
+//!   production takes (`Hub::publish`: numbered, kept in the lobby's history, offered to each
+//!   queue); the queues are drained between iterations, outside the measured time.
 //! - `presence/N`: the lobby's presence list encoded as a `presence` frame.
 //!
 //! Run: `cargo bench -p switchboard --bench hot_paths`.
@@ -11,7 +12,6 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Message;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use switchboard::bench_support::BenchHub;
 
@@ -23,10 +23,10 @@ fn register_unregister(c: &mut Criterion) {
 }
 
 fn broadcast_enqueue(c: &mut Criterion) {
-    let frame = Message::text(format!(
+    let frame = format!(
         r#"{{"type":"message","lobby":"bench","from":"u1","data":"{}"}}"#,
         "x".repeat(100)
-    ));
+    );
     let mut group = c.benchmark_group("broadcast_enqueue");
     for members in [1_000usize, 10_000] {
         let mut hub = BenchHub::new(members, 256);

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use switchboard::axum::WsConnect;
 use switchboard::{
     AppMessage, Client, ClientError, Config, ConnectRequest, ConnectionInfo, DisconnectReason,
-    ErrorCode, Handler, Manager, NoHandler, UserId,
+    ErrorCode, Handler, Manager, NoHandler, Skip, UserId,
 };
 
 /// The longest `slow_echo` delay a client may ask for.
@@ -129,7 +129,7 @@ async fn announce(
     Path(lobby): Path<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    match manager.broadcast(&lobby, &body, None) {
+    match manager.broadcast(&lobby, &body, Skip::Nobody) {
         Ok(delivered) => Json(json!({ "delivered": delivered })).into_response(),
         Err(error) => (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     }

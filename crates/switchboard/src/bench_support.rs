@@ -1,5 +1,5 @@
 //! Hooks for the criterion benchmarks: a hub with connection handles but no sockets, so the
-//! hot paths (register/unregister, fan-out enqueue, presence) can be measured alone.
+//! hot paths (register/unregister, publish, presence) can be measured alone.
 //! Not part of the API.
 
 use std::net::IpAddr;
@@ -10,8 +10,10 @@ use axum::extract::ws::Message;
 
 use crate::config::Config;
 use crate::handle::{ConnHandle, ConnectionInfo};
-use crate::hub::{Exclude, Hub};
+use crate::history::Broadcast;
+use crate::hub::Hub;
 use crate::ids::{ConnectionId, LobbyCode, UserId};
+use crate::skip::Skip;
 use crate::stats::Counters;
 
 /// A hub whose connections are bare queues.
@@ -74,10 +76,14 @@ impl BenchHub {
         self.hub.unregister(conn.seq);
     }
 
-    /// Encodes nothing: offers one pre-encoded frame to every member. Returns the count.
-    pub fn broadcast(&self, frame: &Message) -> usize {
-        self.hub
-            .broadcast(self.lobby.as_str(), frame, Exclude::Nobody)
+    /// Publishes a `message` frame encoded without an offset as production does (numbered,
+    /// kept in the lobby's history, offered to every member). Returns the count.
+    pub fn broadcast(&self, frame_without_offset: &str) -> usize {
+        self.hub.publish(
+            &self.lobby,
+            Broadcast::Unnumbered(frame_without_offset),
+            Skip::Nobody,
+        )
     }
 
     /// Empties every member's queue (between benchmark iterations).

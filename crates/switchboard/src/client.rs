@@ -12,10 +12,10 @@ use tokio::task::JoinHandle;
 use crate::disconnect::DisconnectReason;
 use crate::error::Error;
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
-use crate::hub::Exclude;
 use crate::ids::LobbyCode;
 use crate::protocol::{ClientError, ServerFrame, is_string_or_number, text};
 use crate::shared::Shared;
+use crate::skip::Skip;
 
 /// One connection, handed to the app's handler: what is known about it, and the ways to
 /// answer it, reach others, close it and work for it in the background.
@@ -92,12 +92,13 @@ impl Client {
         data: &T,
         exclude_self: bool,
     ) -> Result<usize, Error> {
-        let exclude = if exclude_self {
-            Exclude::Connection(self.conn.seq)
+        let info = &self.conn.info;
+        let skip = if exclude_self {
+            Skip::Connection(info.id.as_str())
         } else {
-            Exclude::Nobody
+            Skip::Nobody
         };
-        broadcast(&self.shared, &self.conn.info.lobby, data, exclude, None)
+        broadcast(&self.shared, &info.lobby, data, skip)
     }
 
     /// Closes the connection with `reason` (e.g. [`DisconnectReason::Kicked`], 4009): what was
@@ -172,14 +173,14 @@ pub(crate) fn send_to_user<T: Serialize + ?Sized>(
     shared.send_to_user(user, &direct(&data))
 }
 
-/// `data` to `lobby` as a `message` frame from the backend (encoded once, numbered as it is
-/// published); the connections reached on this node.
+/// `data` to `lobby` on every node as a `message` frame from the backend (encoded once,
+/// numbered as it is published), leaving out whom `skip` names; the connections reached on
+/// this node.
 pub(crate) fn broadcast<T: Serialize + ?Sized>(
     shared: &Shared,
     lobby: &LobbyCode,
     data: &T,
-    exclude: Exclude<'_>,
-    exclude_user: Option<&str>,
+    skip: Skip<'_>,
 ) -> Result<usize, Error> {
     let data = to_raw(data)?;
     let frame = ServerFrame::Message {
@@ -188,7 +189,7 @@ pub(crate) fn broadcast<T: Serialize + ?Sized>(
         data: &data,
     }
     .encode();
-    shared.publish_message(lobby, &frame, exclude, exclude_user)
+    shared.publish(lobby, &frame, skip)
 }
 
 /// An `error` frame to one connection, echoing `id` if it is a string or a number.

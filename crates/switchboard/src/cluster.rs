@@ -13,42 +13,12 @@ use serde::Serialize;
 
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnectionInfo;
-use crate::hub::{Exclude, Hub};
+use crate::history::Broadcast;
+use crate::hub::Hub;
 use crate::ids::{LobbyCode, UserId};
 use crate::protocol::text;
 
-/// Who a cluster-wide broadcast skips.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Skip<'a> {
-    /// Nobody.
-    Nobody,
-    /// Every connection of this user.
-    User(&'a str),
-    /// This one connection (its id names its node).
-    Connection(&'a str),
-}
-
-impl<'a> Skip<'a> {
-    /// A compact text form for the wire: `""`, `u:USER` or `c:ID`.
-    pub fn encode(self) -> String {
-        match self {
-            Self::Nobody => String::new(),
-            Self::User(u) => format!("u:{u}"),
-            Self::Connection(c) => format!("c:{c}"),
-        }
-    }
-
-    /// The reverse of [`Skip::encode`].
-    pub fn decode(text: &'a str) -> Self {
-        if let Some(u) = text.strip_prefix("u:") {
-            Self::User(u)
-        } else if let Some(c) = text.strip_prefix("c:") {
-            Self::Connection(c)
-        } else {
-            Self::Nobody
-        }
-    }
-}
+pub use crate::skip::Skip;
 
 /// A boxed future, so [`Cluster`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -257,15 +227,12 @@ impl LocalNode {
         let (Some(shared), Ok(code)) = (self.shared.upgrade(), LobbyCode::parse(lobby)) else {
             return 0;
         };
-        let exclude = match skip {
-            Skip::Nobody => Exclude::Nobody,
-            Skip::User(user) => Exclude::User(user),
-            Skip::Connection(id) => crate::ids::ConnectionId::seq_on(id, shared.node_id())
-                .map_or(Exclude::Nobody, Exclude::Connection),
+        let broadcast = Broadcast::Numbered {
+            epoch,
+            offset,
+            frame: text(frame),
         };
-        shared
-            .hub()
-            .deliver_numbered(&code, epoch, offset, text(frame), exclude)
+        shared.hub().publish(&code, broadcast, skip)
     }
 
     /// Delivers an encoded frame from another node to this node's connections of `user`.

@@ -80,6 +80,20 @@ pub struct ClusterHistory {
     pub frames: Vec<(u64, String)>,
 }
 
+/// A broadcast on its way into a lobby's history.
+#[derive(Debug)]
+pub(crate) enum Broadcast<'a> {
+    /// A `message` frame encoded without an offset: this node numbers it (a single node, or a
+    /// cluster node while Redis is away).
+    Unnumbered(&'a str),
+    /// A frame the cluster numbered; it carries its offset.
+    Numbered {
+        epoch: &'a str,
+        offset: u64,
+        frame: Message,
+    },
+}
+
 #[derive(Debug)]
 struct Entry {
     /// Numbers entries across every lobby, in the order they were kept: the server's oldest
@@ -160,32 +174,20 @@ impl History {
         self.last = self.last.max(last);
     }
 
-    /// Keeps a broadcast the cluster numbered (cluster mode).
-    pub(crate) fn record_numbered(
-        &mut self,
-        offset: u64,
-        frame: Message,
-        config: &HistoryConfig,
-        seq: &mut u64,
-    ) {
-        self.last = self.last.max(offset);
-        if config.size > 0 && self.ring.back().is_none_or(|e| e.offset < offset) {
-            self.keep(offset, frame, config, seq);
-        }
-    }
-
-    /// The replay for `recovery` from the cluster's kept broadcasts and this node's ring, or
-    /// `None` when together they do not cover every offset from `since + 1` to the last one.
+    /// The replay for `recovery`, oldest first with offsets, from this node's ring and (in
+    /// cluster mode) the cluster's kept broadcasts; `None` when the epoch differs, the offset
+    /// is from the future, or together they do not cover every offset from `since + 1` to the
+    /// last one.
     ///
     /// The ring is not one contiguous run: it outlives the lobby's last local member, and
     /// while the node has no member there it is unsubscribed and hears nothing, so it may hold
     /// broadcasts from before such a gap and again from after it. Each offset is therefore
     /// taken from the ring when it has it (its frame is already shared) and from the
     /// cluster's otherwise.
-    pub(crate) fn replay_with(
+    pub(crate) fn replay(
         &mut self,
         recovery: &Recovery,
-        cluster: &ClusterHistory,
+        cluster: Option<&ClusterHistory>,
         config: &HistoryConfig,
     ) -> Option<Vec<(u64, Message)>> {
         if *recovery.epoch != *self.epoch || recovery.since > self.last {
@@ -194,7 +196,7 @@ impl History {
         self.expire(Instant::now(), config);
         let mut ring = self.ring.iter().skip_while(|e| e.offset <= recovery.since);
         let mut kept = cluster
-            .frames
+            .map_or(&[][..], |c| &c.frames)
             .iter()
             .skip_while(|(o, _)| *o <= recovery.since);
         let (mut local, mut remote) = (ring.next(), kept.next());
@@ -217,24 +219,40 @@ impl History {
         Some(frames)
     }
 
-    /// Assigns the next offset to a `message` frame encoded without one, returns the frame
-    /// with it, and keeps it for recovery.
-    pub(crate) fn record(
+    /// Numbers a broadcast (unless the cluster did), keeps it for recovery, and returns it
+    /// with its offset: the one way a broadcast enters a history, alone or in a cluster.
+    pub(crate) fn publish(
         &mut self,
-        frame_without_offset: &str,
+        broadcast: Broadcast<'_>,
         config: &HistoryConfig,
         seq: &mut u64,
-    ) -> Message {
-        if self.from_cluster {
-            // Numbered here while the cluster is away: these offsets are not the cluster's.
-            *self = Self::with_epoch(new_epoch(), 0);
+    ) -> (u64, Message) {
+        let (offset, frame) = match broadcast {
+            Broadcast::Unnumbered(frame) => {
+                if self.from_cluster {
+                    // Numbered here while the cluster is away: these offsets are not the
+                    // cluster's.
+                    *self = Self::with_epoch(new_epoch(), 0);
+                }
+                let offset = self.last + 1;
+                (offset, Message::Text(with_offset(frame, offset).into()))
+            }
+            Broadcast::Numbered {
+                epoch,
+                offset,
+                frame,
+            } => {
+                self.follow(epoch, 0);
+                (offset, frame)
+            }
+        };
+        // A numbered broadcast older than the newest kept one came late: delivered, not kept.
+        let in_order = self.ring.back().is_none_or(|e| e.offset < offset);
+        self.last = self.last.max(offset);
+        if config.size > 0 && in_order {
+            self.keep(offset, frame.clone(), config, seq);
         }
-        self.last += 1;
-        let frame = Message::Text(with_offset(frame_without_offset, self.last).into());
-        if config.size > 0 {
-            self.keep(self.last, frame.clone(), config, seq);
-        }
-        frame
+        (offset, frame)
     }
 
     /// Drops entries older than the TTL.
@@ -251,31 +269,6 @@ impl History {
     /// Whether nothing recoverable is left.
     pub(crate) fn is_empty(&self) -> bool {
         self.ring.is_empty()
-    }
-
-    /// The frames a client needs after `since`, oldest first; `None` when the epoch differs
-    /// or the ring no longer reaches back that far.
-    pub(crate) fn replay(
-        &mut self,
-        recovery: &Recovery,
-        config: &HistoryConfig,
-    ) -> Option<Vec<Message>> {
-        if *recovery.epoch != *self.epoch || recovery.since > self.last {
-            return None;
-        }
-        self.expire(Instant::now(), config);
-        let first_needed = recovery.since + 1;
-        let oldest = self.ring.front().map_or(self.last + 1, |e| e.offset);
-        if first_needed < oldest && first_needed <= self.last {
-            return None;
-        }
-        Some(
-            self.ring
-                .iter()
-                .filter(|e| e.offset > recovery.since)
-                .map(|e| e.frame.clone())
-                .collect(),
-        )
     }
 }
 
@@ -402,11 +395,16 @@ mod tests {
         }
     }
 
-    fn texts(frames: &[Message]) -> Vec<String> {
+    fn texts(frames: &[(u64, Message)]) -> Vec<String> {
         frames
             .iter()
-            .map(|m| m.to_text().unwrap_or_default().to_owned())
+            .map(|(_, m)| m.to_text().unwrap_or_default().to_owned())
             .collect()
+    }
+
+    /// Numbers and keeps a broadcast as a single node does.
+    fn record(h: &mut History, frame: &str, c: &HistoryConfig, seq: &mut u64) -> Message {
+        h.publish(Broadcast::Unnumbered(frame), c, seq).1
     }
 
     #[test]
@@ -422,7 +420,7 @@ mod tests {
         let c = config(3);
         let mut h = History::new();
         for i in 1..=5 {
-            h.record(&format!("{{\"n\":{i}}}"), &c, &mut 0);
+            record(&mut h, &format!("{{\"n\":{i}}}"), &c, &mut 0);
         }
         let epoch = h.epoch.to_string();
         let ask = |since| Recovery {
@@ -430,21 +428,32 @@ mod tests {
             epoch: epoch.clone(),
         };
         assert_eq!(
-            texts(&h.replay(&ask(3), &c).unwrap()),
+            texts(&h.replay(&ask(3), None, &c).unwrap()),
             [r#"{"n":4,"offset":4}"#, r#"{"n":5,"offset":5}"#]
         );
-        assert_eq!(h.replay(&ask(5), &c).unwrap().len(), 0, "nothing missed");
-        assert_eq!(h.replay(&ask(2), &c).unwrap().len(), 3, "exactly the ring");
+        assert_eq!(
+            h.replay(&ask(5), None, &c).unwrap().len(),
+            0,
+            "nothing missed"
+        );
+        assert_eq!(
+            h.replay(&ask(2), None, &c).unwrap().len(),
+            3,
+            "exactly the ring"
+        );
         assert!(
-            h.replay(&ask(1), &c).is_none(),
+            h.replay(&ask(1), None, &c).is_none(),
             "the ring no longer reaches back"
         );
-        assert!(h.replay(&ask(9), &c).is_none(), "an offset from the future");
+        assert!(
+            h.replay(&ask(9), None, &c).is_none(),
+            "an offset from the future"
+        );
         let other = Recovery {
             since: 4,
             epoch: "nope".into(),
         };
-        assert!(h.replay(&other, &c).is_none(), "another epoch");
+        assert!(h.replay(&other, None, &c).is_none(), "another epoch");
     }
 
     #[test]
@@ -455,7 +464,12 @@ mod tests {
         h.follow("e", 0);
         // Heard 1..=3, unsubscribed (no local member) while 4..=7 went out, heard 8 and 9.
         for o in [1, 2, 3, 8, 9] {
-            h.record_numbered(o, Message::Text(frame(o).into()), &c, &mut 0);
+            let numbered = Broadcast::Numbered {
+                epoch: "e",
+                offset: o,
+                frame: Message::Text(frame(o).into()),
+            };
+            h.publish(numbered, &c, &mut 0);
         }
         let stream = |offsets: &[u64]| ClusterHistory {
             epoch: "e".into(),
@@ -474,23 +488,23 @@ mod tests {
         };
         let all: Vec<u64> = (1..=9).collect();
         assert_eq!(
-            offsets(h.replay_with(&ask(3), &stream(&all[3..]), &c)),
+            offsets(h.replay(&ask(3), Some(&stream(&all[3..])), &c)),
             Some((4..=9).collect())
         );
         assert_eq!(
-            offsets(h.replay_with(&ask(1), &stream(&[4, 5, 6, 7]), &c)),
+            offsets(h.replay(&ask(1), Some(&stream(&[4, 5, 6, 7])), &c)),
             Some((2..=9).collect()),
             "the ring before and after the gap, the stream inside it"
         );
         assert_eq!(
-            offsets(h.replay_with(&ask(9), &stream(&[]), &c)),
+            offsets(h.replay(&ask(9), Some(&stream(&[])), &c)),
             Some(vec![])
         );
         assert!(
-            h.replay_with(&ask(3), &stream(&[4, 5, 7]), &c).is_none(),
+            h.replay(&ask(3), Some(&stream(&[4, 5, 7])), &c).is_none(),
             "6 is nowhere"
         );
-        assert!(h.replay_with(&ask(3), &stream(&[]), &c).is_none());
+        assert!(h.replay(&ask(3), Some(&stream(&[])), &c).is_none());
     }
 
     #[test]
@@ -507,7 +521,7 @@ mod tests {
         // Four lobbies of four: sixteen broadcasts, room for ten.
         for n in 0..4 {
             for _ in 0..4 {
-                all.update(&lobby(n), &c, |h, seq| h.record(&frame, &c, seq));
+                all.update(&lobby(n), &c, |h, seq| record(h, &frame, &c, seq));
                 assert!(all.bytes() <= c.max_bytes);
             }
         }
@@ -545,11 +559,11 @@ mod tests {
             ..HistoryConfig::default()
         };
         let mut h = History::new();
-        h.record("{}", &c, &mut 0);
+        record(&mut h, "{}", &c, &mut 0);
         let ask = Recovery {
             since: 0,
             epoch: h.epoch.to_string(),
         };
-        assert!(h.replay(&ask, &c).is_none());
+        assert!(h.replay(&ask, None, &c).is_none());
     }
 }

@@ -16,15 +16,17 @@ use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::disconnect::DisconnectReason;
 use crate::event_batch::EventBatch;
 use crate::handle::{ConnHandle, Offer};
-use crate::history::{ClusterHistory, Histories, History, HistoryConfig, Recovery};
-use crate::ids::{LobbyCode, UserId};
+use crate::history::{Broadcast, ClusterHistory, Histories, History, HistoryConfig, Recovery};
+use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::lobby::{Lobby, PresenceChange};
 use crate::protocol::{ServerFrame, text};
+use crate::skip::Skip;
 use crate::stats::{Census, Counters};
 
-/// Who a broadcast skips.
+/// Who a fan-out skips, resolved against this node: a [`Skip`] of one connection becomes its
+/// sequence number (or nobody, when the connection is on another node).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum Exclude<'a> {
+enum Exclude<'a> {
     Nobody,
     /// One connection (a client's `exclude_self`; the user's other tabs still receive).
     Connection(u64),
@@ -353,85 +355,64 @@ impl Hub {
         presence.events && lobby.users.len() <= presence.events_max_members
     }
 
-    /// Offers one encoded frame to every member of a lobby. Returns how many queued it.
-    pub(crate) fn broadcast(&self, lobby: &str, frame: &Message, exclude: Exclude<'_>) -> usize {
-        let started = std::time::Instant::now();
-        let reached = {
-            let reg = self.lock();
-            match reg.lobbies.get(lobby) {
-                Some(lobby) => self.fan_out(&lobby.members, frame, exclude),
-                None => return 0,
-            }
-        };
-        self.counters.fanout.record(started.elapsed().as_secs_f64());
-        reached
-    }
-
-    /// Publishes a `message` frame (encoded without an offset) to a lobby: assigns the next
-    /// offset, keeps it in the lobby's history, and offers it to every member. Returns how
-    /// many queued it.
-    pub(crate) fn publish_message(
+    /// Publishes a broadcast to a lobby: numbers it (unless the cluster did), keeps it in the
+    /// lobby's history and offers it to every member `skip` leaves in, except connections
+    /// whose recovery already replayed it. The one publish path, alone or in a cluster.
+    /// Returns how many queued it.
+    pub(crate) fn publish(
         &self,
         lobby: &LobbyCode,
-        frame_without_offset: &str,
-        exclude: Exclude<'_>,
+        broadcast: Broadcast<'_>,
+        skip: Skip<'_>,
     ) -> usize {
         let started = std::time::Instant::now();
+        let exclude = self.exclude(skip);
+        // A broadcast numbered here is numbered under this lock, after any replay; one the
+        // cluster numbered may arrive after a recovery that already replayed it.
+        let numbered_elsewhere = matches!(broadcast, Broadcast::Numbered { .. });
         let reached = {
             let mut guard = self.lock();
             let reg = &mut *guard;
             self.maybe_sweep(reg);
             let config = &self.config.history;
-            let frame = reg.histories.update(lobby, config, |history, seq| {
-                history.record(frame_without_offset, config, seq)
-            });
-            match reg.lobbies.get(lobby) {
-                Some(lobby) => self.fan_out(&lobby.members, &frame, exclude),
-                None => return 0,
-            }
-        };
-        self.counters.fanout.record(started.elapsed().as_secs_f64());
-        reached
-    }
-
-    /// Delivers a broadcast the cluster numbered (cluster mode): keeps it in the lobby's
-    /// history and offers it to every member, except connections whose recovery already
-    /// replayed it. Returns how many queued it.
-    pub(crate) fn deliver_numbered(
-        &self,
-        lobby: &LobbyCode,
-        epoch: &str,
-        offset: u64,
-        frame: Message,
-        exclude: Exclude<'_>,
-    ) -> usize {
-        let started = std::time::Instant::now();
-        let reached = {
-            let mut guard = self.lock();
-            let reg = &mut *guard;
-            self.maybe_sweep(reg);
-            let config = &self.config.history;
-            reg.histories.update(lobby, config, |history, seq| {
-                history.follow(epoch, 0);
-                history.record_numbered(offset, frame.clone(), config, seq);
+            let (offset, frame) = reg.histories.update(lobby, config, |history, seq| {
+                history.publish(broadcast, config, seq)
             });
             let Some(lobby) = reg.lobbies.get(lobby) else {
                 return 0;
             };
-            self.fan_out_where(&lobby.members, &frame, exclude, |c| {
-                c.replayed_until.load(std::sync::atomic::Ordering::Relaxed) < offset
-            })
+            lobby
+                .members
+                .iter()
+                .filter(|c| {
+                    !numbered_elsewhere
+                        || c.replayed_until.load(std::sync::atomic::Ordering::Relaxed) < offset
+                })
+                .filter(|c| exclude.keeps(c))
+                .filter(|c| self.deliver(c, frame.clone()) == Offer::Queued)
+                .count()
         };
         self.counters.fanout.record(started.elapsed().as_secs_f64());
         reached
     }
 
-    /// How many members of a lobby a broadcast with `exclude` would reach now.
-    pub(crate) fn count_recipients(&self, lobby: &str, exclude: Exclude<'_>) -> usize {
+    /// How many members of a lobby a broadcast skipping `skip` would reach now.
+    pub(crate) fn count_recipients(&self, lobby: &str, skip: Skip<'_>) -> usize {
+        let exclude = self.exclude(skip);
         let reg = self.lock();
         reg.lobbies
             .get(lobby)
             .map_or(0, |l| l.members.iter().filter(|c| exclude.keeps(c)).count())
+    }
+
+    /// Resolves a [`Skip`] against this node's connections.
+    fn exclude<'a>(&self, skip: Skip<'a>) -> Exclude<'a> {
+        match skip {
+            Skip::Nobody => Exclude::Nobody,
+            Skip::User(user) => Exclude::User(user),
+            Skip::Connection(id) => ConnectionId::seq_on(id, &self.config.node_id)
+                .map_or(Exclude::Nobody, Exclude::Connection),
+        }
     }
 
     /// Every so often, forgets histories that expired in lobbies nobody is in.
@@ -454,25 +435,6 @@ impl Hub {
         seqs.iter()
             .filter_map(|seq| reg.conns.get(seq))
             .filter(|e| self.deliver(&e.conn, frame.clone()) == Offer::Queued)
-            .count()
-    }
-
-    fn fan_out(&self, members: &[Arc<ConnHandle>], frame: &Message, exclude: Exclude<'_>) -> usize {
-        self.fan_out_where(members, frame, exclude, |_| true)
-    }
-
-    fn fan_out_where(
-        &self,
-        members: &[Arc<ConnHandle>],
-        frame: &Message,
-        exclude: Exclude<'_>,
-        keep: impl Fn(&ConnHandle) -> bool,
-    ) -> usize {
-        members
-            .iter()
-            .filter(|c| keep(c))
-            .filter(|c| exclude.keeps(c))
-            .filter(|c| self.deliver(c, frame.clone()) == Offer::Queued)
             .count()
     }
 
@@ -588,12 +550,7 @@ fn queue_replay(
     cluster_history: Option<&ClusterHistory>,
     config: &HistoryConfig,
 ) {
-    let replay = match cluster_history {
-        Some(cluster) => history.replay_with(recovery, cluster, config),
-        None => history
-            .replay(recovery, config)
-            .map(|frames| frames.into_iter().map(|f| (0, f)).collect()),
-    };
+    let replay = history.replay(recovery, cluster_history, config);
     let ok = replay.is_some();
     for (offset, frame) in replay.unwrap_or_default() {
         conn.replayed_until

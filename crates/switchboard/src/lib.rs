@@ -8,6 +8,7 @@
 //! # Layout
 //!
 //! - [`cluster`]: the seam for several nodes ([`cluster::Cluster`]); local by default.
+//! - `skip`: [`Skip`], who a broadcast leaves out (one type for every publisher).
 //! - [`config`]: [`Config`] with documented defaults.
 //! - [`disconnect`]: [`DisconnectReason`], the single source of close codes and retry advice.
 //! - [`protocol`]: client and server frames of protocol v1.
@@ -36,19 +37,23 @@
 //! A manager with small limits, and what a backend does with it:
 //!
 //! ```
-//! use switchboard::{Config, Manager, UserPolicy};
+//! use switchboard::{Config, Manager, Skip, UserPolicy};
 //!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), switchboard::Error> {
 //! let mut config = Config::default();
 //! config.limits.max_per_lobby = 10;
 //! config.user_policy = UserPolicy::Multi;
 //! let manager = Manager::new(config).expect("valid config");
 //!
 //! // Nobody is connected yet: a broadcast reaches no one, and stats say so.
-//! let reached = manager.broadcast("lobby-1", &serde_json::json!({"text": "hi"}), None)?;
+//! let reached = manager.broadcast("lobby-1", &serde_json::json!({"text": "hi"}), Skip::Nobody)?;
 //! assert_eq!(reached, 0);
 //! assert_eq!(manager.stats().total_connections, 0);
-//! assert!(manager.presence("lobby-1")?.is_empty());
-//! # Ok::<(), switchboard::Error>(())
+//! // Presence, lobbies and disconnects answer for every node of a cluster: they are async.
+//! assert!(manager.presence("lobby-1").await?.is_empty());
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! Embedding it in an axum app (see `examples/embed_in_axum.rs` for a complete program):
@@ -98,6 +103,7 @@ mod manager;
 pub mod protocol;
 mod request;
 mod shared;
+mod skip;
 pub mod sse;
 pub mod stats;
 pub mod ws;
@@ -116,4 +122,5 @@ pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 pub use manager::{LobbyInfo, Manager, SUBPROTOCOL};
 pub use protocol::{ClientError, ErrorCode};
 pub use request::ConnectRequest;
+pub use skip::Skip;
 pub use stats::Stats;

@@ -15,10 +15,10 @@ use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
 use crate::handler::{AppHandler, Handler, NoHandler};
-use crate::hub::Exclude;
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
+use crate::skip::Skip;
 use crate::stats::Stats;
 use crate::ws::Upgrade;
 
@@ -95,22 +95,21 @@ impl Manager {
         })
     }
 
-    /// Sends `data` to every connection in `lobby` as a `message` frame from the backend
-    /// (`from: null`), skipping every connection of `exclude_user`. The frame is encoded once.
-    /// Returns how many connections it was queued for.
+    /// Sends `data` to every connection in `lobby`, on every node, as a `message` frame from
+    /// the backend (`from: null`), leaving out whom `skip` names. The frame is encoded once.
+    /// Returns how many connections of this node it was queued for.
     pub fn broadcast<T: Serialize + ?Sized>(
         &self,
         lobby: &str,
         data: &T,
-        exclude_user: Option<&str>,
+        skip: Skip<'_>,
     ) -> Result<usize, Error> {
         let lobby = LobbyCode::parse(lobby)?;
-        let exclude = exclude_user.map_or(Exclude::Nobody, Exclude::User);
-        client::broadcast(&self.shared, &lobby, data, exclude, exclude_user)
+        client::broadcast(&self.shared, &lobby, data, skip)
     }
 
-    /// Sends `data` to every connection of `user` as a `direct` frame from the backend.
-    /// Returns how many connections it was queued for.
+    /// Sends `data` to every connection of `user`, on every node, as a `direct` frame from the
+    /// backend. Returns how many connections of this node it was queued for.
     pub fn send_to_user<T: Serialize + ?Sized>(
         &self,
         user: &str,
@@ -129,13 +128,31 @@ impl Manager {
         client::send_direct(&self.shared, &conn, data)
     }
 
-    /// The users present in a lobby, sorted (each once, however many connections they have).
-    pub fn presence(&self, lobby: &str) -> Result<Vec<UserId>, Error> {
-        Ok(self.shared.hub.presence(&LobbyCode::parse(lobby)?))
+    /// The users present in a lobby on every node, sorted (each once, however many
+    /// connections they have). This node's view when the cluster cannot answer.
+    pub async fn presence(&self, lobby: &str) -> Result<Vec<UserId>, Error> {
+        let code = LobbyCode::parse(lobby)?;
+        Ok(match self.shared.presence_everywhere(&code).await {
+            Some(users) => users.iter().filter_map(|u| UserId::parse(u).ok()).collect(),
+            None => self.shared.hub.presence(&code),
+        })
     }
 
-    /// Every lobby with its connection and user counts, sorted by code.
-    pub fn lobbies(&self) -> Vec<LobbyInfo> {
+    /// Every lobby with its connection and user counts on every node, sorted by code. This
+    /// node's view when the cluster cannot answer.
+    pub async fn lobbies(&self) -> Vec<LobbyInfo> {
+        if let Some(lobbies) = self.shared.lobbies_everywhere().await {
+            return lobbies
+                .into_iter()
+                .filter_map(|l| {
+                    Some(LobbyInfo {
+                        lobby: LobbyCode::parse(&l.lobby).ok()?,
+                        connections: l.connections,
+                        users: l.users,
+                    })
+                })
+                .collect();
+        }
         self.shared
             .hub
             .lobbies()
@@ -148,12 +165,12 @@ impl Manager {
             .collect()
     }
 
-    /// What is known about one connection.
+    /// What is known about one connection of this node.
     pub fn connection(&self, id: &str) -> Option<ConnectionInfo> {
         self.find(id).ok().map(|c| c.info.clone())
     }
 
-    /// The connections of a user.
+    /// The connections of a user on this node.
     pub fn user_connections(&self, user: &str) -> Vec<ConnectionInfo> {
         self.shared
             .hub
@@ -163,17 +180,25 @@ impl Manager {
             .collect()
     }
 
-    /// Closes every connection of a user with `reason` (4009 `kicked` for a backend's kick).
-    /// Returns how many were closed.
-    pub fn disconnect_user(&self, user: &str, reason: DisconnectReason) -> usize {
+    /// Closes every connection of a user, on every node, with `reason` (4009 `kicked` for a
+    /// backend's kick). Returns how many were closed.
+    pub async fn disconnect_user(&self, user: &str, reason: DisconnectReason) -> usize {
         let conns = self.shared.hub.user_connections(user);
-        conns.iter().filter(|c| c.close(reason)).count()
+        let here = conns.iter().filter(|c| c.close(reason)).count();
+        here + self.shared.close_user_elsewhere(user, reason).await
     }
 
-    /// Closes one connection with `reason`.
-    pub fn disconnect(&self, id: &str, reason: DisconnectReason) -> Result<(), Error> {
-        self.find(id)?.close(reason);
-        Ok(())
+    /// Closes one connection with `reason`, wherever it is (its id names its node).
+    pub async fn disconnect(&self, id: &str, reason: DisconnectReason) -> Result<(), Error> {
+        if let Ok(conn) = self.find(id) {
+            conn.close(reason);
+            return Ok(());
+        }
+        if self.shared.close_connection_elsewhere(id, reason).await {
+            Ok(())
+        } else {
+            Err(Error::NoSuchConnection)
+        }
     }
 
     /// Sends a protocol ping to a connection now and waits for its pong: the round trip.
@@ -242,29 +267,20 @@ impl Manager {
         crate::sse::open(&self.shared, &self.handler, request).await
     }
 
-    /// Hands a client frame posted for an SSE connection on this node to that connection, as
-    /// if it had arrived on a socket. `user` and `lobby` are the poster's, checked against the
-    /// connection's.
-    pub fn sse_post(
+    /// Hands a client frame posted for an SSE connection to that connection, as if it had
+    /// arrived on its socket. `user` and `lobby` are the poster's, checked against the
+    /// connection's (by the node that holds it: a connection on another node is reached
+    /// through the cluster).
+    pub async fn sse_post(
         &self,
         connection_id: &str,
         user: &str,
         lobby: &str,
         frame: &str,
     ) -> Result<(), SsePostError> {
-        self.shared.post_to_sse(connection_id, user, lobby, frame)
-    }
-
-    /// Like [`Manager::sse_post`], for a connection on any node (the cluster forwards it;
-    /// then only its existence is checked here).
-    pub async fn sse_post_everywhere(
-        &self,
-        connection_id: &str,
-        user: &str,
-        lobby: &str,
-        frame: &str,
-    ) -> Result<(), SsePostError> {
-        crate::sse::post_everywhere(&self.shared, connection_id, user, lobby, frame).await
+        self.shared
+            .post_anywhere(connection_id, user, lobby, frame)
+            .await
     }
 
     /// The handle a cluster delivers through (what other nodes send to this one).
@@ -280,72 +296,12 @@ impl Manager {
 
     /// `"up"` / `"down"` when part of a cluster.
     pub fn cluster_status(&self) -> Option<&'static str> {
-        self.shared.cluster().map(|c| c.status())
+        self.shared.cluster_status()
     }
 
     /// Cluster-wide counts, when part of a cluster that answers.
     pub async fn cluster_stats(&self) -> Option<ClusterStats> {
-        self.shared.cluster()?.stats().await
-    }
-
-    /// The users of a lobby on every node (this node's view when the cluster cannot answer).
-    pub async fn presence_everywhere(&self, lobby: &str) -> Result<Vec<String>, Error> {
-        let code = LobbyCode::parse(lobby)?;
-        if let Some(cluster) = self.shared.cluster()
-            && let Some(users) = cluster.presence(&code).await
-        {
-            return Ok(users);
-        }
-        Ok(self
-            .shared
-            .hub
-            .presence(&code)
-            .into_iter()
-            .map(|u| u.as_str().to_owned())
-            .collect())
-    }
-
-    /// Every lobby with counts on every node (this node's view when the cluster cannot
-    /// answer).
-    pub async fn lobbies_everywhere(&self) -> Vec<crate::cluster::ClusterLobby> {
-        if let Some(cluster) = self.shared.cluster()
-            && let Some(lobbies) = cluster.lobbies().await
-        {
-            return lobbies;
-        }
-        self.lobbies()
-            .into_iter()
-            .map(|l| crate::cluster::ClusterLobby {
-                lobby: l.lobby.as_str().to_owned(),
-                connections: l.connections,
-                users: l.users,
-            })
-            .collect()
-    }
-
-    /// Closes every connection of a user on every node; how many.
-    pub async fn disconnect_user_everywhere(&self, user: &str, reason: DisconnectReason) -> usize {
-        let here = self.disconnect_user(user, reason);
-        let elsewhere = match self.shared.cluster() {
-            Some(cluster) => cluster.close_user(user, reason).await.unwrap_or(0),
-            None => 0,
-        };
-        here + elsewhere
-    }
-
-    /// Closes one connection wherever it is (its id names its node).
-    pub async fn disconnect_everywhere(
-        &self,
-        id: &str,
-        reason: DisconnectReason,
-    ) -> Result<(), Error> {
-        if self.disconnect(id, reason).is_ok() {
-            return Ok(());
-        }
-        match self.shared.cluster() {
-            Some(cluster) if cluster.close_connection(id, reason).await == Some(true) => Ok(()),
-            _ => Err(Error::NoSuchConnection),
-        }
+        self.shared.cluster_stats().await
     }
 
     fn find(&self, id: &str) -> Result<Arc<ConnHandle>, Error> {

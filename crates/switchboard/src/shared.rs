@@ -1,6 +1,8 @@
 //! [`Shared`]: the state the manager handle and every connection task share (config, the
 //! registry, counters, the task tracker, the cluster), and the routing
-//! decisions made on it: local or cluster-wide publish, the connect rate, the ping clock.
+//! decisions made on it. This is the one place that decides "this node or the cluster": the
+//! publish path, sends to a user, admission and release, presence and lobby lists, closes and
+//! SSE posts for other nodes. Also the connect rate and the ping clock.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,12 +15,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{Cluster, Published, Skip};
+use crate::cluster::{Admission, Cluster, ClusterLobby, ClusterStats, Published};
 use crate::config::Config;
+use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
-use crate::hub::{Exclude, Hub, PendingLeave};
-use crate::ids::{ConnectionId, LobbyCode};
-use crate::protocol::frame_text;
+use crate::handle::{ConnHandle, ConnectionInfo};
+use crate::history::{Broadcast, ClusterHistory};
+use crate::hub::{Hub, PendingLeave};
+use crate::ids::LobbyCode;
+use crate::protocol::{ServerFrame, frame_text, text};
+use crate::skip::Skip;
 use crate::stats::Counters;
 
 /// State shared by the manager handle and every connection task.
@@ -38,6 +44,18 @@ pub(crate) struct Shared {
     connect_rate: Option<ConnectRate>,
     /// The other nodes, once attached.
     cluster: OnceLock<Arc<dyn Cluster>>,
+}
+
+/// What the cluster holds for a new connection.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterSeat {
+    /// The cluster counts the connection until [`Shared::release_in_cluster`].
+    pub(crate) held: bool,
+    /// Set when the cluster admitted it: presence events for it come from the cluster, and
+    /// whether the lobby sends them is decided by its size cluster-wide.
+    pub(crate) presence_events: Option<bool>,
+    /// The lobby's offsets, epoch and kept broadcasts, which are the cluster's.
+    pub(crate) history: Option<ClusterHistory>,
 }
 
 /// A token bucket per client IP. Idle buckets are swept every [`ConnectRate::SWEEP_EVERY`]
@@ -95,47 +113,165 @@ impl Shared {
         }
     }
 
-    /// Publishes a broadcast (`message` encoded without an offset). In cluster mode the
-    /// cluster numbers and delivers it everywhere, this node included (so the count of this
-    /// node's recipients is its current member count); alone, or with the cluster away, this
-    /// node numbers and delivers it. Returns the connections reached on this node, or
-    /// [`Error::Overloaded`] when the cluster's outbound queue is full (sent nowhere).
-    pub(crate) fn publish_message(
+    /// Publishes a broadcast (`message` encoded without an offset) to a lobby on every node.
+    /// In cluster mode the cluster numbers it and every node, this one included, delivers it
+    /// through [`Hub::publish`] (so the count of this node's recipients is its current member
+    /// count); alone, or with the cluster away, this node numbers and delivers it through the
+    /// same function. Returns the connections reached on this node, or [`Error::Overloaded`]
+    /// when the cluster's outbound queue is full (sent nowhere).
+    pub(crate) fn publish(
         &self,
         lobby: &LobbyCode,
         frame: &str,
-        exclude: Exclude<'_>,
-        exclude_user: Option<&str>,
+        skip: Skip<'_>,
     ) -> Result<usize, Error> {
-        if let Some(cluster) = self.cluster() {
-            let conn_id;
-            let skip = match (exclude, exclude_user) {
-                (Exclude::Connection(seq), _) => {
-                    conn_id = ConnectionId::new(&self.config.node_id, seq);
-                    Skip::Connection(conn_id.as_str())
-                }
-                (_, Some(user)) => Skip::User(user),
-                _ => Skip::Nobody,
-            };
+        if let Some(cluster) = self.cluster.get() {
             match cluster.publish_message(lobby, frame, skip) {
-                Published::Queued => return Ok(self.hub.count_recipients(lobby.as_str(), exclude)),
+                Published::Queued => return Ok(self.hub.count_recipients(lobby.as_str(), skip)),
                 Published::Overloaded => return Err(Error::Overloaded),
                 Published::Unavailable => {}
             }
         }
-        Ok(self.hub.publish_message(lobby, frame, exclude))
+        Ok(self.hub.publish(lobby, Broadcast::Unnumbered(frame), skip))
     }
 
     /// Sends an encoded frame to every connection of `user`, on every node: the cluster first,
     /// so that a full outbound queue ([`Error::Overloaded`]) means sent nowhere. Returns the
     /// connections reached on this node.
     pub(crate) fn send_to_user(&self, user: &str, frame: &Message) -> Result<usize, Error> {
-        if let Some(cluster) = self.cluster()
+        if let Some(cluster) = self.cluster.get()
             && cluster.publish_user(user, frame_text(frame)) == Published::Overloaded
         {
             return Err(Error::Overloaded);
         }
         Ok(self.hub.send_to_user(user, frame))
+    }
+
+    /// Reserves a new connection's place in the cluster (its limits and user policy across
+    /// nodes) and reads the lobby's cluster-wide history for its `welcome` and recovery. Alone,
+    /// or with the cluster away, there is nothing to reserve: this node's limits decide.
+    pub(crate) async fn admit_in_cluster(
+        &self,
+        info: &ConnectionInfo,
+        since: Option<u64>,
+    ) -> Result<ClusterSeat, DisconnectReason> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(ClusterSeat::default());
+        };
+        match cluster.admit(info).await {
+            Admission::Refused(reason) => Err(reason),
+            Admission::Unavailable => Ok(ClusterSeat {
+                held: true,
+                ..ClusterSeat::default()
+            }),
+            // Read after `admit` subscribed this node to the lobby, so nothing falls between.
+            Admission::Admitted { presence_events } => Ok(ClusterSeat {
+                held: true,
+                presence_events: Some(presence_events),
+                history: cluster.history(&info.lobby, since).await,
+            }),
+        }
+    }
+
+    /// Frees what [`admit_in_cluster`](Self::admit_in_cluster) held, once the connection ended
+    /// or was refused here.
+    pub(crate) async fn release_in_cluster(&self, info: &ConnectionInfo) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.release(info).await;
+        }
+    }
+
+    /// Queues the lobby's presence list (its users on every node) for a connection. Alone it
+    /// is encoded at once; the cluster's list needs a round trip, so it is fetched from a task
+    /// on the tracker (shutdown waits for it) and the connection goes on meanwhile; this
+    /// node's list stands in when the cluster cannot answer.
+    pub(crate) fn queue_presence_list(self: &Arc<Self>, conn: &Arc<ConnHandle>) {
+        if self.cluster.get().is_none() {
+            self.hub
+                .deliver(conn, self.hub.presence_frame(&conn.info.lobby));
+            return;
+        }
+        let (shared, conn) = (self.clone(), conn.clone());
+        self.tracker.spawn(async move {
+            let lobby = &conn.info.lobby;
+            let frame = match shared.presence_everywhere(lobby).await {
+                Some(users) => {
+                    let users = users.iter().map(String::as_str).collect();
+                    text(ServerFrame::Presence { lobby, users }.encode())
+                }
+                None => shared.hub.presence_frame(lobby),
+            };
+            shared.hub.deliver(&conn, frame);
+        });
+    }
+
+    /// The users of a lobby on every node, or `None` alone or when the cluster cannot answer.
+    pub(crate) async fn presence_everywhere(&self, lobby: &LobbyCode) -> Option<Vec<String>> {
+        self.cluster.get()?.presence(lobby).await
+    }
+
+    /// Every lobby with counts on every node, or `None` alone or when the cluster cannot
+    /// answer.
+    pub(crate) async fn lobbies_everywhere(&self) -> Option<Vec<ClusterLobby>> {
+        self.cluster.get()?.lobbies().await
+    }
+
+    /// Closes the user's connections on the other nodes; how many (0 alone or when the
+    /// cluster cannot answer).
+    pub(crate) async fn close_user_elsewhere(&self, user: &str, reason: DisconnectReason) -> usize {
+        match self.cluster.get() {
+            Some(cluster) => cluster.close_user(user, reason).await.unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Closes a connection held by another node; whether it was found there.
+    pub(crate) async fn close_connection_elsewhere(
+        &self,
+        id: &str,
+        reason: DisconnectReason,
+    ) -> bool {
+        match self.cluster.get() {
+            Some(cluster) => cluster.close_connection(id, reason).await == Some(true),
+            None => false,
+        }
+    }
+
+    /// Hands a posted client frame to its SSE connection, on this node or (through the
+    /// cluster) on the node its id names.
+    pub(crate) async fn post_anywhere(
+        &self,
+        connection_id: &str,
+        user: &str,
+        lobby: &str,
+        frame: &str,
+    ) -> Result<(), SsePostError> {
+        match self.post_to_sse(connection_id, user, lobby, frame) {
+            Err(SsePostError::NotFound) => {}
+            done => return done,
+        }
+        // An id names its node (`NODE-SEQ`); anything else is no connection anywhere.
+        let Some(cluster) = self.cluster.get().filter(|_| connection_id.contains('-')) else {
+            return Err(SsePostError::NotFound);
+        };
+        match cluster
+            .forward_post(connection_id, user, lobby, frame)
+            .await
+        {
+            Some(true) => Ok(()),
+            Some(false) => Err(SsePostError::NotFound),
+            None => Err(SsePostError::Unavailable),
+        }
+    }
+
+    /// `"up"` / `"down"` when part of a cluster.
+    pub(crate) fn cluster_status(&self) -> Option<&'static str> {
+        self.cluster.get().map(|c| c.status())
+    }
+
+    /// Cluster-wide counts, when part of a cluster that answers.
+    pub(crate) async fn cluster_stats(&self) -> Option<ClusterStats> {
+        self.cluster.get()?.stats().await
     }
 
     /// Joins a cluster; a second one is ignored (with a warning).
@@ -148,11 +284,6 @@ impl Shared {
     /// At shutdown: pending leave graces end at once.
     pub(crate) fn end_leave_graces(&self) {
         self.shutdown.cancel();
-    }
-
-    /// The cluster, if this node is part of one.
-    pub(crate) fn cluster(&self) -> Option<Arc<dyn Cluster>> {
-        self.cluster.get().cloned()
     }
 
     /// Whether a new connection from `ip` (counted as [`crate::Limits::ip_key`]) fits the

@@ -71,33 +71,6 @@ pub(crate) async fn open(
         .into_response()
 }
 
-/// Hands a posted client frame to its SSE connection, on this node or (through the cluster)
-/// on the node the connection id names.
-pub(crate) async fn post_everywhere(
-    shared: &Shared,
-    connection_id: &str,
-    user: &str,
-    lobby: &str,
-    frame: &str,
-) -> Result<(), SsePostError> {
-    match shared.post_to_sse(connection_id, user, lobby, frame) {
-        Err(SsePostError::NotFound) => {}
-        done => return done,
-    }
-    // An id names its node (`NODE-SEQ`); anything else is no connection anywhere.
-    let Some(cluster) = shared.cluster().filter(|_| connection_id.contains('-')) else {
-        return Err(SsePostError::NotFound);
-    };
-    match cluster
-        .forward_post(connection_id, user, lobby, frame)
-        .await
-    {
-        Some(true) => Ok(()),
-        Some(false) => Err(SsePostError::NotFound),
-        None => Err(SsePostError::Unavailable),
-    }
-}
-
 /// The HTTP answer to a refused SSE connect: 401, 429, or 503 with `Retry-After`, and the
 /// JSON error body.
 pub fn refusal(reason: DisconnectReason) -> Response {

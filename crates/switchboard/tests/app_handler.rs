@@ -14,6 +14,7 @@ use axum::routing::get;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use switchboard::Skip;
 use switchboard::axum::WsConnect;
 use switchboard::{
     AppMessage, ClientError, Config, ConnectRequest, ConnectionInfo, DisconnectReason, ErrorCode,
@@ -285,7 +286,9 @@ async fn handler_sees_app_messages_and_every_connection_event() {
         matches!(app.next("bob's connect").await, Seen::Connect(c) if c.user_id.as_str() == "bob")
     );
     assert_eq!(
-        app.manager.disconnect_user("bob", DisconnectReason::Kicked),
+        app.manager
+            .disconnect_user("bob", DisconnectReason::Kicked)
+            .await,
         1
     );
     match bob.next("bob's close frame").await {
@@ -437,7 +440,7 @@ async fn broadcast_skips_the_excluded_users_connections() {
     let mut carol = Client::connect(addr, "room-2", "carol").await;
 
     let reached = manager
-        .broadcast("room-1", &json!({"n": 1}), Some("alice"))
+        .broadcast("room-1", &json!({"n": 1}), Skip::User("alice"))
         .expect("valid lobby");
     assert_eq!(reached, 1, "only bob");
     let message = bob.json("first broadcast at bob").await;
@@ -447,7 +450,7 @@ async fn broadcast_skips_the_excluded_users_connections() {
     );
 
     let reached = manager
-        .broadcast("room-1", &json!({"n": 2}), None)
+        .broadcast("room-1", &json!({"n": 2}), Skip::Nobody)
         .expect("valid lobby");
     assert_eq!(reached, 3, "both of alice's tabs and bob");
     // Alice's tabs see the second broadcast first: the first one skipped them.

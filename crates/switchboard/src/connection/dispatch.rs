@@ -2,7 +2,6 @@
 //! `direct`, `presence`, `health_pong`, application messages for the handler, and the
 //! `error` answers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::rate::{MessageRate, Verdict};
@@ -10,10 +9,9 @@ use crate::client::{Client, send_error};
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
 use crate::handler::{AppMessage, Handler};
-use crate::hub::Exclude;
-use crate::protocol::text;
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 use crate::shared::Shared;
+use crate::skip::Skip;
 
 /// A WebSocket Pong. The first echo of the last Ping this server sent is free and measures a
 /// round trip (its payload is the Ping's send time); any other Pong is charged to the rate.
@@ -116,15 +114,15 @@ pub(super) fn handle_text(
                 from: Some(&info.user_id),
                 data,
             };
-            let exclude = if exclude_self {
-                Exclude::Connection(conn.seq)
+            let skip = if exclude_self {
+                Skip::Connection(info.id.as_str())
             } else {
-                Exclude::Nobody
+                Skip::Nobody
             };
-            // Encoded once without an offset: each node adds its own as it publishes.
+            // Encoded once without an offset: the offset is added as it is numbered.
             let frame = frame.encode();
             shared
-                .publish_message(&info.lobby, &frame, exclude, None)
+                .publish(&info.lobby, &frame, skip)
                 .map(drop)
                 .map_err(|_| overloaded())
         }
@@ -140,7 +138,7 @@ pub(super) fn handle_text(
                 .map_err(|_| overloaded())
         }
         ClientFrame::Presence => {
-            queue_presence_list(conn, shared);
+            shared.queue_presence_list(conn);
             Ok(())
         }
         ClientFrame::App { kind } => handler.on_message(
@@ -156,34 +154,6 @@ pub(super) fn handle_text(
         send_error(shared, conn, &error, id);
     }
     conn.reason().map_or(Ok(()), Err)
-}
-
-/// Queues the lobby's presence list for the connection. The cluster's list needs a round
-/// trip: it is fetched from a task, so the connection goes on meanwhile.
-pub(super) fn queue_presence_list(conn: &Arc<ConnHandle>, shared: &Arc<Shared>) {
-    match shared.cluster() {
-        None => {
-            shared
-                .hub
-                .deliver(conn, shared.hub.presence_frame(&conn.info.lobby));
-        }
-        Some(cluster) => {
-            let (conn, shared2) = (conn.clone(), shared.clone());
-            // On the manager's tracker: shutdown waits for it like for any connection task.
-            shared.tracker.spawn(async move {
-                let shared = shared2;
-                let frame = match cluster.presence(&conn.info.lobby).await {
-                    Some(users) => {
-                        let users = users.iter().map(String::as_str).collect();
-                        let lobby = &conn.info.lobby;
-                        text(ServerFrame::Presence { lobby, users }.encode())
-                    }
-                    None => shared.hub.presence_frame(&conn.info.lobby),
-                };
-                shared.hub.deliver(&conn, frame);
-            });
-        }
-    }
 }
 
 fn overloaded() -> ClientError {

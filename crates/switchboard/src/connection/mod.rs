@@ -25,7 +25,6 @@ use crate::handle::{ConnHandle, ConnectionInfo};
 pub(crate) use socket::Socket;
 
 use crate::client::Client;
-use crate::cluster::{Admission, Cluster};
 use crate::disconnect::DisconnectReason;
 use crate::handler::AppHandler;
 use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
@@ -60,7 +59,8 @@ struct Serving {
     /// The manager's state and the connection's handle, as the handler is handed them.
     client: Client,
     handler: AppHandler,
-    cluster: Option<Arc<dyn Cluster>>,
+    /// The cluster counts it until released.
+    in_cluster: bool,
     /// Still in the hub: unregistered when serving ends, or when dropped (a panic).
     registered: bool,
     phase: Phase,
@@ -83,7 +83,7 @@ impl Serving {
     fn new(shared: Arc<Shared>, handler: AppHandler, socket: Socket, admitted: Admitted) -> Self {
         let Admitted {
             conn,
-            cluster,
+            in_cluster,
             expires_at,
         } = admitted;
         let clock = health::HealthClock::new(&shared, expires_at);
@@ -94,7 +94,7 @@ impl Serving {
         Self {
             client,
             handler,
-            cluster,
+            in_cluster,
             registered: true,
             phase: Phase::Live {
                 socket,
@@ -125,12 +125,12 @@ impl Serving {
         self.unregister();
         let Client { shared, conn } = &self.client;
         shared.counters.closed(reason);
-        let (conn, cluster) = (conn.clone(), self.cluster.clone());
+        let (conn, shared, in_cluster) = (conn.clone(), shared.clone(), self.in_cluster);
         let timeout = shared.config.close_timeout;
         self.phase = Phase::Closing(Box::pin(async move {
             let release = async {
-                if let Some(cluster) = &cluster {
-                    cluster.release(&conn.info).await;
+                if in_cluster {
+                    shared.release_in_cluster(&conn.info).await;
                 }
             };
             tokio::join!(release, socket.close(Some(&conn), reason, timeout));
@@ -191,7 +191,8 @@ impl Drop for Serving {
 /// A connection that passed every limit and is registered: ready to be driven.
 pub(crate) struct Admitted {
     conn: Arc<ConnHandle>,
-    cluster: Option<Arc<dyn Cluster>>,
+    /// The cluster counts it until released.
+    in_cluster: bool,
     expires_at: Option<SystemTime>,
 }
 
@@ -215,20 +216,21 @@ pub(crate) async fn admit(
         connected_at: SystemTime::now(),
     };
     // The cluster (if any) reserves its limits first; its refusal needs no local work.
-    let cluster = shared.cluster();
-    let admission = match (shared.allow_connect(info.ip), &cluster) {
-        (false, _) => Err(DisconnectReason::RateLimited),
-        (true, None) => Ok(None),
-        (true, Some(cluster)) => match cluster.admit(&info).await {
-            Admission::Admitted { presence_events } => Ok(Some(presence_events)),
-            Admission::Refused(reason) => Err(reason),
-            Admission::Unavailable => Ok(None),
-        },
+    let seat = if shared.allow_connect(info.ip) {
+        let since = request.recovery.as_ref().map(|r| r.since);
+        shared.admit_in_cluster(&info, since).await
+    } else {
+        Err(DisconnectReason::RateLimited)
     };
-    // From here on the cluster counts this connection until `release`.
-    let cluster = cluster.filter(|_| admission.is_ok());
+    let (seat, refused) = match seat {
+        Ok(seat) => (seat, None),
+        Err(reason) => (crate::shared::ClusterSeat::default(), Some(reason)),
+    };
+    // From here on the cluster counts this connection until it is released.
+    let in_cluster = seat.held;
+    let presence_events = seat.presence_events;
     let mut handle = ConnHandle::new(seq, info, capacity);
-    handle.cluster_presence = matches!(admission, Ok(Some(_)));
+    handle.cluster_presence = presence_events.is_some();
     handle.inbound = inbound;
     let conn = Arc::new(handle);
     let welcome = |state: crate::hub::WelcomeState<'_>| {
@@ -241,33 +243,25 @@ pub(crate) async fn admit(
                 ping_interval_ms: config.ping_interval.as_millis() as u64,
                 server_time: unix_ms(),
                 protocol: PROTOCOL_VERSION,
-                presence_events: admission.ok().flatten().unwrap_or(state.presence_events),
+                presence_events: presence_events.unwrap_or(state.presence_events),
                 offset: state.offset,
                 epoch: state.epoch,
             }
             .encode(),
         )
     };
-    // Cluster mode: the lobby's offsets, epoch and kept broadcasts are the cluster's. Read
-    // after `admit` subscribed this node to the lobby, so nothing falls between the two.
-    let cluster_history = match (&cluster, admission) {
-        (Some(cluster), Ok(Some(_))) => {
-            let since = request.recovery.as_ref().map(|r| r.since);
-            cluster.history(&conn.info.lobby, since).await
-        }
-        _ => None,
-    };
-    let registered = admission.and_then(|_| {
-        shared.hub.register(
+    let registered = match refused {
+        Some(reason) => Err(reason),
+        None => shared.hub.register(
             conn.clone(),
             welcome,
             request.recovery.as_ref(),
-            cluster_history.as_ref(),
-        )
-    });
+            seat.history.as_ref(),
+        ),
+    };
     if let Err(reason) = registered {
-        if let Some(cluster) = &cluster {
-            cluster.release(&conn.info).await;
+        if in_cluster {
+            shared.release_in_cluster(&conn.info).await;
         }
         shared.counters.rejected(reason);
         tracing::info!(user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, %reason, "connection refused");
@@ -275,7 +269,7 @@ pub(crate) async fn admit(
     }
     Ok(Admitted {
         conn,
-        cluster,
+        in_cluster,
         expires_at: request.expires_at,
     })
 }
@@ -294,7 +288,7 @@ pub(crate) async fn drive<St, Si>(
 {
     let Admitted {
         conn,
-        cluster,
+        in_cluster,
         expires_at,
     } = admitted;
     let registration = Registration {
@@ -310,8 +304,8 @@ pub(crate) async fn drive<St, Si>(
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
     shared.counters.closed(reason);
-    if let Some(cluster) = &cluster {
-        cluster.release(&conn.info).await;
+    if in_cluster {
+        shared.release_in_cluster(&conn.info).await;
     }
     drop(stream);
     let _ = writer.await;

@@ -45,7 +45,7 @@ where
         }
         // Caught up after dropping join/leave events: one fresh list replaces them.
         if conn.presence_behind.swap(false, Ordering::Relaxed) {
-            super::dispatch::queue_presence_list(&conn, &shared);
+            shared.queue_presence_list(&conn);
         }
     }
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
