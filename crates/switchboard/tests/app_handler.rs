@@ -1,8 +1,8 @@
 //! The library embedded in a tiny axum app, driven by real WebSocket clients: application
 //! messages and connection events reach the app's `Handler`, refusals become `error` frames,
 //! the handler answers, reaches others and closes through its `Client` (at once or from a
-//! spawned task, which graceful shutdown waits for), and the backend methods (`ping`,
-//! `send_to_connection`, `broadcast`) do what they say.
+//! spawned task, which graceful shutdown waits for; over SSE too), and the backend methods
+//! (`ping`, `send_to_connection`, `broadcast`) do what they say.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -791,4 +791,86 @@ async fn shutdown_waits_for_spawned_tasks() {
         ],
     );
     assert!(waited >= Duration::from_millis(350), "{waited:?}");
+}
+
+// (l) the same over Server-Sent Events: frames posted for the connection reach the handler,
+// its answers arrive as events, and its close ends the stream.
+
+/// The next SSE event of `body` (comments skipped): its name and its JSON data.
+async fn next_event(body: &mut axum::body::BodyDataStream, what: &str) -> (String, Value) {
+    loop {
+        let chunk = tokio::time::timeout(WAIT, body.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+            .unwrap_or_else(|| panic!("stream ended while waiting for {what}"))
+            .expect("body chunk");
+        let text = std::str::from_utf8(&chunk).expect("UTF-8 events");
+        let mut kind = None;
+        let mut data = String::new();
+        for line in text.lines() {
+            if let Some(k) = line.strip_prefix("event: ") {
+                kind = Some(k.to_owned());
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                data.push_str(d);
+            }
+        }
+        if let Some(kind) = kind {
+            let data = serde_json::from_str(&data).expect("event data is JSON");
+            return (kind, data);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sse_client_is_answered_and_closed_by_its_handler() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let handler = Answering {
+        greet: true,
+        events: tx,
+    };
+    let manager = Manager::with_handler(config(), handler).expect("valid config");
+    let request = ConnectRequest::new(
+        switchboard::LobbyCode::parse("room-1").expect("valid lobby"),
+        UserId::parse("alice").expect("valid user"),
+        std::net::IpAddr::from([127, 0, 0, 1]),
+    );
+    let response = manager.accept_sse(request).await;
+    assert!(response.status().is_success(), "{}", response.status());
+    let mut body = response.into_body().into_data_stream();
+
+    let (kind, welcome) = next_event(&mut body, "welcome").await;
+    assert_eq!(kind, "welcome");
+    let id = welcome["connection_id"].as_str().expect("an id").to_owned();
+    let (kind, hello) = next_event(&mut body, "the greeting").await;
+    assert_eq!(
+        (kind.as_str(), &hello["data"]),
+        ("direct", &json!({"hello": "alice"}))
+    );
+
+    let post = |frame: Value| {
+        let (manager, id) = (manager.clone(), id.clone());
+        async move {
+            manager
+                .sse_post(&id, "alice", "room-1", &frame.to_string())
+                .await
+                .expect("posted");
+        }
+    };
+    post(json!({"type": "later", "id": "s-1", "after_ms": 100, "data": "b"})).await;
+    post(json!({"type": "echo", "data": "a"})).await;
+    let (_, echo) = next_event(&mut body, "the echo").await;
+    assert_eq!(echo["data"], json!({"echo": "a"}));
+    let (_, later) = next_event(&mut body, "the late answer").await;
+    assert_eq!(later["data"], json!({"id": "s-1", "echo": "b"}));
+
+    post(json!({"type": "quit"})).await;
+    let (kind, close) = next_event(&mut body, "the close event").await;
+    assert_eq!(
+        (kind.as_str(), close),
+        ("close", json!({"code": 4009, "reason": "kicked"}))
+    );
+    let event = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .expect("the disconnect in time");
+    assert_eq!(event.as_deref(), Some("disconnect alice kicked"));
 }
