@@ -6,7 +6,10 @@
 //!
 //! - `GET /ws/{lobby}?token=USER`: a WebSocket (protocol v1; the token is the user id here:
 //!   authenticate your way in a real app). Besides the protocol's own frames, clients may send
-//!   `{"type":"echo","data":...}` and get `{"type":"direct","from":null,"data":{"echo":...}}`.
+//!   `{"type":"echo","data":...}` and get `{"type":"direct","from":null,"data":{"echo":...}}`
+//!   at once, or `{"type":"slow_echo","id":1,"data":...,"after_ms":500}` and get
+//!   `{"type":"direct","from":null,"data":{"id":1,"echo":...}}` that much later, from a task
+//!   of its own (the connection goes on meanwhile).
 //! - `GET /stats`: the manager's stats as JSON.
 //! - `POST /announce/{lobby}`: broadcasts the JSON body to the lobby from the backend.
 //!
@@ -14,7 +17,6 @@
 //! `curl -d '{"text":"hi"}' -H 'content-type: application/json' 127.0.0.1:3000/announce/lobby-1`.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -25,36 +27,29 @@ use axum::{Json, Router};
 use serde_json::{Value, json};
 use switchboard::axum::WsConnect;
 use switchboard::{
-    AppMessage, ClientError, Config, ConnectRequest, ConnectionInfo, DisconnectReason, ErrorCode,
-    Handler, Manager, NoHandler, Skip, UserId,
+    AppMessage, Client, ClientError, Config, ConnectRequest, ConnectionInfo, DisconnectReason,
+    ErrorCode, Handler, Manager, NoHandler, Skip, UserId,
 };
 
-/// The app's side of the manager: logs connections and answers `echo` messages.
-///
-/// It answers through the manager, which is created with the handler: the manager is set into
-/// `manager` right after it is built. (This makes a reference cycle; fine for a manager that
-/// lives as long as the process.)
-#[derive(Default)]
-struct EchoHandler {
-    manager: Arc<OnceLock<Manager>>,
-}
+/// The longest `slow_echo` delay a client may ask for.
+const MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// The app's side of the manager: logs connections and answers `echo` and `slow_echo`.
+struct EchoHandler;
 
 impl Handler for EchoHandler {
-    fn on_connect(&self, conn: &ConnectionInfo) {
+    fn on_connect(&self, client: &Client) {
+        let conn = client.info();
         eprintln!(
             "connect    {} user={} lobby={} ip={}",
             conn.id, conn.user_id, conn.lobby, conn.ip
         );
     }
 
-    fn on_message(
-        &self,
-        conn: &ConnectionInfo,
-        message: AppMessage<'_>,
-    ) -> Result<(), ClientError> {
-        if message.kind != "echo" {
+    fn on_message(&self, client: &Client, message: AppMessage<'_>) -> Result<(), ClientError> {
+        if message.kind != "echo" && message.kind != "slow_echo" {
             // Anything else is refused as the protocol says: `error` `unknown_type`.
-            return NoHandler.on_message(conn, message);
+            return NoHandler.on_message(client, message);
         }
         // `message.text` is the whole frame; the handler reads the fields it defines.
         let frame: Value = serde_json::from_str(message.text)
@@ -62,10 +57,30 @@ impl Handler for EchoHandler {
         let data = frame
             .get("data")
             .ok_or_else(|| ClientError::new(ErrorCode::MissingField, "missing field `data`"))?;
-        if let Some(manager) = self.manager.get() {
-            // Never blocks: the reply is queued for this connection's writer.
-            let _ = manager.send_to_connection(conn.id.as_str(), &json!({ "echo": data }));
+        if message.kind == "echo" {
+            // Never blocks: the reply is queued for this connection's writer. (A full queue
+            // or a connection closing meanwhile is an `Err` nobody needs to hear about.)
+            let _ = client.reply(&json!({ "echo": data }));
+            return Ok(());
         }
+        let after = frame.get("after_ms").and_then(Value::as_u64).unwrap_or(0);
+        let after = Duration::from_millis(after).min(MAX_DELAY);
+        // The answer is sent later, from a task of its own: this method returns at once, so
+        // the connection reads its next frame meanwhile. The task keeps its own clone of the
+        // client; the answer carries the frame's `id`, to match it to its question.
+        let answer = json!({ "id": message.id, "echo": data });
+        let task_client = client.clone();
+        client.spawn(async move {
+            tokio::select! {
+                // The wait the client asked for; real work (a database query, an HTTP call)
+                // is awaited here the same way.
+                () = tokio::time::sleep(after) => {
+                    let _ = task_client.reply(&answer);
+                }
+                // Nobody is left to answer: stop (and let a shutdown finish early).
+                () = task_client.closed() => {}
+            }
+        });
         Ok(())
     }
 
@@ -130,10 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut config = Config::default();
     config.limits.max_per_lobby = 50;
-    let handler = EchoHandler::default();
-    let slot = handler.manager.clone();
-    let manager = Manager::with_handler(config, handler)?;
-    let _ = slot.set(manager.clone());
+    let manager = Manager::with_handler(config, EchoHandler)?;
 
     let app = Router::new()
         .route("/ws/{lobby}", get(ws))

@@ -22,6 +22,9 @@
 //! - `connection`: one connection's task (WebSocket) or tasks (SSE).
 //! - [`ws`]: the WebSocket upgrade and frame codec, with no buffer held while idle.
 //! - [`handler`]: how the embedding app hears about connections and its own messages.
+//! - `client`: [`Client`], a connection as the handler sees it (answer it, reach its lobby or
+//!   a user, close it, work for it in the background), and the backend's sends it shares
+//!   with the manager.
 //! - [`history`]: per-lobby offsets, epoch and recent broadcasts for recovery.
 //! - `shared`: the state the manager and every connection share, and the routing decided on
 //!   it (local or cluster-wide publish, the connect rate, the ping clock, SSE posts).
@@ -84,6 +87,7 @@
 pub mod axum;
 #[doc(hidden)]
 pub mod bench_support;
+mod client;
 pub mod cluster;
 pub mod config;
 mod connection;
@@ -103,6 +107,7 @@ pub mod sse;
 pub mod stats;
 pub mod ws;
 
+pub use client::Client;
 pub use config::{
     ClientPermissions, Config, ConfigError, Limits, PresenceConfig, RateConfig, SlowConsumerPolicy,
     UserPolicy,

@@ -3,22 +3,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Message;
 use axum::response::Response;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use crate::client;
 use crate::cluster::{Cluster, ClusterStats, LocalNode};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Socket};
 use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
-use crate::handler::{Handler, NoHandler};
+use crate::handler::{AppHandler, Handler, NoHandler};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
-use crate::protocol::ServerFrame;
-use crate::protocol::text;
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
 use crate::skip::Skip;
@@ -46,6 +43,7 @@ pub struct LobbyInfo {
 #[derive(Clone, Debug)]
 pub struct Manager {
     shared: Arc<Shared>,
+    handler: AppHandler,
 }
 
 impl Manager {
@@ -61,7 +59,8 @@ impl Manager {
     pub fn with_handler(config: Config, handler: impl Handler) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            shared: Arc::new(Shared::new(config, Arc::new(handler))),
+            shared: Arc::new(Shared::new(config)),
+            handler: AppHandler::new(handler),
         })
     }
 
@@ -74,11 +73,11 @@ impl Manager {
     /// sent, and from then on the manager owns it. Refusals by a limit are closes with 4002,
     /// which the client can read, rather than HTTP statuses it cannot.
     pub fn accept(&self, upgrade: Upgrade, request: ConnectRequest) -> Response {
-        let shared = self.shared.clone();
+        let (shared, handler) = (self.shared.clone(), self.handler.clone());
         upgrade.on_upgrade(SUBPROTOCOL, move |io| {
             let tracker = shared.tracker.clone();
             let socket = Socket::new(io, shared.config.max_message_bytes);
-            tracker.track_future(connection::run(shared, socket, request))
+            tracker.track_future(connection::run(shared, handler, socket, request))
         })
     }
 
@@ -106,14 +105,7 @@ impl Manager {
         skip: Skip<'_>,
     ) -> Result<usize, Error> {
         let lobby = LobbyCode::parse(lobby)?;
-        let data = to_raw(data)?;
-        let frame = ServerFrame::Message {
-            lobby: &lobby,
-            from: None,
-            data: &data,
-        }
-        .encode();
-        self.shared.publish(&lobby, &frame, skip)
+        client::broadcast(&self.shared, &lobby, data, skip)
     }
 
     /// Sends `data` to every connection of `user`, on every node, as a `direct` frame from the
@@ -123,8 +115,7 @@ impl Manager {
         user: &str,
         data: &T,
     ) -> Result<usize, Error> {
-        let data = to_raw(data)?;
-        self.shared.send_to_user(user, &direct(&data))
+        client::send_to_user(&self.shared, user, data)
     }
 
     /// Sends `data` to one connection as a `direct` frame from the backend.
@@ -134,12 +125,7 @@ impl Manager {
         data: &T,
     ) -> Result<(), Error> {
         let conn = self.find(id)?;
-        let data = to_raw(data)?;
-        match self.shared.hub.deliver(&conn, direct(&data)) {
-            Offer::Queued => Ok(()),
-            Offer::Full => Err(Error::QueueFull),
-            Offer::Closed => Err(Error::NoSuchConnection),
-        }
+        client::send_direct(&self.shared, &conn, data)
     }
 
     /// The users present in a lobby on every node, sorted (each once, however many
@@ -278,7 +264,7 @@ impl Manager {
     /// is an HTTP status with a JSON error body: 401 (`unauthorized`), 429 (`rate_limited`),
     /// 503 (a capacity limit or a shutdown, with `Retry-After`).
     pub async fn accept_sse(&self, request: ConnectRequest) -> Response {
-        crate::sse::open(&self.shared, request).await
+        crate::sse::open(&self.shared, &self.handler, request).await
     }
 
     /// Hands a client frame posted for an SSE connection to that connection, as if it had
@@ -323,12 +309,4 @@ impl Manager {
             .and_then(|seq| self.shared.hub.connection(seq))
             .ok_or(Error::NoSuchConnection)
     }
-}
-
-fn to_raw<T: Serialize + ?Sized>(data: &T) -> Result<Box<RawValue>, serde_json::Error> {
-    serde_json::value::to_raw_value(data)
-}
-
-fn direct(data: &RawValue) -> Message {
-    text(ServerFrame::Direct { from: None, data }.encode())
 }

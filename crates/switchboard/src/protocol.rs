@@ -185,7 +185,7 @@ pub fn fuzz_parse(text: &str) -> Option<String> {
     }
 }
 
-fn is_string_or_number(raw: &RawValue) -> bool {
+pub(crate) fn is_string_or_number(raw: &RawValue) -> bool {
     matches!(
         raw.get().as_bytes().first(),
         Some(b'"' | b'-' | b'0'..=b'9')

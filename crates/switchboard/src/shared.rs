@@ -1,5 +1,5 @@
 //! [`Shared`]: the state the manager handle and every connection task share (config, the
-//! registry, counters, the app's handler, the task tracker, the cluster), and the routing
+//! registry, counters, the task tracker, the cluster), and the routing
 //! decisions made on it. This is the one place that decides "this node or the cluster": the
 //! publish path, sends to a user, admission and release, presence and lobby lists, closes and
 //! SSE posts for other nodes. Also the connect rate and the ping clock.
@@ -19,7 +19,6 @@ use crate::config::Config;
 use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo};
-use crate::handler::Handler;
 use crate::history::{Broadcast, ClusterHistory};
 use crate::hub::Hub;
 use crate::ids::LobbyCode;
@@ -32,7 +31,6 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) handler: Arc<dyn Handler>,
     /// Every connection and writer task, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
     next_seq: AtomicU64,
@@ -94,7 +92,7 @@ impl std::fmt::Debug for Shared {
 
 impl Shared {
     /// The state of a new manager: `config` is already validated.
-    pub(crate) fn new(config: Config, handler: Arc<dyn Handler>) -> Self {
+    pub(crate) fn new(config: Config) -> Self {
         let connect_rate = ConnectRate::new(config.rate.connects_per_ip_per_sec);
         let config = Arc::new(config);
         let counters = Arc::new(Counters::default());
@@ -103,7 +101,6 @@ impl Shared {
             hub: Arc::new(Hub::new(config.clone(), counters.clone(), tracker.clone())),
             config,
             counters,
-            handler,
             tracker,
             next_seq: AtomicU64::new(1),
             started: Instant::now(),

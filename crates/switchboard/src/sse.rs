@@ -21,6 +21,7 @@ use tokio_util::sync::PollSender;
 
 use crate::connection;
 use crate::disconnect::DisconnectReason;
+use crate::handler::AppHandler;
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
 
@@ -33,7 +34,11 @@ const BODY_QUEUE: usize = 16;
 pub use crate::error::SsePostError;
 
 /// Opens an SSE stream for `request` (`Manager::accept_sse`).
-pub(crate) async fn open(shared: &Arc<Shared>, request: ConnectRequest) -> Response {
+pub(crate) async fn open(
+    shared: &Arc<Shared>,
+    handler: &AppHandler,
+    request: ConnectRequest,
+) -> Response {
     let (inbound, frames) = mpsc::channel(INBOUND_QUEUE);
     let admitted = match connection::admit(shared, request, Some(inbound)).await {
         Ok(admitted) => admitted,
@@ -47,9 +52,8 @@ pub(crate) async fn open(shared: &Arc<Shared>, request: ConnectRequest) -> Respo
         body: PollSender::new(body),
         epoch: None,
     };
-    shared
-        .tracker
-        .spawn(connection::drive(shared.clone(), admitted, stream, sink));
+    let drive = connection::drive(shared.clone(), handler.clone(), admitted, stream, sink);
+    shared.tracker.spawn(drive);
     let body = futures_util::stream::unfold(events, |mut events| async {
         events
             .recv()

@@ -2,14 +2,13 @@
 //! `direct`, `presence`, `health_pong`, application messages for the handler, and the
 //! `error` answers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::rate::{MessageRate, Verdict};
+use crate::client::{Client, send_error};
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
-use crate::handler::AppMessage;
-use crate::protocol::text;
+use crate::handler::{AppMessage, Handler};
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 use crate::shared::Shared;
 use crate::skip::Skip;
@@ -49,13 +48,14 @@ pub(super) fn charge_control(
 const MAX_FREE_PONG: usize = 256;
 
 /// Handles one client text frame (and counts it); an `Err` closes the connection with that
-/// reason.
+/// reason, and so does a close meanwhile (the handler's, say): no further frame is read.
 pub(super) fn handle_text(
     text: &str,
-    conn: &Arc<ConnHandle>,
-    shared: &Arc<Shared>,
+    client: &Client,
+    handler: &dyn Handler,
     rate: &mut MessageRate,
 ) -> Result<(), DisconnectReason> {
+    let Client { conn, shared } = client;
     shared.counters.message_in(text.len());
     // The rate is checked before the frame is parsed. One exception: the first echo of the
     // last `health_ping` is free, so that a client busy at its limit is never closed for
@@ -77,7 +77,7 @@ pub(super) fn handle_text(
         if verdict != Verdict::Allowed {
             // Refused unparsed: no `id` to echo.
             let error = ClientError::new(ErrorCode::RateLimited, "too many messages; slow down");
-            reply_error(conn, shared, &error, None);
+            send_error(shared, conn, &error, None);
             return match verdict {
                 Verdict::Exceeded => Err(DisconnectReason::RateLimited),
                 _ => Ok(()),
@@ -87,7 +87,7 @@ pub(super) fn handle_text(
     let (frame, id) = match parsed.unwrap_or_else(|| protocol::parse(text)) {
         Ok(parsed) => parsed,
         Err(e) => {
-            reply_error(conn, shared, &e.error, e.id);
+            send_error(shared, conn, &e.error, e.id);
             return Ok(());
         }
     };
@@ -141,14 +141,19 @@ pub(super) fn handle_text(
             shared.queue_presence_list(conn);
             Ok(())
         }
-        ClientFrame::App { kind } => shared
-            .handler
-            .on_message(info, AppMessage { kind: &kind, text }),
+        ClientFrame::App { kind } => handler.on_message(
+            client,
+            AppMessage {
+                kind: &kind,
+                text,
+                id,
+            },
+        ),
     };
     if let Err(error) = outcome {
-        reply_error(conn, shared, &error, id);
+        send_error(shared, conn, &error, id);
     }
-    Ok(())
+    conn.reason().map_or(Ok(()), Err)
 }
 
 fn overloaded() -> ClientError {
@@ -163,18 +168,4 @@ fn not_allowed(kind: &str) -> ClientError {
         ErrorCode::NotAllowed,
         format!("clients may not send `{kind}` on this server"),
     )
-}
-
-fn reply_error(
-    conn: &ConnHandle,
-    shared: &Shared,
-    error: &ClientError,
-    id: Option<&serde_json::value::RawValue>,
-) {
-    let frame = ServerFrame::Error {
-        code: error.code,
-        message: &error.message,
-        id,
-    };
-    shared.hub.deliver(conn, text(frame.encode()));
 }

@@ -67,13 +67,10 @@ impl HealthClock {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::extract::ws::Message;
 
     use super::*;
     use crate::config::Config;
-    use crate::handler::NoHandler;
 
     fn setup() -> (Shared, ConnHandle) {
         let config = Config {
@@ -82,7 +79,7 @@ mod tests {
             ..Config::default()
         };
         let (conn, _) = crate::handle::testing::handle(1, 8);
-        (Shared::new(config, Arc::new(NoHandler)), conn)
+        (Shared::new(config), conn)
     }
 
     fn queued(conn: &ConnHandle) -> Vec<&'static str> {

@@ -24,7 +24,9 @@ use tokio::sync::mpsc;
 use crate::handle::{ConnHandle, ConnectionInfo};
 pub(crate) use socket::Socket;
 
+use crate::client::Client;
 use crate::disconnect::DisconnectReason;
+use crate::handler::AppHandler;
 use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
@@ -32,11 +34,16 @@ use crate::shared::Shared;
 /// Admits one upgraded WebSocket, then serves it in a task of its own until it ends. The
 /// serving task starts after admission so that it carries none of admission's state: a
 /// connection's task is most of its idle memory.
-pub(crate) async fn run(shared: Arc<Shared>, socket: Socket, request: ConnectRequest) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    handler: AppHandler,
+    socket: Socket,
+    request: ConnectRequest,
+) {
     match admit(&shared, request, None).await {
         Ok(admitted) => {
             let tracker = shared.tracker.clone();
-            tracker.spawn(Serving::new(shared, socket, admitted));
+            tracker.spawn(Serving::new(shared, handler, socket, admitted));
         }
         Err(reason) => {
             socket
@@ -49,8 +56,9 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: Socket, request: ConnectReq
 /// A WebSocket connection being served: its task's whole state, written out as one future
 /// (rather than an `async fn`, which would keep admission's and closing's state alongside).
 struct Serving {
-    shared: Arc<Shared>,
-    conn: Arc<ConnHandle>,
+    /// The manager's state and the connection's handle, as the handler is handed them.
+    client: Client,
+    handler: AppHandler,
     /// The cluster counts it until released.
     in_cluster: bool,
     /// Still in the hub: unregistered when serving ends, or when dropped (a panic).
@@ -72,19 +80,20 @@ enum Phase {
 }
 
 impl Serving {
-    fn new(shared: Arc<Shared>, socket: Socket, admitted: Admitted) -> Self {
+    fn new(shared: Arc<Shared>, handler: AppHandler, socket: Socket, admitted: Admitted) -> Self {
         let Admitted {
             conn,
             in_cluster,
             expires_at,
         } = admitted;
-        connected(&shared, &conn);
         let clock = health::HealthClock::new(&shared, expires_at);
         let timer = Box::pin(tokio::time::sleep_until(clock.next_deadline()));
         let rate = rate::MessageRate::new(&shared.config.rate);
+        let client = Client::new(shared, conn);
+        connected(&client, &handler);
         Self {
-            shared,
-            conn,
+            client,
+            handler,
             in_cluster,
             registered: true,
             phase: Phase::Live {
@@ -98,7 +107,7 @@ impl Serving {
 
     fn unregister(&mut self) {
         if std::mem::take(&mut self.registered) {
-            leave_hub(&self.shared, self.conn.seq);
+            leave_hub(&self.client.shared, self.client.conn.seq);
         }
     }
 
@@ -109,13 +118,15 @@ impl Serving {
             return;
         };
         let reason = self
+            .client
             .conn
             .reason()
             .unwrap_or(DisconnectReason::ConnectionLost);
         self.unregister();
-        self.shared.counters.closed(reason);
-        let (conn, shared, in_cluster) = (self.conn.clone(), self.shared.clone(), self.in_cluster);
-        let timeout = self.shared.config.close_timeout;
+        let Client { shared, conn } = &self.client;
+        shared.counters.closed(reason);
+        let (conn, shared, in_cluster) = (conn.clone(), shared.clone(), self.in_cluster);
+        let timeout = shared.config.close_timeout;
         self.phase = Phase::Closing(Box::pin(async move {
             let release = async {
                 if in_cluster {
@@ -141,8 +152,8 @@ impl Future for Serving {
                     timer,
                 } => {
                     let mut live = socket::Live {
-                        conn: &this.conn,
-                        shared: &this.shared,
+                        client: &this.client,
+                        handler: &*this.handler,
                         clock,
                         rate,
                     };
@@ -159,12 +170,10 @@ impl Future for Serving {
                         return Poll::Pending;
                     }
                     this.phase = Phase::Done;
-                    this.conn.shut();
-                    let reason = this
-                        .conn
-                        .reason()
-                        .unwrap_or(DisconnectReason::ConnectionLost);
-                    disconnected(&this.shared, &this.conn, reason);
+                    let conn = &this.client.conn;
+                    conn.shut();
+                    let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
+                    disconnected(&this.handler, conn, reason);
                     return Poll::Ready(());
                 }
                 Phase::Done => return Poll::Ready(()),
@@ -267,8 +276,13 @@ pub(crate) async fn admit(
 
 /// Drives an admitted connection over a stream of client frames and a sink of server frames
 /// (SSE) until it ends, then removes every trace of it.
-pub(crate) async fn drive<St, Si>(shared: Arc<Shared>, admitted: Admitted, mut stream: St, sink: Si)
-where
+pub(crate) async fn drive<St, Si>(
+    shared: Arc<Shared>,
+    handler: AppHandler,
+    admitted: Admitted,
+    mut stream: St,
+    sink: Si,
+) where
     St: futures_util::Stream<Item = Message> + Unpin,
     Si: futures_util::Sink<Message> + Unpin + Send + 'static,
 {
@@ -281,11 +295,12 @@ where
         shared: &shared,
         seq: conn.seq,
     };
-    connected(&shared, &conn);
+    let client = Client::new(shared.clone(), conn.clone());
+    connected(&client, &handler);
     let writer = shared
         .tracker
         .spawn(writer::run(sink, conn.clone(), shared.clone()));
-    sse_reader::run(&mut stream, &conn, &shared, expires_at).await;
+    sse_reader::run(&mut stream, &client, &*handler, expires_at).await;
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
     shared.counters.closed(reason);
@@ -295,18 +310,19 @@ where
     drop(stream);
     let _ = writer.await;
     conn.shut();
-    disconnected(&shared, &conn, reason);
+    disconnected(&handler, &conn, reason);
 }
 
-fn connected(shared: &Shared, conn: &ConnHandle) {
-    tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, "connected");
-    shared.handler.on_connect(&conn.info);
+fn connected(client: &Client, handler: &AppHandler) {
+    let info = client.info();
+    tracing::info!(id = %info.id, user = %info.user_id, lobby = %info.lobby, ip = %info.ip, "connected");
+    handler.on_connect(client);
 }
 
-fn disconnected(shared: &Shared, conn: &ConnHandle, reason: DisconnectReason) {
+fn disconnected(handler: &AppHandler, conn: &ConnHandle, reason: DisconnectReason) {
     let duration = conn.info.connected_at.elapsed().unwrap_or_default();
     tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, %reason, duration_ms = duration.as_millis() as u64, "disconnected");
-    shared.handler.on_disconnect(&conn.info, reason);
+    handler.on_disconnect(&conn.info, reason);
 }
 
 /// Removes the connection from the hub when dropped: on every path out of [`drive`], panics

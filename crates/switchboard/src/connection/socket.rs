@@ -21,8 +21,10 @@ use tokio::time::{Instant, Sleep};
 use super::dispatch;
 use super::health::HealthClock;
 use super::rate::MessageRate;
+use crate::client::Client;
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
+use crate::handler::Handler;
 use crate::shared::Shared;
 use crate::ws::Upgraded;
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
@@ -79,13 +81,13 @@ impl Socket {
         live: &mut Live<'_>,
         mut timer: Pin<&mut Sleep>,
     ) -> Poll<()> {
-        let conn = live.conn;
+        let Client { conn, shared } = live.client;
         conn.register(cx.waker());
         if conn.reason().is_some() {
             return Poll::Ready(());
         }
         while timer.as_mut().poll(cx).is_ready() {
-            if let Some(reason) = live.clock.tick(conn, live.shared) {
+            if let Some(reason) = live.clock.tick(conn, shared) {
                 conn.close(reason);
                 return Poll::Ready(());
             }
@@ -111,11 +113,12 @@ impl Socket {
         live: &mut Live<'_>,
     ) -> Result<(), DisconnectReason> {
         let lost = |()| DisconnectReason::ConnectionLost;
-        self.poll_write(cx, live.conn, live.shared).map_err(lost)?;
+        let Client { conn, shared } = live.client;
+        self.poll_write(cx, conn, shared).map_err(lost)?;
         if let Poll::Ready(reason) = self.poll_read(cx, live) {
             return Err(reason);
         }
-        self.poll_write(cx, live.conn, live.shared).map_err(lost)
+        self.poll_write(cx, conn, shared).map_err(lost)
     }
 
     /// Reads and handles frames until the socket has nothing more (`Pending`) or the
@@ -317,8 +320,9 @@ impl Socket {
 
 /// What handling inbound frames needs besides the socket.
 pub(super) struct Live<'a> {
-    pub(super) conn: &'a Arc<ConnHandle>,
-    pub(super) shared: &'a Arc<Shared>,
+    /// The connection's handle and the manager's state, as the handler is handed them.
+    pub(super) client: &'a Client,
+    pub(super) handler: &'a dyn Handler,
     pub(super) clock: &'a mut HealthClock,
     pub(super) rate: &'a mut MessageRate,
 }
@@ -331,9 +335,9 @@ impl Live<'_> {
         unsent: &mut Vec<u8>,
         peer_close: &mut Option<Option<u16>>,
     ) -> Result<(), DisconnectReason> {
-        let (conn, shared) = (self.conn, self.shared);
+        let Client { conn, shared } = self.client;
         match frame {
-            Frame::Text(text) => dispatch::handle_text(text, conn, shared, self.rate),
+            Frame::Text(text) => dispatch::handle_text(text, self.client, self.handler, self.rate),
             Frame::Binary(_) => Err(DisconnectReason::UnsupportedData),
             Frame::Ping(payload) => {
                 // Over the rate budget a Ping goes unanswered (and counts as a refusal).

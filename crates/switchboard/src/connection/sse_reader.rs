@@ -1,7 +1,6 @@
 //! The reader task of transports whose frames arrive as a stream (SSE posts): each frame goes
 //! to the dispatcher; it returns once the connection has a [`DisconnectReason`].
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::ws::Message;
@@ -11,18 +10,19 @@ use tokio::time::{Instant, sleep_until};
 use super::dispatch::{charge_control, handle_pong, handle_text};
 use super::health::HealthClock;
 use super::rate::MessageRate;
+use crate::client::Client;
 use crate::disconnect::DisconnectReason;
-use crate::handle::ConnHandle;
-use crate::shared::Shared;
+use crate::handler::Handler;
 
 pub(super) async fn run<S>(
     stream: &mut S,
-    conn: &Arc<ConnHandle>,
-    shared: &Arc<Shared>,
+    client: &Client,
+    handler: &dyn Handler,
     expires_at: Option<SystemTime>,
 ) where
     S: Stream<Item = Message> + Unpin,
 {
+    let Client { conn, shared } = client;
     let mut clock = HealthClock::new(shared, expires_at);
     let mut rate = MessageRate::new(&shared.config.rate);
     let timer = sleep_until(clock.next_deadline());
@@ -42,7 +42,7 @@ pub(super) async fn run<S>(
                 let reason = match frame {
                     Some(message) => {
                         clock.last_seen = Instant::now();
-                        match handle(message, conn, shared, &mut rate) {
+                        match handle(message, client, handler, &mut rate) {
                             Ok(()) => continue,
                             Err(reason) => reason,
                         }
@@ -59,12 +59,13 @@ pub(super) async fn run<S>(
 /// Handles one inbound frame; an `Err` closes the connection with that reason.
 fn handle(
     message: Message,
-    conn: &Arc<ConnHandle>,
-    shared: &Arc<Shared>,
+    client: &Client,
+    handler: &dyn Handler,
     rate: &mut MessageRate,
 ) -> Result<(), DisconnectReason> {
+    let Client { conn, shared } = client;
     match message {
-        Message::Text(text) => handle_text(text.as_str(), conn, shared, rate),
+        Message::Text(text) => handle_text(text.as_str(), client, handler, rate),
         Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
         Message::Pong(payload) => handle_pong(&payload, conn, shared, rate),
         // The WebSocket layer answers pings itself; any frame is proof of life.
