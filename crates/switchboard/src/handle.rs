@@ -137,8 +137,8 @@ impl ConnHandle {
 
     /// Wakes the connection's task through `waker` on the next offer or close, whatever the
     /// queue holds.
-    pub(crate) fn register(&self, waker: &Waker) {
-        self.outbox.register(waker);
+    pub(crate) fn set_waker(&self, waker: &Waker) {
+        self.outbox.set_waker(waker);
     }
 
     /// Refuses every later offer (`Offer::Closed`) and drops what is queued: the connection's
@@ -347,7 +347,7 @@ impl Outbox {
         frames.into_iter().for_each(take);
     }
 
-    fn register(&self, waker: &Waker) {
+    fn set_waker(&self, waker: &Waker) {
         store_waker(&mut lock(&self.state).waker, waker);
     }
 
@@ -420,7 +420,7 @@ pub(crate) mod testing {
         };
         let conn = ConnHandle::new(seq, info, capacity);
         let count = Arc::new(WakeCount::default());
-        conn.register(&Waker::from(count.clone()));
+        conn.set_waker(&Waker::from(count.clone()));
         (conn, count)
     }
 }

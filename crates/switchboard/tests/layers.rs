@@ -23,7 +23,7 @@ fn dependencies(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         if module == "lib" || module == "main" {
             continue;
         }
-        // `hub_tests.rs` and the like are `#[path]` children of `hub`.
+        // A `x_tests.rs` next to `x.rs` would be a `#[path]` child of `x`.
         let module = module
             .strip_suffix("_tests")
             .or_else(|| module.strip_suffix("_proptest"))

@@ -82,7 +82,7 @@ impl Socket {
         mut timer: Pin<&mut Sleep>,
     ) -> Poll<()> {
         let Client { conn, shared } = live.client;
-        conn.register(cx.waker());
+        conn.set_waker(cx.waker());
         if conn.reason().is_some() {
             return Poll::Ready(());
         }
