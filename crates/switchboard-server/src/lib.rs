@@ -1,4 +1,4 @@
-//! The standalone Switchboard server: protocol v1 over WebSocket for clients in any language,
+//! The standalone Switchboard server: protocols v1 and v2 over WebSocket for clients in any language,
 //! an HTTP API for backends, probes and Prometheus metrics.
 //!
 //! # Layout

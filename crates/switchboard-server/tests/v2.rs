@@ -474,3 +474,85 @@ async fn the_tokens_lobbies_govern_every_join() {
         "not built yet: refused, said so"
     );
 }
+
+/// The HTTP API: join a user's v2 connections to a lobby, show a connection's lobbies, remove
+/// the user again; stats count memberships.
+#[tokio::test]
+async fn the_http_api_joins_shows_and_removes() {
+    const KEY: &str = "v2-test-key";
+    let server = server(|c| {
+        c.api_key = Some(switchboard_server::config::Secret(KEY.into()));
+    })
+    .await;
+    let mut alice = connect_v2(server.addr, "/ws/first?token=alice").await;
+    alice.expect("joined", "first").await;
+    let joined = http(
+        server.addr,
+        "POST",
+        "/api/users/alice/lobbies/second",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(joined.status, 200);
+    assert_eq!(joined.json(), json!({"joined": 1}));
+    assert_eq!(alice.expect("joined", "second").await["lobby"], "second");
+
+    let path = format!("/api/connections/{}", alice.id());
+    let shown = http(server.addr, "GET", &path, Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(shown["user_id"], "alice");
+    assert_eq!(shown["protocol"], 2);
+    assert_eq!(shown["lobbies"], json!(["first", "second"]));
+    let stats = http(server.addr, "GET", "/api/stats", Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(
+        (
+            stats["total_connections"].as_u64(),
+            stats["memberships"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+
+    let removed = http(
+        server.addr,
+        "DELETE",
+        "/api/users/alice/lobbies/first",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(removed.json(), json!({"removed": 1}));
+    let left = alice.expect("left", "removed from first").await;
+    assert_eq!(
+        (left["lobby"].as_str(), left["reason"].as_str()),
+        (Some("first"), Some("removed"))
+    );
+    let shown = http(server.addr, "GET", &path, Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(shown["lobbies"], json!(["second"]));
+    let bad = http(
+        server.addr,
+        "POST",
+        "/api/users/alice/lobbies/no%20spaces",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "invalid_lobby")
+    );
+    let missing = http(
+        server.addr,
+        "GET",
+        "/api/connections/nope-1",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+}

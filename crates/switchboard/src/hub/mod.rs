@@ -670,6 +670,7 @@ impl Hub {
             lobbies: reg.lobbies.len(),
             users: reg.users.len(),
             history_bytes: reg.histories.bytes(),
+            memberships: reg.memberships,
         }
     }
 
