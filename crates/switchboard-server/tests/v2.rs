@@ -429,11 +429,15 @@ async fn the_backend_joins_and_removes_users() {
 }
 
 fn jwt(sub: &str, lobbies: &[&str]) -> String {
+    jwt_for(sub, lobbies, 3600)
+}
+
+fn jwt_for(sub: &str, lobbies: &[&str], secs: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims = json!({"sub": sub, "exp": now + 3600, "lobbies": lobbies});
+    let claims = json!({"sub": sub, "exp": now + secs, "lobbies": lobbies});
     encode(
         &Header::default(),
         &claims,
@@ -463,16 +467,72 @@ async fn the_tokens_lobbies_govern_every_join() {
             (Some("not_allowed"), Some(id))
         );
     }
+    // A refresh that no longer allows lobby-1 leaves it, then acknowledges with the expiry.
+    let narrower = jwt_for("alice", &["team-42:*"], 7200);
+    alice
+        .send(json!({"type": "refresh", "token": narrower, "id": 5}))
+        .await;
+    let left = alice.expect("left", "lobby-1 no longer allowed").await;
+    assert_eq!(
+        left,
+        json!({"type": "left", "lobby": "lobby-1", "reason": "not_allowed"})
+    );
+    let ack = alice.expect("ack", "refresh").await;
+    assert_eq!(ack["id"], 5);
+    let expires = ack["token_expires_at"].as_u64().unwrap();
+    assert!(expires > alice.welcome["token_expires_at"].as_u64().unwrap());
+    assert_eq!(
+        server.manager.lobbies_of(alice.id()).unwrap()[0].as_str(),
+        "team-42:chat"
+    );
+    // Another user's token is refused, and the connection goes on as it was.
+    let bobs = jwt_for("bob", &["lobby-1"], 3600);
     let error = alice
         .refused(
-            json!({"type": "refresh", "token": token, "id": 5}),
-            "refresh",
+            json!({"type": "refresh", "token": bobs, "id": 6}),
+            "bob's token",
         )
         .await;
     assert_eq!(
-        error["code"], "not_allowed",
-        "not built yet: refused, said so"
+        (error["code"].as_str(), error["id"].as_u64()),
+        (Some("not_allowed"), Some(6))
     );
+    let error = alice
+        .refused(
+            json!({"type": "refresh", "token": "garbage", "id": 7}),
+            "bad token",
+        )
+        .await;
+    assert_eq!(error["code"], "not_allowed");
+    let error = alice
+        .refused(
+            json!({"type": "join", "lobby": "lobby-1", "id": 8}),
+            "lobby-1 after refresh",
+        )
+        .await;
+    assert_eq!(error["code"], "not_allowed");
+}
+
+/// A refresh moves the connection's expiry: a token about to expire, refreshed, does not close
+/// the connection with 4010.
+#[tokio::test]
+async fn a_refresh_moves_the_expiry() {
+    let server = server(|c| {
+        c.jwt_secret = Some(switchboard_server::config::Secret(TEST_SECRET.into()));
+    })
+    .await;
+    let short = jwt_for("alice", &["room"], 2);
+    let mut alice = connect_v2(server.addr, &format!("/ws/room?token={short}")).await;
+    alice.expect("joined", "room").await;
+    let long = jwt_for("alice", &["room"], 3600);
+    alice
+        .send(json!({"type": "refresh", "token": long, "id": 1}))
+        .await;
+    alice.expect("ack", "refresh").await;
+    // Past the first token's expiry, the connection still answers.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    alice.send(json!({"type": "presence", "id": 2})).await;
+    assert_eq!(alice.expect("presence", "still connected").await["id"], 2);
 }
 
 /// The HTTP API: join a user's v2 connections to a lobby, show a connection's lobbies, remove
