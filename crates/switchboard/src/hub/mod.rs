@@ -775,3 +775,7 @@ mod tests;
 #[cfg(test)]
 #[path = "proptest.rs"]
 mod proptests;
+
+#[cfg(test)]
+#[path = "memberships_proptest.rs"]
+mod memberships_proptests;
