@@ -7,40 +7,49 @@ impl Cluster for RedisCluster {
     fn admit<'a>(
         &'a self,
         conn: &'a ConnectionInfo,
-        lobby: &'a LobbyCode,
+        lobby: Option<&'a LobbyCode>,
     ) -> BoxFuture<'a, Admission> {
         Box::pin(async move {
             // Subscribe before reserving: nothing published after our members exist is missed.
-            self.subscribe_lobby(lobby.as_str()).await;
+            if let Some(lobby) = lobby {
+                self.subscribe_lobby(lobby.as_str()).await;
+            }
             let registering = self.registry.read().await;
             let admission = self.admit_remote(conn, lobby).await;
             if !matches!(admission, Admission::Refused(_)) {
+                let lobbies = lobby.into_iter().cloned().collect();
                 self.conns
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(conn.id.as_str().to_owned(), (conn.clone(), lobby.clone()));
+                    .insert(conn.id.as_str().to_owned(), (conn.clone(), lobbies));
             }
             drop(registering);
-            if let Admission::Refused(_) = admission {
+            if let (Admission::Refused(_), Some(lobby)) = (&admission, lobby) {
                 self.unsubscribe_lobby(lobby.as_str()).await;
             }
             admission
         })
     }
 
-    fn release<'a>(&'a self, conn: &'a ConnectionInfo, lobby: &'a LobbyCode) -> BoxFuture<'a, ()> {
+    fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            self.unsubscribe_lobby(lobby.as_str()).await;
-            let _releasing = self.registry.read().await;
-            self.conns
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(conn.id.as_str());
+            let lobbies = {
+                let _releasing = self.registry.read().await;
+                self.conns
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(conn.id.as_str())
+                    .map(|(_, lobbies)| lobbies)
+                    .unwrap_or_default()
+            };
+            for lobby in &lobbies {
+                self.unsubscribe_lobby(lobby.as_str()).await;
+            }
             let Some(mut con) = self.connection() else {
                 self.needs_resync.store(true, Ordering::SeqCst);
                 return;
             };
-            let released: Result<(i64, i64), _> = self
+            let released: Result<(Vec<String>, Vec<i64>), _> = self
                 .scripts
                 .release
                 .arg(&self.cfg.key_prefix)
@@ -50,11 +59,115 @@ impl Cluster for RedisCluster {
                 .invoke_async(&mut con)
                 .await;
             match released {
-                Ok((1, members)) if members as usize <= self.cfg.events_max_members => {
-                    self.announce_left(&[format!("{}\t{}", lobby, conn.user_id)]);
+                Ok((left, users)) => {
+                    let small: Vec<String> = left
+                        .into_iter()
+                        .zip(users)
+                        .filter(|(_, users)| *users as usize <= self.cfg.events_max_members)
+                        .map(|(left, _)| left)
+                        .collect();
+                    self.announce_left(&small);
+                }
+                Err(error) => self.failed("release", &error),
+            }
+        })
+    }
+
+    fn join<'a>(
+        &'a self,
+        conn: &'a ConnectionInfo,
+        lobby: &'a LobbyCode,
+    ) -> BoxFuture<'a, Admission> {
+        Box::pin(async move {
+            // As at admit: subscribed before the membership exists.
+            self.subscribe_lobby(lobby.as_str()).await;
+            let registering = self.registry.read().await;
+            let Some(mut con) = self.connection() else {
+                drop(registering);
+                self.needs_resync.store(true, Ordering::SeqCst);
+                self.record_membership(conn, lobby);
+                return Admission::Unavailable;
+            };
+            let joined: Result<(String, i64, i64), _> = self
+                .scripts
+                .join
+                .arg(&self.cfg.key_prefix)
+                .arg(self.history_ttl_ms())
+                .arg(&self.cfg.node_id)
+                .arg(conn.id.as_str())
+                .arg(conn.user_id.as_str())
+                .arg(lobby.as_str())
+                .arg(self.cfg.limits.max_per_lobby)
+                .invoke_async(&mut con)
+                .await;
+            let admission = match joined {
+                Ok((status, joined, users)) if status == "ok" || status == "already" => {
+                    self.record_membership(conn, lobby);
+                    let events =
+                        self.cfg.presence_events && users as usize <= self.cfg.events_max_members;
+                    if joined == 1 && events {
+                        self.announce(&[format!("{lobby}\t{}", conn.user_id)], true);
+                    }
+                    Admission::Admitted {
+                        presence_events: events,
+                    }
+                }
+                Ok((status, _, _)) if status == "lobby_full" => {
+                    Admission::Refused(DisconnectReason::LobbyFull)
+                }
+                // Released meanwhile: there is nobody to join.
+                Ok(_) => Admission::Refused(DisconnectReason::ConnectionLost),
+                Err(error) => {
+                    self.failed("join", &error);
+                    self.record_membership(conn, lobby);
+                    Admission::Unavailable
+                }
+            };
+            drop(registering);
+            if let Admission::Refused(_) = admission {
+                self.unsubscribe_lobby(lobby.as_str()).await;
+            }
+            admission
+        })
+    }
+
+    fn leave<'a>(&'a self, conn: &'a ConnectionInfo, lobby: &'a LobbyCode) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let was_in = {
+                let _leaving = self.registry.read().await;
+                let mut conns = self.conns.lock().unwrap_or_else(PoisonError::into_inner);
+                conns.get_mut(conn.id.as_str()).is_some_and(|(_, lobbies)| {
+                    let before = lobbies.len();
+                    lobbies.retain(|l| l != lobby);
+                    lobbies.len() < before
+                })
+            };
+            if !was_in {
+                return;
+            }
+            self.unsubscribe_lobby(lobby.as_str()).await;
+            let Some(mut con) = self.connection() else {
+                self.needs_resync.store(true, Ordering::SeqCst);
+                return;
+            };
+            let parted: Result<(String, i64), _> = self
+                .scripts
+                .part
+                .arg(&self.cfg.key_prefix)
+                .arg(self.history_ttl_ms())
+                .arg(conn.id.as_str())
+                .arg(conn.user_id.as_str())
+                .arg(lobby.as_str())
+                .invoke_async(&mut con)
+                .await;
+            match parted {
+                Ok((left, users)) if !left.is_empty() => {
+                    if users as usize <= self.cfg.events_max_members {
+                        self.announce_left(&[left]);
+                    }
                 }
                 Ok(_) => {}
-                Err(error) => self.failed("release", &error),
+                Err(error) => self.failed("leave", &error),
             }
         })
     }

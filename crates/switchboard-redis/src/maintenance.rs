@@ -72,7 +72,7 @@ impl RedisCluster {
         self.client.get_connection_manager_with_config(config).await
     }
 
-    pub(crate) fn conns_snapshot(&self) -> Vec<(ConnectionInfo, LobbyCode)> {
+    pub(crate) fn conns_snapshot(&self) -> Vec<(ConnectionInfo, Vec<LobbyCode>)> {
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -90,12 +90,14 @@ impl RedisCluster {
             .arg(&self.cfg.key_prefix)
             .arg(self.history_ttl_ms())
             .arg(&self.cfg.node_id);
-        for (c, lobby) in &conns {
+        for (c, lobbies) in &conns {
+            let joined: Vec<&str> = lobbies.iter().map(LobbyCode::as_str).collect();
             invocation
                 .arg(c.id.as_str())
                 .arg(c.user_id.as_str())
-                .arg(lobby.as_str())
-                .arg(self.cfg.limits.ip_key(c.ip).to_string());
+                .arg(joined.first().copied().unwrap_or(""))
+                .arg(self.cfg.limits.ip_key(c.ip).to_string())
+                .arg(joined.join(","));
         }
         let synced: Result<(Vec<String>, Vec<String>), _> = invocation.invoke_async(con).await;
         match synced {

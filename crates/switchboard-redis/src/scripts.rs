@@ -3,8 +3,10 @@
 //!
 //! Keys (P = `redis.key_prefix`):
 //! - `P nodes`                 ZSET node -> last heartbeat (ms, Redis's clock)
-//! - `P node:{n}`              HASH connection id -> "user \t lobby \t ip" (node n's connections)
+//! - `P node:{n}`              HASH connection id -> "user \t lobby \t ip" (node n's connections;
+//!   `lobby` is the one it connected to, "" for a protocol-v2 connection in none)
 //! - `P user:{u}`              HASH connection id -> "node \t lobby \t ip"
+//! - `P mem:{id}`              SET the lobbies connection `id` is in (its memberships)
 //! - `P lobby:{l}:users`       HASH user -> connections of the user in the lobby (presence)
 //! - `P lobby:{l}:count`       connections in the lobby
 //! - `P ip:{ip}`               connections from the IP
@@ -26,13 +28,22 @@ end
 local function decr_or_del(key)
   if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
 end
--- Frees one connection of `node`; returns "lobby\tuser" if its user left the lobby.
-local function release(node, id)
-  local info = redis.call('HGET', P .. 'node:' .. node, id)
-  if not info then return nil end
-  redis.call('HDEL', P .. 'node:' .. node, id)
-  local user, lobby, ip = split(info)
-  decr_or_del(P .. 'count')
+-- Puts connection `id` of `user` in `lobby`; returns nil if it was in already, else whether
+-- its user joined the lobby.
+local function join_lobby(id, user, lobby)
+  if redis.call('SADD', P .. 'mem:' .. id, lobby) == 0 then return nil end
+  if redis.call('INCR', P .. 'lobby:' .. lobby .. ':count') == 1 then
+    redis.call('SADD', P .. 'lobbies', lobby)
+    -- Members again: the numbering must not expire under them.
+    redis.call('PERSIST', P .. 'lobby:' .. lobby .. ':epoch')
+    redis.call('PERSIST', P .. 'lobby:' .. lobby .. ':offset')
+  end
+  return redis.call('HINCRBY', P .. 'lobby:' .. lobby .. ':users', user, 1) == 1
+end
+-- Takes connection `id` of `user` out of `lobby`; returns nil if it was not in it, else
+-- "lobby\tuser" if its user left the lobby, or false.
+local function leave_lobby(id, user, lobby)
+  if redis.call('SREM', P .. 'mem:' .. id, lobby) == 0 then return nil end
   if redis.call('DECR', P .. 'lobby:' .. lobby .. ':count') <= 0 then
     redis.call('DEL', P .. 'lobby:' .. lobby .. ':count')
     redis.call('SREM', P .. 'lobbies', lobby)
@@ -40,31 +51,44 @@ local function release(node, id)
     redis.call('PEXPIRE', P .. 'lobby:' .. lobby .. ':epoch', TTL)
     redis.call('PEXPIRE', P .. 'lobby:' .. lobby .. ':offset', TTL)
   end
-  local left = nil
   if redis.call('HINCRBY', P .. 'lobby:' .. lobby .. ':users', user, -1) <= 0 then
     redis.call('HDEL', P .. 'lobby:' .. lobby .. ':users', user)
-    left = lobby .. '\t' .. user
+    return lobby .. '\t' .. user
   end
+  return false
+end
+-- Frees one connection of `node` and its memberships; appends to `left` the "lobby\tuser" of
+-- every lobby its user left. Returns whether it existed.
+local function release(node, id, left)
+  local info = redis.call('HGET', P .. 'node:' .. node, id)
+  if not info then return false end
+  redis.call('HDEL', P .. 'node:' .. node, id)
+  local user, _, ip = split(info)
+  decr_or_del(P .. 'count')
+  for _, lobby in ipairs(redis.call('SMEMBERS', P .. 'mem:' .. id)) do
+    local l = leave_lobby(id, user, lobby)
+    if l then left[#left + 1] = l end
+  end
+  redis.call('DEL', P .. 'mem:' .. id)
   redis.call('HDEL', P .. 'user:' .. user, id)
   if redis.call('HLEN', P .. 'user:' .. user) == 0 then decr_or_del(P .. 'users') end
   decr_or_del(P .. 'ip:' .. ip)
-  return left
+  return true
 end
--- Records one connection of `node`; returns true if its user joined the lobby.
+-- Records one connection of `node`, in `lobby` unless it is ""; returns true if its user
+-- joined the lobby.
 local function add(node, id, user, lobby, ip)
   redis.call('INCR', P .. 'count')
-  if redis.call('INCR', P .. 'lobby:' .. lobby .. ':count') == 1 then
-    redis.call('SADD', P .. 'lobbies', lobby)
-    -- Members again: the numbering must not expire under them.
-    redis.call('PERSIST', P .. 'lobby:' .. lobby .. ':epoch')
-    redis.call('PERSIST', P .. 'lobby:' .. lobby .. ':offset')
-  end
-  local joined = redis.call('HINCRBY', P .. 'lobby:' .. lobby .. ':users', user, 1) == 1
   if redis.call('HLEN', P .. 'user:' .. user) == 0 then redis.call('INCR', P .. 'users') end
   redis.call('HSET', P .. 'user:' .. user, id, node .. '\t' .. lobby .. '\t' .. ip)
   redis.call('INCR', P .. 'ip:' .. ip)
   redis.call('HSET', P .. 'node:' .. node, id, user .. '\t' .. lobby .. '\t' .. ip)
-  return joined
+  if lobby == '' then return false end
+  return join_lobby(id, user, lobby) == true
+end
+-- The users of `lobby`, for whether it sends join/leave events.
+local function lobby_users(lobby)
+  return redis.call('HLEN', P .. 'lobby:' .. lobby .. ':users')
 end
 "#;
 
@@ -92,14 +116,16 @@ elseif #olds >= max_user then
 end
 local freed_lobby, freed_ip = 0, 0
 for _, o in ipairs(replaced) do
-  if o.lobby == lobby then freed_lobby = freed_lobby + 1 end
+  if lobby ~= '' and redis.call('SISMEMBER', P .. 'mem:' .. o.id, lobby) == 1 then
+    freed_lobby = freed_lobby + 1
+  end
   if o.ip == ip then freed_ip = freed_ip + 1 end
 end
 local function count(key) return tonumber(redis.call('GET', key) or '0') end
 if count(P .. 'count') - #replaced + 1 > max_conn then
   return {'refused', 'server_full', 0, 0, {}, {}}
 end
-if count(P .. 'lobby:' .. lobby .. ':count') - freed_lobby + 1 > max_lobby then
+if lobby ~= '' and count(P .. 'lobby:' .. lobby .. ':count') - freed_lobby + 1 > max_lobby then
   return {'refused', 'lobby_full', 0, 0, {}, {}}
 end
 if count(P .. 'ip:' .. ip) - freed_ip + 1 > max_ip then
@@ -110,21 +136,45 @@ end
 local joined = add(node, id, user, lobby, ip)
 local gone, left = {}, {}
 for _, o in ipairs(replaced) do
-  local l = release(o.node, o.id)
+  release(o.node, o.id, left)
   gone[#gone + 1] = o.node .. '\t' .. o.id
-  if l then left[#left + 1] = l end
 end
-local members = redis.call('HLEN', P .. 'lobby:' .. lobby .. ':users')
+local members = lobby ~= '' and lobby_users(lobby) or 0
 return {'ok', '', joined and 1 or 0, members, gone, left}
 "#;
 
-/// ARGV: P, TTL, node, id. Returns {left (0/1), lobby users}.
+/// ARGV: P, TTL, node, id. Returns {{"lobby\tuser" left}, {their lobbies' users}}.
 const RELEASE: &str = r#"
 local node, id = ARGV[3], ARGV[4]
-local left = release(node, id)
-if not left then return {0, 0} end
-local lobby = string.match(left, '^([^\t]*)')
-return {1, redis.call('HLEN', P .. 'lobby:' .. lobby .. ':users')}
+local left, users = {}, {}
+release(node, id, left)
+for i, l in ipairs(left) do users[i] = lobby_users(string.match(l, '^([^\t]*)')) end
+return {left, users}
+"#;
+
+/// ARGV: P, TTL, node, id, user, lobby, max_per_lobby. Puts a live connection in one more
+/// lobby, within the lobby's cap cluster-wide. Returns {status, joined (0/1), lobby users}:
+/// status `ok`, `already` (it was in it), `lobby_full`, or `gone` (the connection was
+/// released meanwhile: nothing is recorded for it).
+const JOIN: &str = r#"
+local node, id, user, lobby, max = ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
+if redis.call('HEXISTS', P .. 'node:' .. node, id) == 0 then return {'gone', 0, 0} end
+if redis.call('SISMEMBER', P .. 'mem:' .. id, lobby) == 1 then
+  return {'already', 0, lobby_users(lobby)}
+end
+if tonumber(redis.call('GET', P .. 'lobby:' .. lobby .. ':count') or '0') >= max then
+  return {'lobby_full', 0, 0}
+end
+local joined = join_lobby(id, user, lobby)
+return {'ok', joined and 1 or 0, lobby_users(lobby)}
+"#;
+
+/// ARGV: P, TTL, id, user, lobby. Takes a live connection out of one lobby. Returns
+/// {left "lobby\tuser" or "", lobby users}.
+const PART: &str = r#"
+local id, user, lobby = ARGV[3], ARGV[4], ARGV[5]
+local l = leave_lobby(id, user, lobby)
+return {l or '', lobby_users(lobby)}
 "#;
 
 /// ARGV: P, TTL, node, ttl (ms). Refreshes this node, frees every node silent for longer
@@ -143,10 +193,7 @@ local left = {}
 for _, d in ipairs(dead) do
   if d ~= node then
     local conns = redis.call('HKEYS', P .. 'node:' .. d)
-    for _, id in ipairs(conns) do
-      local l = release(d, id)
-      if l then left[#left + 1] = l end
-    end
+    for _, id in ipairs(conns) do release(d, id, left) end
     redis.call('DEL', P .. 'node:' .. d)
     redis.call('ZREM', P .. 'nodes', d)
   end
@@ -154,23 +201,41 @@ end
 return {added, left}
 "#;
 
-/// ARGV: P, TTL, node, then (id, user, lobby, ip) for every connection the node holds now.
-/// Makes the node's entries match exactly. Returns {{left}, {joined "lobby\tuser"}}.
+/// ARGV: P, TTL, node, then (id, user, lobby, ip, lobbies) for every connection the node holds
+/// now, `lobbies` being all its lobbies joined by ",". Makes the node's entries and their
+/// memberships match exactly. Returns {{left}, {joined "lobby\tuser"}}.
 const RESYNC: &str = r#"
 local node = ARGV[3]
 local want = {}
-for i = 4, #ARGV, 4 do want[ARGV[i]] = {ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]} end
+for i = 4, #ARGV, 5 do
+  local lobbies = {}
+  for l in string.gmatch(ARGV[i + 4], '[^,]+') do lobbies[l] = true end
+  want[ARGV[i]] = {ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], lobbies}
+end
 local left, joined = {}, {}
 for _, id in ipairs(redis.call('HKEYS', P .. 'node:' .. node)) do
-  if not want[id] then
-    local l = release(node, id)
-    if l then left[#left + 1] = l end
+  local c = want[id]
+  if not c then
+    release(node, id, left)
   else
+    -- Still here: its memberships are made to match.
+    for _, l in ipairs(redis.call('SMEMBERS', P .. 'mem:' .. id)) do
+      if not c[4][l] then
+        local gone = leave_lobby(id, c[1], l)
+        if gone then left[#left + 1] = gone end
+      end
+    end
+    for l in pairs(c[4]) do
+      if join_lobby(id, c[1], l) then joined[#joined + 1] = l .. '\t' .. c[1] end
+    end
     want[id] = nil
   end
 end
 for id, c in pairs(want) do
-  if add(node, id, c[1], c[2], c[3]) then joined[#joined + 1] = c[2] .. '\t' .. c[1] end
+  add(node, id, c[1], '', c[3])
+  for l in pairs(c[4]) do
+    if join_lobby(id, c[1], l) then joined[#joined + 1] = l .. '\t' .. c[1] end
+  end
 end
 return {left, joined}
 "#;
@@ -179,10 +244,7 @@ return {left, joined}
 const LEAVE: &str = r#"
 local node = ARGV[3]
 local left = {}
-for _, id in ipairs(redis.call('HKEYS', P .. 'node:' .. node)) do
-  local l = release(node, id)
-  if l then left[#left + 1] = l end
-end
+for _, id in ipairs(redis.call('HKEYS', P .. 'node:' .. node)) do release(node, id, left) end
 redis.call('DEL', P .. 'node:' .. node)
 redis.call('ZREM', P .. 'nodes', node)
 return left
@@ -275,6 +337,8 @@ pub(crate) struct Scripts {
     pub(crate) heartbeat: redis::Script,
     pub(crate) resync: redis::Script,
     pub(crate) leave: redis::Script,
+    pub(crate) join: redis::Script,
+    pub(crate) part: redis::Script,
     pub(crate) replay: redis::Script,
 }
 
@@ -287,6 +351,8 @@ impl Scripts {
             heartbeat: script(HEARTBEAT),
             resync: script(RESYNC),
             leave: script(LEAVE),
+            join: script(JOIN),
+            part: script(PART),
             replay: script(REPLAY),
         }
     }

@@ -247,6 +247,7 @@ async fn join_user(
     let joined = state
         .manager
         .join_user(user.as_str(), lobby.as_str())
+        .await
         .map_err(internal)?;
     tracing::info!(%user, %lobby, joined, "joined by the API");
     Ok(Json(json!({ "joined": joined })))
@@ -263,6 +264,7 @@ async fn remove_user(
     let removed = state
         .manager
         .leave_user(user.as_str(), lobby.as_str())
+        .await
         .map_err(internal)?;
     tracing::info!(%user, %lobby, removed, "removed by the API");
     Ok(Json(json!({ "removed": removed })))

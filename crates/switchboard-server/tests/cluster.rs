@@ -1393,3 +1393,170 @@ async fn connects_during_a_resync_all_stay_counted() {
     .await;
     assert_eq!(stats["cluster"]["nodes"], 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Protocol v2 in a cluster: memberships live in Redis like connections do.
+
+/// Joins from both nodes at once never put more than `max_per_lobby` connections in a lobby,
+/// cluster-wide; a lobby-less v2 connect works in cluster mode.
+#[tokio::test]
+async fn v2_the_lobby_cap_holds_cluster_wide_under_a_burst_of_joins() {
+    let redis = Redis::start();
+    let env = [
+        ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "5"),
+        ("SWITCHBOARD_USER_POLICY", "multi"),
+    ];
+    let a = node(&redis, "ja", &env);
+    let b = node(&redis, "jb", &env);
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        clients.push(connect_v2(addr, &format!("/ws?token=u{i}")).await);
+    }
+    for client in &mut clients {
+        client
+            .send(json!({"type": "join", "lobby": "hot", "id": 1}))
+            .await;
+    }
+    let mut joined = 0;
+    for client in &mut clients {
+        let answer = client.next_json("answer to join").await;
+        match answer["type"].as_str() {
+            Some("joined") => joined += 1,
+            Some("error") => assert_eq!(answer["code"], "lobby_full"),
+            _ => panic!("unexpected {answer}"),
+        }
+    }
+    assert_eq!(joined, 5, "exactly the cap, cluster-wide");
+    let lobbies = api(a.addr, "GET", "/api/lobbies").await;
+    assert_eq!(lobbies[0]["connections"], 5);
+}
+
+/// Presence per lobby across nodes: a v2 user joining and leaving lobbies on one node is seen
+/// once on the other; a killed node's memberships all leave, one `member_left` per lobby.
+#[tokio::test]
+async fn v2_presence_crosses_nodes_and_a_dead_nodes_memberships_leave() {
+    let redis = Redis::start();
+    let a = node(&redis, "pa", &[]);
+    let mut b = node(&redis, "pb", &[]);
+    let mut watcher = connect_v2(a.addr, "/ws?token=watcher").await;
+    watcher.join("x", 1).await;
+    watcher.join("y", 2).await;
+    let mut hank = connect_v2(b.addr, "/ws?token=hank").await;
+    for (lobby, id) in [("x", 1), ("y", 2), ("z", 3)] {
+        hank.join(lobby, id).await;
+    }
+    for lobby in ["x", "y"] {
+        let joined = watcher.expect("member_joined", lobby).await;
+        assert_eq!(
+            (joined["lobby"].as_str(), joined["user_id"].as_str()),
+            (Some(lobby), Some("hank"))
+        );
+    }
+    watcher
+        .send(json!({"type": "presence", "lobby": "x", "id": 3}))
+        .await;
+    let presence = watcher.expect("presence", "x across nodes").await;
+    assert_eq!(presence["users"], json!(["hank", "watcher"]));
+    hank.send(json!({"type": "leave", "lobby": "y", "id": 4}))
+        .await;
+    assert_eq!(hank.expect("left", "y").await["id"], 4);
+    let left = watcher.expect("member_left", "hank leaves y").await;
+    assert_eq!(left["lobby"], "y");
+
+    b.signal("KILL");
+    b.wait(WAIT).await;
+    let left = watcher
+        .expect("member_left", "hank gone with his node")
+        .await;
+    assert_eq!(
+        (left["lobby"].as_str(), left["user_id"].as_str()),
+        (Some("x"), Some("hank"))
+    );
+    let lobbies = eventually_json(
+        "only the watcher's lobbies remain",
+        a.addr,
+        "/api/lobbies",
+        |v| v.as_array().is_some_and(|l| l.len() == 2),
+    )
+    .await;
+    assert_eq!(
+        lobbies,
+        json!([
+            {"lobby": "x", "connections": 1, "users": 1},
+            {"lobby": "y", "connections": 1, "users": 1},
+        ])
+    );
+    // Nothing more: no second `member_left` for x, none for y or z.
+    watcher
+        .send(json!({"type": "presence", "lobby": "y", "id": 5}))
+        .await;
+    let presence = watcher.expect("presence", "y after the death").await;
+    assert_eq!(presence["users"], json!(["watcher"]));
+}
+
+/// A client in two lobbies on one node reconnects to the other node and rejoins both with
+/// their own `since`/`epoch`: every broadcast it missed, in each lobby, exactly once.
+#[tokio::test]
+async fn v2_recovery_of_several_lobbies_across_nodes() {
+    let redis = Redis::start();
+    let quiet = [("SWITCHBOARD_PRESENCE__EVENTS", "false")];
+    let a = node(&redis, "ra2", &quiet);
+    let b = node(&redis, "rb2", &quiet);
+    let mut alice = connect_v2(a.addr, "/ws?token=alice").await;
+    let mut epochs = Vec::new();
+    for (lobby, id) in [("one", 1), ("two", 2)] {
+        epochs.push(
+            alice.join(lobby, id).await["epoch"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let mut bob = connect_v2(b.addr, "/ws?token=bob").await;
+    bob.join("one", 1).await;
+    bob.join("two", 2).await;
+    for (lobby, n) in [("one", 1), ("two", 1)] {
+        bob.send(json!({"type": "broadcast", "lobby": lobby, "data": n}))
+            .await;
+        let seen = alice.expect("message", lobby).await;
+        assert_eq!(
+            (seen["lobby"].as_str(), seen["offset"].as_u64()),
+            (Some(lobby), Some(1))
+        );
+    }
+    alice.close().await;
+    for i in 2..=4 {
+        for lobby in ["one", "two"] {
+            bob.send(json!({"type": "broadcast", "lobby": lobby, "data": i, "id": i}))
+                .await;
+        }
+    }
+    // Bob sees his own six broadcasts and acks: then all are numbered and kept.
+    let mut acks = 0;
+    while acks < 6 {
+        if bob.next_json("bob's traffic").await["type"] == "ack" {
+            acks += 1;
+        }
+    }
+    let mut again = connect_v2(b.addr, "/ws?token=alice").await;
+    for (i, lobby) in ["one", "two"].into_iter().enumerate() {
+        again
+            .send(json!({"type": "join", "lobby": lobby, "id": i, "since": 1, "epoch": epochs[i]}))
+            .await;
+        let joined = again.expect("joined", lobby).await;
+        assert_eq!(joined["epoch"], epochs[i].as_str());
+        for offset in 2..=4 {
+            let message = again.expect("message", "replayed").await;
+            assert_eq!(
+                (message["lobby"].as_str(), message["offset"].as_u64()),
+                (Some(lobby), Some(offset))
+            );
+        }
+        let recovered = again.expect("recovered", lobby).await;
+        assert_eq!(
+            recovered,
+            json!({"type": "recovered", "lobby": lobby, "ok": true})
+        );
+    }
+}

@@ -404,7 +404,7 @@ async fn the_backend_joins_and_removes_users() {
     let mut alice = connect_v2(server.addr, "/ws?token=alice").await;
     let mut v1 = connect(server.addr, "lobby", "alice").await;
     assert_eq!(
-        server.manager.join_user("alice", "news").unwrap(),
+        server.manager.join_user("alice", "news").await.unwrap(),
         1,
         "v2 only"
     );
@@ -417,14 +417,17 @@ async fn the_backend_joins_and_removes_users() {
         .unwrap();
     assert_eq!(alice.expect("message", "news").await["data"], "hello");
 
-    assert_eq!(server.manager.leave_user("alice", "news").unwrap(), 1);
+    assert_eq!(server.manager.leave_user("alice", "news").await.unwrap(), 1);
     let left = alice.expect("left", "removed").await;
     assert_eq!(
         left,
         json!({"type": "left", "lobby": "news", "reason": "removed"})
     );
     // A v1 connection lives in its one lobby: removing it from there closes it.
-    assert_eq!(server.manager.leave_user("alice", "lobby").unwrap(), 1);
+    assert_eq!(
+        server.manager.leave_user("alice", "lobby").await.unwrap(),
+        1
+    );
     v1.ending("v1 removed").await.assert(4009, "kicked", false);
 }
 

@@ -102,18 +102,30 @@ pub struct ClusterLobby {
 /// it returned [`Admission::Refused`], `release` is called once after it ended (or after a
 /// local refusal).
 pub trait Cluster: Send + Sync + 'static {
-    /// Reserves the cluster-wide limits for a new connection in `lobby` and applies the user
-    /// policy across nodes. (A connection counts in one lobby in the cluster: joining further
-    /// lobbies on a live connection is not built for clusters yet.)
+    /// Reserves the cluster-wide limits for a new connection (in `lobby`, or, protocol v2, in
+    /// none yet) and applies the user policy across nodes.
     fn admit<'a>(
+        &'a self,
+        conn: &'a ConnectionInfo,
+        lobby: Option<&'a LobbyCode>,
+    ) -> BoxFuture<'a, Admission>;
+
+    /// Frees what `admit` and `join` reserved, every membership included; sends `member_left`
+    /// cluster-wide for every lobby where it was the user's last connection.
+    fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()>;
+
+    /// Protocol v2: puts an admitted connection in one more lobby, within the lobby's cap
+    /// cluster-wide ([`Admission::Refused`] with `LobbyFull`), and sends `member_joined`
+    /// cluster-wide when its user is new there.
+    fn join<'a>(
         &'a self,
         conn: &'a ConnectionInfo,
         lobby: &'a LobbyCode,
     ) -> BoxFuture<'a, Admission>;
 
-    /// Frees what `admit` reserved; sends `member_left` cluster-wide when it was the user's
-    /// last connection in the lobby.
-    fn release<'a>(&'a self, conn: &'a ConnectionInfo, lobby: &'a LobbyCode) -> BoxFuture<'a, ()>;
+    /// Protocol v2: takes a connection out of one lobby; `member_left` cluster-wide when it
+    /// was its user's last connection there.
+    fn leave<'a>(&'a self, conn: &'a ConnectionInfo, lobby: &'a LobbyCode) -> BoxFuture<'a, ()>;
 
     /// A broadcast (`message` encoded without an offset): the cluster numbers it and every
     /// node, this one included, delivers it through [`LocalNode::deliver_numbered`], in one

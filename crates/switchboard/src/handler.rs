@@ -108,8 +108,11 @@ pub enum JoinDecision {
     /// Refuse with this `error` (the frame's `id` is added).
     Deny(ClientError),
     /// Decide when this future is done; it runs on the manager's task tracker.
-    Later(Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send + 'static>>),
+    Later(JoinCheck),
 }
+
+/// An asynchronous join decision ([`JoinDecision::Later`]).
+pub type JoinCheck = Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send + 'static>>;
 
 impl std::fmt::Debug for JoinDecision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -117,7 +117,7 @@ pub use config::{
 pub use disconnect::DisconnectReason;
 pub use error::Error;
 pub use handle::ConnectionInfo;
-pub use handler::{AppMessage, Credential, Handler, JoinDecision, NoHandler};
+pub use handler::{AppMessage, Credential, Handler, JoinCheck, JoinDecision, NoHandler};
 pub use history::{ClusterHistory, HistoryConfig, Recovery};
 pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 pub use manager::{LobbyInfo, Manager, SUBPROTOCOL, SUBPROTOCOL_V2};

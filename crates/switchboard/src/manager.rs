@@ -84,17 +84,9 @@ impl Manager {
     /// with 400).
     pub fn accept(&self, upgrade: Upgrade, request: ConnectRequest) -> Response {
         let v2 = upgrade.offers(SUBPROTOCOL_V2);
-        if request.lobby.is_none() {
-            let refusal = if !v2 {
-                Some("protocol v1 connects to a lobby: /ws/{lobby} (or offer switchboard.v2)")
-            } else if self.shared.in_cluster() {
-                Some("in cluster mode a connection starts in a lobby: /ws/{lobby}")
-            } else {
-                None
-            };
-            if let Some(message) = refusal {
-                return (axum::http::StatusCode::BAD_REQUEST, message).into_response();
-            }
+        if request.lobby.is_none() && !v2 {
+            let message = "protocol v1 connects to a lobby: /ws/{lobby} (or offer switchboard.v2)";
+            return (axum::http::StatusCode::BAD_REQUEST, message).into_response();
         }
         let (shared, handler) = (self.shared.clone(), self.handler.clone());
         let (subprotocol, version) = if v2 {
@@ -238,45 +230,57 @@ impl Manager {
     /// it gets `joined` without an `id`, then the lobby's traffic. The same limits as a
     /// client's `join` apply ([`Error::Refused`] carries the code). A v1 connection cannot
     /// join a second lobby: [`Error::ProtocolV1`].
-    pub fn join(&self, connection_id: &str, lobby: &str) -> Result<(), Error> {
+    pub async fn join(&self, connection_id: &str, lobby: &str) -> Result<(), Error> {
         let lobby = LobbyCode::parse(lobby)?;
         let conn = self.find(connection_id)?;
         if !conn.v2() {
             return Err(Error::ProtocolV1);
         }
         self.shared
-            .join(conn.seq, Join::new(&lobby), None)
+            .join(&conn, Join::new(&lobby), None)
+            .await
             .map_err(Error::Refused)
     }
 
     /// Takes a connection of this node out of a lobby: a v2 connection gets `left` with
     /// reason `removed`; a v1 connection, which lives in its one lobby, is closed with 4009
     /// `kicked`. Returns whether it was in the lobby.
-    pub fn leave(&self, connection_id: &str, lobby: &str) -> Result<bool, Error> {
+    pub async fn leave(&self, connection_id: &str, lobby: &str) -> Result<bool, Error> {
         let lobby = LobbyCode::parse(lobby)?;
         let conn = self.find(connection_id)?;
-        Ok(self.remove_from(&conn, &lobby))
+        Ok(self.remove_from(&conn, &lobby).await)
     }
 
     /// Joins every protocol-v2 connection of `user` on this node to a lobby (v1 connections
     /// are left as they are). Returns how many joined (already being in it counts).
-    pub fn join_user(&self, user: &str, lobby: &str) -> Result<usize, Error> {
+    pub async fn join_user(&self, user: &str, lobby: &str) -> Result<usize, Error> {
         let lobby = LobbyCode::parse(lobby)?;
-        let conns = self.shared.hub.user_connections(user);
-        let joined = conns
-            .iter()
-            .filter(|c| c.v2())
-            .filter(|c| self.shared.join(c.seq, Join::new(&lobby), None).is_ok())
-            .count();
+        let mut joined = 0;
+        for conn in self.shared.hub.user_connections(user) {
+            if conn.v2()
+                && self
+                    .shared
+                    .join(&conn, Join::new(&lobby), None)
+                    .await
+                    .is_ok()
+            {
+                joined += 1;
+            }
+        }
         Ok(joined)
     }
 
     /// Takes every connection of `user` on this node out of a lobby, as
     /// [`leave`](Self::leave) does one. Returns how many were in it.
-    pub fn leave_user(&self, user: &str, lobby: &str) -> Result<usize, Error> {
+    pub async fn leave_user(&self, user: &str, lobby: &str) -> Result<usize, Error> {
         let lobby = LobbyCode::parse(lobby)?;
-        let conns = self.shared.hub.user_connections(user);
-        Ok(conns.iter().filter(|c| self.remove_from(c, &lobby)).count())
+        let mut removed = 0;
+        for conn in self.shared.hub.user_connections(user) {
+            if self.remove_from(&conn, &lobby).await {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The lobbies a connection of this node is in (`None`: no such connection).
@@ -285,12 +289,12 @@ impl Manager {
         Some(self.shared.hub.lobbies_of(conn.seq))
     }
 
-    fn remove_from(&self, conn: &ConnHandle, lobby: &LobbyCode) -> bool {
+    async fn remove_from(&self, conn: &ConnHandle, lobby: &LobbyCode) -> bool {
         if conn.v2() {
             return self
                 .shared
-                .hub
-                .leave_lobby(conn.seq, lobby, LeftReason::Removed, None);
+                .leave(conn, lobby, LeftReason::Removed, None)
+                .await;
         }
         let member = self.shared.hub.lobby_of(conn.seq, Some(lobby)).is_ok();
         if member {

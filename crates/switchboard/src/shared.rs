@@ -21,7 +21,7 @@ use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo};
 use crate::history::{Broadcast, ClusterHistory};
-use crate::hub::{Hub, Join, JoinRefused};
+use crate::hub::{Hub, Join, JoinRefused, LeftReason};
 use crate::ids::LobbyCode;
 use crate::protocol::{ClientError, ErrorCode, ServerFrame, frame_text, text};
 use crate::skip::Skip;
@@ -175,11 +175,6 @@ impl Shared {
         let Some(cluster) = self.cluster.get() else {
             return Ok(ClusterSeat::default());
         };
-        // The cluster counts connections in their lobby; a connection in none is refused
-        // before the upgrade in cluster mode (`Manager::accept`).
-        let Some(lobby) = lobby else {
-            return Err(DisconnectReason::ProtocolError);
-        };
         match cluster.admit(info, lobby).await {
             Admission::Refused(reason) => Err(reason),
             Admission::Unavailable => Ok(ClusterSeat {
@@ -190,16 +185,19 @@ impl Shared {
             Admission::Admitted { presence_events } => Ok(ClusterSeat {
                 held: true,
                 presence_events: Some(presence_events),
-                history: cluster.history(lobby, since).await,
+                history: match lobby {
+                    Some(lobby) => cluster.history(lobby, since).await,
+                    None => None,
+                },
             }),
         }
     }
 
     /// Frees what [`admit_in_cluster`](Self::admit_in_cluster) held, once the connection ended
     /// or was refused here.
-    pub(crate) async fn release_in_cluster(&self, info: &ConnectionInfo, lobby: &LobbyCode) {
+    pub(crate) async fn release_in_cluster(&self, info: &ConnectionInfo) {
         if let Some(cluster) = self.cluster.get() {
-            cluster.release(info, lobby).await;
+            cluster.release(info).await;
         }
     }
 
@@ -208,43 +206,113 @@ impl Shared {
         self.cluster.get().is_some()
     }
 
-    /// Joins a v2 connection to a lobby (a client's `join`, or the backend's). In cluster
-    /// mode joins on a live connection are not built yet (memberships are not counted in
-    /// Redis): refused with `not_allowed`.
-    pub(crate) fn join(
+    /// Joins a v2 connection of this node to a lobby here, without asking the cluster: what
+    /// [`join`](Self::join) does alone. Callers that must not wait use it when
+    /// [`in_cluster`](Self::in_cluster) is false.
+    pub(crate) fn join_here(
         &self,
         seq: u64,
         join: Join<'_>,
         id: Option<&RawValue>,
     ) -> Result<(), ClientError> {
-        if self.in_cluster() {
-            return Err(ClientError::new(
-                ErrorCode::NotAllowed,
-                "joining lobbies on a live connection is not supported in cluster mode yet",
-            ));
-        }
         self.hub
             .join(seq, join, id)
-            .map_err(|refused| match refused {
-                JoinRefused::LobbyFull => ClientError::new(
-                    ErrorCode::LobbyFull,
-                    format!("lobby `{}` is full", join.lobby),
+            .map_err(|refused| self.join_refusal(refused, join.lobby))
+    }
+
+    /// Joins a v2 connection of this node to a lobby (a client's `join`, or the backend's),
+    /// queueing `joined` (with `id`), the replay asked for and `recovered`. In cluster mode
+    /// the cluster reserves the lobby's place cluster-wide first and its kept broadcasts fill
+    /// the replay; this node's own checks (already in, the credential, lobbies per connection)
+    /// come before that round trip. A join the cluster admitted but this node then refuses
+    /// (the connection closed meanwhile) is given back.
+    pub(crate) async fn join(
+        &self,
+        conn: &ConnHandle,
+        join: Join<'_>,
+        id: Option<&RawValue>,
+    ) -> Result<(), ClientError> {
+        let Some(cluster) = self.cluster.get() else {
+            return self.join_here(conn.seq, join, id);
+        };
+        match self.hub.may_join(conn.seq, join.lobby) {
+            // Already in: answered at once, nothing to reserve.
+            Ok(true) => return self.join_here(conn.seq, join, id),
+            Ok(false) => {}
+            Err(refused) => return Err(self.join_refusal(refused, join.lobby)),
+        }
+        let cluster_history = match cluster.join(&conn.info, join.lobby).await {
+            Admission::Refused(DisconnectReason::LobbyFull) => {
+                return Err(self.join_refusal(JoinRefused::LobbyFull, join.lobby));
+            }
+            Admission::Refused(_) => {
+                return Err(self.join_refusal(JoinRefused::Gone, join.lobby));
+            }
+            // Redis away: this node's view decides, as for a connect.
+            Admission::Unavailable => None,
+            // Read after `join` subscribed this node to the lobby, so nothing falls between.
+            Admission::Admitted { .. } => {
+                let since = join.recovery.map(|r| r.since);
+                cluster.history(join.lobby, since).await
+            }
+        };
+        let join = Join {
+            cluster_history: cluster_history.as_ref(),
+            ..join
+        };
+        let joined = self.join_here(conn.seq, join, id);
+        if joined.is_err() {
+            cluster.leave(&conn.info, join.lobby).await;
+        }
+        joined
+    }
+
+    /// Takes a v2 connection of this node out of a lobby, queueing `left` with `reason` (and
+    /// `id`). Returns whether it was in the lobby. In cluster mode the connection leaves this
+    /// node's lobby first (so it hears nothing more from there, its own `member_left`
+    /// included), then the cluster's count is freed, and only then is `left` queued: a client
+    /// that rejoins on reading it finds the place free.
+    pub(crate) async fn leave(
+        &self,
+        conn: &ConnHandle,
+        lobby: &LobbyCode,
+        reason: LeftReason,
+        id: Option<&RawValue>,
+    ) -> bool {
+        let Some(cluster) = self.cluster.get() else {
+            return self.hub.leave_lobby(conn.seq, lobby, reason, id, true);
+        };
+        let was_in = self.hub.leave_lobby(conn.seq, lobby, reason, id, false);
+        cluster.leave(&conn.info, lobby).await;
+        let left = ServerFrame::Left {
+            lobby,
+            reason: reason.as_str(),
+            id,
+        };
+        self.hub.deliver(conn, text(left.encode()));
+        was_in
+    }
+
+    fn join_refusal(&self, refused: JoinRefused, lobby: &LobbyCode) -> ClientError {
+        match refused {
+            JoinRefused::LobbyFull => {
+                ClientError::new(ErrorCode::LobbyFull, format!("lobby `{lobby}` is full"))
+            }
+            JoinRefused::TooManyLobbies => ClientError::new(
+                ErrorCode::TooManyLobbies,
+                format!(
+                    "a connection may be in {} lobbies at most",
+                    self.config.limits.max_lobbies_per_connection
                 ),
-                JoinRefused::TooManyLobbies => ClientError::new(
-                    ErrorCode::TooManyLobbies,
-                    format!(
-                        "a connection may be in {} lobbies at most",
-                        self.config.limits.max_lobbies_per_connection
-                    ),
-                ),
-                JoinRefused::NotAllowed => ClientError::new(
-                    ErrorCode::NotAllowed,
-                    format!("your credential does not allow lobby `{}`", join.lobby),
-                ),
-                JoinRefused::Gone => {
-                    ClientError::new(ErrorCode::NotAllowed, "the connection is closing")
-                }
-            })
+            ),
+            JoinRefused::NotAllowed => ClientError::new(
+                ErrorCode::NotAllowed,
+                format!("your credential does not allow lobby `{lobby}`"),
+            ),
+            JoinRefused::Gone => {
+                ClientError::new(ErrorCode::NotAllowed, "the connection is closing")
+            }
+        }
     }
 
     /// Queues the lobby's presence list (its users on every node) for a connection. Alone it

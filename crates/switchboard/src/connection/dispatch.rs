@@ -9,7 +9,7 @@ use super::rate::{MessageRate, Verdict};
 use crate::client::{Client, send_error};
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
-use crate::handler::{AppHandler, AppMessage, JoinDecision};
+use crate::handler::{AppHandler, AppMessage, JoinCheck, JoinDecision};
 use crate::history::Recovery;
 use crate::hub::{Join, LeftReason};
 use crate::ids::LobbyCode;
@@ -175,21 +175,21 @@ pub(super) fn handle_text(
                 cluster_history: None,
             };
             match handler.authorize_join(client, &lobby) {
-                JoinDecision::Allow => join_now(client, handler, join, id),
+                // Alone, a join needs no round trip: answered before the next frame is read.
+                JoinDecision::Allow if !shared.in_cluster() => join_now(client, handler, join, id),
+                JoinDecision::Allow => {
+                    join_later(client, handler, None, lobby, recovery, id);
+                    Ok(Answer::Nothing)
+                }
                 JoinDecision::Deny(error) => Err(error),
                 JoinDecision::Later(decision) => {
-                    join_later(client, handler, decision, lobby, recovery, id);
+                    join_later(client, handler, Some(decision), lobby, recovery, id);
                     Ok(Answer::Nothing)
                 }
             }
         }
         ClientFrame::Leave { lobby } => {
-            if shared
-                .hub
-                .leave_lobby(conn.seq, &lobby, LeftReason::Left, id)
-            {
-                handler.on_leave(client, &lobby);
-            }
+            leave(client, handler, lobby, LeftReason::Left, id);
             Ok(Answer::Nothing)
         }
         ClientFrame::Refresh { token } => handler.refresh(client, &token).and_then(|credential| {
@@ -201,10 +201,7 @@ pub(super) fn handle_text(
             }
             clock.set_expiry(credential.expires_at);
             for lobby in shared.hub.set_allowed(conn.seq, credential.allowed) {
-                shared
-                    .hub
-                    .leave_lobby(conn.seq, &lobby, LeftReason::NotAllowed, None);
-                handler.on_leave(client, &lobby);
+                leave(client, handler, lobby, LeftReason::NotAllowed, None);
             }
             Ok(Answer::Refreshed {
                 token_expires_at: credential.expires_at.map(crate::protocol::system_ms),
@@ -274,17 +271,50 @@ fn join_now(
     join: Join<'_>,
     id: Option<&RawValue>,
 ) -> Result<Answer, ClientError> {
-    client.shared.join(client.conn.seq, join, id)?;
+    client.shared.join_here(client.conn.seq, join, id)?;
     handler.on_join(client, join.lobby);
     Ok(Answer::Nothing)
 }
 
-/// Joins once the app's asynchronous decision allows it, from a tracked task; a refusal is
-/// the `error` with the frame's `id`.
+/// Leaves a lobby (`left` with `reason` and `id`) and tells the app if the connection was in
+/// it. In cluster mode the cluster's count is freed first, from a tracked task.
+fn leave(
+    client: &Client,
+    handler: &AppHandler,
+    lobby: LobbyCode,
+    reason: LeftReason,
+    id: Option<&RawValue>,
+) {
+    if !client.shared.in_cluster() {
+        if client
+            .shared
+            .hub
+            .leave_lobby(client.conn.seq, &lobby, reason, id, true)
+        {
+            handler.on_leave(client, &lobby);
+        }
+        return;
+    }
+    let (client, handler) = (client.clone(), handler.clone());
+    let id = id.map(ToOwned::to_owned);
+    client.clone().spawn(async move {
+        let was_in = client
+            .shared
+            .leave(&client.conn, &lobby, reason, id.as_deref())
+            .await;
+        if was_in {
+            handler.on_leave(&client, &lobby);
+        }
+    });
+}
+
+/// Joins from a tracked task, once the app's asynchronous decision (if any) allows it and,
+/// in cluster mode, the cluster has reserved the lobby's place; a refusal is the `error` with
+/// the frame's `id`.
 fn join_later(
     client: &Client,
     handler: &AppHandler,
-    decision: std::pin::Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send>>,
+    decision: Option<JoinCheck>,
     lobby: LobbyCode,
     recovery: Option<Recovery>,
     id: Option<&RawValue>,
@@ -297,10 +327,17 @@ fn join_later(
             recovery: recovery.as_ref(),
             cluster_history: None,
         };
-        let joined = match decision.await {
-            Ok(()) => join_now(&client, &handler, join, id.as_deref()).map(drop),
+        let allowed = match decision {
+            Some(decision) => decision.await,
+            None => Ok(()),
+        };
+        let joined = match allowed {
+            Ok(()) => client.shared.join(&client.conn, join, id.as_deref()).await,
             Err(error) => Err(error),
         };
+        if joined.is_ok() {
+            handler.on_join(&client, &lobby);
+        }
         if let Err(error) = joined {
             send_error(&client.shared, &client.conn, &error, id.as_deref());
         }

@@ -62,8 +62,8 @@ struct Serving {
     /// The manager's state and the connection's handle, as the handler is handed them.
     client: Client,
     handler: AppHandler,
-    /// Cluster mode: the lobby the cluster counts it in until released.
-    cluster_lobby: Option<LobbyCode>,
+    /// The cluster counts it until released.
+    in_cluster: bool,
     /// Still in the hub: unregistered when serving ends, or when dropped (a panic).
     registered: bool,
     phase: Phase,
@@ -86,7 +86,7 @@ impl Serving {
     fn new(shared: Arc<Shared>, handler: AppHandler, socket: Socket, admitted: Admitted) -> Self {
         let Admitted {
             conn,
-            cluster_lobby,
+            in_cluster,
             expires_at,
         } = admitted;
         let clock = health::HealthClock::new(&shared, expires_at);
@@ -97,7 +97,7 @@ impl Serving {
         Self {
             client,
             handler,
-            cluster_lobby,
+            in_cluster,
             registered: true,
             phase: Phase::Live {
                 socket,
@@ -129,12 +129,12 @@ impl Serving {
         let Client { shared, conn } = &self.client;
         shared.counters.closed(reason);
         let (conn, shared) = (conn.clone(), shared.clone());
-        let cluster_lobby = self.cluster_lobby.take();
+        let in_cluster = self.in_cluster;
         let timeout = shared.config.close_timeout;
         self.phase = Phase::Closing(Box::pin(async move {
             let release = async {
-                if let Some(lobby) = &cluster_lobby {
-                    shared.release_in_cluster(&conn.info, lobby).await;
+                if in_cluster {
+                    shared.release_in_cluster(&conn.info).await;
                 }
             };
             tokio::join!(release, socket.close(Some(&conn), reason, timeout));
@@ -195,8 +195,8 @@ impl Drop for Serving {
 /// A connection that passed every limit and is registered: ready to be driven.
 pub(crate) struct Admitted {
     conn: Arc<ConnHandle>,
-    /// Cluster mode: the lobby the cluster counts it in until released.
-    cluster_lobby: Option<LobbyCode>,
+    /// The cluster counts it until released.
+    in_cluster: bool,
     expires_at: Option<SystemTime>,
 }
 
@@ -233,7 +233,7 @@ pub(crate) async fn admit(
         Err(reason) => (crate::shared::ClusterSeat::default(), Some(reason)),
     };
     // From here on the cluster counts this connection until it is released.
-    let cluster_lobby = lobby.clone().filter(|_| seat.held);
+    let in_cluster = seat.held;
     let presence_events = seat.presence_events;
     let mut handle = ConnHandle::new(seq, info, capacity);
     handle.cluster_presence = presence_events.is_some();
@@ -278,8 +278,8 @@ pub(crate) async fn admit(
             .register(conn.clone(), join, request.allowed, welcome),
     };
     if let Err(reason) = registered {
-        if let Some(lobby) = &cluster_lobby {
-            shared.release_in_cluster(&conn.info, lobby).await;
+        if in_cluster {
+            shared.release_in_cluster(&conn.info).await;
         }
         shared.counters.rejected(reason);
         let lobby = lobby.as_ref().map_or("", LobbyCode::as_str);
@@ -288,7 +288,7 @@ pub(crate) async fn admit(
     }
     Ok(Admitted {
         conn,
-        cluster_lobby,
+        in_cluster,
         expires_at: request.expires_at,
     })
 }
@@ -307,7 +307,7 @@ pub(crate) async fn drive<St, Si>(
 {
     let Admitted {
         conn,
-        cluster_lobby,
+        in_cluster,
         expires_at,
     } = admitted;
     let registration = Registration {
@@ -323,8 +323,8 @@ pub(crate) async fn drive<St, Si>(
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
     shared.counters.closed(reason);
-    if let Some(lobby) = &cluster_lobby {
-        shared.release_in_cluster(&conn.info, lobby).await;
+    if in_cluster {
+        shared.release_in_cluster(&conn.info).await;
     }
     drop(stream);
     let _ = writer.await;

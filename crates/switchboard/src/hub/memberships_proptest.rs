@@ -150,6 +150,7 @@ impl Harness {
                     &lobby_code(lobby),
                     LeftReason::Left,
                     None,
+                    true,
                 );
                 prop_assert_eq!(was_in, self.live[i].lobbies.remove(&lobby));
             }

@@ -365,15 +365,42 @@ impl Hub {
         }
     }
 
-    /// Takes a v2 connection out of a lobby, queueing `left` with `reason` (and `id`) after
-    /// everything it was sent from there. Returns whether it was in the lobby; `left` is sent
-    /// either way (leaving is idempotent), unless the connection is gone.
+    /// Whether a connection could join `lobby` as far as this node alone can tell: `Ok(true)`
+    /// when it is in it already, `Ok(false)` when its credential and its number of lobbies
+    /// allow it (the lobby's cap is the cluster's to check).
+    pub(crate) fn may_join(&self, seq: u64, lobby: &LobbyCode) -> Result<bool, JoinRefused> {
+        let reg = self.lock();
+        let entry = reg
+            .conns
+            .get(&seq)
+            .filter(|_| !reg.draining)
+            .ok_or(JoinRefused::Gone)?;
+        if entry.position(lobby.as_str()).is_some() {
+            return Ok(true);
+        }
+        if entry
+            .allowed
+            .as_ref()
+            .is_some_and(|a| !a.allows(lobby.as_str()))
+        {
+            return Err(JoinRefused::NotAllowed);
+        }
+        if entry.lobbies.len() >= self.config.limits.max_lobbies_per_connection {
+            return Err(JoinRefused::TooManyLobbies);
+        }
+        Ok(false)
+    }
+
+    /// Takes a v2 connection out of a lobby, queueing (with `reply`) `left` with `reason`
+    /// (and `id`) after everything it was sent from there. Returns whether it was in the
+    /// lobby; `left` is sent either way (leaving is idempotent), unless the connection is gone.
     pub(crate) fn leave_lobby(
         &self,
         seq: u64,
         lobby: &LobbyCode,
         reason: LeftReason,
         id: Option<&RawValue>,
+        reply: bool,
     ) -> bool {
         let mut guard = self.lock();
         let reg = &mut *guard;
@@ -389,12 +416,14 @@ impl Hub {
             }
             None => false,
         };
-        let frame = ServerFrame::Left {
-            lobby,
-            reason: reason.as_str(),
-            id,
-        };
-        self.deliver(&conn, text(frame.encode()));
+        if reply {
+            let frame = ServerFrame::Left {
+                lobby,
+                reason: reason.as_str(),
+                id,
+            };
+            self.deliver(&conn, text(frame.encode()));
+        }
         was_in
     }
 
