@@ -137,7 +137,13 @@ export class Room extends Emitter<RoomEvents> {
     const frame: { type: string; [field: string]: unknown } = { type: "broadcast", lobby: this.lobby, data };
     if (options.excludeSelf) frame.exclude_self = true;
     const ack = await this.host.request(frame, { timeoutMs: options.timeoutMs });
-    return typeof ack.offset === "number" ? ack.offset : 0;
+    const offset = typeof ack.offset === "number" ? ack.offset : 0;
+    // Excluded from it, this connection never receives its own message: when everything before
+    // it was seen, count it as seen, so a rejoin does not ask for it again.
+    if (options.excludeSelf && offset === this._lastOffset + 1 && this._state !== "left") {
+      this._lastOffset = offset;
+    }
+    return offset;
   }
 
   /** Asks for the lobby's users (resolves with the list; also emitted as `presence`). */

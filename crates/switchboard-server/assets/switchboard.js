@@ -212,7 +212,11 @@ var Switchboard = (() => {
       const frame = { type: "broadcast", lobby: this.lobby, data };
       if (options.excludeSelf) frame.exclude_self = true;
       const ack = await this.host.request(frame, { timeoutMs: options.timeoutMs });
-      return typeof ack.offset === "number" ? ack.offset : 0;
+      const offset = typeof ack.offset === "number" ? ack.offset : 0;
+      if (options.excludeSelf && offset === this._lastOffset + 1 && this._state !== "left") {
+        this._lastOffset = offset;
+      }
+      return offset;
     }
     /** Asks for the lobby's users (resolves with the list; also emitted as `presence`). */
     async presence(options = {}) {

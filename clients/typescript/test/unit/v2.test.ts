@@ -410,6 +410,27 @@ describe("v2: rejoin after a reconnect", () => {
     assert.deepEqual([b.state, b.lastOffset, idle.lastOffset], ["joined", 1, 5]);
   });
 
+  test("an acked exclude_self broadcast right after the last offset seen counts as seen (not asked for again)", async () => {
+    const c = client();
+    let s = await open(c);
+    const room = await joined(c, s, "r", 4, "e");
+    const own = room.broadcast("mine", { excludeSelf: true });
+    s.serverSend({ type: "ack", id: lastOf(s, "broadcast").id, offset: 5 });
+    assert.equal(await own, 5);
+    assert.equal(room.lastOffset, 5);
+    // Not contiguous (offset 6 not seen yet): left alone.
+    const gap = room.broadcast("mine too", { excludeSelf: true });
+    s.serverSend({ type: "ack", id: lastOf(s, "broadcast").id, offset: 7 });
+    assert.equal(await gap, 7);
+    assert.equal(room.lastOffset, 5);
+    s.serverClose(1006);
+    clock.advance(0);
+    await flush();
+    s = FakeSocket.last();
+    welcome(s);
+    assert.equal(lastOf(s, "join").since, 5);
+  });
+
   test("a new epoch restarts the tracking at the joined; recovered ok:false moves it to the joined's offset", async () => {
     const c = client();
     let s = await open(c);
