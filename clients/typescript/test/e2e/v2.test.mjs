@@ -345,6 +345,61 @@ describe("protocol v2 in headless Chromium (the committed bundle)", () => {
     await browser?.close();
   });
 
+  test("the demo page with ?protocol=2: a room list, a chat per room, unread counts, leaving one room", async () => {
+    const problems = [];
+    const s = await server({ name: "v2-demo" });
+    const alice = await newPage(browser, problems);
+    const bob = await newPage(browser, problems);
+    const room = (page, lobby) => page.locator(`#rooms li[data-lobby="${lobby}"]`);
+    const chatLine = (page, text) => page.locator("#messages li.chat", { hasText: text });
+    const member = (page, user) => page.locator(`#members li[data-user="${user}"]`);
+    async function say(page, text) {
+      await page.fill("#text", text);
+      await page.press("#text", "Enter");
+    }
+
+    await alice.goto(`${s.url}/?protocol=2&name=alice&lobby=room-x`);
+    await alice.click("#join");
+    await alice.locator('#state[data-state="open"]').waitFor();
+    await room(alice, "room-x").and(alice.locator('[data-state="joined"]')).waitFor();
+    await alice.fill("#lobby", "room-y");
+    await alice.click("#join");
+    await room(alice, "room-y").and(alice.locator('[data-state="joined"]')).waitFor();
+    assert.equal(await alice.evaluate(() => window.switchboardDemo.current), "room-y");
+    assert.equal(await alice.evaluate(() => window.switchboardDemo.client.rooms.length), 2);
+
+    await bob.goto(`${s.url}/?protocol=2&name=bob&lobby=room-x`);
+    await bob.click("#join");
+    await room(bob, "room-x").and(bob.locator('[data-state="joined"]')).waitFor();
+    await member(bob, "alice").waitFor();
+
+    await room(alice, "room-x").locator(".pick").click();
+    await member(alice, "bob").waitFor();
+    await say(bob, "hello room x");
+    await chatLine(alice, "hello room x").waitFor();
+    await say(alice, "hi bob");
+    await chatLine(bob, "hi bob").waitFor();
+
+    // A message for the room not shown: counted as unread, hidden until picked.
+    await broadcast(s, "room-y", { text: "news for y" });
+    await room(alice, "room-y").locator(".unread", { hasText: "1" }).waitFor();
+    assert.equal(await chatLine(alice, "news for y").isVisible(), false);
+    await room(alice, "room-y").locator(".pick").click();
+    await chatLine(alice, "news for y").waitFor();
+    assert.equal(await chatLine(alice, "hello room x").isVisible(), false);
+    assert.equal(await room(alice, "room-y").locator(".unread").count(), 0);
+    await alice.screenshot({ path: screenshotPath("v2-demo-rooms.png"), fullPage: true });
+
+    // Leaving room-x: bob sees alice go; alice keeps room-y.
+    await room(alice, "room-x").locator(".leave-room").click();
+    await room(alice, "room-x").waitFor({ state: "detached" });
+    await member(bob, "alice").waitFor({ state: "detached" });
+    assert.deepEqual(await alice.evaluate(() => window.switchboardDemo.client.rooms.map((r) => r.lobby)), ["room-y"]);
+    await alice.context().close();
+    await bob.context().close();
+    assert.deepEqual(problems, []);
+  });
+
   test("a page in two lobbies chats with a Node client; after a server restart it rejoins both rooms by itself", async () => {
     const problems = [];
     const first = await server({ name: "v2-browser-1" });
