@@ -4,29 +4,33 @@
 use super::*;
 
 impl Cluster for RedisCluster {
-    fn admit<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, Admission> {
+    fn admit<'a>(
+        &'a self,
+        conn: &'a ConnectionInfo,
+        lobby: &'a LobbyCode,
+    ) -> BoxFuture<'a, Admission> {
         Box::pin(async move {
             // Subscribe before reserving: nothing published after our members exist is missed.
-            self.subscribe_lobby(conn.lobby.as_str()).await;
+            self.subscribe_lobby(lobby.as_str()).await;
             let registering = self.registry.read().await;
-            let admission = self.admit_remote(conn).await;
+            let admission = self.admit_remote(conn, lobby).await;
             if !matches!(admission, Admission::Refused(_)) {
                 self.conns
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(conn.id.as_str().to_owned(), conn.clone());
+                    .insert(conn.id.as_str().to_owned(), (conn.clone(), lobby.clone()));
             }
             drop(registering);
             if let Admission::Refused(_) = admission {
-                self.unsubscribe_lobby(conn.lobby.as_str()).await;
+                self.unsubscribe_lobby(lobby.as_str()).await;
             }
             admission
         })
     }
 
-    fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()> {
+    fn release<'a>(&'a self, conn: &'a ConnectionInfo, lobby: &'a LobbyCode) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            self.unsubscribe_lobby(conn.lobby.as_str()).await;
+            self.unsubscribe_lobby(lobby.as_str()).await;
             let _releasing = self.registry.read().await;
             self.conns
                 .lock()
@@ -47,7 +51,7 @@ impl Cluster for RedisCluster {
                 .await;
             match released {
                 Ok((1, members)) if members as usize <= self.cfg.events_max_members => {
-                    self.announce_left(&[format!("{}\t{}", conn.lobby, conn.user_id)]);
+                    self.announce_left(&[format!("{}\t{}", lobby, conn.user_id)]);
                 }
                 Ok(_) => {}
                 Err(error) => self.failed("release", &error),

@@ -67,7 +67,7 @@ pub struct RedisCluster {
     /// Set when a write to Redis failed: the next healthy heartbeat re-registers everything.
     needs_resync: AtomicBool,
     /// This node's connections admitted so far (what a resync re-registers).
-    conns: Mutex<HashMap<String, ConnectionInfo>>,
+    conns: Mutex<HashMap<String, (ConnectionInfo, LobbyCode)>>,
     /// Admits and releases hold it shared from their script to their change of `conns`; a
     /// resync holds it alone from its snapshot of `conns` to its script. Otherwise a resync
     /// could snapshot before a connection admitted in Redis is recorded here, and free it in
@@ -306,7 +306,7 @@ impl RedisCluster {
         Some(exists)
     }
 
-    async fn admit_remote(&self, conn: &ConnectionInfo) -> Admission {
+    async fn admit_remote(&self, conn: &ConnectionInfo, lobby: &LobbyCode) -> Admission {
         let Some(mut con) = self.connection() else {
             self.needs_resync.store(true, Ordering::SeqCst);
             return Admission::Unavailable;
@@ -325,7 +325,7 @@ impl RedisCluster {
             .arg(&self.cfg.node_id)
             .arg(conn.id.as_str())
             .arg(conn.user_id.as_str())
-            .arg(conn.lobby.as_str())
+            .arg(lobby.as_str())
             .arg(limits.ip_key(conn.ip).to_string())
             .arg(limits.max_connections)
             .arg(limits.max_per_lobby)
@@ -366,7 +366,7 @@ impl RedisCluster {
         self.announce_left(&left);
         let events = self.cfg.presence_events && members as usize <= self.cfg.events_max_members;
         if joined == 1 && events {
-            self.announce(&[format!("{}\t{}", conn.lobby, conn.user_id)], true);
+            self.announce(&[format!("{}\t{}", lobby, conn.user_id)], true);
         }
         Admission::Admitted {
             presence_events: events,

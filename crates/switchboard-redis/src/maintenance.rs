@@ -72,7 +72,7 @@ impl RedisCluster {
         self.client.get_connection_manager_with_config(config).await
     }
 
-    pub(crate) fn conns_snapshot(&self) -> Vec<ConnectionInfo> {
+    pub(crate) fn conns_snapshot(&self) -> Vec<(ConnectionInfo, LobbyCode)> {
         self.conns
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -90,11 +90,11 @@ impl RedisCluster {
             .arg(&self.cfg.key_prefix)
             .arg(self.history_ttl_ms())
             .arg(&self.cfg.node_id);
-        for c in &conns {
+        for (c, lobby) in &conns {
             invocation
                 .arg(c.id.as_str())
                 .arg(c.user_id.as_str())
-                .arg(c.lobby.as_str())
+                .arg(lobby.as_str())
                 .arg(self.cfg.limits.ip_key(c.ip).to_string());
         }
         let synced: Result<(Vec<String>, Vec<String>), _> = invocation.invoke_async(con).await;

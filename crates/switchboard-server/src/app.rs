@@ -16,10 +16,12 @@ use switchboard::{ConnectRequest, DisconnectReason};
 
 pub use crate::state::AppState;
 
-/// Routes for clients: `/ws/{lobby}`, `/healthz`, `/readyz`.
+/// Routes for clients: `/ws/{lobby}`, `/ws` (protocol v2, no lobby yet), the SSE fallback,
+/// `/healthz`, `/readyz`.
 pub fn public_routes(state: AppState) -> Router {
     Router::new()
         .route("/ws/{lobby}", get(ws))
+        .route("/ws", get(ws))
         .route("/sse/{lobby}", get(sse))
         .route("/sse/{lobby}/messages", axum::routing::post(sse_post))
         .route("/healthz", get(|| async { "ok" }))
@@ -89,9 +91,10 @@ fn authorize(
     }
     let ip = client_ip(params.peer.ip(), headers, &state.trusted_proxies);
     let identity = match state.auth.verify(params.token.as_deref()) {
-        Ok(identity) if identity.may_join(&params.lobby) => identity,
+        Ok(identity) if identity.may_join(params.lobby.as_ref()) => identity,
         Ok(identity) => {
-            tracing::info!(user = %identity.user_id, lobby = %params.lobby, %ip, "refused: lobby not allowed by token");
+            let lobby = params.lobby.as_ref().map_or("", |l| l.as_str());
+            tracing::info!(user = %identity.user_id, lobby, %ip, "refused: lobby not allowed by token");
             return Err(Refusal::Close(DisconnectReason::Unauthorized));
         }
         Err(error) => {
@@ -100,6 +103,9 @@ fn authorize(
         }
     };
     let mut request = ConnectRequest::new(params.lobby, identity.user_id, ip);
+    if let Some(allowed) = identity.lobbies {
+        request = request.allow_lobbies(allowed);
+    }
     if let Some(at) = identity.expires_at {
         request = request.expires_at(at);
     }
@@ -167,7 +173,12 @@ async fn sse_post(
         )
             .into_response()
     };
-    let lobby = params.lobby.clone();
+    // The route always names a lobby.
+    let lobby = params
+        .lobby
+        .clone()
+        .map(|l| l.as_str().to_owned())
+        .unwrap_or_default();
     let request = match authorize(&state, params, &headers) {
         Ok(request) => request,
         Err(Refusal::ForeignOrigin) => return sse_forbidden_origin(),
@@ -195,12 +206,7 @@ async fn sse_post(
     let frame = post.message.get();
     let posted = state
         .manager
-        .sse_post(
-            &post.connection_id,
-            request.user_id.as_str(),
-            lobby.as_str(),
-            frame,
-        )
+        .sse_post(&post.connection_id, request.user_id.as_str(), &lobby, frame)
         .await;
     match posted {
         Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({"accepted": true}))).into_response(),

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
-use switchboard::{LobbyCode, UserId};
+use switchboard::{LobbyCode, LobbyFilter, UserId};
 
 use crate::config::ServerConfig;
 
@@ -45,16 +45,19 @@ pub struct Identity {
     pub user_id: UserId,
     /// When the token expires (JWT `exp`).
     pub expires_at: Option<SystemTime>,
-    /// The lobbies the token may join, if it restricts them (claim `lobbies`).
-    pub lobbies: Option<Vec<String>>,
+    /// The lobbies the token may join, if it restricts them (claim `lobbies`: codes, and
+    /// prefixes ending in `*`).
+    pub lobbies: Option<LobbyFilter>,
 }
 
 impl Identity {
-    /// Whether the token allows this lobby.
-    pub fn may_join(&self, lobby: &LobbyCode) -> bool {
-        self.lobbies
-            .as_ref()
-            .is_none_or(|allowed| allowed.iter().any(|l| l == lobby.as_str()))
+    /// Whether the token allows this lobby (a connect to no lobby yet is allowed: its joins
+    /// are checked one by one).
+    pub fn may_join(&self, lobby: Option<&LobbyCode>) -> bool {
+        match (lobby, &self.lobbies) {
+            (Some(lobby), Some(allowed)) => allowed.allows(lobby.as_str()),
+            _ => true,
+        }
     }
 }
 
@@ -149,7 +152,7 @@ impl Auth {
                     user_id: UserId::parse(&claims.sub)
                         .map_err(|e| AuthError::Invalid(e.to_string()))?,
                     expires_at: Some(expires_at),
-                    lobbies: claims.lobbies,
+                    lobbies: claims.lobbies.map(LobbyFilter::new),
                 })
             }
         }

@@ -39,6 +39,7 @@ pub const KNOWN: &[&str] = &[
     "limits.max_per_lobby",
     "limits.max_per_user",
     "limits.max_per_ip",
+    "limits.max_lobbies_per_connection",
     "limits.ipv6_prefix",
     "user_policy",
     "health.ping_interval_ms",
@@ -374,6 +375,9 @@ impl ServerConfig {
             "limits.max_per_lobby" => m.limits.max_per_lobby = parse_num(value)?,
             "limits.max_per_user" => m.limits.max_per_user = parse_num(value)?,
             "limits.max_per_ip" => m.limits.max_per_ip = parse_num(value)?,
+            "limits.max_lobbies_per_connection" => {
+                m.limits.max_lobbies_per_connection = parse_num(value)?;
+            }
             "limits.ipv6_prefix" => {
                 m.limits.ipv6_prefix =
                     u8::try_from(parse_num(value)?).map_err(|_| "must be 48-128".to_string())?;

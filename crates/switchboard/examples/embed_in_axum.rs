@@ -41,8 +41,11 @@ impl Handler for EchoHandler {
     fn on_connect(&self, client: &Client) {
         let conn = client.info();
         eprintln!(
-            "connect    {} user={} lobby={} ip={}",
-            conn.id, conn.user_id, conn.lobby, conn.ip
+            "connect    {} user={} lobbies={:?} ip={}",
+            conn.id,
+            conn.user_id,
+            client.lobbies(),
+            conn.ip
         );
     }
 

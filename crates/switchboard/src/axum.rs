@@ -25,8 +25,9 @@ use crate::ws::Upgrade;
 pub struct WsConnect {
     /// The pending upgrade; pass it to `Manager::accept` or `Manager::refuse`.
     pub upgrade: Upgrade,
-    /// The validated `{lobby}` path parameter.
-    pub lobby: LobbyCode,
+    /// The validated `{lobby}` path parameter; `None` on a route without one (`/ws`, for
+    /// protocol v2 clients that join lobbies later).
+    pub lobby: Option<LobbyCode>,
     /// The `token` query parameter, else the bearer token, if any.
     pub token: Option<String>,
     /// The TCP peer (the client, or a proxy in front of it).
@@ -83,8 +84,9 @@ impl<S: Send + Sync> FromRequestParts<S> for WsConnect {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConnectParams {
-    /// The validated `{lobby}` path parameter.
-    pub lobby: LobbyCode,
+    /// The validated `{lobby}` path parameter; `None` on a route without one (`/ws`, for
+    /// protocol v2 clients that join lobbies later).
+    pub lobby: Option<LobbyCode>,
     /// The `token` query parameter, else the bearer token, if any.
     pub token: Option<String>,
     /// The TCP peer (the client, or a proxy in front of it).
@@ -99,14 +101,18 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let params = RawPathParams::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        let lobby = params
+        // A route without parameters has no `{lobby}`: the request names none.
+        let params = RawPathParams::from_request_parts(parts, state).await.ok();
+        let lobby = match params
             .iter()
+            .flat_map(|p| p.iter())
             .find(|(name, _)| *name == "lobby")
-            .and_then(|(_, value)| LobbyCode::parse(value).ok())
-            .ok_or_else(|| bad_request("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]"))?;
+        {
+            None => None,
+            Some((_, value)) => Some(LobbyCode::parse(value).map_err(|_| {
+                bad_request("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]")
+            })?),
+        };
         let query = Query::<ConnectQuery>::try_from_uri(&parts.uri)
             .map_err(|_| bad_request("invalid query string (since must be an integer)"))?;
         let last_event_id = || {

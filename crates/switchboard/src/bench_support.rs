@@ -11,7 +11,7 @@ use axum::extract::ws::Message;
 use crate::config::Config;
 use crate::handle::{ConnHandle, ConnectionInfo};
 use crate::history::Broadcast;
-use crate::hub::Hub;
+use crate::hub::{Hub, Join};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::skip::Skip;
 use crate::stats::Counters;
@@ -59,13 +59,15 @@ impl BenchHub {
         let info = ConnectionInfo {
             id: ConnectionId::new("bench", seq),
             user_id: UserId::parse(&format!("u{seq}")).expect("valid id"),
-            lobby: self.lobby.clone(),
+            protocol: 1,
             ip: IpAddr::from([127, 0, 0, 1]),
             connected_at: SystemTime::now(),
         };
         let handle = Arc::new(ConnHandle::new(seq, info, self.queue));
         self.hub
-            .register(handle.clone(), |_| Message::text("welcome"), None, None)
+            .register(handle.clone(), Some(Join::new(&self.lobby)), None, |_| {
+                Message::text("welcome")
+            })
             .expect("limits leave room");
         handle
     }
@@ -79,11 +81,13 @@ impl BenchHub {
     /// Publishes a `message` frame encoded without an offset as production does (numbered,
     /// kept in the lobby's history, offered to every member). Returns the count.
     pub fn broadcast(&self, frame_without_offset: &str) -> usize {
-        self.hub.publish(
-            &self.lobby,
-            Broadcast::Unnumbered(frame_without_offset),
-            Skip::Nobody,
-        )
+        self.hub
+            .publish(
+                &self.lobby,
+                Broadcast::Unnumbered(frame_without_offset),
+                Skip::Nobody,
+            )
+            .0
     }
 
     /// Empties every member's queue (between benchmark iterations).
@@ -95,6 +99,6 @@ impl BenchHub {
 
     /// The lobby's presence list, encoded as a `presence` frame.
     pub fn presence(&self) -> Message {
-        self.hub.presence_frame(&self.lobby)
+        self.hub.presence_frame(&self.lobby, None)
     }
 }

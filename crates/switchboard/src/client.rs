@@ -89,16 +89,23 @@ impl Client {
     /// the data. When the sender matters, put it in `data` (from [`info`](Self::info)).
     pub fn broadcast<T: Serialize + ?Sized>(
         &self,
+        lobby: &str,
         data: &T,
         exclude_self: bool,
     ) -> Result<usize, Error> {
+        let lobby = LobbyCode::parse(lobby)?;
         let info = &self.conn.info;
         let skip = if exclude_self {
             Skip::Connection(info.id.as_str())
         } else {
             Skip::Nobody
         };
-        broadcast(&self.shared, &info.lobby, data, skip)
+        broadcast(&self.shared, &lobby, data, skip)
+    }
+
+    /// The lobbies the connection is in now (a v1 connection: its one lobby).
+    pub fn lobbies(&self) -> Vec<LobbyCode> {
+        self.shared.hub.lobbies_of(self.conn.seq)
     }
 
     /// Closes the connection with `reason` (e.g. [`DisconnectReason::Kicked`], 4009): what was
@@ -189,7 +196,7 @@ pub(crate) fn broadcast<T: Serialize + ?Sized>(
         data: &data,
     }
     .encode();
-    shared.publish(lobby, &frame, skip)
+    shared.publish(lobby, &frame, skip).map(|p| p.reached)
 }
 
 /// An `error` frame to one connection, echoing `id` if it is a string or a number.

@@ -102,13 +102,18 @@ pub struct ClusterLobby {
 /// it returned [`Admission::Refused`], `release` is called once after it ended (or after a
 /// local refusal).
 pub trait Cluster: Send + Sync + 'static {
-    /// Reserves the cluster-wide limits for a new connection and applies the user policy
-    /// across nodes.
-    fn admit<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, Admission>;
+    /// Reserves the cluster-wide limits for a new connection in `lobby` and applies the user
+    /// policy across nodes. (A connection counts in one lobby in the cluster: joining further
+    /// lobbies on a live connection is not built for clusters yet.)
+    fn admit<'a>(
+        &'a self,
+        conn: &'a ConnectionInfo,
+        lobby: &'a LobbyCode,
+    ) -> BoxFuture<'a, Admission>;
 
     /// Frees what `admit` reserved; sends `member_left` cluster-wide when it was the user's
     /// last connection in the lobby.
-    fn release<'a>(&'a self, conn: &'a ConnectionInfo) -> BoxFuture<'a, ()>;
+    fn release<'a>(&'a self, conn: &'a ConnectionInfo, lobby: &'a LobbyCode) -> BoxFuture<'a, ()>;
 
     /// A broadcast (`message` encoded without an offset): the cluster numbers it and every
     /// node, this one included, delivers it through [`LocalNode::deliver_numbered`], in one
@@ -232,7 +237,7 @@ impl LocalNode {
             offset,
             frame: text(frame),
         };
-        shared.hub().publish(&code, broadcast, skip)
+        shared.hub().publish(&code, broadcast, skip).0
     }
 
     /// Delivers an encoded frame from another node to this node's connections of `user`.

@@ -108,6 +108,8 @@ pub struct Limits {
     pub max_per_user: usize,
     /// Connections from one client IP (`ip_limit`). Default 100.
     pub max_per_ip: usize,
+    /// Lobbies one protocol-v2 connection may be in at once (`too_many_lobbies`). Default 64.
+    pub max_lobbies_per_connection: usize,
     /// IPv6 clients count per network of this prefix length in `max_per_ip` and
     /// `connects_per_ip_per_sec`: one host usually holds a whole /64, so counting single
     /// addresses would let it pick a fresh one for every connection. 48-128, default 64.
@@ -208,6 +210,7 @@ impl Default for Limits {
             max_per_lobby: 100,
             max_per_user: 5,
             max_per_ip: 100,
+            max_lobbies_per_connection: 64,
             ipv6_prefix: 64,
         }
     }
@@ -232,6 +235,10 @@ impl Config {
             ("limits.max_per_lobby", self.limits.max_per_lobby),
             ("limits.max_per_user", self.limits.max_per_user),
             ("limits.max_per_ip", self.limits.max_per_ip),
+            (
+                "limits.max_lobbies_per_connection",
+                self.limits.max_lobbies_per_connection,
+            ),
             ("queue.capacity", self.queue_capacity),
             ("max_message_bytes", self.max_message_bytes),
         ];

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::ids::InvalidId;
+use crate::protocol::ClientError;
 
 /// Errors of the backend-facing methods.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,12 @@ pub enum Error {
     /// nowhere; retry later.
     #[error("the cluster's outbound queue is full; retry later")]
     Overloaded,
+    /// A join was refused (`lobby_full`, `too_many_lobbies`, `not_allowed`).
+    #[error("join refused: {}", .0.message)]
+    Refused(ClientError),
+    /// The connection speaks protocol v1, which lives in one lobby.
+    #[error("the connection speaks protocol v1 (one lobby)")]
+    ProtocolV1,
 }
 
 /// Why a post for an SSE connection was refused.

@@ -11,7 +11,7 @@ use axum::extract::ws::Message;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::disconnect::DisconnectReason;
-use crate::ids::{ConnectionId, LobbyCode, UserId};
+use crate::ids::{ConnectionId, UserId};
 
 /// What the embedding app and the logs know about a connection.
 #[derive(Debug, Clone)]
@@ -21,8 +21,10 @@ pub struct ConnectionInfo {
     pub id: ConnectionId,
     /// The authenticated user.
     pub user_id: UserId,
-    /// The lobby the connection lives in.
-    pub lobby: LobbyCode,
+    /// The protocol version it speaks: 1 (one lobby, the URL's) or 2 (any number of lobbies,
+    /// joined and left on the live connection). Its lobbies are the registry's to say
+    /// ([`Manager::lobbies_of`](crate::Manager::lobbies_of)).
+    pub protocol: u8,
     /// The client's IP (after proxy resolution by the embedding app).
     pub ip: IpAddr,
     /// When the connection was accepted.
@@ -48,9 +50,6 @@ pub(crate) struct ConnHandle {
     /// Where client frames go for transports without an inbound stream of their own (SSE:
     /// frames arrive as HTTP posts).
     pub(crate) inbound: Option<mpsc::Sender<Message>>,
-    /// Cluster mode: the last offset its recovery replayed; live broadcasts up to it are
-    /// skipped (they were in flight while the replay was read).
-    pub(crate) replayed_until: AtomicU64,
     /// Join/leave events were dropped on a full queue: the writer sends a fresh `presence`
     /// list once it has caught up.
     pub(crate) presence_behind: AtomicBool,
@@ -70,6 +69,11 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
+    /// Whether it speaks protocol v2 (many lobbies; acks).
+    pub(crate) fn v2(&self) -> bool {
+        self.info.protocol >= 2
+    }
+
     /// A handle whose outbound queue holds at most `capacity` frames.
     pub(crate) fn new(seq: u64, info: ConnectionInfo, capacity: usize) -> Self {
         Self {
@@ -77,7 +81,6 @@ impl ConnHandle {
             info,
             cluster_presence: false,
             inbound: None,
-            replayed_until: AtomicU64::new(0),
             presence_behind: AtomicBool::new(false),
             outbox: Outbox::new(capacity),
             closing: Notify::new(),
@@ -388,7 +391,7 @@ pub(crate) mod testing {
     use std::time::SystemTime;
 
     use super::{ConnHandle, ConnectionInfo};
-    use crate::ids::{ConnectionId, LobbyCode, UserId};
+    use crate::ids::{ConnectionId, UserId};
 
     /// A waker that counts its wakes.
     #[derive(Debug, Default)]
@@ -409,12 +412,12 @@ pub(crate) mod testing {
         }
     }
 
-    /// A handle for user `u` in lobby `l`, and the count of the wakes of its task.
+    /// A handle for user `u` (protocol v1), and the count of the wakes of its task.
     pub(crate) fn handle(seq: u64, capacity: usize) -> (ConnHandle, Arc<WakeCount>) {
         let info = ConnectionInfo {
             id: ConnectionId::new("t", seq),
             user_id: UserId::parse("u").unwrap(),
-            lobby: LobbyCode::parse("l").unwrap(),
+            protocol: 1,
             ip: [127, 0, 0, 1].into(),
             connected_at: SystemTime::now(),
         };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -15,6 +15,7 @@ use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
 use crate::handler::{AppHandler, Handler, NoHandler};
+use crate::hub::{Join, LeftReason};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
@@ -22,8 +23,12 @@ use crate::skip::Skip;
 use crate::stats::Stats;
 use crate::ws::Upgrade;
 
-/// The subprotocol a client may offer; it is echoed when offered.
+/// The subprotocol of protocol v1 a client may offer; it is echoed when offered.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
+
+/// The subprotocol of protocol v2 (one connection in many lobbies); echoed when offered, and
+/// chosen over v1 when a client offers both.
+pub const SUBPROTOCOL_V2: &str = "switchboard.v2";
 
 /// A lobby and its counts, as listed by [`Manager::lobbies`].
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -72,12 +77,35 @@ impl Manager {
     /// Completes a WebSocket upgrade and runs the connection: limits are reserved, `welcome`
     /// sent, and from then on the manager owns it. Refusals by a limit are closes with 4002,
     /// which the client can read, rather than HTTP statuses it cannot.
+    ///
+    /// A client that offers the subprotocol [`SUBPROTOCOL_V2`] speaks protocol v2 (any number
+    /// of lobbies, joined and left on the live connection; `request.lobby` may be `None`);
+    /// any other client speaks v1, in `request.lobby` (a v1 request without one is refused
+    /// with 400).
     pub fn accept(&self, upgrade: Upgrade, request: ConnectRequest) -> Response {
+        let v2 = upgrade.offers(SUBPROTOCOL_V2);
+        if request.lobby.is_none() {
+            let refusal = if !v2 {
+                Some("protocol v1 connects to a lobby: /ws/{lobby} (or offer switchboard.v2)")
+            } else if self.shared.in_cluster() {
+                Some("in cluster mode a connection starts in a lobby: /ws/{lobby}")
+            } else {
+                None
+            };
+            if let Some(message) = refusal {
+                return (axum::http::StatusCode::BAD_REQUEST, message).into_response();
+            }
+        }
         let (shared, handler) = (self.shared.clone(), self.handler.clone());
-        upgrade.on_upgrade(SUBPROTOCOL, move |io| {
+        let (subprotocol, version) = if v2 {
+            (SUBPROTOCOL_V2, 2)
+        } else {
+            (SUBPROTOCOL, 1)
+        };
+        upgrade.on_upgrade(subprotocol, move |io| {
             let tracker = shared.tracker.clone();
             let socket = Socket::new(io, shared.config.max_message_bytes);
-            tracker.track_future(connection::run(shared, handler, socket, request))
+            tracker.track_future(connection::run(shared, handler, socket, request, version))
         })
     }
 
@@ -86,7 +114,12 @@ impl Manager {
     pub fn refuse(&self, upgrade: Upgrade, reason: DisconnectReason) -> Response {
         let shared = self.shared.clone();
         shared.counters.rejected(reason);
-        upgrade.on_upgrade(SUBPROTOCOL, move |io| {
+        let subprotocol = if upgrade.offers(SUBPROTOCOL_V2) {
+            SUBPROTOCOL_V2
+        } else {
+            SUBPROTOCOL
+        };
+        upgrade.on_upgrade(subprotocol, move |io| {
             let timeout = shared.config.close_timeout;
             let socket = Socket::new(io, shared.config.max_message_bytes);
             shared
@@ -199,6 +232,71 @@ impl Manager {
         } else {
             Err(Error::NoSuchConnection)
         }
+    }
+
+    /// Joins a protocol-v2 connection of this node to a lobby (a server-side subscription):
+    /// it gets `joined` without an `id`, then the lobby's traffic. The same limits as a
+    /// client's `join` apply ([`Error::Refused`] carries the code). A v1 connection cannot
+    /// join a second lobby: [`Error::ProtocolV1`].
+    pub fn join(&self, connection_id: &str, lobby: &str) -> Result<(), Error> {
+        let lobby = LobbyCode::parse(lobby)?;
+        let conn = self.find(connection_id)?;
+        if !conn.v2() {
+            return Err(Error::ProtocolV1);
+        }
+        self.shared
+            .join(conn.seq, Join::new(&lobby), None)
+            .map_err(Error::Refused)
+    }
+
+    /// Takes a connection of this node out of a lobby: a v2 connection gets `left` with
+    /// reason `removed`; a v1 connection, which lives in its one lobby, is closed with 4009
+    /// `kicked`. Returns whether it was in the lobby.
+    pub fn leave(&self, connection_id: &str, lobby: &str) -> Result<bool, Error> {
+        let lobby = LobbyCode::parse(lobby)?;
+        let conn = self.find(connection_id)?;
+        Ok(self.remove_from(&conn, &lobby))
+    }
+
+    /// Joins every protocol-v2 connection of `user` on this node to a lobby (v1 connections
+    /// are left as they are). Returns how many joined (already being in it counts).
+    pub fn join_user(&self, user: &str, lobby: &str) -> Result<usize, Error> {
+        let lobby = LobbyCode::parse(lobby)?;
+        let conns = self.shared.hub.user_connections(user);
+        let joined = conns
+            .iter()
+            .filter(|c| c.v2())
+            .filter(|c| self.shared.join(c.seq, Join::new(&lobby), None).is_ok())
+            .count();
+        Ok(joined)
+    }
+
+    /// Takes every connection of `user` on this node out of a lobby, as
+    /// [`leave`](Self::leave) does one. Returns how many were in it.
+    pub fn leave_user(&self, user: &str, lobby: &str) -> Result<usize, Error> {
+        let lobby = LobbyCode::parse(lobby)?;
+        let conns = self.shared.hub.user_connections(user);
+        Ok(conns.iter().filter(|c| self.remove_from(c, &lobby)).count())
+    }
+
+    /// The lobbies a connection of this node is in (`None`: no such connection).
+    pub fn lobbies_of(&self, connection_id: &str) -> Option<Vec<LobbyCode>> {
+        let conn = self.find(connection_id).ok()?;
+        Some(self.shared.hub.lobbies_of(conn.seq))
+    }
+
+    fn remove_from(&self, conn: &ConnHandle, lobby: &LobbyCode) -> bool {
+        if conn.v2() {
+            return self
+                .shared
+                .hub
+                .leave_lobby(conn.seq, lobby, LeftReason::Removed, None);
+        }
+        let member = self.shared.hub.lobby_of(conn.seq, Some(lobby)).is_ok();
+        if member {
+            conn.close(DisconnectReason::Kicked);
+        }
+        member
     }
 
     /// Sends a protocol ping to a connection now and waits for its pong: the round trip.

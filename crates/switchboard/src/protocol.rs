@@ -1,4 +1,5 @@
-//! Wire protocol v1: parsing client frames and encoding server frames.
+//! Wire protocols v1 and v2: parsing client frames and encoding server frames. v2 (one
+//! connection in many lobbies) adds frames; v1 clients see exactly what they always saw.
 //!
 //! Parsing borrows from the frame text: `data` is kept as raw JSON and copied into outbound
 //! frames without being re-serialized. `docs/protocol.md` describes the frames.
@@ -9,8 +10,11 @@ use serde_json::value::RawValue;
 
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 
-/// The protocol version `welcome` announces.
+/// The protocol version a v1 `welcome` announces.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The protocol version a v2 `welcome` announces.
+pub const PROTOCOL_V2: u32 = 2;
 
 /// Error codes of `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,6 +36,12 @@ pub enum ErrorCode {
     /// Cluster mode: the node's outbound queue to the other nodes is full; the frame was sent
     /// nowhere. Retry later.
     Overloaded,
+    /// v2 `join`: the lobby has `limits.max_per_lobby` connections.
+    LobbyFull,
+    /// v2 `join`: the connection is in `limits.max_lobbies_per_connection` lobbies.
+    TooManyLobbies,
+    /// v2: a `lobby` that is not a valid lobby code.
+    InvalidLobby,
 }
 
 /// A refusal of one client frame: sent as an `error` frame, the connection stays open.
@@ -60,6 +70,8 @@ pub(crate) enum ClientFrame<'a> {
         timestamp: Option<u64>,
     },
     Broadcast {
+        /// v2: the lobby to broadcast in (v1: always `None`, the connection's one lobby).
+        lobby: Option<LobbyCode>,
         data: &'a RawValue,
         exclude_self: bool,
     },
@@ -67,7 +79,22 @@ pub(crate) enum ClientFrame<'a> {
         to: UserId,
         data: &'a RawValue,
     },
-    Presence,
+    Presence {
+        /// v2: the lobby asked about (v1: always `None`).
+        lobby: Option<LobbyCode>,
+    },
+    /// v2: join a lobby, with recovery from `since` of `epoch` when given.
+    Join {
+        lobby: LobbyCode,
+        /// Recovery: the last offset received, and its epoch.
+        recover: Option<(u64, std::borrow::Cow<'a, str>)>,
+    },
+    /// v2: leave a lobby.
+    Leave {
+        lobby: LobbyCode,
+    },
+    /// v2: a fresh credential for the same user (refused for now: not built yet).
+    Refresh,
     /// Any type the protocol does not define: the embedding app's.
     App {
         kind: std::borrow::Cow<'a, str>,
@@ -89,6 +116,14 @@ struct Envelope<'a> {
     exclude_self: Option<&'a RawValue>,
     #[serde(borrow)]
     timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    lobby: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow)]
+    epoch: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<&'a RawValue>,
 }
 
 /// A parse failure, with the frame's `id` when it could be read, so the error can echo it.
@@ -98,8 +133,18 @@ pub(crate) struct ParseError<'a> {
     pub(crate) id: Option<&'a RawValue>,
 }
 
-/// Parses one client text frame. On success also returns the frame's `id` (string or number).
+/// Parses one client text frame of protocol v1. On success also returns the frame's `id`
+/// (string or number).
 pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), ParseError<'_>> {
+    parse_as(text, false)
+}
+
+/// Parses one client text frame of protocol v1 or (with `v2`) v2: v2's own types, and its
+/// `lobby` on `broadcast` and `presence`, mean nothing in v1 (there `join` is the app's type).
+pub(crate) fn parse_as(
+    text: &str,
+    v2: bool,
+) -> Result<(ClientFrame<'_>, Option<&RawValue>), ParseError<'_>> {
     // serde's derive would also read a JSON array as the struct's fields by position, so
     // anything that is not an object is decided here: valid JSON of another shape, or not JSON.
     if !text.trim_start().starts_with('{') {
@@ -133,11 +178,56 @@ pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), 
         env.data
             .ok_or_else(|| fail(ErrorCode::MissingField, "missing field `data`"))
     };
+    // v2's `lobby`: absent, or a valid code.
+    let lobby = || -> Result<Option<LobbyCode>, ParseError<'_>> {
+        match env.lobby.filter(|_| v2) {
+            None => Ok(None),
+            Some(raw) => as_str(raw)
+                .and_then(|s| LobbyCode::parse(&s).ok())
+                .map(Some)
+                .ok_or_else(|| {
+                    fail(
+                        ErrorCode::InvalidLobby,
+                        "`lobby` must be a valid lobby code",
+                    )
+                }),
+        }
+    };
+    let require_lobby =
+        || lobby()?.ok_or_else(|| fail(ErrorCode::MissingField, "missing field `lobby`"));
     let frame = match &*kind {
+        "join" if v2 => {
+            let lobby = require_lobby()?;
+            let since = env.since.map(|raw| raw.get().parse::<u64>());
+            let epoch = env.epoch.map(as_str);
+            let recover = match (since, epoch) {
+                (None, None) => None,
+                (Some(Ok(since)), Some(Some(epoch))) => Some((since, epoch)),
+                _ => {
+                    return Err(fail(
+                        ErrorCode::InvalidMessage,
+                        "`since` (a number) and `epoch` (a string) go together",
+                    ));
+                }
+            };
+            ClientFrame::Join { lobby, recover }
+        }
+        "leave" if v2 => ClientFrame::Leave {
+            lobby: require_lobby()?,
+        },
+        "refresh" if v2 => {
+            let token = env
+                .token
+                .ok_or_else(|| fail(ErrorCode::MissingField, "missing field `token`"))?;
+            as_str(token)
+                .ok_or_else(|| fail(ErrorCode::InvalidMessage, "`token` must be a string"))?;
+            ClientFrame::Refresh
+        }
         "health_pong" => ClientFrame::HealthPong {
             timestamp: env.timestamp.and_then(|t| t.get().parse().ok()),
         },
         "broadcast" => ClientFrame::Broadcast {
+            lobby: lobby()?,
             data: require_data()?,
             exclude_self: match env.exclude_self.map(RawValue::get) {
                 None | Some("false") | Some("null") => false,
@@ -162,7 +252,7 @@ pub(crate) fn parse(text: &str) -> Result<(ClientFrame<'_>, Option<&RawValue>), 
                 data: require_data()?,
             }
         }
-        "presence" => ClientFrame::Presence,
+        "presence" => ClientFrame::Presence { lobby: lobby()? },
         _ => ClientFrame::App { kind },
     };
     Ok((frame, id))
@@ -213,6 +303,45 @@ pub(crate) enum ServerFrame<'a> {
         /// Changes whenever the lobby's history is lost.
         epoch: &'a str,
     },
+    /// v2's `welcome`: no lobby fields (each lobby gets its own `joined`).
+    #[serde(rename = "welcome")]
+    WelcomeV2 {
+        connection_id: &'a ConnectionId,
+        user_id: &'a UserId,
+        ping_interval_ms: u64,
+        server_time: u64,
+        protocol: u32,
+        max_lobbies: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token_expires_at: Option<u64>,
+    },
+    /// v2: the connection is in a lobby now (answering a `join`, or the URL's lobby, or a
+    /// server-side join).
+    Joined {
+        lobby: &'a LobbyCode,
+        offset: u64,
+        epoch: &'a str,
+        presence_events: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    /// v2: the connection is no longer in a lobby.
+    Left {
+        lobby: &'a LobbyCode,
+        reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+    },
+    /// v2: a client frame with an `id` succeeded.
+    Ack {
+        id: &'a RawValue,
+        /// A broadcast's offset in its lobby.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// A refresh's new expiry.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token_expires_at: Option<u64>,
+    },
     HealthPing {
         timestamp: u64,
     },
@@ -229,6 +358,9 @@ pub(crate) enum ServerFrame<'a> {
     Presence {
         lobby: &'a LobbyCode,
         users: Vec<&'a str>,
+        /// v2: the `id` of the `presence` request answered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
     },
     MemberJoined {
         lobby: &'a LobbyCode,
@@ -245,6 +377,9 @@ pub(crate) enum ServerFrame<'a> {
         id: Option<&'a RawValue>,
     },
     Recovered {
+        /// v2: the lobby recovered (v1 connections are in one lobby).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lobby: Option<&'a LobbyCode>,
         ok: bool,
     },
     Goodbye {
@@ -361,7 +496,7 @@ mod tests {
         let (f, _) =
             parse(r#"{"type":"broadcast","data":{"a":[1,2]},"exclude_self":true}"#).unwrap();
         assert!(
-            matches!(f, ClientFrame::Broadcast { data, exclude_self: true } if data.get() == r#"{"a":[1,2]}"#)
+            matches!(f, ClientFrame::Broadcast { data, exclude_self: true, .. } if data.get() == r#"{"a":[1,2]}"#)
         );
         let (f, _) = parse(r#"{"type":"direct","to":"bob","data":"hi"}"#).unwrap();
         assert!(matches!(f, ClientFrame::Direct { ref to, .. } if to.as_str() == "bob"));
@@ -376,7 +511,7 @@ mod tests {
         assert!(matches!(f, ClientFrame::App { ref kind } if kind == "game_move"));
         let (f, _) = parse(r#"{"type":"pres\u0065nce"}"#).unwrap();
         assert!(
-            matches!(f, ClientFrame::Presence),
+            matches!(f, ClientFrame::Presence { lobby: None }),
             "escaped type names still match"
         );
     }

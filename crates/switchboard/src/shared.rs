@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -20,9 +21,9 @@ use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo};
 use crate::history::{Broadcast, ClusterHistory};
-use crate::hub::Hub;
+use crate::hub::{Hub, Join, JoinRefused};
 use crate::ids::LobbyCode;
-use crate::protocol::{ServerFrame, frame_text, text};
+use crate::protocol::{ClientError, ErrorCode, ServerFrame, frame_text, text};
 use crate::skip::Skip;
 use crate::stats::Counters;
 
@@ -41,6 +42,15 @@ pub(crate) struct Shared {
     connect_rate: Option<ConnectRate>,
     /// The other nodes, once attached.
     cluster: OnceLock<Arc<dyn Cluster>>,
+}
+
+/// What a publish did on this node.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Publication {
+    /// This node's connections it was queued for.
+    pub(crate) reached: usize,
+    /// The offset the lobby gave it, when this node numbered it (the cluster numbers it later).
+    pub(crate) offset: Option<u64>,
 }
 
 /// What the cluster holds for a new connection.
@@ -120,15 +130,25 @@ impl Shared {
         lobby: &LobbyCode,
         frame: &str,
         skip: Skip<'_>,
-    ) -> Result<usize, Error> {
+    ) -> Result<Publication, Error> {
         if let Some(cluster) = self.cluster.get() {
             match cluster.publish_message(lobby, frame, skip) {
-                Published::Queued => return Ok(self.hub.count_recipients(lobby.as_str(), skip)),
+                // Redis numbers it later: the offset is not known here.
+                Published::Queued => {
+                    return Ok(Publication {
+                        reached: self.hub.count_recipients(lobby.as_str(), skip),
+                        offset: None,
+                    });
+                }
                 Published::Overloaded => return Err(Error::Overloaded),
                 Published::Unavailable => {}
             }
         }
-        Ok(self.hub.publish(lobby, Broadcast::Unnumbered(frame), skip))
+        let (reached, offset) = self.hub.publish(lobby, Broadcast::Unnumbered(frame), skip);
+        Ok(Publication {
+            reached,
+            offset: Some(offset),
+        })
     }
 
     /// Sends an encoded frame to every connection of `user`, on every node: the cluster first,
@@ -149,12 +169,18 @@ impl Shared {
     pub(crate) async fn admit_in_cluster(
         &self,
         info: &ConnectionInfo,
+        lobby: Option<&LobbyCode>,
         since: Option<u64>,
     ) -> Result<ClusterSeat, DisconnectReason> {
         let Some(cluster) = self.cluster.get() else {
             return Ok(ClusterSeat::default());
         };
-        match cluster.admit(info).await {
+        // The cluster counts connections in their lobby; a connection in none is refused
+        // before the upgrade in cluster mode (`Manager::accept`).
+        let Some(lobby) = lobby else {
+            return Err(DisconnectReason::ProtocolError);
+        };
+        match cluster.admit(info, lobby).await {
             Admission::Refused(reason) => Err(reason),
             Admission::Unavailable => Ok(ClusterSeat {
                 held: true,
@@ -164,41 +190,98 @@ impl Shared {
             Admission::Admitted { presence_events } => Ok(ClusterSeat {
                 held: true,
                 presence_events: Some(presence_events),
-                history: cluster.history(&info.lobby, since).await,
+                history: cluster.history(lobby, since).await,
             }),
         }
     }
 
     /// Frees what [`admit_in_cluster`](Self::admit_in_cluster) held, once the connection ended
     /// or was refused here.
-    pub(crate) async fn release_in_cluster(&self, info: &ConnectionInfo) {
+    pub(crate) async fn release_in_cluster(&self, info: &ConnectionInfo, lobby: &LobbyCode) {
         if let Some(cluster) = self.cluster.get() {
-            cluster.release(info).await;
+            cluster.release(info, lobby).await;
         }
+    }
+
+    /// Whether this node is part of a cluster.
+    pub(crate) fn in_cluster(&self) -> bool {
+        self.cluster.get().is_some()
+    }
+
+    /// Joins a v2 connection to a lobby (a client's `join`, or the backend's). In cluster
+    /// mode joins on a live connection are not built yet (memberships are not counted in
+    /// Redis): refused with `not_allowed`.
+    pub(crate) fn join(
+        &self,
+        seq: u64,
+        join: Join<'_>,
+        id: Option<&RawValue>,
+    ) -> Result<(), ClientError> {
+        if self.in_cluster() {
+            return Err(ClientError::new(
+                ErrorCode::NotAllowed,
+                "joining lobbies on a live connection is not supported in cluster mode yet",
+            ));
+        }
+        self.hub
+            .join(seq, join, id)
+            .map_err(|refused| match refused {
+                JoinRefused::LobbyFull => ClientError::new(
+                    ErrorCode::LobbyFull,
+                    format!("lobby `{}` is full", join.lobby),
+                ),
+                JoinRefused::TooManyLobbies => ClientError::new(
+                    ErrorCode::TooManyLobbies,
+                    format!(
+                        "a connection may be in {} lobbies at most",
+                        self.config.limits.max_lobbies_per_connection
+                    ),
+                ),
+                JoinRefused::NotAllowed => ClientError::new(
+                    ErrorCode::NotAllowed,
+                    format!("your credential does not allow lobby `{}`", join.lobby),
+                ),
+                JoinRefused::Gone => {
+                    ClientError::new(ErrorCode::NotAllowed, "the connection is closing")
+                }
+            })
     }
 
     /// Queues the lobby's presence list (its users on every node) for a connection. Alone it
     /// is encoded at once; the cluster's list needs a round trip, so it is fetched from a task
     /// on the tracker (shutdown waits for it) and the connection goes on meanwhile; this
     /// node's list stands in when the cluster cannot answer.
-    pub(crate) fn queue_presence_list(self: &Arc<Self>, conn: &Arc<ConnHandle>) {
+    pub(crate) fn queue_presence_list(
+        self: &Arc<Self>,
+        conn: &Arc<ConnHandle>,
+        lobby: LobbyCode,
+        id: Option<Box<RawValue>>,
+    ) {
         if self.cluster.get().is_none() {
-            self.hub
-                .deliver(conn, self.hub.presence_frame(&conn.info.lobby));
+            let frame = self.hub.presence_frame(&lobby, id.as_deref());
+            self.hub.deliver(conn, frame);
             return;
         }
         let (shared, conn) = (self.clone(), conn.clone());
         self.tracker.spawn(async move {
-            let lobby = &conn.info.lobby;
-            let frame = match shared.presence_everywhere(lobby).await {
+            let frame = match shared.presence_everywhere(&lobby).await {
                 Some(users) => {
                     let users = users.iter().map(String::as_str).collect();
-                    text(ServerFrame::Presence { lobby, users }.encode())
+                    let (lobby, id) = (&lobby, id.as_deref());
+                    text(ServerFrame::Presence { lobby, users, id }.encode())
                 }
-                None => shared.hub.presence_frame(lobby),
+                None => shared.hub.presence_frame(&lobby, id.as_deref()),
             };
             shared.hub.deliver(&conn, frame);
         });
+    }
+
+    /// Queues a fresh presence list of every lobby of a connection (its join/leave events were
+    /// dropped on a full queue).
+    pub(crate) fn queue_presence_lists(self: &Arc<Self>, conn: &Arc<ConnHandle>) {
+        for lobby in self.hub.lobbies_of(conn.seq) {
+            self.queue_presence_list(conn, lobby, None);
+        }
     }
 
     /// The users of a lobby on every node, or `None` alone or when the cluster cannot answer.
@@ -324,7 +407,10 @@ impl Shared {
             .and_then(|seq| self.hub.connection(seq))
             .ok_or(SsePostError::NotFound)?;
         let inbound = conn.inbound.as_ref().ok_or(SsePostError::NotFound)?;
-        if conn.info.user_id.as_str() != user || conn.info.lobby.as_str() != lobby {
+        let in_lobby = crate::ids::LobbyCode::parse(lobby)
+            .ok()
+            .is_some_and(|code| self.hub.lobby_of(conn.seq, Some(&code)).is_ok());
+        if conn.info.user_id.as_str() != user || !in_lobby {
             return Err(SsePostError::Forbidden);
         }
         inbound

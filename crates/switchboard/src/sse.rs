@@ -40,7 +40,7 @@ pub(crate) async fn open(
     request: ConnectRequest,
 ) -> Response {
     let (inbound, frames) = mpsc::channel(INBOUND_QUEUE);
-    let admitted = match connection::admit(shared, request, Some(inbound)).await {
+    let admitted = match connection::admit(shared, request, 1, Some(inbound)).await {
         Ok(admitted) => admitted,
         Err(reason) => return refusal(reason),
     };

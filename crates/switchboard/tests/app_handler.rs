@@ -241,7 +241,9 @@ async fn handler_sees_app_messages_and_every_connection_event() {
     };
     assert_eq!(info.id.as_str(), alice.id());
     assert_eq!(info.user_id.as_str(), "alice");
-    assert_eq!(info.lobby.as_str(), "room-1");
+    let lobbies = app.manager.lobbies_of(info.id.as_str()).expect("connected");
+    assert_eq!(lobbies.len(), 1);
+    assert_eq!(lobbies[0].as_str(), "room-1");
     assert_eq!(info.ip, std::net::IpAddr::from([127, 0, 0, 1]));
 
     // A type the protocol does not define goes to the handler, byte for byte.
@@ -530,7 +532,10 @@ impl Handler for Answering {
             }
             "shout" => {
                 let exclude_self = frame["exclude_self"] == true;
-                let reached = client.broadcast(&data, exclude_self).expect("published");
+                let lobby = client.lobbies().pop().expect("in its lobby");
+                let reached = client
+                    .broadcast(lobby.as_str(), &data, exclude_self)
+                    .expect("published");
                 client
                     .reply(&json!({ "reached": reached }))
                     .expect("queued");

@@ -466,3 +466,50 @@ impl Drop for Process {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// Connects offering protocol v2 (`switchboard.v2`) to `path` (e.g. `/ws?token=alice` or
+/// `/ws/room?token=alice`) and waits for `welcome`.
+pub async fn connect_v2(addr: SocketAddr, path: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new([127, 0, 0, 1].into(), 0))
+        .unwrap();
+    let stream = socket.connect(addr).await.expect("tcp connect");
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "switchboard.v2".parse().unwrap());
+    let (ws, response) = client_async(request, stream)
+        .await
+        .expect("upgrade succeeds");
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "switchboard.v2",
+        "the server speaks v2"
+    );
+    let mut client = Client {
+        ws,
+        welcome: Value::Null,
+    };
+    client.welcome = client.expect("welcome", path).await;
+    client
+}
+
+impl Client {
+    /// Sends a v2 `join` with `id` and returns the `joined` answer (failing on anything else).
+    pub async fn join(&mut self, lobby: &str, id: u64) -> Value {
+        self.send(json!({"type": "join", "lobby": lobby, "id": id}))
+            .await;
+        let joined = self.next_json(&format!("joined {lobby}")).await;
+        assert_eq!(joined["type"], "joined", "join {lobby}: {joined}");
+        assert_eq!(joined["id"], id);
+        joined
+    }
+
+    /// Sends a frame with `id` and returns the `error` it must be refused with.
+    pub async fn refused(&mut self, frame: Value, what: &str) -> Value {
+        self.send(frame).await;
+        self.expect("error", what).await
+    }
+}

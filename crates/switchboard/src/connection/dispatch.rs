@@ -9,6 +9,8 @@ use crate::client::{Client, send_error};
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
 use crate::handler::{AppMessage, Handler};
+use crate::history::Recovery;
+use crate::hub::{Join, LeftReason};
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 use crate::shared::Shared;
 use crate::skip::Skip;
@@ -64,7 +66,7 @@ pub(super) fn handle_text(
     let mut parsed = None;
     let mut echo = None;
     if text.len() <= MAX_FREE_PONG && conn.awaits_health_pong() && text.contains("health_pong") {
-        let frame = protocol::parse(text);
+        let frame = protocol::parse_as(text, conn.v2());
         if let Ok((ClientFrame::HealthPong { timestamp: Some(t) }, _)) = &frame
             && conn.answers_health_ping(*t)
         {
@@ -84,7 +86,8 @@ pub(super) fn handle_text(
             };
         }
     }
-    let (frame, id) = match parsed.unwrap_or_else(|| protocol::parse(text)) {
+    let v2 = conn.v2();
+    let (frame, id) = match parsed.unwrap_or_else(|| protocol::parse_as(text, v2)) {
         Ok(parsed) => parsed,
         Err(e) => {
             send_error(shared, conn, &e.error, e.id);
@@ -102,30 +105,40 @@ pub(super) fn handle_text(
                     conn.record_rtt(rtt, &shared.counters.rtt);
                 }
             }
-            Ok(())
+            Ok(Answer::Nothing)
         }
         ClientFrame::Broadcast { .. } if !permissions.allow_broadcast => {
             Err(not_allowed("broadcast"))
         }
         ClientFrame::Direct { .. } if !permissions.allow_direct => Err(not_allowed("direct")),
-        ClientFrame::Broadcast { data, exclude_self } => {
-            let frame = ServerFrame::Message {
-                lobby: &info.lobby,
-                from: Some(&info.user_id),
-                data,
-            };
-            let skip = if exclude_self {
-                Skip::Connection(info.id.as_str())
-            } else {
-                Skip::Nobody
-            };
-            // Encoded once without an offset: the offset is added as it is numbered.
-            let frame = frame.encode();
-            shared
-                .publish(&info.lobby, &frame, skip)
-                .map(drop)
-                .map_err(|_| overloaded())
-        }
+        ClientFrame::Broadcast {
+            lobby,
+            data,
+            exclude_self,
+        } => shared
+            .hub
+            .lobby_of(conn.seq, lobby.as_ref())
+            .map_err(not_in_lobby)
+            .and_then(|lobby| {
+                let frame = ServerFrame::Message {
+                    lobby: &lobby,
+                    from: Some(&info.user_id),
+                    data,
+                };
+                let skip = if exclude_self {
+                    Skip::Connection(info.id.as_str())
+                } else {
+                    Skip::Nobody
+                };
+                // Encoded once without an offset: the offset is added as it is numbered.
+                let frame = frame.encode();
+                shared
+                    .publish(&lobby, &frame, skip)
+                    .map(|published| Answer::Ack {
+                        offset: published.offset,
+                    })
+                    .map_err(|_| overloaded())
+            }),
         ClientFrame::Direct { to, data } => {
             let frame = ServerFrame::Direct {
                 from: Some(&info.user_id),
@@ -134,26 +147,86 @@ pub(super) fn handle_text(
             let frame = crate::protocol::text(frame.encode());
             shared
                 .send_to_user(to.as_str(), &frame)
-                .map(drop)
+                .map(|_| Answer::Ack { offset: None })
                 .map_err(|_| overloaded())
         }
-        ClientFrame::Presence => {
-            shared.queue_presence_list(conn);
-            Ok(())
+        ClientFrame::Presence { lobby } => shared
+            .hub
+            .lobby_of(conn.seq, lobby.as_ref())
+            .map_err(not_in_lobby)
+            .map(|lobby| {
+                // v2 answers with the request's id on the list itself.
+                let id = id.filter(|_| v2).map(ToOwned::to_owned);
+                shared.queue_presence_list(conn, lobby, id);
+                Answer::Nothing
+            }),
+        ClientFrame::Join { lobby, recover } => {
+            let recovery = recover.map(|(since, epoch)| Recovery {
+                since,
+                epoch: epoch.into_owned(),
+            });
+            let join = Join {
+                lobby: &lobby,
+                recovery: recovery.as_ref(),
+                cluster_history: None,
+            };
+            shared.join(conn.seq, join, id).map(|()| Answer::Nothing)
         }
-        ClientFrame::App { kind } => handler.on_message(
-            client,
-            AppMessage {
-                kind: &kind,
-                text,
-                id,
-            },
-        ),
+        ClientFrame::Leave { lobby } => {
+            shared
+                .hub
+                .leave_lobby(conn.seq, &lobby, LeftReason::Left, id);
+            Ok(Answer::Nothing)
+        }
+        ClientFrame::Refresh => Err(ClientError::new(
+            ErrorCode::NotAllowed,
+            "refreshing a token on a live connection is not supported by this server yet",
+        )),
+        ClientFrame::App { kind } => handler
+            .on_message(
+                client,
+                AppMessage {
+                    kind: &kind,
+                    text,
+                    id,
+                },
+            )
+            .map(|()| Answer::Ack { offset: None }),
     };
+    // v2: a frame with an `id` that succeeded is acknowledged (unless its answer carries it).
+    if let (Ok(Answer::Ack { offset }), Some(id), true) = (&outcome, id, v2) {
+        let ack = ServerFrame::Ack {
+            id,
+            offset: *offset,
+            token_expires_at: None,
+        };
+        shared.hub.deliver(conn, protocol::text(ack.encode()));
+    }
     if let Err(error) = outcome {
         send_error(shared, conn, &error, id);
     }
     conn.reason().map_or(Ok(()), Err)
+}
+
+/// What a handled frame is answered with, besides an error.
+enum Answer {
+    /// v2 only, and only for a frame with an `id`: `ack`, with a broadcast's offset.
+    Ack { offset: Option<u64> },
+    /// Nothing more: the frame needs no answer or its answer carries the `id` itself.
+    Nothing,
+}
+
+/// The refusal of a frame whose lobby is not one the connection is in (`true`: it named one)
+/// or that named none while the connection is not in exactly one.
+fn not_in_lobby(named: bool) -> ClientError {
+    if named {
+        ClientError::new(ErrorCode::NotAllowed, "you are not in that lobby")
+    } else {
+        ClientError::new(
+            ErrorCode::MissingField,
+            "missing field `lobby` (required unless the connection is in exactly one lobby)",
+        )
+    }
 }
 
 fn overloaded() -> ClientError {

@@ -27,7 +27,9 @@ pub(crate) use socket::Socket;
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
 use crate::handler::AppHandler;
-use crate::protocol::{PROTOCOL_VERSION, ServerFrame, unix_ms};
+use crate::hub::{Join, LobbyState};
+use crate::ids::LobbyCode;
+use crate::protocol::{PROTOCOL_V2, PROTOCOL_VERSION, ServerFrame, unix_ms};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
 
@@ -39,8 +41,9 @@ pub(crate) async fn run(
     handler: AppHandler,
     socket: Socket,
     request: ConnectRequest,
+    protocol: u8,
 ) {
-    match admit(&shared, request, None).await {
+    match admit(&shared, request, protocol, None).await {
         Ok(admitted) => {
             let tracker = shared.tracker.clone();
             tracker.spawn(Serving::new(shared, handler, socket, admitted));
@@ -59,8 +62,8 @@ struct Serving {
     /// The manager's state and the connection's handle, as the handler is handed them.
     client: Client,
     handler: AppHandler,
-    /// The cluster counts it until released.
-    in_cluster: bool,
+    /// Cluster mode: the lobby the cluster counts it in until released.
+    cluster_lobby: Option<LobbyCode>,
     /// Still in the hub: unregistered when serving ends, or when dropped (a panic).
     registered: bool,
     phase: Phase,
@@ -83,7 +86,7 @@ impl Serving {
     fn new(shared: Arc<Shared>, handler: AppHandler, socket: Socket, admitted: Admitted) -> Self {
         let Admitted {
             conn,
-            in_cluster,
+            cluster_lobby,
             expires_at,
         } = admitted;
         let clock = health::HealthClock::new(&shared, expires_at);
@@ -94,7 +97,7 @@ impl Serving {
         Self {
             client,
             handler,
-            in_cluster,
+            cluster_lobby,
             registered: true,
             phase: Phase::Live {
                 socket,
@@ -125,12 +128,13 @@ impl Serving {
         self.unregister();
         let Client { shared, conn } = &self.client;
         shared.counters.closed(reason);
-        let (conn, shared, in_cluster) = (conn.clone(), shared.clone(), self.in_cluster);
+        let (conn, shared) = (conn.clone(), shared.clone());
+        let cluster_lobby = self.cluster_lobby.take();
         let timeout = shared.config.close_timeout;
         self.phase = Phase::Closing(Box::pin(async move {
             let release = async {
-                if in_cluster {
-                    shared.release_in_cluster(&conn.info).await;
+                if let Some(lobby) = &cluster_lobby {
+                    shared.release_in_cluster(&conn.info, lobby).await;
                 }
             };
             tokio::join!(release, socket.close(Some(&conn), reason, timeout));
@@ -191,8 +195,8 @@ impl Drop for Serving {
 /// A connection that passed every limit and is registered: ready to be driven.
 pub(crate) struct Admitted {
     conn: Arc<ConnHandle>,
-    /// The cluster counts it until released.
-    in_cluster: bool,
+    /// Cluster mode: the lobby the cluster counts it in until released.
+    cluster_lobby: Option<LobbyCode>,
     expires_at: Option<SystemTime>,
 }
 
@@ -202,6 +206,7 @@ pub(crate) struct Admitted {
 pub(crate) async fn admit(
     shared: &Arc<Shared>,
     request: ConnectRequest,
+    protocol: u8,
     inbound: Option<mpsc::Sender<Message>>,
 ) -> Result<Admitted, DisconnectReason> {
     let config = &shared.config;
@@ -211,14 +216,15 @@ pub(crate) async fn admit(
     let info = ConnectionInfo {
         id: crate::ids::ConnectionId::new(&config.node_id, seq),
         user_id: request.user_id,
-        lobby: request.lobby,
+        protocol,
         ip: request.ip,
         connected_at: SystemTime::now(),
     };
+    let lobby = request.lobby;
     // The cluster (if any) reserves its limits first; its refusal needs no local work.
     let seat = if shared.allow_connect(info.ip) {
         let since = request.recovery.as_ref().map(|r| r.since);
-        shared.admit_in_cluster(&info, since).await
+        shared.admit_in_cluster(&info, lobby.as_ref(), since).await
     } else {
         Err(DisconnectReason::RateLimited)
     };
@@ -227,51 +233,70 @@ pub(crate) async fn admit(
         Err(reason) => (crate::shared::ClusterSeat::default(), Some(reason)),
     };
     // From here on the cluster counts this connection until it is released.
-    let in_cluster = seat.held;
+    let cluster_lobby = lobby.clone().filter(|_| seat.held);
     let presence_events = seat.presence_events;
     let mut handle = ConnHandle::new(seq, info, capacity);
     handle.cluster_presence = presence_events.is_some();
     handle.inbound = inbound;
     let conn = Arc::new(handle);
-    let welcome = |state: crate::hub::WelcomeState<'_>| {
+    let token_expires_at = request.expires_at.map(system_ms);
+    let welcome = |state: Option<LobbyState<'_>>| {
         let info = &conn.info;
-        crate::protocol::text(
-            ServerFrame::Welcome {
+        let frame = match (&lobby, state) {
+            (Some(lobby), Some(state)) if protocol < 2 => ServerFrame::Welcome {
                 connection_id: &info.id,
                 user_id: &info.user_id,
-                lobby: &info.lobby,
+                lobby,
                 ping_interval_ms: config.ping_interval.as_millis() as u64,
                 server_time: unix_ms(),
                 protocol: PROTOCOL_VERSION,
                 presence_events: presence_events.unwrap_or(state.presence_events),
                 offset: state.offset,
                 epoch: state.epoch,
-            }
-            .encode(),
-        )
+            },
+            _ => ServerFrame::WelcomeV2 {
+                connection_id: &info.id,
+                user_id: &info.user_id,
+                ping_interval_ms: config.ping_interval.as_millis() as u64,
+                server_time: unix_ms(),
+                protocol: PROTOCOL_V2,
+                max_lobbies: config.limits.max_lobbies_per_connection,
+                token_expires_at,
+            },
+        };
+        crate::protocol::text(frame.encode())
     };
+    let join = lobby.as_ref().map(|lobby| Join {
+        lobby,
+        recovery: request.recovery.as_ref(),
+        cluster_history: seat.history.as_ref(),
+    });
     let registered = match refused {
         Some(reason) => Err(reason),
-        None => shared.hub.register(
-            conn.clone(),
-            welcome,
-            request.recovery.as_ref(),
-            seat.history.as_ref(),
-        ),
+        None => shared
+            .hub
+            .register(conn.clone(), join, request.allowed, welcome),
     };
     if let Err(reason) = registered {
-        if in_cluster {
-            shared.release_in_cluster(&conn.info).await;
+        if let Some(lobby) = &cluster_lobby {
+            shared.release_in_cluster(&conn.info, lobby).await;
         }
         shared.counters.rejected(reason);
-        tracing::info!(user = %conn.info.user_id, lobby = %conn.info.lobby, ip = %conn.info.ip, %reason, "connection refused");
+        let lobby = lobby.as_ref().map_or("", LobbyCode::as_str);
+        tracing::info!(user = %conn.info.user_id, lobby, ip = %conn.info.ip, %reason, "connection refused");
         return Err(reason);
     }
     Ok(Admitted {
         conn,
-        in_cluster,
+        cluster_lobby,
         expires_at: request.expires_at,
     })
+}
+
+/// Milliseconds since the Unix epoch of a wall-clock time.
+fn system_ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Drives an admitted connection over a stream of client frames and a sink of server frames
@@ -288,7 +313,7 @@ pub(crate) async fn drive<St, Si>(
 {
     let Admitted {
         conn,
-        in_cluster,
+        cluster_lobby,
         expires_at,
     } = admitted;
     let registration = Registration {
@@ -304,8 +329,8 @@ pub(crate) async fn drive<St, Si>(
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
     shared.counters.closed(reason);
-    if in_cluster {
-        shared.release_in_cluster(&conn.info).await;
+    if let Some(lobby) = &cluster_lobby {
+        shared.release_in_cluster(&conn.info, lobby).await;
     }
     drop(stream);
     let _ = writer.await;
@@ -315,13 +340,13 @@ pub(crate) async fn drive<St, Si>(
 
 fn connected(client: &Client, handler: &AppHandler) {
     let info = client.info();
-    tracing::info!(id = %info.id, user = %info.user_id, lobby = %info.lobby, ip = %info.ip, "connected");
+    tracing::info!(id = %info.id, user = %info.user_id, protocol = info.protocol, ip = %info.ip, "connected");
     handler.on_connect(client);
 }
 
 fn disconnected(handler: &AppHandler, conn: &ConnHandle, reason: DisconnectReason) {
     let duration = conn.info.connected_at.elapsed().unwrap_or_default();
-    tracing::info!(id = %conn.info.id, user = %conn.info.user_id, lobby = %conn.info.lobby, %reason, duration_ms = duration.as_millis() as u64, "disconnected");
+    tracing::info!(id = %conn.info.id, user = %conn.info.user_id, %reason, duration_ms = duration.as_millis() as u64, "disconnected");
     handler.on_disconnect(&conn.info, reason);
 }
 

@@ -211,7 +211,7 @@ impl Socket {
             if !written {
                 // Caught up after dropping join/leave events: one fresh list replaces them.
                 if conn.presence_behind.swap(false, Ordering::Relaxed) {
-                    shared.queue_presence_list(conn);
+                    shared.queue_presence_lists(conn);
                     continue;
                 }
                 return Ok(());

@@ -45,7 +45,7 @@ where
         }
         // Caught up after dropping join/leave events: one fresh list replaces them.
         if conn.presence_behind.swap(false, Ordering::Relaxed) {
-            shared.queue_presence_list(&conn);
+            shared.queue_presence_lists(&conn);
         }
     }
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::ws::Message;
+use serde_json::value::RawValue;
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,6 +21,7 @@ use crate::handle::{ConnHandle, Offer};
 use crate::history::{Broadcast, ClusterHistory, Histories, History, HistoryConfig, Recovery};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::protocol::{ServerFrame, text};
+use crate::request::LobbyFilter;
 use crate::skip::Skip;
 use crate::stats::{Census, Counters};
 
@@ -72,6 +75,9 @@ struct Registry {
     ips: HashMap<IpAddr, usize>,
     draining: bool,
     next_generation: u64,
+    /// Connections in lobbies, counted over every lobby (a v2 connection counts once per
+    /// lobby).
+    memberships: usize,
     /// Offsets and recent broadcasts per lobby; outlives the lobby's members until its
     /// entries expire, so a client that was the last one out can still recover.
     histories: Histories,
@@ -79,19 +85,85 @@ struct Registry {
     sweep_tick: u32,
 }
 
-/// What `welcome` tells a new connection about its lobby.
+/// What a connection is told about a lobby it is now in (v1: in `welcome`; v2: in `joined`).
 #[derive(Debug)]
-pub(crate) struct WelcomeState<'a> {
+pub(crate) struct LobbyState<'a> {
     pub(crate) presence_events: bool,
     pub(crate) offset: u64,
     pub(crate) epoch: &'a str,
 }
 
+/// A lobby to join, with the recovery asked for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Join<'a> {
+    pub(crate) lobby: &'a LobbyCode,
+    pub(crate) recovery: Option<&'a Recovery>,
+    /// Cluster mode: the lobby's numbering and kept broadcasts, read from the cluster.
+    pub(crate) cluster_history: Option<&'a ClusterHistory>,
+}
+
+impl<'a> Join<'a> {
+    /// A join with no recovery.
+    pub(crate) fn new(lobby: &'a LobbyCode) -> Self {
+        Self {
+            lobby,
+            recovery: None,
+            cluster_history: None,
+        }
+    }
+}
+
+/// Why a v2 join was refused (the connection and its other lobbies are untouched).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinRefused {
+    /// The lobby has `limits.max_per_lobby` connections.
+    LobbyFull,
+    /// The connection is in `limits.max_lobbies_per_connection` lobbies.
+    TooManyLobbies,
+    /// The connection's credential does not allow this lobby.
+    NotAllowed,
+    /// The connection is gone (or the server is draining).
+    Gone,
+}
+
+/// Why a connection is no longer in a lobby (the `left` frame's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeftReason {
+    /// The client left.
+    Left,
+    /// The backend removed the connection or its user from the lobby.
+    Removed,
+}
+
+impl LeftReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Left => "left",
+            Self::Removed => "removed",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     conn: Arc<ConnHandle>,
-    /// Position in its lobby's member vector.
+    /// Its lobbies, each with its position in the lobby's member vector (inline for the one
+    /// lobby of a v1 connection).
+    lobbies: SmallVec<[Membership; 1]>,
+    /// The lobbies its credential allows joining; `None`: any.
+    allowed: Option<LobbyFilter>,
+}
+
+#[derive(Debug)]
+struct Membership {
+    lobby: LobbyCode,
     pos: usize,
+}
+
+impl Entry {
+    fn position(&self, lobby: &str) -> Option<usize> {
+        self.lobbies.iter().position(|m| m.lobby.as_str() == lobby)
+    }
 }
 
 impl Hub {
@@ -114,14 +186,15 @@ impl Hub {
     }
 
     /// Reserves every limit and registers `conn` atomically, queueing `welcome` as its first
-    /// frame. Under [`UserPolicy::Replace`] the user's older connections are removed and told
-    /// to close with 4003 in the same step.
+    /// frame, and joins it to `join`'s lobby if any (v1: always; the lobby's state is in
+    /// `welcome`; v2: a `joined` follows). Under [`UserPolicy::Replace`] the user's older
+    /// connections are removed and told to close with 4003 in the same step.
     pub(crate) fn register(
         &self,
         conn: Arc<ConnHandle>,
-        welcome: impl FnOnce(WelcomeState<'_>) -> Message,
-        recovery: Option<&Recovery>,
-        cluster_history: Option<&ClusterHistory>,
+        join: Option<Join<'_>>,
+        allowed: Option<LobbyFilter>,
+        welcome: impl FnOnce(Option<LobbyState<'_>>) -> Message,
     ) -> Result<(), DisconnectReason> {
         let limits = self.config.limits;
         let mut guard = self.lock();
@@ -135,47 +208,29 @@ impl Hub {
             UserPolicy::Replace => &existing,
             UserPolicy::Multi | UserPolicy::Reject => &[],
         };
-        let freed = |pred: &dyn Fn(&ConnHandle) -> bool| {
+        let freed = |pred: &dyn Fn(&Entry) -> bool| {
             replaced
                 .iter()
-                .filter(|seq| reg.conns.get(seq).is_some_and(|e| pred(&e.conn)))
+                .filter(|seq| reg.conns.get(seq).is_some_and(pred))
                 .count()
         };
         let ip_key = limits.ip_key(info.ip);
         let after = limits::After {
             total: reg.conns.len() - replaced.len() + 1,
-            lobby: reg.lobbies.get(&info.lobby).map_or(0, |l| l.members.len())
-                - freed(&|c| c.info.lobby == info.lobby)
-                + 1,
+            lobby: join.map_or(0, |j| {
+                reg.lobbies.get(j.lobby).map_or(0, |l| l.members.len())
+                    - freed(&|e| e.position(j.lobby.as_str()).is_some())
+                    + 1
+            }),
             user: existing.len() - replaced.len() + 1,
             ip: reg.ips.get(&ip_key).copied().unwrap_or(0)
-                - freed(&|c| limits.ip_key(c.info.ip) == ip_key)
+                - freed(&|e| limits.ip_key(e.conn.info.ip) == ip_key)
                 + 1,
         };
         limits::check(after, &limits, self.config.user_policy)?;
 
         // Commit. The new connection joins before the replaced ones leave, so a replacement in
         // the same lobby never shows a leave/join pair.
-        let lobby = reg.lobbies.entry(info.lobby.clone()).or_default();
-        let (pos, change) = lobby.add(conn.clone());
-        let presence_events = self.events_on(lobby);
-        let config = &self.config.history;
-        reg.histories.update(&info.lobby, config, |history, _| {
-            if let Some(cluster) = cluster_history {
-                history.follow(&cluster.epoch, cluster.last);
-            }
-            let offered = conn.offer(welcome(WelcomeState {
-                presence_events,
-                offset: history.last,
-                epoch: &history.epoch,
-            }));
-            debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
-            // Replay before the connection can see anything live: both happen under this lock.
-            if let Some(recovery) = recovery {
-                queue_replay(&conn, history, recovery, cluster_history, config);
-            }
-        });
-        self.announce(lobby, change, &conn);
         reg.users
             .entry(info.user_id.clone())
             .or_default()
@@ -185,20 +240,218 @@ impl Hub {
             conn.seq,
             Entry {
                 conn: conn.clone(),
-                pos,
+                lobbies: SmallVec::new(),
+                allowed,
             },
         );
+        match join {
+            // v1: the lobby's state goes in `welcome`.
+            Some(join) if !conn.v2() => {
+                self.join_locked(reg, &conn, join, |state| welcome(Some(state)))
+            }
+            join => {
+                let offered = conn.offer(welcome(None));
+                debug_assert_eq!(offered, Offer::Queued, "a new queue has room for welcome");
+                if let Some(join) = join {
+                    self.join_locked(reg, &conn, join, |state| joined(join.lobby, &state, None));
+                }
+            }
+        }
         for &seq in replaced {
-            if let Some(old) = self.remove_locked(reg, seq, false) {
+            if let Some((old, _)) = self.remove_locked(reg, seq, false) {
                 old.close(DisconnectReason::Replaced);
             }
         }
-        self.warn_near_capacity(reg, &info.lobby);
+        self.warn_near_capacity(reg, join.map(|j| j.lobby));
         Ok(())
     }
 
+    /// Joins a registered v2 connection to a lobby, queueing `joined` (with `id`), the replay
+    /// it asked for and `recovered`, before anything live from the lobby. Joining a lobby it
+    /// is already in answers `joined` again, with no replay.
+    pub(crate) fn join(
+        &self,
+        seq: u64,
+        join: Join<'_>,
+        id: Option<&RawValue>,
+    ) -> Result<(), JoinRefused> {
+        let mut guard = self.lock();
+        let reg = &mut *guard;
+        let Some(entry) = reg.conns.get(&seq).filter(|_| !reg.draining) else {
+            return Err(JoinRefused::Gone);
+        };
+        let conn = entry.conn.clone();
+        if entry.position(join.lobby.as_str()).is_some() {
+            let config = &self.config.history;
+            let lobby = &reg.lobbies[join.lobby];
+            let presence_events = self.events_on(lobby);
+            let frame = reg.histories.update(join.lobby, config, |history, _| {
+                let state = LobbyState {
+                    presence_events,
+                    offset: history.last,
+                    epoch: &history.epoch,
+                };
+                joined(join.lobby, &state, id)
+            });
+            self.deliver(&conn, frame);
+            return Ok(());
+        }
+        if entry
+            .allowed
+            .as_ref()
+            .is_some_and(|a| !a.allows(join.lobby.as_str()))
+        {
+            return Err(JoinRefused::NotAllowed);
+        }
+        if entry.lobbies.len() >= self.config.limits.max_lobbies_per_connection {
+            return Err(JoinRefused::TooManyLobbies);
+        }
+        let members = reg.lobbies.get(join.lobby).map_or(0, |l| l.members.len());
+        if members >= self.config.limits.max_per_lobby {
+            return Err(JoinRefused::LobbyFull);
+        }
+        self.join_locked(reg, &conn, join, |state| joined(join.lobby, &state, id));
+        self.warn_near_capacity(reg, Some(join.lobby));
+        Ok(())
+    }
+
+    /// Adds a registered connection to a lobby (its limits already checked): queues `first`
+    /// (built from the lobby's state), then the replay asked for and `recovered`, and
+    /// announces the user if new there. Replay and live traffic meet under this lock.
+    fn join_locked(
+        &self,
+        reg: &mut Registry,
+        conn: &Arc<ConnHandle>,
+        join: Join<'_>,
+        first: impl FnOnce(LobbyState<'_>) -> Message,
+    ) {
+        let lobby = reg.lobbies.entry(join.lobby.clone()).or_default();
+        let (pos, change) = lobby.add(conn.clone());
+        let presence_events = self.events_on(lobby);
+        let config = &self.config.history;
+        let replayed = reg.histories.update(join.lobby, config, |history, _| {
+            if let Some(cluster) = join.cluster_history {
+                history.follow(&cluster.epoch, cluster.last);
+            }
+            // Queued even on a full queue's last slot: `effective_queue_capacity` leaves room
+            // for a first frame and a whole replay.
+            conn.offer(first(LobbyState {
+                presence_events,
+                offset: history.last,
+                epoch: &history.epoch,
+            }));
+            join.recovery.map_or(0, |recovery| {
+                queue_replay(
+                    conn,
+                    join.lobby,
+                    history,
+                    recovery,
+                    join.cluster_history,
+                    config,
+                )
+            })
+        });
+        lobby.members[pos].replayed_until = replayed;
+        self.announce(join.lobby, lobby, change, conn);
+        reg.memberships += 1;
+        if let Some(entry) = reg.conns.get_mut(&conn.seq) {
+            entry.lobbies.push(Membership {
+                lobby: join.lobby.clone(),
+                pos,
+            });
+        }
+    }
+
+    /// Takes a v2 connection out of a lobby, queueing `left` with `reason` (and `id`) after
+    /// everything it was sent from there. Returns whether it was in the lobby; `left` is sent
+    /// either way (leaving is idempotent), unless the connection is gone.
+    pub(crate) fn leave_lobby(
+        &self,
+        seq: u64,
+        lobby: &LobbyCode,
+        reason: LeftReason,
+        id: Option<&RawValue>,
+    ) -> bool {
+        let mut guard = self.lock();
+        let reg = &mut *guard;
+        let Some(entry) = reg.conns.get_mut(&seq) else {
+            return false;
+        };
+        let conn = entry.conn.clone();
+        let was_in = match entry.position(lobby.as_str()) {
+            Some(i) => {
+                let Membership { pos, .. } = entry.lobbies.swap_remove(i);
+                self.remove_membership(reg, &conn, lobby, pos, None);
+                true
+            }
+            None => false,
+        };
+        let frame = ServerFrame::Left {
+            lobby,
+            reason: reason.as_str(),
+            id,
+        };
+        self.deliver(&conn, text(frame.encode()));
+        was_in
+    }
+
+    /// Removes `conn` from `lobby`'s members at `pos` (its entry already forgot the lobby):
+    /// fixes the position of the member moved there, announces a leave (or starts its grace
+    /// when `generation` is set) and forgets a lobby left empty.
+    fn remove_membership(
+        &self,
+        reg: &mut Registry,
+        conn: &ConnHandle,
+        code: &LobbyCode,
+        pos: usize,
+        generation: Option<u64>,
+    ) {
+        let Some(lobby) = reg.lobbies.get_mut(code) else {
+            return;
+        };
+        reg.memberships -= 1;
+        let (moved, change) = lobby.remove(pos, generation);
+        self.announce(code, lobby, change, conn);
+        if lobby.is_empty() {
+            reg.lobbies.remove(code);
+            reg.histories.remove_if_empty(code);
+        }
+        if let Some(entry) = moved.and_then(|m| reg.conns.get_mut(&m.seq))
+            && let Some(i) = entry.position(code.as_str())
+        {
+            entry.lobbies[i].pos = pos;
+        }
+    }
+
+    /// The lobbies a connection is in, in the order it joined them (the last one moved when
+    /// it left one).
+    pub(crate) fn lobbies_of(&self, seq: u64) -> Vec<LobbyCode> {
+        let reg = self.lock();
+        reg.conns.get(&seq).map_or_else(Vec::new, |e| {
+            e.lobbies.iter().map(|m| m.lobby.clone()).collect()
+        })
+    }
+
+    /// The lobby a client frame means: the one it names, which the connection must be in, or
+    /// its only lobby when it names none. `Err(true)`: it named one it is not in;
+    /// `Err(false)`: it named none and is not in exactly one.
+    pub(crate) fn lobby_of(&self, seq: u64, named: Option<&LobbyCode>) -> Result<LobbyCode, bool> {
+        let reg = self.lock();
+        let entry = reg.conns.get(&seq).ok_or(true)?;
+        match named {
+            Some(lobby) => entry
+                .position(lobby.as_str())
+                .map(|_| lobby.clone())
+                .ok_or(true),
+            None => match entry.lobbies.as_slice() {
+                [only] => Ok(only.lobby.clone()),
+                _ => Err(false),
+            },
+        }
+    }
+
     /// Logs when a connect takes the server or its lobby past `capacity_warn_percent`.
-    fn warn_near_capacity(&self, reg: &Registry, lobby: &LobbyCode) {
+    fn warn_near_capacity(&self, reg: &Registry, lobby: Option<&LobbyCode>) {
         let limits = &self.config.limits;
         if self.crosses_warning(reg.conns.len(), limits.max_connections) {
             tracing::warn!(
@@ -207,6 +460,9 @@ impl Hub {
                 "capacity: connections above the warning threshold"
             );
         }
+        let Some(lobby) = lobby else {
+            return;
+        };
         let members = reg.lobbies.get(lobby).map_or(0, |l| l.members.len());
         if self.crosses_warning(members, limits.max_per_lobby) {
             tracing::warn!(%lobby, members, max = limits.max_per_lobby, "capacity: lobby above the warning threshold");
@@ -219,31 +475,45 @@ impl Hub {
         percent > 0 && count == (max * percent).div_ceil(100).max(1)
     }
 
-    /// A connection ended: removes it from every index and times its user's leave grace, if
+    /// A connection ended: removes it from every index and times its user's leave graces, if
     /// any.
     pub(crate) fn leave(self: &Arc<Self>, seq: u64) {
-        if let Some(pending) = self.unregister(seq) {
+        for pending in self.unregister(seq) {
             self.time_leave(pending);
         }
     }
 
     /// Removes a connection from every index. Idempotent: a connection already removed (by a
-    /// replacement) is left alone. Returns a leave that waits for its grace, if any.
-    pub(crate) fn unregister(&self, seq: u64) -> Option<PendingLeave> {
+    /// replacement) is left alone. Returns the leaves that wait for their grace (one per lobby
+    /// where it was its user's last connection).
+    pub(crate) fn unregister(&self, seq: u64) -> Vec<PendingLeave> {
         let mut reg = self.lock();
         let grace = !self.config.presence.leave_grace.is_zero();
-        let conn = self.remove_locked(&mut reg, seq, grace)?;
-        let lobby = reg.lobbies.get(&conn.info.lobby)?;
-        let leaving = lobby.presence.leaving(&conn.info.user_id);
-        leaving.map(|generation| PendingLeave {
-            lobby: conn.info.lobby.clone(),
-            user: conn.info.user_id.clone(),
-            generation,
-        })
+        let Some((conn, lobbies)) = self.remove_locked(&mut reg, seq, grace) else {
+            return Vec::new();
+        };
+        let user = &conn.info.user_id;
+        lobbies
+            .into_iter()
+            .filter_map(|lobby| {
+                let generation = reg.lobbies.get(&lobby)?.presence.leaving(user)?;
+                Some(PendingLeave {
+                    lobby,
+                    user: user.clone(),
+                    generation,
+                })
+            })
+            .collect()
     }
 
-    fn remove_locked(&self, reg: &mut Registry, seq: u64, grace: bool) -> Option<Arc<ConnHandle>> {
-        let Entry { conn, pos } = reg.conns.remove(&seq)?;
+    /// Removes a connection from every index and every lobby; returns it and its lobbies.
+    fn remove_locked(
+        &self,
+        reg: &mut Registry,
+        seq: u64,
+        grace: bool,
+    ) -> Option<(Arc<ConnHandle>, Vec<LobbyCode>)> {
+        let Entry { conn, lobbies, .. } = reg.conns.remove(&seq)?;
         let info = &conn.info;
         if let Some(seqs) = reg.users.get_mut(&info.user_id) {
             seqs.retain(|&s| s != seq);
@@ -258,22 +528,16 @@ impl Hub {
                 reg.ips.remove(&ip_key);
             }
         }
-        let generation = grace.then(|| {
-            reg.next_generation += 1;
-            reg.next_generation
-        });
-        if let Some(lobby) = reg.lobbies.get_mut(&info.lobby) {
-            let (moved, change) = lobby.remove(pos, generation);
-            self.announce(lobby, change, &conn);
-            if lobby.is_empty() {
-                reg.lobbies.remove(&info.lobby);
-                reg.histories.remove_if_empty(&info.lobby);
-            }
-            if let Some(entry) = moved.and_then(|m| reg.conns.get_mut(&m.seq)) {
-                entry.pos = pos;
-            }
+        let mut left = Vec::with_capacity(lobbies.len());
+        for Membership { lobby, pos } in lobbies {
+            let generation = grace.then(|| {
+                reg.next_generation += 1;
+                reg.next_generation
+            });
+            self.remove_membership(reg, &conn, &lobby, pos, generation);
+            left.push(lobby);
         }
-        Some(conn)
+        Some((conn, left))
     }
 
     /// Publishes a broadcast to a lobby: numbers it (unless the cluster did), keeps it in the
@@ -285,7 +549,7 @@ impl Hub {
         lobby: &LobbyCode,
         broadcast: Broadcast<'_>,
         skip: Skip<'_>,
-    ) -> usize {
+    ) -> (usize, u64) {
         let started = std::time::Instant::now();
         let exclude = self.exclude(skip);
         // A broadcast numbered here is numbered under this lock, after any replay; one the
@@ -300,18 +564,16 @@ impl Hub {
                 history.publish(broadcast, config, seq)
             });
             let Some(lobby) = reg.lobbies.get(lobby) else {
-                return 0;
+                return (0, offset);
             };
-            lobby
+            let reached = lobby
                 .members
                 .iter()
-                .filter(|c| {
-                    !numbered_elsewhere
-                        || c.replayed_until.load(std::sync::atomic::Ordering::Relaxed) < offset
-                })
-                .filter(|c| exclude.keeps(c))
-                .filter(|c| self.deliver(c, frame.clone()) == Offer::Queued)
-                .count()
+                .filter(|m| !numbered_elsewhere || m.replayed_until < offset)
+                .filter(|m| exclude.keeps(&m.conn))
+                .filter(|m| self.deliver(&m.conn, frame.clone()) == Offer::Queued)
+                .count();
+            (reached, offset)
         };
         self.counters.fanout.record(started.elapsed().as_secs_f64());
         reached
@@ -321,9 +583,9 @@ impl Hub {
     pub(crate) fn count_recipients(&self, lobby: &str, skip: Skip<'_>) -> usize {
         let exclude = self.exclude(skip);
         let reg = self.lock();
-        reg.lobbies
-            .get(lobby)
-            .map_or(0, |l| l.members.iter().filter(|c| exclude.keeps(c)).count())
+        reg.lobbies.get(lobby).map_or(0, |l| {
+            l.members.iter().filter(|m| exclude.keeps(&m.conn)).count()
+        })
     }
 
     /// Resolves a [`Skip`] against this node's connections.
@@ -425,8 +687,10 @@ impl Hub {
         let mut ips: HashMap<IpAddr, usize> = HashMap::new();
         let mut users: HashMap<&UserId, usize> = HashMap::new();
         for (seq, entry) in &reg.conns {
-            let lobby = &reg.lobbies[&entry.conn.info.lobby];
-            assert_eq!(lobby.members[entry.pos].seq, *seq, "position of {seq}");
+            for m in &entry.lobbies {
+                let lobby = &reg.lobbies[&m.lobby];
+                assert_eq!(lobby.members[m.pos].conn.seq, *seq, "position of {seq}");
+            }
             assert!(reg.users[&entry.conn.info.user_id].contains(seq));
             *ips.entry(self.config.limits.ip_key(entry.conn.info.ip))
                 .or_default() += 1;
@@ -435,7 +699,9 @@ impl Hub {
         assert_eq!(ips, reg.ips, "ip counts");
         assert_eq!(users.len(), reg.users.len(), "user index");
         let members: usize = reg.lobbies.values().map(|l| l.members.len()).sum();
-        assert_eq!(members, reg.conns.len(), "lobby members");
+        let memberships: usize = reg.conns.values().map(|e| e.lobbies.len()).sum();
+        assert_eq!(members, memberships, "lobby members");
+        assert_eq!(members, reg.memberships, "membership count");
         for lobby in reg.lobbies.values() {
             assert!(!lobby.is_empty());
             assert_eq!(lobby.presence.conns() as usize, lobby.members.len());
@@ -443,23 +709,41 @@ impl Hub {
     }
 }
 
-/// Queues the replay a reconnecting connection asked for (from this node's ring, and in cluster
-/// mode the cluster's kept broadcasts), then `recovered` with whether it was complete.
+/// Queues the replay a reconnecting connection asked for in `lobby` (from this node's ring,
+/// and in cluster mode the cluster's kept broadcasts), then `recovered` with whether it was
+/// complete. Returns the last offset replayed (0: none).
 fn queue_replay(
     conn: &ConnHandle,
+    lobby: &LobbyCode,
     history: &mut History,
     recovery: &Recovery,
     cluster_history: Option<&ClusterHistory>,
     config: &HistoryConfig,
-) {
+) -> u64 {
     let replay = history.replay(recovery, cluster_history, config);
     let ok = replay.is_some();
+    let mut last = 0;
     for (offset, frame) in replay.unwrap_or_default() {
-        conn.replayed_until
-            .store(offset, std::sync::atomic::Ordering::Relaxed);
+        last = offset;
         conn.offer(frame);
     }
-    conn.offer(text(ServerFrame::Recovered { ok }.encode()));
+    let lobby = conn.v2().then_some(lobby);
+    conn.offer(text(ServerFrame::Recovered { lobby, ok }.encode()));
+    last
+}
+
+/// The v2 `joined` frame for a lobby's state.
+fn joined(lobby: &LobbyCode, state: &LobbyState<'_>, id: Option<&RawValue>) -> Message {
+    text(
+        ServerFrame::Joined {
+            lobby,
+            offset: state.offset,
+            epoch: state.epoch,
+            presence_events: state.presence_events,
+            id,
+        }
+        .encode(),
+    )
 }
 
 #[cfg(test)]

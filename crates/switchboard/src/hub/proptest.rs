@@ -37,6 +37,7 @@ const LIMITS: Limits = Limits {
     max_per_lobby: 4,
     max_per_user: 2,
     max_per_ip: 3,
+    max_lobbies_per_connection: 4,
     ipv6_prefix: 64,
 };
 
@@ -187,7 +188,7 @@ impl Harness {
             Op::LateCleanup { pick } => {
                 if !self.replaced.is_empty() {
                     let old = self.replaced.swap_remove(pick.index(self.replaced.len()));
-                    prop_assert!(self.hub.unregister(old.seq).is_none());
+                    prop_assert!(self.hub.unregister(old.seq).is_empty());
                 }
             }
             Op::Expire { pick } => {
@@ -233,14 +234,17 @@ impl Harness {
         let info = ConnectionInfo {
             id: ConnectionId::new("p", seq),
             user_id: user_id(user),
-            lobby: lobby_code(lobby),
+            protocol: 1,
             ip: IpAddr::from([10, 0, 0, ip]),
             connected_at: SystemTime::now(),
         };
         let conn = Arc::new(ConnHandle::new(seq, info, 1024));
+        let code = lobby_code(lobby);
         let outcome = self
             .hub
-            .register(conn.clone(), |_| Message::text("welcome"), None, None);
+            .register(conn.clone(), Some(Join::new(&code)), None, |_| {
+                Message::text("welcome")
+            });
         prop_assert_eq!(outcome, expected, "connect l{} u{} ip{}", lobby, user, ip);
         if outcome.is_err() {
             for l in &self.live {
@@ -274,7 +278,9 @@ impl Harness {
     /// The connection at `i` ends and its task unregisters it.
     fn unregister(&mut self, i: usize) -> Result<(), TestCaseError> {
         let gone = self.live.remove(i);
-        let pending = self.hub.unregister(gone.conn.seq);
+        let mut pending = self.hub.unregister(gone.conn.seq);
+        prop_assert!(pending.len() <= 1, "a v1 connection is in one lobby");
+        let pending = pending.pop();
         let last_here = !self
             .live
             .iter()
@@ -297,7 +303,7 @@ impl Harness {
             );
         }
         // Unregistering twice changes nothing.
-        prop_assert!(self.hub.unregister(gone.conn.seq).is_none());
+        prop_assert!(self.hub.unregister(gone.conn.seq).is_empty());
         Ok(())
     }
 
@@ -402,7 +408,7 @@ impl Harness {
             self.check(&before, None)?;
         }
         for old in std::mem::take(&mut self.replaced) {
-            prop_assert!(self.hub.unregister(old.seq).is_none());
+            prop_assert!(self.hub.unregister(old.seq).is_empty());
         }
         while let Some(p) = self.pending.pop() {
             let before = self.presence();

@@ -43,13 +43,16 @@ impl Fixture {
         let info = ConnectionInfo {
             id: ConnectionId::new("t", self.next),
             user_id: UserId::parse(user).unwrap(),
-            lobby: LobbyCode::parse(lobby).unwrap(),
+            protocol: 1,
             ip: IpAddr::from([10, 0, 0, ip]),
             connected_at: SystemTime::now(),
         };
         let conn = Arc::new(ConnHandle::new(self.next, info, 8));
+        let lobby = LobbyCode::parse(lobby).unwrap();
         self.hub
-            .register(conn.clone(), |_| Message::text("welcome"), None, None)
+            .register(conn.clone(), Some(Join::new(&lobby)), None, |_| {
+                Message::text("welcome")
+            })
             .map(|()| {
                 self.conns.insert(self.next, conn.clone());
                 conn
@@ -124,7 +127,7 @@ fn replace_frees_the_old_slots_and_keeps_presence_quiet() {
         "no leave/join for a replacement"
     );
     // The old connection's own cleanup later is a no-op.
-    assert!(f.hub.unregister(old.seq).is_none());
+    assert!(f.hub.unregister(old.seq).is_empty());
     assert_eq!(f.hub.user_connections("u").len(), 1);
     assert_eq!(f.hub.user_connections("u")[0].seq, new.seq);
     f.hub.assert_consistent();

@@ -14,12 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::extract::ws::Message;
+use serde_json::value::RawValue;
 
 pub(super) use batch::EventBatch;
 
-use super::lobby::Lobby;
+use super::lobby::{Lobby, Member};
 use super::{Exclude, Hub};
-use crate::handle::{ConnHandle, ConnectionInfo, Offer};
+use crate::handle::{ConnHandle, Offer};
 use crate::ids::{LobbyCode, UserId};
 use crate::protocol::{ServerFrame, text};
 
@@ -184,9 +185,14 @@ impl Hub {
     /// Sends `member_joined` or `member_left` about `info`'s user to the lobby (all but the
     /// connection `skip`), if events are on there and this node speaks for the connection's
     /// presence (in a cluster that admitted it, the cluster does).
-    pub(super) fn announce(&self, lobby: &Lobby, change: PresenceChange, conn: &ConnHandle) {
-        let info: &ConnectionInfo = &conn.info;
-        let (lobby_code, user_id) = (&info.lobby, &info.user_id);
+    pub(super) fn announce(
+        &self,
+        lobby_code: &LobbyCode,
+        lobby: &Lobby,
+        change: PresenceChange,
+        conn: &ConnHandle,
+    ) {
+        let user_id = &conn.info.user_id;
         let frame = match change {
             PresenceChange::Joined => ServerFrame::MemberJoined {
                 lobby: lobby_code,
@@ -209,14 +215,10 @@ impl Hub {
     /// connection over it (a join storm would otherwise close a whole lobby): the event is
     /// dropped and the member is marked behind, and its writer sends a fresh `presence` list
     /// once it has caught up.
-    fn fan_out_events(
-        &self,
-        members: &[Arc<ConnHandle>],
-        frame: &Message,
-        exclude: Exclude<'_>,
-    ) -> usize {
+    fn fan_out_events(&self, members: &[Member], frame: &Message, exclude: Exclude<'_>) -> usize {
         members
             .iter()
+            .map(|m| &m.conn)
             .filter(|c| exclude.keeps(c))
             .filter(|c| match self.events.offer(c, frame.clone()) {
                 Offer::Queued => true,
@@ -255,7 +257,7 @@ impl Hub {
 
     /// This node's `presence` answer for a lobby, encoded under the lock without copying the
     /// user list.
-    pub(crate) fn presence_frame(&self, lobby: &LobbyCode) -> Message {
+    pub(crate) fn presence_frame(&self, lobby: &LobbyCode, id: Option<&RawValue>) -> Message {
         let reg = self.lock();
         let users = reg.lobbies.get(lobby).map_or_else(Vec::new, |l| {
             l.presence
@@ -264,7 +266,7 @@ impl Hub {
                 .map(UserId::as_str)
                 .collect()
         });
-        text(ServerFrame::Presence { lobby, users }.encode())
+        text(ServerFrame::Presence { lobby, users, id }.encode())
     }
 }
 
