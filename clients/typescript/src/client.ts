@@ -801,7 +801,15 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
         this.emit("health_ping", typed as unknown as HealthPingFrame);
         break;
       case "joined":
-        room?.onJoined(typed as unknown as JoinedFrame);
+        if (room) {
+          room.onJoined(typed as unknown as JoinedFrame);
+        } else if (lobby !== undefined && id === undefined) {
+          // The backend joined this connection to a lobby (no id: nobody here asked): a room of
+          // its own, found with `room(lobby)` from the `joined` event, rejoined like the others.
+          const created = new Room(this.roomHost, lobby);
+          this.roomMap.set(lobby, created);
+          created.onJoined(typed as unknown as JoinedFrame);
+        }
         entry?.onAnswer(typed);
         this.emit("joined", typed as unknown as JoinedFrame);
         break;

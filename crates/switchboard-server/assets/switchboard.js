@@ -1056,7 +1056,13 @@ var Switchboard = (() => {
           this.emit("health_ping", typed);
           break;
         case "joined":
-          room == null ? void 0 : room.onJoined(typed);
+          if (room) {
+            room.onJoined(typed);
+          } else if (lobby !== void 0 && id === void 0) {
+            const created = new Room(this.roomHost, lobby);
+            this.roomMap.set(lobby, created);
+            created.onJoined(typed);
+          }
           entry == null ? void 0 : entry.onAnswer(typed);
           this.emit("joined", typed);
           break;

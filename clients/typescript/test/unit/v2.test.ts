@@ -277,6 +277,37 @@ describe("v2: requests and answers", () => {
     }
   });
 
+  test("a joined without id (the backend joined this connection) makes a room; a late joined for a lobby given up does not", async () => {
+    const c = client();
+    let s = await open(c);
+    const seen: string[] = [];
+    c.on("joined", (j) => seen.push(`${j.lobby}:${c.room(j.lobby)?.state}`));
+    s.serverSend({ type: "joined", lobby: "news", offset: 7, epoch: "en", presence_events: true });
+    const news = c.room("news");
+    assert.ok(news);
+    assert.deepEqual([news.state, news.lastOffset, news.epoch], ["joined", 7, "en"]);
+    assert.deepEqual(seen, ["news:joined"]);
+    s.serverSend({ type: "message", lobby: "news", from: null, data: "hello", offset: 8 });
+    assert.equal(news.lastOffset, 8);
+    // A late answer to a join that was given up (an id, no room) is not a room.
+    s.serverSend({ type: "joined", lobby: "stale", offset: 0, epoch: "e", presence_events: true, id: "sb-999" });
+    assert.equal(c.room("stale"), undefined);
+    // Rejoined after a reconnect like the others.
+    s.serverClose(1006);
+    clock.advance(0);
+    await flush();
+    s = FakeSocket.last();
+    welcome(s);
+    const join = lastOf(s, "join");
+    assert.deepEqual([join.lobby, join.since, join.epoch], ["news", 8, "en"]);
+    answerJoin(s, "news", 8, "en");
+    // The backend removes the user: the room ends.
+    const left = news.once("left");
+    s.serverSend({ type: "left", lobby: "news", reason: "removed" });
+    assert.deepEqual(await left, { type: "left", lobby: "news", reason: "removed" });
+    assert.equal(c.room("news"), undefined);
+  });
+
   test("frames are routed to the room of their lobby; the client sees them all", async () => {
     const c = client();
     const s = await open(c);
