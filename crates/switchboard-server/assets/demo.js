@@ -254,7 +254,18 @@
     c.on("welcome", function (w) { addLine("system", undefined, "connected as " + w.user_id + " (protocol v2)"); });
     // Rooms show their state: rejoining while the connection is down, joined again after.
     c.on("state", function () { renderRooms(); });
-    c.on("joined", function () { renderRooms(); });
+    c.on("joined", function (j) {
+      // The backend may join this connection to a lobby itself: it gets a room here too.
+      var room = c.room(j.lobby);
+      if (room && !rooms.has(j.lobby)) {
+        var entry = { room: room, members: new Set(), unread: 0 };
+        rooms.set(j.lobby, entry);
+        watchRoom(room, entry);
+        addLine("system", undefined, "the server added you to " + j.lobby);
+        refreshMembers(room, entry);
+      }
+      renderRooms();
+    });
     setState("connecting", "connecting…");
     setConnectedUi(false);
     c.connect();
