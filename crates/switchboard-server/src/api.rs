@@ -64,7 +64,14 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/lobbies/{lobby}/presence", get(presence))
         .route("/api/users/{user}/send", post(send))
         .route("/api/users/{user}", delete(kick_user))
-        .route("/api/connections/{id}", delete(kick_connection))
+        .route(
+            "/api/users/{user}/lobbies/{lobby}",
+            post(join_user).delete(remove_user),
+        )
+        .route(
+            "/api/connections/{id}",
+            get(connection).delete(kick_connection),
+        )
         .route("/api/stats", get(stats))
         .route("/api/openapi.json", get(openapi))
         .fallback(|| async {
@@ -227,6 +234,57 @@ async fn kick_connection(State(state): State<AppState>, Path(id): Path<String>) 
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection"))?;
     tracing::info!(connection = %id, "kicked by the API");
     Ok(Json(json!({ "closed": 1 })))
+}
+
+/// `POST /api/users/{user}/lobbies/{lobby}`: joins the user's protocol-v2 connections on this
+/// node to the lobby (they get `joined`).
+async fn join_user(
+    State(state): State<AppState>,
+    Path((user, lobby)): Path<(String, String)>,
+) -> ApiResult {
+    let user = user_id(&user)?;
+    let lobby = lobby_code(&lobby)?;
+    let joined = state
+        .manager
+        .join_user(user.as_str(), lobby.as_str())
+        .map_err(internal)?;
+    tracing::info!(%user, %lobby, joined, "joined by the API");
+    Ok(Json(json!({ "joined": joined })))
+}
+
+/// `DELETE /api/users/{user}/lobbies/{lobby}`: takes the user's connections on this node out
+/// of the lobby (v2: `left` with reason `removed`; v1: closed with 4009).
+async fn remove_user(
+    State(state): State<AppState>,
+    Path((user, lobby)): Path<(String, String)>,
+) -> ApiResult {
+    let user = user_id(&user)?;
+    let lobby = lobby_code(&lobby)?;
+    let removed = state
+        .manager
+        .leave_user(user.as_str(), lobby.as_str())
+        .map_err(internal)?;
+    tracing::info!(%user, %lobby, removed, "removed by the API");
+    Ok(Json(json!({ "removed": removed })))
+}
+
+/// `GET /api/connections/{id}`: one connection of this node, with its lobbies.
+async fn connection(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection");
+    let info = state.manager.connection(&id).ok_or_else(not_found)?;
+    let lobbies = state.manager.lobbies_of(&id).ok_or_else(not_found)?;
+    let connected_at = info
+        .connected_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Json(json!({
+        "id": info.id,
+        "user_id": info.user_id,
+        "protocol": info.protocol,
+        "ip": info.ip,
+        "connected_at": connected_at,
+        "lobbies": lobbies,
+    })))
 }
 
 async fn stats(State(state): State<AppState>) -> ApiResult {

@@ -1,4 +1,4 @@
-//! The standalone Switchboard server: protocol v1 over WebSocket for clients in any language,
+//! The standalone Switchboard server: protocols v1 and v2 over WebSocket for clients in any language,
 //! an HTTP API for backends, probes and Prometheus metrics.
 //!
 //! # Layout
@@ -23,6 +23,7 @@ pub mod app;
 pub mod auth;
 mod body;
 pub mod config;
+pub mod handler;
 pub mod metrics;
 pub mod pages;
 mod serve;
@@ -239,7 +240,7 @@ pub async fn spawn(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
-    let manager = Manager::new(config.manager.clone())?;
+    let manager = handler::new_manager(&config)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(listeners, config, manager.clone(), async {
         let _ = stopped.await;

@@ -25,7 +25,7 @@ fn start() -> anyhow::Result<()> {
         let addr = listeners.public.local_addr()?;
         // The recorder first: the manager looks up its metric handles when it is created.
         switchboard_server::metrics::handle();
-        let manager = switchboard::Manager::new(config.manager.clone())?;
+        let manager = switchboard_server::handler::new_manager(&config)?;
         // The first line on stdout: scripts and tests wait for it.
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {addr}")?;

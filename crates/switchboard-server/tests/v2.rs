@@ -429,11 +429,15 @@ async fn the_backend_joins_and_removes_users() {
 }
 
 fn jwt(sub: &str, lobbies: &[&str]) -> String {
+    jwt_for(sub, lobbies, 3600)
+}
+
+fn jwt_for(sub: &str, lobbies: &[&str], secs: u64) -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let claims = json!({"sub": sub, "exp": now + 3600, "lobbies": lobbies});
+    let claims = json!({"sub": sub, "exp": now + secs, "lobbies": lobbies});
     encode(
         &Header::default(),
         &claims,
@@ -463,14 +467,152 @@ async fn the_tokens_lobbies_govern_every_join() {
             (Some("not_allowed"), Some(id))
         );
     }
+    // A refresh that no longer allows lobby-1 leaves it, then acknowledges with the expiry.
+    let narrower = jwt_for("alice", &["team-42:*"], 7200);
+    alice
+        .send(json!({"type": "refresh", "token": narrower, "id": 5}))
+        .await;
+    let left = alice.expect("left", "lobby-1 no longer allowed").await;
+    assert_eq!(
+        left,
+        json!({"type": "left", "lobby": "lobby-1", "reason": "not_allowed"})
+    );
+    let ack = alice.expect("ack", "refresh").await;
+    assert_eq!(ack["id"], 5);
+    let expires = ack["token_expires_at"].as_u64().unwrap();
+    assert!(expires > alice.welcome["token_expires_at"].as_u64().unwrap());
+    assert_eq!(
+        server.manager.lobbies_of(alice.id()).unwrap()[0].as_str(),
+        "team-42:chat"
+    );
+    // Another user's token is refused, and the connection goes on as it was.
+    let bobs = jwt_for("bob", &["lobby-1"], 3600);
     let error = alice
         .refused(
-            json!({"type": "refresh", "token": token, "id": 5}),
-            "refresh",
+            json!({"type": "refresh", "token": bobs, "id": 6}),
+            "bob's token",
         )
         .await;
     assert_eq!(
-        error["code"], "not_allowed",
-        "not built yet: refused, said so"
+        (error["code"].as_str(), error["id"].as_u64()),
+        (Some("not_allowed"), Some(6))
     );
+    let error = alice
+        .refused(
+            json!({"type": "refresh", "token": "garbage", "id": 7}),
+            "bad token",
+        )
+        .await;
+    assert_eq!(error["code"], "not_allowed");
+    let error = alice
+        .refused(
+            json!({"type": "join", "lobby": "lobby-1", "id": 8}),
+            "lobby-1 after refresh",
+        )
+        .await;
+    assert_eq!(error["code"], "not_allowed");
+}
+
+/// A refresh moves the connection's expiry: a token about to expire, refreshed, does not close
+/// the connection with 4010.
+#[tokio::test]
+async fn a_refresh_moves_the_expiry() {
+    let server = server(|c| {
+        c.jwt_secret = Some(switchboard_server::config::Secret(TEST_SECRET.into()));
+    })
+    .await;
+    let short = jwt_for("alice", &["room"], 2);
+    let mut alice = connect_v2(server.addr, &format!("/ws/room?token={short}")).await;
+    alice.expect("joined", "room").await;
+    let long = jwt_for("alice", &["room"], 3600);
+    alice
+        .send(json!({"type": "refresh", "token": long, "id": 1}))
+        .await;
+    alice.expect("ack", "refresh").await;
+    // Past the first token's expiry, the connection still answers.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    alice.send(json!({"type": "presence", "id": 2})).await;
+    assert_eq!(alice.expect("presence", "still connected").await["id"], 2);
+}
+
+/// The HTTP API: join a user's v2 connections to a lobby, show a connection's lobbies, remove
+/// the user again; stats count memberships.
+#[tokio::test]
+async fn the_http_api_joins_shows_and_removes() {
+    const KEY: &str = "v2-test-key";
+    let server = server(|c| {
+        c.api_key = Some(switchboard_server::config::Secret(KEY.into()));
+    })
+    .await;
+    let mut alice = connect_v2(server.addr, "/ws/first?token=alice").await;
+    alice.expect("joined", "first").await;
+    let joined = http(
+        server.addr,
+        "POST",
+        "/api/users/alice/lobbies/second",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(joined.status, 200);
+    assert_eq!(joined.json(), json!({"joined": 1}));
+    assert_eq!(alice.expect("joined", "second").await["lobby"], "second");
+
+    let path = format!("/api/connections/{}", alice.id());
+    let shown = http(server.addr, "GET", &path, Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(shown["user_id"], "alice");
+    assert_eq!(shown["protocol"], 2);
+    assert_eq!(shown["lobbies"], json!(["first", "second"]));
+    let stats = http(server.addr, "GET", "/api/stats", Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(
+        (
+            stats["total_connections"].as_u64(),
+            stats["memberships"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+
+    let removed = http(
+        server.addr,
+        "DELETE",
+        "/api/users/alice/lobbies/first",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(removed.json(), json!({"removed": 1}));
+    let left = alice.expect("left", "removed from first").await;
+    assert_eq!(
+        (left["lobby"].as_str(), left["reason"].as_str()),
+        (Some("first"), Some("removed"))
+    );
+    let shown = http(server.addr, "GET", &path, Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(shown["lobbies"], json!(["second"]));
+    let bad = http(
+        server.addr,
+        "POST",
+        "/api/users/alice/lobbies/no%20spaces",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "invalid_lobby")
+    );
+    let missing = http(
+        server.addr,
+        "GET",
+        "/api/connections/nope-1",
+        Some(KEY),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, 404);
 }

@@ -1,4 +1,4 @@
-//! axum integration: extractors for the connect request of protocol v1 ([`WsConnect`] for
+//! axum integration: extractors for the connect request of protocols v1 and v2 ([`WsConnect`] for
 //! WebSocket, [`ConnectParams`] alone for SSE).
 //!
 //! Route `GET /ws/{lobby}` to a handler taking [`WsConnect`], authenticate its `token`, then

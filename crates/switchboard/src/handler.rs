@@ -1,13 +1,18 @@
 //! How the embedding app hears about connections and receives its own messages.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde_json::value::RawValue;
 
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnectionInfo;
+use crate::ids::{LobbyCode, UserId};
 use crate::protocol::{ClientError, ErrorCode};
+use crate::request::LobbyFilter;
 
 /// A client frame whose `type` the protocol does not define: the application's own message.
 #[derive(Debug, Clone, Copy)]
@@ -54,9 +59,102 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// A connection ended; it is already gone from every index, so there is nobody to answer:
-    /// only what is known about it, and why it ended.
+    /// only what is known about it, and why it ended. (Its lobbies are left with it: no
+    /// [`on_leave`](Self::on_leave) follows.)
     fn on_disconnect(&self, conn: &ConnectionInfo, reason: DisconnectReason) {
         let _ = (conn, reason);
+    }
+
+    /// Protocol v2: may `client` join `lobby`? Asked for a client's `join`, after the
+    /// credential's lobby patterns allowed it and before any limit is checked. The default
+    /// allows. [`JoinDecision::Later`] decides asynchronously (a database lookup, say): the
+    /// connection goes on reading meanwhile and the `joined` (or `error`) comes when it is
+    /// done. Joins by the backend ([`Manager::join`](crate::Manager::join)) are not asked.
+    fn authorize_join(&self, client: &Client, lobby: &LobbyCode) -> JoinDecision {
+        let _ = (client, lobby);
+        JoinDecision::Allow
+    }
+
+    /// Protocol v2: `client` joined `lobby` (its `joined` is queued), by its own `join`.
+    fn on_join(&self, client: &Client, lobby: &LobbyCode) {
+        let _ = (client, lobby);
+    }
+
+    /// Protocol v2: `client` left `lobby` by its own `leave`, or because a refreshed
+    /// credential no longer allows it.
+    fn on_leave(&self, client: &Client, lobby: &LobbyCode) {
+        let _ = (client, lobby);
+    }
+
+    /// Protocol v2: verifies the token of a client's `refresh` and says what it allows. The
+    /// credential must name the connection's user (another user is refused with
+    /// `not_allowed`); its expiry replaces the connection's, and lobbies it no longer allows
+    /// are left (`left` with reason `not_allowed`). The default refuses every refresh: an app
+    /// that verifies tokens implements it with the same check as at connect.
+    fn refresh(&self, client: &Client, token: &str) -> Result<Credential, ClientError> {
+        let _ = (client, token);
+        Err(ClientError::new(
+            ErrorCode::NotAllowed,
+            "this server does not refresh tokens on a live connection",
+        ))
+    }
+}
+
+/// The answer to [`Handler::authorize_join`].
+#[non_exhaustive]
+pub enum JoinDecision {
+    /// Join (the limits are checked next).
+    Allow,
+    /// Refuse with this `error` (the frame's `id` is added).
+    Deny(ClientError),
+    /// Decide when this future is done; it runs on the manager's task tracker.
+    Later(Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send + 'static>>),
+}
+
+impl std::fmt::Debug for JoinDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Allow => f.write_str("Allow"),
+            Self::Deny(error) => f.debug_tuple("Deny").field(error).finish(),
+            Self::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
+/// A fresh credential, as the app verified it (for [`Handler::refresh`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Credential {
+    /// The user the token names.
+    pub user_id: UserId,
+    /// When it expires (the connection is then closed with 4010), if it does.
+    pub expires_at: Option<SystemTime>,
+    /// The lobbies it allows joining; `None`: any.
+    pub allowed: Option<LobbyFilter>,
+}
+
+impl Credential {
+    /// A credential for `user_id` that never expires and allows every lobby.
+    pub fn new(user_id: UserId) -> Self {
+        Self {
+            user_id,
+            expires_at: None,
+            allowed: None,
+        }
+    }
+
+    /// Expires at `at`.
+    #[must_use]
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Allows only these lobbies.
+    #[must_use]
+    pub fn allow_lobbies(mut self, allowed: LobbyFilter) -> Self {
+        self.allowed = Some(allowed);
+        self
     }
 }
 

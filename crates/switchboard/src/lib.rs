@@ -3,7 +3,9 @@
 //! Clients connect to a lobby (room); the [`Manager`] enforces global, per-lobby, per-user and
 //! per-IP limits atomically, applies a [`UserPolicy`] to users with several connections, pings
 //! every connection and closes stale ones, broadcasts without waiting for slow clients, and
-//! keeps per-user presence. It speaks wire protocol v1 (`docs/protocol.md`).
+//! keeps per-user presence. It speaks wire protocol v1 (one lobby per connection) and v2 (one
+//! connection in many lobbies, joined and left on the live socket), both in
+//! `docs/protocol.md`.
 //!
 //! # Layout
 //!
@@ -11,7 +13,7 @@
 //! - `skip`: [`Skip`], who a broadcast leaves out (one type for every publisher).
 //! - [`config`]: [`Config`] with documented defaults.
 //! - [`disconnect`]: [`DisconnectReason`], the single source of close codes and retry advice.
-//! - [`protocol`]: client and server frames of protocol v1.
+//! - [`protocol`]: client and server frames of protocols v1 and v2.
 //! - `hub`: the registry (connections, users, lobbies, IPs) behind one short lock, with the
 //!   one publish path; `hub::limits` (the admission arithmetic, which limit a connect would
 //!   exceed, in order), `hub::lobby` (one lobby's members) and `hub::presence` (everything
@@ -115,7 +117,7 @@ pub use config::{
 pub use disconnect::DisconnectReason;
 pub use error::Error;
 pub use handle::ConnectionInfo;
-pub use handler::{AppMessage, Handler, NoHandler};
+pub use handler::{AppMessage, Credential, Handler, JoinDecision, NoHandler};
 pub use history::{ClusterHistory, HistoryConfig, Recovery};
 pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 pub use manager::{LobbyInfo, Manager, SUBPROTOCOL, SUBPROTOCOL_V2};

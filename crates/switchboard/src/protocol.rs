@@ -93,8 +93,10 @@ pub(crate) enum ClientFrame<'a> {
     Leave {
         lobby: LobbyCode,
     },
-    /// v2: a fresh credential for the same user (refused for now: not built yet).
-    Refresh,
+    /// v2: a fresh credential for the same user.
+    Refresh {
+        token: std::borrow::Cow<'a, str>,
+    },
     /// Any type the protocol does not define: the embedding app's.
     App {
         kind: std::borrow::Cow<'a, str>,
@@ -219,9 +221,10 @@ pub(crate) fn parse_as(
             let token = env
                 .token
                 .ok_or_else(|| fail(ErrorCode::MissingField, "missing field `token`"))?;
-            as_str(token)
-                .ok_or_else(|| fail(ErrorCode::InvalidMessage, "`token` must be a string"))?;
-            ClientFrame::Refresh
+            ClientFrame::Refresh {
+                token: as_str(token)
+                    .ok_or_else(|| fail(ErrorCode::InvalidMessage, "`token` must be a string"))?,
+            }
         }
         "health_pong" => ClientFrame::HealthPong {
             timestamp: env.timestamp.and_then(|t| t.get().parse().ok()),
@@ -400,6 +403,12 @@ impl ServerFrame<'_> {
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since the Unix epoch of a wall-clock time, the protocol's clock.
+pub(crate) fn system_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 

@@ -119,6 +119,9 @@ pub struct Stats {
     pub stale_closed: u64,
     /// Bytes of broadcasts kept for recovery across every lobby (within `history.max_bytes`).
     pub history_bytes: usize,
+    /// Lobby memberships: connections counted once per lobby they are in (equal to
+    /// `total_connections` when every connection is in exactly one lobby, as in protocol v1).
+    pub memberships: usize,
 }
 
 /// Counts the registry reads under its lock in O(1), for a [`Stats`] snapshot.
@@ -128,6 +131,7 @@ pub(crate) struct Census {
     pub(crate) lobbies: usize,
     pub(crate) users: usize,
     pub(crate) history_bytes: usize,
+    pub(crate) memberships: usize,
 }
 
 impl Stats {
@@ -150,6 +154,7 @@ impl Stats {
             rejections: Counters::by_reason(&counters.rejections),
             stale_closed: closes.get("stale").copied().unwrap_or(0),
             history_bytes: census.history_bytes,
+            memberships: census.memberships,
             closes,
         }
     }

@@ -4,16 +4,19 @@
 
 use std::time::Duration;
 
+use super::health::HealthClock;
 use super::rate::{MessageRate, Verdict};
 use crate::client::{Client, send_error};
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
-use crate::handler::{AppMessage, Handler};
+use crate::handler::{AppHandler, AppMessage, JoinDecision};
 use crate::history::Recovery;
 use crate::hub::{Join, LeftReason};
+use crate::ids::LobbyCode;
 use crate::protocol::{self, ClientError, ClientFrame, ErrorCode, ServerFrame, unix_ms};
 use crate::shared::Shared;
 use crate::skip::Skip;
+use serde_json::value::RawValue;
 
 /// A WebSocket Pong. The first echo of the last Ping this server sent is free and measures a
 /// round trip (its payload is the Ping's send time); any other Pong is charged to the rate.
@@ -54,8 +57,9 @@ const MAX_FREE_PONG: usize = 256;
 pub(super) fn handle_text(
     text: &str,
     client: &Client,
-    handler: &dyn Handler,
+    handler: &AppHandler,
     rate: &mut MessageRate,
+    clock: &mut HealthClock,
 ) -> Result<(), DisconnectReason> {
     let Client { conn, shared } = client;
     shared.counters.message_in(text.len());
@@ -170,18 +174,42 @@ pub(super) fn handle_text(
                 recovery: recovery.as_ref(),
                 cluster_history: None,
             };
-            shared.join(conn.seq, join, id).map(|()| Answer::Nothing)
+            match handler.authorize_join(client, &lobby) {
+                JoinDecision::Allow => join_now(client, handler, join, id),
+                JoinDecision::Deny(error) => Err(error),
+                JoinDecision::Later(decision) => {
+                    join_later(client, handler, decision, lobby, recovery, id);
+                    Ok(Answer::Nothing)
+                }
+            }
         }
         ClientFrame::Leave { lobby } => {
-            shared
+            if shared
                 .hub
-                .leave_lobby(conn.seq, &lobby, LeftReason::Left, id);
+                .leave_lobby(conn.seq, &lobby, LeftReason::Left, id)
+            {
+                handler.on_leave(client, &lobby);
+            }
             Ok(Answer::Nothing)
         }
-        ClientFrame::Refresh => Err(ClientError::new(
-            ErrorCode::NotAllowed,
-            "refreshing a token on a live connection is not supported by this server yet",
-        )),
+        ClientFrame::Refresh { token } => handler.refresh(client, &token).and_then(|credential| {
+            if credential.user_id != info.user_id {
+                return Err(ClientError::new(
+                    ErrorCode::NotAllowed,
+                    "the token names another user",
+                ));
+            }
+            clock.set_expiry(credential.expires_at);
+            for lobby in shared.hub.set_allowed(conn.seq, credential.allowed) {
+                shared
+                    .hub
+                    .leave_lobby(conn.seq, &lobby, LeftReason::NotAllowed, None);
+                handler.on_leave(client, &lobby);
+            }
+            Ok(Answer::Refreshed {
+                token_expires_at: credential.expires_at.map(crate::protocol::system_ms),
+            })
+        }),
         ClientFrame::App { kind } => handler
             .on_message(
                 client,
@@ -194,12 +222,20 @@ pub(super) fn handle_text(
             .map(|()| Answer::Ack { offset: None }),
     };
     // v2: a frame with an `id` that succeeded is acknowledged (unless its answer carries it).
-    if let (Ok(Answer::Ack { offset }), Some(id), true) = (&outcome, id, v2) {
-        let ack = ServerFrame::Ack {
+    let ack = match (&outcome, id, v2) {
+        (Ok(Answer::Ack { offset }), Some(id), true) => Some(ServerFrame::Ack {
             id,
             offset: *offset,
             token_expires_at: None,
-        };
+        }),
+        (Ok(Answer::Refreshed { token_expires_at }), Some(id), true) => Some(ServerFrame::Ack {
+            id,
+            offset: None,
+            token_expires_at: *token_expires_at,
+        }),
+        _ => None,
+    };
+    if let Some(ack) = ack {
         shared.hub.deliver(conn, protocol::text(ack.encode()));
     }
     if let Err(error) = outcome {
@@ -212,6 +248,8 @@ pub(super) fn handle_text(
 enum Answer {
     /// v2 only, and only for a frame with an `id`: `ack`, with a broadcast's offset.
     Ack { offset: Option<u64> },
+    /// v2: `ack` of a refresh, with the new expiry.
+    Refreshed { token_expires_at: Option<u64> },
     /// Nothing more: the frame needs no answer or its answer carries the `id` itself.
     Nothing,
 }
@@ -227,6 +265,46 @@ fn not_in_lobby(named: bool) -> ClientError {
             "missing field `lobby` (required unless the connection is in exactly one lobby)",
         )
     }
+}
+
+/// Joins now (the app allowed it) and tells the app.
+fn join_now(
+    client: &Client,
+    handler: &AppHandler,
+    join: Join<'_>,
+    id: Option<&RawValue>,
+) -> Result<Answer, ClientError> {
+    client.shared.join(client.conn.seq, join, id)?;
+    handler.on_join(client, join.lobby);
+    Ok(Answer::Nothing)
+}
+
+/// Joins once the app's asynchronous decision allows it, from a tracked task; a refusal is
+/// the `error` with the frame's `id`.
+fn join_later(
+    client: &Client,
+    handler: &AppHandler,
+    decision: std::pin::Pin<Box<dyn Future<Output = Result<(), ClientError>> + Send>>,
+    lobby: LobbyCode,
+    recovery: Option<Recovery>,
+    id: Option<&RawValue>,
+) {
+    let (client, handler) = (client.clone(), handler.clone());
+    let id = id.map(ToOwned::to_owned);
+    client.clone().spawn(async move {
+        let join = Join {
+            lobby: &lobby,
+            recovery: recovery.as_ref(),
+            cluster_history: None,
+        };
+        let joined = match decision.await {
+            Ok(()) => join_now(&client, &handler, join, id.as_deref()).map(drop),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = joined {
+            send_error(&client.shared, &client.conn, &error, id.as_deref());
+        }
+    });
 }
 
 fn overloaded() -> ClientError {

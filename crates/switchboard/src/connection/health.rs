@@ -40,6 +40,19 @@ impl HealthClock {
         }
     }
 
+    /// A refreshed credential's expiry replaces the connection's (`None`: it no longer
+    /// expires). The timer keeps its deadline: an earlier expiry is noticed at its next tick
+    /// at the latest, a ping interval away.
+    pub(super) fn set_expiry(&mut self, expires_at: Option<SystemTime>) {
+        let now = Instant::now();
+        self.expires_at = expires_at.and_then(|at| {
+            now.checked_add(
+                at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            )
+        });
+    }
+
     pub(super) fn next_deadline(&self) -> Instant {
         let health = self.next_ping.min(self.last_seen + self.stale_after);
         self.expires_at.map_or(health, |at| at.min(health))

@@ -157,7 +157,7 @@ impl Future for Serving {
                 } => {
                     let mut live = socket::Live {
                         client: &this.client,
-                        handler: &*this.handler,
+                        handler: &this.handler,
                         clock,
                         rate,
                     };
@@ -239,7 +239,7 @@ pub(crate) async fn admit(
     handle.cluster_presence = presence_events.is_some();
     handle.inbound = inbound;
     let conn = Arc::new(handle);
-    let token_expires_at = request.expires_at.map(system_ms);
+    let token_expires_at = request.expires_at.map(crate::protocol::system_ms);
     let welcome = |state: Option<LobbyState<'_>>| {
         let info = &conn.info;
         let frame = match (&lobby, state) {
@@ -293,12 +293,6 @@ pub(crate) async fn admit(
     })
 }
 
-/// Milliseconds since the Unix epoch of a wall-clock time.
-fn system_ms(at: SystemTime) -> u64 {
-    at.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Drives an admitted connection over a stream of client frames and a sink of server frames
 /// (SSE) until it ends, then removes every trace of it.
 pub(crate) async fn drive<St, Si>(
@@ -325,7 +319,7 @@ pub(crate) async fn drive<St, Si>(
     let writer = shared
         .tracker
         .spawn(writer::run(sink, conn.clone(), shared.clone()));
-    sse_reader::run(&mut stream, &client, &*handler, expires_at).await;
+    sse_reader::run(&mut stream, &client, &handler, expires_at).await;
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
     drop(registration);
     shared.counters.closed(reason);

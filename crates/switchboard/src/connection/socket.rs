@@ -24,7 +24,7 @@ use super::rate::MessageRate;
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
 use crate::handle::ConnHandle;
-use crate::handler::Handler;
+use crate::handler::AppHandler;
 use crate::shared::Shared;
 use crate::ws::Upgraded;
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
@@ -322,7 +322,7 @@ impl Socket {
 pub(super) struct Live<'a> {
     /// The connection's handle and the manager's state, as the handler is handed them.
     pub(super) client: &'a Client,
-    pub(super) handler: &'a dyn Handler,
+    pub(super) handler: &'a AppHandler,
     pub(super) clock: &'a mut HealthClock,
     pub(super) rate: &'a mut MessageRate,
 }
@@ -337,7 +337,9 @@ impl Live<'_> {
     ) -> Result<(), DisconnectReason> {
         let Client { conn, shared } = self.client;
         match frame {
-            Frame::Text(text) => dispatch::handle_text(text, self.client, self.handler, self.rate),
+            Frame::Text(text) => {
+                dispatch::handle_text(text, self.client, self.handler, self.rate, self.clock)
+            }
             Frame::Binary(_) => Err(DisconnectReason::UnsupportedData),
             Frame::Ping(payload) => {
                 // Over the rate budget a Ping goes unanswered (and counts as a refusal).

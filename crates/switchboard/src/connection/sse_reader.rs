@@ -12,12 +12,12 @@ use super::health::HealthClock;
 use super::rate::MessageRate;
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
-use crate::handler::Handler;
+use crate::handler::AppHandler;
 
 pub(super) async fn run<S>(
     stream: &mut S,
     client: &Client,
-    handler: &dyn Handler,
+    handler: &AppHandler,
     expires_at: Option<SystemTime>,
 ) where
     S: Stream<Item = Message> + Unpin,
@@ -42,7 +42,7 @@ pub(super) async fn run<S>(
                 let reason = match frame {
                     Some(message) => {
                         clock.last_seen = Instant::now();
-                        match handle(message, client, handler, &mut rate) {
+                        match handle(message, client, handler, &mut rate, &mut clock) {
                             Ok(()) => continue,
                             Err(reason) => reason,
                         }
@@ -60,12 +60,13 @@ pub(super) async fn run<S>(
 fn handle(
     message: Message,
     client: &Client,
-    handler: &dyn Handler,
+    handler: &AppHandler,
     rate: &mut MessageRate,
+    clock: &mut HealthClock,
 ) -> Result<(), DisconnectReason> {
     let Client { conn, shared } = client;
     match message {
-        Message::Text(text) => handle_text(text.as_str(), client, handler, rate),
+        Message::Text(text) => handle_text(text.as_str(), client, handler, rate, clock),
         Message::Binary(_) => Err(DisconnectReason::UnsupportedData),
         Message::Pong(payload) => handle_pong(&payload, conn, shared, rate),
         // The WebSocket layer answers pings itself; any frame is proof of life.

@@ -133,6 +133,8 @@ pub(crate) enum LeftReason {
     Left,
     /// The backend removed the connection or its user from the lobby.
     Removed,
+    /// A refreshed credential no longer allows the lobby.
+    NotAllowed,
 }
 
 impl LeftReason {
@@ -140,6 +142,7 @@ impl LeftReason {
         match self {
             Self::Left => "left",
             Self::Removed => "removed",
+            Self::NotAllowed => "not_allowed",
         }
     }
 }
@@ -450,6 +453,25 @@ impl Hub {
         }
     }
 
+    /// Replaces a connection's allowed lobbies (a refreshed credential), and returns the
+    /// lobbies it is in that the new ones no longer allow.
+    pub(crate) fn set_allowed(&self, seq: u64, allowed: Option<LobbyFilter>) -> Vec<LobbyCode> {
+        let mut reg = self.lock();
+        let Some(entry) = reg.conns.get_mut(&seq) else {
+            return Vec::new();
+        };
+        let refused = allowed.as_ref().map_or_else(Vec::new, |filter| {
+            entry
+                .lobbies
+                .iter()
+                .filter(|m| !filter.allows(m.lobby.as_str()))
+                .map(|m| m.lobby.clone())
+                .collect()
+        });
+        entry.allowed = allowed;
+        refused
+    }
+
     /// Logs when a connect takes the server or its lobby past `capacity_warn_percent`.
     fn warn_near_capacity(&self, reg: &Registry, lobby: Option<&LobbyCode>) {
         let limits = &self.config.limits;
@@ -670,6 +692,7 @@ impl Hub {
             lobbies: reg.lobbies.len(),
             users: reg.users.len(),
             history_bytes: reg.histories.bytes(),
+            memberships: reg.memberships,
         }
     }
 
@@ -752,3 +775,7 @@ mod tests;
 #[cfg(test)]
 #[path = "proptest.rs"]
 mod proptests;
+
+#[cfg(test)]
+#[path = "memberships_proptest.rs"]
+mod memberships_proptests;
