@@ -321,6 +321,35 @@ describe("protocol v2 in Node against the real server", () => {
     assert.equal(await room.broadcast("still me"), 1);
   });
 
+  test("the backend joins the connection to a lobby (a room appears) and removes it (left removed)", async () => {
+    const s = await server({ name: "v2-backend-join" });
+    const c = v2(s, { token: "hal", backoff: { initialMs: 50, maxMs: 200, factor: 2 } });
+    await connected(c);
+    const own = await c.join("own");
+    const joined = c.once("joined", 10_000);
+    const r = await api(s, "POST", "/api/users/hal/lobbies/news");
+    assert.deepEqual(r, { status: 200, body: { joined: 1 } });
+    const j = await joined;
+    assert.equal(j.lobby, "news");
+    assert.equal(j.id, undefined);
+    const news = c.room("news");
+    assert.ok(news, "a room for the lobby the backend joined");
+    assert.equal(news.state, "joined");
+    const got = news.once("message", 10_000);
+    await broadcast(s, "news", "extra, extra");
+    assert.equal((await got).data, "extra, extra");
+    assert.equal(await news.broadcast("thanks"), 2);
+
+    const left = news.once("left", 10_000);
+    const removed = await api(s, "DELETE", "/api/users/hal/lobbies/news");
+    assert.deepEqual(removed, { status: 200, body: { removed: 1 } });
+    assert.deepEqual(await left, { type: "left", lobby: "news", reason: "removed" });
+    assert.equal(c.room("news"), undefined);
+    assert.deepEqual(c.rooms, [own]);
+    assert.equal(own.state, "joined");
+    assert.equal(c.state, "open");
+  });
+
   test("kicked by the backend (4009): every room ends (closed), no reconnect", async () => {
     const s = await server({ name: "v2-kick" });
     const c = v2(s, { token: "kim" });
@@ -389,6 +418,14 @@ describe("protocol v2 in headless Chromium (the committed bundle)", () => {
     assert.equal(await chatLine(alice, "hello room x").isVisible(), false);
     assert.equal(await room(alice, "room-y").locator(".unread").count(), 0);
     await alice.screenshot({ path: screenshotPath("v2-demo-rooms.png"), fullPage: true });
+
+    // The backend adds alice to a lobby: it shows up in her room list; then removes her.
+    assert.deepEqual((await api(s, "POST", "/api/users/alice/lobbies/room-z")).body, { joined: 1 });
+    await room(alice, "room-z").and(alice.locator('[data-state="joined"]')).waitFor();
+    await alice.locator("#messages li.system", { hasText: "the server added you to room-z" }).waitFor();
+    assert.deepEqual((await api(s, "DELETE", "/api/users/alice/lobbies/room-z")).body, { removed: 1 });
+    await room(alice, "room-z").waitFor({ state: "detached" });
+    await alice.locator("#messages li.system", { hasText: "you left room-z (removed)" }).waitFor();
 
     // Leaving room-x: bob sees alice go; alice keeps room-y.
     await room(alice, "room-x").locator(".leave-room").click();
