@@ -699,6 +699,9 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
 
   /** A join was refused or timed out: the room ends; whoever waits for it gets the error. */
   private failRoom(room: Room, error: SwitchboardError, rejoin = room.joined !== null): void {
+    // Ended meanwhile (left, closed): nothing more to say.
+    if (room.state === "left") return;
+    this.cancelJoin(room);
     if (this.roomMap.get(room.lobby) === room) this.roomMap.delete(room.lobby);
     const waiters = this.joinWaiters.get(room) ?? [];
     this.joinWaiters.delete(room);
@@ -717,7 +720,15 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     }
   }
 
+  /** Forgets a room's join request still waiting for its answer (a late answer is ignored). */
+  private cancelJoin(room: Room): void {
+    for (const [key, entry] of [...this.pending]) {
+      if (entry.frame.type === "join" && entry.frame.lobby === room.lobby) this.settle(key);
+    }
+  }
+
   private leaveRoom(room: Room, options: { timeoutMs?: number }): Promise<void> {
+    this.cancelJoin(room);
     if (this.roomMap.get(room.lobby) === room) this.roomMap.delete(room.lobby);
     const waiters = this.joinWaiters.get(room) ?? [];
     this.joinWaiters.delete(room);

@@ -958,6 +958,8 @@ var Switchboard = (() => {
     /** A join was refused or timed out: the room ends; whoever waits for it gets the error. */
     failRoom(room, error, rejoin = room.joined !== null) {
       var _a;
+      if (room.state === "left") return;
+      this.cancelJoin(room);
       if (this.roomMap.get(room.lobby) === room) this.roomMap.delete(room.lobby);
       const waiters = (_a = this.joinWaiters.get(room)) != null ? _a : [];
       this.joinWaiters.delete(room);
@@ -974,8 +976,15 @@ var Switchboard = (() => {
         room.end({ type: "left", lobby: room.lobby, reason: "join_failed", code: error.code });
       }
     }
+    /** Forgets a room's join request still waiting for its answer (a late answer is ignored). */
+    cancelJoin(room) {
+      for (const [key, entry] of [...this.pending]) {
+        if (entry.frame.type === "join" && entry.frame.lobby === room.lobby) this.settle(key);
+      }
+    }
     leaveRoom(room, options) {
       var _a;
+      this.cancelJoin(room);
       if (this.roomMap.get(room.lobby) === room) this.roomMap.delete(room.lobby);
       const waiters = (_a = this.joinWaiters.get(room)) != null ? _a : [];
       this.joinWaiters.delete(room);

@@ -509,6 +509,26 @@ describe("v2: rejoin after a reconnect", () => {
     assert.equal(keep.state, "joined");
   });
 
+  test("a room left while its rejoin is in flight ends once: the rejoin's late answer changes nothing", async () => {
+    const c = client();
+    let s = await open(c);
+    const room = await joined(c, s, "r", 1, "e");
+    const events: RoomLeftEvent[] = [];
+    c.on("left", (e) => events.push(e));
+    s.serverClose(1006);
+    clock.advance(0);
+    await flush();
+    s = FakeSocket.last();
+    welcome(s);
+    const join = lastOf(s, "join");
+    const leaving = room.leave();
+    s.serverSend({ type: "error", code: "not_allowed", message: "no", id: join.id });
+    s.serverSend({ type: "left", lobby: "r", reason: "left", id: lastOf(s, "leave").id });
+    await leaving;
+    assert.deepEqual(events, [{ type: "left", lobby: "r", reason: "left" }]);
+    assert.equal(clock.delays().length, 1, "only the liveness timer");
+  });
+
   test("a room joining when the connection drops is joined on the next connection; a room left meanwhile is not", async () => {
     const c = client();
     let s = await open(c);
