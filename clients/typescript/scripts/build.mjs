@@ -40,7 +40,7 @@ async function bundle() {
     absWorkingDir: root,
     banner: {
       js:
-        "// Switchboard client (protocol v1), browser build: the global `Switchboard`.\n" +
+        "// Switchboard client (protocols v1 and v2), browser build: the global `Switchboard`.\n" +
         "// GENERATED from clients/typescript by `npm run build` (esbuild): do not edit by hand.",
     },
   });

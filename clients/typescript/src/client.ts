@@ -15,6 +15,10 @@
  *   `message` events, then a `recovered` event; a message already seen is never emitted twice.
  * - Transports: WebSocket, or Server-Sent Events (`transport`, and the fallback rule of
  *   `transport: "auto"`, below); both give the same events and close-code handling.
+ * - Protocol v2 (`protocol: 2`, WebSocket only): one connection in many lobbies. `join(lobby)`
+ *   gives a `Room`; requests carry an `id` and are matched to their answers (`joined`, `left`,
+ *   `presence`, `ack`, or `error`) with a timeout; after a reconnect every room is rejoined with
+ *   its own `since` / `epoch`; a token with an expiry is refreshed before it expires.
  */
 
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
@@ -27,12 +31,14 @@ import {
 } from "./closeCodes.js";
 import { Emitter } from "./emitter.js";
 import type {
+  AckFrame,
   ClientFrame,
   DirectFrame,
   ErrorFrame,
   FrameId,
   GoodbyeFrame,
   HealthPingFrame,
+  JoinedFrame,
   MemberJoinedFrame,
   MemberLeftFrame,
   MessageFrame,
@@ -40,6 +46,8 @@ import type {
   RecoveredFrame,
   WelcomeFrame,
 } from "./protocol.js";
+import { refreshDelay, refreshRetryDelay } from "./refresh.js";
+import { Room, SwitchboardError, type RoomHost, type RoomLeftEvent } from "./room.js";
 import {
   SseSocket,
   type EventSourceConstructor,
@@ -133,17 +141,55 @@ export interface ClientEvents {
   disconnect: DisconnectEvent;
   /** A frame that could not be sent nor queued. */
   dropped: DroppedEvent;
-  /** `getToken()` threw or rejected; a retry is scheduled. */
+  /** `getToken()` threw or rejected, or (v2) a token refresh failed; a retry is scheduled. */
   token_error: unknown;
+  /** v2: a lobby was joined (every `joined` frame, rejoins included). */
+  joined: JoinedFrame;
+  /** v2: a room ended (its `leave()`, the server's `left`, a failed rejoin, `close()`). */
+  left: RoomLeftEvent;
+  /** v2: every `ack` frame. */
+  ack: AckFrame;
+}
+
+/** A v2 request waiting for its answer. */
+interface PendingRequest {
+  frame: ClientFrame;
+  /** The answer's type: `joined`, `left`, `presence` or `ack` (or `error`, always). */
+  expect: string;
+  onAnswer(frame: { type: string; [field: string]: unknown }): void;
+  onError(error: SwitchboardError): void;
+  timer: unknown;
+}
+
+interface JoinWaiter {
+  resolve(room: Room): void;
+  reject(error: SwitchboardError): void;
+  timer: unknown;
+}
+
+/** The answer a v2 request gets when it succeeds. */
+function answerType(type: string): string {
+  return type === "join" ? "joined" : type === "leave" ? "left" : type === "presence" ? "presence" : "ack";
+}
+
+function idKey(id: FrameId): string {
+  return `${typeof id}:${id}`;
 }
 
 export interface ClientOptions {
   /**
    * The server's base URL: `ws://host:port`, `wss://...` (or `http(s)://`, converted). Default in
-   * browsers: the page's own host. The client connects to `{url}/ws/{lobby}?token=...`.
+   * browsers: the page's own host. The client connects to `{url}/ws/{lobby}?token=...` (v1) or
+   * `{url}/ws?token=...` (v2).
    */
   url?: string;
-  lobby: string;
+  /**
+   * The protocol: 1 (default: one connection, one lobby, `lobby` required) or 2 (one connection
+   * in many lobbies, joined with `join()`; `lobby` must not be given; WebSocket only).
+   */
+  protocol?: 1 | 2;
+  /** v1: the lobby (required). v2: not allowed (use `join()`). */
+  lobby?: string;
   /** A static token (in the server's dev mode, the user id). */
   token?: string;
   /** Called before every connect and reconnect; wins over `token`. */
@@ -161,8 +207,10 @@ export interface ClientOptions {
   livenessFactor?: number;
   /** A connection that has no `welcome` within this is dropped and retried (default 15000). */
   connectTimeoutMs?: number;
-  /** Default timeout of `presence()` (default 10000). */
+  /** Default timeout of `presence()` and (v2) of every request and join (default 10000). */
   requestTimeoutMs?: number;
+  /** The clock, in ms since the epoch (default `Date.now`; tests). */
+  now?: () => number;
   /** Random numbers in [0, 1) for the jitter (tests). */
   random?: () => number;
   timers?: Timers;
@@ -246,16 +294,50 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
   private connectTimer: unknown = null;
   private lastServerTraffic = 0;
 
+  // ---- protocol v2 ----
+  /** The client speaks protocol v2. */
+  readonly v2: boolean;
+  private readonly now: () => number;
+  private readonly roomMap = new Map<string, Room>();
+  private readonly joinWaiters = new Map<Room, JoinWaiter[]>();
+  /** Requests waiting for an answer, by `idKey(id)`. */
+  private readonly pending = new Map<string, PendingRequest>();
+  private nextId = 0;
+  private refreshTimer: unknown = null;
+  /** The server's clock minus ours (from `welcome.server_time`). */
+  private serverSkew = 0;
+  /** The current token's expiry (server clock), or null. */
+  private tokenExpiresAt: number | null = null;
+  private readonly roomHost: RoomHost = {
+    request: (frame, options) => this.request(frame, options),
+    leaveRoom: (room, options) => this.leaveRoom(room, options),
+  };
+
   constructor(options: ClientOptions) {
     super();
-    if (!options || typeof options.lobby !== "string" || options.lobby === "") {
+    if (!options || typeof options !== "object") {
+      throw new Error("switchboard: options are required");
+    }
+    if (options.protocol !== undefined && options.protocol !== 1 && options.protocol !== 2) {
+      throw new Error("switchboard: options.protocol is 1 or 2");
+    }
+    this.v2 = options.protocol === 2;
+    if (this.v2) {
+      if (options.lobby !== undefined) {
+        throw new Error("switchboard: protocol 2 has no options.lobby: use client.join(lobby)");
+      }
+      if (options.transport === "sse") {
+        throw new Error("switchboard: protocol 2 is WebSocket only (transport 'sse' speaks v1)");
+      }
+    } else if (typeof options.lobby !== "string" || options.lobby === "") {
       throw new Error("switchboard: options.lobby is required");
     }
     if (options.token === undefined && options.getToken === undefined) {
       throw new Error("switchboard: options.token or options.getToken is required");
     }
     this.options = options;
-    this.lobby = options.lobby;
+    this.lobby = options.lobby ?? "";
+    this.now = options.now ?? (() => Date.now());
     this.baseUrl = normalizeUrl(options.url ?? defaultUrl());
     const WS =
       options.WebSocket ??
@@ -265,7 +347,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     const globalFetch = (globalThis as { fetch?: FetchLike }).fetch;
     this.fetchFn =
       options.fetch ?? (typeof globalFetch === "function" ? (url, init) => globalFetch(url, init) : undefined);
-    this.transportOption = options.transport ?? "auto";
+    this.transportOption = this.v2 ? "websocket" : options.transport ?? "auto";
     if (this.transportOption === "sse") {
       if (!this.ES) throw new Error("switchboard: transport 'sse' needs an EventSource (options.EventSource)");
       this._transport = "sse";
@@ -345,6 +427,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
    * `connect()` may be called again later.
    */
   close(code = 1000, reason = "client_closed"): void {
+    this.connectionLost(true);
     if (this._state === "closed" || this._state === "idle") {
       this.clearTimers();
       this.setState("closed");
@@ -396,6 +479,13 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
    * `presence` event); rejects if the request is dropped or no answer comes in time.
    */
   presence(options: { timeoutMs?: number } = {}): Promise<string[]> {
+    if (this.v2) {
+      // v2: matched by id (the server needs the connection in exactly one lobby; else
+      // `missing_field`: use `room.presence()`).
+      return this.request({ type: "presence" }, options).then((p) =>
+        Array.isArray(p.users) ? (p.users as string[]) : [],
+      );
+    }
     const timeoutMs = options.timeoutMs ?? this.options.requestTimeoutMs ?? 10_000;
     return new Promise((resolve, reject) => {
       let timer: unknown = null;
@@ -456,6 +546,378 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     return true;
   }
 
+  // ---- protocol v2: rooms, requests, token refresh ----------------------------------------
+
+  /** v2: the rooms joined or being joined. */
+  get rooms(): Room[] {
+    return [...this.roomMap.values()];
+  }
+
+  /** v2: the room of `lobby`, if joined or being joined. */
+  room(lobby: string): Room | undefined {
+    return this.roomMap.get(lobby);
+  }
+
+  /**
+   * v2: joins `lobby`. Resolves with its `Room` once the server answered `joined`; rejects with a
+   * `SwitchboardError` whose `code` is the server's (`lobby_full`, `not_allowed`,
+   * `too_many_lobbies`, `invalid_lobby`...) or `timeout` / `closed`. Called while not connected,
+   * the join is sent after the next `welcome` (the timeout runs from the call). Joining a lobby
+   * already joined resolves with the same room.
+   */
+  join(lobby: string, options: { timeoutMs?: number } = {}): Promise<Room> {
+    if (!this.v2) {
+      return Promise.reject(new SwitchboardError("unsupported", "switchboard: join() needs protocol 2"));
+    }
+    if (typeof lobby !== "string" || lobby === "") {
+      return Promise.reject(new SwitchboardError("invalid_lobby", "switchboard: join() needs a lobby"));
+    }
+    let room = this.roomMap.get(lobby);
+    if (room && room.state === "joined") return Promise.resolve(room);
+    if (!room) {
+      room = new Room(this.roomHost, lobby);
+      this.roomMap.set(lobby, room);
+      if (this.isOpen()) this.sendJoin(room);
+    }
+    const target = room;
+    const timeoutMs = options.timeoutMs ?? this.options.requestTimeoutMs ?? 10_000;
+    return new Promise<Room>((resolve, reject) => {
+      const waiter: JoinWaiter = { resolve, reject, timer: null };
+      waiter.timer = this.timers.setTimeout(() => {
+        const waiters = this.joinWaiters.get(target) ?? [];
+        const rest = waiters.filter((w) => w !== waiter);
+        if (rest.length > 0) this.joinWaiters.set(target, rest);
+        else this.joinWaiters.delete(target);
+        const error = new SwitchboardError("timeout", `switchboard: no answer to join ${lobby} within ${timeoutMs} ms`);
+        reject(error);
+        // Nobody waits for a room that never got in: give it up.
+        if (rest.length === 0 && target.state === "joining") this.failRoom(target, error);
+      }, timeoutMs);
+      const waiters = this.joinWaiters.get(target) ?? [];
+      waiters.push(waiter);
+      this.joinWaiters.set(target, waiters);
+    });
+  }
+
+  /**
+   * v2: sends `frame` with an `id` (its own, or a fresh one) and resolves with the answer: the
+   * `joined` / `left` / `presence` frame for `join` / `leave` / `presence`, the `ack` for
+   * anything else (`broadcast`, `direct`, `refresh`, application messages). Rejects with a
+   * `SwitchboardError`: the `error` frame's code, or `timeout` (no answer within `timeoutMs`,
+   * default `requestTimeoutMs`), `connection_lost` (the connection closed after the frame was
+   * sent), `dropped` (the queue was full), `closed`. Queued while not connected.
+   */
+  request(
+    frame: ClientFrame,
+    options: { timeoutMs?: number } = {},
+  ): Promise<{ type: string; [field: string]: unknown }> {
+    if (!this.v2) {
+      return Promise.reject(new SwitchboardError("unsupported", "switchboard: request() needs protocol 2"));
+    }
+    return new Promise((resolve, reject) => {
+      this.sendRequest(frame, options.timeoutMs, resolve, reject, false);
+    });
+  }
+
+  private sendRequest(
+    frame: ClientFrame,
+    timeoutMs: number | undefined,
+    onAnswer: (frame: { type: string; [field: string]: unknown }) => void,
+    onError: (error: SwitchboardError) => void,
+    now: boolean,
+  ): void {
+    const id = frame.id ?? `sb-${++this.nextId}`;
+    const sent: ClientFrame = { ...frame, id };
+    const key = idKey(id);
+    if (this.pending.has(key)) {
+      onError(new SwitchboardError("duplicate_id", `switchboard: a request with id ${String(id)} is pending`, id));
+      return;
+    }
+    const ms = timeoutMs ?? this.options.requestTimeoutMs ?? 10_000;
+    const entry: PendingRequest = { frame: sent, expect: answerType(sent.type), onAnswer, onError, timer: null };
+    entry.timer = this.timers.setTimeout(() => {
+      if (this.pending.get(key) !== entry) return;
+      this.pending.delete(key);
+      onError(new SwitchboardError("timeout", `switchboard: no answer to ${sent.type} within ${ms} ms`, id));
+    }, ms);
+    this.pending.set(key, entry);
+    const closed = this._state === "closed";
+    const ok = now ? this.sendNow(sent) : this.send(sent);
+    if (!ok && this.pending.get(key) === entry) {
+      this.settle(key);
+      onError(
+        closed
+          ? new SwitchboardError("closed", "switchboard: the client is closed", id)
+          : now
+            ? new SwitchboardError("connection_lost", "switchboard: not connected", id)
+            : new SwitchboardError("dropped", "switchboard: the outgoing queue is full", id),
+      );
+    }
+  }
+
+  /** Forgets a pending request (its timer too) and returns it. */
+  private settle(key: string): PendingRequest | undefined {
+    const entry = this.pending.get(key);
+    if (!entry) return undefined;
+    this.pending.delete(key);
+    this.timers.clearTimeout(entry.timer);
+    return entry;
+  }
+
+  private isOpen(): boolean {
+    return this._state === "open" && this.socket !== null && this.socket.readyState === OPEN;
+  }
+
+  /** The server's clock now (as estimated from `welcome.server_time`). */
+  private serverNow(): number {
+    return this.now() + this.serverSkew;
+  }
+
+  /** Sends a room's join (with since / epoch once it was joined); answers drive the room. */
+  private sendJoin(room: Room): void {
+    const rejoin = room.joined !== null;
+    this.sendRequest(
+      room.joinFrame(),
+      undefined,
+      () => {
+        // The room already took the `joined` (onV2Frame): release whoever waits for it.
+        const waiters = this.joinWaiters.get(room) ?? [];
+        this.joinWaiters.delete(room);
+        for (const w of waiters) {
+          this.timers.clearTimeout(w.timer);
+          w.resolve(room);
+        }
+      },
+      (error) => {
+        // A lost connection: the room is rejoined after the next welcome.
+        if (error.code === "connection_lost" || error.code === "closed") return;
+        this.failRoom(room, error, rejoin);
+      },
+      true,
+    );
+  }
+
+  /** A join was refused or timed out: the room ends; whoever waits for it gets the error. */
+  private failRoom(room: Room, error: SwitchboardError, rejoin = room.joined !== null): void {
+    // Ended meanwhile (left, closed): nothing more to say.
+    if (room.state === "left") return;
+    this.cancelJoin(room);
+    if (this.roomMap.get(room.lobby) === room) this.roomMap.delete(room.lobby);
+    const waiters = this.joinWaiters.get(room) ?? [];
+    this.joinWaiters.delete(room);
+    for (const w of waiters) {
+      this.timers.clearTimeout(w.timer);
+      w.reject(error);
+    }
+    // A join that may still succeed late on the server: leave at once.
+    if (error.code === "timeout" && this.isOpen()) this.sendNow({ type: "leave", lobby: room.lobby });
+    if (rejoin) {
+      const event: RoomLeftEvent = { type: "left", lobby: room.lobby, reason: "rejoin_failed", code: error.code };
+      room.end(event);
+      this.emit("left", event);
+    } else {
+      room.end({ type: "left", lobby: room.lobby, reason: "join_failed", code: error.code });
+    }
+  }
+
+  /** Forgets a room's join request still waiting for its answer (a late answer is ignored). */
+  private cancelJoin(room: Room): void {
+    for (const [key, entry] of [...this.pending]) {
+      if (entry.frame.type === "join" && entry.frame.lobby === room.lobby) this.settle(key);
+    }
+  }
+
+  private leaveRoom(room: Room, options: { timeoutMs?: number }): Promise<void> {
+    this.cancelJoin(room);
+    if (this.roomMap.get(room.lobby) === room) this.roomMap.delete(room.lobby);
+    const waiters = this.joinWaiters.get(room) ?? [];
+    this.joinWaiters.delete(room);
+    const error = new SwitchboardError("left", `switchboard: room ${room.lobby} was left`);
+    for (const w of waiters) {
+      this.timers.clearTimeout(w.timer);
+      w.reject(error);
+    }
+    const event: RoomLeftEvent = { type: "left", lobby: room.lobby, reason: "left" };
+    room.end(event);
+    this.emit("left", event);
+    // Not connected: the server forgot the closed connection's lobbies already.
+    if (!this.isOpen()) return Promise.resolve();
+    return this.request({ type: "leave", lobby: room.lobby }, options).then(
+      () => undefined,
+      (e: SwitchboardError) => {
+        if (e.code === "connection_lost" || e.code === "closed") return;
+        throw e;
+      },
+    );
+  }
+
+  /**
+   * The connection closed. For good (`close()`, a never-reconnect code): every request fails
+   * with `closed` and every room ends (reason `closed`). Otherwise: requests already sent fail
+   * with `connection_lost` (queued ones wait for the next connection) and rooms will be rejoined.
+   */
+  private connectionLost(forGood: boolean): void {
+    if (!this.v2) return;
+    if (this.refreshTimer !== null) {
+      this.timers.clearTimeout(this.refreshTimer);
+      this.refreshTimer = null;
+    }
+    for (const [key, entry] of [...this.pending]) {
+      if (!forGood && this.queue.includes(entry.frame)) continue;
+      this.settle(key);
+      entry.onError(
+        forGood
+          ? new SwitchboardError("closed", "switchboard: the connection closed for good", entry.frame.id)
+          : new SwitchboardError("connection_lost", "switchboard: the connection was lost", entry.frame.id),
+      );
+    }
+    if (forGood) {
+      const error = new SwitchboardError("closed", "switchboard: the connection closed for good");
+      for (const room of [...this.roomMap.values()]) {
+        this.roomMap.delete(room.lobby);
+        const waiters = this.joinWaiters.get(room) ?? [];
+        this.joinWaiters.delete(room);
+        for (const w of waiters) {
+          this.timers.clearTimeout(w.timer);
+          w.reject(error);
+        }
+        const wasIn = room.joined !== null;
+        const event: RoomLeftEvent = { type: "left", lobby: room.lobby, reason: "closed" };
+        room.end(event);
+        if (wasIn) this.emit("left", event);
+      }
+    } else {
+      for (const room of this.roomMap.values()) room.connectionLost();
+    }
+  }
+
+  /** v2 frames: answers matched to requests by id, lobby frames routed to their rooms. */
+  private onV2Frame(typed: { type: string; [field: string]: unknown }): void {
+    const id = typed.id;
+    let entry: PendingRequest | undefined;
+    if ((typeof id === "string" || typeof id === "number") && ["joined", "left", "presence", "ack", "error"].includes(typed.type)) {
+      const candidate = this.pending.get(idKey(id));
+      if (candidate && (typed.type === "error" || typed.type === candidate.expect)) {
+        entry = this.settle(idKey(id));
+      }
+    }
+    const lobby = typeof typed.lobby === "string" ? typed.lobby : undefined;
+    const room = lobby !== undefined ? this.roomMap.get(lobby) : undefined;
+    switch (typed.type) {
+      case "welcome":
+        this.onWelcome(typed as unknown as WelcomeFrame);
+        break;
+      case "health_ping":
+        this.sendNow({ type: "health_pong", timestamp: typed.timestamp });
+        this.emit("health_ping", typed as unknown as HealthPingFrame);
+        break;
+      case "joined":
+        if (room) {
+          room.onJoined(typed as unknown as JoinedFrame);
+        } else if (lobby !== undefined && id === undefined) {
+          // The backend joined this connection to a lobby (no id: nobody here asked): a room of
+          // its own, found with `room(lobby)` from the `joined` event, rejoined like the others.
+          const created = new Room(this.roomHost, lobby);
+          this.roomMap.set(lobby, created);
+          created.onJoined(typed as unknown as JoinedFrame);
+        }
+        entry?.onAnswer(typed);
+        this.emit("joined", typed as unknown as JoinedFrame);
+        break;
+      case "left":
+        if (entry) {
+          entry.onAnswer(typed);
+        } else if (room) {
+          // The server ended the membership (kicked, removed, not_allowed).
+          this.roomMap.delete(room.lobby);
+          const event: RoomLeftEvent = { type: "left", lobby: room.lobby, reason: String(typed.reason ?? "") };
+          const waiters = this.joinWaiters.get(room) ?? [];
+          this.joinWaiters.delete(room);
+          const error = new SwitchboardError(event.reason || "left", `switchboard: left ${room.lobby} (${event.reason})`);
+          for (const w of waiters) {
+            this.timers.clearTimeout(w.timer);
+            w.reject(error);
+          }
+          room.end(event);
+          this.emit("left", event);
+        }
+        break;
+      case "message":
+      case "member_joined":
+      case "member_left":
+      case "presence":
+      case "recovered":
+        room?.onFrame(typed);
+        if (typed.type === "recovered") this._lastRecovery = typed as unknown as RecoveredFrame;
+        entry?.onAnswer(typed);
+        // eslint-disable-next-line @typescript-eslint/no-explicit-any
+        this.emit(typed.type as keyof ClientEvents, typed as any);
+        break;
+      case "error":
+        entry?.onError(
+          new SwitchboardError(String(typed.code ?? "error"), String(typed.message ?? typed.code ?? "error"), id as FrameId),
+        );
+        this.emit("error", typed as unknown as ErrorFrame);
+        break;
+      case "ack":
+        entry?.onAnswer(typed);
+        this.emit("ack", typed as unknown as AckFrame);
+        break;
+      case "direct":
+      case "goodbye":
+        if (typed.type === "goodbye") this.goodbye = typed as unknown as GoodbyeFrame;
+        // eslint-disable-next-line @typescript-eslint/no-explicit-any
+        this.emit(typed.type as keyof ClientEvents, typed as any);
+        break;
+    }
+  }
+
+  /** Schedules the next token refresh for a token expiring at `expiresAt` (server clock). */
+  private armRefresh(expiresAt: number, serverNow: number): void {
+    this.tokenExpiresAt = expiresAt;
+    // A static token cannot be refreshed: the server closes with 4010 at the expiry.
+    if (!this.options.getToken) return;
+    this.setRefreshTimer(refreshDelay(expiresAt - serverNow));
+  }
+
+  private setRefreshTimer(delay: number): void {
+    if (this.refreshTimer !== null) this.timers.clearTimeout(this.refreshTimer);
+    this.refreshTimer = this.timers.setTimeout(() => {
+      this.refreshTimer = null;
+      void this.refreshToken();
+    }, delay);
+  }
+
+  private refreshFailed(error: unknown): void {
+    this.emit("token_error", error);
+    const remaining = this.tokenExpiresAt === null ? Infinity : this.tokenExpiresAt - this.serverNow();
+    this.setRefreshTimer(refreshRetryDelay(remaining));
+  }
+
+  /** Gets a fresh token and sends it (`refresh`); the `ack` schedules the next refresh. */
+  private async refreshToken(): Promise<void> {
+    const generation = this.generation;
+    const current = (): boolean => generation === this.generation && this.isOpen();
+    let token: string;
+    try {
+      token = await (this.options.getToken as () => string | Promise<string>)();
+    } catch (error) {
+      if (current()) this.refreshFailed(error);
+      return;
+    }
+    if (!current()) return;
+    let ack: { type: string; [field: string]: unknown };
+    try {
+      ack = await this.request({ type: "refresh", token });
+    } catch (error) {
+      if (current()) this.refreshFailed(error);
+      return;
+    }
+    if (!current()) return;
+    if (typeof ack.token_expires_at === "number") this.armRefresh(ack.token_expires_at, this.serverNow());
+    else this.tokenExpiresAt = null;
+  }
+
   // ---- the connection's life -----------------------------------------------------------
 
   private setState(state: ConnectionState): void {
@@ -489,8 +951,8 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     }
     let socket: WebSocketLike | null = null;
     if (this._transport === "websocket") {
-      const url = `${this.baseUrl}/ws/${lobby}?${query}`;
-      const protocols = this.options.protocols ?? "switchboard.v1";
+      const url = this.v2 ? `${this.baseUrl}/ws?${query}` : `${this.baseUrl}/ws/${lobby}?${query}`;
+      const protocols = this.options.protocols ?? (this.v2 ? "switchboard.v2" : "switchboard.v1");
       try {
         const WS = this.WS as WebSocketConstructor;
         socket =
@@ -599,6 +1061,11 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     this.lastServerTraffic = Date.now();
     if (this._welcome) this.armLiveness();
     const typed = frame as { type: string; [field: string]: unknown };
+    if (this.v2) {
+      this.onV2Frame(typed);
+      this.emit("frame", typed);
+      return;
+    }
     switch (typed.type) {
       case "welcome":
         this.onWelcome(typed as unknown as WelcomeFrame);
@@ -671,6 +1138,17 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
       this.offsetSeen = 0;
     }
     this.armLiveness();
+    if (this.v2) {
+      // Every room is (re)joined first, each with its own since / epoch, so that queued frames
+      // naming a lobby reach it after the join.
+      for (const room of this.roomMap.values()) this.sendJoin(room);
+      if (typeof welcome.server_time === "number") this.serverSkew = welcome.server_time - this.now();
+      if (typeof welcome.token_expires_at === "number") {
+        this.armRefresh(welcome.token_expires_at, typeof welcome.server_time === "number" ? welcome.server_time : this.serverNow());
+      } else {
+        this.tokenExpiresAt = null;
+      }
+    }
     // What waited goes first, in order, before any listener can send something newer.
     const pending = this.queue;
     this.queue = [];
@@ -770,6 +1248,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     this._welcome = null;
     if (this._state === "closed") return;
     const rule = reconnectRule(code);
+    this.connectionLost(this.options.reconnect === false || rule === "never");
     const info = closeCodeInfo(code, reason || goodbye?.reason);
     const reasonWord = reason || goodbye?.reason || info?.reason || "";
     if (this.options.reconnect === false || rule === "never") {
@@ -815,7 +1294,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
   }
 
   private clearTimers(): void {
-    for (const key of ["reconnectTimer", "livenessTimer", "connectTimer"] as const) {
+    for (const key of ["reconnectTimer", "livenessTimer", "connectTimer", "refreshTimer"] as const) {
       if (this[key] !== null) {
         this.timers.clearTimeout(this[key]);
         this[key] = null;

@@ -1,4 +1,4 @@
-/** Frames of protocol v1 (see docs/protocol.md). */
+/** Frames of protocol v1 (see docs/protocol.md) and v2 (one socket in many lobbies). */
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 /** A client frame's optional id, echoed by an `error` the frame caused. */
@@ -17,6 +17,13 @@ export interface WelcomeFrame {
   offset?: number;
   /** The lobby's history epoch: changes whenever history is lost (a restart). */
   epoch?: string;
+  /**
+   * v2: how many lobbies one connection may be in. (A v2 `welcome` has no lobby fields:
+   * `lobby`, `presence_events`, `offset` and `epoch` come in each lobby's `joined`.)
+   */
+  max_lobbies?: number;
+  /** When the token expires (ms since the epoch, server clock); absent when it never does. */
+  token_expires_at?: number;
 }
 export interface HealthPingFrame {
   type: "health_ping";
@@ -40,6 +47,8 @@ export interface PresenceFrame {
   type: "presence";
   lobby: string;
   users: string[];
+  /** v2: the id of the `presence` request answered. */
+  id?: FrameId;
 }
 export interface MemberJoinedFrame {
   type: "member_joined";
@@ -73,6 +82,41 @@ export interface GoodbyeFrame {
 export interface RecoveredFrame {
   type: "recovered";
   ok: boolean;
+  /** v2: the lobby recovered. */
+  lobby?: string;
+}
+
+/** v2: the answer to `join` (and, without `id`, to a lobby in the connect URL). */
+export interface JoinedFrame {
+  type: "joined";
+  lobby: string;
+  /** The lobby's last assigned message offset (0 if none yet). */
+  offset: number;
+  /** The lobby's history epoch. */
+  epoch: string;
+  presence_events: boolean;
+  id?: FrameId;
+}
+
+/**
+ * v2: a lobby was left. With an `id`: the answer to `leave` (reason `left`). Without: the server
+ * ended the membership (`kicked`, `removed` by the backend, `not_allowed` by a refreshed token).
+ */
+export interface LeftFrame {
+  type: "left";
+  lobby: string;
+  reason: string;
+  id?: FrameId;
+}
+
+/** v2: the success answer to a frame with an `id` (other than join, leave and presence). */
+export interface AckFrame {
+  type: "ack";
+  id: FrameId;
+  /** A broadcast's: the offset the lobby gave the message. */
+  offset?: number;
+  /** A refresh's: the new token's expiry (absent when it never expires). */
+  token_expires_at?: number;
 }
 
 export type ServerFrame =
@@ -85,7 +129,10 @@ export type ServerFrame =
   | MemberLeftFrame
   | ErrorFrame
   | GoodbyeFrame
-  | RecoveredFrame;
+  | RecoveredFrame
+  | JoinedFrame
+  | LeftFrame
+  | AckFrame;
 
 /** Any client frame: the protocol's own and application messages (any other `type`). */
 export interface ClientFrame {

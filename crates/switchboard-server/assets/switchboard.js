@@ -1,4 +1,4 @@
-// Switchboard client (protocol v1), browser build: the global `Switchboard`.
+// Switchboard client (protocols v1 and v2), browser build: the global `Switchboard`.
 // GENERATED from clients/typescript by `npm run build` (esbuild): do not edit by hand.
 "use strict";
 var Switchboard = (() => {
@@ -30,13 +30,21 @@ var Switchboard = (() => {
     Emitter: () => Emitter,
     NO_RECONNECT_CODES: () => NO_RECONNECT_CODES,
     PROTOCOL_VERSION: () => PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS: () => PROTOCOL_VERSIONS,
+    REFRESH_FRACTION: () => REFRESH_FRACTION,
+    REFRESH_MARGIN_MS: () => REFRESH_MARGIN_MS,
+    REFRESH_MIN_DELAY_MS: () => REFRESH_MIN_DELAY_MS,
+    Room: () => Room,
     SSE_EVENT_TYPES: () => SSE_EVENT_TYPES,
     SseSocket: () => SseSocket,
     SwitchboardClient: () => SwitchboardClient,
+    SwitchboardError: () => SwitchboardError,
     backoffCap: () => backoffCap,
     backoffDelay: () => backoffDelay,
     closeCodeInfo: () => closeCodeInfo,
     reconnectRule: () => reconnectRule,
+    refreshDelay: () => refreshDelay,
+    refreshRetryDelay: () => refreshRetryDelay,
     refusalClose: () => refusalClose
   });
 
@@ -135,6 +143,173 @@ var Switchboard = (() => {
           else console.error(error);
         }
       }
+    }
+  };
+
+  // src/refresh.ts
+  var REFRESH_MARGIN_MS = 3e4;
+  var REFRESH_FRACTION = 0.8;
+  var REFRESH_MIN_DELAY_MS = 1e3;
+  function refreshDelay(remainingMs) {
+    if (!Number.isFinite(remainingMs) || remainingMs <= 0) return 0;
+    const wanted = Math.min(REFRESH_FRACTION * remainingMs, remainingMs - REFRESH_MARGIN_MS);
+    const floor = Math.min(REFRESH_MIN_DELAY_MS, REFRESH_FRACTION * remainingMs);
+    return Math.floor(Math.max(0, wanted, floor));
+  }
+  function refreshRetryDelay(remainingMs) {
+    const half = Number.isFinite(remainingMs) ? remainingMs / 2 : 5e3;
+    return Math.floor(Math.min(5e3, Math.max(1e3, half)));
+  }
+
+  // src/room.ts
+  var SwitchboardError = class extends Error {
+    constructor(code, message, id) {
+      super(message);
+      this.name = "SwitchboardError";
+      this.code = code;
+      this.id = id;
+    }
+  };
+  var Room = class extends Emitter {
+    /** @internal Created by `SwitchboardClient.join()`. */
+    constructor(host, lobby) {
+      super();
+      this._state = "joining";
+      this._epoch = null;
+      this._lastOffset = 0;
+      this._joined = null;
+      this._lastRecovery = null;
+      /** The rejoin in flight asked for recovery (`since` / `epoch`). */
+      this.resuming = false;
+      this.host = host;
+      this.lobby = lobby;
+    }
+    get state() {
+      return this._state;
+    }
+    /** The lobby's history epoch (from the last `joined`), or null before the first. */
+    get epoch() {
+      return this._epoch;
+    }
+    /** The offset of the last message seen (or the last `joined`'s, if none since). */
+    get lastOffset() {
+      return this._lastOffset;
+    }
+    /** The last `joined` frame. */
+    get joined() {
+      return this._joined;
+    }
+    /** The last `recovered` frame of this room, or null. */
+    get lastRecovery() {
+      return this._lastRecovery;
+    }
+    /**
+     * Broadcasts to the lobby; resolves with the offset the lobby gave the message (from the
+     * server's `ack`). Queued while the connection is down (sent after the rejoin).
+     */
+    async broadcast(data, options = {}) {
+      this.assertActive();
+      const frame = { type: "broadcast", lobby: this.lobby, data };
+      if (options.excludeSelf) frame.exclude_self = true;
+      const ack = await this.host.request(frame, { timeoutMs: options.timeoutMs });
+      const offset = typeof ack.offset === "number" ? ack.offset : 0;
+      if (options.excludeSelf && offset === this._lastOffset + 1 && this._state !== "left") {
+        this._lastOffset = offset;
+      }
+      return offset;
+    }
+    /** Asks for the lobby's users (resolves with the list; also emitted as `presence`). */
+    async presence(options = {}) {
+      this.assertActive();
+      const answer = await this.host.request({ type: "presence", lobby: this.lobby }, options);
+      return Array.isArray(answer.users) ? answer.users : [];
+    }
+    /**
+     * Leaves the lobby. The room ends at once (it is not rejoined after a reconnect, and emits
+     * `left` with reason `left`); resolves when the server confirmed (or at once when not
+     * connected: the server forgets a closed connection's lobbies).
+     */
+    leave(options = {}) {
+      if (this._state === "left") return Promise.resolve();
+      return this.host.leaveRoom(this, options);
+    }
+    assertActive() {
+      if (this._state === "left") {
+        throw new SwitchboardError("left", `switchboard: room ${this.lobby} was left`);
+      }
+    }
+    // ---- driven by the client (internal) ----
+    /** @internal The join frame for the next (re)join: with `since` / `epoch` once joined. */
+    joinFrame() {
+      const frame = {
+        type: "join",
+        lobby: this.lobby
+      };
+      this.resuming = this._epoch !== null;
+      if (this._epoch !== null) {
+        frame.since = this._lastOffset;
+        frame.epoch = this._epoch;
+      }
+      return frame;
+    }
+    /** @internal The connection was lost: rejoin after the next `welcome`. */
+    connectionLost() {
+      if (this._state === "joined") this._state = "rejoining";
+    }
+    /** @internal A `joined` for this lobby. */
+    onJoined(frame) {
+      if (this._state === "left") return;
+      const rejoin = this._joined !== null;
+      const offset = typeof frame.offset === "number" ? frame.offset : 0;
+      if (frame.epoch !== this._epoch || !this.resuming) {
+        this._epoch = typeof frame.epoch === "string" ? frame.epoch : null;
+        this._lastOffset = offset;
+      }
+      this.resuming = false;
+      this._joined = frame;
+      this._state = "joined";
+      this.emit("joined", { ...frame, rejoin });
+    }
+    /** @internal Frames naming this lobby: `message`, `member_joined`, `member_left`, `presence`, `recovered`. */
+    onFrame(frame) {
+      var _a;
+      if (this._state === "left") return;
+      switch (frame.type) {
+        case "message": {
+          const offset = frame.offset;
+          if (typeof offset === "number" && this._epoch !== null) {
+            if (offset > this._lastOffset) {
+              this._lastOffset = offset;
+            } else {
+              this._epoch = null;
+              this._lastOffset = 0;
+            }
+          }
+          this.emit("message", frame);
+          break;
+        }
+        case "recovered": {
+          const recovered = frame;
+          this._lastRecovery = recovered;
+          const baseline = (_a = this._joined) == null ? void 0 : _a.offset;
+          if (!recovered.ok && typeof baseline === "number" && baseline > this._lastOffset) {
+            this._lastOffset = baseline;
+          }
+          this.emit("recovered", recovered);
+          break;
+        }
+        case "member_joined":
+        case "member_left":
+        case "presence":
+          this.emit(frame.type, frame);
+          break;
+      }
+    }
+    /** @internal The room ended (emits `left` once). */
+    end(event) {
+      if (this._state === "left") return;
+      this._state = "left";
+      this.emit("left", event);
     }
   };
 
@@ -369,6 +544,12 @@ var Switchboard = (() => {
   };
 
   // src/client.ts
+  function answerType(type) {
+    return type === "join" ? "joined" : type === "leave" ? "left" : type === "presence" ? "presence" : "ack";
+  }
+  function idKey(id) {
+    return `${typeof id}:${id}`;
+  }
   var OPEN2 = 1;
   var noop = () => {
   };
@@ -391,7 +572,7 @@ var Switchboard = (() => {
   }
   var SwitchboardClient = class extends Emitter {
     constructor(options) {
-      var _a, _b, _c, _d, _e, _f, _g;
+      var _a, _b, _c, _d, _e, _f, _g, _h, _i;
       super();
       this._transport = "websocket";
       /** A WebSocket of this client opened once: WebSocket works here, no fallback. */
@@ -422,20 +603,49 @@ var Switchboard = (() => {
       this.livenessTimer = null;
       this.connectTimer = null;
       this.lastServerTraffic = 0;
-      if (!options || typeof options.lobby !== "string" || options.lobby === "") {
+      this.roomMap = /* @__PURE__ */ new Map();
+      this.joinWaiters = /* @__PURE__ */ new Map();
+      /** Requests waiting for an answer, by `idKey(id)`. */
+      this.pending = /* @__PURE__ */ new Map();
+      this.nextId = 0;
+      this.refreshTimer = null;
+      /** The server's clock minus ours (from `welcome.server_time`). */
+      this.serverSkew = 0;
+      /** The current token's expiry (server clock), or null. */
+      this.tokenExpiresAt = null;
+      this.roomHost = {
+        request: (frame, options) => this.request(frame, options),
+        leaveRoom: (room, options) => this.leaveRoom(room, options)
+      };
+      if (!options || typeof options !== "object") {
+        throw new Error("switchboard: options are required");
+      }
+      if (options.protocol !== void 0 && options.protocol !== 1 && options.protocol !== 2) {
+        throw new Error("switchboard: options.protocol is 1 or 2");
+      }
+      this.v2 = options.protocol === 2;
+      if (this.v2) {
+        if (options.lobby !== void 0) {
+          throw new Error("switchboard: protocol 2 has no options.lobby: use client.join(lobby)");
+        }
+        if (options.transport === "sse") {
+          throw new Error("switchboard: protocol 2 is WebSocket only (transport 'sse' speaks v1)");
+        }
+      } else if (typeof options.lobby !== "string" || options.lobby === "") {
         throw new Error("switchboard: options.lobby is required");
       }
       if (options.token === void 0 && options.getToken === void 0) {
         throw new Error("switchboard: options.token or options.getToken is required");
       }
       this.options = options;
-      this.lobby = options.lobby;
-      this.baseUrl = normalizeUrl((_a = options.url) != null ? _a : defaultUrl());
-      const WS = (_b = options.WebSocket) != null ? _b : globalThis.WebSocket;
-      this.ES = (_c = options.EventSource) != null ? _c : globalThis.EventSource;
+      this.lobby = (_a = options.lobby) != null ? _a : "";
+      this.now = (_b = options.now) != null ? _b : (() => Date.now());
+      this.baseUrl = normalizeUrl((_c = options.url) != null ? _c : defaultUrl());
+      const WS = (_d = options.WebSocket) != null ? _d : globalThis.WebSocket;
+      this.ES = (_e = options.EventSource) != null ? _e : globalThis.EventSource;
       const globalFetch = globalThis.fetch;
-      this.fetchFn = (_d = options.fetch) != null ? _d : typeof globalFetch === "function" ? (url, init) => globalFetch(url, init) : void 0;
-      this.transportOption = (_e = options.transport) != null ? _e : "auto";
+      this.fetchFn = (_f = options.fetch) != null ? _f : typeof globalFetch === "function" ? (url, init) => globalFetch(url, init) : void 0;
+      this.transportOption = this.v2 ? "websocket" : (_g = options.transport) != null ? _g : "auto";
       if (this.transportOption === "sse") {
         if (!this.ES) throw new Error("switchboard: transport 'sse' needs an EventSource (options.EventSource)");
         this._transport = "sse";
@@ -449,9 +659,9 @@ var Switchboard = (() => {
         }
       }
       this.WS = WS;
-      this.timers = (_f = options.timers) != null ? _f : defaultTimers;
+      this.timers = (_h = options.timers) != null ? _h : defaultTimers;
       this.backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
-      this.maxQueue = Math.max(0, (_g = options.maxQueue) != null ? _g : 100);
+      this.maxQueue = Math.max(0, (_i = options.maxQueue) != null ? _i : 100);
     }
     /** The connection state. */
     get state() {
@@ -504,6 +714,7 @@ var Switchboard = (() => {
      * `connect()` may be called again later.
      */
     close(code = 1e3, reason = "client_closed") {
+      this.connectionLost(true);
       if (this._state === "closed" || this._state === "idle") {
         this.clearTimers();
         this.setState("closed");
@@ -552,6 +763,11 @@ var Switchboard = (() => {
      */
     presence(options = {}) {
       var _a, _b;
+      if (this.v2) {
+        return this.request({ type: "presence" }, options).then(
+          (p) => Array.isArray(p.users) ? p.users : []
+        );
+      }
       const timeoutMs = (_b = (_a = options.timeoutMs) != null ? _a : this.options.requestTimeoutMs) != null ? _b : 1e4;
       return new Promise((resolve, reject) => {
         let timer = null;
@@ -609,6 +825,341 @@ var Switchboard = (() => {
       this.queue.push(frame);
       return true;
     }
+    // ---- protocol v2: rooms, requests, token refresh ----------------------------------------
+    /** v2: the rooms joined or being joined. */
+    get rooms() {
+      return [...this.roomMap.values()];
+    }
+    /** v2: the room of `lobby`, if joined or being joined. */
+    room(lobby) {
+      return this.roomMap.get(lobby);
+    }
+    /**
+     * v2: joins `lobby`. Resolves with its `Room` once the server answered `joined`; rejects with a
+     * `SwitchboardError` whose `code` is the server's (`lobby_full`, `not_allowed`,
+     * `too_many_lobbies`, `invalid_lobby`...) or `timeout` / `closed`. Called while not connected,
+     * the join is sent after the next `welcome` (the timeout runs from the call). Joining a lobby
+     * already joined resolves with the same room.
+     */
+    join(lobby, options = {}) {
+      var _a, _b;
+      if (!this.v2) {
+        return Promise.reject(new SwitchboardError("unsupported", "switchboard: join() needs protocol 2"));
+      }
+      if (typeof lobby !== "string" || lobby === "") {
+        return Promise.reject(new SwitchboardError("invalid_lobby", "switchboard: join() needs a lobby"));
+      }
+      let room = this.roomMap.get(lobby);
+      if (room && room.state === "joined") return Promise.resolve(room);
+      if (!room) {
+        room = new Room(this.roomHost, lobby);
+        this.roomMap.set(lobby, room);
+        if (this.isOpen()) this.sendJoin(room);
+      }
+      const target = room;
+      const timeoutMs = (_b = (_a = options.timeoutMs) != null ? _a : this.options.requestTimeoutMs) != null ? _b : 1e4;
+      return new Promise((resolve, reject) => {
+        var _a2;
+        const waiter = { resolve, reject, timer: null };
+        waiter.timer = this.timers.setTimeout(() => {
+          var _a3;
+          const waiters2 = (_a3 = this.joinWaiters.get(target)) != null ? _a3 : [];
+          const rest = waiters2.filter((w) => w !== waiter);
+          if (rest.length > 0) this.joinWaiters.set(target, rest);
+          else this.joinWaiters.delete(target);
+          const error = new SwitchboardError("timeout", `switchboard: no answer to join ${lobby} within ${timeoutMs} ms`);
+          reject(error);
+          if (rest.length === 0 && target.state === "joining") this.failRoom(target, error);
+        }, timeoutMs);
+        const waiters = (_a2 = this.joinWaiters.get(target)) != null ? _a2 : [];
+        waiters.push(waiter);
+        this.joinWaiters.set(target, waiters);
+      });
+    }
+    /**
+     * v2: sends `frame` with an `id` (its own, or a fresh one) and resolves with the answer: the
+     * `joined` / `left` / `presence` frame for `join` / `leave` / `presence`, the `ack` for
+     * anything else (`broadcast`, `direct`, `refresh`, application messages). Rejects with a
+     * `SwitchboardError`: the `error` frame's code, or `timeout` (no answer within `timeoutMs`,
+     * default `requestTimeoutMs`), `connection_lost` (the connection closed after the frame was
+     * sent), `dropped` (the queue was full), `closed`. Queued while not connected.
+     */
+    request(frame, options = {}) {
+      if (!this.v2) {
+        return Promise.reject(new SwitchboardError("unsupported", "switchboard: request() needs protocol 2"));
+      }
+      return new Promise((resolve, reject) => {
+        this.sendRequest(frame, options.timeoutMs, resolve, reject, false);
+      });
+    }
+    sendRequest(frame, timeoutMs, onAnswer, onError, now) {
+      var _a, _b;
+      const id = (_a = frame.id) != null ? _a : `sb-${++this.nextId}`;
+      const sent = { ...frame, id };
+      const key = idKey(id);
+      if (this.pending.has(key)) {
+        onError(new SwitchboardError("duplicate_id", `switchboard: a request with id ${String(id)} is pending`, id));
+        return;
+      }
+      const ms = (_b = timeoutMs != null ? timeoutMs : this.options.requestTimeoutMs) != null ? _b : 1e4;
+      const entry = { frame: sent, expect: answerType(sent.type), onAnswer, onError, timer: null };
+      entry.timer = this.timers.setTimeout(() => {
+        if (this.pending.get(key) !== entry) return;
+        this.pending.delete(key);
+        onError(new SwitchboardError("timeout", `switchboard: no answer to ${sent.type} within ${ms} ms`, id));
+      }, ms);
+      this.pending.set(key, entry);
+      const closed = this._state === "closed";
+      const ok = now ? this.sendNow(sent) : this.send(sent);
+      if (!ok && this.pending.get(key) === entry) {
+        this.settle(key);
+        onError(
+          closed ? new SwitchboardError("closed", "switchboard: the client is closed", id) : now ? new SwitchboardError("connection_lost", "switchboard: not connected", id) : new SwitchboardError("dropped", "switchboard: the outgoing queue is full", id)
+        );
+      }
+    }
+    /** Forgets a pending request (its timer too) and returns it. */
+    settle(key) {
+      const entry = this.pending.get(key);
+      if (!entry) return void 0;
+      this.pending.delete(key);
+      this.timers.clearTimeout(entry.timer);
+      return entry;
+    }
+    isOpen() {
+      return this._state === "open" && this.socket !== null && this.socket.readyState === OPEN2;
+    }
+    /** The server's clock now (as estimated from `welcome.server_time`). */
+    serverNow() {
+      return this.now() + this.serverSkew;
+    }
+    /** Sends a room's join (with since / epoch once it was joined); answers drive the room. */
+    sendJoin(room) {
+      const rejoin = room.joined !== null;
+      this.sendRequest(
+        room.joinFrame(),
+        void 0,
+        () => {
+          var _a;
+          const waiters = (_a = this.joinWaiters.get(room)) != null ? _a : [];
+          this.joinWaiters.delete(room);
+          for (const w of waiters) {
+            this.timers.clearTimeout(w.timer);
+            w.resolve(room);
+          }
+        },
+        (error) => {
+          if (error.code === "connection_lost" || error.code === "closed") return;
+          this.failRoom(room, error, rejoin);
+        },
+        true
+      );
+    }
+    /** A join was refused or timed out: the room ends; whoever waits for it gets the error. */
+    failRoom(room, error, rejoin = room.joined !== null) {
+      var _a;
+      if (room.state === "left") return;
+      this.cancelJoin(room);
+      if (this.roomMap.get(room.lobby) === room) this.roomMap.delete(room.lobby);
+      const waiters = (_a = this.joinWaiters.get(room)) != null ? _a : [];
+      this.joinWaiters.delete(room);
+      for (const w of waiters) {
+        this.timers.clearTimeout(w.timer);
+        w.reject(error);
+      }
+      if (error.code === "timeout" && this.isOpen()) this.sendNow({ type: "leave", lobby: room.lobby });
+      if (rejoin) {
+        const event = { type: "left", lobby: room.lobby, reason: "rejoin_failed", code: error.code };
+        room.end(event);
+        this.emit("left", event);
+      } else {
+        room.end({ type: "left", lobby: room.lobby, reason: "join_failed", code: error.code });
+      }
+    }
+    /** Forgets a room's join request still waiting for its answer (a late answer is ignored). */
+    cancelJoin(room) {
+      for (const [key, entry] of [...this.pending]) {
+        if (entry.frame.type === "join" && entry.frame.lobby === room.lobby) this.settle(key);
+      }
+    }
+    leaveRoom(room, options) {
+      var _a;
+      this.cancelJoin(room);
+      if (this.roomMap.get(room.lobby) === room) this.roomMap.delete(room.lobby);
+      const waiters = (_a = this.joinWaiters.get(room)) != null ? _a : [];
+      this.joinWaiters.delete(room);
+      const error = new SwitchboardError("left", `switchboard: room ${room.lobby} was left`);
+      for (const w of waiters) {
+        this.timers.clearTimeout(w.timer);
+        w.reject(error);
+      }
+      const event = { type: "left", lobby: room.lobby, reason: "left" };
+      room.end(event);
+      this.emit("left", event);
+      if (!this.isOpen()) return Promise.resolve();
+      return this.request({ type: "leave", lobby: room.lobby }, options).then(
+        () => void 0,
+        (e) => {
+          if (e.code === "connection_lost" || e.code === "closed") return;
+          throw e;
+        }
+      );
+    }
+    /**
+     * The connection closed. For good (`close()`, a never-reconnect code): every request fails
+     * with `closed` and every room ends (reason `closed`). Otherwise: requests already sent fail
+     * with `connection_lost` (queued ones wait for the next connection) and rooms will be rejoined.
+     */
+    connectionLost(forGood) {
+      var _a;
+      if (!this.v2) return;
+      if (this.refreshTimer !== null) {
+        this.timers.clearTimeout(this.refreshTimer);
+        this.refreshTimer = null;
+      }
+      for (const [key, entry] of [...this.pending]) {
+        if (!forGood && this.queue.includes(entry.frame)) continue;
+        this.settle(key);
+        entry.onError(
+          forGood ? new SwitchboardError("closed", "switchboard: the connection closed for good", entry.frame.id) : new SwitchboardError("connection_lost", "switchboard: the connection was lost", entry.frame.id)
+        );
+      }
+      if (forGood) {
+        const error = new SwitchboardError("closed", "switchboard: the connection closed for good");
+        for (const room of [...this.roomMap.values()]) {
+          this.roomMap.delete(room.lobby);
+          const waiters = (_a = this.joinWaiters.get(room)) != null ? _a : [];
+          this.joinWaiters.delete(room);
+          for (const w of waiters) {
+            this.timers.clearTimeout(w.timer);
+            w.reject(error);
+          }
+          const wasIn = room.joined !== null;
+          const event = { type: "left", lobby: room.lobby, reason: "closed" };
+          room.end(event);
+          if (wasIn) this.emit("left", event);
+        }
+      } else {
+        for (const room of this.roomMap.values()) room.connectionLost();
+      }
+    }
+    /** v2 frames: answers matched to requests by id, lobby frames routed to their rooms. */
+    onV2Frame(typed) {
+      var _a, _b, _c, _d, _e;
+      const id = typed.id;
+      let entry;
+      if ((typeof id === "string" || typeof id === "number") && ["joined", "left", "presence", "ack", "error"].includes(typed.type)) {
+        const candidate = this.pending.get(idKey(id));
+        if (candidate && (typed.type === "error" || typed.type === candidate.expect)) {
+          entry = this.settle(idKey(id));
+        }
+      }
+      const lobby = typeof typed.lobby === "string" ? typed.lobby : void 0;
+      const room = lobby !== void 0 ? this.roomMap.get(lobby) : void 0;
+      switch (typed.type) {
+        case "welcome":
+          this.onWelcome(typed);
+          break;
+        case "health_ping":
+          this.sendNow({ type: "health_pong", timestamp: typed.timestamp });
+          this.emit("health_ping", typed);
+          break;
+        case "joined":
+          if (room) {
+            room.onJoined(typed);
+          } else if (lobby !== void 0 && id === void 0) {
+            const created = new Room(this.roomHost, lobby);
+            this.roomMap.set(lobby, created);
+            created.onJoined(typed);
+          }
+          entry == null ? void 0 : entry.onAnswer(typed);
+          this.emit("joined", typed);
+          break;
+        case "left":
+          if (entry) {
+            entry.onAnswer(typed);
+          } else if (room) {
+            this.roomMap.delete(room.lobby);
+            const event = { type: "left", lobby: room.lobby, reason: String((_a = typed.reason) != null ? _a : "") };
+            const waiters = (_b = this.joinWaiters.get(room)) != null ? _b : [];
+            this.joinWaiters.delete(room);
+            const error = new SwitchboardError(event.reason || "left", `switchboard: left ${room.lobby} (${event.reason})`);
+            for (const w of waiters) {
+              this.timers.clearTimeout(w.timer);
+              w.reject(error);
+            }
+            room.end(event);
+            this.emit("left", event);
+          }
+          break;
+        case "message":
+        case "member_joined":
+        case "member_left":
+        case "presence":
+        case "recovered":
+          room == null ? void 0 : room.onFrame(typed);
+          if (typed.type === "recovered") this._lastRecovery = typed;
+          entry == null ? void 0 : entry.onAnswer(typed);
+          this.emit(typed.type, typed);
+          break;
+        case "error":
+          entry == null ? void 0 : entry.onError(
+            new SwitchboardError(String((_c = typed.code) != null ? _c : "error"), String((_e = (_d = typed.message) != null ? _d : typed.code) != null ? _e : "error"), id)
+          );
+          this.emit("error", typed);
+          break;
+        case "ack":
+          entry == null ? void 0 : entry.onAnswer(typed);
+          this.emit("ack", typed);
+          break;
+        case "direct":
+        case "goodbye":
+          if (typed.type === "goodbye") this.goodbye = typed;
+          this.emit(typed.type, typed);
+          break;
+      }
+    }
+    /** Schedules the next token refresh for a token expiring at `expiresAt` (server clock). */
+    armRefresh(expiresAt, serverNow) {
+      this.tokenExpiresAt = expiresAt;
+      if (!this.options.getToken) return;
+      this.setRefreshTimer(refreshDelay(expiresAt - serverNow));
+    }
+    setRefreshTimer(delay) {
+      if (this.refreshTimer !== null) this.timers.clearTimeout(this.refreshTimer);
+      this.refreshTimer = this.timers.setTimeout(() => {
+        this.refreshTimer = null;
+        void this.refreshToken();
+      }, delay);
+    }
+    refreshFailed(error) {
+      this.emit("token_error", error);
+      const remaining = this.tokenExpiresAt === null ? Infinity : this.tokenExpiresAt - this.serverNow();
+      this.setRefreshTimer(refreshRetryDelay(remaining));
+    }
+    /** Gets a fresh token and sends it (`refresh`); the `ack` schedules the next refresh. */
+    async refreshToken() {
+      const generation = this.generation;
+      const current = () => generation === this.generation && this.isOpen();
+      let token;
+      try {
+        token = await this.options.getToken();
+      } catch (error) {
+        if (current()) this.refreshFailed(error);
+        return;
+      }
+      if (!current()) return;
+      let ack;
+      try {
+        ack = await this.request({ type: "refresh", token });
+      } catch (error) {
+        if (current()) this.refreshFailed(error);
+        return;
+      }
+      if (!current()) return;
+      if (typeof ack.token_expires_at === "number") this.armRefresh(ack.token_expires_at, this.serverNow());
+      else this.tokenExpiresAt = null;
+    }
     // ---- the connection's life -----------------------------------------------------------
     setState(state) {
       if (state === this._state) return;
@@ -638,8 +1189,8 @@ var Switchboard = (() => {
       }
       let socket = null;
       if (this._transport === "websocket") {
-        const url = `${this.baseUrl}/ws/${lobby}?${query}`;
-        const protocols = (_a = this.options.protocols) != null ? _a : "switchboard.v1";
+        const url = this.v2 ? `${this.baseUrl}/ws?${query}` : `${this.baseUrl}/ws/${lobby}?${query}`;
+        const protocols = (_a = this.options.protocols) != null ? _a : this.v2 ? "switchboard.v2" : "switchboard.v1";
         try {
           const WS = this.WS;
           socket = Array.isArray(protocols) && protocols.length === 0 ? new WS(url) : new WS(url, protocols);
@@ -744,6 +1295,11 @@ var Switchboard = (() => {
       this.lastServerTraffic = Date.now();
       if (this._welcome) this.armLiveness();
       const typed = frame;
+      if (this.v2) {
+        this.onV2Frame(typed);
+        this.emit("frame", typed);
+        return;
+      }
       switch (typed.type) {
         case "welcome":
           this.onWelcome(typed);
@@ -807,6 +1363,15 @@ var Switchboard = (() => {
         this.offsetSeen = 0;
       }
       this.armLiveness();
+      if (this.v2) {
+        for (const room of this.roomMap.values()) this.sendJoin(room);
+        if (typeof welcome.server_time === "number") this.serverSkew = welcome.server_time - this.now();
+        if (typeof welcome.token_expires_at === "number") {
+          this.armRefresh(welcome.token_expires_at, typeof welcome.server_time === "number" ? welcome.server_time : this.serverNow());
+        } else {
+          this.tokenExpiresAt = null;
+        }
+      }
       const pending = this.queue;
       this.queue = [];
       for (let i = 0; i < pending.length; i++) {
@@ -891,6 +1456,7 @@ var Switchboard = (() => {
       this._welcome = null;
       if (this._state === "closed") return;
       const rule = reconnectRule(code);
+      this.connectionLost(this.options.reconnect === false || rule === "never");
       const info = closeCodeInfo(code, reason || (goodbye == null ? void 0 : goodbye.reason));
       const reasonWord = reason || (goodbye == null ? void 0 : goodbye.reason) || (info == null ? void 0 : info.reason) || "";
       if (this.options.reconnect === false || rule === "never") {
@@ -934,7 +1500,7 @@ var Switchboard = (() => {
       }, delay);
     }
     clearTimers() {
-      for (const key of ["reconnectTimer", "livenessTimer", "connectTimer"]) {
+      for (const key of ["reconnectTimer", "livenessTimer", "connectTimer", "refreshTimer"]) {
         if (this[key] !== null) {
           this.timers.clearTimeout(this[key]);
           this[key] = null;
@@ -949,5 +1515,6 @@ var Switchboard = (() => {
 
   // src/index.ts
   var PROTOCOL_VERSION = 1;
+  var PROTOCOL_VERSIONS = [1, 2];
   return __toCommonJS(browser_exports);
 })();
