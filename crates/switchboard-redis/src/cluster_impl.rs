@@ -222,8 +222,17 @@ impl Cluster for RedisCluster {
 
     fn publish_user(&self, user: &str, frame: &str) -> Published {
         self.enqueue_data(Outgoing::User {
+            kind: "user",
             user: user.to_owned(),
             frame: frame.to_owned(),
+        })
+    }
+
+    fn membership_for_user(&self, user: &str, lobby: &LobbyCode, join: bool) -> Published {
+        self.enqueue_data(Outgoing::User {
+            kind: if join { "join" } else { "part" },
+            user: user.to_owned(),
+            frame: lobby.as_str().to_owned(),
         })
     }
 

@@ -111,7 +111,10 @@ enum Outgoing {
         frame: String,
         skip: String,
     },
+    /// A command for the other nodes holding connections of `user` (`kind`: `user` for a
+    /// direct frame, `join` / `part` for the backend's membership changes).
     User {
+        kind: &'static str,
         user: String,
         frame: String,
     },
@@ -124,7 +127,7 @@ impl Outgoing {
             + match self {
                 Self::Publish { channel, payload } => channel.len() + payload.len(),
                 Self::Message { lobby, frame, skip } => lobby.len() + frame.len() + skip.len(),
-                Self::User { user, frame } => user.len() + frame.len(),
+                Self::User { kind, user, frame } => kind.len() + user.len() + frame.len(),
             }
     }
 }

@@ -88,8 +88,8 @@ impl RedisCluster {
                             .arg(format!("{:016x}", fastrand::u64(..)))
                             .ignore();
                     }
-                    Outgoing::User { user, frame } => {
-                        let payload = format!("user{SEP}{user}{SEP}{frame}");
+                    Outgoing::User { kind, user, frame } => {
+                        let payload = format!("{kind}{SEP}{user}{SEP}{frame}");
                         pipe.cmd("EVAL")
                             .arg(scripts::DIRECT)
                             .arg(0)

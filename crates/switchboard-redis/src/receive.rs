@@ -105,6 +105,8 @@ impl RedisCluster {
             "close" => {
                 self.local.close_connection(arg, reason());
             }
+            "join" => self.local.membership_for_user(arg, rest, true),
+            "part" => self.local.membership_for_user(arg, rest, false),
             "close_user" => {
                 self.local.close_user(arg, reason());
             }

@@ -236,8 +236,8 @@ async fn kick_connection(State(state): State<AppState>, Path(id): Path<String>) 
     Ok(Json(json!({ "closed": 1 })))
 }
 
-/// `POST /api/users/{user}/lobbies/{lobby}`: joins the user's protocol-v2 connections on this
-/// node to the lobby (they get `joined`).
+/// `POST /api/users/{user}/lobbies/{lobby}`: joins the user's protocol-v2 connections, on
+/// every node, to the lobby (they get `joined`); counts this node's.
 async fn join_user(
     State(state): State<AppState>,
     Path((user, lobby)): Path<(String, String)>,
@@ -253,8 +253,9 @@ async fn join_user(
     Ok(Json(json!({ "joined": joined })))
 }
 
-/// `DELETE /api/users/{user}/lobbies/{lobby}`: takes the user's connections on this node out
-/// of the lobby (v2: `left` with reason `removed`; v1: closed with 4009).
+/// `DELETE /api/users/{user}/lobbies/{lobby}`: takes the user's connections, on every node,
+/// out of the lobby (v2: `left` with reason `removed`; v1: closed with 4009); counts this
+/// node's.
 async fn remove_user(
     State(state): State<AppState>,
     Path((user, lobby)): Path<(String, String)>,

@@ -1560,3 +1560,36 @@ async fn v2_recovery_of_several_lobbies_across_nodes() {
         );
     }
 }
+
+/// The backend's join and removal through the HTTP API of one node reach the user's v2
+/// connections on another.
+#[tokio::test]
+async fn v2_a_server_side_join_reaches_every_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "sa2", &[]);
+    let b = node(&redis, "sb2", &[]);
+    let mut alice = connect_v2(b.addr, "/ws?token=alice").await;
+    let joined = api(a.addr, "POST", "/api/users/alice/lobbies/news").await;
+    assert_eq!(
+        joined,
+        json!({"joined": 0}),
+        "none on the node that was asked"
+    );
+    let frame = alice.expect("joined", "joined through node a").await;
+    assert_eq!(
+        (frame["lobby"].as_str(), frame.get("id")),
+        (Some("news"), None)
+    );
+    let lobbies = api(a.addr, "GET", "/api/lobbies").await;
+    assert_eq!(
+        lobbies,
+        json!([{"lobby": "news", "connections": 1, "users": 1}])
+    );
+    api(a.addr, "DELETE", "/api/users/alice/lobbies/news").await;
+    let left = alice.expect("left", "removed through node a").await;
+    assert_eq!(
+        left,
+        json!({"type": "left", "lobby": "news", "reason": "removed"})
+    );
+    eventually_json("news is empty", a.addr, "/api/lobbies", |v| v == &json!([])).await;
+}

@@ -146,6 +146,10 @@ pub trait Cluster: Send + Sync + 'static {
     /// the caller is told.
     fn publish_user(&self, user: &str, frame: &str) -> Published;
 
+    /// The backend's join (`join`) or removal of `user`'s connections in `lobby`: the other
+    /// nodes holding connections of the user do it to theirs.
+    fn membership_for_user(&self, user: &str, lobby: &LobbyCode, join: bool) -> Published;
+
     /// The lobby's users on every node, or `None` when the cluster cannot answer.
     fn presence<'a>(&'a self, lobby: &'a LobbyCode) -> BoxFuture<'a, Option<Vec<String>>>;
 
@@ -193,6 +197,8 @@ pub(crate) trait Node: Send + Sync {
     fn hub(&self) -> &Hub;
     /// Delivers a frame posted for one of the node's SSE connections; whether it was taken.
     fn post(&self, id: &str, user: &str, lobby: &str, frame: &str) -> bool;
+    /// Joins the node's v2 connections of `user` to `lobby` (or takes them out), from a task.
+    fn membership_for_user(self: Arc<Self>, user: &str, lobby: &str, join: bool);
 }
 
 /// The local side a cluster delivers to: a weak handle on the manager, so the cluster can be
@@ -277,6 +283,14 @@ impl LocalNode {
         };
         let conns = shared.hub().user_connections(user);
         conns.iter().filter(|c| c.close(reason)).count()
+    }
+
+    /// Joins this node's v2 connections of `user` to `lobby` (`join`), or takes this node's
+    /// connections of `user` out of it, as the backend asked on another node. Runs on a task.
+    pub fn membership_for_user(&self, user: &str, lobby: &str, join: bool) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.membership_for_user(user, lobby, join);
+        }
     }
 
     /// Delivers a frame posted (on another node) for one of this node's SSE connections.

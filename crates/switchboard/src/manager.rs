@@ -15,7 +15,7 @@ use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
 use crate::handler::{AppHandler, Handler, NoHandler};
-use crate::hub::{Join, LeftReason};
+use crate::hub::Join;
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
@@ -248,59 +248,31 @@ impl Manager {
     pub async fn leave(&self, connection_id: &str, lobby: &str) -> Result<bool, Error> {
         let lobby = LobbyCode::parse(lobby)?;
         let conn = self.find(connection_id)?;
-        Ok(self.remove_from(&conn, &lobby).await)
+        Ok(self.shared.remove_from(&conn, &lobby).await)
     }
 
-    /// Joins every protocol-v2 connection of `user` on this node to a lobby (v1 connections
-    /// are left as they are). Returns how many joined (already being in it counts).
+    /// Joins every protocol-v2 connection of `user` to a lobby, on every node (v1 connections
+    /// are left as they are). Returns how many joined on this node (already being in it
+    /// counts); in a cluster the other nodes holding the user's connections are told to join
+    /// theirs ([`Error::Overloaded`] when that cannot be queued: then no node was told).
     pub async fn join_user(&self, user: &str, lobby: &str) -> Result<usize, Error> {
         let lobby = LobbyCode::parse(lobby)?;
-        let mut joined = 0;
-        for conn in self.shared.hub.user_connections(user) {
-            if conn.v2()
-                && self
-                    .shared
-                    .join(&conn, Join::new(&lobby), None)
-                    .await
-                    .is_ok()
-            {
-                joined += 1;
-            }
-        }
-        Ok(joined)
+        self.shared.tell_user_elsewhere(user, &lobby, true)?;
+        Ok(self.shared.join_user_here(user, &lobby).await)
     }
 
-    /// Takes every connection of `user` on this node out of a lobby, as
-    /// [`leave`](Self::leave) does one. Returns how many were in it.
+    /// Takes every connection of `user` out of a lobby, on every node, as
+    /// [`leave`](Self::leave) does one. Returns how many were in it on this node.
     pub async fn leave_user(&self, user: &str, lobby: &str) -> Result<usize, Error> {
         let lobby = LobbyCode::parse(lobby)?;
-        let mut removed = 0;
-        for conn in self.shared.hub.user_connections(user) {
-            if self.remove_from(&conn, &lobby).await {
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        self.shared.tell_user_elsewhere(user, &lobby, false)?;
+        Ok(self.shared.remove_user_here(user, &lobby).await)
     }
 
     /// The lobbies a connection of this node is in (`None`: no such connection).
     pub fn lobbies_of(&self, connection_id: &str) -> Option<Vec<LobbyCode>> {
         let conn = self.find(connection_id).ok()?;
         Some(self.shared.hub.lobbies_of(conn.seq))
-    }
-
-    async fn remove_from(&self, conn: &ConnHandle, lobby: &LobbyCode) -> bool {
-        if conn.v2() {
-            return self
-                .shared
-                .leave(conn, lobby, LeftReason::Removed, None)
-                .await;
-        }
-        let member = self.shared.hub.lobby_of(conn.seq, Some(lobby)).is_ok();
-        if member {
-            conn.close(DisconnectReason::Kicked);
-        }
-        member
     }
 
     /// Sends a protocol ping to a connection now and waits for its pong: the round trip.

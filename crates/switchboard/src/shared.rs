@@ -293,6 +293,61 @@ impl Shared {
         was_in
     }
 
+    /// Joins every v2 connection of `user` on this node to `lobby` (the backend's join);
+    /// returns how many are in it now.
+    pub(crate) async fn join_user_here(&self, user: &str, lobby: &LobbyCode) -> usize {
+        let mut joined = 0;
+        for conn in self.hub.user_connections(user) {
+            if conn.v2() && self.join(&conn, Join::new(lobby), None).await.is_ok() {
+                joined += 1;
+            }
+        }
+        joined
+    }
+
+    /// Takes every connection of `user` on this node out of `lobby` (the backend's removal);
+    /// returns how many were in it.
+    pub(crate) async fn remove_user_here(&self, user: &str, lobby: &LobbyCode) -> usize {
+        let mut removed = 0;
+        for conn in self.hub.user_connections(user) {
+            if self.remove_from(&conn, lobby).await {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Takes one connection out of a lobby on the backend's word: a v2 connection gets `left`
+    /// with reason `removed`; a v1 connection, which lives in its one lobby, is closed with
+    /// 4009 `kicked`. Returns whether it was in the lobby.
+    pub(crate) async fn remove_from(&self, conn: &ConnHandle, lobby: &LobbyCode) -> bool {
+        if conn.v2() {
+            return self.leave(conn, lobby, LeftReason::Removed, None).await;
+        }
+        let member = self.hub.lobby_of(conn.seq, Some(lobby)).is_ok();
+        if member {
+            conn.close(DisconnectReason::Kicked);
+        }
+        member
+    }
+
+    /// Tells the other nodes holding connections of `user` to join them to `lobby` (or, with
+    /// `join` false, to take them out). [`Error::Overloaded`]: it could not be queued.
+    pub(crate) fn tell_user_elsewhere(
+        &self,
+        user: &str,
+        lobby: &LobbyCode,
+        join: bool,
+    ) -> Result<(), Error> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(());
+        };
+        match cluster.membership_for_user(user, lobby, join) {
+            Published::Overloaded => Err(Error::Overloaded),
+            _ => Ok(()),
+        }
+    }
+
     fn join_refusal(&self, refused: JoinRefused, lobby: &LobbyCode) -> ClientError {
         match refused {
             JoinRefused::LobbyFull => {
@@ -491,6 +546,20 @@ impl Shared {
 }
 
 impl crate::cluster::Node for Shared {
+    fn membership_for_user(self: Arc<Self>, user: &str, lobby: &str, join: bool) {
+        let (Ok(lobby), user) = (LobbyCode::parse(lobby), user.to_owned()) else {
+            return;
+        };
+        let shared = self.clone();
+        self.tracker.spawn(async move {
+            if join {
+                shared.join_user_here(&user, &lobby).await;
+            } else {
+                shared.remove_user_here(&user, &lobby).await;
+            }
+        });
+    }
+
     fn node_id(&self) -> &str {
         &self.config.node_id
     }
