@@ -6,7 +6,7 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [CASE...]
 #   CASE: idle19k (connects/s, KiB/conn) | churn (cycles/s) | fanout1k | fanout10k (deliveries/s)
 #         | lobbies10k (protocol v2: 10k connections each joining 10 of 1,000 lobbies; joins/s,
-#           bytes per membership)
+#           server CPU per join, bytes per membership)
 #
 # e.g. build the old commit in a worktree (`git worktree add ../base COMMIT`, copy target/release
 # there to reuse dependencies, `cargo build --release -p switchboard-server`), then
@@ -50,7 +50,8 @@ if case == "idle19k":
 elif case == "churn":
     print(label, case, "cycles/s", d["cycles_per_sec"])
 elif case == "lobbies10k":
-    print(label, case, "joins/s", d["joins"]["per_sec"], "B/membership", d["bytes_per_membership"],
+    print(label, case, "joins/s", d["joins"]["per_sec"], "server-us/join",
+          d["joins"]["server_cpu_us_per_join"], "B/membership", d["bytes_per_membership"],
           "KiB/conn", d["rss_kib_per_conn"])
 else:
     print(label, case, "deliveries/s", d["best"]["deliveries_per_sec"])

@@ -1,7 +1,8 @@
 //! `lobbies`: C connections in protocol v2, opened in no lobby, then each joins K of L lobbies
 //! on its live socket (one `join` at a time, each waiting for its `joined`). Reports the
-//! connect rate, the join rate over the join phase, the join round trip, and the server's RSS:
-//! per connection in no lobby, and per extra membership.
+//! connect rate, the join rate over the join phase, the join round trip, the server's CPU per
+//! join (steadier than the rate on a busy machine), and the server's RSS: per connection in no
+//! lobby, and per extra membership.
 //!
 //! Connection i joins lobbies `(i*K + j) % L` for j in 0..K: K distinct lobbies, and every
 //! lobby gets C*K/L members when L divides C*K. With K=1 the RSS per connection after the joins
@@ -171,6 +172,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
     let rss_connected = server.rss();
 
     let target = connected.ok * per_conn as u64;
+    let cpu0 = server.cpu();
     let t0 = Instant::now();
     go.send_replace(true);
     let mut last_print = Instant::now();
@@ -193,6 +195,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = cpu0.zip(server.cpu()).map(|(a, b)| b - a);
     let join_secs = joins
         .last
         .get()
@@ -234,6 +237,9 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
             "secs": round(join_secs, 3),
             "per_sec": round(joined as f64 / join_secs.max(1e-9), 1),
             "latency": latency_json(&joins.latency.borrow()),
+            "server_cpu_us_per_join": cpu
+                .filter(|_| joined > 0)
+                .map(|c| round(c * 1e6 / joined as f64, 2)),
         }),
     );
     m.insert("closed".into(), json!(joins.closed.get()));

@@ -170,6 +170,7 @@ async fn every_scenario_runs_against_the_real_server() {
     assert_eq!(joins["refused"], 0, "{lobbies}");
     assert_eq!(joins["latency"]["count"], 60, "{lobbies}");
     assert!(joins["per_sec"].as_f64().unwrap() > 0.0, "{lobbies}");
+    assert!(joins["server_cpu_us_per_join"].is_number(), "{lobbies}");
     assert_eq!(lobbies["closed"], 0, "{lobbies}");
     assert!(lobbies["rss_kib_per_conn"].is_number(), "{lobbies}");
     assert!(lobbies["bytes_per_membership"].is_number(), "{lobbies}");
