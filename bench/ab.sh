@@ -5,6 +5,8 @@
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS] [CASE...]
 #   CASE: idle19k (connects/s, KiB/conn) | churn (cycles/s) | fanout1k | fanout10k (deliveries/s)
+#         | lobbies10k (protocol v2: 10k connections each joining 10 of 1,000 lobbies; joins/s,
+#           server CPU per join, bytes per membership)
 #
 # e.g. build the old commit in a worktree (`git worktree add ../base COMMIT`, copy target/release
 # there to reuse dependencies, `cargo build --release -p switchboard-server`), then
@@ -27,6 +29,7 @@ run() { # label binary case
         churn) args=(churn --cycles 100000 --secs 90 --warmup 2000 --workers 32) ;;
         fanout1k) args=(fanout --members 1000 --sweep --rate-start 10 --rate-factor 2 --refine 2 --max-steps 14 --step-secs 4 --drain-secs 3 --payload 100 --concurrency 100) ;;
         fanout10k) args=(fanout --members 10000 --sweep --rate-start 1 --rate-factor 2 --refine 2 --max-steps 14 --step-secs 4 --drain-secs 3 --payload 100 --concurrency 100) ;;
+        lobbies10k) args=(lobbies --conns 10000 --lobbies 1000 --per-conn 10 --settle 2 --concurrency 100) ;;
         *) echo "unknown case $case" >&2; exit 2 ;;
     esac
     PORT=$((PORT + 1)); IP=$((IP + 1))
@@ -46,6 +49,10 @@ if case == "idle19k":
     print(label, case, "connects/s", d["connect"]["per_sec"], "KiB/conn", d["rss_kib_per_conn"])
 elif case == "churn":
     print(label, case, "cycles/s", d["cycles_per_sec"])
+elif case == "lobbies10k":
+    print(label, case, "joins/s", d["joins"]["per_sec"], "server-us/join",
+          d["joins"]["server_cpu_us_per_join"], "B/membership", d["bytes_per_membership"],
+          "KiB/conn", d["rss_kib_per_conn"])
 else:
     print(label, case, "deliveries/s", d["best"]["deliveries_per_sec"])
 PY

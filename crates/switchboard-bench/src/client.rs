@@ -51,6 +51,8 @@ pub(crate) enum ConnectError {
     Http(u16),
     /// Upgraded, then closed before `welcome` (a refusal: 4001, 4002, ...).
     Closed(Option<u16>),
+    /// Asked for protocol v2, upgraded without it (a server that speaks only v1).
+    NoV2,
 }
 
 impl ConnectError {
@@ -61,6 +63,7 @@ impl ConnectError {
             Self::Http(s) => format!("http:{s}"),
             Self::Closed(Some(c)) => format!("close:{c}"),
             Self::Closed(None) => "closed".into(),
+            Self::NoV2 => "no_v2".into(),
         }
     }
 }
@@ -83,6 +86,16 @@ pub(crate) struct Ws {
     pub(crate) closed: Option<Option<u16>>,
 }
 
+/// Where a connection starts.
+#[derive(Debug, Clone)]
+pub(crate) enum Route {
+    /// Protocol v1 in this lobby: `GET /ws/{lobby}`.
+    Lobby(String),
+    /// Protocol v2 in no lobby yet: `GET /ws`, subprotocol `switchboard.v2`; lobbies are
+    /// joined on the live socket ([`join_frame`]).
+    V2,
+}
+
 /// Where to connect and as whom.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
@@ -91,14 +104,15 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Connects from `source`, upgrades `GET /ws/{lobby}?token=..`, and waits for `welcome`.
+    /// Connects from `source`, upgrades `GET /ws/{lobby}?token=..` (v1) or `GET /ws?token=..`
+    /// (v2), and waits for `welcome`.
     pub(crate) async fn connect(
         &self,
         source: IpAddr,
-        lobby: &str,
+        route: &Route,
         token: &str,
     ) -> Result<Ws, ConnectError> {
-        match tokio::time::timeout(self.timeout, self.connect_inner(source, lobby, token)).await {
+        match tokio::time::timeout(self.timeout, self.connect_inner(source, route, token)).await {
             Ok(result) => result,
             Err(_) => Err(ConnectError::Timeout),
         }
@@ -107,7 +121,7 @@ impl Target {
     async fn connect_inner(
         &self,
         source: IpAddr,
-        lobby: &str,
+        route: &Route,
         token: &str,
     ) -> Result<Ws, ConnectError> {
         let socket = if self.server.is_ipv4() {
@@ -118,10 +132,17 @@ impl Target {
         socket.bind(SocketAddr::new(source, 0))?;
         let mut stream = socket.connect(self.server).await?;
         stream.set_nodelay(true)?;
+        let (path, protocol) = match route {
+            Route::Lobby(lobby) => (format!("/ws/{lobby}"), ""),
+            Route::V2 => (
+                "/ws".to_owned(),
+                "Sec-WebSocket-Protocol: switchboard.v2\r\n",
+            ),
+        };
         let request = format!(
-            "GET /ws/{lobby}?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+            "GET {path}?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n",
+             Sec-WebSocket-Version: 13\r\n{protocol}\r\n",
             self.server
         );
         stream.write_all(request.as_bytes()).await?;
@@ -147,6 +168,11 @@ impl Target {
             .unwrap_or(0);
         if status != 101 {
             return Err(ConnectError::Http(status));
+        }
+        if matches!(route, Route::V2)
+            && find(&head[..end].to_ascii_lowercase(), b"switchboard.v2").is_none()
+        {
+            return Err(ConnectError::NoV2);
         }
         let mut ws = Ws {
             stream,
@@ -324,6 +350,11 @@ pub(crate) fn encode(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i & 3]));
 }
 
+/// A v2 `join` of `lobby` with request `id` (answered by `joined` or `error` with that id).
+pub(crate) fn join_frame(lobby: &str, id: u64) -> String {
+    format!(r#"{{"type":"join","lobby":"{lobby}","id":{id}}}"#)
+}
+
 pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -341,6 +372,18 @@ pub(crate) fn field<'a>(payload: &'a [u8], key: &[u8]) -> Option<&'a str> {
     std::str::from_utf8(&rest[..len])
         .ok()
         .filter(|s| !s.is_empty())
+}
+
+/// The JSON string after `key` (`"code":`), if it has no escapes.
+pub(crate) fn field_str<'a>(payload: &'a [u8], key: &[u8]) -> Option<&'a str> {
+    let at = find(payload, key)? + key.len();
+    let rest = &payload[at..];
+    let rest = &rest[rest.iter().take_while(|b| **b == b' ').count()..];
+    let rest = rest.strip_prefix(b"\"")?;
+    let len = rest.iter().position(|b| *b == b'"' || *b == b'\\')?;
+    (rest[len] == b'"')
+        .then(|| std::str::from_utf8(&rest[..len]).ok())
+        .flatten()
 }
 
 /// The unsigned integer after `key`.
@@ -379,5 +422,9 @@ mod tests {
             field(br#"{"timestamp":1.5e3}"#, b"\"timestamp\":"),
             Some("1.5e3")
         );
+        let error = br#"{"type":"error","code":"lobby_full","id":3}"#;
+        assert_eq!(field_str(error, b"\"code\":"), Some("lobby_full"));
+        assert_eq!(field_str(br#"{"code": "a\"b"}"#, b"\"code\":"), None);
+        assert_eq!(field_str(br#"{"code":3}"#, b"\"code\":"), None);
     }
 }

@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use crate::args::Args;
-use crate::client::{ConnectError, Target, Ws};
+use crate::client::{ConnectError, Route, Target, Ws};
 use crate::procfs::Server;
 
 /// Options every scenario takes.
@@ -107,10 +107,15 @@ impl Ctx {
         jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key).unwrap_or_default()
     }
 
-    /// Connects `user` to `lobby` from the next source address.
+    /// Connects `user` to `lobby` (protocol v1) from the next source address.
     pub(crate) async fn connect(&self, lobby: &str, user: &str) -> Result<Ws, ConnectError> {
+        self.connect_to(&Route::Lobby(lobby.to_owned()), user).await
+    }
+
+    /// Connects `user` by `route` (v1 in a lobby, or v2 in none) from the next source address.
+    pub(crate) async fn connect_to(&self, route: &Route, user: &str) -> Result<Ws, ConnectError> {
         let source = self.next_source();
-        self.target.connect(source, lobby, &self.token(user)).await
+        self.target.connect(source, route, &self.token(user)).await
     }
 
     /// Prints a progress line on stderr: scenario, step, elapsed.

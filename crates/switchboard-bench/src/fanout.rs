@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use anyhow::Context;
 
 use crate::args::Args;
-use crate::client::{OP_TEXT, Ws, field_u64};
+use crate::client::{OP_TEXT, Route, Ws, field_u64};
 use crate::common::{Ctx, histogram, latency_json, now_us, round};
 use crate::pool::{Tasks, connect_all};
 use crate::procfs::cpu_secs;
@@ -292,7 +292,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
         "connect",
         members,
         ctx.time_left(),
-        |i| (l.clone(), format!("{prefix}{i}")),
+        |i| (Route::Lobby(l.clone()), format!("{prefix}{i}")),
         move |_, ws| member(ws, s.clone()),
     )
     .await;
@@ -305,7 +305,11 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
                 timeout: ctx.target.timeout,
             };
             target
-                .connect(ctx.next_source(), &lobby, &ctx.token(&publisher_user))
+                .connect(
+                    ctx.next_source(),
+                    &Route::Lobby(lobby.clone()),
+                    &ctx.token(&publisher_user),
+                )
                 .await
         }
         None => ctx.connect(&lobby, &publisher_user).await,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::args::Args;
-use crate::client::{OP_PING, OP_TEXT};
+use crate::client::{OP_PING, OP_TEXT, Route};
 use crate::common::{Ctx, round};
 use crate::pool::{Tasks, connect_all};
 
@@ -40,7 +40,10 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
         "connect",
         n,
         ctx.time_left(),
-        |i| (format!("idle-{}", i % lobbies), format!("{prefix}{i}")),
+        |i| {
+            let lobby = format!("idle-{}", i % lobbies);
+            (Route::Lobby(lobby), format!("{prefix}{i}"))
+        },
         move |_, mut ws| {
             let c = c.clone();
             async move {

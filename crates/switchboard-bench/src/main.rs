@@ -1,6 +1,6 @@
 //! `switchboard-bench`: the project's load generator. It speaks Switchboard's protocol v1
-//! (dev-mode tokens, or HS256 JWTs with `--jwt-secret`) to Switchboard or to a peer server,
-//! runs one scenario, prints progress lines on stderr and one JSON summary line on stdout.
+//! (dev-mode tokens, or HS256 JWTs with `--jwt-secret`) to Switchboard or to a peer server (and
+//! protocol v2, many lobbies per connection, to Switchboard in `lobbies`), runs one scenario, prints progress lines on stderr and one JSON summary line on stdout.
 //!
 //! ```text
 //! switchboard-bench idle   --conns N --lobbies L --hold SECS           [common]
@@ -8,6 +8,7 @@
 //! switchboard-bench fanout --members M --sweep --rate-start R          [common]
 //! switchboard-bench churn  --cycles N --secs SECS --workers W          [common]
 //! switchboard-bench stale  --healthy H --frozen K --window SECS        [common]
+//! switchboard-bench lobbies --conns C --lobbies L --per-conn K          [common]
 //! common: --addr 127.0.0.1:8080 --server-pid PID --label NAME --ip-base B --per-ip 10000
 //!         --concurrency 256 --connect-timeout 10 --jwt-secret S --user-prefix u --max-secs 600
 //! ```
@@ -25,6 +26,7 @@ mod client;
 mod common;
 mod fanout;
 mod idle;
+mod lobbies;
 mod pool;
 mod procfs;
 mod stale;
@@ -38,6 +40,7 @@ fn main() -> anyhow::Result<()> {
         "fanout" => fanout::OPTS,
         "churn" => churn::OPTS,
         "stale" => stale::OPTS,
+        "lobbies" => lobbies::OPTS,
         "" | "help" | "--help" | "-h" => {
             eprintln!("{}", USAGE);
             return Ok(());
@@ -56,6 +59,7 @@ fn main() -> anyhow::Result<()> {
             "idle" => idle::run(ctx, &args).await,
             "fanout" => fanout::run(ctx, &args).await,
             "churn" => churn::run(ctx, &args).await,
+            "lobbies" => lobbies::run(ctx, &args).await,
             _ => stale::run(ctx, &args).await,
         }
     })?;
@@ -63,12 +67,13 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-const USAGE: &str = "usage: switchboard-bench idle|fanout|churn|stale [--option value ...]
+const USAGE: &str = "usage: switchboard-bench idle|fanout|churn|stale|lobbies [--option value ...]
   idle   --conns 1000 --lobbies 10 --hold 30 --settle 3
   fanout --members 1000 --payload 100 (--rate 10 --duration 5 | --sweep --rate-start 10
          --rate-factor 2 --refine 2 --max-steps 14 --step-secs 5) --drain-secs 3 --max-p99-ms 1000
   churn  --cycles 10000 --secs 120 --workers 32 --warmup 1000 --lobbies 10
   stale  --healthy 100 --frozen 10 --rate 50 --payload 1000 --window 45 --expect-within 31
          [--stats-url http://127.0.0.1:8080/api/stats --stats-key KEY]  (Switchboard's stats API)
+  lobbies --conns 10000 --lobbies 1000 --per-conn 10 --settle 3  (protocol v2: joins on live sockets)
   common --addr 127.0.0.1:8080 --server-pid PID --label NAME --ip-base 0 --per-ip 10000
          --concurrency 256 --connect-timeout 10 --jwt-secret SECRET --user-prefix u --max-secs 600";

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use crate::client::Ws;
+use crate::client::{Route, Ws};
 use crate::common::{Ctx, Errors, histogram, latency_json, round};
 
 /// Tasks that are aborted (their sockets dropped) when this is dropped.
@@ -67,8 +67,8 @@ struct Tally {
     handshake: Option<Histogram<u64>>,
 }
 
-/// Opens `n` connections; `place(i)` names connection i's lobby and user, `life(i, ws)` runs
-/// once it is open. Returns when every attempt has ended or `limit` passed.
+/// Opens `n` connections; `place(i)` names connection i's route (a lobby in v1, or v2 in none)
+/// and user, `life(i, ws)` runs once it is open. Returns when every attempt has ended or `limit` passed.
 pub(crate) async fn connect_all<P, L, F>(
     ctx: &Rc<Ctx>,
     tasks: &mut Tasks,
@@ -79,7 +79,7 @@ pub(crate) async fn connect_all<P, L, F>(
     life: L,
 ) -> Connected
 where
-    P: Fn(usize) -> (String, String),
+    P: Fn(usize) -> (Route, String),
     L: Fn(usize, Ws) -> F + 'static,
     F: Future<Output = ()> + 'static,
 {
@@ -91,7 +91,7 @@ where
     }));
     let life = Rc::new(life);
     for i in 0..n {
-        let (lobby, user) = place(i);
+        let (route, user) = place(i);
         let (ctx, sem, tally) = (ctx.clone(), sem.clone(), tally.clone());
         let life = life.clone();
         tasks.push(tokio::task::spawn_local(async move {
@@ -99,7 +99,7 @@ where
                 return;
             };
             let t0 = Instant::now();
-            let result = ctx.connect(&lobby, &user).await;
+            let result = ctx.connect_to(&route, &user).await;
             drop(permit);
             match result {
                 Ok(ws) => {

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::args::Args;
+use crate::client::Route;
 use crate::common::{Ctx, latency_json, round};
 use crate::fanout::{Publisher, Seen, member};
 use crate::pool::{Tasks, connect_all};
@@ -76,7 +77,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
         "connect-healthy",
         healthy,
         ctx.time_left(),
-        |i| (l.clone(), format!("{prefix}h{i}")),
+        |i| (Route::Lobby(l.clone()), format!("{prefix}h{i}")),
         move |_, ws| member(ws, s.clone()),
     )
     .await;
@@ -88,7 +89,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
         "connect-frozen",
         frozen,
         ctx.time_left(),
-        |i| (l.clone(), format!("{prefix}f{i}")),
+        |i| (Route::Lobby(l.clone()), format!("{prefix}f{i}")),
         // Holds the socket and never polls it: no read, no pong, no FIN.
         |_, ws| async move {
             std::future::pending::<()>().await;

@@ -144,5 +144,36 @@ async fn every_scenario_runs_against_the_real_server() {
     assert_eq!(stale["healthy_lost"], 0, "{stale}");
     assert_eq!(stale["within_expectation"], true, "{stale}");
 
+    // Protocol v2: 20 connections in no lobby, each joining 3 of 5 lobbies (12 members each).
+    let lobbies = bench(
+        addr,
+        235,
+        "lobbies",
+        &[
+            "--conns",
+            "20",
+            "--lobbies",
+            "5",
+            "--per-conn",
+            "3",
+            "--settle",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(lobbies["connect"]["ok"], 20, "{lobbies}");
+    assert_eq!(lobbies["connect"]["errors"], 0, "{lobbies}");
+    assert_eq!(lobbies["members_per_lobby"], 12.0, "{lobbies}");
+    let joins = &lobbies["joins"];
+    assert_eq!(joins["target"], 60, "{lobbies}");
+    assert_eq!(joins["ok"], 60, "{lobbies}");
+    assert_eq!(joins["refused"], 0, "{lobbies}");
+    assert_eq!(joins["latency"]["count"], 60, "{lobbies}");
+    assert!(joins["per_sec"].as_f64().unwrap() > 0.0, "{lobbies}");
+    assert!(joins["server_cpu_us_per_join"].is_number(), "{lobbies}");
+    assert_eq!(lobbies["closed"], 0, "{lobbies}");
+    assert!(lobbies["rss_kib_per_conn"].is_number(), "{lobbies}");
+    assert!(lobbies["bytes_per_membership"].is_number(), "{lobbies}");
+
     server.shutdown().await.unwrap();
 }
