@@ -354,7 +354,7 @@ impl Hub {
                 )
             })
         });
-        lobby.members[pos].replayed_until = replayed;
+        lobby.replayed_until[pos] = replayed;
         self.announce(join.lobby, lobby, change, conn);
         reg.memberships += 1;
         if let Some(entry) = reg.conns.get_mut(&conn.seq) {
@@ -617,12 +617,13 @@ impl Hub {
             let Some(lobby) = reg.lobbies.get(lobby) else {
                 return (0, offset);
             };
+            let fresh = |pos: usize| !numbered_elsewhere || lobby.replayed_until[pos] < offset;
             let reached = lobby
                 .members
                 .iter()
-                .filter(|m| !numbered_elsewhere || m.replayed_until < offset)
-                .filter(|m| exclude.keeps(&m.conn))
-                .filter(|m| self.deliver(&m.conn, frame.clone()) == Offer::Queued)
+                .enumerate()
+                .filter(|(pos, c)| fresh(*pos) && exclude.keeps(c))
+                .filter(|(_, c)| self.deliver(c, frame.clone()) == Offer::Queued)
                 .count();
             (reached, offset)
         };
@@ -634,9 +635,9 @@ impl Hub {
     pub(crate) fn count_recipients(&self, lobby: &str, skip: Skip<'_>) -> usize {
         let exclude = self.exclude(skip);
         let reg = self.lock();
-        reg.lobbies.get(lobby).map_or(0, |l| {
-            l.members.iter().filter(|m| exclude.keeps(&m.conn)).count()
-        })
+        reg.lobbies
+            .get(lobby)
+            .map_or(0, |l| l.members.iter().filter(|c| exclude.keeps(c)).count())
     }
 
     /// Resolves a [`Skip`] against this node's connections.
@@ -741,7 +742,7 @@ impl Hub {
         for (seq, entry) in &reg.conns {
             for m in &entry.lobbies {
                 let lobby = &reg.lobbies[&m.lobby];
-                assert_eq!(lobby.members[m.pos].conn.seq, *seq, "position of {seq}");
+                assert_eq!(lobby.members[m.pos].seq, *seq, "position of {seq}");
             }
             assert!(reg.users[&entry.conn.info.user_id].contains(seq));
             *ips.entry(self.config.limits.ip_key(entry.conn.info.ip))
@@ -757,6 +758,7 @@ impl Hub {
         for lobby in reg.lobbies.values() {
             assert!(!lobby.is_empty());
             assert_eq!(lobby.presence.conns() as usize, lobby.members.len());
+            assert_eq!(lobby.replayed_until.len(), lobby.members.len());
         }
     }
 }

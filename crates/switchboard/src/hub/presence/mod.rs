@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 
 pub(super) use batch::EventBatch;
 
-use super::lobby::{Lobby, Member};
+use super::lobby::Lobby;
 use super::{Exclude, Hub};
 use crate::handle::{ConnHandle, Offer};
 use crate::ids::{LobbyCode, UserId};
@@ -215,10 +215,14 @@ impl Hub {
     /// connection over it (a join storm would otherwise close a whole lobby): the event is
     /// dropped and the member is marked behind, and its writer sends a fresh `presence` list
     /// once it has caught up.
-    fn fan_out_events(&self, members: &[Member], frame: &Message, exclude: Exclude<'_>) -> usize {
+    fn fan_out_events(
+        &self,
+        members: &[Arc<ConnHandle>],
+        frame: &Message,
+        exclude: Exclude<'_>,
+    ) -> usize {
         members
             .iter()
-            .map(|m| &m.conn)
             .filter(|c| exclude.keeps(c))
             .filter(|c| match self.events.offer(c, frame.clone()) {
                 Offer::Queued => true,
