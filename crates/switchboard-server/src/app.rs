@@ -24,6 +24,8 @@ pub fn public_routes(state: AppState) -> Router {
         .route("/ws", get(ws))
         .route("/sse/{lobby}", get(sse))
         .route("/sse/{lobby}/messages", axum::routing::post(sse_post))
+        .route("/sse", get(sse_v2))
+        .route("/sse/messages", axum::routing::post(sse_post))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -133,6 +135,22 @@ async fn sse(State(state): State<AppState>, params: ConnectParams, headers: Head
     }
 }
 
+/// `GET /sse?token=T&lobbies=a,b`: a protocol-v2 connection over Server-Sent Events, in the
+/// listed lobbies (each resumed from the browser's `Last-Event-ID`); join and leave more with
+/// posts to `/sse/messages`.
+async fn sse_v2(
+    State(state): State<AppState>,
+    params: ConnectParams,
+    headers: HeaderMap,
+) -> Response {
+    let joins = params.lobbies.clone();
+    match authorize(&state, params, &headers) {
+        Ok(request) => state.manager.accept_sse_v2(request, joins).await,
+        Err(Refusal::ForeignOrigin) => sse_forbidden_origin(),
+        Err(Refusal::Close(reason)) => sse_refusal(reason),
+    }
+}
+
 fn forbidden_origin() -> Response {
     (StatusCode::FORBIDDEN, "origin not allowed").into_response()
 }
@@ -157,8 +175,9 @@ struct SsePost {
 /// body may be this much larger than `max_message_bytes`.
 const SSE_POST_ENVELOPE_BYTES: usize = 1024;
 
-/// `POST /sse/{lobby}/messages`: a client frame for an SSE connection, from its owner. The
-/// token is checked before the body is read; the body is read within `http.body_timeout_ms`
+/// `POST /sse/{lobby}/messages` (or `/sse/messages` for a protocol-v2 stream, whose frames name
+/// their lobbies): a client frame for an SSE connection, from its owner. The token is checked
+/// before the body is read; the body is read within `http.body_timeout_ms`
 /// and the frame bounded by `max_message_bytes`, like a WebSocket message (413 past it).
 async fn sse_post(
     State(state): State<AppState>,

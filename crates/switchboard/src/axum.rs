@@ -43,7 +43,12 @@ struct ConnectQuery {
     token: Option<String>,
     since: Option<u64>,
     epoch: Option<String>,
+    lobbies: Option<String>,
 }
+
+/// At most this many lobbies in a `lobbies=` list (the library's own cap on lobbies per
+/// connection is `limits.max_lobbies_per_connection`, checked at every join).
+const MAX_LISTED_LOBBIES: usize = 256;
 
 impl WsConnect {
     /// The upgrade, and what the request carries apart from it.
@@ -54,6 +59,8 @@ impl WsConnect {
             peer: self.peer,
             origin: self.origin,
             recovery: self.recovery,
+            // A WebSocket joins its further lobbies with `join` frames.
+            lobbies: Vec::new(),
         };
         (self.upgrade, params)
     }
@@ -95,6 +102,9 @@ pub struct ConnectParams {
     pub origin: Option<String>,
     /// What a reconnecting client asks to recover.
     pub recovery: Option<crate::history::Recovery>,
+    /// Protocol v2 (SSE): the `lobbies=a,b` list to join, each with what the browser's
+    /// `Last-Event-ID` says it last saw there (`LOBBY=EPOCH:OFFSET,...`).
+    pub lobbies: Vec<(LobbyCode, Option<crate::history::Recovery>)>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
@@ -141,6 +151,27 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, token)| token.trim().to_owned())
         };
+        let positions = parts
+            .headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|id| id.contains('='))
+            .map(crate::sse::positions_from_event_id)
+            .unwrap_or_default();
+        let mut lobbies = Vec::new();
+        for code in query.0.lobbies.iter().flat_map(|l| l.split(',')) {
+            let lobby = LobbyCode::parse(code).map_err(|_| {
+                bad_request("invalid lobby code in lobbies=: 1-64 characters of [A-Za-z0-9_.:-]")
+            })?;
+            if lobbies.len() == MAX_LISTED_LOBBIES {
+                return Err(bad_request("too many lobbies in lobbies="));
+            }
+            let recovery = positions
+                .iter()
+                .find(|(l, _)| *l == lobby)
+                .map(|(_, r)| r.clone());
+            lobbies.push((lobby, recovery));
+        }
         let token = query.0.token.or_else(bearer);
         let ConnectInfo(peer) = parts
             .extensions
@@ -164,6 +195,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
             peer,
             origin,
             recovery,
+            lobbies,
         })
     }
 }

@@ -15,6 +15,7 @@ use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
 use crate::handler::{AppHandler, Handler, NoHandler};
+use crate::history::Recovery;
 use crate::hub::Join;
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::request::ConnectRequest;
@@ -338,12 +339,25 @@ impl Manager {
     /// is an HTTP status with a JSON error body: 401 (`unauthorized`), 429 (`rate_limited`),
     /// 503 (a capacity limit or a shutdown, with `Retry-After`).
     pub async fn accept_sse(&self, request: ConnectRequest) -> Response {
-        crate::sse::open(&self.shared, &self.handler, request).await
+        crate::sse::open(&self.shared, &self.handler, request, None).await
+    }
+
+    /// Opens a protocol-v2 SSE stream for `request` (whose `lobby`, if any, is joined first),
+    /// then joins `joins` in order, each with its recovery (from the browser's `Last-Event-ID`:
+    /// [`crate::sse::positions_from_event_id`]); a refused join is an `error` event and the
+    /// others go on. Refusals of the connection itself are as for [`accept_sse`](Self::accept_sse).
+    pub async fn accept_sse_v2(
+        &self,
+        request: ConnectRequest,
+        joins: Vec<(LobbyCode, Option<Recovery>)>,
+    ) -> Response {
+        crate::sse::open(&self.shared, &self.handler, request, Some(joins)).await
     }
 
     /// Hands a client frame posted for an SSE connection to that connection, as if it had
     /// arrived on its socket. `user` and `lobby` are the poster's, checked against the
-    /// connection's (by the node that holds it: a connection on another node is reached
+    /// connection's (`lobby` empty: the v2 route, for a protocol-v2 connection whose frames
+    /// name their lobby) (by the node that holds it: a connection on another node is reached
     /// through the cluster).
     pub async fn sse_post(
         &self,

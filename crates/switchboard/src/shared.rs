@@ -512,7 +512,8 @@ impl Shared {
     }
 
     /// Delivers a frame posted for an SSE connection of this node, as if it had arrived on
-    /// its socket; `user` and `lobby` are the poster's, checked against the connection's.
+    /// its socket; `user` and `lobby` are the poster's, checked against the connection's (an
+    /// empty `lobby`, the protocol-v2 route's, is for a v2 connection).
     pub(crate) fn post_to_sse(
         &self,
         connection_id: &str,
@@ -530,9 +531,14 @@ impl Shared {
             .and_then(|seq| self.hub.connection(seq))
             .ok_or(SsePostError::NotFound)?;
         let inbound = conn.inbound.as_ref().ok_or(SsePostError::NotFound)?;
-        let in_lobby = crate::ids::LobbyCode::parse(lobby)
-            .ok()
-            .is_some_and(|code| self.hub.lobby_of(conn.seq, Some(&code)).is_ok());
+        // The v2 route names no lobby (""): a v2 connection's frames name their own.
+        let in_lobby = if lobby.is_empty() {
+            conn.v2()
+        } else {
+            crate::ids::LobbyCode::parse(lobby)
+                .ok()
+                .is_some_and(|code| self.hub.lobby_of(conn.seq, Some(&code)).is_ok())
+        };
         if conn.info.user_id.as_str() != user || !in_lobby {
             return Err(SsePostError::Forbidden);
         }

@@ -19,9 +19,14 @@ use futures_util::Sink;
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
+use std::collections::BTreeMap;
+
 use crate::connection;
 use crate::disconnect::DisconnectReason;
 use crate::handler::AppHandler;
+use crate::history::Recovery;
+use crate::hub::Join;
+use crate::ids::LobbyCode;
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
 
@@ -33,17 +38,32 @@ const BODY_QUEUE: usize = 16;
 
 pub use crate::error::SsePostError;
 
-/// Opens an SSE stream for `request` (`Manager::accept_sse`).
+/// Opens an SSE stream for `request` (`Manager::accept_sse`). With `joins` (protocol v2,
+/// `Manager::accept_sse_v2`) the connection speaks v2 and joins those lobbies before its stream
+/// starts; a refused join is an `error` event, the others go on.
 pub(crate) async fn open(
     shared: &Arc<Shared>,
     handler: &AppHandler,
     request: ConnectRequest,
+    joins: Option<Vec<(LobbyCode, Option<Recovery>)>>,
 ) -> Response {
     let (inbound, frames) = mpsc::channel(INBOUND_QUEUE);
-    let admitted = match connection::admit(shared, request, 1, Some(inbound)).await {
+    let protocol = if joins.is_some() { 2 } else { 1 };
+    let admitted = match connection::admit(shared, request, protocol, Some(inbound)).await {
         Ok(admitted) => admitted,
         Err(reason) => return refusal(reason),
     };
+    for (lobby, recovery) in joins.iter().flatten() {
+        let join = Join {
+            lobby,
+            recovery: recovery.as_ref(),
+            cluster_history: None,
+        };
+        let conn = admitted.conn();
+        if let Err(error) = shared.join(conn, join, None).await {
+            crate::client::send_error(shared, conn, &error, None);
+        }
+    }
     let (body, events) = mpsc::channel::<Bytes>(BODY_QUEUE);
     let stream = Box::pin(futures_util::stream::unfold(frames, |mut frames| async {
         frames.recv().await.map(|frame| (frame, frames))
@@ -51,6 +71,7 @@ pub(crate) async fn open(
     let sink = SseSink {
         body: PollSender::new(body),
         epoch: None,
+        positions: (protocol == 2).then(BTreeMap::new),
     };
     let drive = connection::drive(shared.clone(), handler.clone(), admitted, stream, sink);
     shared.tracker.spawn(drive);
@@ -93,8 +114,12 @@ pub fn refusal(reason: DisconnectReason) -> Response {
 /// The writer's side of an SSE connection: frames in, event-stream bytes out.
 struct SseSink {
     body: PollSender<Bytes>,
-    /// The lobby's epoch, read from `welcome`, for the `id:` of messages.
+    /// The lobby's epoch, read from `welcome`, for the `id:` of messages (v1).
     epoch: Option<String>,
+    /// v2: every lobby's epoch and last offset, from `joined` and `message` events, for the
+    /// `id:` of messages: `LOBBY=EPOCH:OFFSET` joined by `,` (neither `=` nor `,` is in a lobby
+    /// code), so the browser's `Last-Event-ID` resumes every lobby at once.
+    positions: Option<BTreeMap<String, (String, u64)>>,
 }
 
 impl SseSink {
@@ -105,7 +130,11 @@ impl SseSink {
                 let json = text.as_str();
                 let kind = frame_type(json)?;
                 let mut event = format!("event: {kind}\n");
-                if kind == "welcome" {
+                if let Some(positions) = &mut self.positions {
+                    if let Some(id) = v2_event_id(positions, kind, json) {
+                        event.push_str(&format!("id: {id}\n"));
+                    }
+                } else if kind == "welcome" {
                     // welcome's id too: a stream that breaks before its first message still
                     // resumes (Last-Event-ID) from the lobby's offset at connect time.
                     let welcome = serde_json::from_str::<serde_json::Value>(json).ok();
@@ -118,6 +147,7 @@ impl SseSink {
                     }
                 }
                 if kind == "message"
+                    && self.positions.is_none()
                     && let (Some(epoch), Some(offset)) = (&self.epoch, trailing_offset(json))
                 {
                     event.push_str(&format!("id: {epoch}:{offset}\n"));
@@ -149,6 +179,56 @@ fn push_data(event: &mut String, json: &str) {
         event.push_str(line);
         event.push('\n');
     }
+}
+
+/// v2: follows the lobbies' positions through `joined`, `message` and `left`, and returns the
+/// event id to write after a change (every lobby's `LOBBY=EPOCH:OFFSET`, joined by `,`).
+fn v2_event_id(
+    positions: &mut BTreeMap<String, (String, u64)>,
+    kind: &str,
+    json: &str,
+) -> Option<String> {
+    match kind {
+        "joined" => {
+            let frame: serde_json::Value = serde_json::from_str(json).ok()?;
+            let lobby = frame["lobby"].as_str()?.to_owned();
+            let epoch = frame["epoch"].as_str()?.to_owned();
+            positions.insert(lobby, (epoch, frame["offset"].as_u64()?));
+        }
+        "left" => {
+            let frame: serde_json::Value = serde_json::from_str(json).ok()?;
+            positions.remove(frame["lobby"].as_str()?);
+        }
+        "message" => {
+            // `{"type":"message","lobby":"..."` comes first, `,"offset":N}` last.
+            let lobby = json.strip_prefix(r#"{"type":"message","lobby":""#)?;
+            let (lobby, _) = lobby.split_once('"')?;
+            let offset = trailing_offset(json)?;
+            positions.get_mut(lobby)?.1 = offset;
+        }
+        _ => return None,
+    }
+    let id: Vec<String> = positions
+        .iter()
+        .map(|(lobby, (epoch, offset))| format!("{lobby}={epoch}:{offset}"))
+        .collect();
+    Some(id.join(","))
+}
+
+/// Reads a v2 event id (`LOBBY=EPOCH:OFFSET,...`, what the browser sends back as
+/// `Last-Event-ID`) into each lobby's recovery; entries that do not parse are left out.
+pub fn positions_from_event_id(id: &str) -> Vec<(LobbyCode, Recovery)> {
+    id.split(',')
+        .filter_map(|entry| {
+            let (lobby, position) = entry.split_once('=')?;
+            let (epoch, offset) = position.rsplit_once(':')?;
+            let recovery = Recovery {
+                since: offset.parse().ok()?,
+                epoch: epoch.to_owned(),
+            };
+            Some((LobbyCode::parse(lobby).ok()?, recovery))
+        })
+        .collect()
 }
 
 /// The `type` of a frame the server encoded (`{"type":"..."` comes first).
@@ -202,11 +282,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn v2_event_ids_follow_every_lobby_and_read_back() {
+        let mut positions = BTreeMap::new();
+        let joined = |lobby: &str, offset: u64| {
+            format!(
+                r#"{{"type":"joined","lobby":"{lobby}","offset":{offset},"epoch":"e{lobby}","presence_events":true}}"#
+            )
+        };
+        assert_eq!(
+            v2_event_id(&mut positions, "joined", &joined("b:1", 4)).as_deref(),
+            Some("b:1=eb:1:4")
+        );
+        v2_event_id(&mut positions, "joined", &joined("a", 0));
+        let message = r#"{"type":"message","lobby":"b:1","from":null,"data":1,"offset":5}"#;
+        let id = v2_event_id(&mut positions, "message", message).unwrap();
+        assert_eq!(id, "a=ea:0,b:1=eb:1:5");
+        let back = positions_from_event_id(&id);
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            (
+                back[1].0.as_str(),
+                back[1].1.since,
+                back[1].1.epoch.as_str()
+            ),
+            ("b:1", 5, "eb:1")
+        );
+        let left = r#"{"type":"left","lobby":"a","reason":"left"}"#;
+        assert_eq!(
+            v2_event_id(&mut positions, "left", left).as_deref(),
+            Some("b:1=eb:1:5")
+        );
+        assert_eq!(
+            v2_event_id(&mut positions, "ack", r#"{"type":"ack","id":1}"#),
+            None
+        );
+        assert!(positions_from_event_id("garbage,x=,=1:2,a=e:x").is_empty());
+    }
+
+    #[test]
     fn frames_become_events() {
         let (tx, _rx) = mpsc::channel(4);
         let mut sink = SseSink {
             body: PollSender::new(tx),
             epoch: None,
+            positions: None,
         };
         let welcome = r#"{"type":"welcome","epoch":"e1","offset":0}"#;
         let event = sink.encode(Message::Text(welcome.into())).unwrap();
@@ -238,6 +357,7 @@ mod tests {
         let mut sink = SseSink {
             body: PollSender::new(tx),
             epoch: None,
+            positions: None,
         };
         let message = "{\"type\":\"message\",\"data\":[\n 1,\r\n 2\r]}";
         let event = sink.encode(Message::Text(message.into())).unwrap();

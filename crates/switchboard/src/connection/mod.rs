@@ -200,6 +200,13 @@ pub(crate) struct Admitted {
     expires_at: Option<SystemTime>,
 }
 
+impl Admitted {
+    /// The connection's handle.
+    pub(crate) fn conn(&self) -> &Arc<ConnHandle> {
+        &self.conn
+    }
+}
+
 /// Reserves the cluster's and this node's limits and registers the connection, queueing
 /// `welcome` (and a replay, if asked for). `inbound` is set for transports whose client frames
 /// arrive by another route (SSE posts). A refusal is counted and logged here.
