@@ -429,6 +429,24 @@ async fn the_backend_joins_and_removes_users() {
         1
     );
     v1.ending("v1 removed").await.assert(4009, "kicked", false);
+
+    // A kick out of one lobby: `left` with reason `kicked`, and the connection stays.
+    server.manager.join_user("alice", "game").await.unwrap();
+    alice.expect("joined", "game").await;
+    let kicked = server.manager.leave(alice.id(), "game").await.unwrap();
+    assert!(kicked);
+    let left = alice.expect("left", "kicked").await;
+    assert_eq!(
+        left,
+        json!({"type": "left", "lobby": "game", "reason": "kicked"})
+    );
+    alice
+        .send(json!({"type": "presence", "lobby": "game", "id": 9}))
+        .await;
+    assert_eq!(
+        alice.expect("error", "not in game").await["code"],
+        "not_allowed"
+    );
 }
 
 fn jwt(sub: &str, lobbies: &[&str]) -> String {

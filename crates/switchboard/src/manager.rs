@@ -16,7 +16,7 @@ use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
 use crate::handler::{AppHandler, Handler, NoHandler};
 use crate::history::Recovery;
-use crate::hub::Join;
+use crate::hub::{Join, LeftReason};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
@@ -243,13 +243,16 @@ impl Manager {
             .map_err(Error::Refused)
     }
 
-    /// Takes a connection of this node out of a lobby: a v2 connection gets `left` with
-    /// reason `removed`; a v1 connection, which lives in its one lobby, is closed with 4009
-    /// `kicked`. Returns whether it was in the lobby.
+    /// Kicks a connection of this node out of a lobby (moderation): a v2 connection gets
+    /// `left` with reason `kicked` and stays connected; a v1 connection, which lives in its
+    /// one lobby, is closed with 4009 `kicked`. Returns whether it was in the lobby.
     pub async fn leave(&self, connection_id: &str, lobby: &str) -> Result<bool, Error> {
         let lobby = LobbyCode::parse(lobby)?;
         let conn = self.find(connection_id)?;
-        Ok(self.shared.remove_from(&conn, &lobby).await)
+        Ok(self
+            .shared
+            .remove_from(&conn, &lobby, LeftReason::Kicked)
+            .await)
     }
 
     /// Joins every protocol-v2 connection of `user` to a lobby, on every node (v1 connections

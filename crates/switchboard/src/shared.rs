@@ -284,12 +284,14 @@ impl Shared {
         };
         let was_in = self.hub.leave_lobby(conn.seq, lobby, reason, id, false);
         cluster.leave(&conn.info, lobby).await;
-        let left = ServerFrame::Left {
-            lobby,
-            reason: reason.as_str(),
-            id,
-        };
-        self.hub.deliver(conn, text(left.encode()));
+        if was_in || reason == LeftReason::Left {
+            let left = ServerFrame::Left {
+                lobby,
+                reason: reason.as_str(),
+                id,
+            };
+            self.hub.deliver(conn, text(left.encode()));
+        }
         was_in
     }
 
@@ -310,7 +312,7 @@ impl Shared {
     pub(crate) async fn remove_user_here(&self, user: &str, lobby: &LobbyCode) -> usize {
         let mut removed = 0;
         for conn in self.hub.user_connections(user) {
-            if self.remove_from(&conn, lobby).await {
+            if self.remove_from(&conn, lobby, LeftReason::Removed).await {
                 removed += 1;
             }
         }
@@ -318,11 +320,16 @@ impl Shared {
     }
 
     /// Takes one connection out of a lobby on the backend's word: a v2 connection gets `left`
-    /// with reason `removed`; a v1 connection, which lives in its one lobby, is closed with
-    /// 4009 `kicked`. Returns whether it was in the lobby.
-    pub(crate) async fn remove_from(&self, conn: &ConnHandle, lobby: &LobbyCode) -> bool {
+    /// with `reason` (`removed` or `kicked`); a v1 connection, which lives in its one lobby, is
+    /// closed with 4009 `kicked`. Returns whether it was in the lobby.
+    pub(crate) async fn remove_from(
+        &self,
+        conn: &ConnHandle,
+        lobby: &LobbyCode,
+        reason: LeftReason,
+    ) -> bool {
         if conn.v2() {
-            return self.leave(conn, lobby, LeftReason::Removed, None).await;
+            return self.leave(conn, lobby, reason, None).await;
         }
         let member = self.hub.lobby_of(conn.seq, Some(lobby)).is_ok();
         if member {

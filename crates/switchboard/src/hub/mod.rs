@@ -131,8 +131,10 @@ pub(crate) enum JoinRefused {
 pub(crate) enum LeftReason {
     /// The client left.
     Left,
-    /// The backend removed the connection or its user from the lobby.
+    /// The backend removed the user from the lobby (a server-side unsubscription).
     Removed,
+    /// The backend kicked this connection out of the lobby.
+    Kicked,
     /// A refreshed credential no longer allows the lobby.
     NotAllowed,
 }
@@ -142,6 +144,7 @@ impl LeftReason {
         match self {
             Self::Left => "left",
             Self::Removed => "removed",
+            Self::Kicked => "kicked",
             Self::NotAllowed => "not_allowed",
         }
     }
@@ -393,7 +396,8 @@ impl Hub {
 
     /// Takes a v2 connection out of a lobby, queueing (with `reply`) `left` with `reason`
     /// (and `id`) after everything it was sent from there. Returns whether it was in the
-    /// lobby; `left` is sent either way (leaving is idempotent), unless the connection is gone.
+    /// lobby. A client's own `leave` is answered either way (leaving is idempotent); the
+    /// server's `left` goes only to a connection that was in the lobby.
     pub(crate) fn leave_lobby(
         &self,
         seq: u64,
@@ -416,7 +420,9 @@ impl Hub {
             }
             None => false,
         };
-        if reply {
+        // A client's `leave` is answered either way; the server's own `left` only when the
+        // connection was in the lobby.
+        if reply && (was_in || reason == LeftReason::Left) {
             let frame = ServerFrame::Left {
                 lobby,
                 reason: reason.as_str(),
