@@ -172,11 +172,18 @@ impl Cluster for RedisCluster {
         })
     }
 
-    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> Published {
+    fn publish_message(
+        &self,
+        lobby: &LobbyCode,
+        frame: &str,
+        skip: Skip<'_>,
+        offset: Option<OffsetSender>,
+    ) -> Published {
         self.enqueue_data(Outgoing::Message {
             lobby: lobby.as_str().to_owned(),
             frame: frame.to_owned(),
             skip: skip.encode(),
+            offset,
         })
     }
 

@@ -36,7 +36,8 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use switchboard::cluster::{
-    Admission, BoxFuture, Cluster, ClusterLobby, ClusterStats, LocalNode, Published, Skip,
+    Admission, BoxFuture, Cluster, ClusterLobby, ClusterStats, LocalNode, OffsetSender, Published,
+    Skip,
 };
 use switchboard::{
     ClusterHistory, ConnectionInfo, DisconnectReason, HistoryConfig, LobbyCode, UserId, UserPolicy,
@@ -110,6 +111,8 @@ enum Outgoing {
         lobby: String,
         frame: String,
         skip: String,
+        /// Where to send the offset Redis gives it (an acknowledged client broadcast).
+        offset: Option<OffsetSender>,
     },
     /// A command for the other nodes holding connections of `user` (`kind`: `user` for a
     /// direct frame, `join` / `part` for the backend's membership changes).
@@ -126,7 +129,9 @@ impl Outgoing {
         ENTRY_OVERHEAD
             + match self {
                 Self::Publish { channel, payload } => channel.len() + payload.len(),
-                Self::Message { lobby, frame, skip } => lobby.len() + frame.len() + skip.len(),
+                Self::Message {
+                    lobby, frame, skip, ..
+                } => lobby.len() + frame.len() + skip.len(),
                 Self::User { kind, user, frame } => kind.len() + user.len() + frame.len(),
             }
     }

@@ -69,12 +69,19 @@ impl RedisCluster {
                 continue;
             };
             let mut pipe = redis::pipe();
+            // The broadcasts whose offset someone waits for, in the order of their answers.
+            let mut offsets = Vec::new();
             for out in batch.drain(..) {
                 match out {
                     Outgoing::Publish { channel, payload } => {
                         pipe.publish(channel, payload).ignore();
                     }
-                    Outgoing::Message { lobby, frame, skip } => {
+                    Outgoing::Message {
+                        lobby,
+                        frame,
+                        skip,
+                        offset,
+                    } => {
                         pipe.cmd("EVAL")
                             .arg(scripts::PUBLISH)
                             .arg(0)
@@ -85,8 +92,13 @@ impl RedisCluster {
                             .arg(self.cfg.history.ttl.as_millis().max(1) as u64)
                             .arg(self.local_ms())
                             .arg(skip)
-                            .arg(format!("{:016x}", fastrand::u64(..)))
-                            .ignore();
+                            .arg(format!("{:016x}", fastrand::u64(..)));
+                        match offset {
+                            Some(offset) => offsets.push(offset),
+                            None => {
+                                pipe.ignore();
+                            }
+                        }
                     }
                     Outgoing::User { kind, user, frame } => {
                         let payload = format!("{kind}{SEP}{user}{SEP}{frame}");
@@ -101,10 +113,16 @@ impl RedisCluster {
                     }
                 }
             }
-            let sent = pipe.query_async::<()>(&mut con).await;
+            // Only the answers not ignored come back: the offsets asked for, in order.
+            let sent = pipe.query_async::<Vec<u64>>(&mut con).await;
             self.dequeued(cost);
-            if let Err(error) = sent {
-                self.failed("publish", &error);
+            match sent {
+                Ok(numbered) => {
+                    for (offset, to) in numbered.into_iter().zip(offsets) {
+                        let _ = to.send(offset);
+                    }
+                }
+                Err(error) => self.failed("publish", &error),
             }
         }
     }

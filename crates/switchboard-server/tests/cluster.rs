@@ -1532,13 +1532,17 @@ async fn v2_recovery_of_several_lobbies_across_nodes() {
                 .await;
         }
     }
-    // Bob sees his own six broadcasts and acks: then all are numbered and kept.
-    let mut acks = 0;
-    while acks < 6 {
-        if bob.next_json("bob's traffic").await["type"] == "ack" {
-            acks += 1;
+    // Bob sees his own six broadcasts and their acks, each with the offset Redis gave it:
+    // then all are numbered and kept.
+    let mut offsets = Vec::new();
+    while offsets.len() < 6 {
+        let frame = bob.next_json("bob's traffic").await;
+        if frame["type"] == "ack" {
+            offsets.push(frame["offset"].as_u64().expect("the cluster's offset"));
         }
     }
+    offsets.sort_unstable();
+    assert_eq!(offsets, [2, 2, 3, 3, 4, 4]);
     let mut again = connect_v2(b.addr, "/ws?token=alice").await;
     for (i, lobby) in ["one", "two"].into_iter().enumerate() {
         again

@@ -196,7 +196,9 @@ pub(crate) fn broadcast<T: Serialize + ?Sized>(
         data: &data,
     }
     .encode();
-    shared.publish(lobby, &frame, skip).map(|p| p.reached)
+    shared
+        .publish(lobby, &frame, skip, false)
+        .map(|p| p.reached)
 }
 
 /// An `error` frame to one connection, echoing `id` if it is a string or a number.

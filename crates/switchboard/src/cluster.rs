@@ -20,6 +20,9 @@ use crate::protocol::text;
 
 pub use crate::skip::Skip;
 
+/// Where a cluster sends the offset it gave a broadcast ([`Cluster::publish_message`]).
+pub type OffsetSender = tokio::sync::oneshot::Sender<u64>;
+
 /// A boxed future, so [`Cluster`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -131,7 +134,15 @@ pub trait Cluster: Send + Sync + 'static {
     /// node, this one included, delivers it through [`LocalNode::deliver_numbered`], in one
     /// order. [`Published::Unavailable`]: the cluster cannot take it now; this node delivers
     /// it alone. [`Published::Overloaded`]: nobody delivers it; the caller is told.
-    fn publish_message(&self, lobby: &LobbyCode, frame: &str, skip: Skip<'_>) -> Published;
+    /// With `offset`, the cluster sends there the offset it gave the broadcast once it has
+    /// numbered it (dropping it unsent when it could not).
+    fn publish_message(
+        &self,
+        lobby: &LobbyCode,
+        frame: &str,
+        skip: Skip<'_>,
+        offset: Option<OffsetSender>,
+    ) -> Published;
 
     /// The lobby's cluster-wide epoch and last offset, and the broadcasts after `since` it
     /// still keeps (for `welcome` and recovery on any node); `None` when it cannot answer.

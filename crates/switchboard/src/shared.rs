@@ -45,12 +45,14 @@ pub(crate) struct Shared {
 }
 
 /// What a publish did on this node.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Publication {
     /// This node's connections it was queued for.
     pub(crate) reached: usize,
-    /// The offset the lobby gave it, when this node numbered it (the cluster numbers it later).
+    /// The offset the lobby gave it, when this node numbered it.
     pub(crate) offset: Option<u64>,
+    /// Cluster mode, when asked for: the offset Redis gives it, once it has.
+    pub(crate) numbered: Option<tokio::sync::oneshot::Receiver<u64>>,
 }
 
 /// What the cluster holds for a new connection.
@@ -125,19 +127,31 @@ impl Shared {
     /// count); alone, or with the cluster away, this node numbers and delivers it through the
     /// same function. Returns the connections reached on this node, or [`Error::Overloaded`]
     /// when the cluster's outbound queue is full (sent nowhere).
+    ///
+    /// With `want_offset` in cluster mode, the offset Redis gives it arrives later, through
+    /// [`Publication::numbered`].
     pub(crate) fn publish(
         &self,
         lobby: &LobbyCode,
         frame: &str,
         skip: Skip<'_>,
+        want_offset: bool,
     ) -> Result<Publication, Error> {
         if let Some(cluster) = self.cluster.get() {
-            match cluster.publish_message(lobby, frame, skip) {
-                // Redis numbers it later: the offset is not known here.
+            let (sender, numbered) = match want_offset {
+                true => {
+                    let (sender, receiver) = tokio::sync::oneshot::channel();
+                    (Some(sender), Some(receiver))
+                }
+                false => (None, None),
+            };
+            match cluster.publish_message(lobby, frame, skip, sender) {
+                // Redis numbers it later: the offset comes through `numbered`.
                 Published::Queued => {
                     return Ok(Publication {
                         reached: self.hub.count_recipients(lobby.as_str(), skip),
                         offset: None,
+                        numbered,
                     });
                 }
                 Published::Overloaded => return Err(Error::Overloaded),
@@ -148,6 +162,7 @@ impl Shared {
         Ok(Publication {
             reached,
             offset: Some(offset),
+            numbered: None,
         })
     }
 

@@ -136,10 +136,18 @@ pub(super) fn handle_text(
                 };
                 // Encoded once without an offset: the offset is added as it is numbered.
                 let frame = frame.encode();
+                let acked = v2 && id.is_some();
                 shared
-                    .publish(&lobby, &frame, skip)
-                    .map(|published| Answer::Ack {
-                        offset: published.offset,
+                    .publish(&lobby, &frame, skip, acked)
+                    .map(|published| match published.numbered {
+                        // Numbered by the cluster: acknowledged once the offset is known.
+                        Some(numbered) => {
+                            ack_when_numbered(client, numbered, id);
+                            Answer::Nothing
+                        }
+                        None => Answer::Ack {
+                            offset: published.offset,
+                        },
                     })
                     .map_err(|_| overloaded())
             }),
@@ -239,6 +247,30 @@ pub(super) fn handle_text(
         send_error(shared, conn, &error, id);
     }
     conn.reason().map_or(Ok(()), Err)
+}
+
+/// Acknowledges a broadcast the cluster numbers, from a tracked task, once Redis has given it
+/// its offset (without one if the publish failed after it was queued).
+fn ack_when_numbered(
+    client: &Client,
+    numbered: tokio::sync::oneshot::Receiver<u64>,
+    id: Option<&RawValue>,
+) {
+    let Some(id) = id.map(ToOwned::to_owned) else {
+        return;
+    };
+    let client = client.clone();
+    client.clone().spawn(async move {
+        let ack = ServerFrame::Ack {
+            id: &id,
+            offset: numbered.await.ok(),
+            token_expires_at: None,
+        };
+        client
+            .shared
+            .hub
+            .deliver(&client.conn, protocol::text(ack.encode()));
+    });
 }
 
 /// What a handled frame is answered with, besides an error.
