@@ -58,6 +58,15 @@ pub const KNOWN: &[&str] = &[
     "presence.events_max_members",
     "presence.events_batch_ms",
     "capacity_warn_percent",
+    "webhook.url",
+    "webhook.secret",
+    "webhook.events",
+    "webhook.message_types",
+    "webhook.batch_max",
+    "webhook.batch_ms",
+    "webhook.max_retry_ms",
+    "webhook.timeout_ms",
+    "webhook.queue_bytes",
     "redis.node_id",
     "redis.url",
     "redis.heartbeat_ms",
@@ -155,6 +164,8 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Log level filter (an `EnvFilter` directive).
     pub log_level: String,
+    /// Webhooks to the backend (`[webhook]`).
+    pub webhook: crate::webhook::WebhookConfig,
     /// The manager's own settings.
     pub manager: ManagerConfig,
 }
@@ -205,6 +216,7 @@ impl Default for ServerConfig {
             pages_enabled: None,
             log_format: LogFormat::Human,
             log_level: "info".into(),
+            webhook: crate::webhook::WebhookConfig::default(),
             manager: ManagerConfig::default(),
         }
     }
@@ -416,6 +428,23 @@ impl ServerConfig {
                     .parse()
                     .map_err(|_| "expected a percentage, 0-100".to_owned())?;
             }
+            "webhook.url" => {
+                self.webhook.url = if value.is_empty() {
+                    None
+                } else {
+                    Some(value.parse().map_err(|_| "not a URL".to_string())?)
+                };
+            }
+            "webhook.secret" => {
+                self.webhook.secrets = value.split(',').map(secret).collect::<Result<_, _>>()?;
+            }
+            "webhook.events" => self.webhook.events = list(value),
+            "webhook.message_types" => self.webhook.message_types = list(value),
+            "webhook.batch_max" => self.webhook.batch_max = parse_num(value)?,
+            "webhook.batch_ms" => self.webhook.batch_wait = parse_ms(value)?,
+            "webhook.max_retry_ms" => self.webhook.max_retry = parse_ms(value)?,
+            "webhook.timeout_ms" => self.webhook.timeout = parse_ms(value)?,
+            "webhook.queue_bytes" => self.webhook.queue_bytes = parse_num(value)?,
             "redis.node_id" => m.node_id = value.to_owned(),
             "redis.url" => {
                 self.redis_url = Some(Secret(value.to_owned())).filter(|u| !u.0.is_empty())
@@ -461,6 +490,7 @@ impl ServerConfig {
         self.manager
             .validate()
             .map_err(|e| err(e.field, e.reason))?;
+        self.validate_webhook()?;
         if self.deadline < self.drain {
             return Err(err(
                 "shutdown.deadline_ms",
@@ -511,6 +541,39 @@ impl ServerConfig {
 
     /// TLS files only with a `rediss://` URL, a client certificate only with its key, and no
     /// `#insecure` (verification off is not built in: trust a private CA with `redis.ca_file`).
+    fn validate_webhook(&self) -> Result<(), ConfigError> {
+        let w = &self.webhook;
+        let Some(url) = &w.url else {
+            return Ok(());
+        };
+        if url.scheme_str() != Some("http") || url.host().is_none() {
+            return Err(err(
+                "webhook.url",
+                "must be an http:// URL (https is not built yet)",
+            ));
+        }
+        if w.secrets.is_empty() {
+            return Err(err(
+                "webhook.secret",
+                "is required with webhook.url: every batch is signed",
+            ));
+        }
+        if let Some(unknown) = w
+            .events
+            .iter()
+            .find(|e| !crate::webhook::EVENT_TYPES.contains(&e.as_str()))
+        {
+            return Err(err("webhook.events", format!("unknown event `{unknown}`")));
+        }
+        if w.batch_max == 0 || w.queue_bytes == 0 || w.timeout.is_zero() {
+            return Err(err(
+                "webhook",
+                "batch_max, queue_bytes and timeout_ms must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_redis_tls(&self) -> Result<(), ConfigError> {
         let url = self.redis_url.as_ref().map_or("", |u| u.0.as_str());
         let tls = &self.redis_tls;
@@ -596,6 +659,16 @@ impl ServerConfig {
     pub fn pages_enabled(&self) -> bool {
         self.pages_enabled.unwrap_or(self.dev_mode)
     }
+}
+
+/// A comma-separated list, spaces trimmed, empty items left out.
+fn list(value: &str) -> std::collections::BTreeSet<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// An empty secret is a mistake (an unset variable in a template), never "no secret".

@@ -1,18 +1,96 @@
 //! The standalone server's side of the manager: a `refresh` on a live protocol-v2 connection
-//! is verified exactly as a token at connect is (dev mode or JWT, the same claims).
+//! is verified exactly as a token at connect is (dev mode or JWT, the same claims), and, with
+//! `[webhook]`, what clients do is posted to the backend (`webhook.rs`).
 
-use switchboard::{Client, ClientError, Credential, ErrorCode, Handler, Manager};
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use switchboard::{
+    AppMessage, Client, ClientError, ConnectionInfo, Credential, DisconnectReason, ErrorCode,
+    Handler, LobbyCode, Manager, NoHandler,
+};
 
 use crate::ServerConfig;
 use crate::auth::Auth;
+use crate::webhook::Webhooks;
 
-/// Verifies refreshed tokens; everything else is the library's default (application messages
-/// are refused with `unknown_type`).
+/// Verifies refreshed tokens and feeds the webhooks; application messages are refused with
+/// `unknown_type` unless the webhooks take them.
 struct ServerHandler {
     auth: Auth,
+    webhooks: Option<Arc<Webhooks>>,
+}
+
+/// The fields every event about a connection has.
+fn about(conn: &ConnectionInfo) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("connection_id".into(), json!(conn.id));
+    fields.insert("user_id".into(), json!(conn.user_id));
+    fields.insert("ip".into(), json!(conn.ip));
+    fields
+}
+
+impl ServerHandler {
+    fn emit(&self, kind: &str, fields: impl FnOnce() -> Map<String, Value>) {
+        if let Some(webhooks) = self.webhooks.as_ref().filter(|w| w.wants(kind)) {
+            webhooks.emit(kind, fields());
+        }
+    }
 }
 
 impl Handler for ServerHandler {
+    fn on_connect(&self, client: &Client) {
+        self.emit("connect", || {
+            let mut fields = about(client.info());
+            fields.insert("protocol".into(), json!(client.info().protocol));
+            fields.insert("lobbies".into(), json!(client.lobbies()));
+            fields
+        });
+    }
+
+    fn on_message(&self, client: &Client, message: AppMessage<'_>) -> Result<(), ClientError> {
+        match &self.webhooks {
+            Some(webhooks) if webhooks.wants_message(message.kind) => {
+                let mut fields = about(client.info());
+                fields.insert("message_type".into(), json!(message.kind));
+                let raw = serde_json::value::RawValue::from_string(message.text.to_owned())
+                    .map_err(|_| ClientError::new(ErrorCode::InvalidJson, "not JSON"))?;
+                fields.insert(
+                    "message".into(),
+                    serde_json::to_value(raw).unwrap_or_default(),
+                );
+                webhooks.emit("message", fields);
+                Ok(())
+            }
+            _ => NoHandler.on_message(client, message),
+        }
+    }
+
+    fn on_disconnect(&self, conn: &ConnectionInfo, reason: DisconnectReason) {
+        self.emit("disconnect", || {
+            let mut fields = about(conn);
+            fields.insert("reason".into(), json!(reason.as_str()));
+            fields.insert("code".into(), json!(reason.close_code()));
+            fields
+        });
+    }
+
+    fn on_join(&self, client: &Client, lobby: &LobbyCode) {
+        self.emit("join", || {
+            let mut fields = about(client.info());
+            fields.insert("lobby".into(), json!(lobby));
+            fields
+        });
+    }
+
+    fn on_leave(&self, client: &Client, lobby: &LobbyCode) {
+        self.emit("leave", || {
+            let mut fields = about(client.info());
+            fields.insert("lobby".into(), json!(lobby));
+            fields
+        });
+    }
+
     fn refresh(&self, _client: &Client, token: &str) -> Result<Credential, ClientError> {
         let identity = self
             .auth
@@ -29,11 +107,13 @@ impl Handler for ServerHandler {
     }
 }
 
-/// The server's manager: its limits and settings from `config`, and the token refresh.
+/// The server's manager: its limits and settings from `config`, the token refresh and the
+/// webhooks (started here, on the current runtime).
 pub fn new_manager(config: &ServerConfig) -> anyhow::Result<Manager> {
     let auth = Auth::from_config(config)?;
+    let webhooks = Webhooks::start(&config.webhook, &config.manager.node_id);
     Ok(Manager::with_handler(
         config.manager.clone(),
-        ServerHandler { auth },
+        ServerHandler { auth, webhooks },
     )?)
 }

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod pages;
 mod serve;
 pub mod state;
+pub mod webhook;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,0 +1,260 @@
+//! Webhooks against a real HTTP receiver started by the test: every event arrives signed, in
+//! order, with its fields; retries resend the same events; a dead receiver costs the clients
+//! nothing and what does not fit the queue is counted.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::mpsc;
+
+/// Every request the receiver got: its body, and whether its signature verified.
+struct Posted {
+    body: Value,
+    signed: bool,
+}
+
+/// A receiver on 127.0.0.1:0 that verifies signatures with `secret` and answers 500 to its
+/// first `fail_first` requests.
+async fn receiver(
+    secret: &'static str,
+    fail_first: usize,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Posted>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let failures = Arc::new(AtomicUsize::new(fail_first));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let (tx, failures) = (tx.clone(), failures.clone());
+            async move {
+                let signed = verify(secret, &headers, &body);
+                let _ = tx.send(Posted {
+                    body: serde_json::from_slice(&body).unwrap(),
+                    signed,
+                });
+                let fail = failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
+                if fail {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, rx)
+}
+
+/// What a receiver does: recompute the HMAC of "t.body" and accept any matching `v1=`.
+fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(header) = headers
+        .get("switchboard-signature")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mut t = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", v)) => t = Some(v.to_owned()),
+            Some(("v1", v)) => signatures.push(v.to_owned()),
+            _ => {}
+        }
+    }
+    let Some(t) = t else { return false };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    signatures.contains(&expected)
+}
+
+async fn next_posted(rx: &mut mpsc::UnboundedReceiver<Posted>) -> Posted {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a batch in time")
+        .unwrap()
+}
+
+/// Reads batches until `n` events have arrived; every batch must verify.
+async fn events(rx: &mut mpsc::UnboundedReceiver<Posted>, n: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    while all.len() < n {
+        let posted = next_posted(rx).await;
+        assert!(posted.signed, "every batch is signed: {}", posted.body);
+        all.extend(posted.body["events"].as_array().unwrap().iter().cloned());
+    }
+    all
+}
+
+fn hooked(url: String, secrets: &str) -> impl FnOnce(&mut switchboard_server::ServerConfig) {
+    let secrets = secrets.to_owned();
+    move |c| {
+        c.set("webhook.url", &url).unwrap();
+        c.set("webhook.secret", &secrets).unwrap();
+        c.set("webhook.batch_ms", "5").unwrap();
+        c.manager.node_id = "hooknode".into();
+    }
+}
+
+#[tokio::test]
+async fn events_reach_the_backend_signed_in_order_with_their_fields() {
+    let (addr, mut posted) = receiver("new-secret", 0).await;
+    // Two secrets (a rotation): the receiver knows only the new one.
+    let server = server(hooked(
+        format!("http://{addr}/hook"),
+        "old-secret,new-secret",
+    ))
+    .await;
+    let mut alice = connect_v2(server.addr, "/ws/room?token=alice").await;
+    alice.expect("joined", "room").await;
+    alice.join("side", 1).await;
+    alice
+        .send(json!({"type": "game_move", "x": [1, 2], "id": 2}))
+        .await;
+    assert_eq!(
+        alice.expect("ack", "the app message is accepted").await["id"],
+        2
+    );
+    alice
+        .send(json!({"type": "leave", "lobby": "side", "id": 3}))
+        .await;
+    alice.expect("left", "side").await;
+    let id = alice.id().to_owned();
+    alice.close().await;
+
+    let events = events(&mut posted, 5).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["connect", "join", "message", "leave", "disconnect"]);
+    for e in &events {
+        assert_eq!(
+            (e["connection_id"].as_str(), e["user_id"].as_str()),
+            (Some(id.as_str()), Some("alice"))
+        );
+        assert_eq!(e["node"], "hooknode");
+        assert_eq!(e["ip"], "127.0.0.1");
+        assert!(e["time"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    let ids: BTreeSet<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 5, "unique ids");
+    assert_eq!(
+        (events[0]["protocol"].as_u64(), &events[0]["lobbies"]),
+        (Some(2), &json!(["room"]))
+    );
+    assert_eq!(events[1]["lobby"], "side");
+    assert_eq!(events[2]["message_type"], "game_move");
+    assert_eq!(
+        events[2]["message"],
+        json!({"type": "game_move", "x": [1, 2], "id": 2})
+    );
+    assert_eq!(events[3]["lobby"], "side");
+    // A close the client started has no code of the server's: `code` is null.
+    assert_eq!(
+        (events[4]["reason"].as_str(), &events[4]["code"]),
+        (Some("client_closed"), &Value::Null)
+    );
+}
+
+#[tokio::test]
+async fn a_failing_receiver_gets_the_same_events_again() {
+    let (addr, mut posted) = receiver("s3cret", 2).await;
+    let server = server(hooked(format!("http://{addr}/hook"), "s3cret")).await;
+    let alice = connect_v2(server.addr, "/ws?token=alice").await;
+    alice.close().await;
+    // Three attempts (500, 500, 200), each with the same events.
+    let mut attempts = Vec::new();
+    while attempts.len() < 3 {
+        let posted = next_posted(&mut posted).await;
+        assert!(posted.signed);
+        let ids: Vec<String> = posted.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        attempts.push(ids);
+    }
+    assert!(!attempts[0].is_empty());
+    assert_eq!(attempts[0], attempts[1]);
+    assert_eq!(attempts[1], attempts[2]);
+}
+
+#[tokio::test]
+async fn application_messages_stay_refused_without_the_message_event() {
+    let (addr, _posted) = receiver("s", 0).await;
+    let server = server(|c| {
+        hooked(format!("http://{addr}/hook"), "s")(c);
+        c.set("webhook.events", "connect,disconnect").unwrap();
+    })
+    .await;
+    let mut alice = connect_v2(server.addr, "/ws?token=alice").await;
+    alice.send(json!({"type": "game_move", "id": 1})).await;
+    assert_eq!(
+        alice.expect("error", "not forwarded").await["code"],
+        "unknown_type"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_receiver_costs_the_clients_nothing_and_drops_are_counted() {
+    // A port nobody listens on, a tiny queue, short retries.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{dead}/hook");
+    let server = Process::start(
+        &[
+            ("SWITCHBOARD_DEV_MODE", "true"),
+            ("SWITCHBOARD_WEBHOOK__URL", url.as_str()),
+            ("SWITCHBOARD_WEBHOOK__SECRET", "s"),
+            ("SWITCHBOARD_WEBHOOK__QUEUE_BYTES", "600"),
+            ("SWITCHBOARD_WEBHOOK__MAX_RETRY_MS", "2000"),
+            ("SWITCHBOARD_RATE__CONNECTS_PER_IP_PER_SEC", "0"),
+        ],
+        None,
+    );
+    for i in 0..20 {
+        let mut c = connect(server.addr, "room", &format!("u{i}")).await;
+        c.send(json!({"type": "broadcast", "data": i})).await;
+        assert_eq!(c.expect("message", "own broadcast").await["data"], i);
+        c.close().await;
+    }
+    let mut dropped = 0.0;
+    for _ in 0..100 {
+        let metrics = http(server.addr, "GET", "/metrics", None, None).await.body;
+        dropped = metrics
+            .lines()
+            .find(|l| l.starts_with("switchboard_webhook_events_total") && l.contains("dropped"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if dropped > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        dropped > 0.0,
+        "events beyond the queue's bytes are counted as dropped"
+    );
+}
