@@ -60,13 +60,14 @@ impl Cluster for RedisCluster {
                 .await;
             match released {
                 Ok((left, users)) => {
+                    self.tell_app(&left, false);
                     let small: Vec<String> = left
                         .into_iter()
                         .zip(users)
                         .filter(|(_, users)| *users as usize <= self.cfg.events_max_members)
                         .map(|(left, _)| left)
                         .collect();
-                    self.announce_left(&small);
+                    self.announce_events(&small, false);
                 }
                 Err(error) => self.failed("release", &error),
             }
@@ -105,8 +106,12 @@ impl Cluster for RedisCluster {
                     self.record_membership(conn, lobby);
                     let events =
                         self.cfg.presence_events && users as usize <= self.cfg.events_max_members;
-                    if joined == 1 && events {
-                        self.announce(&[format!("{lobby}\t{}", conn.user_id)], true);
+                    if joined == 1 {
+                        let item = [format!("{lobby}\t{}", conn.user_id)];
+                        self.tell_app(&item, true);
+                        if events {
+                            self.announce_events(&item, true);
+                        }
                     }
                     Admission::Admitted {
                         presence_events: events,
@@ -162,8 +167,10 @@ impl Cluster for RedisCluster {
                 .await;
             match parted {
                 Ok((left, users)) if !left.is_empty() => {
+                    let item = [left];
+                    self.tell_app(&item, false);
                     if users as usize <= self.cfg.events_max_members {
-                        self.announce_left(&[left]);
+                        self.announce_events(&item, false);
                     }
                 }
                 Ok(_) => {}

@@ -242,7 +242,23 @@ impl RedisCluster {
     }
 
     /// Delivers presence events locally and to the other nodes. `items` are "lobby\tuser".
+    /// Tells this node's app about presence changes this node's script made true (so exactly
+    /// one node tells), then the clients (`announce_events`). `items` are "lobby\tuser".
     fn announce(&self, items: &[String], joined: bool) {
+        self.tell_app(items, joined);
+        self.announce_events(items, joined);
+    }
+
+    /// Tells this node's app (`Handler::on_presence`) about presence changes, whatever the
+    /// lobby's size: the app hears every one, the clients only in small lobbies.
+    fn tell_app(&self, items: &[String], joined: bool) {
+        for (lobby, user) in items.iter().filter_map(|item| item.split_once('\t')) {
+            self.local.presence_changed(lobby, user, joined);
+        }
+    }
+
+    /// Sends join/leave events to the lobby's members on every node, when events are on.
+    fn announce_events(&self, items: &[String], joined: bool) {
         if !self.cfg.presence_events {
             return;
         }
@@ -383,8 +399,12 @@ impl RedisCluster {
         }
         self.announce_left(&left);
         let events = self.cfg.presence_events && members as usize <= self.cfg.events_max_members;
-        if let (1, true, Some(lobby)) = (joined, events, lobby) {
-            self.announce(&[format!("{lobby}\t{}", conn.user_id)], true);
+        if let (1, Some(lobby)) = (joined, lobby) {
+            let item = [format!("{lobby}\t{}", conn.user_id)];
+            self.tell_app(&item, true);
+            if events {
+                self.announce_events(&item, true);
+            }
         }
         Admission::Admitted {
             presence_events: events,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use switchboard::{
     AppMessage, Client, ClientError, ConnectionInfo, Credential, DisconnectReason, ErrorCode,
-    Handler, LobbyCode, Manager, NoHandler,
+    Handler, LobbyCode, Manager, NoHandler, UserId,
 };
 
 use crate::ServerConfig;
@@ -87,6 +87,26 @@ impl Handler for ServerHandler {
         self.emit("leave", || {
             let mut fields = about(client.info());
             fields.insert("lobby".into(), json!(lobby));
+            fields
+        });
+    }
+
+    fn wants_presence(&self) -> bool {
+        self.webhooks
+            .as_ref()
+            .is_some_and(|w| w.wants("member_joined") || w.wants("member_left"))
+    }
+
+    fn on_presence(&self, lobby: &LobbyCode, user: &UserId, joined: bool) {
+        let kind = if joined {
+            "member_joined"
+        } else {
+            "member_left"
+        };
+        self.emit(kind, || {
+            let mut fields = Map::new();
+            fields.insert("lobby".into(), json!(lobby));
+            fields.insert("user_id".into(), json!(user));
             fields
         });
     }

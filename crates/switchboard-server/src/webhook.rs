@@ -29,7 +29,15 @@ use tokio::sync::mpsc;
 use crate::config::Secret;
 
 /// The events a receiver may ask for.
-pub const EVENT_TYPES: [&str; 5] = ["connect", "disconnect", "join", "leave", "message"];
+pub const EVENT_TYPES: [&str; 7] = [
+    "connect",
+    "disconnect",
+    "join",
+    "leave",
+    "member_joined",
+    "member_left",
+    "message",
+];
 
 /// Webhook settings (`[webhook]`).
 #[derive(Debug, Clone)]

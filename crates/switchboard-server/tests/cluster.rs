@@ -1597,3 +1597,92 @@ async fn v2_a_server_side_join_reaches_every_node() {
     );
     eventually_json("news is empty", a.addr, "/api/lobbies", |v| v == &json!([])).await;
 }
+
+/// Presence webhooks across nodes: each change is posted once, by the node whose change made
+/// it true; a killed node's users leave once, posted by the node that sweeps it.
+#[tokio::test]
+async fn presence_webhooks_are_posted_once_across_nodes() {
+    let (tx, mut posted) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let batch: Value = serde_json::from_slice(&body).unwrap();
+                for event in batch["events"].as_array().unwrap() {
+                    let _ = tx.send(event.clone());
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let redis = Redis::start();
+    let env = [
+        ("SWITCHBOARD_USER_POLICY", "multi"),
+        ("SWITCHBOARD_WEBHOOK__URL", hook.as_str()),
+        ("SWITCHBOARD_WEBHOOK__SECRET", "s"),
+        ("SWITCHBOARD_WEBHOOK__EVENTS", "member_joined,member_left"),
+        ("SWITCHBOARD_WEBHOOK__BATCH_MS", "5"),
+    ];
+    let a = node(&redis, "wa", &env);
+    let mut b = node(&redis, "wb", &env);
+    let next = |posted: &mut tokio::sync::mpsc::UnboundedReceiver<Value>| {
+        let event = posted.try_recv();
+        event.ok()
+    };
+    let mut events = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    let mut collect = async |events: &mut Vec<Value>, n: usize| {
+        while events.len() < n && Instant::now() < deadline {
+            match next(&mut posted) {
+                Some(event) => events.push(event),
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    let on_a = connect(a.addr, "room", "alice").await;
+    let on_b = connect(b.addr, "room", "alice").await;
+    let _hank = connect(b.addr, "den", "hank").await;
+    // Both joins posted (a killed node loses what it had not posted yet).
+    collect(&mut events, 2).await;
+    on_a.close().await;
+    on_b.close().await;
+    collect(&mut events, 3).await;
+    b.signal("KILL");
+    b.wait(WAIT).await;
+    collect(&mut events, 4).await;
+    let mut seen: Vec<(String, String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["lobby"].as_str().unwrap().to_owned(),
+                e["user_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("member_joined".into(), "den".into(), "hank".into()),
+            ("member_joined".into(), "room".into(), "alice".into()),
+            ("member_left".into(), "den".into(), "hank".into()),
+            ("member_left".into(), "room".into(), "alice".into()),
+        ]
+    );
+    let hank_left = events
+        .iter()
+        .find(|e| e["type"] == "member_left" && e["user_id"] == "hank")
+        .unwrap();
+    assert_eq!(
+        hank_left["node"], "wa",
+        "the sweeping node posts the dead node's leaves"
+    );
+    // Nothing twice: after a pause, no fifth event.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(next(&mut posted).is_none(), "an event was posted twice");
+}

@@ -120,10 +120,11 @@ fn hooked(url: String, secrets: &str) -> impl FnOnce(&mut switchboard_server::Se
 async fn events_reach_the_backend_signed_in_order_with_their_fields() {
     let (addr, mut posted) = receiver("new-secret", 0).await;
     // Two secrets (a rotation): the receiver knows only the new one.
-    let server = server(hooked(
-        format!("http://{addr}/hook"),
-        "old-secret,new-secret",
-    ))
+    let server = server(|c| {
+        hooked(format!("http://{addr}/hook"), "old-secret,new-secret")(c);
+        c.set("webhook.events", "connect,disconnect,join,leave,message")
+            .unwrap();
+    })
     .await;
     let mut alice = connect_v2(server.addr, "/ws/room?token=alice").await;
     alice.expect("joined", "room").await;
@@ -256,5 +257,51 @@ async fn a_dead_receiver_costs_the_clients_nothing_and_drops_are_counted() {
     assert!(
         dropped > 0.0,
         "events beyond the queue's bytes are counted as dropped"
+    );
+}
+
+/// Presence is per user: a user's second tab joins nobody, the last one out leaves.
+#[tokio::test]
+async fn presence_events_follow_users_not_tabs() {
+    let (addr, mut posted) = receiver("s", 0).await;
+    let server = server(|c| {
+        hooked(format!("http://{addr}/hook"), "s")(c);
+        c.set("webhook.events", "member_joined,member_left")
+            .unwrap();
+        c.manager.user_policy = switchboard::UserPolicy::Multi;
+    })
+    .await;
+    let tab1 = connect(server.addr, "room", "alice").await;
+    let tab2 = connect(server.addr, "room", "alice").await;
+    let mut v2 = connect_v2(server.addr, "/ws?token=alice").await;
+    v2.join("other", 1).await;
+    tab1.close().await;
+    tab2.close().await;
+    v2.close().await;
+    let events = events(&mut posted, 4).await;
+    let seen: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap(),
+                e["lobby"].as_str().unwrap(),
+                e["user_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("member_joined", "room", "alice"),
+            ("member_joined", "other", "alice"),
+            ("member_left", "room", "alice"),
+            ("member_left", "other", "alice"),
+        ]
+    );
+    // Nothing more: no event per tab.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(200), posted.recv())
+            .await
+            .is_err()
     );
 }

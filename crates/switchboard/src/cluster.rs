@@ -210,6 +210,8 @@ pub(crate) trait Node: Send + Sync {
     fn post(&self, id: &str, user: &str, lobby: &str, frame: &str) -> bool;
     /// Joins the node's v2 connections of `user` to `lobby` (or takes them out), from a task.
     fn membership_for_user(self: Arc<Self>, user: &str, lobby: &str, join: bool);
+    /// Tells the node's app about a presence change the cluster made true on this node.
+    fn presence_changed(&self, lobby: &LobbyCode, user: &UserId, joined: bool);
 }
 
 /// The local side a cluster delivers to: a weak handle on the manager, so the cluster can be
@@ -302,6 +304,19 @@ impl LocalNode {
         if let Some(shared) = self.shared.upgrade() {
             shared.membership_for_user(user, lobby, join);
         }
+    }
+
+    /// Tells this node's app (`Handler::on_presence`) that `user` joined or left `lobby`,
+    /// a change this node's call to the cluster made true: exactly one node is told.
+    pub fn presence_changed(&self, lobby: &str, user: &str, joined: bool) {
+        let (Some(shared), Ok(lobby), Ok(user)) = (
+            self.shared.upgrade(),
+            LobbyCode::parse(lobby),
+            UserId::parse(user),
+        ) else {
+            return;
+        };
+        shared.presence_changed(&lobby, &user, joined);
     }
 
     /// Delivers a frame posted (on another node) for one of this node's SSE connections.

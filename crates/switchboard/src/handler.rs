@@ -86,6 +86,21 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (client, lobby);
     }
 
+    /// Whether this handler wants [`on_presence`](Self::on_presence) (default: no, and the
+    /// manager then keeps no record of presence changes for it).
+    fn wants_presence(&self) -> bool {
+        false
+    }
+
+    /// A user joined (`joined`) or left a lobby: their first connection there arrived, or
+    /// their last one left (after the leave grace). Each change is heard once, on one node: in
+    /// a cluster, the node whose connection made it true (a dead node's by the node that
+    /// cleans up after it). Called in order, from a task of its own, off the registry's lock:
+    /// it may call the manager. Only with [`wants_presence`](Self::wants_presence).
+    fn on_presence(&self, lobby: &LobbyCode, user: &UserId, joined: bool) {
+        let _ = (lobby, user, joined);
+    }
+
     /// Protocol v2: verifies the token of a client's `refresh` and says what it allows. The
     /// credential must name the connection's user (another user is refused with
     /// `not_allowed`); its expiry replaces the connection's, and lobbies it no longer allows

@@ -64,10 +64,17 @@ impl Manager {
     /// A manager whose application messages and connection events go to `handler`.
     pub fn with_handler(config: Config, handler: impl Handler) -> Result<Self, ConfigError> {
         config.validate()?;
-        Ok(Self {
-            shared: Arc::new(Shared::new(config)),
-            handler: AppHandler::new(handler),
-        })
+        let shared = Arc::new(Shared::new(config));
+        let handler = AppHandler::new(handler);
+        if handler.wants_presence() {
+            let app = handler.clone();
+            shared
+                .hub
+                .listen_to_presence(Arc::new(move |lobby, user, joined| {
+                    app.on_presence(lobby, user, joined);
+                }));
+        }
+        Ok(Self { shared, handler })
     }
 
     /// The configuration in use.

@@ -574,6 +574,10 @@ impl Shared {
 }
 
 impl crate::cluster::Node for Shared {
+    fn presence_changed(&self, lobby: &LobbyCode, user: &crate::ids::UserId, joined: bool) {
+        self.hub.presence_changed(lobby, user, joined);
+    }
+
     fn membership_for_user(self: Arc<Self>, user: &str, lobby: &str, join: bool) {
         let (Ok(lobby), user) = (LobbyCode::parse(lobby), user.to_owned()) else {
             return;

@@ -30,8 +30,8 @@ mod lobby;
 mod presence;
 
 use lobby::Lobby;
-use presence::EventBatch;
 pub(crate) use presence::PendingLeave;
+use presence::{EventBatch, PresenceFeed};
 
 /// Who a fan-out skips, resolved against this node: a [`Skip`] of one connection becomes its
 /// sequence number (or nobody, when the connection is on another node).
@@ -65,6 +65,8 @@ pub(crate) struct Hub {
     tracker: TaskTracker,
     /// Cancelled at shutdown: leave graces end at once.
     leave_graces: CancellationToken,
+    /// Presence changes for the embedding app.
+    feed: PresenceFeed,
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +184,7 @@ impl Hub {
             state: Mutex::new(Registry::default()),
             tracker,
             leave_graces: CancellationToken::new(),
+            feed: PresenceFeed::default(),
         }
     }
 
@@ -558,6 +561,7 @@ impl Hub {
                     lobby,
                     user: user.clone(),
                     generation,
+                    local_presence: !conn.cluster_presence,
                 })
             })
             .collect()

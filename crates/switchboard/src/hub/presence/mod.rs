@@ -8,6 +8,7 @@
 //! enough (`presence.events_max_members`) and are written in batches (`batch.rs`).
 
 mod batch;
+mod feed;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use axum::extract::ws::Message;
 use serde_json::value::RawValue;
 
 pub(super) use batch::EventBatch;
+pub(crate) use feed::{PresenceFeed, PresenceSink};
 
 use super::lobby::Lobby;
 use super::{Exclude, Hub};
@@ -132,6 +134,9 @@ pub(crate) struct PendingLeave {
     pub(crate) lobby: LobbyCode,
     pub(crate) user: UserId,
     pub(crate) generation: u64,
+    /// This node speaks for the connection's presence (alone, or admitted while the cluster
+    /// was away); in a cluster that admitted it, the cluster does.
+    pub(crate) local_presence: bool,
 }
 
 /// The hub's presence side: events, the leave grace, the presence list.
@@ -150,6 +155,17 @@ impl Hub {
         });
     }
 
+    /// Starts telling `sink` about presence changes this node speaks for (see
+    /// [`PresenceFeed`]); the cluster tells it about the others through `LocalNode`.
+    pub(crate) fn listen_to_presence(&self, sink: PresenceSink) {
+        self.feed.listen(sink);
+    }
+
+    /// A presence change the cluster made true on this node (exactly one node hears it).
+    pub(crate) fn presence_changed(&self, lobby: &LobbyCode, user: &UserId, joined: bool) {
+        self.feed.push(lobby, user, joined, &self.tracker);
+    }
+
     /// At shutdown: pending leave graces end at once.
     pub(crate) fn end_leave_graces(&self) {
         self.leave_graces.cancel();
@@ -166,6 +182,10 @@ impl Hub {
             .expire_leave(&pending.user, pending.generation)
         {
             let user_id = &pending.user;
+            if pending.local_presence {
+                self.feed
+                    .push(&pending.lobby, user_id, false, &self.tracker);
+            }
             if self.events_on(lobby) {
                 let frame = text(
                     ServerFrame::MemberLeft {
@@ -193,6 +213,16 @@ impl Hub {
         conn: &ConnHandle,
     ) {
         let user_id = &conn.info.user_id;
+        if !conn.cluster_presence
+            && let PresenceChange::Joined | PresenceChange::Left = change
+        {
+            self.feed.push(
+                lobby_code,
+                user_id,
+                change == PresenceChange::Joined,
+                &self.tracker,
+            );
+        }
         let frame = match change {
             PresenceChange::Joined => ServerFrame::MemberJoined {
                 lobby: lobby_code,
