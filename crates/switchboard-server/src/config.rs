@@ -6,6 +6,7 @@
 //! accept the same values. Unknown names are refused, so a typo never silently leaves a
 //! default in place. `config/switchboard.example.toml` documents every field.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -165,9 +166,60 @@ pub struct ServerConfig {
     /// Log level filter (an `EnvFilter` directive).
     pub log_level: String,
     /// Webhooks to the backend (`[webhook]`).
-    pub webhook: crate::webhook::WebhookConfig,
+    pub webhook: WebhookConfig,
     /// The manager's own settings.
     pub manager: ManagerConfig,
+}
+
+/// The events a receiver may ask for.
+pub const WEBHOOK_EVENTS: [&str; 7] = [
+    "connect",
+    "disconnect",
+    "join",
+    "leave",
+    "member_joined",
+    "member_left",
+    "message",
+];
+
+/// Webhook settings (`[webhook]`).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Where batches are POSTed (`http://`); `None`: webhooks are off.
+    pub url: Option<hyper::Uri>,
+    /// Signing secrets: every one signs each batch (one `v1=` entry each), so a receiver can
+    /// rotate its secret without missing a batch.
+    pub secrets: Vec<Secret>,
+    /// The event types posted.
+    pub events: BTreeSet<String>,
+    /// Application message types posted (with `message` among the events); empty: every one.
+    pub message_types: BTreeSet<String>,
+    /// Events per batch, at most.
+    pub batch_max: usize,
+    /// How long the first event of a batch waits for others.
+    pub batch_wait: Duration,
+    /// How long a batch is retried before it is dropped (and counted).
+    pub max_retry: Duration,
+    /// One attempt's deadline.
+    pub timeout: Duration,
+    /// Bytes of events waiting to be sent, at most.
+    pub queue_bytes: usize,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secrets: Vec::new(),
+            events: WEBHOOK_EVENTS.iter().map(|e| (*e).to_owned()).collect(),
+            message_types: BTreeSet::new(),
+            batch_max: 100,
+            batch_wait: Duration::from_millis(50),
+            max_retry: Duration::from_millis(60_000),
+            timeout: Duration::from_millis(5_000),
+            queue_bytes: 8 << 20,
+        }
+    }
 }
 
 /// A setting that cannot work: names the variable and why.
@@ -216,7 +268,7 @@ impl Default for ServerConfig {
             pages_enabled: None,
             log_format: LogFormat::Human,
             log_level: "info".into(),
-            webhook: crate::webhook::WebhookConfig::default(),
+            webhook: WebhookConfig::default(),
             manager: ManagerConfig::default(),
         }
     }
@@ -561,7 +613,7 @@ impl ServerConfig {
         if let Some(unknown) = w
             .events
             .iter()
-            .find(|e| !crate::webhook::EVENT_TYPES.contains(&e.as_str()))
+            .find(|e| !WEBHOOK_EVENTS.contains(&e.as_str()))
         {
             return Err(err("webhook.events", format!("unknown event `{unknown}`")));
         }
@@ -662,7 +714,7 @@ impl ServerConfig {
 }
 
 /// A comma-separated list, spaces trimmed, empty items left out.
-fn list(value: &str) -> std::collections::BTreeSet<String> {
+fn list(value: &str) -> BTreeSet<String> {
     value
         .split(',')
         .map(str::trim)

@@ -11,7 +11,6 @@
 //! retried. Delivery is at least once: every event carries an `id` for the receiver's
 //! de-duplication.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,58 +25,7 @@ use serde_json::{Map, Value, json};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::config::Secret;
-
-/// The events a receiver may ask for.
-pub const EVENT_TYPES: [&str; 7] = [
-    "connect",
-    "disconnect",
-    "join",
-    "leave",
-    "member_joined",
-    "member_left",
-    "message",
-];
-
-/// Webhook settings (`[webhook]`).
-#[derive(Debug, Clone)]
-pub struct WebhookConfig {
-    /// Where batches are POSTed (`http://`); `None`: webhooks are off.
-    pub url: Option<hyper::Uri>,
-    /// Signing secrets: every one signs each batch (one `v1=` entry each), so a receiver can
-    /// rotate its secret without missing a batch.
-    pub secrets: Vec<Secret>,
-    /// The event types posted.
-    pub events: BTreeSet<String>,
-    /// Application message types posted (with `message` among the events); empty: every one.
-    pub message_types: BTreeSet<String>,
-    /// Events per batch, at most.
-    pub batch_max: usize,
-    /// How long the first event of a batch waits for others.
-    pub batch_wait: Duration,
-    /// How long a batch is retried before it is dropped (and counted).
-    pub max_retry: Duration,
-    /// One attempt's deadline.
-    pub timeout: Duration,
-    /// Bytes of events waiting to be sent, at most.
-    pub queue_bytes: usize,
-}
-
-impl Default for WebhookConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            secrets: Vec::new(),
-            events: EVENT_TYPES.iter().map(|e| (*e).to_owned()).collect(),
-            message_types: BTreeSet::new(),
-            batch_max: 100,
-            batch_wait: Duration::from_millis(50),
-            max_retry: Duration::from_millis(60_000),
-            timeout: Duration::from_millis(5_000),
-            queue_bytes: 8 << 20,
-        }
-    }
-}
+use crate::config::{Secret, WebhookConfig};
 
 /// The sending side of the webhooks: cheap to share.
 #[derive(Debug)]
