@@ -282,6 +282,19 @@ impl Shared {
         joined
     }
 
+    /// Takes a v2 connection of this node out of a lobby here, without telling the cluster:
+    /// what [`leave`](Self::leave) does alone. Callers that must not wait use it when
+    /// [`in_cluster`](Self::in_cluster) is false.
+    pub(crate) fn leave_here(
+        &self,
+        seq: u64,
+        lobby: &LobbyCode,
+        reason: LeftReason,
+        id: Option<&RawValue>,
+    ) -> bool {
+        self.hub.leave_lobby(seq, lobby, reason, id, true)
+    }
+
     /// Takes a v2 connection of this node out of a lobby, queueing `left` with `reason` (and
     /// `id`). Returns whether it was in the lobby. In cluster mode the connection leaves this
     /// node's lobby first (so it hears nothing more from there, its own `member_left`
@@ -295,7 +308,7 @@ impl Shared {
         id: Option<&RawValue>,
     ) -> bool {
         let Some(cluster) = self.cluster.get() else {
-            return self.hub.leave_lobby(conn.seq, lobby, reason, id, true);
+            return self.leave_here(conn.seq, lobby, reason, id);
         };
         let was_in = self.hub.leave_lobby(conn.seq, lobby, reason, id, false);
         cluster.leave(&conn.info, lobby).await;

@@ -147,6 +147,7 @@ pub(super) fn handle_text(
                         }
                         None => Answer::Ack {
                             offset: published.offset,
+                            token_expires_at: None,
                         },
                     })
                     .map_err(|_| overloaded())
@@ -159,7 +160,7 @@ pub(super) fn handle_text(
             let frame = crate::protocol::text(frame.encode());
             shared
                 .send_to_user(to.as_str(), &frame)
-                .map(|_| Answer::Ack { offset: None })
+                .map(|_| Answer::ack())
                 .map_err(|_| overloaded())
         }
         ClientFrame::Presence { lobby } => shared
@@ -211,7 +212,8 @@ pub(super) fn handle_text(
             for lobby in shared.hub.set_allowed(conn.seq, credential.allowed) {
                 leave(client, handler, lobby, LeftReason::NotAllowed, None);
             }
-            Ok(Answer::Refreshed {
+            Ok(Answer::Ack {
+                offset: None,
                 token_expires_at: credential.expires_at.map(crate::protocol::system_ms),
             })
         }),
@@ -224,23 +226,23 @@ pub(super) fn handle_text(
                     id,
                 },
             )
-            .map(|()| Answer::Ack { offset: None }),
+            .map(|()| Answer::ack()),
     };
     // v2: a frame with an `id` that succeeded is acknowledged (unless its answer carries it).
-    let ack = match (&outcome, id, v2) {
-        (Ok(Answer::Ack { offset }), Some(id), true) => Some(ServerFrame::Ack {
+    if let (
+        Ok(Answer::Ack {
+            offset,
+            token_expires_at,
+        }),
+        Some(id),
+        true,
+    ) = (&outcome, id, v2)
+    {
+        let ack = ServerFrame::Ack {
             id,
             offset: *offset,
-            token_expires_at: None,
-        }),
-        (Ok(Answer::Refreshed { token_expires_at }), Some(id), true) => Some(ServerFrame::Ack {
-            id,
-            offset: None,
             token_expires_at: *token_expires_at,
-        }),
-        _ => None,
-    };
-    if let Some(ack) = ack {
+        };
         shared.hub.deliver(conn, protocol::text(ack.encode()));
     }
     if let Err(error) = outcome {
@@ -275,12 +277,24 @@ fn ack_when_numbered(
 
 /// What a handled frame is answered with, besides an error.
 enum Answer {
-    /// v2 only, and only for a frame with an `id`: `ack`, with a broadcast's offset.
-    Ack { offset: Option<u64> },
-    /// v2: `ack` of a refresh, with the new expiry.
-    Refreshed { token_expires_at: Option<u64> },
+    /// v2 only, and only for a frame with an `id`: `ack`, with a broadcast's offset or a
+    /// refresh's new expiry.
+    Ack {
+        offset: Option<u64>,
+        token_expires_at: Option<u64>,
+    },
     /// Nothing more: the frame needs no answer or its answer carries the `id` itself.
     Nothing,
+}
+
+impl Answer {
+    /// A plain `ack`.
+    fn ack() -> Self {
+        Self::Ack {
+            offset: None,
+            token_expires_at: None,
+        }
+    }
 }
 
 /// The refusal of a frame whose lobby is not one the connection is in (`true`: it named one)
@@ -320,8 +334,7 @@ fn leave(
     if !client.shared.in_cluster() {
         if client
             .shared
-            .hub
-            .leave_lobby(client.conn.seq, &lobby, reason, id, true)
+            .leave_here(client.conn.seq, &lobby, reason, id)
         {
             handler.on_leave(client, &lobby);
         }

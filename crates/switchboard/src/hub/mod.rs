@@ -286,11 +286,9 @@ impl Hub {
     ) -> Result<(), JoinRefused> {
         let mut guard = self.lock();
         let reg = &mut *guard;
-        let Some(entry) = reg.conns.get(&seq).filter(|_| !reg.draining) else {
-            return Err(JoinRefused::Gone);
-        };
-        let conn = entry.conn.clone();
-        if entry.position(join.lobby.as_str()).is_some() {
+        let already_in = self.check_join(reg, seq, join.lobby)?;
+        let conn = reg.conns[&seq].conn.clone();
+        if already_in {
             let config = &self.config.history;
             let lobby = &reg.lobbies[join.lobby];
             let presence_events = self.events_on(lobby);
@@ -304,16 +302,6 @@ impl Hub {
             });
             self.deliver(&conn, frame);
             return Ok(());
-        }
-        if entry
-            .allowed
-            .as_ref()
-            .is_some_and(|a| !a.allows(join.lobby.as_str()))
-        {
-            return Err(JoinRefused::NotAllowed);
-        }
-        if entry.lobbies.len() >= self.config.limits.max_lobbies_per_connection {
-            return Err(JoinRefused::TooManyLobbies);
         }
         let members = reg.lobbies.get(join.lobby).map_or(0, |l| l.members.len());
         if members >= self.config.limits.max_per_lobby {
@@ -375,7 +363,12 @@ impl Hub {
     /// when it is in it already, `Ok(false)` when its credential and its number of lobbies
     /// allow it (the lobby's cap is the cluster's to check).
     pub(crate) fn may_join(&self, seq: u64, lobby: &LobbyCode) -> Result<bool, JoinRefused> {
-        let reg = self.lock();
+        self.check_join(&self.lock(), seq, lobby)
+    }
+
+    /// The checks of a join that need nothing but the connection's entry: gone or draining,
+    /// already in (`Ok(true)`), the credential's lobbies, the lobbies per connection.
+    fn check_join(&self, reg: &Registry, seq: u64, lobby: &LobbyCode) -> Result<bool, JoinRefused> {
         let entry = reg
             .conns
             .get(&seq)
