@@ -59,16 +59,7 @@ impl Cluster for RedisCluster {
                 .invoke_async(&mut con)
                 .await;
             match released {
-                Ok((left, users)) => {
-                    self.tell_app(&left, false);
-                    let small: Vec<String> = left
-                        .into_iter()
-                        .zip(users)
-                        .filter(|(_, users)| *users as usize <= self.cfg.events_max_members)
-                        .map(|(left, _)| left)
-                        .collect();
-                    self.announce_events(&small, false);
-                }
+                Ok((left, users)) => self.announce_sized(&left, &users, false),
                 Err(error) => self.failed("release", &error),
             }
         })
@@ -108,10 +99,7 @@ impl Cluster for RedisCluster {
                         self.cfg.presence_events && users as usize <= self.cfg.events_max_members;
                     if joined == 1 {
                         let item = [format!("{lobby}\t{}", conn.user_id)];
-                        self.tell_app(&item, true);
-                        if events {
-                            self.announce_events(&item, true);
-                        }
+                        self.announce_sized(&item, &[users], true);
                     }
                     Admission::Admitted {
                         presence_events: events,
@@ -167,11 +155,7 @@ impl Cluster for RedisCluster {
                 .await;
             match parted {
                 Ok((left, users)) if !left.is_empty() => {
-                    let item = [left];
-                    self.tell_app(&item, false);
-                    if users as usize <= self.cfg.events_max_members {
-                        self.announce_events(&item, false);
-                    }
+                    self.announce_sized(&[left], &[users], false);
                 }
                 Ok(_) => {}
                 Err(error) => self.failed("leave", &error),

@@ -249,6 +249,20 @@ impl RedisCluster {
         self.announce_events(items, joined);
     }
 
+    /// Like [`announce`](Self::announce), for changes whose lobbies' user counts are known
+    /// (`users[i]` for `items[i]`): the app hears every one, the clients only those in lobbies
+    /// of at most `presence.events_max_members` users.
+    fn announce_sized(&self, items: &[String], users: &[i64], joined: bool) {
+        self.tell_app(items, joined);
+        let small: Vec<String> = items
+            .iter()
+            .zip(users)
+            .filter(|(_, users)| **users as usize <= self.cfg.events_max_members)
+            .map(|(item, _)| item.clone())
+            .collect();
+        self.announce_events(&small, joined);
+    }
+
     /// Tells this node's app (`Handler::on_presence`) about presence changes, whatever the
     /// lobby's size: the app hears every one, the clients only in small lobbies.
     fn tell_app(&self, items: &[String], joined: bool) {
@@ -400,11 +414,7 @@ impl RedisCluster {
         self.announce_left(&left);
         let events = self.cfg.presence_events && members as usize <= self.cfg.events_max_members;
         if let (1, Some(lobby)) = (joined, lobby) {
-            let item = [format!("{lobby}\t{}", conn.user_id)];
-            self.tell_app(&item, true);
-            if events {
-                self.announce_events(&item, true);
-            }
+            self.announce_sized(&[format!("{lobby}\t{}", conn.user_id)], &[members], true);
         }
         Admission::Admitted {
             presence_events: events,
