@@ -42,6 +42,7 @@ export const CLOSE_CODES: readonly CloseCodeInfo[] = [
   { code: 1003, reason: "unsupported_data", retryAfterMs: null, reconnect: "backoff", meaning: "a binary data frame" },
   { code: 1007, reason: "invalid_utf8", retryAfterMs: null, reconnect: "backoff", meaning: "a text frame that is not valid UTF-8" },
   { code: 1009, reason: "message_too_big", retryAfterMs: null, reconnect: "backoff", meaning: "a frame larger than max_message_bytes" },
+  { code: 1013, reason: "backend_unavailable", retryAfterMs: [1000, 5000], reconnect: "after_retry", meaning: "the standalone server's connect proxy did not answer in time, answered 5xx, or was busy" },
 ];
 
 /** Codes after which a client never reconnects. */

@@ -14,6 +14,8 @@ use switchboard::axum::{ConnectParams, WsConnect};
 use switchboard::sse::SsePostError;
 use switchboard::{ConnectRequest, DisconnectReason};
 
+use crate::proxy::{ConnectAttempt, ProxyError};
+
 pub use crate::state::AppState;
 
 /// Routes for clients: `/ws/{lobby}`, `/ws` (protocol v2, no lobby yet), the SSE fallback,
@@ -74,12 +76,13 @@ enum Refusal {
     Close(DisconnectReason),
 }
 
-/// The checks in front of every connect, whatever the transport: origin, draining, token,
-/// lobby claim, client IP.
-fn authorize(
+/// The checks in front of every connect, whatever the transport: origin, draining, who the
+/// client is (the token, or the backend through the connect proxy), lobby claim, client IP.
+async fn authorize(
     state: &AppState,
     params: ConnectParams,
     headers: &HeaderMap,
+    transport: &'static str,
 ) -> Result<ConnectRequest, Refusal> {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if let Some(origin) = params.origin.as_deref()
@@ -92,18 +95,41 @@ fn authorize(
         return Err(Refusal::Close(DisconnectReason::ServerShutdown));
     }
     let ip = client_ip(params.peer.ip(), headers, &state.trusted_proxies);
-    let identity = match state.auth.verify(params.token.as_deref()) {
-        Ok(identity) if identity.may_join(params.lobby.as_ref()) => identity,
-        Ok(identity) => {
-            let lobby = params.lobby.as_ref().map_or("", |l| l.as_str());
-            tracing::info!(user = %identity.user_id, lobby, %ip, "refused: lobby not allowed by token");
-            return Err(Refusal::Close(DisconnectReason::Unauthorized));
+    let identity = match &state.connect_proxy {
+        Some(proxy) => {
+            let attempt = ConnectAttempt {
+                transport,
+                token: params.token.as_deref().filter(|t| !t.is_empty()),
+                headers: proxy.forwarded(headers),
+                ip,
+                lobby: params.lobby.as_ref().map(|l| l.as_str()),
+                lobbies: params.lobbies.iter().map(|(l, _)| l.as_str()).collect(),
+            };
+            match proxy.connect(&attempt).await {
+                Ok(identity) => identity,
+                Err(error @ ProxyError::Refused(_)) => {
+                    tracing::info!(%error, %ip, "refused: unauthorized");
+                    return Err(Refusal::Close(DisconnectReason::Unauthorized));
+                }
+                Err(error @ ProxyError::Unavailable(_)) => {
+                    tracing::warn!(%error, %ip, "connect undecided: the client is told to retry");
+                    return Err(Refusal::Close(DisconnectReason::BackendUnavailable));
+                }
+            }
         }
-        Err(error) => {
-            tracing::info!(%error, %ip, "refused: unauthorized");
-            return Err(Refusal::Close(DisconnectReason::Unauthorized));
-        }
+        None => state
+            .auth
+            .verify(params.token.as_deref())
+            .map_err(|error| {
+                tracing::info!(%error, %ip, "refused: unauthorized");
+                Refusal::Close(DisconnectReason::Unauthorized)
+            })?,
     };
+    if !identity.may_join(params.lobby.as_ref()) {
+        let lobby = params.lobby.as_ref().map_or("", |l| l.as_str());
+        tracing::info!(user = %identity.user_id, lobby, %ip, "refused: lobby not allowed by token");
+        return Err(Refusal::Close(DisconnectReason::Unauthorized));
+    }
     let mut request = ConnectRequest::new(params.lobby, identity.user_id, ip);
     if let Some(allowed) = identity.lobbies {
         request = request.allow_lobbies(allowed);
@@ -119,7 +145,7 @@ fn authorize(
 
 async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMap) -> Response {
     let (upgrade, params) = connect.into_parts();
-    match authorize(&state, params, &headers) {
+    match authorize(&state, params, &headers, "websocket").await {
         Ok(request) => state.manager.accept(upgrade, request),
         Err(Refusal::ForeignOrigin) => forbidden_origin(),
         Err(Refusal::Close(reason)) => state.manager.refuse(upgrade, reason),
@@ -128,7 +154,7 @@ async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMa
 
 /// `GET /sse/{lobby}`: the same connection over Server-Sent Events.
 async fn sse(State(state): State<AppState>, params: ConnectParams, headers: HeaderMap) -> Response {
-    match authorize(&state, params, &headers) {
+    match authorize(&state, params, &headers, "sse").await {
         Ok(request) => state.manager.accept_sse(request).await,
         Err(Refusal::ForeignOrigin) => sse_forbidden_origin(),
         Err(Refusal::Close(reason)) => sse_refusal(reason),
@@ -144,7 +170,7 @@ async fn sse_v2(
     headers: HeaderMap,
 ) -> Response {
     let joins = params.lobbies.clone();
-    match authorize(&state, params, &headers) {
+    match authorize(&state, params, &headers, "sse").await {
         Ok(request) => state.manager.accept_sse_v2(request, joins).await,
         Err(Refusal::ForeignOrigin) => sse_forbidden_origin(),
         Err(Refusal::Close(reason)) => sse_refusal(reason),
@@ -198,7 +224,7 @@ async fn sse_post(
         .clone()
         .map(|l| l.as_str().to_owned())
         .unwrap_or_default();
-    let request = match authorize(&state, params, &headers) {
+    let request = match authorize(&state, params, &headers, "sse_post").await {
         Ok(request) => request,
         Err(Refusal::ForeignOrigin) => return sse_forbidden_origin(),
         Err(Refusal::Close(reason)) => return sse_refusal(reason),

@@ -14,6 +14,9 @@ pub enum Auth {
     Dev,
     /// A JWT signed with HS256 or RS256; `sub` is the user id, `exp` is required.
     Jwt(Box<JwtVerifier>),
+    /// No key: the connect proxy (`auth.connect_url`) decides who connects, and a token is
+    /// only passed on to it.
+    Backend,
 }
 
 /// A JWT key with the validation rules that go with it. Its `Debug` never shows the key.
@@ -27,6 +30,7 @@ impl std::fmt::Debug for Auth {
         // Never print key material.
         match self {
             Self::Dev => f.write_str("Auth::Dev"),
+            Self::Backend => f.write_str("Auth::Backend"),
             Self::Jwt(jwt) => write!(f, "Auth::{jwt:?}"),
         }
     }
@@ -63,7 +67,7 @@ impl Identity {
 
 /// The latest `exp` accepted: the year 9999. Later values are refused, so that no deadline
 /// arithmetic on the expiry (timers, `Instant` conversions) can overflow.
-const MAX_EXP: u64 = 253_402_300_799;
+pub const MAX_EXP: u64 = 253_402_300_799;
 
 #[derive(Deserialize)]
 struct Claims {
@@ -107,6 +111,7 @@ impl Auth {
                     .map_err(|e| KeyError(format!("not an RSA public key in PEM: {e}")))?;
                 (key, Algorithm::RS256)
             }
+            (None, None) if config.proxy.connect_url.is_some() => return Ok(Self::Backend),
             (None, None) => return Err(KeyError("no key configured".into())),
         };
         let mut validation = Validation::new(algorithm);
@@ -134,6 +139,9 @@ impl Auth {
     pub fn verify(&self, token: Option<&str>) -> Result<Identity, AuthError> {
         let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
         match self {
+            Self::Backend => Err(AuthError::Invalid(
+                "tokens are verified by the backend (auth.connect_url), not here".into(),
+            )),
             Self::Dev => Ok(Identity {
                 user_id: UserId::parse(token).map_err(|e| AuthError::Invalid(e.to_string()))?,
                 expires_at: None,

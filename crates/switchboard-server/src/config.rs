@@ -28,6 +28,11 @@ pub const KNOWN: &[&str] = &[
     "auth.jwt_public_key_file",
     "auth.issuer",
     "auth.audience",
+    "auth.connect_url",
+    "auth.join_url",
+    "auth.forward_headers",
+    "auth.proxy_timeout_ms",
+    "auth.proxy_concurrency",
     "api.key",
     "allowed_origins",
     "trusted_proxies",
@@ -68,6 +73,9 @@ pub const KNOWN: &[&str] = &[
     "webhook.max_retry_ms",
     "webhook.timeout_ms",
     "webhook.queue_bytes",
+    "webhook.rpc_url",
+    "webhook.rpc_concurrency",
+    "webhook.rpc_max_in_flight",
     "redis.node_id",
     "redis.url",
     "redis.heartbeat_ms",
@@ -165,7 +173,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Log level filter (an `EnvFilter` directive).
     pub log_level: String,
-    /// Webhooks to the backend (`[webhook]`).
+    /// The connect and join proxy (`auth.connect_url`, `auth.join_url`).
+    pub proxy: ProxyConfig,
+    /// Webhooks and RPC to the backend (`[webhook]`).
     pub webhook: WebhookConfig,
     /// The manager's own settings.
     pub manager: ManagerConfig,
@@ -204,6 +214,39 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// Bytes of events waiting to be sent, at most.
     pub queue_bytes: usize,
+    /// Where a client's `rpc` frames are POSTed; `None`: `rpc` is an unknown type.
+    pub rpc_url: Option<hyper::Uri>,
+    /// RPC calls one connection may have waiting, at most.
+    pub rpc_concurrency: usize,
+    /// RPC calls the server has waiting, at most, over all its connections.
+    pub rpc_max_in_flight: usize,
+}
+
+/// The connect and join proxy: the backend decides who connects and who joins what.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Every connect attempt is POSTed here; the answer says who the client is.
+    pub connect_url: Option<hyper::Uri>,
+    /// Every protocol-v2 `join` is POSTed here; a 2xx allows it.
+    pub join_url: Option<hyper::Uri>,
+    /// Request headers sent along with a connect attempt (lower case; `cookie` by default).
+    pub forward_headers: Vec<String>,
+    /// One call's deadline (answer included).
+    pub timeout: Duration,
+    /// Calls waiting for the backend, at most; more are refused as if it were down.
+    pub concurrency: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_url: None,
+            join_url: None,
+            forward_headers: vec!["cookie".into()],
+            timeout: Duration::from_millis(3_000),
+            concurrency: 256,
+        }
+    }
 }
 
 impl Default for WebhookConfig {
@@ -218,6 +261,9 @@ impl Default for WebhookConfig {
             max_retry: Duration::from_millis(60_000),
             timeout: Duration::from_millis(5_000),
             queue_bytes: 8 << 20,
+            rpc_url: None,
+            rpc_concurrency: 8,
+            rpc_max_in_flight: 1024,
         }
     }
 }
@@ -268,6 +314,7 @@ impl Default for ServerConfig {
             pages_enabled: None,
             log_format: LogFormat::Human,
             log_level: "info".into(),
+            proxy: ProxyConfig::default(),
             webhook: WebhookConfig::default(),
             manager: ManagerConfig::default(),
         }
@@ -480,13 +527,18 @@ impl ServerConfig {
                     .parse()
                     .map_err(|_| "expected a percentage, 0-100".to_owned())?;
             }
-            "webhook.url" => {
-                self.webhook.url = if value.is_empty() {
-                    None
-                } else {
-                    Some(value.parse().map_err(|_| "not a URL".to_string())?)
-                };
+            "webhook.url" => self.webhook.url = optional_url(value)?,
+            "webhook.rpc_url" => self.webhook.rpc_url = optional_url(value)?,
+            "webhook.rpc_concurrency" => self.webhook.rpc_concurrency = parse_num(value)?,
+            "webhook.rpc_max_in_flight" => self.webhook.rpc_max_in_flight = parse_num(value)?,
+            "auth.connect_url" => self.proxy.connect_url = optional_url(value)?,
+            "auth.join_url" => self.proxy.join_url = optional_url(value)?,
+            "auth.forward_headers" => {
+                self.proxy.forward_headers =
+                    list(value).into_iter().map(|h| h.to_lowercase()).collect();
             }
+            "auth.proxy_timeout_ms" => self.proxy.timeout = parse_ms(value)?,
+            "auth.proxy_concurrency" => self.proxy.concurrency = parse_num(value)?,
             "webhook.secret" => {
                 self.webhook.secrets = value.split(',').map(secret).collect::<Result<_, _>>()?;
             }
@@ -591,23 +643,41 @@ impl ServerConfig {
         self.validate_auth()
     }
 
-    /// TLS files only with a `rediss://` URL, a client certificate only with its key, and no
-    /// `#insecure` (verification off is not built in: trust a private CA with `redis.ca_file`).
+    /// Every backend URL is `http://` and comes with a signing secret; known events; bounds of
+    /// at least 1.
     fn validate_webhook(&self) -> Result<(), ConfigError> {
         let w = &self.webhook;
-        let Some(url) = &w.url else {
-            return Ok(());
-        };
-        if url.scheme_str() != Some("http") || url.host().is_none() {
+        let urls = [
+            ("webhook.url", &w.url),
+            ("webhook.rpc_url", &w.rpc_url),
+            ("auth.connect_url", &self.proxy.connect_url),
+            ("auth.join_url", &self.proxy.join_url),
+        ];
+        for (field, url) in urls {
+            let Some(url) = url else { continue };
+            if url.scheme_str() != Some("http") || url.host().is_none() {
+                return Err(err(
+                    field,
+                    "must be an http:// URL (https is not built yet)",
+                ));
+            }
+            if w.secrets.is_empty() {
+                return Err(err(
+                    "webhook.secret",
+                    format!("is required with {field}: every call to the backend is signed"),
+                ));
+            }
+        }
+        if self.proxy.timeout.is_zero() || self.proxy.concurrency == 0 {
             return Err(err(
-                "webhook.url",
-                "must be an http:// URL (https is not built yet)",
+                "auth",
+                "proxy_timeout_ms and proxy_concurrency must be at least 1",
             ));
         }
-        if w.secrets.is_empty() {
+        if w.rpc_concurrency == 0 || w.rpc_max_in_flight == 0 {
             return Err(err(
-                "webhook.secret",
-                "is required with webhook.url: every batch is signed",
+                "webhook",
+                "rpc_concurrency and rpc_max_in_flight must be at least 1",
             ));
         }
         if let Some(unknown) = w
@@ -626,6 +696,8 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// TLS files only with a `rediss://` URL, a client certificate only with its key, and no
+    /// `#insecure` (verification off is not built in: trust a private CA with `redis.ca_file`).
     fn validate_redis_tls(&self) -> Result<(), ConfigError> {
         let url = self.redis_url.as_ref().map_or("", |u| u.0.as_str());
         let tls = &self.redis_tls;
@@ -675,12 +747,13 @@ impl ServerConfig {
                 ),
             ));
         }
-        let auth = self.jwt_secret.is_some() || self.jwt_public_key_file.is_some();
+        let jwt = self.jwt_secret.is_some() || self.jwt_public_key_file.is_some();
+        let auth = jwt || self.proxy.connect_url.is_some();
         if self.dev_mode {
             if auth {
                 return Err(err(
                     "dev_mode",
-                    "dev mode (tokens are user ids) contradicts a configured auth.jwt_secret / auth.jwt_public_key_file: remove one of them",
+                    "dev mode (tokens are user ids) contradicts a configured auth.jwt_secret / auth.jwt_public_key_file / auth.connect_url: remove one of them",
                 ));
             }
             if !self.bind.ip().is_loopback() {
@@ -692,7 +765,7 @@ impl ServerConfig {
         } else if !auth {
             return Err(err(
                 "auth.jwt_secret",
-                "no auth configured: set auth.jwt_secret (HS256, at least 32 bytes) or auth.jwt_public_key_file (RS256), or run with --dev (dev_mode = true, loopback only) to try it out",
+                "no auth configured: set auth.jwt_secret (HS256, at least 32 bytes), auth.jwt_public_key_file (RS256) or auth.connect_url (the backend decides), or run with --dev (dev_mode = true, loopback only) to try it out",
             ));
         }
         let api_listener = self.admin_bind.unwrap_or(self.bind);
@@ -711,6 +784,14 @@ impl ServerConfig {
     pub fn pages_enabled(&self) -> bool {
         self.pages_enabled.unwrap_or(self.dev_mode)
     }
+}
+
+/// A URL, or `None` for an empty value.
+fn optional_url(value: &str) -> Result<Option<hyper::Uri>, String> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value.parse().map(Some).map_err(|_| "not a URL".to_string())
 }
 
 /// A comma-separated list, spaces trimmed, empty items left out.

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use switchboard::{
     AppMessage, Client, ClientError, ConnectionInfo, Credential, DisconnectReason, ErrorCode,
-    Handler, LobbyCode, Manager, NoHandler, UserId,
+    Handler, JoinDecision, LobbyCode, Manager, NoHandler, UserId,
 };
 
 use crate::ServerConfig;
 use crate::auth::Auth;
+use crate::backend::Backend;
+use crate::proxy::{Proxy, ProxyError};
 use crate::webhook::Webhooks;
 
 /// Verifies refreshed tokens and feeds the webhooks; application messages are refused with
@@ -19,6 +21,8 @@ use crate::webhook::Webhooks;
 struct ServerHandler {
     auth: Auth,
     webhooks: Option<Arc<Webhooks>>,
+    /// The join proxy, when the backend decides v2 joins (`auth.join_url`).
+    join_proxy: Option<Arc<Proxy>>,
 }
 
 /// The fields every event about a connection has.
@@ -73,6 +77,33 @@ impl Handler for ServerHandler {
             fields.insert("code".into(), json!(reason.close_code()));
             fields
         });
+    }
+
+    fn authorize_join(&self, client: &Client, lobby: &LobbyCode) -> JoinDecision {
+        let Some(proxy) = self.join_proxy.clone() else {
+            return JoinDecision::Allow;
+        };
+        let info = client.info();
+        let (id, user, ip) = (info.id.to_string(), info.user_id.clone(), info.ip);
+        let lobby = lobby.clone();
+        JoinDecision::Later(Box::pin(async move {
+            proxy
+                .join(&id, user.as_str(), ip, lobby.as_str())
+                .await
+                .map_err(|error| match error {
+                    ProxyError::Refused(_) => ClientError::new(
+                        ErrorCode::NotAllowed,
+                        format!("the backend refused to let you join `{lobby}`"),
+                    ),
+                    ProxyError::Unavailable(why) => {
+                        tracing::warn!(%why, %lobby, "join undecided: the client may retry");
+                        ClientError::new(
+                            ErrorCode::Overloaded,
+                            "the backend did not decide the join; retry later",
+                        )
+                    }
+                })
+        }))
     }
 
     fn on_join(&self, client: &Client, lobby: &LobbyCode) {
@@ -131,9 +162,15 @@ impl Handler for ServerHandler {
 /// webhooks (started here, on the current runtime).
 pub fn new_manager(config: &ServerConfig) -> anyhow::Result<Manager> {
     let auth = Auth::from_config(config)?;
-    let webhooks = Webhooks::start(&config.webhook, &config.manager.node_id);
+    let backend = Arc::new(Backend::new(config.webhook.secrets.clone()));
+    let webhooks = Webhooks::start(&config.webhook, &config.manager.node_id, backend.clone());
+    let join_proxy = Proxy::new(&config.proxy, backend).filter(|p| p.decides_joins());
     Ok(Manager::with_handler(
         config.manager.clone(),
-        ServerHandler { auth, webhooks },
+        ServerHandler {
+            auth,
+            webhooks,
+            join_proxy,
+        },
     )?)
 }

@@ -11,6 +11,9 @@
 //! - [`api`]: the HTTP API for backends (`/api/...`).
 //! - [`metrics`]: `GET /metrics`.
 //! - [`pages`]: the demo page and the dashboard, embedded static files.
+//! - [`backend`]: signed POSTs to the backend (webhooks, connect proxy, RPC), bounded.
+//! - [`proxy`]: the connect and join proxy (the backend decides who connects and joins).
+//! - [`webhook`]: events queued and posted in batches.
 //! - `body`: request bodies read whole, bounded in bytes and time.
 //! - `serve`: the accept loop with a request-head deadline and a cap on pending connections.
 //! - [`run`] / [`spawn`]: serve until a shutdown signal, then drain.
@@ -21,11 +24,13 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backend;
 mod body;
 pub mod config;
 pub mod handler;
 pub mod metrics;
 pub mod pages;
+pub mod proxy;
 mod serve;
 pub mod state;
 pub mod webhook;
@@ -108,6 +113,11 @@ pub async fn run(
     let state = state::AppState {
         manager: manager.clone(),
         auth: Arc::new(auth),
+        connect_proxy: proxy::Proxy::new(
+            &config.proxy,
+            Arc::new(backend::Backend::new(config.webhook.secrets.clone())),
+        )
+        .filter(|p| p.decides_connects()),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         api_key: config.api_key.as_ref().map(|k| Arc::from(k.0.as_str())),

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use switchboard::Manager;
 
 use crate::auth::Auth;
+use crate::proxy::Proxy;
 
 /// What every route needs.
 #[derive(Clone, Debug)]
@@ -17,6 +18,8 @@ pub struct AppState {
     pub manager: Manager,
     /// Token verification.
     pub auth: Arc<Auth>,
+    /// The connect proxy, when the backend decides who connects (`auth.connect_url`).
+    pub connect_proxy: Option<Arc<Proxy>>,
     /// `Origin` allowlist; empty: same host and loopback only.
     pub allowed_origins: Arc<Vec<String>>,
     /// Peers whose `X-Forwarded-For` is believed.

@@ -13,19 +13,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Bytes;
-use hmac::{Hmac, Mac};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value, json};
-use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use crate::config::{Secret, WebhookConfig};
+use crate::backend::{Backend, now_ms};
+use crate::config::WebhookConfig;
 
 /// The sending side of the webhooks: cheap to share.
 #[derive(Debug)]
@@ -39,11 +34,17 @@ pub struct Webhooks {
 
 impl Webhooks {
     /// Starts the sender task when `webhook.url` is set.
-    pub fn start(cfg: &WebhookConfig, node: &str) -> Option<Arc<Self>> {
+    pub fn start(cfg: &WebhookConfig, node: &str, backend: Arc<Backend>) -> Option<Arc<Self>> {
         let url = cfg.url.clone()?;
         let (queue, events) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(send_batches(cfg.clone(), url, events, queued.clone()));
+        tokio::spawn(send_batches(
+            backend,
+            cfg.clone(),
+            url,
+            events,
+            queued.clone(),
+        ));
         Some(Arc::new(Self {
             cfg: cfg.clone(),
             node: node.to_owned(),
@@ -99,40 +100,15 @@ impl Webhooks {
     }
 }
 
-/// `Switchboard-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` for every
-/// secret.
-pub fn signature(secrets: &[Secret], t: u64, body: &[u8]) -> String {
-    let mut header = format!("t={t}");
-    for secret in secrets {
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.0.as_bytes()) else {
-            continue;
-        };
-        mac.update(format!("{t}.").as_bytes());
-        mac.update(body);
-        header.push_str(",v1=");
-        for byte in mac.finalize().into_bytes() {
-            header.push_str(&format!("{byte:02x}"));
-        }
-    }
-    header
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The sender task: batches in order, one at a time, each retried until it is taken, refused
 /// for good, or `max_retry` has passed.
 async fn send_batches(
+    backend: Arc<Backend>,
     cfg: WebhookConfig,
     url: hyper::Uri,
     mut events: mpsc::UnboundedReceiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
 ) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
     let mut batch: Vec<Vec<u8>> = Vec::new();
     loop {
         if events.recv_many(&mut batch, cfg.batch_max).await == 0 {
@@ -157,7 +133,7 @@ async fn send_batches(
             body.extend_from_slice(event);
         }
         body.extend_from_slice(b"]}");
-        let outcome = deliver(&client, &cfg, &url, Bytes::from(body)).await;
+        let outcome = deliver(&backend, &cfg, &url, Bytes::from(body)).await;
         metrics::counter!("switchboard_webhook_events_total", "outcome" => outcome)
             .increment(batch.len() as u64);
         queued.fetch_sub(cost, Ordering::SeqCst);
@@ -167,7 +143,7 @@ async fn send_batches(
 
 /// Posts one batch, retrying what may succeed later. The outcome, for the metric.
 async fn deliver(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    backend: &Backend,
     cfg: &WebhookConfig,
     url: &hyper::Uri,
     body: Bytes,
@@ -175,18 +151,11 @@ async fn deliver(
     let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let t = now_ms() / 1000;
-        let request = hyper::Request::post(url.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header("switchboard-signature", signature(&cfg.secrets, t, &body))
-            .body(Full::new(body.clone()));
-        let Ok(request) = request else {
-            return "failed";
-        };
-        let status = match tokio::time::timeout(cfg.timeout, client.request(request)).await {
-            Ok(Ok(response)) => Some(response.status()),
-            Ok(Err(_)) | Err(_) => None,
-        };
+        let status = backend
+            .post(url, body.clone(), cfg.timeout)
+            .await
+            .ok()
+            .map(|(status, _)| status);
         match status {
             Some(s) if s.is_success() => return "delivered",
             Some(s) if s.is_client_error() && s.as_u16() != 429 => {
@@ -203,29 +172,5 @@ async fn deliver(
         }
         tokio::time::sleep(backoff + jitter).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_secret_signs_the_timestamp_and_the_body() {
-        let secrets = [Secret("old".into()), Secret("new".into())];
-        let header = signature(&secrets, 1_700_000_000, b"{}");
-        let parts: Vec<&str> = header.split(',').collect();
-        assert_eq!(parts[0], "t=1700000000");
-        assert_eq!(parts.len(), 3, "one v1= per secret");
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"new").unwrap();
-        mac.update(b"1700000000.{}");
-        let expected: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(parts[2], format!("v1={expected}"));
-        assert_ne!(parts[1], parts[2]);
     }
 }

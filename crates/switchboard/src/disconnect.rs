@@ -17,6 +17,8 @@ pub mod close_code {
     pub const INVALID_PAYLOAD: u16 = 1007;
     /// An inbound frame larger than `max_message_bytes`.
     pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The backend that decides who connects did not answer (`backend_unavailable`).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Missing, invalid or expired token.
     pub const UNAUTHORIZED: u16 = 4001;
     /// A capacity limit was reached.
@@ -76,11 +78,14 @@ pub enum DisconnectReason {
     InvalidUtf8,
     /// 1009: a frame larger than `max_message_bytes`.
     MessageTooBig,
+    /// 1013: the backend that decides who may connect (the standalone server's connect proxy)
+    /// did not answer in time, or failed; retry later.
+    BackendUnavailable,
 }
 
 impl DisconnectReason {
     /// Every reason, in the order of the protocol's close-code table.
-    pub const ALL: [DisconnectReason; 18] = [
+    pub const ALL: [DisconnectReason; 19] = [
         Self::ClientClosed,
         Self::ConnectionLost,
         Self::Unauthorized,
@@ -99,6 +104,7 @@ impl DisconnectReason {
         Self::UnsupportedData,
         Self::InvalidUtf8,
         Self::MessageTooBig,
+        Self::BackendUnavailable,
     ];
 
     /// The close code the server sends, or `None` when the peer already closed or is gone.
@@ -118,6 +124,7 @@ impl DisconnectReason {
             Self::UnsupportedData => UNSUPPORTED_DATA,
             Self::InvalidUtf8 => INVALID_PAYLOAD,
             Self::MessageTooBig => MESSAGE_TOO_BIG,
+            Self::BackendUnavailable => TRY_AGAIN_LATER,
         })
     }
 
@@ -142,11 +149,12 @@ impl DisconnectReason {
             Self::UnsupportedData => "unsupported_data",
             Self::InvalidUtf8 => "invalid_utf8",
             Self::MessageTooBig => "message_too_big",
+            Self::BackendUnavailable => "backend_unavailable",
         }
     }
 
     /// The range `retry_after_ms` is drawn from, for closes that invite a later retry
-    /// (4002, 4004, 4008, 4010, 1001). `None`: no `goodbye` frame is sent.
+    /// (4002, 4004, 4008, 4010, 1001, 1013). `None`: no `goodbye` frame is sent.
     ///
     /// The draw is uniform so that clients refused or drained together do not return together.
     pub fn retry_after_range_ms(self) -> Option<Range<u64>> {
@@ -158,6 +166,7 @@ impl DisconnectReason {
             Self::RateLimited | Self::SlowConsumer => Some(1_000..5_000),
             Self::TokenExpired => Some(0..1_000),
             Self::ServerShutdown => Some(1_000..10_000),
+            Self::BackendUnavailable => Some(1_000..5_000),
             _ => None,
         }
     }
@@ -199,7 +208,10 @@ mod tests {
     #[test]
     fn goodbye_exactly_for_closes_that_invite_retry() {
         for reason in DisconnectReason::ALL {
-            let invites = matches!(reason.close_code(), Some(4002 | 4004 | 4008 | 4010 | 1001));
+            let invites = matches!(
+                reason.close_code(),
+                Some(4002 | 4004 | 4008 | 4010 | 1001 | 1013)
+            );
             assert_eq!(reason.retry_after_range_ms().is_some(), invites, "{reason}");
         }
     }
