@@ -946,6 +946,48 @@ mod tests {
     }
 
     #[test]
+    fn backend_urls_are_http_and_signed() {
+        let proxy = (
+            "SWITCHBOARD_AUTH__CONNECT_URL",
+            "http://127.0.0.1:9/connect",
+        );
+        let e = vars(&[proxy]).unwrap_err();
+        assert_eq!(
+            e.field, "webhook.secret",
+            "every call to the backend is signed"
+        );
+        let signed = ("SWITCHBOARD_WEBHOOK__SECRET", "s");
+        let c = vars(&[proxy, signed]).unwrap();
+        assert!(
+            !c.dev_mode,
+            "the connect proxy is auth enough: no JWT key, no dev mode"
+        );
+        let e = vars(&[
+            ("SWITCHBOARD_AUTH__CONNECT_URL", "https://b/connect"),
+            signed,
+        ])
+        .unwrap_err();
+        assert_eq!(e.field, "auth.connect_url");
+        let e = vars(&[proxy, signed, ("SWITCHBOARD_DEV_MODE", "true")]).unwrap_err();
+        assert_eq!(
+            e.field, "dev_mode",
+            "dev mode contradicts the connect proxy"
+        );
+        let join = ("SWITCHBOARD_AUTH__JOIN_URL", "ftp://x");
+        let e = vars(&[("SWITCHBOARD_DEV_MODE", "true"), join, signed]).unwrap_err();
+        assert_eq!(e.field, "auth.join_url");
+        let e = vars(&[proxy, signed, ("SWITCHBOARD_AUTH__PROXY_CONCURRENCY", "0")]).unwrap_err();
+        assert_eq!(e.field, "auth");
+        let c = vars(&[
+            proxy,
+            signed,
+            ("SWITCHBOARD_AUTH__FORWARD_HEADERS", "Cookie, X-Session"),
+        ])
+        .unwrap();
+        assert_eq!(c.proxy.forward_headers, ["cookie", "x-session"]);
+    }
+
+    #[test]
     fn dev_mode_contradicts_a_key() {
         for (var, value) in [
             ("SWITCHBOARD_AUTH__JWT_SECRET", SECRET),

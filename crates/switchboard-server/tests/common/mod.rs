@@ -32,7 +32,8 @@ fn configures_jwt(env: &[(&str, &str)]) -> bool {
     })
 }
 
-/// Starts a server on 127.0.0.1:0 in dev mode (unless `tune` sets a JWT key), with rate
+/// Starts a server on 127.0.0.1:0 in dev mode (unless `tune` sets a JWT key or a connect
+/// proxy), with rate
 /// limits off (tests connect fast from one IP; `rate_limits.rs` turns them on), after `tune`.
 pub async fn server(tune: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     let mut config = ServerConfig {
@@ -45,7 +46,10 @@ pub async fn server(tune: impl FnOnce(&mut ServerConfig)) -> RunningServer {
     config.manager.rate.connects_per_ip_per_sec = 0;
     config.manager.rate.messages_per_sec = 0;
     tune(&mut config);
-    if config.jwt_secret.is_some() || config.jwt_public_key_file.is_some() {
+    let decided_elsewhere = config.jwt_secret.is_some()
+        || config.jwt_public_key_file.is_some()
+        || config.proxy.connect_url.is_some();
+    if decided_elsewhere {
         config.dev_mode = false;
     }
     switchboard_server::spawn(config)
