@@ -33,7 +33,7 @@ impl RedisCluster {
                 },
             };
             // No time from here: the script reads Redis's clock.
-            let beat: Result<(i64, Vec<String>), _> = self
+            let beat: Result<(i64, Vec<String>, Vec<String>), _> = self
                 .scripts
                 .heartbeat
                 .arg(&self.cfg.key_prefix)
@@ -43,11 +43,20 @@ impl RedisCluster {
                 .invoke_async(&mut con)
                 .await;
             match beat {
-                Ok((added, left)) => {
+                Ok((added, left, lost)) => {
                     if !self.up.swap(true, Ordering::SeqCst) {
                         tracing::info!(node = %self.cfg.node_id, "redis connected");
                     }
                     metrics::gauge!("switchboard_redis_up").set(1.0);
+                    // Each dead connection before its user's leave, as on a live node.
+                    for item in &lost {
+                        let mut fields = item.splitn(4, '\t');
+                        if let (Some(node), Some(id), Some(user), Some(ip)) =
+                            (fields.next(), fields.next(), fields.next(), fields.next())
+                        {
+                            self.local.connection_lost(node, id, user, ip);
+                        }
+                    }
                     self.announce_left(&left);
                     let forgotten = added == 1 && !self.conns_snapshot().is_empty();
                     if forgotten || self.needs_resync.swap(false, Ordering::SeqCst) {

@@ -179,7 +179,7 @@ return {l or '', lobby_users(lobby)}
 
 /// ARGV: P, TTL, node, ttl (ms). Refreshes this node, frees every node silent for longer
 /// than the TTL. Returns {1 if this node was unknown (first beat, or cleaned up by others),
-/// {left "lobby\tuser"}}.
+/// {left "lobby\tuser"}, {lost "node\tid\tuser\tip": the dead nodes' connections}}.
 ///
 /// The time is Redis's (`TIME`), never a node's: every heartbeat and every sweep reads one
 /// clock, so a node whose clock is off neither frees the others nor gets freed.
@@ -189,16 +189,21 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local added = redis.call('ZADD', P .. 'nodes', now, node)
 local dead = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', now - ttl)
-local left = {}
+local left, lost = {}, {}
 for _, d in ipairs(dead) do
   if d ~= node then
-    local conns = redis.call('HKEYS', P .. 'node:' .. d)
-    for _, id in ipairs(conns) do release(d, id, left) end
+    local conns = redis.call('HGETALL', P .. 'node:' .. d)
+    for i = 1, #conns, 2 do
+      local user, _, ip = split(conns[i + 1])
+      if release(d, conns[i], left) then
+        lost[#lost + 1] = d .. '\t' .. conns[i] .. '\t' .. user .. '\t' .. ip
+      end
+    end
     redis.call('DEL', P .. 'node:' .. d)
     redis.call('ZREM', P .. 'nodes', d)
   end
 end
-return {added, left}
+return {added, left, lost}
 "#;
 
 /// ARGV: P, TTL, node, then (id, user, lobby, ip, lobbies) for every connection the node holds

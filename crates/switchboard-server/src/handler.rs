@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 use switchboard::{
     AppMessage, Client, ClientError, ConnectionInfo, Credential, DisconnectReason, ErrorCode,
-    Handler, JoinDecision, LobbyCode, Manager, NoHandler, UserId,
+    Handler, JoinDecision, LobbyCode, LostConnection, Manager, NoHandler, UserId,
 };
 
 use crate::ServerConfig;
@@ -104,6 +104,19 @@ impl Handler for ServerHandler {
                     }
                 })
         }))
+    }
+
+    fn on_connection_lost(&self, lost: &LostConnection) {
+        self.emit("disconnect", || {
+            let mut fields = Map::new();
+            fields.insert("connection_id".into(), json!(lost.id));
+            fields.insert("user_id".into(), json!(lost.user_id));
+            fields.insert("ip".into(), json!(lost.ip));
+            fields.insert("reason".into(), json!("node_lost"));
+            fields.insert("code".into(), Value::Null);
+            fields.insert("lost_node".into(), json!(lost.node));
+            fields
+        });
     }
 
     fn on_join(&self, client: &Client, lobby: &LobbyCode) {

@@ -1598,8 +1598,9 @@ async fn v2_a_server_side_join_reaches_every_node() {
     eventually_json("news is empty", a.addr, "/api/lobbies", |v| v == &json!([])).await;
 }
 
-/// Presence webhooks across nodes: each change is posted once, by the node whose change made
-/// it true; a killed node's users leave once, posted by the node that sweeps it.
+/// Presence and disconnect webhooks across nodes: each change is posted once, by the node
+/// whose change made it true; a killed node's connections disconnect once and its users leave
+/// once, posted by whichever of the two survivors sweeps it.
 #[tokio::test]
 async fn presence_webhooks_are_posted_once_across_nodes() {
     let (tx, mut posted) = tokio::sync::mpsc::unbounded_channel::<Value>();
@@ -1624,11 +1625,13 @@ async fn presence_webhooks_are_posted_once_across_nodes() {
         ("SWITCHBOARD_USER_POLICY", "multi"),
         ("SWITCHBOARD_WEBHOOK__URL", hook.as_str()),
         ("SWITCHBOARD_WEBHOOK__SECRET", "s"),
-        ("SWITCHBOARD_WEBHOOK__EVENTS", "member_joined,member_left"),
+        ("SWITCHBOARD_WEBHOOK__EVENTS", "disconnect,member_joined,member_left"),
         ("SWITCHBOARD_WEBHOOK__BATCH_MS", "5"),
     ];
     let a = node(&redis, "wa", &env);
     let mut b = node(&redis, "wb", &env);
+    // A third node: two survivors race to sweep the dead one, and only one may post.
+    let _c = node(&redis, "wc", &env);
     let next = |posted: &mut tokio::sync::mpsc::UnboundedReceiver<Value>| {
         let event = posted.try_recv();
         event.ok()
@@ -1645,21 +1648,23 @@ async fn presence_webhooks_are_posted_once_across_nodes() {
     };
     let on_a = connect(a.addr, "room", "alice").await;
     let on_b = connect(b.addr, "room", "alice").await;
-    let _hank = connect(b.addr, "den", "hank").await;
+    let hank = connect(b.addr, "den", "hank").await;
     // Both joins posted (a killed node loses what it had not posted yet).
     collect(&mut events, 2).await;
+    let hank_id = hank.id().to_owned();
     on_a.close().await;
     on_b.close().await;
-    collect(&mut events, 3).await;
+    // Two disconnects (one per node) and alice's one leave.
+    collect(&mut events, 5).await;
     b.signal("KILL");
     b.wait(WAIT).await;
-    collect(&mut events, 4).await;
+    collect(&mut events, 7).await;
     let mut seen: Vec<(String, String, String)> = events
         .iter()
         .map(|e| {
             (
                 e["type"].as_str().unwrap().to_owned(),
-                e["lobby"].as_str().unwrap().to_owned(),
+                e["lobby"].as_str().unwrap_or("-").to_owned(),
                 e["user_id"].as_str().unwrap().to_owned(),
             )
         })
@@ -1668,21 +1673,32 @@ async fn presence_webhooks_are_posted_once_across_nodes() {
     assert_eq!(
         seen,
         [
+            ("disconnect".into(), "-".into(), "alice".into()),
+            ("disconnect".into(), "-".into(), "alice".into()),
+            ("disconnect".into(), "-".into(), "hank".into()),
             ("member_joined".into(), "den".into(), "hank".into()),
             ("member_joined".into(), "room".into(), "alice".into()),
             ("member_left".into(), "den".into(), "hank".into()),
             ("member_left".into(), "room".into(), "alice".into()),
         ]
     );
-    let hank_left = events
+    // The dead node's connection and its user's leave: posted once, by the node that swept
+    // it, the disconnect first.
+    let lost = events
         .iter()
-        .find(|e| e["type"] == "member_left" && e["user_id"] == "hank")
+        .position(|e| e["type"] == "disconnect" && e["user_id"] == "hank")
         .unwrap();
-    assert_eq!(
-        hank_left["node"], "wa",
-        "the sweeping node posts the dead node's leaves"
-    );
-    // Nothing twice: after a pause, no fifth event.
+    let left = events
+        .iter()
+        .position(|e| e["type"] == "member_left" && e["user_id"] == "hank")
+        .unwrap();
+    assert_eq!(events[lost]["reason"], "node_lost");
+    assert_eq!(events[lost]["connection_id"], hank_id.as_str());
+    assert_eq!(events[lost]["lost_node"], "wb");
+    assert_eq!(events[lost]["node"], events[left]["node"]);
+    assert_ne!(events[lost]["node"], "wb");
+    assert!(lost < left, "the disconnect before the leave");
+    // Nothing twice: after a pause, no further event.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(next(&mut posted).is_none(), "an event was posted twice");
 }

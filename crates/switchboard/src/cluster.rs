@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use serde::Serialize;
 
 use crate::disconnect::DisconnectReason;
-use crate::handle::ConnectionInfo;
+use crate::handle::{ConnectionInfo, LostConnection};
 use crate::history::Broadcast;
 use crate::hub::Hub;
 use crate::ids::{LobbyCode, UserId};
@@ -212,6 +212,8 @@ pub(crate) trait Node: Send + Sync {
     fn membership_for_user(self: Arc<Self>, user: &str, lobby: &str, join: bool);
     /// Tells the node's app about a presence change the cluster made true on this node.
     fn presence_changed(&self, lobby: &LobbyCode, user: &UserId, joined: bool);
+    /// Tells the node's app about a dead node's connection this node freed.
+    fn connection_lost(&self, lost: LostConnection);
 }
 
 /// The local side a cluster delivers to: a weak handle on the manager, so the cluster can be
@@ -317,6 +319,20 @@ impl LocalNode {
             return;
         };
         shared.presence_changed(&lobby, &user, joined);
+    }
+
+    /// Tells this node's app (`Handler::on_connection_lost`) about a connection of the dead
+    /// `node` whose state this node's sweep freed: exactly one node is told.
+    pub fn connection_lost(&self, node: &str, id: &str, user: &str, ip: &str) {
+        let (Some(shared), Ok(user_id)) = (self.shared.upgrade(), UserId::parse(user)) else {
+            return;
+        };
+        shared.connection_lost(LostConnection {
+            id: id.to_owned(),
+            user_id,
+            ip: ip.to_owned(),
+            node: node.to_owned(),
+        });
     }
 
     /// Delivers a frame posted (on another node) for one of this node's SSE connections.

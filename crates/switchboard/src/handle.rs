@@ -31,6 +31,22 @@ pub struct ConnectionInfo {
     pub connected_at: SystemTime,
 }
 
+/// A connection of another node that died (it stopped beating in the cluster): what the
+/// cluster had recorded about it, for [`Handler::on_connection_lost`](crate::Handler::on_connection_lost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LostConnection {
+    /// Its id (it names its node).
+    pub id: String,
+    /// Its user.
+    pub user_id: UserId,
+    /// Its client's address as the limits counted it (an IPv6 address's
+    /// `limits.ipv6_prefix` network).
+    pub ip: String,
+    /// The node that died.
+    pub node: String,
+}
+
 /// The outcome of offering a frame to a connection's outbound queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offer {

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
-use crate::handle::ConnectionInfo;
+use crate::handle::{ConnectionInfo, LostConnection};
 use crate::ids::{LobbyCode, UserId};
 use crate::protocol::{ClientError, ErrorCode};
 use crate::request::LobbyFilter;
@@ -99,6 +99,14 @@ pub trait Handler: Send + Sync + 'static {
     /// it may call the manager. Only with [`wants_presence`](Self::wants_presence).
     fn on_presence(&self, lobby: &LobbyCode, user: &UserId, joined: bool) {
         let _ = (lobby, user, joined);
+    }
+
+    /// In a cluster: a connection of a node that died (it stopped beating for
+    /// `redis.node_ttl_ms`). Its node could not call [`on_disconnect`](Self::on_disconnect), so
+    /// the node that frees its state hears it instead: once across the cluster, from the same
+    /// task as [`on_presence`](Self::on_presence), before its user's `member_left`.
+    fn on_connection_lost(&self, lost: &LostConnection) {
+        let _ = lost;
     }
 
     /// Protocol v2: verifies the token of a client's `refresh` and says what it allows. The

@@ -116,7 +116,7 @@ pub use config::{
 };
 pub use disconnect::DisconnectReason;
 pub use error::Error;
-pub use handle::ConnectionInfo;
+pub use handle::{ConnectionInfo, LostConnection};
 pub use handler::{AppMessage, Credential, Handler, JoinCheck, JoinDecision, NoHandler};
 pub use history::{ClusterHistory, HistoryConfig, Recovery};
 pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};

@@ -16,7 +16,7 @@ use crate::error::{Error, SsePostError};
 use crate::handle::{ConnHandle, ConnectionInfo, Offer};
 use crate::handler::{AppHandler, Handler, NoHandler};
 use crate::history::Recovery;
-use crate::hub::{Join, LeftReason};
+use crate::hub::{Join, LeftReason, Notice};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
@@ -66,14 +66,19 @@ impl Manager {
         config.validate()?;
         let shared = Arc::new(Shared::new(config));
         let handler = AppHandler::new(handler);
-        if handler.wants_presence() {
-            let app = handler.clone();
-            shared
-                .hub
-                .listen_to_presence(Arc::new(move |lobby, user, joined| {
-                    app.on_presence(lobby, user, joined);
-                }));
-        }
+        let app = handler.clone();
+        let presence = handler.wants_presence();
+        shared.hub.listen(
+            Arc::new(move |notice| match notice {
+                Notice::Presence {
+                    lobby,
+                    user,
+                    joined,
+                } => app.on_presence(&lobby, &user, joined),
+                Notice::Lost(lost) => app.on_connection_lost(&lost),
+            }),
+            presence,
+        );
         Ok(Self { shared, handler })
     }
 

@@ -591,6 +591,10 @@ impl crate::cluster::Node for Shared {
         self.hub.presence_changed(lobby, user, joined);
     }
 
+    fn connection_lost(&self, lost: crate::handle::LostConnection) {
+        self.hub.connection_lost(lost);
+    }
+
     fn membership_for_user(self: Arc<Self>, user: &str, lobby: &str, join: bool) {
         let (Ok(lobby), user) = (LobbyCode::parse(lobby), user.to_owned()) else {
             return;

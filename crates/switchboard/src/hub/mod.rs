@@ -31,7 +31,8 @@ mod presence;
 
 use lobby::Lobby;
 pub(crate) use presence::PendingLeave;
-use presence::{EventBatch, PresenceFeed};
+use presence::{AppFeed, EventBatch};
+pub(crate) use presence::Notice;
 
 /// Who a fan-out skips, resolved against this node: a [`Skip`] of one connection becomes its
 /// sequence number (or nobody, when the connection is on another node).
@@ -66,7 +67,7 @@ pub(crate) struct Hub {
     /// Cancelled at shutdown: leave graces end at once.
     leave_graces: CancellationToken,
     /// Presence changes for the embedding app.
-    feed: PresenceFeed,
+    feed: AppFeed,
 }
 
 #[derive(Debug, Default)]
@@ -184,7 +185,7 @@ impl Hub {
             state: Mutex::new(Registry::default()),
             tracker,
             leave_graces: CancellationToken::new(),
-            feed: PresenceFeed::default(),
+            feed: AppFeed::default(),
         }
     }
 

@@ -18,11 +18,11 @@ use axum::extract::ws::Message;
 use serde_json::value::RawValue;
 
 pub(super) use batch::EventBatch;
-pub(crate) use feed::{PresenceFeed, PresenceSink};
+pub(crate) use feed::{AppFeed, Notice, NoticeSink};
 
 use super::lobby::Lobby;
 use super::{Exclude, Hub};
-use crate::handle::{ConnHandle, Offer};
+use crate::handle::{ConnHandle, LostConnection, Offer};
 use crate::ids::{LobbyCode, UserId};
 use crate::protocol::{ServerFrame, text};
 
@@ -155,15 +155,20 @@ impl Hub {
         });
     }
 
-    /// Starts telling `sink` about presence changes this node speaks for (see
-    /// [`PresenceFeed`]); the cluster tells it about the others through `LocalNode`.
-    pub(crate) fn listen_to_presence(&self, sink: PresenceSink) {
-        self.feed.listen(sink);
+    /// Starts telling `sink` what the app hears (see [`AppFeed`]): presence changes this node
+    /// speaks for (with `presence`), and what the cluster tells through `LocalNode`.
+    pub(crate) fn listen(&self, sink: NoticeSink, presence: bool) {
+        self.feed.listen(sink, presence);
     }
 
     /// A presence change the cluster made true on this node (exactly one node hears it).
     pub(crate) fn presence_changed(&self, lobby: &LobbyCode, user: &UserId, joined: bool) {
-        self.feed.push(lobby, user, joined, &self.tracker);
+        self.feed.presence(lobby, user, joined, &self.tracker);
+    }
+
+    /// A dead node's connection this node freed (exactly one node hears it).
+    pub(crate) fn connection_lost(&self, lost: LostConnection) {
+        self.feed.push(Notice::Lost(lost), &self.tracker);
     }
 
     /// At shutdown: pending leave graces end at once.
@@ -184,7 +189,7 @@ impl Hub {
             let user_id = &pending.user;
             if pending.local_presence {
                 self.feed
-                    .push(&pending.lobby, user_id, false, &self.tracker);
+                    .presence(&pending.lobby, user_id, false, &self.tracker);
             }
             if self.events_on(lobby) {
                 let frame = text(
@@ -216,7 +221,7 @@ impl Hub {
         if !conn.cluster_presence
             && let PresenceChange::Joined | PresenceChange::Left = change
         {
-            self.feed.push(
+            self.feed.presence(
                 lobby_code,
                 user_id,
                 change == PresenceChange::Joined,
