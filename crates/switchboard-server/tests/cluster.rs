@@ -1625,7 +1625,10 @@ async fn presence_webhooks_are_posted_once_across_nodes() {
         ("SWITCHBOARD_USER_POLICY", "multi"),
         ("SWITCHBOARD_WEBHOOK__URL", hook.as_str()),
         ("SWITCHBOARD_WEBHOOK__SECRET", "s"),
-        ("SWITCHBOARD_WEBHOOK__EVENTS", "disconnect,member_joined,member_left"),
+        (
+            "SWITCHBOARD_WEBHOOK__EVENTS",
+            "disconnect,member_joined,member_left",
+        ),
         ("SWITCHBOARD_WEBHOOK__BATCH_MS", "5"),
     ];
     let a = node(&redis, "wa", &env);

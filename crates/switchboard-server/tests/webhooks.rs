@@ -7,7 +7,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
@@ -29,13 +30,25 @@ async fn receiver(
     secret: &'static str,
     fail_first: usize,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<Posted>) {
+    receiver_while(secret, fail_first, Arc::new(AtomicBool::new(true))).await
+}
+
+/// [`receiver`] that is down (503, nothing recorded) while `up` is false.
+async fn receiver_while(
+    secret: &'static str,
+    fail_first: usize,
+    up: Arc<AtomicBool>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<Posted>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let failures = Arc::new(AtomicUsize::new(fail_first));
     let app = axum::Router::new().route(
         "/hook",
         axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let (tx, failures) = (tx.clone(), failures.clone());
+            let (tx, failures, up) = (tx.clone(), failures.clone(), up.clone());
             async move {
+                if !up.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
                 let signed = verify(secret, &headers, &body);
                 let _ = tx.send(Posted {
                     body: serde_json::from_slice(&body).unwrap(),
@@ -258,6 +271,122 @@ async fn a_dead_receiver_costs_the_clients_nothing_and_drops_are_counted() {
         dropped > 0.0,
         "events beyond the queue's bytes are counted as dropped"
     );
+}
+
+/// The counter `switchboard_webhook_events_total{outcome}` of a server process.
+async fn webhook_events(addr: SocketAddr, outcome: &str) -> u64 {
+    let metrics = http(addr, "GET", "/metrics", None, None).await.body;
+    let line = format!(r#"switchboard_webhook_events_total{{outcome="{outcome}"}} "#);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// One chatting client: `rounds` app messages, one every `every`, each acked; answers health
+/// pings. Returns how many acks it got.
+async fn chat(mut client: Client, rounds: u64, every: Duration) -> u64 {
+    let mut acked = 0;
+    for n in 1..=rounds {
+        let started = Instant::now();
+        client.send(json!({"type": "chat", "n": n, "id": n})).await;
+        loop {
+            let frame = client.next_any(&format!("ack {n}")).await;
+            match frame["type"].as_str() {
+                Some("health_ping") => {
+                    let pong = json!({"type": "health_pong", "timestamp": frame["timestamp"]});
+                    client.send(pong).await;
+                }
+                Some("ack") if frame["id"] == n => break,
+                // The URL lobby's `joined`.
+                Some("joined") => {}
+                _ => panic!("unexpected {frame}"),
+            }
+        }
+        acked += 1;
+        tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+    }
+    client.close().await;
+    acked
+}
+
+/// A receiver down for 10 s while 1,000 clients chat: every message is acked and every ping
+/// answered as usual (nobody is closed); afterwards the events that fit `queue_bytes` arrive,
+/// in order per connection, once each, and the rest are counted as dropped, so that delivered
+/// + dropped = sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_ten_seconds_while_a_thousand_clients_chat() {
+    const CLIENTS: u64 = 1_000;
+    const ROUNDS: u64 = 20;
+    let up = Arc::new(AtomicBool::new(false));
+    let (addr, mut posted) = receiver_while("s", 0, up.clone()).await;
+    let url = format!("http://{addr}/hook");
+    let server = Process::start(
+        &[
+            ("SWITCHBOARD_DEV_MODE", "true"),
+            ("SWITCHBOARD_WEBHOOK__URL", url.as_str()),
+            ("SWITCHBOARD_WEBHOOK__SECRET", "s"),
+            ("SWITCHBOARD_WEBHOOK__EVENTS", "message"),
+            ("SWITCHBOARD_WEBHOOK__QUEUE_BYTES", "262144"),
+            ("SWITCHBOARD_WEBHOOK__MAX_RETRY_MS", "60000"),
+            ("SWITCHBOARD_HEALTH__PING_INTERVAL_MS", "1000"),
+            ("SWITCHBOARD_HEALTH__PONG_TIMEOUT_MS", "1000"),
+            ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "1000"),
+            ("SWITCHBOARD_LIMITS__MAX_PER_IP", "2000"),
+            ("SWITCHBOARD_PRESENCE__EVENTS", "false"),
+            ("SWITCHBOARD_RATE__CONNECTS_PER_IP_PER_SEC", "0"),
+        ],
+        None,
+    );
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let path = format!("/ws/room{}?token=u{i}", i % 10);
+        clients.push(connect_v2(server.addr, &path).await);
+    }
+    let started = Instant::now();
+    let chats: Vec<_> = clients
+        .into_iter()
+        .map(|c| tokio::spawn(chat(c, ROUNDS, Duration::from_millis(500))))
+        .collect();
+    for chat in chats {
+        assert_eq!(chat.await.unwrap(), ROUNDS, "every message acked");
+    }
+    let chatted = started.elapsed();
+    assert!(
+        chatted >= Duration::from_secs(9),
+        "the chat spans the outage"
+    );
+    // Every event was queued or dropped when its message was acked.
+    let dropped = webhook_events(server.addr, "dropped").await;
+    let sent = CLIENTS * ROUNDS;
+    assert!(dropped > 0, "the byte bound was exceeded");
+    assert!(dropped < sent, "some events fit the queue");
+    up.store(true, Ordering::SeqCst);
+    // The queued events arrive (retries back off up to 10 s), once each, in order per
+    // connection.
+    let mut ids = BTreeSet::new();
+    let mut last_n = std::collections::HashMap::new();
+    while (ids.len() as u64) < sent - dropped {
+        let batch = tokio::time::timeout(Duration::from_secs(30), posted.recv())
+            .await
+            .expect("the queued events arrive")
+            .unwrap();
+        assert!(batch.signed);
+        for event in batch.body["events"].as_array().unwrap() {
+            assert!(
+                ids.insert(event["id"].as_str().unwrap().to_owned()),
+                "posted twice"
+            );
+            let n = event["message"]["n"].as_u64().unwrap();
+            let previous = last_n.insert(event["connection_id"].to_string(), n);
+            assert!(previous < Some(n), "in order per connection");
+        }
+    }
+    assert_eq!(
+        webhook_events(server.addr, "delivered").await,
+        sent - dropped
+    );
+    assert_eq!(webhook_events(server.addr, "failed").await, 0);
 }
 
 /// Presence is per user: a user's second tab joins nobody, the last one out leaves.

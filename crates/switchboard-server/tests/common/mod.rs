@@ -130,18 +130,23 @@ impl Client {
     /// The next JSON frame that is not a `health_ping`.
     pub async fn next_json(&mut self, what: &str) -> Value {
         loop {
+            let v = self.next_any(what).await;
+            if v["type"] != "health_ping" {
+                return v;
+            }
+        }
+    }
+
+    /// The next JSON frame, `health_ping`s included.
+    pub async fn next_any(&mut self, what: &str) -> Value {
+        loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
                 .await
                 .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
                 .unwrap_or_else(|| panic!("stream ended waiting for {what}"))
                 .unwrap_or_else(|e| panic!("error waiting for {what}: {e}"));
             match msg {
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).expect("server sends JSON");
-                    if v["type"] != "health_ping" {
-                        return v;
-                    }
-                }
+                Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
                 Message::Close(c) => panic!("closed ({c:?}) while waiting for {what}"),
                 _ => {}
             }

@@ -30,9 +30,9 @@ mod lobby;
 mod presence;
 
 use lobby::Lobby;
+pub(crate) use presence::Notice;
 pub(crate) use presence::PendingLeave;
 use presence::{AppFeed, EventBatch};
-pub(crate) use presence::Notice;
 
 /// Who a fan-out skips, resolved against this node: a [`Skip`] of one connection becomes its
 /// sequence number (or nobody, when the connection is on another node).
