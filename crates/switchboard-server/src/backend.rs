@@ -2,18 +2,22 @@
 //! through one keep-alive HTTP client on the server's runtime. Every call is bounded in time
 //! (the whole exchange, answer included) and in the size of the answer it reads.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::StatusCode;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::config::{Secret, WebhookConfig};
 
 /// The largest answer read from the backend (a connect or RPC answer); larger ones fail the
 /// call, so a backend bug cannot make the server buffer without bound.
@@ -36,17 +40,55 @@ pub enum CallError {
 /// The HTTP client every call to the backend goes through, and the secrets that sign them.
 #[derive(Debug)]
 pub struct Backend {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     secrets: Vec<Secret>,
 }
 
+/// Why the client for `https://` backends could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsError(String);
+
 impl Backend {
-    /// A client signing with `secrets` (`webhook.secret`).
-    pub fn new(secrets: Vec<Secret>) -> Self {
-        Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            secrets,
+    /// A client signing with `webhook.secret`, for `http://` and `https://` backends. Over
+    /// TLS it trusts the system's roots, or only the CAs in `webhook.ca_file` when set (a
+    /// private CA, like `redis.ca_file`).
+    pub fn new(cfg: &WebhookConfig) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        match &cfg.ca_file {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| TlsError(format!("webhook.ca_file {}: {e}", path.display())))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(TlsError(format!(
+                        "webhook.ca_file {}: no certificate in it",
+                        path.display()
+                    )));
+                }
+            }
+            None => {
+                // Missing system roots only matter for an https:// backend: its calls then fail
+                // (and say why) rather than the server refusing to start.
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+            }
         }
+        let tls = builder.with_root_certificates(roots).with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            secrets: cfg.secrets.clone(),
+        })
     }
 
     /// POSTs `body` (JSON) to `url`, signed, and reads the answer (at most

@@ -74,6 +74,7 @@ pub const KNOWN: &[&str] = &[
     "webhook.timeout_ms",
     "webhook.queue_bytes",
     "webhook.rpc_url",
+    "webhook.ca_file",
     "webhook.rpc_concurrency",
     "webhook.rpc_max_in_flight",
     "redis.node_id",
@@ -220,6 +221,8 @@ pub struct WebhookConfig {
     pub rpc_concurrency: usize,
     /// RPC calls the server has waiting, at most, over all its connections.
     pub rpc_max_in_flight: usize,
+    /// `https://` backends: trust only the CAs in this PEM file instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The connect and join proxy: the backend decides who connects and who joins what.
@@ -264,6 +267,7 @@ impl Default for WebhookConfig {
             rpc_url: None,
             rpc_concurrency: 8,
             rpc_max_in_flight: 1024,
+            ca_file: None,
         }
     }
 }
@@ -529,6 +533,7 @@ impl ServerConfig {
             }
             "webhook.url" => self.webhook.url = optional_url(value)?,
             "webhook.rpc_url" => self.webhook.rpc_url = optional_url(value)?,
+            "webhook.ca_file" => self.webhook.ca_file = optional_path(value),
             "webhook.rpc_concurrency" => self.webhook.rpc_concurrency = parse_num(value)?,
             "webhook.rpc_max_in_flight" => self.webhook.rpc_max_in_flight = parse_num(value)?,
             "auth.connect_url" => self.proxy.connect_url = optional_url(value)?,
@@ -655,11 +660,8 @@ impl ServerConfig {
         ];
         for (field, url) in urls {
             let Some(url) = url else { continue };
-            if url.scheme_str() != Some("http") || url.host().is_none() {
-                return Err(err(
-                    field,
-                    "must be an http:// URL (https is not built yet)",
-                ));
+            if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+                return Err(err(field, "must be an http:// or https:// URL"));
             }
             if w.secrets.is_empty() {
                 return Err(err(
@@ -962,11 +964,7 @@ mod tests {
             !c.dev_mode,
             "the connect proxy is auth enough: no JWT key, no dev mode"
         );
-        let e = vars(&[
-            ("SWITCHBOARD_AUTH__CONNECT_URL", "https://b/connect"),
-            signed,
-        ])
-        .unwrap_err();
+        let e = vars(&[("SWITCHBOARD_AUTH__CONNECT_URL", "ws://b/connect"), signed]).unwrap_err();
         assert_eq!(e.field, "auth.connect_url");
         let e = vars(&[proxy, signed, ("SWITCHBOARD_DEV_MODE", "true")]).unwrap_err();
         assert_eq!(

@@ -175,7 +175,7 @@ impl Handler for ServerHandler {
 /// webhooks (started here, on the current runtime).
 pub fn new_manager(config: &ServerConfig) -> anyhow::Result<Manager> {
     let auth = Auth::from_config(config)?;
-    let backend = Arc::new(Backend::new(config.webhook.secrets.clone()));
+    let backend = Arc::new(Backend::new(&config.webhook)?);
     let webhooks = Webhooks::start(&config.webhook, &config.manager.node_id, backend.clone());
     let join_proxy = Proxy::new(&config.proxy, backend).filter(|p| p.decides_joins());
     Ok(Manager::with_handler(

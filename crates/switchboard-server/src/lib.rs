@@ -115,7 +115,7 @@ pub async fn run(
         auth: Arc::new(auth),
         connect_proxy: proxy::Proxy::new(
             &config.proxy,
-            Arc::new(backend::Backend::new(config.webhook.secrets.clone())),
+            Arc::new(backend::Backend::new(&config.webhook)?),
         )
         .filter(|p| p.decides_connects()),
         allowed_origins: Arc::new(config.allowed_origins.clone()),

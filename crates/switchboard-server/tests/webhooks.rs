@@ -39,6 +39,19 @@ async fn receiver_while(
     fail_first: usize,
     up: Arc<AtomicBool>,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<Posted>) {
+    let (app, rx) = hook_app(secret, fail_first, up);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, rx)
+}
+
+/// The receiver's routes: `/hook` records every post (see [`receiver_while`]).
+fn hook_app(
+    secret: &'static str,
+    fail_first: usize,
+    up: Arc<AtomicBool>,
+) -> (axum::Router, mpsc::UnboundedReceiver<Posted>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let failures = Arc::new(AtomicUsize::new(fail_first));
     let app = axum::Router::new().route(
@@ -65,10 +78,7 @@ async fn receiver_while(
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, rx)
+    (app, rx)
 }
 
 /// What a receiver does: recompute the HMAC of "t.body" and accept any matching `v1=`.
@@ -271,6 +281,107 @@ async fn a_dead_receiver_costs_the_clients_nothing_and_drops_are_counted() {
         dropped > 0.0,
         "events beyond the queue's bytes are counted as dropped"
     );
+}
+
+/// A TLS listener for axum: TCP accepts completed with a rustls handshake; failed handshakes
+/// are counted (a client that does not trust the certificate shows up there).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    failed_handshakes: Arc<AtomicUsize>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, peer)) = self.tcp.accept().await else {
+                continue;
+            };
+            match self.tls.accept(tcp).await {
+                Ok(tls) => return (tls, peer),
+                Err(_) => {
+                    self.failed_handshakes.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// An `https://` receiver with a certificate for 127.0.0.1 from the private CA in `dir`;
+/// also returns its count of failed handshakes.
+async fn tls_receiver(
+    dir: &std::path::Path,
+) -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<Posted>,
+    Arc<AtomicUsize>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let (app, rx) = hook_app("s", 0, Arc::new(AtomicBool::new(true)));
+    let failed_handshakes = Arc::new(AtomicUsize::new(0));
+    let listener = TlsListener {
+        tcp: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tls: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        failed_handshakes: failed_handshakes.clone(),
+    };
+    let addr = listener.tcp.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, rx, failed_handshakes)
+}
+
+/// An `https://` receiver signed by a private CA: trusted with `webhook.ca_file`, events
+/// arrive; without it (the system's roots), the handshake is refused and nothing is posted.
+#[tokio::test]
+async fn an_https_receiver_is_trusted_through_webhook_ca_file() {
+    let dir = common::tls::tls_files();
+    let (addr, mut posted, failed_handshakes) = tls_receiver(&dir).await;
+    let url = format!("https://{addr}/hook");
+    let ca = dir.join("ca.pem").to_str().unwrap().to_owned();
+    let trusting = server(|c| {
+        hooked(url.clone(), "s")(c);
+        c.set("webhook.events", "connect").unwrap();
+        c.set("webhook.ca_file", &ca).unwrap();
+    })
+    .await;
+    let alice = connect(trusting.addr, "room", "alice").await;
+    let batch = events(&mut posted, 1).await;
+    assert_eq!(batch[0]["type"], "connect");
+    assert_eq!(batch[0]["user_id"], "alice");
+    alice.close().await;
+
+    let distrusting = server(|c| {
+        hooked(url, "s")(c);
+        c.set("webhook.events", "connect").unwrap();
+        c.set("webhook.max_retry_ms", "200").unwrap();
+    })
+    .await;
+    let bob = connect(distrusting.addr, "room", "bob").await;
+    eventually("the untrusted certificate is refused", || {
+        failed_handshakes.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    assert!(posted.try_recv().is_err(), "nothing reaches the receiver");
+    bob.close().await;
 }
 
 /// The counter `switchboard_webhook_events_total{outcome}` of a server process.
