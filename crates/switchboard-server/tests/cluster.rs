@@ -1566,16 +1566,17 @@ async fn presence_webhooks_are_posted_once_across_nodes() {
     let on_a = connect(a.addr, "room", "alice").await;
     let on_b = connect(b.addr, "room", "alice").await;
     let hank = connect(b.addr, "den", "hank").await;
-    // Both joins posted (a killed node loses what it had not posted yet).
-    collect(&mut events, 2).await;
+    let ivy = connect(b.addr, "room", "ivy").await;
+    // The joins posted (a killed node loses what it had not posted yet).
+    collect(&mut events, 3).await;
     let hank_id = hank.id().to_owned();
     on_a.close().await;
     on_b.close().await;
     // Two disconnects (one per node) and alice's one leave.
-    collect(&mut events, 5).await;
+    collect(&mut events, 6).await;
     b.signal("KILL");
     b.wait(WAIT).await;
-    collect(&mut events, 7).await;
+    collect(&mut events, 10).await;
     let mut seen: Vec<(String, String, String)> = events
         .iter()
         .map(|e| {
@@ -1593,12 +1594,21 @@ async fn presence_webhooks_are_posted_once_across_nodes() {
             ("disconnect".into(), "-".into(), "alice".into()),
             ("disconnect".into(), "-".into(), "alice".into()),
             ("disconnect".into(), "-".into(), "hank".into()),
+            ("disconnect".into(), "-".into(), "ivy".into()),
             ("member_joined".into(), "den".into(), "hank".into()),
             ("member_joined".into(), "room".into(), "alice".into()),
+            ("member_joined".into(), "room".into(), "ivy".into()),
             ("member_left".into(), "den".into(), "hank".into()),
             ("member_left".into(), "room".into(), "alice".into()),
+            ("member_left".into(), "room".into(), "ivy".into()),
         ]
     );
+    let ivy_lost = events
+        .iter()
+        .find(|e| e["type"] == "disconnect" && e["user_id"] == "ivy")
+        .unwrap();
+    assert_eq!(ivy_lost["connection_id"], ivy.id());
+    assert_eq!(ivy_lost["reason"], "node_lost");
     // The dead node's connection and its user's leave: posted once, by the node that swept
     // it, the disconnect first.
     let lost = events
