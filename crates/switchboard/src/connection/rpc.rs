@@ -33,18 +33,27 @@ pub(super) fn call(
         send_error(shared, conn, &error, Some(id));
         return;
     };
+    // Each place is given back before the answer goes out: a client that has its answer may
+    // call again at once.
     match handler.on_rpc(client, method, data) {
-        RpcDecision::Reply(result) => answer(client, id, Ok(result)),
-        RpcDecision::Fail(error) => answer(client, id, Err(error)),
+        RpcDecision::Reply(result) => {
+            drop(slot);
+            answer(client, id, Ok(result));
+        }
+        RpcDecision::Fail(error) => {
+            drop(slot);
+            answer(client, id, Err(error));
+        }
         RpcDecision::Later(call) => {
             let (client, id) = (client.clone(), id.to_owned());
             client.clone().spawn(async move {
-                // Held until the call ends, however it ends.
-                let _slot = slot;
                 tokio::select! {
-                    outcome = call => answer(&client, &id, outcome),
+                    outcome = call => {
+                        drop(slot);
+                        answer(&client, &id, outcome);
+                    }
                     // Nobody is left to answer: the call is dropped (an app's call never
-                    // outlives its client) and its place given back.
+                    // outlives its client), and its place with it.
                     () = client.closed() => {}
                 }
             });
