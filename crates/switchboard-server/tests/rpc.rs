@@ -351,3 +351,29 @@ async fn without_rpc_url_rpc_is_an_unknown_type() {
         ("unknown_type", &json!(1), "this server answers no rpc")
     );
 }
+
+/// Over a v2 SSE stream the call is posted to `/sse/messages` and the result is an event.
+#[tokio::test]
+async fn a_v2_sse_stream_calls_too() {
+    let (addr, mut calls) = receiver(Arc::new(Semaphore::new(0))).await;
+    let server = rpc_server(addr, |_| {}).await;
+    let mut sse = common::sse::Sse::open(server.addr, "/sse?token=alice", &[]).await;
+    let welcome = sse.expect("welcome", "welcome").await;
+    let id = welcome.data["connection_id"].as_str().unwrap().to_owned();
+    let body = json!({"connection_id": id, "message": rpc("echo", json!({"n": 1}), 1)});
+    let posted = http(
+        server.addr,
+        "POST",
+        "/sse/messages?token=alice",
+        None,
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(posted.status, 202, "{}", posted.body);
+    let result = sse.expect("rpc_result", "the result").await;
+    assert_eq!(
+        result.data,
+        json!({"type": "rpc_result", "id": 1, "data": {"n": 1}})
+    );
+    assert_eq!(next_call(&mut calls).await["connection_id"], id.as_str());
+}
