@@ -22,6 +22,8 @@ struct Backend {
     child: Child,
     addr: SocketAddr,
     lines: mpsc::UnboundedReceiver<Value>,
+    /// Lines read while looking for another.
+    pending: Vec<Value>,
 }
 
 impl Drop for Backend {
@@ -58,11 +60,16 @@ impl Backend {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             lines,
+            pending: Vec::new(),
         }
     }
 
-    /// The next line the backend prints that has `key`.
+    /// The next line the backend prints that has `key`; lines about other things wait for
+    /// their own turn (webhook batches and proxy calls arrive in any order between them).
     async fn heard(&mut self, key: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(|l| l.get(key).is_some()) {
+            return self.pending.remove(i);
+        }
         loop {
             let line = tokio::time::timeout(WAIT, self.lines.recv())
                 .await
@@ -71,6 +78,7 @@ impl Backend {
             if line.get(key).is_some() {
                 return line;
             }
+            self.pending.push(line);
         }
     }
 }
