@@ -4,7 +4,7 @@
 //! Events are queued without waiting (a slow or dead receiver never slows a socket, a
 //! broadcast or a connect): the queue is bounded in bytes (`webhook.queue_bytes`), and what does
 //! not fit is dropped and counted (`switchboard_webhook_events_total{outcome="dropped"}`) and
-//! logged. One task sends batches of at most `webhook.batch_max` events, at most
+//! logged (at most once a second, with the count). One task sends batches of at most `webhook.batch_max` events, at most
 //! `webhook.batch_ms` after the first one waited, one batch at a time, so events arrive in the
 //! order they happened. A batch is retried with exponential backoff and jitter on a timeout, a
 //! connection error, 429 or a 5xx, for up to `webhook.max_retry_ms`; any other 4xx is not
@@ -30,6 +30,10 @@ pub struct Webhooks {
     queue: mpsc::UnboundedSender<Vec<u8>>,
     queued: Arc<AtomicUsize>,
     next_id: AtomicU64,
+    /// Drops not logged yet, and when the last drop was logged (ms): a full queue logs at
+    /// most once a second, with the count, so an overloaded server does not also flood its log.
+    drops_unlogged: AtomicU64,
+    drop_logged_ms: AtomicU64,
 }
 
 impl Webhooks {
@@ -51,6 +55,8 @@ impl Webhooks {
             queue,
             queued,
             next_id: AtomicU64::new(1),
+            drops_unlogged: AtomicU64::new(0),
+            drop_logged_ms: AtomicU64::new(0),
         }))
     }
 
@@ -93,10 +99,21 @@ impl Webhooks {
             self.queued.fetch_sub(cost, Ordering::SeqCst);
         }
         metrics::counter!("switchboard_webhook_events_total", "outcome" => "dropped").increment(1);
-        tracing::warn!(
-            kind,
-            "webhook queue full (webhook.queue_bytes): event dropped"
-        );
+        self.drops_unlogged.fetch_add(1, Ordering::Relaxed);
+        let (now, last) = (now_ms(), self.drop_logged_ms.load(Ordering::Relaxed));
+        let due = now.saturating_sub(last) >= 1_000
+            && self
+                .drop_logged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if due {
+            let dropped = self.drops_unlogged.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                dropped,
+                kind,
+                "webhook queue full (webhook.queue_bytes): events dropped since the last warning"
+            );
+        }
     }
 }
 
