@@ -17,7 +17,8 @@
 # e.g. build the old commit in a worktree (`git worktree add ../base COMMIT`, copy target/release
 # there to reuse dependencies, `cargo build --release -p switchboard-server`), then
 #   bench/ab.sh ../base/target/release/switchboard target/release/switchboard 4 idle19k churn
-# Prints one line per run: which, case, figure(s).
+# Prints one line per run: which, case, figure(s). AB_JSONL=FILE also appends each run's JSON
+# summary (every fan-out step's server CPU per delivery, say) to FILE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD=$1 NEW=$2 ROUNDS=${3:-3}; shift $(( $# < 3 ? $# : 3 ))
@@ -57,7 +58,9 @@ run() { # label binary case
     local line
     line=$(taskset -c 1 "$BENCH" "${args[0]}" --addr "127.0.0.1:$PORT" --server-pid "$pid" \
         --label "$label" --ip-base "$IP" --max-secs 300 "${args[@]:1}" 2>/dev/null)
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || echo "$label $case: the server had already exited ($log)" >&2
+    wait "$pid" 2>/dev/null || true
+    [[ -n ${AB_JSONL:-} ]] && echo "{\"ab\":\"$label\",\"case\":\"$case\",${line#\{}" >> "$AB_JSONL"
     python3 - "$label" "$case" "$line" <<'PY'
 import json, sys
 label, case, line = sys.argv[1:4]
@@ -73,14 +76,16 @@ elif case.startswith("webhook"):
               "bad-sig", s["bad_signatures"], "per-batch", s["events_per_batch"],
               "p99_ms", s["latency"]["p99_ms"])
 elif case == "fanout1k_hooks":
-    print(label, case, "deliveries/s", d["best"]["deliveries_per_sec"], "hook-events",
-          d["webhooks"]["events"], "bad-sig", d["webhooks"]["bad_signatures"])
+    print(label, case, "deliveries/s", d["best"]["deliveries_per_sec"], "server-us/delivery",
+          d["best"]["server_cpu_us_per_delivery"], "hook-events", d["webhooks"]["events"],
+          "bad-sig", d["webhooks"]["bad_signatures"])
 elif case == "lobbies10k":
     print(label, case, "joins/s", d["joins"]["per_sec"], "server-us/join",
           d["joins"]["server_cpu_us_per_join"], "B/membership", d["bytes_per_membership"],
           "KiB/conn", d["rss_kib_per_conn"])
 else:
-    print(label, case, "deliveries/s", d["best"]["deliveries_per_sec"])
+    print(label, case, "deliveries/s", d["best"]["deliveries_per_sec"], "server-us/delivery",
+          d["best"]["server_cpu_us_per_delivery"])
 PY
     sleep 1
 }
