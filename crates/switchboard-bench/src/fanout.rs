@@ -2,7 +2,9 @@
 //! number and a send time in `data`) at a fixed rate; `--sweep` raises the rate step by step
 //! (doubling, then bisecting) to find the highest rate sustained with nothing lost and
 //! p99 < `--max-p99-ms`. Each step reports deliveries/s, losses, latency and the server's
-//! CPU-seconds per delivery.
+//! CPU-seconds per delivery. `--receiver ADDR` also serves a webhook receiver there (bound
+//! before the members connect), so that a server with webhooks on has a backend that answers
+//! 200: fan-out with and without webhooks is one flag apart.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use crate::client::{OP_TEXT, Route, Ws, field_u64};
 use crate::common::{Ctx, histogram, latency_json, now_us, round};
 use crate::pool::{Tasks, connect_all};
 use crate::procfs::cpu_secs;
+use crate::webhook::Receiver;
 
 pub(crate) const OPTS: &[&str] = &[
     "members",
@@ -36,6 +39,8 @@ pub(crate) const OPTS: &[&str] = &[
     "step-secs",
     "drain-secs",
     "max-p99-ms",
+    "receiver",
+    "secret",
 ];
 
 /// What the members have seen; shared by every member task on the one thread.
@@ -283,6 +288,13 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
     let server_rss0 = ctx.server.rss();
     let seen = Seen::new();
     let mut tasks = Tasks::default();
+    let receiver = match args.opt::<String>("receiver")? {
+        Some(addr) => {
+            let addr = addr.parse().context("--receiver")?;
+            Some(Receiver::start(addr, args.opt("secret")?, &mut tasks).await?)
+        }
+        None => None,
+    };
     let prefix = ctx.user_prefix.clone();
     let s = seen.clone();
     let l = lobby.clone();
@@ -395,6 +407,10 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
     m.insert("close_codes".into(), json!(*seen.close_codes.borrow()));
     m.insert("rss_kib_before".into(), json!(server_rss0));
     m.insert("rss_kib_end".into(), json!(ctx.server.rss()));
+    m.insert(
+        "webhooks".into(),
+        receiver.map_or(Value::Null, |r| r.tally.json()),
+    );
     drop(tasks);
     Ok(Value::Object(m))
 }

@@ -1,6 +1,7 @@
 //! The load generator cannot rot unseen: each scenario runs at tiny counts against the real
-//! server (in this process, port 0) and its JSON summary is checked. One test, one server, the
-//! scenarios one after another: they measure the server process, so they must not overlap.
+//! server (in this process, port 0) and its JSON summary is checked. One test, the scenarios one
+//! after another (they measure the server process, so they must not overlap): one server for
+//! them all, then one with webhooks posting to the `webhook` scenario's receiver.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -174,6 +175,83 @@ async fn every_scenario_runs_against_the_real_server() {
     assert_eq!(lobbies["closed"], 0, "{lobbies}");
     assert!(lobbies["rss_kib_per_conn"].is_number(), "{lobbies}");
     assert!(lobbies["bytes_per_membership"].is_number(), "{lobbies}");
+
+    server.shutdown().await.unwrap();
+
+    // Webhooks: the server posts `message` events to the load generator's receiver, whose
+    // port must be known before the server starts: a free one, bound and let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        dev_mode: true,
+        drain: Duration::from_millis(100),
+        deadline: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
+    config.manager.rate.messages_per_sec = 0;
+    config.manager.rate.connects_per_ip_per_sec = 0;
+    config.manager.node_id = "hooks".into();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    for (key, value) in [
+        ("webhook.url", url.as_str()),
+        ("webhook.secret", "old,s"),
+        ("webhook.events", "connect,message"),
+        ("webhook.batch_max", "10"),
+        ("webhook.batch_ms", "5"),
+    ] {
+        config.set(key, value).unwrap();
+    }
+    let server = switchboard_server::spawn(config).await.unwrap();
+    // 20 clients in 2 lobbies, two steps: 50 and 100 messages/s for 1 s.
+    let hooks = bench(
+        server.addr,
+        236,
+        "webhook",
+        &[
+            "--clients",
+            "20",
+            "--lobbies",
+            "2",
+            "--rates",
+            "50,100",
+            "--secs",
+            "1",
+            "--drain-secs",
+            "3",
+            "--receiver",
+            &format!("127.0.0.1:{port}"),
+            "--secret",
+            "s",
+        ],
+    )
+    .await;
+    assert_eq!(hooks["connect"]["ok"], 20, "{hooks}");
+    assert_eq!(hooks["server_errors"], serde_json::json!({}), "{hooks}");
+    let steps = hooks["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{hooks}");
+    for (step, planned) in steps.iter().zip([50, 100]) {
+        // Every message posted exactly once, every batch signed (by one of two secrets).
+        assert_eq!(step["planned"], planned, "{hooks}");
+        assert_eq!(step["sent"], planned, "{hooks}");
+        assert_eq!(step["received"], planned, "{hooks}");
+        assert_eq!(step["missing"], 0, "{hooks}");
+        assert_eq!(step["duplicates"], 0, "{hooks}");
+        assert_eq!(step["repeated_messages"], 0, "{hooks}");
+        assert_eq!(step["bad_signatures"], 0, "{hooks}");
+        assert_eq!(step["unreadable"], 0, "{hooks}");
+        assert_eq!(step["events_by_type"]["message"], planned, "{hooks}");
+        assert_eq!(step["latency"]["count"], planned, "{hooks}");
+        let batches = step["batches"].as_u64().unwrap();
+        assert!((planned / 10..=planned).contains(&batches), "{hooks}");
+        assert!(step["events_per_sec"].as_f64().unwrap() > 0.0, "{hooks}");
+        assert!(step["server_cpu_us_per_event"].is_number(), "{hooks}");
+        assert_eq!(step["pass"], true, "{hooks}");
+    }
+    assert_eq!(hooks["pass"], true, "{hooks}");
 
     server.shutdown().await.unwrap();
 }
