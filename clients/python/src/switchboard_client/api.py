@@ -24,12 +24,12 @@ __all__ = [
     "ConnectionInfo",
     "Delivered",
     "Health",
-    "Joined",
     "LobbyInfo",
-    "Presence",
-    "Removed",
+    "LobbyPresence",
     "Stats",
     "SwitchboardAPI",
+    "UsersJoined",
+    "UsersRemoved",
 ]
 
 T = TypeVar("T")
@@ -52,7 +52,7 @@ class LobbyInfo:
 
 
 @dataclass(frozen=True)
-class Presence:
+class LobbyPresence:
     """The users present in a lobby, each once, sorted."""
 
     lobby: str
@@ -80,14 +80,14 @@ class ConnectionInfo:
 
 
 @dataclass(frozen=True)
-class Joined:
+class UsersJoined:
     """A server-side join: this node's connections of the user that joined."""
 
     joined: int
 
 
 @dataclass(frozen=True)
-class Removed:
+class UsersRemoved:
     """A server-side removal: this node's connections taken out of the lobby."""
 
     removed: int
@@ -161,9 +161,9 @@ def _lobbies(v: Any) -> list[LobbyInfo]:
     ]
 
 
-def _presence(v: Any) -> Presence:
+def _presence(v: Any) -> LobbyPresence:
     o = _obj(v)
-    return Presence(str(o["lobby"]), [str(u) for u in o["users"]])
+    return LobbyPresence(str(o["lobby"]), [str(u) for u in o["users"]])
 
 
 def _closed(v: Any) -> Closed:
@@ -182,12 +182,12 @@ def _connection(v: Any) -> ConnectionInfo:
     )
 
 
-def _joined(v: Any) -> Joined:
-    return Joined(_int(_obj(v).get("joined"), "joined"))
+def _joined(v: Any) -> UsersJoined:
+    return UsersJoined(_int(_obj(v).get("joined"), "joined"))
 
 
-def _removed(v: Any) -> Removed:
-    return Removed(_int(_obj(v).get("removed"), "removed"))
+def _removed(v: Any) -> UsersRemoved:
+    return UsersRemoved(_int(_obj(v).get("removed"), "removed"))
 
 
 def _stats(v: Any) -> Stats:
@@ -226,7 +226,7 @@ class _Calls:
         return _Call("GET", "/api/lobbies", _lobbies)
 
     @staticmethod
-    def presence(lobby: str) -> _Call[Presence]:
+    def presence(lobby: str) -> _Call[LobbyPresence]:
         return _Call("GET", f"/api/lobbies/{_seg(lobby)}/presence", _presence)
 
     @staticmethod
@@ -242,11 +242,11 @@ class _Calls:
         return _Call("GET", f"/api/connections/{_seg(connection_id)}", _connection)
 
     @staticmethod
-    def join_user(user: str, lobby: str) -> _Call[Joined]:
+    def join_user(user: str, lobby: str) -> _Call[UsersJoined]:
         return _Call("POST", f"/api/users/{_seg(user)}/lobbies/{_seg(lobby)}", _joined)
 
     @staticmethod
-    def remove_user(user: str, lobby: str) -> _Call[Removed]:
+    def remove_user(user: str, lobby: str) -> _Call[UsersRemoved]:
         return _Call("DELETE", f"/api/users/{_seg(user)}/lobbies/{_seg(lobby)}", _removed)
 
     @staticmethod
@@ -330,7 +330,7 @@ class SwitchboardAPI:
         """Every lobby with its connection and user counts."""
         return self._run(_Calls.lobbies())
 
-    def presence(self, lobby: str) -> Presence:
+    def presence(self, lobby: str) -> LobbyPresence:
         """The users present in `lobby`, each once."""
         return self._run(_Calls.presence(lobby))
 
@@ -346,11 +346,11 @@ class SwitchboardAPI:
         """One connection of this node: user, protocol, IP, connect time, lobbies."""
         return self._run(_Calls.connection(connection_id))
 
-    def join_user(self, user: str, lobby: str) -> Joined:
+    def join_user(self, user: str, lobby: str) -> UsersJoined:
         """Joins `user`'s protocol-v2 connections to `lobby` (they get `joined` without id)."""
         return self._run(_Calls.join_user(user, lobby))
 
-    def remove_user(self, user: str, lobby: str) -> Removed:
+    def remove_user(self, user: str, lobby: str) -> UsersRemoved:
         """Takes `user`'s connections out of `lobby` (v2: `left` reason `removed`; v1: 4009)."""
         return self._run(_Calls.remove_user(user, lobby))
 
@@ -416,7 +416,7 @@ class AsyncSwitchboardAPI:
         """See `SwitchboardAPI.lobbies`."""
         return await self._run(_Calls.lobbies())
 
-    async def presence(self, lobby: str) -> Presence:
+    async def presence(self, lobby: str) -> LobbyPresence:
         """See `SwitchboardAPI.presence`."""
         return await self._run(_Calls.presence(lobby))
 
@@ -432,11 +432,11 @@ class AsyncSwitchboardAPI:
         """See `SwitchboardAPI.connection`."""
         return await self._run(_Calls.connection(connection_id))
 
-    async def join_user(self, user: str, lobby: str) -> Joined:
+    async def join_user(self, user: str, lobby: str) -> UsersJoined:
         """See `SwitchboardAPI.join_user`."""
         return await self._run(_Calls.join_user(user, lobby))
 
-    async def remove_user(self, user: str, lobby: str) -> Removed:
+    async def remove_user(self, user: str, lobby: str) -> UsersRemoved:
         """See `SwitchboardAPI.remove_user`."""
         return await self._run(_Calls.remove_user(user, lobby))
 

@@ -46,6 +46,7 @@ from .events import (
     Disconnected,
     Event,
     Goodbye,
+    HealthPing,
     Joined,
     Left,
     MemberJoined,
@@ -666,25 +667,28 @@ class Client:
                 self._refresh_task = None
 
     async def _serve(self, ws: ClientConnection) -> tuple[int, str]:
+        """Reads until the socket closes. Before `welcome` only a `goodbye` may come (a
+        refusal: server_full, a shutdown...), then the close; the wait for it is bounded by
+        `connect_timeout`, and afterwards silence by the liveness deadline."""
         try:
-            raw = await asyncio.wait_for(ws.recv(), self._connect_timeout)
-            first = json.loads(raw)
-            if not isinstance(first, dict) or first.get("type") != "welcome":
-                await ws.close(1002, "expected_welcome")
-                return 1002, "expected_welcome"
-            self._on_welcome(Welcome.parse(first))
-            assert self._welcome is not None
+            while self._welcome is None:
+                raw = await asyncio.wait_for(ws.recv(), self._connect_timeout)
+                frame = _parse(raw)
+                if frame is None:
+                    continue
+                if frame["type"] == "welcome":
+                    self._on_welcome(Welcome.parse(frame))
+                elif frame["type"] == "goodbye":
+                    self._on_frame(frame)
             liveness = self._welcome.ping_interval_ms / 1000 * self._liveness_factor
             while True:
                 raw = await asyncio.wait_for(ws.recv(), liveness if liveness > 0 else None)
-                try:
-                    frame = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(frame, dict) and isinstance(frame.get("type"), str):
+                frame = _parse(raw)
+                if frame is not None:
                     self._on_frame(frame)
         except TimeoutError:
-            # The server went silent: the connection is dead whatever TCP says.
+            # No welcome in time, or the server went silent: the connection is dead whatever
+            # TCP says.
             ws.transport.abort()
             return CLIENT_LIVENESS_CODE, "liveness_timeout"
         except ConnectionClosed:
@@ -730,6 +734,7 @@ class Client:
         room = self._rooms.get(lobby) if lobby is not None else None
         if kind == "health_ping":
             self._send_now({"type": "health_pong", "timestamp": frame.get("timestamp")})
+            self._emit(HealthPing(int(frame.get("timestamp") or 0)))
         elif kind == "joined" and lobby is not None:
             if room is None and fid is None:
                 # The backend joined this connection to a lobby: a room like the others.
@@ -874,6 +879,17 @@ class Client:
         async for event in self.events():
             if isinstance(event, Message):
                 yield event
+
+
+def _parse(raw: str | bytes) -> Frame | None:
+    """A server frame, or None for anything that is not a JSON object with a string type."""
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        return None
+    if isinstance(frame, dict) and isinstance(frame.get("type"), str):
+        return frame
+    return None
 
 
 async def _write(ws: ClientConnection, outgoing: asyncio.Queue[str]) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "Disconnected",
     "Event",
     "Goodbye",
+    "HealthPing",
     "Joined",
     "Left",
     "MemberJoined",
@@ -168,6 +169,13 @@ class Goodbye:
 
 
 @dataclass(frozen=True)
+class HealthPing:
+    """The server's application-level ping (already answered with `health_pong`)."""
+
+    timestamp: int
+
+
+@dataclass(frozen=True)
 class UnknownFrame:
     """A frame type this client does not know (a newer server)."""
 
@@ -209,6 +217,7 @@ Event = (
     | Recovered
     | ServerError
     | Goodbye
+    | HealthPing
     | UnknownFrame
     | Disconnected
     | StateChanged
