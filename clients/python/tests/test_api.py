@@ -19,7 +19,7 @@ from switchboard_client import (
     SwitchboardAPI,
 )
 
-from .conftest import API_KEY, Server, ServerFactory, within
+from .conftest import API_KEY, Server, within
 
 
 @pytest.fixture
@@ -41,9 +41,7 @@ async def connected(server: Server, user: str, *lobbies: str) -> Client:
     return client
 
 
-async def test_health_stats_and_openapi(
-    api: AsyncSwitchboardAPI, sync_api: SwitchboardAPI
-) -> None:
+async def test_health_stats_and_openapi(api: AsyncSwitchboardAPI, sync_api: SwitchboardAPI) -> None:
     health = await api.health()
     assert health.alive and health.ready
     assert (await asyncio.to_thread(sync_api.health)).ready

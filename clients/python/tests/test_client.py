@@ -44,9 +44,10 @@ def v2_server(start_server: ServerFactory) -> Server:
 
 
 async def test_join_broadcast_ack_presence_direct_and_leave(v2_server: Server) -> None:
-    async with Client(v2_server.ws_url, token="ann") as ann, Client(
-        v2_server.ws_url, token="ben"
-    ) as ben:
+    async with (
+        Client(v2_server.ws_url, token="ann") as ann,
+        Client(v2_server.ws_url, token="ben") as ben,
+    ):
         ann_events, ben_events = ann.events(), ben.events()
         room = await within(ann.join("hall"))
         assert room.joined is not None and room.joined.offset == 0

@@ -8,7 +8,7 @@ FastAPI::
     hook = SwitchboardWebhook(secrets=["s3cret"])
 
     @app.post("/switchboard/webhook")
-    async def webhook(events: list[AnyEvent] = Depends(hook)) -> None: ...
+    async def webhook(events: Annotated[list[AnyEvent], Depends(hook)]) -> None: ...
 
 Plain Starlette::
 
@@ -91,7 +91,7 @@ class _Dependency:
 
 
 class SwitchboardWebhook(_Dependency):
-    """FastAPI dependency: `events: list[AnyEvent] = Depends(SwitchboardWebhook(secrets))`."""
+    """FastAPI dependency: `events: Annotated[list[AnyEvent], Depends(SwitchboardWebhook(s))]`."""
 
     async def __call__(self, request: Request) -> list[AnyEvent]:
         try:
@@ -101,7 +101,7 @@ class SwitchboardWebhook(_Dependency):
 
 
 class SwitchboardConnect(_Dependency):
-    """FastAPI dependency: `attempt: ConnectAttempt = Depends(SwitchboardConnect(secrets))`."""
+    """FastAPI dependency: `attempt: Annotated[ConnectAttempt, Depends(SwitchboardConnect(s))]`."""
 
     async def __call__(self, request: Request) -> ConnectAttempt:
         try:
@@ -111,7 +111,7 @@ class SwitchboardConnect(_Dependency):
 
 
 class SwitchboardJoin(_Dependency):
-    """FastAPI dependency: `join: JoinRequest = Depends(SwitchboardJoin(secrets))`."""
+    """FastAPI dependency: `join: Annotated[JoinRequest, Depends(SwitchboardJoin(s))]`."""
 
     async def __call__(self, request: Request) -> JoinRequest:
         try:
@@ -121,7 +121,7 @@ class SwitchboardJoin(_Dependency):
 
 
 class SwitchboardRpc(_Dependency):
-    """FastAPI dependency: `call: RpcRequest = Depends(SwitchboardRpc(secrets))`."""
+    """FastAPI dependency: `call: Annotated[RpcRequest, Depends(SwitchboardRpc(s))]`."""
 
     async def __call__(self, request: Request) -> RpcRequest:
         try:
