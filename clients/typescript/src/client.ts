@@ -17,8 +17,9 @@
  *   `transport: "auto"`, below); both give the same events and close-code handling.
  * - Protocol v2 (`protocol: 2`, WebSocket only): one connection in many lobbies. `join(lobby)`
  *   gives a `Room`; requests carry an `id` and are matched to their answers (`joined`, `left`,
- *   `presence`, `ack`, or `error`) with a timeout; after a reconnect every room is rejoined with
- *   its own `since` / `epoch`; a token with an expiry is refreshed before it expires.
+ *   `presence`, `ack`, `rpc_result`, or `error`) with a timeout; after a reconnect every room is
+ *   rejoined with its own `since` / `epoch`; a token with an expiry is refreshed before it
+ *   expires. `rpc(method, data)` calls the backend and resolves with its result.
  */
 
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
@@ -154,7 +155,7 @@ export interface ClientEvents {
 /** A v2 request waiting for its answer. */
 interface PendingRequest {
   frame: ClientFrame;
-  /** The answer's type: `joined`, `left`, `presence` or `ack` (or `error`, always). */
+  /** The answer's type: `joined`, `left`, `presence`, `rpc_result` or `ack` (or `error`, always). */
   expect: string;
   onAnswer(frame: { type: string; [field: string]: unknown }): void;
   onError(error: SwitchboardError): void;
@@ -169,7 +170,18 @@ interface JoinWaiter {
 
 /** The answer a v2 request gets when it succeeds. */
 function answerType(type: string): string {
-  return type === "join" ? "joined" : type === "leave" ? "left" : type === "presence" ? "presence" : "ack";
+  switch (type) {
+    case "join":
+      return "joined";
+    case "leave":
+      return "left";
+    case "presence":
+      return "presence";
+    case "rpc":
+      return "rpc_result";
+    default:
+      return "ack";
+  }
 }
 
 function idKey(id: FrameId): string {
@@ -619,6 +631,24 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     });
   }
 
+  /**
+   * v2: calls `method` on the backend with `data` (an `rpc` frame; the server's `webhook.rpc_url`
+   * or the embedding app answers it) and resolves with the result (`rpc_result.data`; `null`
+   * when the backend sent none). Rejects with a `SwitchboardError` as `request()` does: the
+   * server's `code` and `message` (`rpc_failed`: the backend failed or did not answer in time;
+   * `rate_limited`: too many of this connection's calls wait; `overloaded`; `unknown_type`: the
+   * server answers no rpc), or `timeout`, `connection_lost` (the call may or may not have run:
+   * it is not sent again), `dropped`, `closed`. Queued while not connected.
+   */
+  rpc(method: string, data?: unknown, options: { timeoutMs?: number } = {}): Promise<unknown> {
+    if (typeof method !== "string" || method === "") {
+      return Promise.reject(new SwitchboardError("invalid_message", "switchboard: rpc() needs a method"));
+    }
+    const frame: ClientFrame = { type: "rpc", method };
+    if (data !== undefined) frame.data = data;
+    return this.request(frame, options).then((answer) => answer.data ?? null);
+  }
+
   private sendRequest(
     frame: ClientFrame,
     timeoutMs: number | undefined,
@@ -795,7 +825,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
   private onV2Frame(typed: { type: string; [field: string]: unknown }): void {
     const id = typed.id;
     let entry: PendingRequest | undefined;
-    if ((typeof id === "string" || typeof id === "number") && ["joined", "left", "presence", "ack", "error"].includes(typed.type)) {
+    if ((typeof id === "string" || typeof id === "number") && ["joined", "left", "presence", "ack", "rpc_result", "error"].includes(typed.type)) {
       const candidate = this.pending.get(idKey(id));
       if (candidate && (typed.type === "error" || typed.type === candidate.expect)) {
         entry = this.settle(idKey(id));
@@ -862,6 +892,9 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
       case "ack":
         entry?.onAnswer(typed);
         this.emit("ack", typed as unknown as AckFrame);
+        break;
+      case "rpc_result":
+        entry?.onAnswer(typed);
         break;
       case "direct":
       case "goodbye":

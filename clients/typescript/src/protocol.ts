@@ -119,6 +119,16 @@ export interface AckFrame {
   token_expires_at?: number;
 }
 
+/**
+ * v2: the answer to an `rpc`: the backend's result. (A failed call is an `error` with the id,
+ * `rpc_failed` when the backend failed or did not answer in time.)
+ */
+export interface RpcResultFrame<T = unknown> {
+  type: "rpc_result";
+  id: FrameId;
+  data: T;
+}
+
 export type ServerFrame =
   | WelcomeFrame
   | HealthPingFrame
@@ -132,7 +142,8 @@ export type ServerFrame =
   | RecoveredFrame
   | JoinedFrame
   | LeftFrame
-  | AckFrame;
+  | AckFrame
+  | RpcResultFrame;
 
 /** Any client frame: the protocol's own and application messages (any other `type`). */
 export interface ClientFrame {

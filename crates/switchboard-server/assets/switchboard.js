@@ -78,7 +78,8 @@ var Switchboard = (() => {
     { code: 1002, reason: "protocol_error", retryAfterMs: null, reconnect: "backoff", meaning: "the client broke the WebSocket protocol" },
     { code: 1003, reason: "unsupported_data", retryAfterMs: null, reconnect: "backoff", meaning: "a binary data frame" },
     { code: 1007, reason: "invalid_utf8", retryAfterMs: null, reconnect: "backoff", meaning: "a text frame that is not valid UTF-8" },
-    { code: 1009, reason: "message_too_big", retryAfterMs: null, reconnect: "backoff", meaning: "a frame larger than max_message_bytes" }
+    { code: 1009, reason: "message_too_big", retryAfterMs: null, reconnect: "backoff", meaning: "a frame larger than max_message_bytes" },
+    { code: 1013, reason: "backend_unavailable", retryAfterMs: [1e3, 5e3], reconnect: "after_retry", meaning: "the standalone server's connect proxy did not answer in time, answered 5xx, or was busy" }
   ];
   var NO_RECONNECT_CODES = new Set(
     CLOSE_CODES.filter((c) => c.reconnect === "never").map((c) => c.code)
@@ -545,7 +546,18 @@ var Switchboard = (() => {
 
   // src/client.ts
   function answerType(type) {
-    return type === "join" ? "joined" : type === "leave" ? "left" : type === "presence" ? "presence" : "ack";
+    switch (type) {
+      case "join":
+        return "joined";
+      case "leave":
+        return "left";
+      case "presence":
+        return "presence";
+      case "rpc":
+        return "rpc_result";
+      default:
+        return "ack";
+    }
   }
   function idKey(id) {
     return `${typeof id}:${id}`;
@@ -892,6 +904,26 @@ var Switchboard = (() => {
         this.sendRequest(frame, options.timeoutMs, resolve, reject, false);
       });
     }
+    /**
+     * v2: calls `method` on the backend with `data` (an `rpc` frame; the server's `webhook.rpc_url`
+     * or the embedding app answers it) and resolves with the result (`rpc_result.data`; `null`
+     * when the backend sent none). Rejects with a `SwitchboardError` as `request()` does: the
+     * server's `code` and `message` (`rpc_failed`: the backend failed or did not answer in time;
+     * `rate_limited`: too many of this connection's calls wait; `overloaded`; `unknown_type`: the
+     * server answers no rpc), or `timeout`, `connection_lost` (the call may or may not have run:
+     * it is not sent again), `dropped`, `closed`. Queued while not connected.
+     */
+    rpc(method, data, options = {}) {
+      if (typeof method !== "string" || method === "") {
+        return Promise.reject(new SwitchboardError("invalid_message", "switchboard: rpc() needs a method"));
+      }
+      const frame = { type: "rpc", method };
+      if (data !== void 0) frame.data = data;
+      return this.request(frame, options).then((answer) => {
+        var _a;
+        return (_a = answer.data) != null ? _a : null;
+      });
+    }
     sendRequest(frame, timeoutMs, onAnswer, onError, now) {
       var _a, _b;
       const id = (_a = frame.id) != null ? _a : `sb-${++this.nextId}`;
@@ -1048,7 +1080,7 @@ var Switchboard = (() => {
       var _a, _b, _c, _d, _e;
       const id = typed.id;
       let entry;
-      if ((typeof id === "string" || typeof id === "number") && ["joined", "left", "presence", "ack", "error"].includes(typed.type)) {
+      if ((typeof id === "string" || typeof id === "number") && ["joined", "left", "presence", "ack", "rpc_result", "error"].includes(typed.type)) {
         const candidate = this.pending.get(idKey(id));
         if (candidate && (typed.type === "error" || typed.type === candidate.expect)) {
           entry = this.settle(idKey(id));
@@ -1111,6 +1143,9 @@ var Switchboard = (() => {
         case "ack":
           entry == null ? void 0 : entry.onAnswer(typed);
           this.emit("ack", typed);
+          break;
+        case "rpc_result":
+          entry == null ? void 0 : entry.onAnswer(typed);
           break;
         case "direct":
         case "goodbye":

@@ -215,10 +215,10 @@ pub struct WebhookConfig {
     pub timeout: Duration,
     /// Bytes of events waiting to be sent, at most.
     pub queue_bytes: usize,
-    /// Where a client's `rpc` frames are POSTed; `None`: `rpc` is an unknown type.
+    /// Where a client's `rpc` frames are POSTed; `None`: `rpc` is an unknown type. (The calls
+    /// one connection may have waiting, `webhook.rpc_concurrency`, are the library's
+    /// `limits.max_rpc_in_flight`, which bounds them.)
     pub rpc_url: Option<hyper::Uri>,
-    /// RPC calls one connection may have waiting, at most.
-    pub rpc_concurrency: usize,
     /// RPC calls the server has waiting, at most, over all its connections.
     pub rpc_max_in_flight: usize,
     /// `https://` backends: trust only the CAs in this PEM file instead of the system's roots.
@@ -265,7 +265,6 @@ impl Default for WebhookConfig {
             timeout: Duration::from_millis(5_000),
             queue_bytes: 8 << 20,
             rpc_url: None,
-            rpc_concurrency: 8,
             rpc_max_in_flight: 1024,
             ca_file: None,
         }
@@ -534,7 +533,7 @@ impl ServerConfig {
             "webhook.url" => self.webhook.url = optional_url(value)?,
             "webhook.rpc_url" => self.webhook.rpc_url = optional_url(value)?,
             "webhook.ca_file" => self.webhook.ca_file = optional_path(value),
-            "webhook.rpc_concurrency" => self.webhook.rpc_concurrency = parse_num(value)?,
+            "webhook.rpc_concurrency" => m.limits.max_rpc_in_flight = parse_num(value)?,
             "webhook.rpc_max_in_flight" => self.webhook.rpc_max_in_flight = parse_num(value)?,
             "auth.connect_url" => self.proxy.connect_url = optional_url(value)?,
             "auth.join_url" => self.proxy.join_url = optional_url(value)?,
@@ -596,9 +595,14 @@ impl ServerConfig {
 
     /// Checks the combination of settings; the error names the field at fault.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.manager
-            .validate()
-            .map_err(|e| err(e.field, e.reason))?;
+        self.manager.validate().map_err(|e| {
+            // The library's bound on a connection's calls is this server's RPC setting.
+            let field = match e.field {
+                "limits.max_rpc_in_flight" => "webhook.rpc_concurrency",
+                other => other,
+            };
+            err(field, e.reason)
+        })?;
         self.validate_webhook()?;
         if self.deadline < self.drain {
             return Err(err(
@@ -676,11 +680,8 @@ impl ServerConfig {
                 "proxy_timeout_ms and proxy_concurrency must be at least 1",
             ));
         }
-        if w.rpc_concurrency == 0 || w.rpc_max_in_flight == 0 {
-            return Err(err(
-                "webhook",
-                "rpc_concurrency and rpc_max_in_flight must be at least 1",
-            ));
+        if w.rpc_max_in_flight == 0 {
+            return Err(err("webhook.rpc_max_in_flight", "must be at least 1"));
         }
         if let Some(unknown) = w
             .events
@@ -902,6 +903,25 @@ mod tests {
     }
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn rpc_bounds_are_at_least_one_and_the_connections_is_the_librarys() {
+        let dev = ("SWITCHBOARD_DEV_MODE", "true");
+        let c = vars(&[dev, ("SWITCHBOARD_WEBHOOK__RPC_CONCURRENCY", "3")]).unwrap();
+        assert_eq!(c.manager.limits.max_rpc_in_flight, 3);
+        assert_eq!(
+            ServerConfig::default().manager.limits.max_rpc_in_flight,
+            8,
+            "the default"
+        );
+        let e = vars(&[dev, ("SWITCHBOARD_WEBHOOK__RPC_CONCURRENCY", "0")]).unwrap_err();
+        assert_eq!(e.field, "webhook.rpc_concurrency", "named as it was set");
+        let e = vars(&[dev, ("SWITCHBOARD_WEBHOOK__RPC_MAX_IN_FLIGHT", "0")]).unwrap_err();
+        assert_eq!(e.field, "webhook.rpc_max_in_flight");
+        let url = ("SWITCHBOARD_WEBHOOK__RPC_URL", "http://127.0.0.1:9/rpc");
+        assert_eq!(vars(&[dev, url]).unwrap_err().field, "webhook.secret");
+        vars(&[dev, url, ("SWITCHBOARD_WEBHOOK__SECRET", "s")]).unwrap();
+    }
 
     #[test]
     fn dev_mode_only_when_asked_for() {

@@ -1,19 +1,22 @@
 //! The standalone server's side of the manager: a `refresh` on a live protocol-v2 connection
 //! is verified exactly as a token at connect is (dev mode or JWT, the same claims), and, with
-//! `[webhook]`, what clients do is posted to the backend (`webhook.rs`).
+//! `[webhook]`, what clients do is posted to the backend (`webhook.rs`), and with
+//! `webhook.rpc_url` their `rpc` calls are answered by it (`rpc.rs`).
 
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use switchboard::{
     AppMessage, Client, ClientError, ConnectionInfo, Credential, DisconnectReason, ErrorCode,
-    Handler, JoinDecision, LobbyCode, LostConnection, Manager, NoHandler, UserId,
+    Handler, JoinDecision, LobbyCode, LostConnection, Manager, NoHandler, RpcDecision, UserId,
 };
 
 use crate::ServerConfig;
 use crate::auth::Auth;
 use crate::backend::Backend;
 use crate::proxy::{Proxy, ProxyError};
+use crate::rpc::Rpc;
 use crate::webhook::Webhooks;
 
 /// Verifies refreshed tokens and feeds the webhooks; application messages are refused with
@@ -23,6 +26,8 @@ struct ServerHandler {
     webhooks: Option<Arc<Webhooks>>,
     /// The join proxy, when the backend decides v2 joins (`auth.join_url`).
     join_proxy: Option<Arc<Proxy>>,
+    /// Where `rpc` calls go (`webhook.rpc_url`); without it the library's default refuses them.
+    rpc: Option<Arc<Rpc>>,
 }
 
 /// The fields every event about a connection has.
@@ -155,6 +160,13 @@ impl Handler for ServerHandler {
         });
     }
 
+    fn on_rpc(&self, client: &Client, method: &str, data: &RawValue) -> RpcDecision {
+        match &self.rpc {
+            Some(rpc) => RpcDecision::Later(rpc.call(client.info(), method, data)),
+            None => NoHandler.on_rpc(client, method, data),
+        }
+    }
+
     fn refresh(&self, _client: &Client, token: &str) -> Result<Credential, ClientError> {
         let identity = self
             .auth
@@ -177,6 +189,7 @@ pub fn new_manager(config: &ServerConfig) -> anyhow::Result<Manager> {
     let auth = Auth::from_config(config)?;
     let backend = Arc::new(Backend::new(&config.webhook)?);
     let webhooks = Webhooks::start(&config.webhook, &config.manager.node_id, backend.clone());
+    let rpc = Rpc::new(&config.webhook, backend.clone());
     let join_proxy = Proxy::new(&config.proxy, backend).filter(|p| p.decides_joins());
     Ok(Manager::with_handler(
         config.manager.clone(),
@@ -184,6 +197,7 @@ pub fn new_manager(config: &ServerConfig) -> anyhow::Result<Manager> {
             auth,
             webhooks,
             join_proxy,
+            rpc,
         },
     )?)
 }

@@ -13,6 +13,7 @@
 //! - [`pages`]: the demo page and the dashboard, embedded static files.
 //! - [`backend`]: signed POSTs to the backend (webhooks, connect proxy, RPC), bounded.
 //! - [`proxy`]: the connect and join proxy (the backend decides who connects and joins).
+//! - [`rpc`]: a v2 client's `rpc` posted to the backend, whose answer is the result.
 //! - [`webhook`]: events queued and posted in batches.
 //! - `body`: request bodies read whole, bounded in bytes and time.
 //! - `serve`: the accept loop with a request-head deadline and a cap on pending connections.
@@ -31,6 +32,7 @@ pub mod handler;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
+pub mod rpc;
 mod serve;
 pub mod state;
 pub mod webhook;
@@ -251,6 +253,8 @@ pub async fn spawn(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
+    // The recorder first: the manager looks up its metric handles when it is created.
+    metrics::handle();
     let manager = handler::new_manager(&config)?;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(run(listeners, config, manager.clone(), async {

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use common::*;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use tokio::sync::mpsc;
 
 /// Every request the receiver got: its body, and whether its signature verified.
@@ -62,7 +60,7 @@ fn hook_app(
                 if !up.load(Ordering::SeqCst) {
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
-                let signed = verify(secret, &headers, &body);
+                let signed = verify_signature(secret, &headers, &body);
                 let _ = tx.send(Posted {
                     body: serde_json::from_slice(&body).unwrap(),
                     signed,
@@ -79,36 +77,6 @@ fn hook_app(
         }),
     );
     (app, rx)
-}
-
-/// What a receiver does: recompute the HMAC of "t.body" and accept any matching `v1=`.
-fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(header) = headers
-        .get("switchboard-signature")
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let mut t = None;
-    let mut signatures = Vec::new();
-    for part in header.split(',') {
-        match part.split_once('=') {
-            Some(("t", v)) => t = Some(v.to_owned()),
-            Some(("v1", v)) => signatures.push(v.to_owned()),
-            _ => {}
-        }
-    }
-    let Some(t) = t else { return false };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    signatures.contains(&expected)
 }
 
 async fn next_posted(rx: &mut mpsc::UnboundedReceiver<Posted>) -> Posted {

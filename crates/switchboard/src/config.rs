@@ -110,6 +110,10 @@ pub struct Limits {
     pub max_per_ip: usize,
     /// Lobbies one protocol-v2 connection may be in at once (`too_many_lobbies`). Default 64.
     pub max_lobbies_per_connection: usize,
+    /// Protocol-v2 `rpc` calls one connection may have waiting for their answer
+    /// ([`RpcDecision::Later`](crate::RpcDecision::Later)); a call past it is refused with
+    /// `rate_limited` at once, so one client cannot pile up work on the backend. Default 8.
+    pub max_rpc_in_flight: usize,
     /// IPv6 clients count per network of this prefix length in `max_per_ip` and
     /// `connects_per_ip_per_sec`: one host usually holds a whole /64, so counting single
     /// addresses would let it pick a fresh one for every connection. 48-128, default 64.
@@ -211,6 +215,7 @@ impl Default for Limits {
             max_per_user: 5,
             max_per_ip: 100,
             max_lobbies_per_connection: 64,
+            max_rpc_in_flight: 8,
             ipv6_prefix: 64,
         }
     }
@@ -239,6 +244,7 @@ impl Config {
                 "limits.max_lobbies_per_connection",
                 self.limits.max_lobbies_per_connection,
             ),
+            ("limits.max_rpc_in_flight", self.limits.max_rpc_in_flight),
             ("queue.capacity", self.queue_capacity),
             ("max_message_bytes", self.max_message_bytes),
         ];
@@ -337,6 +343,9 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "redis.node_id");
+        let mut c = Config::default();
+        c.limits.max_rpc_in_flight = 0;
+        assert_eq!(c.validate().unwrap_err().field, "limits.max_rpc_in_flight");
         let mut c = Config::default();
         c.limits.ipv6_prefix = 47;
         assert_eq!(c.validate().unwrap_err().field, "limits.ipv6_prefix");

@@ -2,8 +2,8 @@
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
@@ -82,6 +82,8 @@ pub(crate) struct ConnHandle {
     ping: AtomicU64,
     /// Callers of `Manager::ping` waiting for the next pong. Never held across `.await`.
     pong_waiters: Mutex<Vec<oneshot::Sender<Duration>>>,
+    /// v2 `rpc` calls waiting for their answer, each held by an [`RpcSlot`].
+    rpc_in_flight: AtomicUsize,
 }
 
 impl ConnHandle {
@@ -105,6 +107,7 @@ impl ConnHandle {
             health_ping: AtomicU64::new(0),
             ping: AtomicU64::new(0),
             pong_waiters: Mutex::new(Vec::new()),
+            rpc_in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -253,6 +256,36 @@ impl ConnHandle {
         let (tx, rx) = oneshot::channel();
         lock(&self.pong_waiters).push(tx);
         rx
+    }
+}
+
+/// One of a connection's `rpc` calls waiting for its answer: taken while fewer than the
+/// bound wait, given back when dropped, so a call that ends in any way (answered, failed,
+/// cancelled by a close, panicked) frees its place.
+#[derive(Debug)]
+pub(crate) struct RpcSlot(Arc<ConnHandle>);
+
+impl RpcSlot {
+    /// A place among the connection's calls waiting, unless `max` already wait.
+    pub(crate) fn take(conn: &Arc<ConnHandle>, max: usize) -> Option<Self> {
+        conn.rpc_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(conn.clone()))
+    }
+
+    /// Calls of `conn` waiting now.
+    #[cfg(test)]
+    pub(crate) fn waiting(conn: &ConnHandle) -> usize {
+        conn.rpc_in_flight.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for RpcSlot {
+    fn drop(&mut self) {
+        self.0.rpc_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -521,6 +554,22 @@ mod tests {
             "a larger frame goes alone"
         );
         assert_eq!(conn.take_batch(8, 8, |_| {}), 0);
+    }
+
+    #[test]
+    fn rpc_slots_are_bounded_and_given_back_when_dropped() {
+        let conn = Arc::new(handle(1, 8).0);
+        let first = RpcSlot::take(&conn, 2).expect("one");
+        let second = RpcSlot::take(&conn, 2).expect("two");
+        assert!(
+            RpcSlot::take(&conn, 2).is_none(),
+            "a third is past the bound"
+        );
+        assert_eq!(RpcSlot::waiting(&conn), 2);
+        drop(first);
+        let third = RpcSlot::take(&conn, 2).expect("a place was given back");
+        drop((second, third));
+        assert_eq!(RpcSlot::waiting(&conn), 0);
     }
 
     #[test]

@@ -121,6 +121,49 @@ pub trait Handler: Send + Sync + 'static {
             "this server does not refresh tokens on a live connection",
         ))
     }
+
+    /// Protocol v2: a client's `rpc`, a call the app answers: [`RpcDecision::Reply`] at
+    /// once (an `rpc_result` with the call's `id`), [`RpcDecision::Fail`] (an `error` with
+    /// it), or [`RpcDecision::Later`], whose future runs on the manager's task tracker while
+    /// the connection goes on reading and answers when it is done. A connection has at most
+    /// [`Limits::max_rpc_in_flight`](crate::config::Limits::max_rpc_in_flight) calls
+    /// waiting: past it a call is refused with `rate_limited` before this is asked. A call
+    /// whose connection closes is dropped unanswered (its future too), so an app's call
+    /// never outlives its client. The default fails every call with `unknown_type`.
+    fn on_rpc(&self, client: &Client, method: &str, data: &RawValue) -> RpcDecision {
+        let _ = (client, method, data);
+        RpcDecision::Fail(ClientError::new(
+            ErrorCode::UnknownType,
+            "this server answers no rpc",
+        ))
+    }
+}
+
+/// The answer to [`Handler::on_rpc`].
+#[non_exhaustive]
+pub enum RpcDecision {
+    /// The result: sent as `rpc_result`'s `data`.
+    Reply(Box<RawValue>),
+    /// Refuse with this `error` (the call's `id` is added).
+    Fail(ClientError),
+    /// Answer when this future is done; it runs on the manager's task tracker, counted
+    /// against the connection's calls waiting until it ends.
+    Later(RpcCall),
+}
+
+/// An asynchronous answer to an `rpc` ([`RpcDecision::Later`]): the result's `data`, or the
+/// `error` to send.
+pub type RpcCall =
+    Pin<Box<dyn Future<Output = Result<Box<RawValue>, ClientError>> + Send + 'static>>;
+
+impl std::fmt::Debug for RpcDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Reply(data) => f.debug_tuple("Reply").field(data).finish(),
+            Self::Fail(error) => f.debug_tuple("Fail").field(error).finish(),
+            Self::Later(_) => f.write_str("Later(..)"),
+        }
+    }
 }
 
 /// The answer to [`Handler::authorize_join`].

@@ -117,7 +117,9 @@ pub use config::{
 pub use disconnect::DisconnectReason;
 pub use error::Error;
 pub use handle::{ConnectionInfo, LostConnection};
-pub use handler::{AppMessage, Credential, Handler, JoinCheck, JoinDecision, NoHandler};
+pub use handler::{
+    AppMessage, Credential, Handler, JoinCheck, JoinDecision, NoHandler, RpcCall, RpcDecision,
+};
 pub use history::{ClusterHistory, HistoryConfig, Recovery};
 pub use ids::{ConnectionId, InvalidId, LobbyCode, UserId};
 pub use manager::{LobbyInfo, Manager, SUBPROTOCOL, SUBPROTOCOL_V2};

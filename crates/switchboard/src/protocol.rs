@@ -16,6 +16,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The protocol version a v2 `welcome` announces.
 pub const PROTOCOL_V2: u32 = 2;
 
+/// The longest `method` of a v2 `rpc`, in bytes: a method names an operation, and the name
+/// travels to the backend with every call.
+pub const MAX_RPC_METHOD_BYTES: usize = 128;
+
 /// Error codes of `error` frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +46,8 @@ pub enum ErrorCode {
     TooManyLobbies,
     /// v2: a `lobby` that is not a valid lobby code.
     InvalidLobby,
+    /// v2 `rpc`: the backend failed the call or did not answer it in time.
+    RpcFailed,
 }
 
 /// A refusal of one client frame: sent as an `error` frame, the connection stays open.
@@ -97,6 +103,14 @@ pub(crate) enum ClientFrame<'a> {
     Refresh {
         token: std::borrow::Cow<'a, str>,
     },
+    /// v2: a call the backend answers (`rpc_result` or `error`, with the `id`).
+    Rpc {
+        /// Required: the answer is matched by it.
+        id: &'a RawValue,
+        method: std::borrow::Cow<'a, str>,
+        /// `null` when the frame has none.
+        data: &'a RawValue,
+    },
     /// Any type the protocol does not define: the embedding app's.
     App {
         kind: std::borrow::Cow<'a, str>,
@@ -126,6 +140,8 @@ struct Envelope<'a> {
     epoch: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<&'a RawValue>,
+    #[serde(borrow)]
+    method: Option<&'a RawValue>,
 }
 
 /// A parse failure, with the frame's `id` when it could be read, so the error can echo it.
@@ -224,6 +240,31 @@ pub(crate) fn parse_as(
             ClientFrame::Refresh {
                 token: as_str(token)
                     .ok_or_else(|| fail(ErrorCode::InvalidMessage, "`token` must be a string"))?,
+            }
+        }
+        "rpc" if v2 => {
+            // Checked first: without an id the refusal could not be matched to the call.
+            let id = id.ok_or_else(|| {
+                fail(
+                    ErrorCode::MissingField,
+                    "missing field `id` (a string or a number): an `rpc` is answered by it",
+                )
+            })?;
+            let method = env
+                .method
+                .ok_or_else(|| fail(ErrorCode::MissingField, "missing field `method`"))?;
+            let method = as_str(method)
+                .filter(|m| !m.is_empty() && m.len() <= MAX_RPC_METHOD_BYTES)
+                .ok_or_else(|| {
+                    fail(
+                        ErrorCode::InvalidMessage,
+                        &format!("`method` must be a string of 1-{MAX_RPC_METHOD_BYTES} bytes"),
+                    )
+                })?;
+            ClientFrame::Rpc {
+                id,
+                method,
+                data: env.data.unwrap_or(RawValue::NULL),
             }
         }
         "health_pong" => ClientFrame::HealthPong {
@@ -344,6 +385,11 @@ pub(crate) enum ServerFrame<'a> {
         /// A refresh's new expiry.
         #[serde(skip_serializing_if = "Option::is_none")]
         token_expires_at: Option<u64>,
+    },
+    /// v2: the answer to an `rpc`, with its `id`.
+    RpcResult {
+        id: &'a RawValue,
+        data: &'a RawValue,
     },
     HealthPing {
         timestamp: u64,
@@ -523,6 +569,98 @@ mod tests {
             matches!(f, ClientFrame::Presence { lobby: None }),
             "escaped type names still match"
         );
+    }
+
+    fn v2_code_of(text: &str) -> ErrorCode {
+        parse_as(text, true).expect_err(text).error.code
+    }
+
+    #[test]
+    fn rpc_is_v2_needs_an_id_and_a_method_of_at_most_128_bytes() {
+        let (f, id) =
+            parse_as(r#"{"type":"rpc","method":"add","data":[1,2],"id":7}"#, true).unwrap();
+        assert!(
+            matches!(f, ClientFrame::Rpc { id, ref method, data } if id.get() == "7" && method == "add" && data.get() == "[1,2]")
+        );
+        assert_eq!(id.map(RawValue::get), Some("7"));
+        let (f, _) = parse_as(r#"{"type":"rpc","method":"now","id":"a"}"#, true).unwrap();
+        assert!(
+            matches!(f, ClientFrame::Rpc { data, .. } if data.get() == "null"),
+            "no data is null"
+        );
+        let (f, _) = parse(r#"{"type":"rpc","method":"now","id":1}"#).unwrap();
+        assert!(
+            matches!(f, ClientFrame::App { ref kind } if kind == "rpc"),
+            "v1: the app's type"
+        );
+        assert_eq!(
+            v2_code_of(r#"{"type":"rpc","method":"now"}"#),
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            v2_code_of(r#"{"type":"rpc","method":"now","id":{"x":1}}"#),
+            ErrorCode::MissingField,
+            "an id that is not echoed is no id"
+        );
+        for missing in [
+            r#"{"type":"rpc","id":1}"#,
+            r#"{"type":"rpc","id":1,"method":null}"#,
+        ] {
+            assert_eq!(v2_code_of(missing), ErrorCode::MissingField, "{missing}");
+        }
+        for method in ["\"\"", "7", "[\"a\"]"] {
+            let frame = format!(r#"{{"type":"rpc","id":1,"method":{method}}}"#);
+            assert_eq!(v2_code_of(&frame), ErrorCode::InvalidMessage, "{frame}");
+        }
+        let longest = "m".repeat(MAX_RPC_METHOD_BYTES);
+        let frame = format!(r#"{{"type":"rpc","id":1,"method":"{longest}"}}"#);
+        assert!(parse_as(&frame, true).is_ok(), "128 bytes is a method");
+        let frame = format!(r#"{{"type":"rpc","id":1,"method":"{longest}m"}}"#);
+        let refused = parse_as(&frame, true).unwrap_err();
+        assert_eq!(refused.error.code, ErrorCode::InvalidMessage);
+        assert_eq!(refused.id.map(RawValue::get), Some("1"), "echoes the id");
+    }
+
+    /// Every code, by a match that stops compiling when a code is added without a row.
+    fn every_error_code() -> Vec<ErrorCode> {
+        use ErrorCode::*;
+        let all = vec![
+            InvalidJson,
+            InvalidMessage,
+            UnknownType,
+            MissingField,
+            RateLimited,
+            NotAllowed,
+            Overloaded,
+            LobbyFull,
+            TooManyLobbies,
+            InvalidLobby,
+            RpcFailed,
+        ];
+        for code in &all {
+            match code {
+                InvalidJson | InvalidMessage | UnknownType | MissingField | RateLimited
+                | NotAllowed | Overloaded | LobbyFull | TooManyLobbies | InvalidLobby
+                | RpcFailed => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn protocol_doc_has_a_row_for_every_error_code() {
+        let doc = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/protocol.md"
+        ));
+        for code in every_error_code() {
+            let word = serde_json::to_string(&code).unwrap();
+            let row = format!("| `{}` |", word.trim_matches('"'));
+            assert!(
+                doc.lines().any(|line| line.starts_with(&row)),
+                "docs/protocol.md has no error table row {row}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,11 @@ const REASONS: usize = DisconnectReason::ALL.len();
 pub(crate) struct Counters {
     pub(crate) rtt: metrics::Histogram,
     pub(crate) fanout: metrics::Histogram,
+    /// `switchboard_rpc_calls_total` by outcome: `ok` (an `rpc_result`), `failed` (an
+    /// `error`), `refused` (past the connection's calls waiting, or an `overloaded` server).
+    pub(crate) rpc_ok: metrics::Counter,
+    pub(crate) rpc_failed: metrics::Counter,
+    pub(crate) rpc_refused: metrics::Counter,
     messages_in: AtomicU64,
     messages_out: AtomicU64,
     bytes_in: AtomicU64,
@@ -32,6 +37,9 @@ impl Default for Counters {
         Self {
             rtt: metrics::histogram!("switchboard_ping_rtt_seconds"),
             fanout: metrics::histogram!("switchboard_broadcast_fanout_seconds"),
+            rpc_ok: metrics::counter!("switchboard_rpc_calls_total", "outcome" => "ok"),
+            rpc_failed: metrics::counter!("switchboard_rpc_calls_total", "outcome" => "failed"),
+            rpc_refused: metrics::counter!("switchboard_rpc_calls_total", "outcome" => "refused"),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),

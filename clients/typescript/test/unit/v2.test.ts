@@ -207,6 +207,46 @@ describe("v2: requests and answers", () => {
     await dup1;
   });
 
+  test("rpc() sends method and data with an id and resolves with rpc_result's data", async () => {
+    const c = client();
+    const s = await open(c);
+    const p = c.rpc("cart.total", { cart: 7 });
+    const f = lastOf(s, "rpc");
+    assert.deepEqual(f, { type: "rpc", method: "cart.total", data: { cart: 7 }, id: f.id });
+    // Neither an ack nor another call's result answers it.
+    s.serverSend({ type: "ack", id: f.id });
+    s.serverSend({ type: "rpc_result", id: "other", data: 0 });
+    s.serverSend({ type: "rpc_result", id: f.id, data: { total: 4200 } });
+    assert.deepEqual(await p, { total: 4200 });
+    // No data is sent as none; a result without data is null.
+    const q = c.rpc("ping");
+    const g = lastOf(s, "rpc");
+    assert.equal("data" in g, false);
+    s.serverSend({ type: "rpc_result", id: g.id, data: null });
+    assert.equal(await q, null);
+  });
+
+  test("rpc() rejects with the error's code and message; timeouts and v1 reject too", async () => {
+    const c = client();
+    const s = await open(c);
+    const p = c.rpc("cart.total", { cart: 404 });
+    s.serverSend({
+      type: "error",
+      code: "rpc_failed",
+      message: "the backend answered HTTP 404: no such cart",
+      id: lastOf(s, "rpc").id,
+    });
+    const e = await rejects(p, "rpc_failed");
+    assert.equal(e.message, "the backend answered HTTP 404: no such cart");
+    assert.equal(e.id, lastOf(s, "rpc").id);
+    const slow = c.rpc("slow", 1, { timeoutMs: 50 });
+    clock.advance(50);
+    await rejects(slow, "timeout");
+    await rejects(c.rpc(""), "invalid_message");
+    const v1 = new SwitchboardClient({ url: "ws://x", lobby: "l", token: "t", WebSocket: FakeSocket, timers: clock });
+    await rejects(v1.rpc("m"), "unsupported");
+  });
+
   test("no answer in time: rejects with timeout, no timer left behind", async () => {
     const c = client({ requestTimeoutMs: 5000 });
     const s = await open(c);

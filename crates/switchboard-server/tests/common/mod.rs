@@ -265,6 +265,37 @@ pub fn ip(last: u8) -> IpAddr {
     [127, 0, 0, last].into()
 }
 
+/// What a backend does with a signed request (webhooks, RPC): recompute the HMAC of "t.body" and accept any matching `v1=`.
+pub fn verify_signature(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    let Some(header) = headers
+        .get("switchboard-signature")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mut t = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", v)) => t = Some(v.to_owned()),
+            Some(("v1", v)) => signatures.push(v.to_owned()),
+            _ => {}
+        }
+    }
+    let Some(t) = t else { return false };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    signatures.contains(&expected)
+}
+
 /// An HTTP/1.1 response: status, headers (lower-cased names) and body.
 #[derive(Debug)]
 pub struct HttpResponse {

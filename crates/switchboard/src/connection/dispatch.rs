@@ -1,6 +1,6 @@
 //! What a client frame does, whatever transport carried it: the rate charge, `broadcast`,
-//! `direct`, `presence`, `health_pong`, application messages for the handler, and the
-//! `error` answers.
+//! `direct`, `presence`, `health_pong`, v2's `join`, `leave`, `refresh` and `rpc` (its own
+//! module), application messages for the handler, and the `error` answers.
 
 use std::time::Duration;
 
@@ -217,6 +217,14 @@ pub(super) fn handle_text(
                 token_expires_at: credential.expires_at.map(crate::protocol::system_ms),
             })
         }),
+        ClientFrame::Rpc {
+            id: call,
+            method,
+            data,
+        } => {
+            super::rpc::call(client, handler, call, &method, data);
+            Ok(Answer::Nothing)
+        }
         ClientFrame::App { kind } => handler
             .on_message(
                 client,

@@ -10,6 +10,7 @@
 mod dispatch;
 mod health;
 mod rate;
+mod rpc;
 mod socket;
 mod sse_reader;
 mod writer;

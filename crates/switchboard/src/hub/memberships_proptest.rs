@@ -32,6 +32,7 @@ const LIMITS: Limits = Limits {
     max_per_user: 8,
     max_per_ip: 8,
     max_lobbies_per_connection: 2,
+    max_rpc_in_flight: 8,
     ipv6_prefix: 64,
 };
 

@@ -38,6 +38,7 @@ const LIMITS: Limits = Limits {
     max_per_user: 2,
     max_per_ip: 3,
     max_lobbies_per_connection: 4,
+    max_rpc_in_flight: 8,
     ipv6_prefix: 64,
 };
 
