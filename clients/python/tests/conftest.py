@@ -220,3 +220,46 @@ class CutProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class HeldBackend:
+    """A bare HTTP/1.1 backend that records each signed call (headers, raw body) and answers
+    only when the test releases it with a body: calls can be held open on purpose."""
+
+    def __init__(self) -> None:
+        self.calls: asyncio.Queue[tuple[dict[str, str], bytes, asyncio.Future[bytes]]] = (
+            asyncio.Queue()
+        )
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> HeldBackend:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")[1:]
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in lines if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                await self.calls.put((headers, body, answer))
+                data = await answer
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    + f"content-length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()

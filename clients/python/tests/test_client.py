@@ -24,9 +24,19 @@ from switchboard_client import (
     Recovered,
     RequestError,
     Welcome,
+    verify_rpc,
 )
 
-from .conftest import API_KEY, JWT_SECRET, CutProxy, Server, ServerFactory, jwt, within
+from .conftest import (
+    API_KEY,
+    JWT_SECRET,
+    CutProxy,
+    HeldBackend,
+    Server,
+    ServerFactory,
+    jwt,
+    within,
+)
 
 FAST = Backoff(initial_s=0.05, max_s=0.2)
 
@@ -267,3 +277,29 @@ async def test_the_token_is_refreshed_before_it_expires(jwt_server: Server) -> N
     assert client.token_expires_at is not None and client.token_expires_at > first_expiry
     assert await within(client.presence("fresh")) == ["joy"]
     await client.close()
+
+
+async def test_rpc_calls_are_bounded_and_answered_by_id(start_server: ServerFactory) -> None:
+    """One call waiting per connection (`webhook.rpc_concurrency` = 1): a second call is
+    refused `rate_limited` at once while the first waits; the held call is signed, carries
+    the user, and its answer resolves it."""
+    backend = await HeldBackend().start()
+    server = start_server(
+        {
+            "SWITCHBOARD_WEBHOOK__RPC_URL": f"http://127.0.0.1:{backend.port}/rpc",
+            "SWITCHBOARD_WEBHOOK__SECRET": "rpc-secret",
+            "SWITCHBOARD_WEBHOOK__RPC_CONCURRENCY": "1",
+        }
+    )
+    async with Client(server.ws_url, token="kim") as client:
+        first = asyncio.ensure_future(client.rpc("slow", {"n": 1}))
+        headers, body, answer = await within(backend.calls.get())
+        call = verify_rpc(["rpc-secret"], headers, body)
+        assert (call.user_id, call.method, call.data) == ("kim", "slow", {"n": 1})
+        with pytest.raises(RequestError) as caught:
+            await within(client.rpc("second"))
+        assert caught.value.code == "rate_limited"
+        await within(client.join("meanwhile"))  # the connection is not held by the call
+        answer.set_result(b'{"done":true}')
+        assert await within(first) == {"done": True}
+    await backend.close()

@@ -105,6 +105,7 @@ def setup(start_server: ServerFactory) -> Iterator[Setup]:
             "SWITCHBOARD_WEBHOOK__SECRET": f"{NEW},{OLD}",
             "SWITCHBOARD_AUTH__CONNECT_URL": f"{base}/connect",
             "SWITCHBOARD_AUTH__JOIN_URL": f"{base}/join",
+            "SWITCHBOARD_WEBHOOK__RPC_URL": f"{base}/rpc",
         },
         dev=False,
     )
@@ -172,6 +173,26 @@ async def test_the_join_proxy_decides(setup: Setup) -> None:
         assert caught.value.code == "not_allowed"
         await within(vera.join("vip-lounge"))
         await within(bob.join("public"))
+
+
+async def test_rpc_is_answered_by_the_example_backend(setup: Setup) -> None:
+    cookie = await login(setup, "rita")
+    async with Client(
+        setup.server.ws_url, token="", headers={"Cookie": f"session={cookie}"}
+    ) as rita:
+        assert await within(rita.rpc("add", {"a": 2, "b": 40})) == {"sum": 42}
+        assert rita.welcome is not None
+        assert await within(rita.rpc("whoami")) == {
+            "user_id": "rita",
+            "connection_id": rita.welcome.connection_id,
+        }
+        await setup.backend.heard("rpc", {"rpc": "whoami", "user_id": "rita"})
+        with pytest.raises(RequestError) as caught:
+            await within(rita.rpc("nope", [1, 2]))
+        assert caught.value.code == "rpc_failed" and "no method nope" in caught.value.message
+        # Calls overlap; each answer finds its caller.
+        sums = await within(asyncio.gather(*(rita.rpc("add", {"a": n, "b": n}) for n in range(6))))
+        assert sums == [{"sum": 2 * n} for n in range(6)]
 
 
 class Capture:
