@@ -19,7 +19,7 @@ from switchboard_client import (
     SwitchboardAPI,
 )
 
-from .conftest import API_KEY, Server, within
+from .conftest import API_KEY, Server, ServerFactory, within
 
 
 @pytest.fixture
@@ -160,3 +160,28 @@ async def test_errors_are_typed_with_the_servers_code(
     with SwitchboardAPI(server.http_url) as keyless, pytest.raises(ApiError) as sync_caught:
         keyless.lobbies()
     assert sync_caught.value.code == "unauthorized"
+
+
+async def test_a_separate_admin_listener(start_server: ServerFactory) -> None:
+    """With `admin_bind` the API and /metrics move to their own listener; the probes stay
+    with the clients'."""
+    server = start_server(
+        {"SWITCHBOARD_API__KEY": API_KEY, "SWITCHBOARD_ADMIN_BIND": "127.0.0.1:0"}
+    )
+    assert server.admin_port is not None and server.admin_port != server.port
+    async with (
+        AsyncSwitchboardAPI(server.admin_url, API_KEY, health_url=server.http_url) as api,
+        Client(server.ws_url, token="otto") as otto,
+    ):
+        await within(otto.join("admin-test"))
+        assert (await api.presence("admin-test")).users == ["otto"]
+        assert (await api.health()).ready
+        metrics = await api.metrics()
+        assert "switchboard_connections 1" in metrics
+    with SwitchboardAPI(server.admin_url, API_KEY, health_url=server.http_url) as sync_api:
+        assert (await asyncio.to_thread(sync_api.health)).alive
+        assert "switchboard_connections" in await asyncio.to_thread(sync_api.metrics)
+    async with AsyncSwitchboardAPI(server.http_url, API_KEY) as wrong_listener:
+        with pytest.raises(ApiError) as caught:
+            await wrong_listener.stats()
+        assert caught.value.status == 404

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -266,6 +266,19 @@ def _result(call: _Call[T], response: httpx.Response) -> T:
     """The parsed 2xx answer, or the server's JSON error as `ApiError`."""
     if response.is_success:
         return call.parse(response.json())
+    _raise(response)
+
+
+def _text(response: httpx.Response) -> str:
+    """A 2xx answer's text (`/metrics`), or the error as `ApiError`."""
+    if response.is_success:
+        return response.text
+    _raise(response)
+
+
+def _raise(response: httpx.Response) -> NoReturn:
+    """The server's JSON error `{"error":{"code","message"}}` as `ApiError` (a body that is
+    not one, say a proxy's page, becomes code `http_<status>`)."""
     code, message = f"http_{response.status_code}", response.text
     try:
         error = response.json()["error"]
@@ -296,7 +309,8 @@ class SwitchboardAPI:
     """The HTTP API, blocking (httpx.Client). Use as a context manager, or call `close()`.
 
     `base_url` is the server's (or its `admin_bind` listener's) `http://host:port`; `api_key`
-    is `api.key` (None: a dev-mode server on a loopback listener needs none).
+    is `api.key` (None: a dev-mode server on a loopback listener needs none); `health_url` is
+    the clients' listener when `admin_bind` separates the API (the probes stay there).
     """
 
     def __init__(
@@ -306,7 +320,9 @@ class SwitchboardAPI:
         *,
         timeout: float = 10.0,
         client: httpx.Client | None = None,
+        health_url: str | None = None,
     ) -> None:
+        self._health_url = (health_url or base_url).rstrip("/")
         self._client = client or httpx.Client(
             base_url=base_url, headers=_headers(api_key), timeout=timeout
         )
@@ -362,9 +378,17 @@ class SwitchboardAPI:
         """The server's OpenAPI document."""
         return self._run(_Calls.openapi())
 
+    def metrics(self) -> str:
+        """`/metrics`: the Prometheus text (on the same listener as the API)."""
+        return _text(self._client.get("/metrics"))
+
     def health(self) -> Health:
-        """`/healthz` (alive) and `/readyz` (ready; 503 while draining). Needs no key."""
-        return _health(self._client.get("/healthz"), self._client.get("/readyz"))
+        """`/healthz` (alive) and `/readyz` (ready; 503 while draining), on the clients'
+        listener: `health_url` when the API has its own (`admin_bind`). Needs no key."""
+        return _health(
+            self._client.get(f"{self._health_url}/healthz"),
+            self._client.get(f"{self._health_url}/readyz"),
+        )
 
     def close(self) -> None:
         """Closes the HTTP connection pool."""
@@ -391,7 +415,9 @@ class AsyncSwitchboardAPI:
         *,
         timeout: float = 10.0,
         client: httpx.AsyncClient | None = None,
+        health_url: str | None = None,
     ) -> None:
+        self._health_url = (health_url or base_url).rstrip("/")
         self._client = client or httpx.AsyncClient(
             base_url=base_url, headers=_headers(api_key), timeout=timeout
         )
@@ -448,9 +474,16 @@ class AsyncSwitchboardAPI:
         """See `SwitchboardAPI.openapi`."""
         return await self._run(_Calls.openapi())
 
+    async def metrics(self) -> str:
+        """See `SwitchboardAPI.metrics`."""
+        return _text(await self._client.get("/metrics"))
+
     async def health(self) -> Health:
         """See `SwitchboardAPI.health`."""
-        return _health(await self._client.get("/healthz"), await self._client.get("/readyz"))
+        return _health(
+            await self._client.get(f"{self._health_url}/healthz"),
+            await self._client.get(f"{self._health_url}/readyz"),
+        )
 
     async def aclose(self) -> None:
         """Closes the HTTP connection pool."""
