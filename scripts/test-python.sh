@@ -35,8 +35,8 @@ if [ -z "${SWITCHBOARD_BIN:-}" ] && [ ! -x "$repo/target/debug/switchboard" ]; t
 fi
 
 cd "$pkg"
-"$venv/bin/ruff" check src tests examples
-"$venv/bin/ruff" format --check src tests examples
+"$venv/bin/ruff" check src tests examples bench
+"$venv/bin/ruff" format --check src tests examples bench
 "$venv/bin/mypy" --strict src tests examples
 # Every await in the tests is bounded; the outer timeout only guards against a hung process.
 timeout 600 "$venv/bin/pytest" -q

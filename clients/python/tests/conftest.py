@@ -78,7 +78,10 @@ class Server:
         self.start()
 
     def start(self) -> None:
-        env = {**os.environ, **self.env, "SWITCHBOARD_BIND": f"127.0.0.1:{self.port}"}
+        # Only this test's settings: a SWITCHBOARD_* variable of the caller's (SWITCHBOARD_BIN
+        # included) would be read as configuration, and an unknown name stops the server.
+        ambient = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
+        env = {**ambient, **self.env, "SWITCHBOARD_BIND": f"127.0.0.1:{self.port}"}
         args = [str(server_binary())] + (["--dev"] if self.dev else [])
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=log)
