@@ -37,6 +37,6 @@ fi
 cd "$pkg"
 "$venv/bin/ruff" check src tests examples bench
 "$venv/bin/ruff" format --check src tests examples bench
-"$venv/bin/mypy" --strict src tests examples
+"$venv/bin/mypy" --strict src tests examples bench
 # Every await in the tests is bounded; the outer timeout only guards against a hung process.
 timeout 600 "$venv/bin/pytest" -q

@@ -177,10 +177,8 @@ def main() -> None:
         f"| messages received per second, one client | {figures['receive_python']:,.0f} "
         f"| {figures['receive_node']:,.0f} |"
     )
-    sync, sequential = figures["publish_python_sync"], figures["publish_node_sequential"]
-    print(
-        f"| API publishes per second, one after the other | {sync:,.0f} (sync) | {sequential:,.0f} |"
-    )
+    sync, seq = figures["publish_python_sync"], figures["publish_node_sequential"]
+    print(f"| API publishes per second, one after the other | {sync:,.0f} (sync) | {seq:,.0f} |")
     print(
         f"| API publishes per second, 32 at a time | "
         f"{figures['publish_python_async_32']:,.0f} (async) | {figures['publish_node_32']:,.0f} |"
