@@ -65,6 +65,10 @@ __all__ = ["Client", "EventStream", "Room"]
 
 log = logging.getLogger("switchboard_client")
 
+AsyncTimeout = asyncio.TimeoutError
+"""What `asyncio.wait_for` raises: the builtin TimeoutError from Python 3.11 on, a class of
+its own in 3.10 (which `except TimeoutError` would not catch)."""
+
 SUBPROTOCOL_V2 = Subprotocol("switchboard.v2")
 E = TypeVar("E")
 Frame = dict[str, Any]
@@ -347,7 +351,7 @@ class Client:
         if self._run_task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._run_task), timeout)
-            except (TimeoutError, asyncio.CancelledError):
+            except (AsyncTimeout, asyncio.CancelledError):
                 self._run_task.cancel()
         self._finish(ConnectionClosedError("closed", "the client was closed", 1000))
 
@@ -405,7 +409,7 @@ class Client:
         deadline = self._request_timeout if timeout is None else timeout
         try:
             return await asyncio.wait_for(asyncio.shield(room._ready), deadline)
-        except TimeoutError:
+        except AsyncTimeout:
             if room.joined is None and self._rooms.get(lobby) is room:
                 # Nobody waits for a room that never got in: give it up, and leave in case
                 # the join succeeds late on the server.
@@ -483,7 +487,7 @@ class Client:
         deadline = self._request_timeout if timeout is None else timeout
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), deadline)
-        except TimeoutError:
+        except AsyncTimeout:
             key = str(pending.frame["id"])
             if self._settle(key) is not None:
                 raise RequestError(
@@ -630,7 +634,7 @@ class Client:
             if self._closing:
                 break
             self._set_state("reconnecting")
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(AsyncTimeout):
                 await asyncio.wait_for(self._close_requested.wait(), delay)
 
     async def _attempt_connection(self, token: str) -> tuple[int, str]:
@@ -649,7 +653,7 @@ class Client:
             )
         except InvalidStatus as error:
             return 1006, f"http_{error.response.status_code}"
-        except (OSError, TimeoutError, InvalidHandshake) as error:
+        except (OSError, TimeoutError, AsyncTimeout, InvalidHandshake) as error:
             log.debug("switchboard: connect failed: %r", error)
             return 1006, "connection_failed"
         self._ws = ws
@@ -686,7 +690,7 @@ class Client:
                 frame = _parse(raw)
                 if frame is not None:
                     self._on_frame(frame)
-        except TimeoutError:
+        except AsyncTimeout:
             # No welcome in time, or the server went silent: the connection is dead whatever
             # TCP says.
             ws.transport.abort()
