@@ -185,6 +185,8 @@ class CutProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._transports: list[asyncio.WriteTransport] = []
+        self._frozen: set[asyncio.StreamWriter] = set()
+        self._writers: list[asyncio.StreamWriter] = []
         self.connections = 0
 
     async def start(self) -> CutProxy:
@@ -201,9 +203,13 @@ class CutProxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self._transports += [writer.transport, up_writer.transport]
 
+        self._writers += [writer, up_writer]
+
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    if dst in self._frozen:
+                        continue  # a pulled cable: bytes vanish, nothing is closed
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -212,6 +218,11 @@ class CutProxy:
                 dst.transport.abort()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def freeze(self) -> None:
+        """Every connection through the proxy so far goes silent both ways, without a close
+        (new connections are not affected)."""
+        self._frozen.update(self._writers)
 
     def cut(self) -> None:
         for transport in self._transports:

@@ -303,3 +303,48 @@ async def test_rpc_calls_are_bounded_and_answered_by_id(start_server: ServerFact
         answer.set_result(b'{"done":true}')
         assert await within(first) == {"done": True}
     await backend.close()
+
+
+async def test_a_silent_connection_is_dropped_and_waiting_requests_go_out_after_reconnect(
+    v2_server: Server,
+) -> None:
+    """A pulled cable (the proxy drops every byte, closes nothing): after twice the ping
+    interval of silence the client drops the connection itself (4000 liveness_timeout) and
+    reconnects; a broadcast made meanwhile waits and is sent on the new connection."""
+    proxy = await CutProxy(v2_server.port).start()
+    async with Client(proxy.ws_url, token="liv", backoff=FAST) as client:
+        events = client.events()
+        await within(client.join("quiet"))
+        proxy.freeze()
+        gone = await within(events.next(Disconnected))
+        assert (gone.code, gone.reason, gone.will_reconnect) == (4000, "liveness_timeout", True)
+        offset = await within(client.broadcast("quiet", {"sent": "while away"}))
+        assert offset == 1
+        assert proxy.connections == 2
+        message = await within(events.next(Message))
+        assert (message.data, message.offset) == ({"sent": "while away"}, 1)
+    await proxy.close()
+
+
+async def test_a_request_in_flight_when_the_connection_dies_fails_connection_lost(
+    start_server: ServerFactory,
+) -> None:
+    backend = await HeldBackend().start()
+    server = start_server(
+        {
+            "SWITCHBOARD_WEBHOOK__RPC_URL": f"http://127.0.0.1:{backend.port}/rpc",
+            "SWITCHBOARD_WEBHOOK__SECRET": "rpc-secret",
+        }
+    )
+    proxy = await CutProxy(server.port).start()
+    async with Client(proxy.ws_url, token="lou", backoff=FAST) as client:
+        events = client.events()
+        call = asyncio.ensure_future(client.rpc("slow"))
+        await within(backend.calls.get())
+        proxy.cut()
+        with pytest.raises(RequestError) as caught:
+            await within(call)
+        assert caught.value.code == "connection_lost"
+        await within(events.next(Welcome))  # and the client is back
+    await proxy.close()
+    await backend.close()

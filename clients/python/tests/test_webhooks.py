@@ -24,9 +24,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from switchboard_client import (
+    Backoff,
     Client,
     ConnectEvent,
     ConnectionClosedError,
+    Disconnected,
     DisconnectEvent,
     Message,
     MessageEvent,
@@ -37,7 +39,16 @@ from switchboard_client import (
 )
 from switchboard_client.asgi import read_webhook
 
-from .conftest import API_KEY, PACKAGE, WAIT, Server, ServerFactory, read_line, within
+from .conftest import (
+    API_KEY,
+    PACKAGE,
+    WAIT,
+    CutProxy,
+    Server,
+    ServerFactory,
+    read_line,
+    within,
+)
 
 OLD, NEW = "old-secret", "new-secret"
 
@@ -374,3 +385,35 @@ def test_parse_every_event_type() -> None:
     lost = events[6]
     assert isinstance(lost, DisconnectEvent)
     assert (lost.reason, lost.code, lost.lost_node) == ("node_lost", None, "n2")
+
+
+async def test_requests_made_while_away_wait_for_the_rejoins_the_backend_decides(
+    setup: Setup,
+) -> None:
+    """With a join proxy the server decides a rejoin asynchronously: a broadcast queued while
+    the connection was down must go out only after its lobby's rejoin is answered (else the
+    server would refuse it as `not_allowed`)."""
+    cookie = await login(setup, "walt")
+    proxy = await CutProxy(setup.server.port).start()
+    client = Client(
+        proxy.ws_url,
+        token="",
+        headers={"Cookie": f"session={cookie}"},
+        backoff=Backoff(initial_s=0.05, max_s=0.2),
+    )
+    events = client.events()
+    await within(client.connect())
+    for lobby in ("away-1", "away-2"):
+        await within(client.join(lobby))
+    proxy.cut()
+    await within(events.next(Disconnected))
+    offsets = await within(
+        asyncio.gather(
+            client.broadcast("away-1", {"n": 1}),
+            client.broadcast("away-2", {"n": 2}),
+        )
+    )
+    assert list(offsets) == [1, 1]
+    assert proxy.connections == 2
+    await client.close()
+    await proxy.close()

@@ -278,6 +278,10 @@ class Client:
         self._welcome: Welcome | None = None
         self._ws: ClientConnection | None = None
         self._outgoing: asyncio.Queue[str] | None = None
+        self._generation = 0
+        """Counts connections, so that a task of an old connection knows it is stale."""
+        self._holding = False
+        """After a welcome, until every rejoin is answered: new requests wait in the outbox."""
         self._run_task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -510,7 +514,7 @@ class Client:
         kind = str(frame.get("type"))
         pending = _Pending(sent, _ANSWER.get(kind, "ack"))
         self._pending[key] = pending
-        if self._state == "open" and self._ws is not None:
+        if self._welcome is not None and self._ws is not None and not self._holding:
             self._transmit(pending)
         elif len(self._outbox) < self._max_queue:
             self._outbox.append(pending)
@@ -539,7 +543,7 @@ class Client:
             self._outbox.remove(pending)
         return pending
 
-    def _send_join(self, room: Room) -> None:
+    def _send_join(self, room: Room) -> _Pending:
         """Sends a room's (re)join; answers are applied to the room in `_on_frame`."""
         pending = self._enqueue(room._join_frame())
         rejoin = room.joined is not None
@@ -556,6 +560,7 @@ class Client:
                     self._emit(Left(room.lobby, "rejoin_failed", error.code))
 
         pending.future.add_done_callback(done)
+        return pending
 
     def _drop_room(self, room: Room, error: BaseException) -> None:
         if self._rooms.get(room.lobby) is room:
@@ -657,6 +662,8 @@ class Client:
             log.debug("switchboard: connect failed: %r", error)
             return 1006, "connection_failed"
         self._ws = ws
+        self._generation += 1
+        self._holding = False
         self._outgoing = asyncio.Queue()
         writer = asyncio.create_task(_write(ws, self._outgoing))
         try:
@@ -704,13 +711,18 @@ class Client:
         self._attempt = 0
         if welcome.server_time:
             self._server_skew_ms = welcome.server_time - time.time() * 1000
-        # Every room is rejoined first, each with its own since/epoch, so that queued frames
-        # naming a lobby reach it after its join.
-        for room in list(self._rooms.values()):
-            self._send_join(room)
-        outbox, self._outbox = self._outbox, []
-        for pending in outbox:
-            self._transmit(pending)
+        # Every room is rejoined first, each with its own since/epoch, and what waited goes
+        # out only once every rejoin is answered: a server may decide a join asynchronously
+        # (a join proxy, cluster mode) and would refuse a broadcast to a lobby not yet joined.
+        self._holding = False
+        rejoins = [self._send_join(room) for room in list(self._rooms.values())]
+        if rejoins:
+            self._holding = True
+            task = asyncio.create_task(self._release_after(rejoins, self._generation))
+            self._callback_tasks.add(task)  # held until done (the loop keeps weak references)
+            task.add_done_callback(self._callback_done)
+        else:
+            self._flush()
         self._token_expires_at = welcome.token_expires_at
         if welcome.token_expires_at is not None:
             self._arm_refresh(welcome.token_expires_at)
@@ -718,6 +730,19 @@ class Client:
         if self._first_welcome is not None and not self._first_welcome.done():
             self._first_welcome.set_result(welcome)
         self._emit(welcome)
+
+    async def _release_after(self, rejoins: list[_Pending], generation: int) -> None:
+        """Sends the requests that waited for the connection once the rejoins are answered
+        (or after the request timeout: a rejoin that gets no answer must not hold them)."""
+        await asyncio.wait([p.future for p in rejoins], timeout=self._request_timeout)
+        if generation == self._generation and self._ws is not None:
+            self._holding = False
+            self._flush()
+
+    def _flush(self) -> None:
+        queued, self._outbox = self._outbox, []
+        for pending in queued:
+            self._transmit(pending)
 
     def _on_frame(self, frame: Frame) -> None:
         kind = frame["type"]
