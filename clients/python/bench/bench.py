@@ -1,11 +1,12 @@
 """Throughput of the Python package beside the TypeScript client in Node, on one machine:
 
-- receive: messages per second one client receives (a protocol-v2 `Client` in one lobby; the
-  messages come from a separate blaster process broadcasting as fast as it can over a raw
-  WebSocket), and the same for the TypeScript client (`receive.mjs`, Node + `ws`);
+- receive: messages per second one client receives (a protocol-v2 `Client` in one lobby),
+  and the same for the TypeScript client (`receive.mjs`, Node + `ws`). A blaster process
+  broadcasts the messages over a raw WebSocket while a proxy in front of the receiver holds
+  them, then releases them at once: the rate is the receiver's, not the blaster's;
 - publish: API calls per second a backend makes (`POST /api/lobbies/{lobby}/broadcast`):
-  `SwitchboardAPI` one call after the other, `AsyncSwitchboardAPI` 32 at a time, and Node's
-  `fetch` the same two ways (`publish.mjs`).
+  `SwitchboardAPI` one call after the other, `AsyncSwitchboardAPI` 4 and 32 at a time, and
+  Node's `fetch` the same ways (`publish.mjs`).
 
     python bench/bench.py [--messages 50000] [--calls 5000]
 
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from switchboard_client import AsyncSwitchboardAPI, Client, Message, SwitchboardAPI
 
@@ -55,17 +57,86 @@ def start_server() -> tuple[subprocess.Popen[bytes], int]:
 
 
 async def blast(url: str, lobby: str, n: int) -> None:
-    """Sends `n` broadcasts to `lobby` as fast as the socket takes them (v1, fire and forget)."""
+    """Sends `n` broadcasts to `lobby` as fast as the socket takes them, the last one with an
+    id, and returns once the server acknowledged it (so every one was fanned out)."""
     frame = json.dumps({"type": "broadcast", "data": PAYLOAD, "exclude_self": True})
-    async with connect(f"{url}/ws/{lobby}?token=blaster", compression=None) as ws:
-        await ws.recv()  # welcome
-        for _ in range(n):
+    last = json.dumps({"type": "broadcast", "data": PAYLOAD, "exclude_self": True, "id": "last"})
+    async with connect(
+        f"{url}/ws/{lobby}?token=blaster",
+        compression=None,
+        subprotocols=[Subprotocol("switchboard.v2")],
+    ) as ws:
+        for _ in range(n - 1):
             await ws.send(frame)
-        await ws.recv()  # held open until the bench ends it
+        await ws.send(last)
+        while json.loads(await ws.recv()).get("id") != "last":
+            pass
 
 
-def blaster(url: str, lobby: str, n: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, __file__, "--blast", url, lobby, str(n)])
+def run_blaster(url: str, lobby: str, n: int) -> None:
+    """The blaster in its own process (it must not share the receiver's CPU time)."""
+    subprocess.run([sys.executable, __file__, "--blast", url, lobby, str(n)], check=True)
+
+
+class HoldProxy:
+    """A TCP proxy (its own process, `--hold-proxy`) between the server and the receiver that
+    can hold the server's bytes: the messages are fanned out while it holds them, then
+    released at once, so the receiver's rate is its own, not the blaster's (one Python
+    process sends about 60,000 frames per second, slower than a Node receiver reads)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--hold-proxy", str(upstream_port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.url = f"ws://127.0.0.1:{json.loads(self.proc.stdout.readline())['port']}"
+
+    def command(self, word: str) -> dict[str, int]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(word + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, int] = json.loads(self.proc.stdout.readline())
+        return answer
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+async def hold_proxy(upstream_port: int) -> None:
+    held = False
+    waiting: list[tuple[asyncio.StreamWriter, bytes]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, hold: bool) -> None:
+            while data := await src.read(1 << 16):
+                if hold and held:
+                    waiting.append((dst, data))
+                else:
+                    dst.write(data)
+                    await dst.drain()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        if line.strip() == "hold":
+            held = True
+            print(json.dumps({"holding": 1}), flush=True)
+        elif line.strip() == "release":
+            held = False
+            size = sum(len(data) for _, data in waiting)
+            for dst, data in waiting:
+                dst.write(data)
+            waiting.clear()
+            print(json.dumps({"released_bytes": size}), flush=True)
 
 
 async def receive_python(url: str, n: int) -> float:
@@ -83,29 +154,37 @@ async def receive_python(url: str, n: int) -> float:
             last = time.perf_counter()
             done.set()
 
-    async with Client(url, token="py-receiver") as client:
-        client.on(Message, on_message)
-        await client.join("bench-py")
-        proc = blaster(url, "bench-py", n)
-        await asyncio.wait_for(done.wait(), 300)
-        proc.kill()
-        proc.wait()
+    proxy = HoldProxy(int(url.rsplit(":", 1)[1]))
+    try:
+        async with Client(proxy.url, token="py-receiver") as client:
+            client.on(Message, on_message)
+            await client.join("bench-py")
+            proxy.command("hold")
+            await asyncio.to_thread(run_blaster, url, "bench-py", n)
+            proxy.command("release")
+            await asyncio.wait_for(done.wait(), 300)
+    finally:
+        proxy.stop()
     return (n - 1) / (last - first)
 
 
 def receive_node(url: str, n: int) -> float:
     """Messages per second one TypeScript client (in Node) receives."""
-    node = subprocess.Popen(
-        ["node", str(HERE / "receive.mjs"), url, "bench-node", str(n)],
-        stdout=subprocess.PIPE,
-    )
-    assert node.stdout is not None
-    assert json.loads(node.stdout.readline()) == {"ready": True}
-    proc = blaster(url, "bench-node", n)
-    result = json.loads(node.stdout.readline())
-    node.wait(60)
-    proc.kill()
-    proc.wait()
+    proxy = HoldProxy(int(url.rsplit(":", 1)[1]))
+    try:
+        node = subprocess.Popen(
+            ["node", str(HERE / "receive.mjs"), proxy.url, "bench-node", str(n)],
+            stdout=subprocess.PIPE,
+        )
+        assert node.stdout is not None
+        assert json.loads(node.stdout.readline()) == {"ready": True}
+        proxy.command("hold")
+        run_blaster(url, "bench-node", n)
+        proxy.command("release")
+        result = json.loads(node.stdout.readline())
+        node.wait(60)
+    finally:
+        proxy.stop()
     return float(result["per_second"])
 
 
@@ -149,6 +228,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--blast":
         asyncio.run(blast(sys.argv[2], sys.argv[3], int(sys.argv[4])))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "--hold-proxy":
+        asyncio.run(hold_proxy(int(sys.argv[2])))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--calls", type=int, default=5_000)
@@ -160,10 +242,12 @@ def main() -> None:
             "receive_python": asyncio.run(receive_python(url, args.messages)),
             "receive_node": receive_node(url, args.messages),
             "publish_python_sync": publish_sync(http, args.calls),
-            "publish_python_async_32": asyncio.run(publish_async(http, args.calls)),
+            "publish_python_async_4": asyncio.run(publish_async(http, args.calls, 4)),
+            "publish_python_async_32": asyncio.run(publish_async(http, args.calls, 32)),
         }
         node = publish_node(http, args.calls)
         figures["publish_node_sequential"] = node["sequential"]
+        figures["publish_node_4"] = node["concurrent_4"]
         figures["publish_node_32"] = node["concurrent_32"]
     finally:
         server.terminate()
@@ -179,10 +263,9 @@ def main() -> None:
     )
     sync, seq = figures["publish_python_sync"], figures["publish_node_sequential"]
     print(f"| API publishes per second, one after the other | {sync:,.0f} (sync) | {seq:,.0f} |")
-    print(
-        f"| API publishes per second, 32 at a time | "
-        f"{figures['publish_python_async_32']:,.0f} (async) | {figures['publish_node_32']:,.0f} |"
-    )
+    for n in (4, 32):
+        py, js = figures[f"publish_python_async_{n}"], figures[f"publish_node_{n}"]
+        print(f"| API publishes per second, {n} at a time | {py:,.0f} (async) | {js:,.0f} |")
 
 
 if __name__ == "__main__":

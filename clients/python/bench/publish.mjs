@@ -1,5 +1,5 @@
-// API publishes per second from Node's fetch (keep-alive): one after the other, then 32 at a
-// time: node publish.mjs HTTP_URL KEY CALLS.
+// API publishes per second from Node's fetch (keep-alive): one after the other, then 4 and 32
+// at a time: node publish.mjs HTTP_URL KEY CALLS.
 const [http, key, calls] = [process.argv[2], process.argv[3], Number(process.argv[4])];
 const body = JSON.stringify({ data: { text: "x".repeat(80) } });
 const publish = async () => {
@@ -15,14 +15,18 @@ await publish();
 let start = performance.now();
 for (let i = 0; i < calls; i++) await publish();
 const sequential = calls / ((performance.now() - start) / 1000);
-let remaining = calls;
-const worker = async () => {
-  while (remaining > 0) {
-    remaining -= 1;
-    await publish();
-  }
+const concurrently = async (n) => {
+  let remaining = calls;
+  const worker = async () => {
+    while (remaining > 0) {
+      remaining -= 1;
+      await publish();
+    }
+  };
+  const begin = performance.now();
+  await Promise.all(Array.from({ length: n }, worker));
+  return calls / ((performance.now() - begin) / 1000);
 };
-start = performance.now();
-await Promise.all(Array.from({ length: 32 }, worker));
-const concurrent = calls / ((performance.now() - start) / 1000);
-process.stdout.write(JSON.stringify({ sequential, concurrent_32: concurrent }) + "\n");
+const concurrent_4 = await concurrently(4);
+const concurrent_32 = await concurrently(32);
+process.stdout.write(JSON.stringify({ sequential, concurrent_4, concurrent_32 }) + "\n");
