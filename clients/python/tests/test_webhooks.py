@@ -136,9 +136,7 @@ async def test_admitted_by_cookie_heard_by_webhook_answered_through_the_api(
     setup: Setup,
 ) -> None:
     cookie = await login(setup, "alice")
-    client = Client(
-        setup.server.ws_url, token="", headers={"Cookie": f"session={cookie}"}, reconnect=False
-    )
+    client = Client(setup.server.ws_url, headers={"Cookie": f"session={cookie}"}, reconnect=False)
     welcome = await within(client.connect())
     assert welcome.user_id == "alice" and welcome.token_expires_at is not None
     await setup.backend.heard("connect", {"admitted": True})
@@ -166,7 +164,7 @@ async def test_admitted_by_cookie_heard_by_webhook_answered_through_the_api(
 
 
 async def test_no_session_is_refused_for_good(setup: Setup) -> None:
-    client = Client(setup.server.ws_url, token="", headers={"Cookie": "session=forged"})
+    client = Client(setup.server.ws_url, headers={"Cookie": "session=forged"})
     with pytest.raises(ConnectionClosedError) as caught:
         await within(client.connect())
     assert caught.value.close_code == 4001
@@ -176,8 +174,8 @@ async def test_no_session_is_refused_for_good(setup: Setup) -> None:
 async def test_the_join_proxy_decides(setup: Setup) -> None:
     plain, vip = await login(setup, "bob"), await login(setup, "vera", vip=True)
     async with (
-        Client(setup.server.ws_url, token="", headers={"Cookie": f"session={plain}"}) as bob,
-        Client(setup.server.ws_url, token="", headers={"Cookie": f"session={vip}"}) as vera,
+        Client(setup.server.ws_url, headers={"Cookie": f"session={plain}"}) as bob,
+        Client(setup.server.ws_url, headers={"Cookie": f"session={vip}"}) as vera,
     ):
         with pytest.raises(RequestError) as caught:
             await within(bob.join("vip-lounge"))
@@ -188,9 +186,7 @@ async def test_the_join_proxy_decides(setup: Setup) -> None:
 
 async def test_rpc_is_answered_by_the_example_backend(setup: Setup) -> None:
     cookie = await login(setup, "rita")
-    async with Client(
-        setup.server.ws_url, token="", headers={"Cookie": f"session={cookie}"}
-    ) as rita:
+    async with Client(setup.server.ws_url, headers={"Cookie": f"session={cookie}"}) as rita:
         assert await within(rita.rpc("add", {"a": 2, "b": 40})) == {"sum": 42}
         assert rita.welcome is not None
         assert await within(rita.rpc("whoami")) == {
@@ -397,7 +393,6 @@ async def test_requests_made_while_away_wait_for_the_rejoins_the_backend_decides
     proxy = await CutProxy(setup.server.port).start()
     client = Client(
         proxy.ws_url,
-        token="",
         headers={"Cookie": f"session={cookie}"},
         backoff=Backoff(initial_s=0.05, max_s=0.2),
     )

@@ -72,7 +72,7 @@ its own in 3.10 (which `except TimeoutError` would not catch)."""
 SUBPROTOCOL_V2 = Subprotocol("switchboard.v2")
 E = TypeVar("E")
 Frame = dict[str, Any]
-TokenSource = Callable[[], str | Awaitable[str]]
+TokenSource = Callable[[], str | Awaitable[str | None] | None]
 
 _ANSWER = {"join": "joined", "leave": "left", "presence": "presence", "rpc": "rpc_result"}
 """The answer a request gets when it succeeds (anything else: `ack`)."""
@@ -234,10 +234,11 @@ class Client:
 
     `url`: the server's `ws://host:port` (or `http://`); the client opens `{url}/ws`.
     `token` or `get_token` (sync or async, called before every connect and for refreshes;
-    wins over `token`). `headers`: extra handshake headers (say, a session `Cookie` for the
-    connect proxy). `backoff`: the reconnect backoff; `random`: its jitter source (tests).
-    `request_timeout`: default deadline of every request, seconds. `max_queue`: requests kept
-    while not connected.
+    wins over `token`); neither for a server whose connect proxy admits by cookie.
+    `headers`: extra handshake headers (say, that session `Cookie`). `backoff`: the reconnect
+    backoff; `random`: its jitter source (tests). `request_timeout`: default deadline of every
+    request, seconds. `max_queue`: requests kept while not connected. `liveness_factor`:
+    server silence, in ping intervals, after which the connection is dead.
     """
 
     def __init__(
@@ -256,8 +257,6 @@ class Client:
         max_message_bytes: int = 16 * 1024 * 1024,
         random: Callable[[], float] = _random.random,
     ) -> None:
-        if token is None and get_token is None:
-            raise ValueError("switchboard: token or get_token is required")
         base = url.rstrip("/")
         if base.startswith("http://") or base.startswith("https://"):
             base = "ws" + base[4:]
@@ -598,24 +597,22 @@ class Client:
 
     # ---- the connection's life -----------------------------------------------------------
 
-    async def _fetch_token(self) -> str:
+    async def _fetch_token(self) -> str | None:
         if self._get_token is not None:
             value = self._get_token()
             return await value if inspect.isawaitable(value) else value
-        assert self._token is not None
         return self._token
 
     async def _run(self) -> None:
         """Connect, serve, and after every loss decide (close-code rules) and wait."""
         assert self._close_requested is not None
         while not self._closing:
-            code, reason = 1006, "connection_failed"
+            code, reason = 1006, "token_unavailable"
             try:
                 token = await self._fetch_token()
             except Exception as error:  # the app's callback: any failure is a failed attempt
                 log.warning("switchboard: get_token failed: %r", error)
-                token = None
-            if token is not None:
+            else:
                 code, reason = await self._attempt_connection(token)
             if self._closing:
                 break
@@ -642,9 +639,9 @@ class Client:
             with contextlib.suppress(AsyncTimeout):
                 await asyncio.wait_for(self._close_requested.wait(), delay)
 
-    async def _attempt_connection(self, token: str) -> tuple[int, str]:
+    async def _attempt_connection(self, token: str | None) -> tuple[int, str]:
         """One connection, from the handshake to its close: (close code, reason)."""
-        url = f"{self.url}/ws?token={quote(token, safe='')}"
+        url = f"{self.url}/ws" if token is None else f"{self.url}/ws?token={quote(token, safe='')}"
         try:
             ws = await connect(
                 url,
@@ -886,6 +883,8 @@ class Client:
         self._refresh_task = None
         try:
             token = await self._fetch_token()
+            if token is None:
+                return  # nothing to refresh with: the server closes with 4010 at the expiry
             ack = await self.request({"type": "refresh", "token": token})
         except asyncio.CancelledError:
             raise
