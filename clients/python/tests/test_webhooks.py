@@ -35,6 +35,7 @@ from switchboard_client import (
     RequestError,
     WebhookVerificationError,
     sign,
+    verify_asgi_webhook,
     verify_webhook,
 )
 from switchboard_client.asgi import read_webhook
@@ -412,3 +413,23 @@ async def test_requests_made_while_away_wait_for_the_rejoins_the_backend_decides
     assert proxy.connections == 2
     await client.close()
     await proxy.close()
+
+
+async def test_the_plain_asgi_helper(captured: tuple[dict[str, str], bytes]) -> None:
+    """No framework: scope and receive, the body arriving in two chunks."""
+    headers, body = captured
+    scope = {"type": "http", "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    chunks = [
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.request", "body": body[10:], "more_body": False},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return chunks.pop(0)
+
+    events = await within(verify_asgi_webhook(scope, receive, [NEW]))
+    assert events[0].type == "connect"
+    chunks.append({"type": "http.request", "body": body + b"x", "more_body": False})
+    with pytest.raises(WebhookVerificationError) as caught:
+        await within(verify_asgi_webhook(scope, receive, [NEW]))
+    assert caught.value.code == "bad_signature"

@@ -15,6 +15,9 @@ Plain Starlette::
     async def webhook(request: Request) -> Response:
         events = await read_webhook(request, ["s3cret"])   # raises WebhookVerificationError
 
+Any other ASGI framework (or none): `switchboard_client.verify_asgi_webhook(scope, receive,
+secrets)`, which needs nothing but the package.
+
 A call that does not verify is answered 401 by the dependencies (the server does not retry a
 4xx, and a forged call must not look like an outage).
 """

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,7 +34,9 @@ __all__ = [
     "UnknownEvent",
     "WebhookEvent",
     "parse_events",
+    "read_asgi_body",
     "sign",
+    "verify_asgi_webhook",
     "verify_connect",
     "verify_join",
     "verify_rpc",
@@ -297,6 +299,39 @@ def verify_webhook(
     `WebhookVerificationError` (with `code`) otherwise."""
     verify_signature(secrets, headers, body, tolerance_s, now)
     return parse_events(body)
+
+
+async def read_asgi_body(
+    scope: Mapping[str, Any],
+    receive: Callable[[], Awaitable[Mapping[str, Any]]],
+    max_bytes: int = 1 << 20,
+) -> tuple[list[tuple[str, str]], bytes]:
+    """The headers and whole raw body of an ASGI HTTP request, for any ASGI framework (or
+    none): what `verify_webhook` and the other verifiers need. A body over `max_bytes` is
+    refused (`invalid_body`): the server's batches are far smaller."""
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+    body = b""
+    while True:
+        message = await receive()
+        if message.get("type") != "http.request":
+            raise WebhookVerificationError("invalid_body", "the client went away")
+        body += message.get("body", b"")
+        if len(body) > max_bytes:
+            raise WebhookVerificationError("invalid_body", f"a body over {max_bytes} bytes")
+        if not message.get("more_body", False):
+            return headers, body
+
+
+async def verify_asgi_webhook(
+    scope: Mapping[str, Any],
+    receive: Callable[[], Awaitable[Mapping[str, Any]]],
+    secrets: str | bytes | Iterable[str | bytes],
+    tolerance_s: float = 300,
+) -> list[AnyEvent]:
+    """`verify_webhook` on a plain ASGI request (scope and receive): the typed events, or
+    `WebhookVerificationError`."""
+    headers, body = await read_asgi_body(scope, receive)
+    return verify_webhook(secrets, headers, body, tolerance_s)
 
 
 @dataclass(frozen=True)
