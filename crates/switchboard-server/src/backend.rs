@@ -17,7 +17,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::Sha256;
 
-use crate::config::{Secret, WebhookConfig};
+use crate::config::{Secret, ServerConfig};
 
 /// The largest answer read from the backend (a connect or RPC answer); larger ones fail the
 /// call, so a backend bug cannot make the server buffer without bound.
@@ -53,7 +53,8 @@ impl Backend {
     /// A client signing with `webhook.secret`, for `http://` and `https://` backends. Over
     /// TLS it trusts the system's roots, or only the CAs in `webhook.ca_file` when set (a
     /// private CA, like `redis.ca_file`).
-    pub fn new(cfg: &WebhookConfig) -> Result<Self, TlsError> {
+    pub fn new(config: &ServerConfig) -> Result<Self, TlsError> {
+        let cfg = &config.webhook;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -72,12 +73,16 @@ impl Backend {
                     )));
                 }
             }
-            None => {
-                // Missing system roots only matter for an https:// backend: its calls then fail
-                // (and say why) rather than the server refusing to start.
+            // Reading the system's roots takes a while: only for an https:// backend. Missing
+            // roots fail its calls (and say why) rather than the server's start.
+            None if config
+                .backend_urls()
+                .any(|(_, u)| u.scheme_str() == Some("https")) =>
+            {
                 let found = rustls_native_certs::load_native_certs();
                 roots.add_parsable_certificates(found.certs);
             }
+            None => {}
         }
         let tls = builder.with_root_certificates(roots).with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()

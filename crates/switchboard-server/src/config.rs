@@ -656,14 +656,7 @@ impl ServerConfig {
     /// at least 1.
     fn validate_webhook(&self) -> Result<(), ConfigError> {
         let w = &self.webhook;
-        let urls = [
-            ("webhook.url", &w.url),
-            ("webhook.rpc_url", &w.rpc_url),
-            ("auth.connect_url", &self.proxy.connect_url),
-            ("auth.join_url", &self.proxy.join_url),
-        ];
-        for (field, url) in urls {
-            let Some(url) = url else { continue };
+        for (field, url) in self.backend_urls() {
             if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
                 return Err(err(field, "must be an http:// or https:// URL"));
             }
@@ -781,6 +774,18 @@ impl ServerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// Every backend URL configured, with its setting's name.
+    pub fn backend_urls(&self) -> impl Iterator<Item = (&'static str, &hyper::Uri)> {
+        [
+            ("webhook.url", &self.webhook.url),
+            ("webhook.rpc_url", &self.webhook.rpc_url),
+            ("auth.connect_url", &self.proxy.connect_url),
+            ("auth.join_url", &self.proxy.join_url),
+        ]
+        .into_iter()
+        .filter_map(|(field, url)| Some((field, url.as_ref()?)))
     }
 
     /// Whether the demo page and dashboard are served (default: in dev mode only).

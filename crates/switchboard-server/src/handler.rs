@@ -187,7 +187,7 @@ impl Handler for ServerHandler {
 /// webhooks (started here, on the current runtime).
 pub fn new_manager(config: &ServerConfig) -> anyhow::Result<Manager> {
     let auth = Auth::from_config(config)?;
-    let backend = Arc::new(Backend::new(&config.webhook)?);
+    let backend = Arc::new(Backend::new(config)?);
     let webhooks = Webhooks::start(&config.webhook, &config.manager.node_id, backend.clone());
     let rpc = Rpc::new(&config.webhook, backend.clone());
     let join_proxy = Proxy::new(&config.proxy, backend).filter(|p| p.decides_joins());

@@ -115,11 +115,8 @@ pub async fn run(
     let state = state::AppState {
         manager: manager.clone(),
         auth: Arc::new(auth),
-        connect_proxy: proxy::Proxy::new(
-            &config.proxy,
-            Arc::new(backend::Backend::new(&config.webhook)?),
-        )
-        .filter(|p| p.decides_connects()),
+        connect_proxy: proxy::Proxy::new(&config.proxy, Arc::new(backend::Backend::new(&config)?))
+            .filter(|p| p.decides_connects()),
         allowed_origins: Arc::new(config.allowed_origins.clone()),
         trusted_proxies: Arc::new(config.trusted_proxies.clone()),
         api_key: config.api_key.as_ref().map(|k| Arc::from(k.0.as_str())),

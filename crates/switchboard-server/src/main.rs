@@ -26,6 +26,9 @@ fn start() -> anyhow::Result<()> {
         // The recorder first: the manager looks up its metric handles when it is created.
         switchboard_server::metrics::handle();
         let manager = switchboard_server::handler::new_manager(&config)?;
+        // Signals are caught from before the address is printed: a SIGTERM sent as soon as
+        // it is read drains instead of killing the process.
+        let stop = termination();
         // The first line on stdout: scripts and tests wait for it.
         let mut stdout = std::io::stdout();
         writeln!(stdout, "listening on {addr}")?;
@@ -34,7 +37,7 @@ fn start() -> anyhow::Result<()> {
         }
         stdout.flush()?;
         tracing::info!(%addr, node = %config.manager.node_id, "listening");
-        switchboard_server::run(listeners, config, manager, termination()).await
+        switchboard_server::run(listeners, config, manager, stop).await
     })?;
     if !drained {
         tracing::warn!("shutdown deadline passed before every connection ended");
@@ -42,18 +45,21 @@ fn start() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-async fn termination() {
-    let (Ok(mut term), Ok(mut int)) = (
+/// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of them.
+fn termination() -> impl std::future::Future<Output = ()> {
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
 

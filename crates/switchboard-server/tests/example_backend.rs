@@ -1,6 +1,7 @@
 //! The complete example backend of docs/backends.md (`examples/backend/receiver.mjs`, Node's
 //! standard library only) runs as written against the real server: it admits by session
-//! cookie, decides joins, receives verified webhook events, and rejects a forged call.
+//! cookie, decides joins, answers RPC, receives verified webhook events, and rejects a forged
+//! call.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
@@ -21,6 +22,8 @@ struct Backend {
     child: Child,
     addr: SocketAddr,
     lines: mpsc::UnboundedReceiver<Value>,
+    /// Lines read while looking for another.
+    pending: Vec<Value>,
 }
 
 impl Drop for Backend {
@@ -57,11 +60,16 @@ impl Backend {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             lines,
+            pending: Vec::new(),
         }
     }
 
-    /// The next line the backend prints that has `key`.
+    /// The next line the backend prints that has `key`; lines about other things wait for
+    /// their own turn (webhook batches and proxy calls arrive in any order between them).
     async fn heard(&mut self, key: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(|l| l.get(key).is_some()) {
+            return self.pending.remove(i);
+        }
         loop {
             let line = tokio::time::timeout(WAIT, self.lines.recv())
                 .await
@@ -70,6 +78,7 @@ impl Backend {
             if line.get(key).is_some() {
                 return line;
             }
+            self.pending.push(line);
         }
     }
 }
@@ -102,6 +111,8 @@ async fn the_example_backend_runs_as_written() {
             .unwrap();
         c.set("auth.join_url", &format!("http://{at}/join"))
             .unwrap();
+        c.set("webhook.rpc_url", &format!("http://{at}/rpc"))
+            .unwrap();
     })
     .await;
 
@@ -120,6 +131,29 @@ async fn the_example_backend_runs_as_written() {
         .refused(json!({"type": "join", "lobby": "vip-1", "id": 1}), "vip")
         .await;
     assert_eq!(refused["code"], "not_allowed");
+    // RPC: a method the backend knows, and one it does not.
+    alice
+        .send(json!({"type": "rpc", "method": "add", "data": {"a": 2, "b": 3}, "id": 2}))
+        .await;
+    let result = alice.expect("rpc_result", "add").await;
+    assert_eq!(
+        (result["id"].clone(), result["data"].clone()),
+        (json!(2), json!({"sum": 5}))
+    );
+    assert_eq!(
+        backend.heard("rpc").await,
+        json!({"rpc": "add", "user_id": "alice"})
+    );
+    let failed = alice
+        .refused(json!({"type": "rpc", "method": "nope", "id": 3}), "nope")
+        .await;
+    assert_eq!(failed["code"], "rpc_failed");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("no method nope")
+    );
     let mut stranger = open(server.addr, "nobody").await;
     stranger
         .ending("an unknown session")
