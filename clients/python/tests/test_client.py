@@ -18,6 +18,7 @@ from switchboard_client import (
     Direct,
     Disconnected,
     HealthPing,
+    Left,
     MemberJoined,
     MemberLeft,
     Message,
@@ -87,6 +88,13 @@ async def test_join_broadcast_ack_presence_direct_and_leave(v2_server: Server) -
         assert ben.room("hall") is None
         assert (await within(ann_events.next(MemberLeft))).user_id == "ben"
         await within(ben.leave("hall"))  # idempotent
+    # close(): Disconnected, then every room ends, then the stream ends.
+    tail = [event async for event in ann_events if isinstance(event, (Left, Disconnected))]
+    assert tail == [
+        Disconnected(1000, "client_closed", None, None, False, None, 0),
+        Left("hall", "closed"),
+    ]
+    assert ann.state == "closed"
 
 
 async def test_requests_fail_with_the_servers_codes(v2_server: Server) -> None:

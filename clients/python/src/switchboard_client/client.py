@@ -337,14 +337,16 @@ class Client:
         return await asyncio.wait_for(asyncio.shield(self._first_welcome), timeout)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Closes the connection (1000) for good: pending requests fail with `closed`, every
-        room ends, event streams end."""
+        """Closes the connection (1000) for good: `Disconnected` (1000 `client_closed`), pending
+        requests fail with `closed`, every room ends (`Left`, reason `closed`), and event
+        streams end. A closed client does not connect again: make a new one."""
         if self._closing:
             if self._run_task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(self._run_task), timeout)
             return
         self._closing = True
+        was_running = self._state not in ("idle", "closed")
         if self._close_requested is not None:
             self._close_requested.set()
         ws = self._ws
@@ -356,6 +358,10 @@ class Client:
                 await asyncio.wait_for(asyncio.shield(self._run_task), timeout)
             except (AsyncTimeout, asyncio.CancelledError):
                 self._run_task.cancel()
+        if was_running and self._closed_error is None:
+            # As the TypeScript client: a close() is a disconnect that is not followed by a
+            # reconnect.
+            self._emit(Disconnected(1000, "client_closed", None, None, False, None, self._attempt))
         self._finish(ConnectionClosedError("closed", "the client was closed", 1000))
 
     async def __aenter__(self) -> Client:
