@@ -356,3 +356,30 @@ async def test_a_request_in_flight_when_the_connection_dies_fails_connection_los
         await within(events.next(Welcome))  # and the client is back
     await proxy.close()
     await backend.close()
+
+
+async def test_token_expired_reconnects_with_a_fresh_token(jwt_server: Server) -> None:
+    """4010 invites a reconnect after the goodbye's delay, with a fresh token from
+    `get_token` (here the getter keeps handing out the short-lived token until it expired, so
+    that refreshing cannot save it and the server closes with 4010)."""
+    expires = int(time.time()) + 2
+    short = jwt("max", exp_in_s=None, exp=expires)
+    calls = 0
+
+    def get_token() -> str:
+        nonlocal calls
+        calls += 1
+        return short if time.time() < expires else jwt("max")
+
+    client = Client(jwt_server.ws_url, get_token=get_token, backoff=FAST)
+    events = client.events()
+    first = await within(client.connect())
+    expired = await within(events.next(Disconnected))
+    assert (expired.code, expired.reason, expired.will_reconnect) == (4010, "token_expired", True)
+    assert expired.goodbye is not None and expired.retry_in is not None
+    assert expired.retry_in >= expired.goodbye.retry_after_ms / 1000
+    again = await within(events.next(Welcome))
+    assert again.connection_id != first.connection_id
+    assert again.token_expires_at is not None and again.token_expires_at > expires * 1000
+    assert calls >= 2
+    await client.close()
