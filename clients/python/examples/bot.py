@@ -1,6 +1,6 @@
 """A bot: one protocol-v2 connection in several lobbies, answering messages.
 
-    SWITCHBOARD_WS=ws://127.0.0.1:8080 BOT_TOKEN=bot BOT_LOBBIES=lobby-1,lobby-2 \\
+    SERVER_URL=ws://127.0.0.1:8080 BOT_TOKEN=bot BOT_LOBBIES=lobby-1,lobby-2 \\
         python examples/bot.py
 
 (`--dev` server: the token is the user id.) In any lobby it is in, `!ping` is answered with
@@ -43,7 +43,7 @@ async def answer(client: Client, message: Message) -> None:
 
 
 async def main() -> None:
-    url = os.environ.get("SWITCHBOARD_WS", "ws://127.0.0.1:8080")
+    url = os.environ.get("SERVER_URL", "ws://127.0.0.1:8080")
     token = os.environ.get("BOT_TOKEN", "bot")
     lobbies = [lobby for lobby in os.environ.get("BOT_LOBBIES", "lobby-1").split(",") if lobby]
     async with Client(url, token=token) as client:

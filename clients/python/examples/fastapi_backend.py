@@ -11,10 +11,11 @@
 Every call from the server is verified (signature and timestamp) by one dependency each.
 
 Run it (secrets: every secret this backend accepts, comma-separated; during a rotation the
-server signs with the old and the new, so either one verifies):
+server signs with the old and the new, so either one verifies; the names do not start with
+SWITCHBOARD_, which is the server's configuration):
 
-    SWITCHBOARD_URL=http://127.0.0.1:8080 SWITCHBOARD_API_KEY=api-key \\
-    SWITCHBOARD_SECRETS=change-me PORT=9000 python examples/fastapi_backend.py
+    SERVER_URL=http://127.0.0.1:8080 API_KEY=api-key \\
+    SECRETS=change-me PORT=9000 python examples/fastapi_backend.py
 
 and the server with
 
@@ -62,9 +63,9 @@ from switchboard_client.asgi import (
     SwitchboardWebhook,
 )
 
-SERVER = os.environ.get("SWITCHBOARD_URL", "http://127.0.0.1:8080")
-API_KEY = os.environ.get("SWITCHBOARD_API_KEY")
-SECRETS = [s for s in os.environ.get("SWITCHBOARD_SECRETS", "change-me").split(",") if s]
+SERVER = os.environ.get("SERVER_URL", "http://127.0.0.1:8080")
+API_KEY = os.environ.get("API_KEY")
+SECRETS = [s for s in os.environ.get("SECRETS", "change-me").split(",") if s]
 SESSION_TTL_S = 3600
 
 

@@ -45,7 +45,7 @@ def test_the_bot_answers_in_every_lobby(start_server: ServerFactory) -> None:
     server = start_server()
     env = {
         **os.environ,
-        "SWITCHBOARD_WS": server.ws_url,
+        "SERVER_URL": server.ws_url,
         "BOT_TOKEN": "bot",
         "BOT_LOBBIES": "bot-a,bot-b",
     }

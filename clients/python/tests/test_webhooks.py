@@ -68,9 +68,9 @@ class ExampleBackend:
         env = {
             **os.environ,
             "PORT": str(port),
-            "SWITCHBOARD_URL": server_url,
-            "SWITCHBOARD_API_KEY": API_KEY,
-            "SWITCHBOARD_SECRETS": secrets,
+            "SERVER_URL": server_url,
+            "API_KEY": API_KEY,
+            "SECRETS": secrets,
         }
         script = PACKAGE / "examples" / "fastapi_backend.py"
         self.proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE)
