@@ -123,13 +123,22 @@ async def test_health_pings_are_answered(v2_server: Server) -> None:
     """The server pings every 300 ms and closes 4004 after 600 ms of silence: three pings
     answered on a quiet connection, and it is still the same connection."""
     async with Client(v2_server.ws_url, token="dee") as client:
-        events = client.events()
+        heard: asyncio.Queue[HealthPing] = asyncio.Queue()
+
+        async def on_ping(ping: HealthPing) -> None:  # a coroutine callback: its own task
+            await heard.put(ping)
+
+        unsubscribe = client.on(HealthPing, on_ping)
         assert client.welcome is not None
         first_id = client.welcome.connection_id
-        for _ in range(3):
-            await within(events.next(HealthPing))
+        stamps = [(await within(heard.get())).timestamp for _ in range(3)]
+        assert stamps == sorted(stamps) and len(set(stamps)) == 3
+        unsubscribe()
         assert client.state == "open" and client.welcome.connection_id == first_id
-        await within(client.join("still-here"))
+        room = await within(client.join("still-here"))
+        messages = client.messages()
+        await within(room.broadcast("after the pings"))
+        assert (await within(anext(messages))).data == "after the pings"
 
 
 async def test_recovery_after_the_socket_dies_mid_stream_in_every_lobby(

@@ -908,11 +908,17 @@ class Client:
 
     # ---- iteration sugar -----------------------------------------------------------------
 
-    async def messages(self) -> AsyncIterator[Message]:
-        """Every `Message` from now on (a filtered `events()`)."""
-        async for event in self.events():
-            if isinstance(event, Message):
-                yield event
+    def messages(self) -> AsyncIterator[Message]:
+        """Every `Message` from now on (a filtered `events()`, subscribed at once: not at the
+        first `__anext__`, which would miss what arrives in between)."""
+        stream = self.events()
+
+        async def only_messages() -> AsyncIterator[Message]:
+            async for event in stream:
+                if isinstance(event, Message):
+                    yield event
+
+        return only_messages()
 
 
 def _parse(raw: str | bytes) -> Frame | None:
