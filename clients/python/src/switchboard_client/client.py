@@ -718,6 +718,9 @@ class Client:
         # out only once every rejoin is answered: a server may decide a join asynchronously
         # (a join proxy, cluster mode) and would refuse a broadcast to a lobby not yet joined.
         self._holding = False
+        for pending in list(self._outbox):
+            if pending.frame["type"] == "join" and pending.frame.get("lobby") in self._rooms:
+                self._settle(str(pending.frame["id"]))  # the rejoin below replaces it
         rejoins = [self._send_join(room) for room in list(self._rooms.values())]
         if rejoins:
             self._holding = True
