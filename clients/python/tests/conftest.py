@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[3]
 PACKAGE = Path(__file__).resolve().parents[1]
 API_KEY = "test-api-key"
 JWT_SECRET = "a-jwt-secret-of-at-least-32-bytes-long"
+LOGS = PACKAGE / "test-output"
+"""The servers' logs (stderr) of the last run, one file each (gitignored)."""
 WAIT = 10.0
 """The deadline of any single wait in a test, seconds."""
 
@@ -74,7 +76,8 @@ class Server:
         self.port = 0
         self.admin_port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.mkstemp(prefix="switchboard-py-", suffix=".log")[1])
+        LOGS.mkdir(exist_ok=True)
+        self.log = Path(tempfile.mkstemp(prefix="server-", suffix=".log", dir=LOGS)[1])
         self.start()
 
     def start(self) -> None:
@@ -138,6 +141,13 @@ class Server:
 
 
 ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_logs() -> None:
+    """Only this run's server logs stay in test-output/."""
+    for old in LOGS.glob("server-*.log"):
+        old.unlink()
 
 
 @pytest.fixture(scope="module")
