@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project: unit, integration (real server, real WebSocket clients), doc tests,
-# the examples' build, and the quick Autobahn conformance run (it installs its Python package
-# into .venv-autobahn from PyPI). Each part installs what it needs on a fresh machine.
+# the examples' build, the quick Autobahn conformance run (it installs its Python package
+# into .venv-autobahn from PyPI), the TypeScript client's tests and the Python package's.
+# Each part installs what it needs on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The cluster tests start their own redis-server processes (redis-cli comes with it); the
@@ -20,3 +21,4 @@ cargo test --workspace --all-targets
 cargo test --workspace --doc
 ./scripts/autobahn.sh --quick
 ./scripts/test-client.sh
+./scripts/test-python.sh
