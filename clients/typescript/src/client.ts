@@ -301,6 +301,12 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
   private _welcome: WelcomeFrame | null = null;
   private goodbye: GoodbyeFrame | null = null;
   private queue: ClientFrame[] = [];
+  /**
+   * v2: joins sent at the welcome and not answered yet. Until they are, frames wait in the
+   * queue: the server may decide a join asynchronously (a cluster, a join proxy), and a frame
+   * naming a lobby must not overtake its join.
+   */
+  private rejoining = new Set<Room>();
   private reconnectTimer: unknown = null;
   private livenessTimer: unknown = null;
   private connectTimer: unknown = null;
@@ -542,7 +548,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
       this.emit("dropped", { frame, reason: "closed" });
       return false;
     }
-    if (this._state === "open" && this.socket && this.socket.readyState === OPEN) {
+    if (this._state === "open" && this.rejoining.size === 0 && this.socket && this.socket.readyState === OPEN) {
       try {
         this.socket.send(JSON.stringify(frame));
         return true;
@@ -704,12 +710,13 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
   }
 
   /** Sends a room's join (with since / epoch once it was joined); answers drive the room. */
-  private sendJoin(room: Room): void {
+  private sendJoin(room: Room, answered: () => void = () => {}): void {
     const rejoin = room.joined !== null;
     this.sendRequest(
       room.joinFrame(),
       undefined,
       () => {
+        answered();
         // The room already took the `joined` (onV2Frame): release whoever waits for it.
         const waiters = this.joinWaiters.get(room) ?? [];
         this.joinWaiters.delete(room);
@@ -719,6 +726,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
         }
       },
       (error) => {
+        answered();
         // A lost connection: the room is rejoined after the next welcome.
         if (error.code === "connection_lost" || error.code === "closed") return;
         this.failRoom(room, error, rejoin);
@@ -755,6 +763,7 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     for (const [key, entry] of [...this.pending]) {
       if (entry.frame.type === "join" && entry.frame.lobby === room.lobby) this.settle(key);
     }
+    this.rejoinDone(room);
   }
 
   private leaveRoom(room: Room, options: { timeoutMs?: number }): Promise<void> {
@@ -1172,9 +1181,11 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
     }
     this.armLiveness();
     if (this.v2) {
-      // Every room is (re)joined first, each with its own since / epoch, so that queued frames
-      // naming a lobby reach it after the join.
-      for (const room of this.roomMap.values()) this.sendJoin(room);
+      // Every room is (re)joined first, each with its own since / epoch; queued frames wait for
+      // every answer, so that one naming a lobby reaches it after its join.
+      const rooms = [...this.roomMap.values()];
+      this.rejoining = new Set(rooms);
+      for (const room of rooms) this.sendJoin(room, () => this.rejoinDone(room));
       if (typeof welcome.server_time === "number") this.serverSkew = welcome.server_time - this.now();
       if (typeof welcome.token_expires_at === "number") {
         this.armRefresh(welcome.token_expires_at, typeof welcome.server_time === "number" ? welcome.server_time : this.serverNow());
@@ -1183,6 +1194,18 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
       }
     }
     // What waited goes first, in order, before any listener can send something newer.
+    if (this.rejoining.size === 0) this.flushQueue();
+    this.setState("open");
+    this.emit("welcome", welcome);
+  }
+
+  /** One of the welcome's joins was answered, failed or given up: the last releases the queue. */
+  private rejoinDone(room: Room): void {
+    if (this.rejoining.delete(room) && this.rejoining.size === 0) this.flushQueue();
+  }
+
+  /** Sends the queued frames in order, as far as the socket takes them. */
+  private flushQueue(): void {
     const pending = this.queue;
     this.queue = [];
     for (let i = 0; i < pending.length; i++) {
@@ -1191,8 +1214,6 @@ export class SwitchboardClient extends Emitter<ClientEvents> {
         break;
       }
     }
-    this.setState("open");
-    this.emit("welcome", welcome);
   }
 
   private sendNow(frame: ClientFrame): boolean {

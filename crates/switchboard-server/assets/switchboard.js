@@ -611,6 +611,12 @@ var Switchboard = (() => {
       this._welcome = null;
       this.goodbye = null;
       this.queue = [];
+      /**
+       * v2: joins sent at the welcome and not answered yet. Until they are, frames wait in the
+       * queue: the server may decide a join asynchronously (a cluster, a join proxy), and a frame
+       * naming a lobby must not overtake its join.
+       */
+      this.rejoining = /* @__PURE__ */ new Set();
       this.reconnectTimer = null;
       this.livenessTimer = null;
       this.connectTimer = null;
@@ -823,7 +829,7 @@ var Switchboard = (() => {
         this.emit("dropped", { frame, reason: "closed" });
         return false;
       }
-      if (this._state === "open" && this.socket && this.socket.readyState === OPEN2) {
+      if (this._state === "open" && this.rejoining.size === 0 && this.socket && this.socket.readyState === OPEN2) {
         try {
           this.socket.send(JSON.stringify(frame));
           return true;
@@ -966,13 +972,15 @@ var Switchboard = (() => {
       return this.now() + this.serverSkew;
     }
     /** Sends a room's join (with since / epoch once it was joined); answers drive the room. */
-    sendJoin(room) {
+    sendJoin(room, answered = () => {
+    }) {
       const rejoin = room.joined !== null;
       this.sendRequest(
         room.joinFrame(),
         void 0,
         () => {
           var _a;
+          answered();
           const waiters = (_a = this.joinWaiters.get(room)) != null ? _a : [];
           this.joinWaiters.delete(room);
           for (const w of waiters) {
@@ -981,6 +989,7 @@ var Switchboard = (() => {
           }
         },
         (error) => {
+          answered();
           if (error.code === "connection_lost" || error.code === "closed") return;
           this.failRoom(room, error, rejoin);
         },
@@ -1013,6 +1022,7 @@ var Switchboard = (() => {
       for (const [key, entry] of [...this.pending]) {
         if (entry.frame.type === "join" && entry.frame.lobby === room.lobby) this.settle(key);
       }
+      this.rejoinDone(room);
     }
     leaveRoom(room, options) {
       var _a;
@@ -1399,7 +1409,9 @@ var Switchboard = (() => {
       }
       this.armLiveness();
       if (this.v2) {
-        for (const room of this.roomMap.values()) this.sendJoin(room);
+        const rooms = [...this.roomMap.values()];
+        this.rejoining = new Set(rooms);
+        for (const room of rooms) this.sendJoin(room, () => this.rejoinDone(room));
         if (typeof welcome.server_time === "number") this.serverSkew = welcome.server_time - this.now();
         if (typeof welcome.token_expires_at === "number") {
           this.armRefresh(welcome.token_expires_at, typeof welcome.server_time === "number" ? welcome.server_time : this.serverNow());
@@ -1407,6 +1419,16 @@ var Switchboard = (() => {
           this.tokenExpiresAt = null;
         }
       }
+      if (this.rejoining.size === 0) this.flushQueue();
+      this.setState("open");
+      this.emit("welcome", welcome);
+    }
+    /** One of the welcome's joins was answered, failed or given up: the last releases the queue. */
+    rejoinDone(room) {
+      if (this.rejoining.delete(room) && this.rejoining.size === 0) this.flushQueue();
+    }
+    /** Sends the queued frames in order, as far as the socket takes them. */
+    flushQueue() {
       const pending = this.queue;
       this.queue = [];
       for (let i = 0; i < pending.length; i++) {
@@ -1415,8 +1437,6 @@ var Switchboard = (() => {
           break;
         }
       }
-      this.setState("open");
-      this.emit("welcome", welcome);
     }
     sendNow(frame) {
       const socket = this.socket;

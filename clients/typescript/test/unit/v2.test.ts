@@ -368,7 +368,7 @@ describe("v2: requests and answers", () => {
     assert.deepEqual([a.lastOffset, b.lastOffset], [1, 7]);
   });
 
-  test("join() before connecting: the join goes right after welcome, before queued frames", async () => {
+  test("join() before connecting: the join goes right after welcome; queued frames after its answer", async () => {
     const c = client();
     const p = c.join("early");
     const hello = c.request({ type: "broadcast", lobby: "early", data: "hi" });
@@ -377,14 +377,29 @@ describe("v2: requests and answers", () => {
     const s = FakeSocket.last();
     assert.equal(s.sent.length, 0);
     welcome(s);
+    // The server may decide the join later (a cluster, a join proxy): the broadcast naming the
+    // lobby waits for the answer, or it would be refused as not in the lobby.
     assert.deepEqual(
       s.sent.map((f) => f.type),
-      ["join", "broadcast"],
+      ["join"],
     );
+    const late = c.request({ type: "broadcast", lobby: "early", data: "after welcome" });
     answerJoin(s, "early", 3);
+    assert.deepEqual(
+      s.sent.map((f) => [f.type, f.data]),
+      [
+        ["join", undefined],
+        ["broadcast", "hi"],
+        ["broadcast", "after welcome"],
+      ],
+      "queued frames go in order once the join is answered",
+    );
+    s.serverSend({ type: "ack", id: lastOf(s, "broadcast").id, offset: 5 });
+    assert.equal((await late).offset, 5);
     const room = await p;
     assert.equal(room.lastOffset, 3);
-    s.serverSend({ type: "ack", id: lastOf(s, "broadcast").id, offset: 4 });
+    const first = s.sentOfType("broadcast").find((f) => f.data === "hi");
+    s.serverSend({ type: "ack", id: first?.id, offset: 4 });
     assert.equal((await hello).offset, 4);
   });
 
@@ -402,11 +417,36 @@ describe("v2: requests and answers", () => {
     welcome(s);
     assert.deepEqual(
       s.sent.map((f) => f.type),
-      ["join", "broadcast"],
+      ["join"],
     );
     answerJoin(s, "r");
+    assert.deepEqual(
+      s.sent.map((f) => f.type),
+      ["join", "broadcast"],
+    );
     s.serverSend({ type: "ack", id: lastOf(s, "broadcast").id, offset: 1 });
     assert.equal(await queued, 1);
+  });
+
+  test("a refused rejoin releases the queued frames too", async () => {
+    const c = client();
+    let s = await open(c);
+    await joined(c, s, "a");
+    await joined(c, s, "b");
+    s.serverClose(1006);
+    const queued = c.request({ type: "app_ping", n: 1 });
+    clock.advance(0);
+    await flush();
+    s = FakeSocket.last();
+    welcome(s);
+    assert.deepEqual(s.sent.map((f) => f.type), ["join", "join"]);
+    const joinB = s.sentOfType("join").find((f) => f.lobby === "b");
+    s.serverSend({ type: "error", code: "not_allowed", message: "no", id: joinB?.id });
+    assert.deepEqual(s.sent.map((f) => f.type), ["join", "join"], "a is still unanswered");
+    answerJoin(s, "a");
+    assert.deepEqual(s.sent.map((f) => f.type), ["join", "join", "app_ping"]);
+    s.serverSend({ type: "ack", id: lastOf(s, "app_ping").id });
+    await queued;
   });
 
   test("close(): pending requests and joins fail with closed, rooms end, no timer left", async () => {
