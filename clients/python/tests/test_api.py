@@ -83,6 +83,17 @@ async def test_send_to_user_and_lobbies_and_presence(
     assert (await within(events.next(Direct))).data == "psst"
     direct = await within(events.next(Direct))
     assert direct.sender is None and direct.data == {"x": 1}
+    # One connection, by its id.
+    assert carol.welcome is not None
+    connection_id = carol.welcome.connection_id
+    assert (await api.send_to_connection(connection_id, [1])).delivered == 1
+    sent = await asyncio.to_thread(sync_api.send_to_connection, connection_id, "two")
+    assert sent.delivered == 1
+    assert (await within(events.next(Direct))).data == [1]
+    assert (await within(events.next(Direct))).data == "two"
+    with pytest.raises(ApiError) as gone:
+        await api.send_to_connection("nobody-1", 1)
+    assert (gone.value.status, gone.value.code) == (404, "not_found")
     lobbies = {lobby.lobby: lobby for lobby in await api.lobbies()}
     assert lobbies["room-a"].connections == 1 and lobbies["room-a"].users == 1
     assert "room-b" in {lobby.lobby for lobby in await asyncio.to_thread(sync_api.lobbies)}

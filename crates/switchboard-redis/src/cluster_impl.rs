@@ -316,6 +316,14 @@ impl Cluster for RedisCluster {
         })
     }
 
+    fn send_to_connection<'a>(
+        &'a self,
+        id: &'a str,
+        frame: &'a str,
+    ) -> BoxFuture<'a, Option<bool>> {
+        Box::pin(self.send_to_owner(id, format!("direct{SEP}{id}{SEP}{frame}"), Priority::Data))
+    }
+
     fn close_connection<'a>(
         &'a self,
         id: &'a str,

@@ -105,6 +105,9 @@ impl RedisCluster {
             "close" => {
                 self.local.close_connection(arg, reason());
             }
+            "direct" => {
+                self.local.deliver_to_connection(arg, rest.to_owned());
+            }
             "join" => self.local.membership_for_user(arg, rest, true),
             "part" => self.local.membership_for_user(arg, rest, false),
             "close_user" => {

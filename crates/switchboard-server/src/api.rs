@@ -72,6 +72,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/api/connections/{id}",
             get(connection).delete(kick_connection),
         )
+        .route("/api/connections/{id}/send", post(send_to_connection))
         .route("/api/stats", get(stats))
         .route("/api/openapi.json", get(openapi))
         .fallback(|| async {
@@ -234,6 +235,31 @@ async fn kick_connection(State(state): State<AppState>, Path(id): Path<String>) 
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection"))?;
     tracing::info!(connection = %id, "kicked by the API");
     Ok(Json(json!({ "closed": 1 })))
+}
+
+/// `POST /api/connections/{id}/send`: a `direct` frame from the backend to one connection, on
+/// whichever node holds it. 404 when none does; 429 when its queue is full (the frame was
+/// dropped: the client is not reading); 503 when the cluster cannot take it now.
+async fn send_to_connection(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    payload: Result<Json<SendBody>, JsonRejection>,
+) -> ApiResult {
+    let payload = body(payload)?;
+    match state.manager.send_to_connection(&id, &payload.data).await {
+        Ok(()) => Ok(Json(json!({ "delivered": 1 }))),
+        Err(switchboard::Error::NoSuchConnection) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such connection",
+        )),
+        Err(switchboard::Error::QueueFull) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            "the connection's outbound queue is full: it is not reading",
+        )),
+        Err(other) => Err(internal(other)),
+    }
 }
 
 /// `POST /api/users/{user}/lobbies/{lobby}`: joins the user's protocol-v2 connections, on

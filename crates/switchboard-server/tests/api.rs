@@ -213,6 +213,58 @@ async fn send_to_a_user_reaches_every_connection() {
 }
 
 #[tokio::test]
+async fn send_to_one_connection_reaches_only_it() {
+    let server = api_server().await;
+    let mut t1 = connect(server.addr, "a", "carol").await;
+    let mut t2 = connect(server.addr, "a", "carol").await;
+    let path = format!("/api/connections/{}/send", t1.id());
+    let r = http(
+        server.api_addr(),
+        "POST",
+        &path,
+        Some(KEY),
+        Some(r#"{"data":[1]}"#),
+    )
+    .await;
+    assert_eq!((r.status, r.json()), (200, json!({"delivered": 1})));
+    let d = t1.expect("direct", "the API send").await;
+    assert_eq!(d, json!({"type":"direct","from":null,"data":[1]}));
+    // t2 got nothing: the next thing it sees is what is sent to it now.
+    let path2 = format!("/api/connections/{}/send", t2.id());
+    http(
+        server.api_addr(),
+        "POST",
+        &path2,
+        Some(KEY),
+        Some(r#"{"data":2}"#),
+    )
+    .await;
+    assert_eq!(t2.expect("direct", "its own").await["data"], 2);
+    for (id, body, status, code) in [
+        ("nope-1", r#"{"data":1}"#, 404, "not_found"),
+        ("garbage", r#"{"data":1}"#, 404, "not_found"),
+        (t1.id(), r#"{"nodata":1}"#, 400, "invalid_body"),
+    ] {
+        let path = format!("/api/connections/{id}/send");
+        let r = http(server.api_addr(), "POST", &path, Some(KEY), Some(body)).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (status, code.to_owned()),
+            "{id} {body}"
+        );
+    }
+    let unauthorized = http(
+        server.api_addr(),
+        "POST",
+        &path,
+        None,
+        Some(r#"{"data":1}"#),
+    )
+    .await;
+    assert_eq!(unauthorized.status, 401);
+}
+
+#[tokio::test]
 async fn lobbies_presence_and_stats() {
     let server = api_server().await;
     let _a1 = connect(server.addr, "l1", "alice").await;
@@ -306,6 +358,7 @@ async fn openapi_document_lists_every_path() {
         "/api/lobbies/{lobby}/presence",
         "/api/users/{user}",
         "/api/connections/{id}",
+        "/api/connections/{id}/send",
         "/api/users/{user}/lobbies/{lobby}",
         "/api/stats",
     ] {

@@ -306,12 +306,27 @@ async fn replace_closes_the_older_connection_on_another_node() {
 }
 
 #[tokio::test]
-async fn kicks_reach_any_node_through_the_api() {
+async fn kicks_and_directs_reach_any_node_through_the_api() {
     let redis = Redis::start();
     let a = node(&redis, "ka", &[]);
     let b = node(&redis, "kb", &[]);
     let mut far = connect(b.addr, "room", "frank").await;
     let id = far.id().to_owned();
+    // A direct to one connection reaches it on its node, too.
+    let path = format!("/api/connections/{id}/send");
+    let r = http(a.addr, "POST", &path, None, Some(r#"{"data":"psst"}"#)).await;
+    assert_eq!((r.status, r.json()), (200, json!({"delivered": 1})));
+    let d = far.expect("direct", "a direct routed to its node").await;
+    assert_eq!(d, json!({"type": "direct", "from": null, "data": "psst"}));
+    let gone = http(
+        a.addr,
+        "POST",
+        "/api/connections/kb-999/send",
+        None,
+        Some("{\"data\":1}"),
+    )
+    .await;
+    assert_eq!(gone.status, 404);
     let r = http(
         a.addr,
         "DELETE",

@@ -181,7 +181,8 @@ async fn drop_policy_keeps_the_slow_consumer_and_counts_drops() {
     let dropped = server.manager.stats().messages_dropped;
     let sent = server
         .manager
-        .send_to_connection(slow.id(), &json!("direct"));
+        .send_to_connection(slow.id(), &json!("direct"))
+        .await;
     assert!(
         matches!(sent, Err(switchboard::Error::QueueFull)),
         "{sent:?}"

@@ -250,6 +250,7 @@ async fn frames_queued_before_a_kick_are_delivered_before_the_close() {
     server
         .manager
         .send_to_connection(&id, &json!({"why": "spam"}))
+        .await
         .unwrap();
     server
         .manager

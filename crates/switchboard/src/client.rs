@@ -169,6 +169,21 @@ pub(crate) fn send_direct<T: Serialize + ?Sized>(
     offered(shared.hub.deliver(conn, direct(&data)))
 }
 
+/// `data` to one connection, `conn` when this node holds it, else on the node its id names,
+/// as a `direct` frame from the backend.
+pub(crate) async fn send_to_connection<T: Serialize + ?Sized>(
+    shared: &Shared,
+    id: &str,
+    conn: Option<&ConnHandle>,
+    data: &T,
+) -> Result<(), Error> {
+    let frame = direct(&to_raw(data)?);
+    match conn {
+        Some(conn) => offered(shared.hub.deliver(conn, frame)),
+        None => shared.send_to_connection_elsewhere(id, &frame).await,
+    }
+}
+
 /// `data` to every connection of `user`, on every node, as a `direct` frame from the
 /// backend; the connections reached on this node.
 pub(crate) fn send_to_user<T: Serialize + ?Sized>(

@@ -174,6 +174,11 @@ pub trait Cluster: Send + Sync + 'static {
         reason: DisconnectReason,
     ) -> BoxFuture<'a, Option<usize>>;
 
+    /// Hands an encoded frame to a connection held by another node; whether it exists, if the
+    /// cluster answers.
+    fn send_to_connection<'a>(&'a self, id: &'a str, frame: &'a str)
+    -> BoxFuture<'a, Option<bool>>;
+
     /// Closes a connection held by another node; whether it exists, if the cluster answers.
     fn close_connection<'a>(
         &'a self,
@@ -279,6 +284,17 @@ impl LocalNode {
             return 0;
         };
         shared.hub().send_to_user(user, &text(frame))
+    }
+
+    /// Queues an encoded frame (a `direct` from the backend, sent on another node) for one of
+    /// this node's connections; whether it was queued.
+    pub fn deliver_to_connection(&self, id: &str, frame: String) -> bool {
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        crate::ids::ConnectionId::seq_on(id, shared.node_id())
+            .and_then(|seq| shared.hub().connection(seq))
+            .is_some_and(|c| shared.hub().deliver(&c, text(frame)) == crate::handle::Offer::Queued)
     }
 
     /// Closes one of this node's connections; whether it was here.

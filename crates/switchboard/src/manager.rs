@@ -156,14 +156,16 @@ impl Manager {
         client::send_to_user(&self.shared, user, data)
     }
 
-    /// Sends `data` to one connection as a `direct` frame from the backend.
-    pub fn send_to_connection<T: Serialize + ?Sized>(
+    /// Sends `data` to one connection, on whichever node holds it, as a `direct` frame from
+    /// the backend. [`Error::NoSuchConnection`] when no node has it; [`Error::Overloaded`]
+    /// when the cluster cannot take the frame now.
+    pub async fn send_to_connection<T: Serialize + ?Sized>(
         &self,
         id: &str,
         data: &T,
     ) -> Result<(), Error> {
-        let conn = self.find(id)?;
-        client::send_direct(&self.shared, &conn, data)
+        let conn = self.find(id).ok();
+        client::send_to_connection(&self.shared, id, conn.as_deref(), data).await
     }
 
     /// The users present in a lobby on every node, sorted (each once, however many

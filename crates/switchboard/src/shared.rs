@@ -474,6 +474,23 @@ impl Shared {
         }
     }
 
+    /// Hands a frame to a connection held by the node its id names, through the cluster.
+    pub(crate) async fn send_to_connection_elsewhere(
+        &self,
+        id: &str,
+        frame: &Message,
+    ) -> Result<(), Error> {
+        // An id names its node (`NODE-SEQ`); anything else is no connection anywhere.
+        let Some(cluster) = self.cluster.get().filter(|_| id.contains('-')) else {
+            return Err(Error::NoSuchConnection);
+        };
+        match cluster.send_to_connection(id, frame_text(frame)).await {
+            Some(true) => Ok(()),
+            Some(false) => Err(Error::NoSuchConnection),
+            None => Err(Error::Overloaded),
+        }
+    }
+
     /// Hands a posted client frame to its SSE connection, on this node or (through the
     /// cluster) on the node its id names.
     pub(crate) async fn post_anywhere(

@@ -406,6 +406,7 @@ async fn send_to_connection_delivers_direct_from_null() {
 
     manager
         .send_to_connection(tab1.id(), &json!({"k": [1, 2]}))
+        .await
         .expect("tab1 is connected");
     let direct = tab1.json("direct to tab1").await;
     assert_eq!(
@@ -416,6 +417,7 @@ async fn send_to_connection_delivers_direct_from_null() {
     // tab2 did not get it: the next thing it receives is what was sent to it afterwards.
     manager
         .send_to_connection(tab2.id(), &"second")
+        .await
         .expect("tab2 is connected");
     let direct = tab2.json("direct to tab2").await;
     assert_eq!(
@@ -424,7 +426,7 @@ async fn send_to_connection_delivers_direct_from_null() {
     );
 
     assert!(matches!(
-        manager.send_to_connection("nope-1", &1),
+        manager.send_to_connection("nope-1", &1).await,
         Err(switchboard::Error::NoSuchConnection)
     ));
 }

@@ -222,6 +222,11 @@ class _Calls:
         return _Call("POST", f"/api/users/{_seg(user)}/send", _delivered, {"data": data}, True)
 
     @staticmethod
+    def send_to_connection(connection_id: str, data: Any) -> _Call[Delivered]:
+        path = f"/api/connections/{_seg(connection_id)}/send"
+        return _Call("POST", path, _delivered, {"data": data}, True)
+
+    @staticmethod
     def lobbies() -> _Call[list[LobbyInfo]]:
         return _Call("GET", "/api/lobbies", _lobbies)
 
@@ -342,6 +347,12 @@ class SwitchboardAPI:
         """Sends `data` as a `direct` frame (`from: null`) to every connection of `user`."""
         return self._run(_Calls.send_to_user(user, data))
 
+    def send_to_connection(self, connection_id: str, data: Any) -> Delivered:
+        """Sends `data` as a `direct` frame (`from: null`) to one connection (its welcome's
+        `connection_id`), on whichever node holds it. `ApiError` with code `not_found` when
+        none does, `queue_full` (429) when the connection is not reading."""
+        return self._run(_Calls.send_to_connection(connection_id, data))
+
     def lobbies(self) -> list[LobbyInfo]:
         """Every lobby with its connection and user counts."""
         return self._run(_Calls.lobbies())
@@ -437,6 +448,10 @@ class AsyncSwitchboardAPI:
     async def send_to_user(self, user: str, data: Any) -> Delivered:
         """See `SwitchboardAPI.send_to_user`."""
         return await self._run(_Calls.send_to_user(user, data))
+
+    async def send_to_connection(self, connection_id: str, data: Any) -> Delivered:
+        """See `SwitchboardAPI.send_to_connection`."""
+        return await self._run(_Calls.send_to_connection(connection_id, data))
 
     async def lobbies(self) -> list[LobbyInfo]:
         """See `SwitchboardAPI.lobbies`."""
