@@ -14,9 +14,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use common::*;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::client_async;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -37,7 +35,7 @@ struct Asked {
 async fn backend(hold: Arc<Semaphore>) -> (SocketAddr, mpsc::UnboundedReceiver<Asked>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let record = move |route: &'static str, headers: &HeaderMap, body: &Bytes| {
-        let signed = verify(headers, body);
+        let signed = verify_signature(SECRET, headers, body);
         let body: Value = serde_json::from_slice(body).unwrap();
         let _ = tx.send(Asked {
             route,
@@ -102,30 +100,6 @@ async fn decide_connect(asked: &Value, hold: Arc<Semaphore>) -> Response {
         }
         _ => StatusCode::FORBIDDEN.into_response(),
     }
-}
-
-/// The receiver's check of `Switchboard-Signature` (as docs/backends.md shows it).
-fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
-    let header = headers["switchboard-signature"].to_str().unwrap();
-    let (t, v1) = header
-        .split_once(',')
-        .map(|(t, v1)| {
-            (
-                t.strip_prefix("t=").unwrap(),
-                v1.strip_prefix("v1=").unwrap(),
-            )
-        })
-        .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    v1 == expected
 }
 
 /// A server whose backend at `addr` decides connects (and, with `joins`, v2 joins).

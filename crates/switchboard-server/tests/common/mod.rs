@@ -265,7 +265,8 @@ pub fn ip(last: u8) -> IpAddr {
     [127, 0, 0, last].into()
 }
 
-/// What a backend does with a signed request (webhooks, RPC): recompute the HMAC of "t.body" and accept any matching `v1=`.
+/// What a backend does with a signed request (webhooks, proxy, RPC): recompute the HMAC of
+/// "t.body" and accept any matching `v1=`.
 pub fn verify_signature(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
     use hmac::{Hmac, Mac};
     let Some(header) = headers
