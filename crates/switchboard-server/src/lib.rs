@@ -107,6 +107,7 @@ pub async fn run(
         );
     }
     metrics::handle();
+    metrics::register_at_zero(config.redis_url.is_some());
     let cluster = match &config.redis_url {
         Some(url) => Some(join_cluster(&config, url, &manager).await?),
         None => None,

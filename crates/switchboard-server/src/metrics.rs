@@ -41,6 +41,31 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
+/// Registers, at zero, every counter that otherwise appears only with its first event, with
+/// each of its label values: alerts on them work from the first scrape. (Counters read from
+/// the manager at scrape time are exported whole by [`render`].) Never resets a counter.
+pub fn register_at_zero(cluster: bool) {
+    for outcome in ["delivered", "refused", "failed", "dropped"] {
+        metrics::counter!("switchboard_webhook_events_total", "outcome" => outcome).increment(0);
+    }
+    for kind in ["connect", "join"] {
+        for outcome in ["allowed", "refused", "unavailable"] {
+            metrics::counter!("switchboard_proxy_calls_total", "kind" => kind, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    metrics::counter!("switchboard_http_refused_total", "reason" => "max_pending").increment(0);
+    if cluster {
+        for name in [
+            "switchboard_redis_errors_total",
+            "switchboard_redis_overloaded_total",
+            "switchboard_redis_publish_dropped_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
+    }
+}
+
 /// Drains histogram samples into their buckets periodically, so memory stays flat between
 /// scrapes.
 pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
@@ -85,17 +110,18 @@ pub fn render(
     metrics::counter!("switchboard_bytes_out_total").absolute(stats.bytes_out);
     metrics::counter!("switchboard_queue_overflows_total").absolute(stats.queue_overflows);
     metrics::counter!("switchboard_messages_dropped_total").absolute(stats.messages_dropped);
-    for (reason, count) in &stats.rejections {
-        metrics::counter!("switchboard_rejections_total", "reason" => *reason).absolute(*count);
-    }
-    for (reason, count) in &stats.closes {
-        let code = DisconnectReason::ALL
-            .iter()
-            .find(|r| r.as_str() == *reason)
-            .and_then(|r| r.close_code())
+    // Every reason, at zero until it happens: an alert can be written before the first one.
+    for reason in DisconnectReason::ALL {
+        let word = reason.as_str();
+        let count =
+            |counts: &std::collections::BTreeMap<&str, u64>| counts.get(word).copied().unwrap_or(0);
+        metrics::counter!("switchboard_rejections_total", "reason" => word)
+            .absolute(count(&stats.rejections));
+        let code = reason
+            .close_code()
             .map_or_else(|| "none".to_owned(), |c| c.to_string());
-        metrics::counter!("switchboard_closes_total", "code" => code, "reason" => *reason)
-            .absolute(*count);
+        metrics::counter!("switchboard_closes_total", "code" => code, "reason" => word)
+            .absolute(count(&stats.closes));
     }
     if let Some(status) = manager.cluster_status() {
         metrics::gauge!("switchboard_redis_up").set(if status == "up" { 1.0 } else { 0.0 });

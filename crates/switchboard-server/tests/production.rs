@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
+use switchboard::DisconnectReason;
 use tokio::io::AsyncReadExt;
 
 /// Parses Prometheus text into `name{labels}` -> value.
@@ -19,6 +20,41 @@ fn parse_metrics(text: &str) -> HashMap<String, f64> {
             Some((name.to_owned(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// Every counter an alert may watch is on the first scrape, with each label value, at zero:
+/// an alert on it can be written (and tested) before the first incident.
+#[tokio::test]
+async fn every_counter_is_exported_at_zero_from_the_first_scrape() {
+    let p = Process::start(&[], None);
+    let m = parse_metrics(&http(p.addr, "GET", "/metrics", None, None).await.body);
+    let mut expected = vec![
+        r#"switchboard_webhook_events_total{outcome="dropped"}"#.to_owned(),
+        r#"switchboard_webhook_events_total{outcome="failed"}"#.to_owned(),
+        r#"switchboard_proxy_calls_total{kind="connect",outcome="unavailable"}"#.to_owned(),
+        r#"switchboard_proxy_calls_total{kind="join",outcome="refused"}"#.to_owned(),
+        r#"switchboard_rpc_calls_total{outcome="failed"}"#.to_owned(),
+        r#"switchboard_http_refused_total{reason="max_pending"}"#.to_owned(),
+        "switchboard_queue_overflows_total".to_owned(),
+        "switchboard_messages_dropped_total".to_owned(),
+    ];
+    for reason in DisconnectReason::ALL {
+        let word = reason.as_str();
+        let code = reason
+            .close_code()
+            .map_or("none".to_owned(), |c| c.to_string());
+        expected.push(format!(
+            r#"switchboard_rejections_total{{reason="{word}"}}"#
+        ));
+        expected.push(format!(
+            r#"switchboard_closes_total{{code="{code}",reason="{word}"}}"#
+        ));
+    }
+    for series in &expected {
+        assert_eq!(m.get(series), Some(&0.0), "{series} at zero");
+    }
+    // Redis's counters are there in cluster mode only (tests/cluster.rs checks them).
+    assert!(!m.contains_key("switchboard_redis_errors_total"));
 }
 
 #[tokio::test]
