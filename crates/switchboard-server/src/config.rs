@@ -325,49 +325,40 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The configuration of the process: the file named by `--config FILE` (or
-    /// `SWITCHBOARD_CONFIG`), then every `SWITCHBOARD_*` environment variable, then `--dev`.
-    pub fn from_args_and_env() -> Result<Self, ConfigError> {
-        Self::from_args(std::env::args().skip(1), std::env::vars())
-    }
-
-    /// [`Self::from_args_and_env`] with the arguments and variables given.
+    /// The configuration of these arguments (as after the program's name) and variables: the
+    /// file named by `--config FILE` (or `SWITCHBOARD_CONFIG`), then every `SWITCHBOARD_*`
+    /// variable, then `--dev`. A bad argument is a [`ConfigError`] with clap's explanation
+    /// (which suggests the right option).
     pub fn from_args(
         args: impl IntoIterator<Item = String>,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        use clap::Parser;
+        let argv = std::iter::once("switchboard".to_owned()).chain(args);
+        let cli = crate::cli::Cli::try_parse_from(argv).map_err(|e| ConfigError {
+            field: "arguments".into(),
+            reason: e.render().to_string().trim().to_owned(),
+        })?;
+        Self::from_cli(&cli, vars)
+    }
+
+    /// The configuration the parsed command line asks for, with `vars` over the file.
+    pub fn from_cli(
+        cli: &crate::cli::Cli,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut file = vars
-            .iter()
-            .find(|(k, _)| k == "SWITCHBOARD_CONFIG")
-            .map(|(_, v)| PathBuf::from(v));
-        let mut dev = false;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--config" => {
-                    let path = args
-                        .next()
-                        .ok_or_else(|| err("--config", "expects a file path"))?;
-                    file = Some(path.into());
-                }
-                "--dev" => dev = true,
-                other if other.starts_with("--config=") => {
-                    let path = &other["--config=".len()..];
-                    if path.is_empty() {
-                        return Err(err("--config", "expects a file path"));
-                    }
-                    file = Some(path.into());
-                }
-                other => {
-                    return Err(err(
-                        other,
-                        "unknown argument (usage: switchboard [--config FILE] [--dev])",
-                    ));
-                }
-            }
+        let file = cli.config.clone().or_else(|| {
+            vars.iter()
+                .find(|(k, _)| k == "SWITCHBOARD_CONFIG")
+                .map(|(_, v)| PathBuf::from(v))
+        });
+        if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(err("--config", "expects a file path"));
         }
-        let extra = dev.then(|| ("SWITCHBOARD_DEV_MODE".to_owned(), "true".to_owned()));
+        let extra = cli
+            .dev
+            .then(|| ("SWITCHBOARD_DEV_MODE".to_owned(), "true".to_owned()));
         Self::load(file.as_deref(), vars.into_iter().chain(extra))
     }
 
@@ -939,7 +930,11 @@ mod tests {
         let c = ServerConfig::from_args(["--dev".to_owned()], []).unwrap();
         assert!(c.dev_mode && c.pages_enabled());
         let e = ServerConfig::from_args(["--deb".to_owned()], []).unwrap_err();
-        assert!(e.reason.contains("--dev"), "{e}");
+        assert!(e.reason.contains("unexpected argument '--deb'"), "{e}");
+        assert!(
+            e.reason.contains("tip: a similar argument exists: '--dev'"),
+            "{e}"
+        );
         let c = vars(&[("SWITCHBOARD_AUTH__JWT_SECRET", SECRET)]).unwrap();
         assert!(!c.dev_mode && !c.pages_enabled());
     }
@@ -957,7 +952,7 @@ mod tests {
             assert_eq!(c.bind.to_string(), "127.0.0.1:9999", "{args:?}");
         }
         let e = ServerConfig::from_args(["--config=".to_owned()], []).unwrap_err();
-        assert_eq!(e.field, "--config");
+        assert!(e.reason.contains("--config <FILE>"), "{e}");
         let _ = std::fs::remove_file(file);
     }
 

@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`cli`]: the command line (`--config`, `--dev`, `--help`, `--version`).
 //! - [`config`]: [`ServerConfig`] from a TOML file and `SWITCHBOARD_*` environment variables.
 //! - [`auth`]: dev-mode tokens and JWT (HS256 / RS256) verification.
 //! - [`state`]: [`state::AppState`], what every route needs.
@@ -27,6 +28,7 @@ pub mod app;
 pub mod auth;
 pub mod backend;
 mod body;
+pub mod cli;
 pub mod config;
 pub mod handler;
 pub mod metrics;

@@ -1,9 +1,11 @@
 //! `switchboard`: the standalone server. Configuration comes from `--config FILE` and
-//! `SWITCHBOARD_*` environment variables; `switchboard --dev` runs in dev mode on 127.0.0.1:8080.
+//! `SWITCHBOARD_*` environment variables; `switchboard --dev` runs in dev mode on 127.0.0.1:8080;
+//! `switchboard --help` says so.
 
 use std::io::Write;
 
 use anyhow::Context;
+use clap::Parser;
 use switchboard_server::{LogFormat, ServerConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -15,7 +17,9 @@ fn main() {
 }
 
 fn start() -> anyhow::Result<()> {
-    let config = ServerConfig::from_args_and_env().context("invalid configuration")?;
+    // `--help`, `--version` and a bad argument (with a suggestion) end here, as clap does.
+    let cli = switchboard_server::cli::Cli::parse();
+    let config = ServerConfig::from_cli(&cli, std::env::vars()).context("invalid configuration")?;
     init_logs(&config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let drained = runtime.block_on(async {

@@ -153,6 +153,41 @@ async fn config_file_with_environment_overrides() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The command line people expect: `--help` and `--version` answer and exit 0; a misspelt
+/// option exits 2 naming it and suggesting the right one.
+#[test]
+fn help_version_and_a_misspelt_option() {
+    let run = |arg: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg(arg)
+            .output()
+            .unwrap()
+    };
+    let help = run("--help");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "{text}");
+    for needle in [
+        "--config <FILE>",
+        "--dev",
+        "SWITCHBOARD_LIMITS__MAX_PER_LOBBY",
+    ] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    let version = run("--version");
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("switchboard {}", env!("CARGO_PKG_VERSION"))
+    );
+    let typo = run("--deb");
+    let text = String::from_utf8_lossy(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(
+        text.contains("'--deb'") && text.contains("'--dev'"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_bad_config_file_stops_the_server_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("sb-bad-{}", std::process::id()));
