@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::args::Args;
+use crate::cli::Churn;
 use crate::common::{Ctx, Errors, histogram, latency_json, round};
-
-pub(crate) const OPTS: &[&str] = &["cycles", "secs", "workers", "warmup", "lobbies", "settle"];
 
 #[derive(Debug)]
 struct Phase {
@@ -84,13 +82,9 @@ async fn phase(
     (phase, start.elapsed().as_secs_f64())
 }
 
-pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
-    let cycles: u64 = args.get("cycles", 10_000)?;
-    let secs: f64 = args.get("secs", 120.0)?;
-    let workers: usize = args.get("workers", 32)?;
-    let warmup: u64 = args.get("warmup", 1_000)?;
-    let lobbies: u64 = args.get::<u64>("lobbies", 10)?.max(1);
-    let settle: f64 = args.get("settle", 3.0)?;
+pub(crate) async fn run(ctx: Rc<Ctx>, o: &Churn) -> anyhow::Result<Value> {
+    let (cycles, secs, workers, warmup) = (o.cycles, o.secs, o.workers, o.warmup);
+    let (lobbies, settle) = (o.lobbies, o.settle);
     let server = ctx.server;
     let rss_start = server.rss();
     let (warm, _) = phase(&ctx, "warmup", warmup, secs, workers, lobbies).await;

@@ -1,32 +1,17 @@
 //! What every scenario shares: options, source addresses, tokens, progress lines, latency.
 
 use std::cell::Cell;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::args::Args;
+use crate::cli::Common;
 use crate::client::{ConnectError, Route, Target, Ws};
 use crate::procfs::Server;
-
-/// Options every scenario takes.
-pub(crate) const COMMON: &[&str] = &[
-    "addr",
-    "server-pid",
-    "label",
-    "ip-base",
-    "per-ip",
-    "concurrency",
-    "connect-timeout",
-    "jwt-secret",
-    "user-prefix",
-    "max-secs",
-];
 
 /// The run's shared context.
 #[derive(Debug)]
@@ -46,33 +31,28 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub(crate) fn new(args: &Args) -> anyhow::Result<Rc<Self>> {
-        let addr: SocketAddr = args
-            .get("addr", "127.0.0.1:8080".to_owned())?
-            .parse()
-            .context("--addr")?;
-        let jwt = args
-            .opt::<String>("jwt-secret")?
+    pub(crate) fn new(scenario: &str, o: &Common) -> Rc<Self> {
+        let jwt = o
+            .jwt_secret
+            .as_ref()
             .map(|s| jsonwebtoken::EncodingKey::from_secret(s.as_bytes()));
-        Ok(Rc::new(Self {
-            scenario: args.scenario.clone(),
-            label: args.get("label", "server".to_owned())?,
+        Rc::new(Self {
+            scenario: scenario.to_owned(),
+            label: o.label.clone(),
             target: Target {
-                server: addr,
-                timeout: Duration::from_secs_f64(args.get("connect-timeout", 10.0)?),
+                server: o.addr,
+                timeout: Duration::from_secs_f64(o.connect_timeout),
             },
-            server: Server {
-                pid: args.opt("server-pid")?,
-            },
-            concurrency: args.get("concurrency", 256)?,
-            max_secs: args.get("max-secs", 600.0)?,
-            user_prefix: args.get("user-prefix", "u".to_owned())?,
+            server: Server { pid: o.server_pid },
+            concurrency: o.concurrency,
+            max_secs: o.max_secs,
+            user_prefix: o.user_prefix.clone(),
             jwt,
-            ip_base: args.get("ip-base", 0)?,
-            per_ip: args.get("per-ip", 10_000)?,
+            ip_base: o.ip_base,
+            per_ip: o.per_ip,
             next_socket: Cell::new(0),
             started: Instant::now(),
-        }))
+        })
     }
 
     /// The source address of the next socket: 127.BASE.X.Y from 127.BASE.0.2 on, a new one

@@ -15,33 +15,12 @@ use anyhow::bail;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use anyhow::Context;
-
-use crate::args::Args;
+use crate::cli::Fanout;
 use crate::client::{OP_TEXT, Route, Ws, field_u64};
 use crate::common::{Ctx, histogram, latency_json, now_us, round};
 use crate::pool::{Tasks, connect_all};
 use crate::procfs::cpu_secs;
 use crate::webhook::Receiver;
-
-pub(crate) const OPTS: &[&str] = &[
-    "members",
-    "publish-addr",
-    "lobby",
-    "payload",
-    "rate",
-    "duration",
-    "sweep",
-    "rate-start",
-    "rate-factor",
-    "refine",
-    "max-steps",
-    "step-secs",
-    "drain-secs",
-    "max-p99-ms",
-    "receiver",
-    "secret",
-];
 
 /// What the members have seen; shared by every member task on the one thread.
 #[derive(Debug)]
@@ -275,24 +254,18 @@ async fn step(
     }))
 }
 
-pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
-    let members: usize = args.get("members", 1_000)?;
-    let lobby: String = args.get("lobby", "fanout".to_owned())?;
-    let payload: usize = args.get("payload", 100)?;
-    let sweep = args.flag("sweep");
+pub(crate) async fn run(ctx: Rc<Ctx>, o: &Fanout) -> anyhow::Result<Value> {
+    let (members, lobby, payload, sweep) = (o.members, o.lobby.clone(), o.payload, o.sweep);
     let cfg = StepConfig {
-        secs: args.get("step-secs", args.get("duration", 5.0)?)?,
-        drain: Duration::from_secs_f64(args.get("drain-secs", 3.0)?),
-        max_p99_us: (args.get::<f64>("max-p99-ms", 1000.0)? * 1000.0) as u64,
+        secs: o.step_secs.unwrap_or(o.duration),
+        drain: Duration::from_secs_f64(o.drain_secs),
+        max_p99_us: (o.max_p99_ms * 1000.0) as u64,
     };
     let server_rss0 = ctx.server.rss();
     let seen = Seen::new();
     let mut tasks = Tasks::default();
-    let receiver = match args.opt::<String>("receiver")? {
-        Some(addr) => {
-            let addr = addr.parse().context("--receiver")?;
-            Some(Receiver::start(addr, args.opt("secret")?, &mut tasks).await?)
-        }
+    let receiver = match o.receiver {
+        Some(addr) => Some(Receiver::start(addr, o.secret.clone(), &mut tasks).await?),
         None => None,
     };
     let prefix = ctx.user_prefix.clone();
@@ -310,10 +283,10 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
     .await;
     // `--publish-addr`: the publisher on another node of a cluster (cross-node latency).
     let publisher_user = format!("{}pub", ctx.user_prefix);
-    let publisher_ws = match args.opt::<String>("publish-addr")? {
+    let publisher_ws = match o.publish_addr {
         Some(addr) => {
             let target = crate::client::Target {
-                server: addr.parse().context("--publish-addr")?,
+                server: addr,
                 timeout: ctx.target.timeout,
             };
             target
@@ -337,10 +310,8 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
     let mut steps = Vec::new();
     let mut best: Option<Value> = None;
     if sweep {
-        let factor: f64 = args.get("rate-factor", 2.0)?;
-        let mut rate: f64 = args.get("rate-start", 10.0)?;
-        let refine: u32 = args.get("refine", 2)?;
-        let max_steps: usize = args.get("max-steps", 14)?;
+        let (factor, mut rate) = (o.rate_factor, o.rate_start);
+        let (refine, max_steps) = (o.refine, o.max_steps);
         let (mut pass_rate, mut fail_rate): (Option<f64>, Option<f64>) = (None, None);
         let (mut downs, mut refines) = (0, 0);
         for n in 0..max_steps {
@@ -383,7 +354,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
             };
         }
     } else {
-        let rate: f64 = args.get("rate", 10.0)?;
+        let rate = o.rate;
         let result = step(&ctx, &mut publisher, &seen, live, rate, &cfg).await?;
         ctx.progress(
             "fixed",

@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::args::Args;
+use crate::cli::Idle;
 use crate::client::{OP_PING, OP_TEXT, Route};
 use crate::common::{Ctx, round};
 use crate::pool::{Tasks, connect_all};
-
-pub(crate) const OPTS: &[&str] = &["conns", "lobbies", "hold", "settle"];
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -22,11 +20,8 @@ struct Counts {
     closed: Cell<u64>,
 }
 
-pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
-    let n: usize = args.get("conns", 1_000)?;
-    let lobbies: usize = args.get::<usize>("lobbies", 10)?.max(1);
-    let hold: f64 = args.get("hold", 30.0)?;
-    let settle: f64 = args.get("settle", 3.0)?;
+pub(crate) async fn run(ctx: Rc<Ctx>, o: &Idle) -> anyhow::Result<Value> {
+    let (n, lobbies, hold, settle) = (o.conns, o.lobbies as usize, o.hold, o.settle);
     let server = ctx.server;
     let rss_before = server.rss();
     let fds_before = server.fds();

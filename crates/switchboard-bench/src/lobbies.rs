@@ -16,12 +16,10 @@ use anyhow::bail;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::args::Args;
+use crate::cli::Lobbies;
 use crate::client::{Frame, OP_TEXT, Route, Ws, field_str, field_u64, find, join_frame};
 use crate::common::{Ctx, histogram, latency_json, round};
 use crate::pool::{Tasks, connect_all};
-
-pub(crate) const OPTS: &[&str] = &["conns", "lobbies", "per-conn", "settle"];
 
 /// The join phase, as the connections' tasks see it.
 #[derive(Debug)]
@@ -127,11 +125,8 @@ async fn member(mut ws: Ws, lobbies: Vec<String>, mut go: watch::Receiver<bool>,
     j.closed.set(j.closed.get() + 1);
 }
 
-pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
-    let n: usize = args.get("conns", 10_000)?;
-    let lobbies: usize = args.get::<usize>("lobbies", 1_000)?.max(1);
-    let per_conn: usize = args.get("per-conn", 10)?;
-    let settle: f64 = args.get("settle", 3.0)?;
+pub(crate) async fn run(ctx: Rc<Ctx>, o: &Lobbies) -> anyhow::Result<Value> {
+    let (n, lobbies, per_conn, settle) = (o.conns, o.lobbies as usize, o.per_conn, o.settle);
     if per_conn > lobbies {
         bail!("--per-conn {per_conn} exceeds --lobbies {lobbies}: joins would repeat lobbies");
     }

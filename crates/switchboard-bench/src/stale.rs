@@ -15,22 +15,11 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::args::Args;
+use crate::cli::Stale;
 use crate::client::Route;
 use crate::common::{Ctx, latency_json, round};
 use crate::fanout::{Publisher, Seen, member};
 use crate::pool::{Tasks, connect_all};
-
-pub(crate) const OPTS: &[&str] = &[
-    "healthy",
-    "frozen",
-    "rate",
-    "payload",
-    "window",
-    "expect-within",
-    "stats-url",
-    "stats-key",
-];
 
 /// `total_connections` from the server's stats API (`GET /api/stats`).
 async fn stats_connections(url: &str, key: Option<&str>) -> anyhow::Result<u64> {
@@ -52,15 +41,10 @@ async fn stats_connections(url: &str, key: Option<&str>) -> anyhow::Result<u64> 
         .context("no total_connections in stats")
 }
 
-pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
-    let healthy: usize = args.get("healthy", 100)?;
-    let frozen: usize = args.get("frozen", 10)?;
-    let rate: f64 = args.get("rate", 50.0)?;
-    let payload: usize = args.get("payload", 1_000)?;
-    let window: f64 = args.get("window", 45.0)?;
-    let expect_within: Option<f64> = args.opt("expect-within")?;
-    let stats_url: Option<String> = args.opt("stats-url")?;
-    let stats_key: Option<String> = args.opt("stats-key")?;
+pub(crate) async fn run(ctx: Rc<Ctx>, o: &Stale) -> anyhow::Result<Value> {
+    let (healthy, frozen, rate, payload) = (o.healthy, o.frozen, o.rate, o.payload);
+    let (window, expect_within) = (o.window, o.expect_within);
+    let (stats_url, stats_key) = (o.stats_url.clone(), o.stats_key.clone());
     let server = ctx.server;
     if stats_url.is_none() && server.pid.is_none() {
         bail!("stale needs --server-pid (open files) or --stats-url (GET /api/stats)");

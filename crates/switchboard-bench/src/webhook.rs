@@ -33,22 +33,11 @@ use sha2::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::args::Args;
+use crate::cli::Webhook;
 use crate::client::{Frame, OP_TEXT, Route, Ws, field_str, find};
 use crate::common::{Ctx, histogram, latency_json, now_us, round};
 use crate::pool::{Tasks, connect_all};
 use crate::procfs::cpu_secs;
-
-pub(crate) const OPTS: &[&str] = &[
-    "clients",
-    "lobbies",
-    "rate",
-    "rates",
-    "secs",
-    "drain-secs",
-    "receiver",
-    "secret",
-];
 
 /// A request body larger than this is refused (413) and counted as unreadable: the server's
 /// batches are `batch_max` events of a few hundred bytes each.
@@ -590,43 +579,33 @@ async fn step(ctx: &Ctx, run: &Steps, live: u64, rate: f64, first_n: u64) -> Val
 }
 
 /// `--rates 1000,5000` or `--rate 1000`.
-fn rates(args: &Args) -> anyhow::Result<Vec<f64>> {
-    let list = match args.opt::<String>("rates")? {
-        Some(list) => list
-            .split(',')
-            .map(|r| {
-                r.trim()
-                    .parse::<f64>()
-                    .with_context(|| format!("--rates {r:?}"))
-            })
-            .collect::<anyhow::Result<Vec<f64>>>()?,
-        None => vec![args.get("rate", 1_000.0)?],
+fn rates(o: &Webhook) -> anyhow::Result<Vec<f64>> {
+    let list = if o.rates.is_empty() {
+        vec![o.rate]
+    } else {
+        o.rates.clone()
     };
-    if list.is_empty() || list.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
+    if list.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
         bail!("rates must be positive: {list:?}");
     }
     Ok(list)
 }
 
-pub(crate) async fn run(ctx: Rc<Ctx>, args: &Args) -> anyhow::Result<Value> {
-    let clients: usize = args.get::<usize>("clients", 1_000)?.max(1);
-    let lobbies: usize = args.get::<usize>("lobbies", 1)?.max(1);
-    let rates = rates(args)?;
-    let bind: SocketAddr = args
-        .get("receiver", "127.0.0.1:0".to_owned())?
-        .parse()
-        .context("--receiver")?;
+pub(crate) async fn run(ctx: Rc<Ctx>, o: &Webhook) -> anyhow::Result<Value> {
+    let (clients, lobbies) = (o.clients as usize, o.lobbies as usize);
+    let rates = rates(o)?;
+    let bind = o.receiver;
     let mut tasks = Tasks::default();
     // Bound before any client connects: no event is posted to a closed port.
-    let receiver = Receiver::start(bind, args.opt("secret")?, &mut tasks).await?;
+    let receiver = Receiver::start(bind, o.secret.clone(), &mut tasks).await?;
     ctx.progress("receiver", format!("http://{}/hook", receiver.addr));
     let (plans, plans_rx) = watch::channel(None);
     let run = Steps {
         receiver,
         plans,
         senders: Rc::new(Senders::default()),
-        secs: args.get("secs", 5.0)?,
-        drain: Duration::from_secs_f64(args.get("drain-secs", 3.0)?),
+        secs: o.secs,
+        drain: Duration::from_secs_f64(o.drain_secs),
     };
     let prefix = ctx.user_prefix.clone();
     let s = run.senders.clone();
