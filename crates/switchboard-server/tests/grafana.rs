@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 const TARGET_LABELS: &[&str] = &["job", "instance"];
 
 fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
 }
 
 // ------------------------------------------------------------------------------------------
@@ -47,7 +49,10 @@ impl Exported {
                 families.entry(name.to_owned()).or_default().kind = kind.trim().to_owned();
             }
         }
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             let end = line.find(['{', ' ']).unwrap();
             let sample = &line[..end];
             let family = if families.contains_key(sample) {
@@ -155,8 +160,25 @@ fn is_ident(c: char) -> bool {
 /// are metric names, unless they are keywords; `{...}` after one holds its matchers; `[...]`
 /// (ranges, subqueries, Grafana's `$__rate_interval`) and string literals are skipped.
 fn parse_promql(expr: &str) -> Query {
+    // Operators, and aggregations (followed by `by (...)` before their parenthesis).
     const KEYWORDS: &[&str] = &[
-        "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
     ];
     let chars: Vec<char> = expr.chars().collect();
     let mut q = Query::default();
@@ -345,7 +367,10 @@ fn load_rules(path: &Path) -> Rules {
                     "{name} recorded twice"
                 );
             } else {
-                assert!(rule["alert"].is_string(), "neither record nor alert: {rule:?}");
+                assert!(
+                    rule["alert"].is_string(),
+                    "neither record nor alert: {rule:?}"
+                );
                 alerts.push(rule.clone());
             }
         }
@@ -443,14 +468,21 @@ fn problems(expr: &str, exported: &Exported, rules: &BTreeMap<String, String>) -
             let wanted: Vec<&str> = match op.as_str() {
                 "=" | "!=" if literal => vec![value.as_str()],
                 // A plain alternation (`a|b`) names values too.
-                "=~" | "!~" if value.chars().all(|c| c.is_ascii_lowercase() || "_|".contains(c)) => {
+                "=~" | "!~"
+                    if value
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || "_|".contains(c)) =>
+                {
                     value.split('|').collect()
                 }
                 _ => Vec::new(),
             };
             for v in wanted {
                 if !values.contains(v) {
-                    out.push(format!("{}{{{label}}} is never {v:?} (only {values:?})", s.name));
+                    out.push(format!(
+                        "{}{{{label}}} is never {v:?} (only {values:?})",
+                        s.name
+                    ));
                 }
             }
         }
@@ -517,10 +549,13 @@ async fn scrape_after_traffic(p: &Process, also: &[&str]) -> Exported {
             })
         })
         .collect();
-    let wanted: Vec<&str> = ["switchboard_ping_rtt_seconds", "switchboard_broadcast_fanout_seconds"]
-        .into_iter()
-        .chain(also.iter().copied())
-        .collect();
+    let wanted: Vec<&str> = [
+        "switchboard_ping_rtt_seconds",
+        "switchboard_broadcast_fanout_seconds",
+    ]
+    .into_iter()
+    .chain(also.iter().copied())
+    .collect();
     let deadline = Instant::now() + WAIT;
     let exported = loop {
         let r = http(p.addr, "GET", "/metrics", None, None).await;
@@ -529,7 +564,10 @@ async fn scrape_after_traffic(p: &Process, also: &[&str]) -> Exported {
         if wanted.iter().all(|m| e.families.contains_key(*m)) {
             break e;
         }
-        let missing: Vec<_> = wanted.iter().filter(|m| !e.families.contains_key(**m)).collect();
+        let missing: Vec<_> = wanted
+            .iter()
+            .filter(|m| !e.families.contains_key(**m))
+            .collect();
         assert!(Instant::now() < deadline, "never exported: {missing:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -607,14 +645,38 @@ async fn the_dashboard_and_the_rules_query_only_what_the_server_exports() {
     // The check catches what it is there for.
     for (wrong, why) in [
         ("rate(switchboard_close_total[5m])", "is not exported"),
-        ("rate(switchboard_closes_total_count[5m])", "is not exported"),
-        ("switchboard_closes_total{reason=\"slow_consumers\"}", "is never"),
-        ("switchboard_closes_total{outcome=\"x\"}", "has no label outcome"),
-        ("sum by (kind) (switchboard_rpc_calls_total)", "groups by kind"),
-        ("sum by (le) (switchboard_ping_rtt_seconds_sum)", "groups by le"),
-        ("instance:switchboard_closes:rate1m", "is not a recording rule"),
-        ("instance:switchboard_closes:rate5m{reason=\"lag\"}", "is never"),
-        ("instance:switchboard_webhook_events:rate5m{outcome=~\"dropped|lost\"}", "is never"),
+        (
+            "rate(switchboard_closes_total_count[5m])",
+            "is not exported",
+        ),
+        (
+            "switchboard_closes_total{reason=\"slow_consumers\"}",
+            "is never",
+        ),
+        (
+            "switchboard_closes_total{outcome=\"x\"}",
+            "has no label outcome",
+        ),
+        (
+            "sum by (kind) (switchboard_rpc_calls_total)",
+            "groups by kind",
+        ),
+        (
+            "sum by (le) (switchboard_ping_rtt_seconds_sum)",
+            "groups by le",
+        ),
+        (
+            "instance:switchboard_closes:rate1m",
+            "is not a recording rule",
+        ),
+        (
+            "instance:switchboard_closes:rate5m{reason=\"lag\"}",
+            "is never",
+        ),
+        (
+            "instance:switchboard_webhook_events:rate5m{outcome=~\"dropped|lost\"}",
+            "is never",
+        ),
     ] {
         let found = problems(wrong, &everything, &rules.recorded);
         assert!(
@@ -622,7 +684,14 @@ async fn the_dashboard_and_the_rules_query_only_what_the_server_exports() {
             "{wrong}: expected {why:?}, got {found:?}"
         );
     }
-    assert!(problems("switchboard_ping_rtt_seconds_bucket", &everything, &no_rules).is_empty());
+    assert!(
+        problems(
+            "switchboard_ping_rtt_seconds_bucket",
+            &everything,
+            &no_rules
+        )
+        .is_empty()
+    );
 }
 
 /// What makes the dashboard importable and readable, and the alerts actionable.
@@ -634,23 +703,35 @@ fn panels_have_units_and_alerts_say_what_to_do() {
     .unwrap();
     let vars = dashboard["templating"]["list"].as_array().unwrap();
     assert!(
-        vars.iter()
-            .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus"),
+        vars.iter().any(|v| v["name"] == "datasource"
+            && v["type"] == "datasource"
+            && v["query"] == "prometheus"),
         "a Prometheus data source variable"
     );
     let mut ids = BTreeSet::new();
     for p in dashboard["panels"].as_array().unwrap() {
-        assert!(ids.insert(p["id"].as_u64().unwrap()), "panel id {} twice", p["id"]);
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel id {} twice",
+            p["id"]
+        );
         if p["type"] == "row" {
             continue;
         }
         let title = p["title"].as_str().unwrap();
         let unit = p["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("");
         assert!(!unit.is_empty(), "panel {title:?} has no unit");
-        assert!(!p["description"].as_str().unwrap_or("").is_empty(), "{title:?}");
-        for source in std::iter::once(&p["datasource"])
-            .chain(p["targets"].as_array().unwrap().iter().map(|t| &t["datasource"]))
-        {
+        assert!(
+            !p["description"].as_str().unwrap_or("").is_empty(),
+            "{title:?}"
+        );
+        for source in std::iter::once(&p["datasource"]).chain(
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| &t["datasource"]),
+        ) {
             assert_eq!(source["uid"], "${datasource}", "panel {title:?}");
         }
     }
@@ -659,7 +740,10 @@ fn panels_have_units_and_alerts_say_what_to_do() {
     for alert in &rules.alerts {
         let name = alert["alert"].as_str().unwrap();
         assert!(alert["for"].is_string(), "{name} has no for:");
-        assert!(alert["labels"]["severity"].is_string(), "{name} has no severity");
+        assert!(
+            alert["labels"]["severity"].is_string(),
+            "{name} has no severity"
+        );
         for a in ["summary", "description"] {
             assert!(alert["annotations"][a].is_string(), "{name} has no {a}");
         }
@@ -669,7 +753,10 @@ fn panels_have_units_and_alerts_say_what_to_do() {
         .iter()
         .find(|a| a["alert"] == "SwitchboardRedisDown")
         .unwrap();
-    assert_eq!(redis_down["expr"].as_str().unwrap(), "switchboard_redis_up == 0");
+    assert_eq!(
+        redis_down["expr"].as_str().unwrap(),
+        "switchboard_redis_up == 0"
+    );
     assert_eq!(redis_down["for"].as_str().unwrap(), "1m");
 }
 
@@ -691,8 +778,16 @@ fn promtool_accepts_the_rules_and_their_tests() {
         );
     };
     let dir = repo_file("deploy/prometheus");
-    run(&["check", "rules", dir.join("switchboard-rules.yml").to_str().unwrap()]);
-    run(&["test", "rules", dir.join("switchboard-rules.test.yml").to_str().unwrap()]);
+    run(&[
+        "check",
+        "rules",
+        dir.join("switchboard-rules.yml").to_str().unwrap(),
+    ]);
+    run(&[
+        "test",
+        "rules",
+        dir.join("switchboard-rules.test.yml").to_str().unwrap(),
+    ]);
 
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_file("deploy/grafana/switchboard.json")).unwrap(),
@@ -710,7 +805,8 @@ fn promtool_accepts_the_rules_and_their_tests() {
             json!({"record": format!("dashboard:query_{i}"), "expr": expr})
         })
         .collect();
-    let file = std::env::temp_dir().join(format!("switchboard-dashboard-{}.yml", std::process::id()));
+    let file =
+        std::env::temp_dir().join(format!("switchboard-dashboard-{}.yml", std::process::id()));
     // JSON is YAML.
     std::fs::write(
         &file,
