@@ -318,7 +318,11 @@ fn dashboard_queries(dashboard: &Value) -> Vec<Use> {
         }
         for t in p["targets"].as_array().unwrap() {
             uses.push(Use {
-                origin: format!("panel {:?} ({}) {}", p["title"], row, t["refId"]),
+                origin: format!(
+                    "panel {:?} (row {row}) query {}",
+                    p["title"].as_str().unwrap_or(""),
+                    t["refId"].as_str().unwrap_or("")
+                ),
                 expr: t["expr"].as_str().unwrap().to_owned(),
                 standalone: row != "Cluster",
             });
