@@ -7,11 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The cluster tests start their own redis-server processes (redis-cli comes with it); the
 # rediss:// test makes its certificates with the openssl CLI; the example backend
-# (examples/backend/receiver.mjs) runs on Node.
+# (examples/backend/receiver.mjs) runs on Node; tests/grafana.rs checks the Prometheus rules
+# with promtool (Debian package prometheus).
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v node >/dev/null || missing+=(nodejs)
+command -v promtool >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   sudo_if_needed apt-get update -qq
