@@ -229,6 +229,49 @@
     });
   }
 
+  // The last 15 minutes, from the server's own samples: drawn every 5 s.
+  var HISTORY_MS = 5000;
+  function drawHistory(h) {
+    var draw = window.SwitchboardCharts.draw;
+    var s = h.series || {};
+    var t = h.t || [];
+    var v = function (name) { return s[name] || t.map(function () { return null; }); };
+    var chart = function (id, lines, unit) { draw($("chart-" + id), $("legend-" + id), t, lines, unit); };
+    chart("connections", [
+      { label: "connections", values: v("connections"), cls: "s0" },
+      { label: "users", values: v("users"), cls: "s1" },
+    ], "");
+    chart("messages", [
+      { label: "in", values: v("messages_in_per_s"), cls: "s1" },
+      { label: "out", values: v("messages_out_per_s"), cls: "s0" },
+    ], "/s");
+    var churn = [
+      { label: "connects", values: v("connects_per_s"), cls: "s0" },
+      { label: "rejections", values: v("rejections_per_s"), cls: "s3" },
+    ];
+    Object.keys(h.closes_per_s || {}).sort().forEach(function (reason, i) {
+      churn.push({ label: "closed: " + reason, values: h.closes_per_s[reason], cls: "s" + (1 + (i % 6)) });
+    });
+    chart("churn", churn, "/s");
+    chart("slow", [
+      { label: "dropped frames", values: v("dropped_per_s"), cls: "s2" },
+      { label: "slow_consumer closes", values: v("slow_consumer_closes_per_s"), cls: "s3" },
+    ], "/s");
+    chart("rtt", [
+      { label: "p50", values: v("rtt_p50_ms"), cls: "s1" },
+      { label: "p99", values: v("rtt_p99_ms"), cls: "s2" },
+    ], "ms");
+    if (s.redis_up) {
+      $("figure-redis").hidden = false;
+      chart("redis", [{ label: "redis up (1) / down (0)", values: s.redis_up, cls: "s1" }], "");
+    }
+  }
+  function pollHistory() {
+    getJson("/api/history").then(drawHistory, function () {}).then(function () {
+      setTimeout(pollHistory, HISTORY_MS);
+    });
+  }
+
   $("key-form").addEventListener("submit", function (e) {
     e.preventDefault();
     var key = $("api-key").value.trim();
@@ -242,4 +285,5 @@
   });
 
   poll();
+  pollHistory();
 })();

@@ -74,6 +74,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
         .route("/api/connections/{id}/send", post(send_to_connection))
         .route("/api/stats", get(stats))
+        .route("/api/history", get(history))
         .route("/api/openapi.json", get(openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API path")
@@ -235,6 +236,11 @@ async fn kick_connection(State(state): State<AppState>, Path(id): Path<String>) 
         .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection"))?;
     tracing::info!(connection = %id, "kicked by the API");
     Ok(Json(json!({ "closed": 1 })))
+}
+
+/// `GET /api/history`: the last 15 minutes, one sample a second (the dashboard's charts).
+async fn history(State(state): State<AppState>) -> ApiResult {
+    Ok(Json(state.timeline.to_json()))
 }
 
 /// `POST /api/connections/{id}/send`: a `direct` frame from the backend to one connection, on

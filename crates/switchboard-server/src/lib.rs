@@ -16,6 +16,7 @@
 //! - [`proxy`]: the connect and join proxy (the backend decides who connects and joins).
 //! - [`rpc`]: a v2 client's `rpc` posted to the backend, whose answer is the result.
 //! - [`webhook`]: events queued and posted in batches.
+//! - [`timeline`]: the last 15 minutes, one sample a second, for the dashboard's charts.
 //! - `body`: request bodies read whole, bounded in bytes and time.
 //! - `serve`: the accept loop with a request-head deadline and a cap on pending connections.
 //! - [`run`] / [`spawn`]: serve until a shutdown signal, then drain.
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod rpc;
 mod serve;
 pub mod state;
+pub mod timeline;
 pub mod webhook;
 
 use std::future::Future;
@@ -128,10 +130,12 @@ pub async fn run(
         api_max_body_bytes: config.api_max_body_bytes,
         draining: draining.clone(),
         started: Instant::now(),
+        timeline: Arc::new(timeline::Timeline::default()),
     };
     let stop_http = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
     let public = app::public_routes(state.clone());
+    let timeline = state.timeline.clone();
     let admin = app::admin_routes(state);
     let bounds = serve::Bounds {
         head_timeout: config.handshake_timeout,
@@ -172,6 +176,11 @@ pub async fn run(
         }
     }
     servers.spawn(metrics::upkeep(stop_http.clone()));
+    servers.spawn(timeline::sample(
+        manager.clone(),
+        timeline.clone(),
+        stop_http.clone(),
+    ));
     shutdown.await;
     tracing::info!(drain = ?config.drain, deadline = ?config.deadline, "shutting down");
     draining.store(true, Ordering::SeqCst);

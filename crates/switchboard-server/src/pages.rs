@@ -40,6 +40,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         "text/javascript; charset=utf-8",
         include_bytes!("../assets/dashboard.js"),
     ),
+    (
+        "charts.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/charts.js"),
+    ),
 ];
 
 fn asset(name: &str) -> Response {

@@ -36,6 +36,8 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// When the server started.
     pub started: Instant,
+    /// The last 15 minutes, for the dashboard (`GET /api/history`).
+    pub timeline: Arc<crate::timeline::Timeline>,
 }
 
 impl AppState {

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 const KEY: &str = "test-api-key";
 
@@ -264,6 +264,55 @@ async fn send_to_one_connection_reaches_only_it() {
     assert_eq!(unauthorized.status, 401);
 }
 
+/// `GET /api/history`: one sample a second of every series the dashboard draws, each series
+/// as long as the list of times, closes per second by reason.
+#[tokio::test]
+async fn history_samples_every_second() {
+    let server = api_server().await;
+    let _alice = connect(server.addr, "h", "alice").await;
+    let bob = connect(server.addr, "h", "bob").await;
+    bob.close().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let history = loop {
+        let h = http(server.api_addr(), "GET", "/api/history", Some(KEY), None)
+            .await
+            .json();
+        let closed: f64 = h["closes_per_s"]["client_closed"]
+            .as_array()
+            .map_or(0.0, |v| v.iter().filter_map(Value::as_f64).sum());
+        let now = h["series"]["connections"]
+            .as_array()
+            .and_then(|c| c.last().cloned());
+        if closed > 0.0 && now == Some(json!(1.0)) {
+            break h;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sample saw bob leave: {h}"
+        );
+        // Samples come once a second; nothing to await but the next one.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(history["interval_ms"], 1000);
+    let samples = history["t"].as_array().unwrap().len();
+    assert!(samples >= 1);
+    for name in [
+        "connections",
+        "connects_per_s",
+        "messages_out_per_s",
+        "rtt_p99_ms",
+    ] {
+        let series = history["series"][name].as_array().unwrap();
+        assert_eq!(series.len(), samples, "{name}");
+    }
+    assert!(
+        history["series"].get("redis_up").is_none(),
+        "cluster mode only"
+    );
+    let denied = http(server.api_addr(), "GET", "/api/history", None, None).await;
+    assert_eq!(denied.status, 401);
+}
+
 #[tokio::test]
 async fn lobbies_presence_and_stats() {
     let server = api_server().await;
@@ -359,6 +408,7 @@ async fn openapi_document_lists_every_path() {
         "/api/users/{user}",
         "/api/connections/{id}",
         "/api/connections/{id}/send",
+        "/api/history",
         "/api/users/{user}/lobbies/{lobby}",
         "/api/stats",
     ] {

@@ -240,8 +240,7 @@ impl ConnHandle {
     }
 
     /// Records a measured round trip and wakes everyone waiting for one.
-    pub(crate) fn record_rtt(&self, rtt: Duration, histogram: &metrics::Histogram) {
-        histogram.record(rtt.as_secs_f64());
+    pub(crate) fn record_rtt(&self, rtt: Duration) {
         self.rtt_us.store(
             rtt.as_micros().min(u64::MAX as u128 - 1) as u64,
             Ordering::Relaxed,

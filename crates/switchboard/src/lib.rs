@@ -126,4 +126,4 @@ pub use manager::{LobbyInfo, Manager, SUBPROTOCOL, SUBPROTOCOL_V2};
 pub use protocol::{ClientError, ErrorCode};
 pub use request::{ConnectRequest, LobbyFilter};
 pub use skip::Skip;
-pub use stats::Stats;
+pub use stats::{RoundTrips, Stats};

@@ -3,12 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::disconnect::DisconnectReason;
 
 const REASONS: usize = DisconnectReason::ALL.len();
+
+/// Buckets of [`RoundTrips`]: bucket `i` counts round trips of `[2^i, 2^(i+1))` µs.
+const RTT_BUCKETS: usize = 32;
 
 /// Monotonic counters shared by the hub and the connection tasks, and the two histograms,
 /// whose handles are looked up once (a `metrics::histogram!` per event would hash its key
@@ -30,6 +34,7 @@ pub(crate) struct Counters {
     overflows: AtomicU64,
     rejections: [AtomicU64; REASONS],
     closes: [AtomicU64; REASONS],
+    round_trips: [AtomicU64; RTT_BUCKETS],
 }
 
 impl Default for Counters {
@@ -48,6 +53,7 @@ impl Default for Counters {
             overflows: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             closes: std::array::from_fn(|_| AtomicU64::new(0)),
+            round_trips: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -81,6 +87,17 @@ impl Counters {
     }
     pub(crate) fn closed(&self, reason: DisconnectReason) {
         self.closes[index(reason)].fetch_add(1, Relaxed);
+    }
+    /// A measured ping round trip: the metrics histogram and the log2 buckets of
+    /// [`Stats::round_trips`].
+    pub(crate) fn round_trip(&self, rtt: Duration) {
+        self.rtt.record(rtt.as_secs_f64());
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+        let bucket = (us.ilog2() as usize).min(RTT_BUCKETS - 1);
+        self.round_trips[bucket].fetch_add(1, Relaxed);
+    }
+    pub(crate) fn round_trips(&self) -> RoundTrips {
+        RoundTrips(std::array::from_fn(|i| self.round_trips[i].load(Relaxed)))
     }
 
     fn by_reason(counts: &[AtomicU64; REASONS]) -> BTreeMap<&'static str, u64> {
@@ -130,6 +147,39 @@ pub struct Stats {
     /// Lobby memberships: connections counted once per lobby they are in (equal to
     /// `total_connections` when every connection is in exactly one lobby, as in protocol v1).
     pub memberships: usize,
+    /// Every ping round trip measured so far, counted in log2 buckets (not served by
+    /// `/api/stats`): two snapshots give the percentiles between them.
+    #[serde(skip)]
+    pub round_trips: RoundTrips,
+}
+
+/// Ping round trips counted in log2 buckets of microseconds: cheap to record (one atomic
+/// add), and two snapshots give the round trips' percentiles between them, within a factor
+/// of two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoundTrips([u64; RTT_BUCKETS]);
+
+impl RoundTrips {
+    /// The `q` quantile (0-1) of the round trips measured since `earlier`, as the upper bound
+    /// of its bucket; `None` when there were none.
+    pub fn quantile_since(&self, earlier: &RoundTrips, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = (0..RTT_BUCKETS)
+            .map(|i| self.0[i].saturating_sub(earlier.0[i]))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Duration::from_micros(2u64.saturating_pow(i as u32 + 1)));
+            }
+        }
+        None
+    }
 }
 
 /// Counts the registry reads under its lock in O(1), for a [`Stats`] snapshot.
@@ -163,7 +213,43 @@ impl Stats {
             stale_closed: closes.get("stale").copied().unwrap_or(0),
             history_bytes: census.history_bytes,
             memberships: census.memberships,
+            round_trips: counters.round_trips(),
             closes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_quantiles_between_two_snapshots() {
+        let counters = Counters::default();
+        counters.round_trip(Duration::from_millis(100));
+        let before = counters.round_trips();
+        assert_eq!(before.quantile_since(&before, 0.5), None, "nothing since");
+        // 98 fast round trips (~1 ms), 2 slow ones (~300 ms).
+        for _ in 0..98 {
+            counters.round_trip(Duration::from_micros(1_000));
+        }
+        for _ in 0..2 {
+            counters.round_trip(Duration::from_millis(300));
+        }
+        let after = counters.round_trips();
+        // Upper bounds of the log2 buckets: 1,000 µs is in [512, 1024).
+        assert_eq!(
+            after.quantile_since(&before, 0.5),
+            Some(Duration::from_micros(1_024))
+        );
+        assert_eq!(
+            after.quantile_since(&before, 0.98),
+            Some(Duration::from_micros(1_024))
+        );
+        let p99 = after.quantile_since(&before, 0.99).unwrap();
+        assert!(
+            (Duration::from_millis(300)..=Duration::from_millis(600)).contains(&p99),
+            "{p99:?}"
+        );
     }
 }

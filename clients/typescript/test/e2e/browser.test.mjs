@@ -177,6 +177,14 @@ describe("dashboard", () => {
     // Ping latency appears once the server measured a round trip (ping interval 500 ms).
     await dash.locator("#latency", { hasText: / ms$/ }).waitFor();
     await dash.locator("#messages-in", { hasText: /^([6-9]|\d\d+)$/ }).waitFor();
+    // The last 15 minutes, from /api/history: charts with a legend, values on hover.
+    await dash.locator("#chart-connections polyline.series").first().waitFor();
+    await dash.locator("#legend-connections .legend-item", { hasText: "connections" }).waitFor();
+    await dash.locator("#chart-messages polyline.series").first().waitFor();
+    const chart = dash.locator("#chart-connections");
+    const box = await chart.boundingBox();
+    await dash.mouse.move(box.x + box.width - 12, box.y + box.height / 2);
+    await dash.locator('#chart-connections text.tip[visibility="visible"]', { hasText: /connections \d+/ }).waitFor();
     await dash.screenshot({ path: screenshotPath("dashboard.png"), fullPage: true });
 
     // No reload: the numbers follow.

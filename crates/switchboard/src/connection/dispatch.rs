@@ -28,7 +28,8 @@ pub(super) fn handle_pong(
 ) -> Result<(), DisconnectReason> {
     if let Some(stamp) = conn.answers_ping(payload) {
         if let Some(rtt) = shared.rtt_since(stamp) {
-            conn.record_rtt(rtt, &shared.counters.rtt);
+            shared.counters.round_trip(rtt);
+            conn.record_rtt(rtt);
         }
         return Ok(());
     }
@@ -106,7 +107,8 @@ pub(super) fn handle_text(
             if let Some(rtt) = echo.and_then(|sent| unix_ms().checked_sub(sent)) {
                 let rtt = Duration::from_millis(rtt);
                 if rtt <= shared.config.stale_after() {
-                    conn.record_rtt(rtt, &shared.counters.rtt);
+                    shared.counters.round_trip(rtt);
+                    conn.record_rtt(rtt);
                 }
             }
             Ok(Answer::Nothing)
