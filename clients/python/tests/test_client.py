@@ -369,18 +369,25 @@ async def test_a_request_in_flight_when_the_connection_dies_fails_connection_los
 
 async def test_token_expired_reconnects_with_a_fresh_token(jwt_server: Server) -> None:
     """4010 invites a reconnect after the goodbye's delay, with a fresh token from
-    `get_token` (here the getter keeps handing out the short-lived token until it expired, so
-    that refreshing cannot save it and the server closes with 4010)."""
+    `get_token` (here the getter hands out the short-lived token until the server closed the
+    connection, so that refreshing cannot save it: a fresh token handed to a refresh just
+    before the expiry would, and the test would wait for a 4010 that never comes)."""
     expires = int(time.time()) + 2
     short = jwt("max", exp_in_s=None, exp=expires)
     calls = 0
+    closed = False
 
     def get_token() -> str:
         nonlocal calls
         calls += 1
-        return short if time.time() < expires else jwt("max")
+        return jwt("max") if closed else short
+
+    def on_close(_: Disconnected) -> None:
+        nonlocal closed
+        closed = True
 
     client = Client(jwt_server.ws_url, get_token=get_token, backoff=FAST)
+    client.on(Disconnected, on_close)
     events = client.events()
     first = await within(client.connect())
     expired = await within(events.next(Disconnected))
