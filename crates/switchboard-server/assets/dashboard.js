@@ -229,6 +229,109 @@
     });
   }
 
+  // Find and act: every action is an HTTP API call with the tab's key.
+  function call(method, path, body) {
+    var init = { method: method, headers: headers(), cache: "no-store" };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    return fetch(path, init).then(function (r) {
+      return r.json().catch(function () { return {}; }).then(function (json) {
+        if (r.ok) return json;
+        throw new Error((json.error && (json.error.code + ": " + json.error.message)) || ("HTTP " + r.status));
+      });
+    });
+  }
+  var seg = encodeURIComponent;
+  function result(text, bad) {
+    $("act-result").textContent = text;
+    $("act-result").dataset.kind = bad ? "error" : "ok";
+  }
+  function cell(tr, text, cls) {
+    var td = document.createElement("td");
+    if (cls) td.className = cls;
+    td.textContent = text;
+    tr.appendChild(td);
+    return td;
+  }
+  function renderFound(connections) {
+    var body = $("found");
+    body.textContent = "";
+    connections.forEach(function (c) {
+      var tr = document.createElement("tr");
+      tr.dataset.connection = c.id;
+      cell(tr, c.id, "conn-id");
+      cell(tr, c.user_id);
+      cell(tr, (c.lobbies || []).join(", ") || "–");
+      cell(tr, c.ip);
+      cell(tr, "v" + c.protocol);
+      cell(tr, new Date(c.connected_at).toLocaleTimeString());
+      cell(tr, c.rtt_ms === null || c.rtt_ms === undefined ? "–" : c.rtt_ms.toFixed(1) + " ms", "num");
+      var kick = document.createElement("button");
+      kick.type = "button";
+      kick.className = "kick";
+      kick.textContent = "Kick";
+      kick.addEventListener("click", function () {
+        call("DELETE", "/api/connections/" + seg(c.id)).then(function () {
+          result("Kicked " + c.id + " (4009).");
+          tr.remove();
+        }, function (e) { result(e.message, true); });
+      });
+      cell(tr, "").appendChild(kick);
+      body.appendChild(tr);
+    });
+    $("found-table").hidden = connections.length === 0;
+  }
+  function find(query) {
+    var byUser = function () {
+      return call("GET", "/api/users/" + seg(query)).then(function (u) {
+        $("kick-user").hidden = u.connections.length === 0;
+        $("kick-user").dataset.user = u.user_id;
+        return u.connections;
+      });
+    };
+    // A connection id names its node (`NODE-SEQ`); anything else is a user.
+    var lookup = query.indexOf("-") > 0
+      ? call("GET", "/api/connections/" + seg(query)).then(function (c) {
+          $("kick-user").hidden = false;
+          $("kick-user").dataset.user = c.user_id;
+          return [c];
+        }, byUser)
+      : byUser();
+    return lookup.then(function (found) {
+      renderFound(found);
+      result(found.length === 0 ? "No connection of " + query + " on this node." : found.length + " connection(s) on this node.");
+    }, function (e) { renderFound([]); result(e.message, true); });
+  }
+  $("find-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    find($("find").value.trim());
+  });
+  $("kick-user").addEventListener("click", function () {
+    var user = $("kick-user").dataset.user;
+    call("DELETE", "/api/users/" + seg(user)).then(function (r) {
+      result("Kicked " + user + ": " + r.closed + " connection(s) closed (4009).");
+      renderFound([]);
+      $("kick-user").hidden = true;
+    }, function (e) { result(e.message, true); });
+  });
+  $("show-presence").addEventListener("click", function () {
+    var lobby = $("act-lobby").value.trim();
+    call("GET", "/api/lobbies/" + seg(lobby) + "/presence").then(function (p) {
+      result(p.users.length === 0 ? "Nobody in " + lobby + "." : "In " + lobby + ": " + p.users.join(", "));
+    }, function (e) { result(e.message, true); });
+  });
+  $("send-broadcast").addEventListener("click", function () {
+    var lobby = $("act-lobby").value.trim();
+    var text = $("act-message").value;
+    var data;
+    try { data = JSON.parse(text); } catch (_) { data = text; }
+    call("POST", "/api/lobbies/" + seg(lobby) + "/broadcast", { data: data }).then(function (r) {
+      result("Broadcast to " + lobby + ": delivered to " + r.delivered + " connection(s) on this node.");
+    }, function (e) { result(e.message, true); });
+  });
+
   // The last 15 minutes, from the server's own samples: drawn every 5 s.
   var HISTORY_MS = 5000;
   function drawHistory(h) {

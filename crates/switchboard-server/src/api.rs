@@ -63,7 +63,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/api/lobbies/{lobby}/broadcast", post(publish))
         .route("/api/lobbies/{lobby}/presence", get(presence))
         .route("/api/users/{user}/send", post(send))
-        .route("/api/users/{user}", delete(kick_user))
+        .route("/api/users/{user}", get(user).delete(kick_user))
         .route(
             "/api/users/{user}/lobbies/{lobby}",
             post(join_user).delete(remove_user),
@@ -307,19 +307,48 @@ async fn remove_user(
 async fn connection(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection");
     let info = state.manager.connection(&id).ok_or_else(not_found)?;
-    let lobbies = state.manager.lobbies_of(&id).ok_or_else(not_found)?;
+    Ok(Json(describe(&state, &info).ok_or_else(not_found)?))
+}
+
+/// `GET /api/users/{user}`: the user's connections on this node, each as
+/// `GET /api/connections/{id}` describes it (what the dashboard's search shows).
+async fn user(State(state): State<AppState>, Path(user): Path<String>) -> ApiResult {
+    let user = user_id(&user)?;
+    let connections: Vec<Value> = state
+        .manager
+        .user_connections(user.as_str())
+        .iter()
+        .filter_map(|info| describe(&state, info))
+        .collect();
+    Ok(Json(json!({
+        "user_id": user,
+        "node_id": state.manager.config().node_id,
+        "connections": connections,
+    })))
+}
+
+/// One connection of this node: who, where from, since when, its lobbies and last ping round
+/// trip; `None` once it is gone.
+fn describe(state: &AppState, info: &switchboard::ConnectionInfo) -> Option<Value> {
+    let id = info.id.as_str();
+    let lobbies = state.manager.lobbies_of(id)?;
     let connected_at = info
         .connected_at
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    Ok(Json(json!({
+    let rtt_ms = state
+        .manager
+        .latency(id)
+        .map(|rtt| rtt.as_secs_f64() * 1000.0);
+    Some(json!({
         "id": info.id,
         "user_id": info.user_id,
         "protocol": info.protocol,
         "ip": info.ip,
         "connected_at": connected_at,
         "lobbies": lobbies,
-    })))
+        "rtt_ms": rtt_ms,
+    }))
 }
 
 async fn stats(State(state): State<AppState>) -> ApiResult {

@@ -313,6 +313,29 @@ async fn history_samples_every_second() {
     assert_eq!(denied.status, 401);
 }
 
+/// `GET /api/users/{user}`: the user's connections on this node, as the dashboard's search
+/// shows them.
+#[tokio::test]
+async fn a_users_connections_with_their_lobbies_and_round_trip() {
+    let server = api_server().await;
+    let t1 = connect(server.addr, "u1", "uma").await;
+    let _t2 = connect(server.addr, "u2", "uma").await;
+    let u = http(server.api_addr(), "GET", "/api/users/uma", Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(u["user_id"], "uma");
+    let connections = u["connections"].as_array().unwrap();
+    assert_eq!(connections.len(), 2);
+    let first = connections.iter().find(|c| c["id"] == t1.id()).unwrap();
+    assert_eq!(first["lobbies"], json!(["u1"]));
+    assert_eq!(first["ip"], "127.0.0.1");
+    assert!(first.get("rtt_ms").is_some(), "null until the first pong");
+    let nobody = http(server.api_addr(), "GET", "/api/users/nobody", Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(nobody["connections"], json!([]));
+}
+
 #[tokio::test]
 async fn lobbies_presence_and_stats() {
     let server = api_server().await;

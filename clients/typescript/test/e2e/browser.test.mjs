@@ -200,6 +200,51 @@ describe("dashboard", () => {
     assert.deepEqual(problems, []);
   });
 
+  test("finds a user and a connection, kicks them, shows presence and broadcasts, through the API", async () => {
+    const s = await server({ name: "dashboard-act" });
+    const n1 = await nodeClient(s, "act-room", "ann");
+    const n2 = await nodeClient(s, "act-room", "ann");
+    const n3 = await nodeClient(s, "act-room", "ben");
+    const dash = await newPage(browser, problems);
+    await dash.goto(`${s.url}/dashboard`);
+    await dash.locator("#connections", { hasText: /^3$/ }).waitFor();
+    // A user: both of ann's connections, with their lobby.
+    await dash.fill("#find", "ann");
+    await dash.press("#find", "Enter");
+    await dash.locator("#found tr").nth(1).waitFor();
+    assert.equal(await dash.locator("#found tr").count(), 2);
+    assert.equal(await dash.locator("#found tr").first().locator("td").nth(2).textContent(), "act-room");
+    // A connection by id, then kicked from its row.
+    const id = n1.welcome.connection_id;
+    await dash.fill("#find", id);
+    await dash.press("#find", "Enter");
+    await dash.locator(`#found tr[data-connection="${id}"]`).waitFor();
+    assert.equal(await dash.locator("#found tr").count(), 1);
+    const kicked = n1.once("disconnect", 10_000);
+    await dash.click(`#found tr[data-connection="${id}"] button.kick`);
+    assert.equal((await kicked).code, 4009);
+    await dash.locator("#act-result", { hasText: `Kicked ${id}` }).waitFor();
+    // Presence and a broadcast to the lobby.
+    await dash.fill("#act-lobby", "act-room");
+    await dash.click("#show-presence");
+    await dash.locator("#act-result", { hasText: "In act-room: ann, ben" }).waitFor();
+    const got = n3.once("message", 10_000);
+    await dash.fill("#act-message", '{"notice":"maintenance"}');
+    await dash.click("#send-broadcast");
+    assert.deepEqual((await got).data, { notice: "maintenance" });
+    await dash.locator("#act-result", { hasText: "delivered to 2" }).waitFor();
+    // The whole user: the remaining connection of ann is closed.
+    await dash.fill("#find", "ann");
+    await dash.press("#find", "Enter");
+    await dash.locator("#kick-user:not([hidden])").waitFor();
+    const annClosed = n2.once("disconnect", 10_000);
+    await dash.click("#kick-user");
+    assert.equal((await annClosed).code, 4009);
+    await dash.locator("#act-result", { hasText: "Kicked ann: 1 connection(s) closed" }).waitFor();
+    await dash.context().close();
+    assert.deepEqual(problems, []);
+  });
+
   test("with api.key set, asks for the key once and keeps it for the tab", async () => {
     const s = await server({
       name: "dashboard-key",
