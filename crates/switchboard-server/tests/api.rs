@@ -269,14 +269,18 @@ async fn send_to_one_connection_reaches_only_it() {
 #[tokio::test]
 async fn history_samples_every_second() {
     let server = api_server().await;
+    let history = || http(server.api_addr(), "GET", "/api/history", Some(KEY), None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The first sample is the baseline of the rates: what happens after it shows as a rate.
+    while history().await.json()["t"].as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no sample at all");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     let _alice = connect(server.addr, "h", "alice").await;
     let bob = connect(server.addr, "h", "bob").await;
     bob.close().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let history = loop {
-        let h = http(server.api_addr(), "GET", "/api/history", Some(KEY), None)
-            .await
-            .json();
+        let h = history().await.json();
         let closed: f64 = h["closes_per_s"]["client_closed"]
             .as_array()
             .map_or(0.0, |v| v.iter().filter_map(Value::as_f64).sum());
@@ -330,9 +334,15 @@ async fn a_users_connections_with_their_lobbies_and_round_trip() {
     assert_eq!(first["lobbies"], json!(["u1"]));
     assert_eq!(first["ip"], "127.0.0.1");
     assert!(first.get("rtt_ms").is_some(), "null until the first pong");
-    let nobody = http(server.api_addr(), "GET", "/api/users/nobody", Some(KEY), None)
-        .await
-        .json();
+    let nobody = http(
+        server.api_addr(),
+        "GET",
+        "/api/users/nobody",
+        Some(KEY),
+        None,
+    )
+    .await
+    .json();
     assert_eq!(nobody["connections"], json!([]));
 }
 
