@@ -201,7 +201,7 @@ describe("dashboard", () => {
   });
 
   test("finds a user and a connection, kicks them, shows presence and broadcasts, through the API", async () => {
-    const s = await server({ name: "dashboard-act" });
+    const s = await server({ name: "dashboard-act", env: { SWITCHBOARD_USER_POLICY: "multi" } });
     const n1 = await nodeClient(s, "act-room", "ann");
     const n2 = await nodeClient(s, "act-room", "ann");
     const n3 = await nodeClient(s, "act-room", "ben");
