@@ -8,9 +8,10 @@
 mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::redis::Redis;
 use common::*;
 use serde_json::{Value, json};
 
@@ -499,42 +500,6 @@ fn problems(expr: &str, exported: &Exported, rules: &BTreeMap<String, String>) -
     out
 }
 
-/// A `redis-server` on a free loopback port, without persistence; killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Two clients in one lobby exchange a few broadcasts, then keep reading (so the server's
 /// health pings are answered); scrapes until the histograms (and `also`) have samples.
 async fn scrape_after_traffic(p: &Process, also: &[&str]) -> Exported {
@@ -597,7 +562,7 @@ async fn the_dashboard_and_the_rules_query_only_what_the_server_exports() {
     let standalone = Process::start(&fast_pings, None);
     let standalone = scrape_after_traffic(&standalone, &[]).await;
     let redis = Redis::start();
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let url = redis.url();
     let node = Process::start(
         &[
             fast_pings[0],
