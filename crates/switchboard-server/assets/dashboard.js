@@ -268,6 +268,8 @@
       cell(tr, "v" + c.protocol);
       cell(tr, new Date(c.connected_at).toLocaleTimeString());
       cell(tr, c.rtt_ms === null || c.rtt_ms === undefined ? "–" : c.rtt_ms.toFixed(1) + " ms", "num");
+      cell(tr, c.transport);
+      cell(tr, String(c.queued), "num");
       var kick = document.createElement("button");
       kick.type = "button";
       kick.className = "kick";

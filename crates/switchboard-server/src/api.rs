@@ -327,8 +327,8 @@ async fn user(State(state): State<AppState>, Path(user): Path<String>) -> ApiRes
     })))
 }
 
-/// One connection of this node: who, where from, since when, its lobbies and last ping round
-/// trip; `None` once it is gone.
+/// One connection of this node: who, where from, since when, its lobbies, transport, frames
+/// queued for it and last ping round trip; `None` once it is gone.
 fn describe(state: &AppState, info: &switchboard::ConnectionInfo) -> Option<Value> {
     let id = info.id.as_str();
     let lobbies = state.manager.lobbies_of(id)?;
@@ -336,10 +336,8 @@ fn describe(state: &AppState, info: &switchboard::ConnectionInfo) -> Option<Valu
         .connected_at
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let rtt_ms = state
-        .manager
-        .latency(id)
-        .map(|rtt| rtt.as_secs_f64() * 1000.0);
+    let now = state.manager.connection_state(id)?;
+    let rtt_ms = now.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
     Some(json!({
         "id": info.id,
         "user_id": info.user_id,
@@ -347,6 +345,8 @@ fn describe(state: &AppState, info: &switchboard::ConnectionInfo) -> Option<Valu
         "ip": info.ip,
         "connected_at": connected_at,
         "lobbies": lobbies,
+        "transport": now.transport,
+        "queued": now.queued,
         "rtt_ms": rtt_ms,
     }))
 }

@@ -333,7 +333,21 @@ async fn a_users_connections_with_their_lobbies_and_round_trip() {
     let first = connections.iter().find(|c| c["id"] == t1.id()).unwrap();
     assert_eq!(first["lobbies"], json!(["u1"]));
     assert_eq!(first["ip"], "127.0.0.1");
+    assert_eq!(first["transport"], "websocket");
+    assert_eq!(
+        first["queued"], 0,
+        "a client that reads has nothing waiting"
+    );
     assert!(first.get("rtt_ms").is_some(), "null until the first pong");
+    // An SSE connection says so.
+    let mut sse = common::sse::Sse::open(server.addr, "/sse/u3?token=uma", &[]).await;
+    let welcome = sse.expect("welcome", "the SSE welcome").await;
+    let id = welcome.data["connection_id"].as_str().unwrap().to_owned();
+    let path = format!("/api/connections/{id}");
+    let c = http(server.api_addr(), "GET", &path, Some(KEY), None)
+        .await
+        .json();
+    assert_eq!(c["transport"], "sse");
     let nobody = http(
         server.api_addr(),
         "GET",

@@ -47,6 +47,20 @@ pub struct LostConnection {
     pub node: String,
 }
 
+/// What a connection is doing now (for an operator's view):
+/// [`Manager::connection_state`](crate::Manager::connection_state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionState {
+    /// `websocket` or `sse`.
+    pub transport: &'static str,
+    /// Frames queued for it, not written yet (a client that does not read lets it grow, up to
+    /// `queue.capacity`).
+    pub queued: usize,
+    /// The last ping round trip measured, if any.
+    pub rtt: Option<Duration>,
+}
+
 /// The outcome of offering a frame to a connection's outbound queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Offer {
@@ -150,6 +164,19 @@ impl ConnHandle {
         take: impl FnMut(Message),
     ) -> usize {
         self.outbox.take_batch(max, max_bytes, take)
+    }
+
+    /// What the connection is doing now, for operators.
+    pub(crate) fn state(&self) -> ConnectionState {
+        ConnectionState {
+            transport: if self.inbound.is_some() {
+                "sse"
+            } else {
+                "websocket"
+            },
+            queued: self.outbox.len(),
+            rtt: self.rtt(),
+        }
     }
 
     /// Takes every queued frame, oldest first (tests and benchmarks).
@@ -320,6 +347,15 @@ impl OutboxState {
 }
 
 impl Outbox {
+    /// Frames waiting to be written.
+    fn len(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .frames
+            .len()
+    }
+
     fn new(capacity: usize) -> Self {
         Self {
             capacity,

@@ -116,7 +116,7 @@ pub use config::{
 };
 pub use disconnect::DisconnectReason;
 pub use error::Error;
-pub use handle::{ConnectionInfo, LostConnection};
+pub use handle::{ConnectionInfo, ConnectionState, LostConnection};
 pub use handler::{
     AppMessage, Credential, Handler, JoinCheck, JoinDecision, NoHandler, RpcCall, RpcDecision,
 };

@@ -13,7 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::connection::{self, Socket};
 use crate::disconnect::DisconnectReason;
 use crate::error::{Error, SsePostError};
-use crate::handle::{ConnHandle, ConnectionInfo, Offer};
+use crate::handle::{ConnHandle, ConnectionInfo, ConnectionState, Offer};
 use crate::handler::{AppHandler, Handler, NoHandler};
 use crate::history::Recovery;
 use crate::hub::{Join, LeftReason, Notice};
@@ -318,6 +318,12 @@ impl Manager {
         tokio::time::timeout(timeout, answer)
             .await
             .unwrap_or(Err(Error::PingTimeout(timeout)))
+    }
+
+    /// What one of this node's connections is doing now: its transport, the frames queued for
+    /// it, its last round trip.
+    pub fn connection_state(&self, id: &str) -> Option<ConnectionState> {
+        Some(self.find(id).ok()?.state())
     }
 
     /// The last round trip measured on a connection (by a protocol pong or a `health_pong`).
