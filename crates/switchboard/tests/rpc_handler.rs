@@ -3,29 +3,14 @@
 //! the connection goes on reading meanwhile, and a call whose client leaves is dropped. A real
 //! axum app on 127.0.0.1:0, real WebSocket clients offering `switchboard.v2`.
 
-use std::net::SocketAddr;
+mod common;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::response::Response;
-use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
+use common::*;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use switchboard::axum::WsConnect;
-use switchboard::{
-    Client, ClientError, Config, ConnectRequest, DisconnectReason, ErrorCode, Handler, Manager,
-    NoHandler, RpcDecision, UserId,
-};
-use tokio::net::TcpStream;
+use switchboard::{Client, ClientError, Config, ErrorCode, Handler, NoHandler, RpcDecision};
 use tokio::sync::{Semaphore, mpsc};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-
-const WAIT: Duration = Duration::from_secs(5);
 
 /// `echo` replies with its data at once, `deny` fails, `slow` answers with its data once the
 /// test lets one call through `gate`. Every call the app is asked about, and every `slow`
@@ -75,80 +60,6 @@ impl Handler for Calls {
             _ => RpcDecision::Fail(ClientError::new(ErrorCode::NotAllowed, "no such call")),
         }
     }
-}
-
-async fn ws(State(manager): State<Manager>, connect: WsConnect) -> Response {
-    match connect.token.as_deref().map(UserId::parse) {
-        Some(Ok(user)) => {
-            let request = ConnectRequest::new(connect.lobby, user, connect.peer.ip());
-            manager.accept(connect.upgrade, request)
-        }
-        _ => manager.refuse(connect.upgrade, DisconnectReason::Unauthorized),
-    }
-}
-
-async fn app(config: Config, handler: impl Handler) -> SocketAddr {
-    let manager = Manager::with_handler(config, handler).expect("config");
-    let app = Router::new().route("/ws", get(ws)).with_state(manager);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .expect("serve");
-    });
-    addr
-}
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn connect(addr: SocketAddr, user: &str) -> Ws {
-    let mut request = format!("ws://{addr}/ws?token={user}")
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "switchboard.v2".parse().expect("header"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
-    assert_eq!(next(&mut ws).await["protocol"], 2, "welcome");
-    ws
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::text(frame.to_string()))
-        .await
-        .expect("send");
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let frame = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("open")
-            .expect("no error");
-        if let Message::Text(text) = frame {
-            let value: Value = serde_json::from_str(&text).expect("JSON");
-            if value["type"] != "health_ping" {
-                return value;
-            }
-        }
-    }
-}
-
-async fn heard(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("in time")
-        .expect("open")
 }
 
 fn rpc(method: &str, data: Value, id: u64) -> Value {
