@@ -292,8 +292,9 @@ impl LocalNode {
         let Some(shared) = self.shared.upgrade() else {
             return false;
         };
-        crate::ids::ConnectionId::seq_on(id, shared.node_id())
-            .and_then(|seq| shared.hub().connection(seq))
+        shared
+            .hub()
+            .connection_by_id(id)
             .is_some_and(|c| shared.hub().deliver(&c, text(frame)) == crate::handle::Offer::Queued)
     }
 
@@ -302,8 +303,9 @@ impl LocalNode {
         let Some(shared) = self.shared.upgrade() else {
             return false;
         };
-        crate::ids::ConnectionId::seq_on(id, shared.node_id())
-            .and_then(|seq| shared.hub().connection(seq))
+        shared
+            .hub()
+            .connection_by_id(id)
             .is_some_and(|c| c.close(reason))
     }
 

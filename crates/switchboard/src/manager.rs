@@ -17,7 +17,7 @@ use crate::handle::{ConnHandle, ConnectionInfo, ConnectionState, Offer};
 use crate::handler::{AppHandler, Handler, NoHandler};
 use crate::history::Recovery;
 use crate::hub::{Join, LeftReason, Notice};
-use crate::ids::{ConnectionId, LobbyCode, UserId};
+use crate::ids::{LobbyCode, UserId};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
 use crate::skip::Skip;
@@ -416,8 +416,9 @@ impl Manager {
     }
 
     fn find(&self, id: &str) -> Result<Arc<ConnHandle>, Error> {
-        ConnectionId::seq_on(id, &self.shared.config.node_id)
-            .and_then(|seq| self.shared.hub.connection(seq))
+        self.shared
+            .hub
+            .connection_by_id(id)
             .ok_or(Error::NoSuchConnection)
     }
 }

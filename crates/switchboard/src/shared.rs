@@ -579,8 +579,9 @@ impl Shared {
         if frame.len() > limit {
             return Err(SsePostError::TooLarge(limit));
         }
-        let conn = crate::ids::ConnectionId::seq_on(connection_id, &self.config.node_id)
-            .and_then(|seq| self.hub.connection(seq))
+        let conn = self
+            .hub
+            .connection_by_id(connection_id)
             .ok_or(SsePostError::NotFound)?;
         let inbound = conn.inbound.as_ref().ok_or(SsePostError::NotFound)?;
         // The v2 route names no lobby (""): a v2 connection's frames name their own.

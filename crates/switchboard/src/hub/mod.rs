@@ -694,6 +694,11 @@ impl Hub {
         self.lock().conns.get(&seq).map(|e| e.conn.clone())
     }
 
+    /// The connection a `NODE-SEQ` id names, if this node minted it and it is still here.
+    pub(crate) fn connection_by_id(&self, id: &str) -> Option<Arc<ConnHandle>> {
+        self.connection(ConnectionId::seq_on(id, &self.config.node_id)?)
+    }
+
     pub(crate) fn user_connections(&self, user: &str) -> Vec<Arc<ConnHandle>> {
         let reg = self.lock();
         reg.users
