@@ -378,4 +378,16 @@ impl Cluster for RedisCluster {
             "down"
         }
     }
+
+    fn tell_pressure(&self, lobby: &LobbyCode) {
+        // Best effort: a full outbound queue drops it, and the next reminder follows soon.
+        let payload = format!("pressure{SEP}{lobby}{SEP}{}", self.cfg.node_id);
+        self.enqueue(
+            Outgoing::Publish {
+                channel: self.nodes_channel(),
+                payload,
+            },
+            Priority::Control,
+        );
+    }
 }

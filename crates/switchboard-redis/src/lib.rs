@@ -222,6 +222,11 @@ impl RedisCluster {
         self.key(&format!("chan:node:{node}"))
     }
 
+    /// Every node listens here: word that a node's members of a lobby are behind.
+    fn nodes_channel(&self) -> String {
+        self.key("chan:nodes")
+    }
+
     fn connection(&self) -> Option<ConnectionManager> {
         if !self.up.load(Ordering::SeqCst) {
             return None;

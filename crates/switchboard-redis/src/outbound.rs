@@ -48,7 +48,10 @@ impl RedisCluster {
     }
 
     /// Publishes in order, pipelining whatever is waiting: one round trip per batch, whatever
-    /// it holds (a direct frame's recipients are looked up inside Redis, by `DIRECT`).
+    /// it holds (a direct frame's recipients are looked up inside Redis, by `DIRECT`). A
+    /// broadcast to a lobby whose members are behind somewhere (word came while it waited
+    /// here) is shed before Redis numbers it: no member sees a gap, and a sender waiting for
+    /// its offset gets none.
     pub(crate) async fn publisher(self: Arc<Self>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
         let mut batch = Vec::new();
         loop {
@@ -71,7 +74,9 @@ impl RedisCluster {
             let mut pipe = redis::pipe();
             // The broadcasts whose offset someone waits for, in the order of their answers.
             let mut offsets = Vec::new();
+            let mut commands = 0;
             for out in batch.drain(..) {
+                commands += 1;
                 match out {
                     Outgoing::Publish { channel, payload } => {
                         pipe.publish(channel, payload).ignore();
@@ -82,6 +87,10 @@ impl RedisCluster {
                         skip,
                         offset,
                     } => {
+                        if self.local.pressed(&lobby) {
+                            commands -= 1;
+                            continue;
+                        }
                         pipe.cmd("EVAL")
                             .arg(scripts::PUBLISH)
                             .arg(0)
@@ -112,6 +121,11 @@ impl RedisCluster {
                             .ignore();
                     }
                 }
+            }
+            if commands == 0 {
+                // Everything was shed: nothing to send (an empty pipeline is an error).
+                self.dequeued(cost);
+                continue;
             }
             // Only the answers not ignored come back: the offsets asked for, in order.
             let sent = pipe.query_async::<Vec<u64>>(&mut con).await;

@@ -1,7 +1,87 @@
 //! Pub/sub in: the node's subscriptions (its own channel, and each lobby's while it has a
 //! local member) and what each message received does.
+//!
+//! A node that cannot keep up with what Redis sends it falls behind its pub/sub stream. It
+//! finds out with a probe: every [`PROBE_EVERY`] it publishes a message to itself, which
+//! comes back behind everything Redis queued for it (measured on its own clock, so clocks
+//! need not agree). When a probe is late by more than [`INTAKE_BEHIND`], the node tells every
+//! node (and itself) to shed publishes to the lobbies whose broadcasts it is still working
+//! through, before Redis's buffer for it overflows (Redis then drops the subscription, and
+//! with it every broadcast in that buffer).
+
+use std::time::Instant;
 
 use super::*;
+
+/// A probe back later than this: this node is behind what Redis sends it.
+const INTAKE_BEHIND: Duration = Duration::from_millis(100);
+/// How often a probe goes out (one at a time).
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// How often a lobby's pressure is told again while the node stays behind.
+const RETELL_EVERY: Duration = Duration::from_millis(250);
+/// Lobbies whose pressure was told recently, remembered at most (a bound on memory).
+const MAX_TOLD: usize = 4096;
+
+/// How far behind its pub/sub stream the node is, from its probes, and which lobbies were
+/// told about.
+#[derive(Default)]
+struct Intake {
+    /// The probe out now: its number and when it left.
+    out: Option<(u64, Instant)>,
+    sent: u64,
+    /// How late the last probe back was.
+    last_delay: Duration,
+    told: HashMap<String, Instant>,
+}
+
+impl Intake {
+    /// A new probe's number, unless one is out (and not yet late enough to give up on).
+    fn probe(&mut self) -> Option<u64> {
+        if self
+            .out
+            .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(10))
+        {
+            return None;
+        }
+        self.sent += 1;
+        self.out = Some((self.sent, Instant::now()));
+        Some(self.sent)
+    }
+
+    /// Probe `n` came back.
+    fn back(&mut self, n: u64) {
+        if let Some((out, at)) = self.out
+            && out == n
+        {
+            self.last_delay = at.elapsed();
+            self.out = None;
+        }
+    }
+
+    fn behind(&self) -> bool {
+        let waiting = self.out.map_or(Duration::ZERO, |(_, at)| at.elapsed());
+        self.last_delay.max(waiting) >= INTAKE_BEHIND
+    }
+
+    /// Whether `lobby`'s pressure is due to be told (again).
+    fn due(&mut self, lobby: &str) -> bool {
+        let now = Instant::now();
+        if let Some(at) = self.told.get(lobby)
+            && now.duration_since(*at) < RETELL_EVERY
+        {
+            return false;
+        }
+        if self.told.len() >= MAX_TOLD {
+            self.told
+                .retain(|_, at| now.duration_since(*at) < RETELL_EVERY);
+            if self.told.len() >= MAX_TOLD {
+                return false;
+            }
+        }
+        self.told.insert(lobby.to_owned(), now);
+        true
+    }
+}
 
 impl RedisCluster {
     /// The pub/sub connection: (re)connects, (re)subscribes, and hands messages to the node.
@@ -28,6 +108,7 @@ impl RedisCluster {
             let node_channel = self.node_channel(&self.cfg.node_id);
             let subscribed = async {
                 sink.subscribe(&node_channel).await?;
+                sink.subscribe(self.nodes_channel()).await?;
                 let mut subs = self.subs.lock().await;
                 for lobby in subs.lobbies.keys() {
                     sink.subscribe(self.lobby_channel(lobby)).await?;
@@ -39,9 +120,23 @@ impl RedisCluster {
                 self.failed("subscribe", &error);
                 continue;
             }
+            let mut intake = Intake::default();
+            let mut probes = tokio::time::interval(PROBE_EVERY);
+            probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let probe_prefix = format!("probe{SEP}");
             loop {
                 let message = tokio::select! {
                     () = self.stop.cancelled() => return,
+                    _ = probes.tick() => {
+                        if let Some(n) = intake.probe() {
+                            let probe = Outgoing::Publish {
+                                channel: node_channel.clone(),
+                                payload: format!("{probe_prefix}{n}{SEP}-"),
+                            };
+                            self.enqueue(probe, Priority::Control);
+                        }
+                        continue;
+                    }
                     m = stream.next() => m,
                 };
                 let Some(message) = message else { break };
@@ -49,11 +144,38 @@ impl RedisCluster {
                 let Ok(payload) = message.get_payload::<String>() else {
                     continue;
                 };
+                if channel == node_channel
+                    && let Some(rest) = payload.strip_prefix(&probe_prefix)
+                {
+                    if let Some(Ok(n)) = rest.split(SEP).next().map(str::parse) {
+                        intake.back(n);
+                    }
+                    continue;
+                }
+                if intake.behind() {
+                    self.intake_behind(&channel, &mut intake);
+                }
                 self.receive(&channel, payload);
             }
             self.subs.lock().await.sink = None;
             metrics::counter!("switchboard_redis_errors_total").increment(1);
             tracing::warn!("redis pub/sub connection lost; reconnecting");
+        }
+    }
+
+    /// This node is behind what Redis sends it, and `channel` is a lobby's: every node, this
+    /// one included, sheds publishes to that lobby for a while.
+    fn intake_behind(&self, channel: &str, intake: &mut Intake) {
+        let Some(lobby) = channel.strip_prefix(&self.key("chan:lobby:")) else {
+            return;
+        };
+        let Ok(code) = LobbyCode::parse(lobby) else {
+            return;
+        };
+        if intake.due(lobby) {
+            metrics::counter!("switchboard_redis_intake_behind_total").increment(1);
+            self.local.pressed_elsewhere(lobby);
+            self.tell_pressure(&code);
         }
     }
 
@@ -107,6 +229,11 @@ impl RedisCluster {
             }
             "direct" => {
                 self.local.deliver_to_connection(arg, rest.to_owned());
+            }
+            "pressure" => {
+                if rest != self.cfg.node_id {
+                    self.local.pressed_elsewhere(arg);
+                }
             }
             "join" => self.local.membership_for_user(arg, rest, true),
             "part" => self.local.membership_for_user(arg, rest, false),

@@ -45,7 +45,7 @@ impl IntoResponse for ApiError {
                 "Bearer".parse().expect("static header"),
             );
         }
-        if self.code == "overloaded" {
+        if self.code == "overloaded" || self.code == "lobby_busy" {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, "1".parse().expect("static header"));
@@ -379,6 +379,14 @@ async fn openapi() -> Response {
 }
 
 fn internal(error: switchboard::Error) -> ApiError {
+    if let switchboard::Error::LobbyBusy = error {
+        // Shed where it entered: the lobby's members are behind; sent nowhere.
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "lobby_busy",
+            error.to_string(),
+        );
+    }
     if let switchboard::Error::Overloaded = error {
         // Sent nowhere: the backend retries (after `Retry-After`) rather than losing it.
         return ApiError::new(

@@ -52,6 +52,7 @@ pub const KNOWN: &[&str] = &[
     "health.pong_timeout_ms",
     "queue.capacity",
     "queue.on_full",
+    "queue.slow_grace_ms",
     "max_message_bytes",
     "rate.messages_per_sec",
     "rate.burst",
@@ -505,6 +506,7 @@ impl ServerConfig {
                     _ => return Err("expected close or drop".into()),
                 }
             }
+            "queue.slow_grace_ms" => m.slow_grace = parse_ms(value)?,
             "max_message_bytes" => m.max_message_bytes = parse_num(value)?,
             "rate.messages_per_sec" => m.rate.messages_per_sec = parse_u32(value)?,
             "rate.burst" => m.rate.burst = parse_u32(value)?,

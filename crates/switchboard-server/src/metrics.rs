@@ -60,6 +60,7 @@ pub fn register_at_zero(cluster: bool) {
             "switchboard_redis_errors_total",
             "switchboard_redis_overloaded_total",
             "switchboard_redis_publish_dropped_total",
+            "switchboard_redis_intake_behind_total",
         ] {
             metrics::counter!(name).increment(0);
         }
@@ -110,6 +111,12 @@ pub fn render(
     metrics::counter!("switchboard_bytes_out_total").absolute(stats.bytes_out);
     metrics::counter!("switchboard_queue_overflows_total").absolute(stats.queue_overflows);
     metrics::counter!("switchboard_messages_dropped_total").absolute(stats.messages_dropped);
+    // Overload: publishes shed where they entered, deliveries shed for members behind, members
+    // behind now and those that fell behind further than the history reaches.
+    metrics::counter!("switchboard_shed_publishes_total").absolute(stats.shed_publishes);
+    metrics::counter!("switchboard_shed_deliveries_total").absolute(stats.shed_deliveries);
+    metrics::counter!("switchboard_catch_ups_lost_total").absolute(stats.catch_ups_lost);
+    metrics::gauge!("switchboard_lagging_members").set(stats.lagging_members as f64);
     // Every reason, at zero until it happens: an alert can be written before the first one.
     for reason in DisconnectReason::ALL {
         let word = reason.as_str();

@@ -87,7 +87,7 @@ impl BenchHub {
                 Broadcast::Unnumbered(frame_without_offset),
                 Skip::Nobody,
             )
-            .0
+            .map_or(0, |(reached, _)| reached)
     }
 
     /// Empties every member's queue (between benchmark iterations).

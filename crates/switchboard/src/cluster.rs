@@ -201,6 +201,14 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// `"up"` or `"down"`, for readiness and metrics.
     fn status(&self) -> &'static str;
+
+    /// Tells every node that this node's members of `lobby` are behind, so that each sheds
+    /// publishes to it for a while ([`LocalNode::pressed_elsewhere`]); repeated while they
+    /// stay behind. Must not wait (it is called under the registry's lock). The default tells
+    /// nobody: only this node sheds.
+    fn tell_pressure(&self, lobby: &LobbyCode) {
+        let _ = lobby;
+    }
 }
 
 /// What a cluster delivers to on this node: its id, its registry, and its SSE connections'
@@ -275,7 +283,10 @@ impl LocalNode {
             offset,
             frame: text(frame),
         };
-        shared.hub().publish(&code, broadcast, skip).0
+        shared
+            .hub()
+            .publish(&code, broadcast, skip)
+            .map_or(0, |(reached, _)| reached)
     }
 
     /// Delivers an encoded frame from another node to this node's connections of `user`.
@@ -351,6 +362,23 @@ impl LocalNode {
             ip: ip.to_owned(),
             node: node.to_owned(),
         });
+    }
+
+    /// Another node's members of `lobby` are behind: this node sheds publishes to it for a
+    /// second, unless told again.
+    pub fn pressed_elsewhere(&self, lobby: &str) {
+        if let (Some(shared), Ok(lobby)) = (self.shared.upgrade(), LobbyCode::parse(lobby)) {
+            shared.hub().pressed_elsewhere(lobby);
+        }
+    }
+
+    /// Whether publishes to `lobby` are shed now (its members are behind here or elsewhere);
+    /// a broadcast shed this way is counted.
+    pub fn pressed(&self, lobby: &str) -> bool {
+        match (self.shared.upgrade(), LobbyCode::parse(lobby)) {
+            (Some(shared), Ok(lobby)) => shared.hub().pressed(&lobby),
+            _ => false,
+        }
     }
 
     /// Delivers a frame posted (on another node) for one of this node's SSE connections.

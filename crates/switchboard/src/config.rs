@@ -19,6 +19,12 @@ pub struct Config {
     pub queue_capacity: usize,
     /// What a full outbound queue means. Default: [`SlowConsumerPolicy::Close`].
     pub on_full: SlowConsumerPolicy,
+    /// Under [`SlowConsumerPolicy::Close`], how long a connection's socket must have stopped
+    /// taking bytes, while its queue is full, before it is closed as a slow consumer (4008).
+    /// A full queue whose socket still takes bytes means the server is the one behind: the
+    /// connection misses live broadcasts and catches up from the lobby's history instead.
+    /// Default 2 s.
+    pub slow_grace: Duration,
     /// Period of `health_ping` frames and protocol pings. Default 20 s.
     pub ping_interval: Duration,
     /// With `ping_interval`, the silence after which a connection is stale (4004).
@@ -193,6 +199,7 @@ impl Default for Config {
             user_policy: UserPolicy::Replace,
             queue_capacity: 256,
             on_full: SlowConsumerPolicy::Close,
+            slow_grace: Duration::from_secs(2),
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(10),
             max_message_bytes: 64 * 1024,

@@ -29,6 +29,10 @@ pub enum Error {
     /// nowhere; retry later.
     #[error("the cluster's outbound queue is full; retry later")]
     Overloaded,
+    /// Members of the lobby are behind (the server cannot deliver as fast as it is
+    /// published to): the publish was shed where it entered, sent nowhere; retry later.
+    #[error("the lobby's members are behind; publish shed, retry later")]
+    LobbyBusy,
     /// A join was refused (`lobby_full`, `too_many_lobbies`, `not_allowed`).
     #[error("join refused: {}", .0.message)]
     Refused(ClientError),

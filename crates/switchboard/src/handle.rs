@@ -83,6 +83,11 @@ pub(crate) struct ConnHandle {
     /// Join/leave events were dropped on a full queue: the writer sends a fresh `presence`
     /// list once it has caught up.
     pub(crate) presence_behind: AtomicBool,
+    /// Broadcasts of some lobby were not queued (the queue was full) and wait in its history:
+    /// the task asks the hub to catch it up once its queue has drained.
+    pub(crate) lagging: AtomicBool,
+    /// When (in [`monotonic_ms`]) its socket stopped taking bytes; 0 while it takes them.
+    blocked_since: AtomicU64,
     outbox: Outbox,
     /// Wakes everyone awaiting [`closed`](Self::closed).
     closing: Notify,
@@ -114,6 +119,8 @@ impl ConnHandle {
             cluster_presence: false,
             inbound: None,
             presence_behind: AtomicBool::new(false),
+            lagging: AtomicBool::new(false),
+            blocked_since: AtomicU64::new(0),
             outbox: Outbox::new(capacity),
             closing: Notify::new(),
             reason: OnceLock::new(),
@@ -135,6 +142,18 @@ impl ConnHandle {
     /// frame in an empty queue (and so needs a wake scheduled).
     pub(crate) fn offer_quietly(&self, frame: Message) -> (Offer, bool) {
         self.outbox.offer(frame, false)
+    }
+
+    /// Queues a frame even on a full queue (one frame past capacity at most, by its callers'
+    /// design) and wakes the task.
+    pub(crate) fn offer_over(&self, frame: Message) -> Offer {
+        let mut state = lock(&self.outbox.state);
+        if state.shut {
+            return Offer::Closed;
+        }
+        state.frames.push_back(frame);
+        state.wake();
+        Offer::Queued
     }
 
     /// Wakes the connection's task to write whatever is queued.
@@ -164,6 +183,37 @@ impl ConnHandle {
         take: impl FnMut(Message),
     ) -> usize {
         self.outbox.take_batch(max, max_bytes, take)
+    }
+
+    /// Records whether the socket takes bytes now: the connection's task says so after each
+    /// write (`true`: the kernel's send buffer is full and bytes wait with the connection).
+    pub(crate) fn set_blocked(&self, blocked: bool) {
+        let since = self.blocked_since.load(Ordering::Relaxed);
+        if blocked && since == 0 {
+            self.blocked_since.store(monotonic_ms(), Ordering::Relaxed);
+        } else if !blocked && since != 0 {
+            self.blocked_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Tests: the socket stopped taking bytes `ago`.
+    #[cfg(test)]
+    pub(crate) fn blocked_since_for_test(&self, ago: Duration) {
+        let since = monotonic_ms().saturating_sub(ago.as_millis() as u64).max(1);
+        self.blocked_since.store(since, Ordering::Relaxed);
+    }
+
+    /// How long the socket has not been taking bytes; `None` while it takes them.
+    pub(crate) fn blocked_for(&self) -> Option<Duration> {
+        match self.blocked_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(monotonic_ms().saturating_sub(since))),
+        }
+    }
+
+    /// Frames queued now.
+    pub(crate) fn queued(&self) -> usize {
+        self.outbox.len()
     }
 
     /// What the connection is doing now, for operators.
@@ -313,6 +363,14 @@ impl Drop for RpcSlot {
     fn drop(&mut self) {
         self.0.rpc_in_flight.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Milliseconds on a monotonic clock that never reads 0 (which means "not blocked"). It
+/// starts at a large number, so that a time before the first reading is still positive.
+fn monotonic_ms() -> u64 {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + (1 << 32)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -69,6 +69,17 @@ pub(crate) struct History {
     bytes: usize,
 }
 
+/// Where a member that was behind stands after [`History::catch_up`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CatchUp {
+    /// It has every broadcast: live traffic may go to it again.
+    Live,
+    /// Its queue filled again; the broadcasts from this offset on are still to give.
+    Behind(u64),
+    /// Some broadcast it missed is no longer kept (or was never kept here).
+    Lost,
+}
+
 /// A lobby's history as the cluster keeps it, for `welcome` and recovery on any node.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterHistory {
@@ -217,6 +228,33 @@ impl History {
             frames.push((offset, frame));
         }
         Some(frames)
+    }
+
+    /// Gives a member that is behind the kept broadcasts from offset `from` on, oldest
+    /// first, while `offer` takes them: whether it is live again, still behind (from which
+    /// offset), or behind further than the ring reaches.
+    pub(crate) fn catch_up(
+        &mut self,
+        from: u64,
+        config: &HistoryConfig,
+        mut offer: impl FnMut(&Message) -> bool,
+    ) -> CatchUp {
+        self.expire(Instant::now(), config);
+        let mut next = from;
+        for entry in self.ring.iter().skip_while(|e| e.offset < from) {
+            if entry.offset != next {
+                return CatchUp::Lost;
+            }
+            if !offer(&entry.frame) {
+                return CatchUp::Behind(next);
+            }
+            next += 1;
+        }
+        if next > self.last {
+            CatchUp::Live
+        } else {
+            CatchUp::Lost
+        }
     }
 
     /// Numbers a broadcast (unless the cluster did), keeps it for recovery, and returns it

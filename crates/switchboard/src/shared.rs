@@ -125,8 +125,9 @@ impl Shared {
     /// In cluster mode the cluster numbers it and every node, this one included, delivers it
     /// through [`Hub::publish`] (so the count of this node's recipients is its current member
     /// count); alone, or with the cluster away, this node numbers and delivers it through the
-    /// same function. Returns the connections reached on this node, or [`Error::Overloaded`]
-    /// when the cluster's outbound queue is full (sent nowhere).
+    /// same function. Returns the connections reached on this node, [`Error::Overloaded`]
+    /// when the cluster's outbound queue is full (sent nowhere), or [`Error::LobbyBusy`] when
+    /// the lobby's members are behind, here or on another node (shed where it entered).
     ///
     /// With `want_offset` in cluster mode, the offset Redis gives it arrives later, through
     /// [`Publication::numbered`].
@@ -138,6 +139,9 @@ impl Shared {
         want_offset: bool,
     ) -> Result<Publication, Error> {
         if let Some(cluster) = self.cluster.get() {
+            if self.hub.pressed(lobby) {
+                return Err(Error::LobbyBusy);
+            }
             let (sender, numbered) = match want_offset {
                 true => {
                     let (sender, receiver) = tokio::sync::oneshot::channel();
@@ -158,12 +162,21 @@ impl Shared {
                 Published::Unavailable => {}
             }
         }
-        let (reached, offset) = self.hub.publish(lobby, Broadcast::Unnumbered(frame), skip);
+        let (reached, offset) = self
+            .hub
+            .publish(lobby, Broadcast::Unnumbered(frame), skip)
+            .map_err(|_| Error::LobbyBusy)?;
         Ok(Publication {
             reached,
             offset: Some(offset),
             numbered: None,
         })
+    }
+
+    /// Gives a connection that fell behind what it missed, from its lobbies' histories (its
+    /// task calls this once its queue has drained).
+    pub(crate) fn catch_up(&self, conn: &ConnHandle) {
+        self.hub.catch_up(conn);
     }
 
     /// Sends an encoded frame to every connection of `user`, on every node: the cluster first,
@@ -530,9 +543,16 @@ impl Shared {
 
     /// Joins a cluster; a second one is ignored (with a warning).
     pub(crate) fn attach_cluster(&self, cluster: Arc<dyn Cluster>) {
+        let weak = Arc::downgrade(&cluster);
         if self.cluster.set(cluster).is_err() {
             tracing::warn!("a cluster was already attached; ignoring the second one");
+            return;
         }
+        self.hub.on_pressure(move |lobby| {
+            if let Some(cluster) = weak.upgrade() {
+                cluster.tell_pressure(lobby);
+            }
+        });
     }
 
     /// Whether a new connection from `ip` (counted as [`crate::Limits::ip_key`]) fits the

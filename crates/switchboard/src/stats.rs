@@ -32,6 +32,10 @@ pub(crate) struct Counters {
     bytes_out: AtomicU64,
     dropped: AtomicU64,
     overflows: AtomicU64,
+    shed_publishes: AtomicU64,
+    shed_deliveries: AtomicU64,
+    catch_ups_lost: AtomicU64,
+    pub(crate) lagging: AtomicU64,
     rejections: [AtomicU64; REASONS],
     closes: [AtomicU64; REASONS],
     round_trips: [AtomicU64; RTT_BUCKETS],
@@ -51,6 +55,10 @@ impl Default for Counters {
             bytes_out: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
+            shed_publishes: AtomicU64::new(0),
+            shed_deliveries: AtomicU64::new(0),
+            catch_ups_lost: AtomicU64::new(0),
+            lagging: AtomicU64::new(0),
             rejections: std::array::from_fn(|_| AtomicU64::new(0)),
             closes: std::array::from_fn(|_| AtomicU64::new(0)),
             round_trips: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -80,6 +88,27 @@ impl Counters {
         self.overflows.fetch_add(1, Relaxed);
         if dropped {
             self.dropped.fetch_add(1, Relaxed);
+        }
+    }
+    /// A publish refused where it entered: its lobby's members are behind.
+    pub(crate) fn shed_publish(&self) {
+        self.shed_publishes.fetch_add(1, Relaxed);
+    }
+    /// A frame not queued for a connection that is behind (a broadcast it will get from the
+    /// lobby's history, or another frame it misses).
+    pub(crate) fn shed_delivery(&self) {
+        self.shed_deliveries.fetch_add(1, Relaxed);
+    }
+    /// A member that fell further behind than its lobby's history reaches.
+    pub(crate) fn catch_up_lost(&self) {
+        self.catch_ups_lost.fetch_add(1, Relaxed);
+    }
+    /// A membership fell behind (`true`) or caught up or ended (`false`).
+    pub(crate) fn lagging(&self, behind: bool) {
+        if behind {
+            self.lagging.fetch_add(1, Relaxed);
+        } else {
+            self.lagging.fetch_sub(1, Relaxed);
         }
     }
     pub(crate) fn rejected(&self, reason: DisconnectReason) {
@@ -134,8 +163,20 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Frames dropped for slow consumers under the `drop` policy.
     pub messages_dropped: u64,
-    /// Frames offered to a full outbound queue (closed or dropped per policy).
+    /// Frames offered to a full outbound queue that closed it or were dropped (`drop`
+    /// policy).
     pub queue_overflows: u64,
+    /// Publishes refused where they entered (client broadcasts answered `rate_limited`, API
+    /// publishes 503) because members of their lobby were behind.
+    pub shed_publishes: u64,
+    /// Frames not queued for members that were behind (broadcasts they then got from the
+    /// lobby's history, unless `catch_ups_lost` says otherwise).
+    pub shed_deliveries: u64,
+    /// Members that fell further behind than their lobby's history reaches: they were sent
+    /// `recovered` with `ok: false`.
+    pub catch_ups_lost: u64,
+    /// Memberships behind now, catching up from their lobby's history.
+    pub lagging_members: u64,
     /// Refused connections by reason.
     pub rejections: BTreeMap<&'static str, u64>,
     /// Closed connections by reason.
@@ -209,6 +250,10 @@ impl Stats {
             bytes_out: counters.bytes_out.load(Relaxed),
             messages_dropped: counters.dropped.load(Relaxed),
             queue_overflows: counters.overflows.load(Relaxed),
+            shed_publishes: counters.shed_publishes.load(Relaxed),
+            shed_deliveries: counters.shed_deliveries.load(Relaxed),
+            catch_ups_lost: counters.catch_ups_lost.load(Relaxed),
+            lagging_members: counters.lagging.load(Relaxed),
             rejections: Counters::by_reason(&counters.rejections),
             stale_closed: closes.get("stale").copied().unwrap_or(0),
             history_bytes: census.history_bytes,

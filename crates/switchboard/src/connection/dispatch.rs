@@ -8,6 +8,7 @@ use super::health::HealthClock;
 use super::rate::{MessageRate, Verdict};
 use crate::client::{Client, send_error};
 use crate::disconnect::DisconnectReason;
+use crate::error::Error;
 use crate::handle::ConnHandle;
 use crate::handler::{AppHandler, AppMessage, JoinCheck, JoinDecision};
 use crate::history::Recovery;
@@ -152,7 +153,10 @@ pub(super) fn handle_text(
                             token_expires_at: None,
                         },
                     })
-                    .map_err(|_| overloaded())
+                    .map_err(|error| match error {
+                        Error::LobbyBusy => shed(),
+                        _ => overloaded(),
+                    })
             }),
         ClientFrame::Direct { to, data } => {
             let frame = ServerFrame::Direct {
@@ -403,6 +407,15 @@ fn overloaded() -> ClientError {
     ClientError::new(
         ErrorCode::Overloaded,
         "the server cannot forward this to the other nodes now; retry later",
+    )
+}
+
+/// A broadcast shed where it entered: the sender retries later. Not a rate violation: the
+/// sender did nothing wrong.
+fn shed() -> ClientError {
+    ClientError::new(
+        ErrorCode::RateLimited,
+        "the lobby's members are behind; broadcast not sent, retry later",
     )
 }
 

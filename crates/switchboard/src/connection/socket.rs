@@ -173,9 +173,14 @@ impl Socket {
                 match Pin::new(&mut self.io).poll_write(cx, &self.unsent) {
                     Poll::Ready(Ok(0) | Err(_)) => return Err(()),
                     Poll::Ready(Ok(n)) => drop(self.unsent.drain(..n)),
-                    Poll::Pending => return Ok(()),
+                    Poll::Pending => {
+                        // The kernel's buffer is full: the peer is not reading (for now).
+                        conn.set_blocked(true);
+                        return Ok(());
+                    }
                 }
             }
+            conn.set_blocked(false);
             if self.unsent.capacity() > 0 {
                 self.unsent = Vec::new();
             }
@@ -212,6 +217,11 @@ impl Socket {
                 // Caught up after dropping join/leave events: one fresh list replaces them.
                 if conn.presence_behind.swap(false, Ordering::Relaxed) {
                     shared.queue_presence_lists(conn);
+                    continue;
+                }
+                // Drained after missing broadcasts: the lobbies' histories fill the gap.
+                if conn.lagging.swap(false, Ordering::Relaxed) {
+                    shared.catch_up(conn);
                     continue;
                 }
                 return Ok(());

@@ -31,11 +31,14 @@ where
             taken = std::future::poll_fn(|cx| conn.poll_take(cx, MAX_BATCH, usize::MAX, |m| batch.push(m))) => taken,
         };
         // A peer that stops reading blocks this write; the close signal still gets through.
+        // The write counts as blocked until it completes.
+        conn.set_blocked(true);
         let written = tokio::select! {
             biased;
             () = conn.closed() => break,
             written = write_batch(&mut sink, &mut batch) => written,
         };
+        conn.set_blocked(false);
         match written {
             Ok(bytes) => counters.messages_out(taken as u64, bytes),
             Err(()) => {
@@ -46,6 +49,10 @@ where
         // Caught up after dropping join/leave events: one fresh list replaces them.
         if conn.presence_behind.swap(false, Ordering::Relaxed) {
             shared.queue_presence_lists(&conn);
+        }
+        // Drained after missing broadcasts: the lobbies' histories fill the gap.
+        if conn.queued() == 0 && conn.lagging.swap(false, Ordering::Relaxed) {
+            shared.catch_up(&conn);
         }
     }
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);

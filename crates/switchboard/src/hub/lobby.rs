@@ -4,7 +4,7 @@
 //! member); each connection's registry entry remembers its position in every lobby it is in,
 //! so removal is a `swap_remove`. What a broadcast rarely needs, the offset each member's
 //! recovery replayed up to, lives in a parallel vector at the same positions, so it does not
-//! widen the walk. Presence (in `presence/`) counts connections per user, so a user with
+//! widen the walk; so does where each member is behind (see [`Lag`]). Presence (in `presence/`) counts connections per user, so a user with
 //! several tabs joins once and leaves once.
 
 use std::sync::Arc;
@@ -19,7 +19,36 @@ pub(crate) struct Lobby {
     /// replayed; live broadcasts up to it are skipped (they were in flight while the replay
     /// was read).
     pub(crate) replayed_until: Vec<u64>,
+    /// Per member (same position): whether it is behind, and from which offset.
+    pub(crate) lag: Vec<Lag>,
+    /// Members behind.
+    pub(crate) lagging: usize,
+    /// When the cluster was last told that this node's members of the lobby are behind.
+    pub(crate) announced: Option<std::time::Instant>,
     pub(crate) presence: LobbyPresence,
+}
+
+/// Where a member is behind in a lobby: its queue was full when the broadcast at `from` came,
+/// so it gets live broadcasts again only after the lobby's history has given it everything
+/// from `from` on. 0 while live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Lag(u64);
+
+impl Lag {
+    /// Behind from offset `from` (offsets start at 1).
+    pub(crate) fn behind(from: u64) -> Self {
+        debug_assert!(from > 0);
+        Self(from)
+    }
+
+    pub(crate) fn is_behind(self) -> bool {
+        self.0 != 0
+    }
+
+    /// The first offset it has not been given.
+    pub(crate) fn from(self) -> u64 {
+        self.0
+    }
 }
 
 impl Lobby {
@@ -28,6 +57,7 @@ impl Lobby {
         let change = self.presence.join(&conn.info.user_id);
         self.members.push(conn);
         self.replayed_until.push(0);
+        self.lag.push(Lag::default());
         (self.members.len() - 1, change)
     }
 
@@ -40,9 +70,18 @@ impl Lobby {
     ) -> (Option<Arc<ConnHandle>>, PresenceChange) {
         let conn = self.members.swap_remove(pos);
         self.replayed_until.swap_remove(pos);
+        self.set_lag(pos, Lag::default());
+        self.lag.swap_remove(pos);
         let moved = self.members.get(pos).cloned();
         let change = self.presence.leave(&conn.info.user_id, grace_generation);
         (moved, change)
+    }
+
+    /// Changes a member's lag, keeping the counts; returns the previous one.
+    pub(crate) fn set_lag(&mut self, pos: usize, lag: Lag) -> Lag {
+        let old = std::mem::replace(&mut self.lag[pos], lag);
+        self.lagging = self.lagging + usize::from(lag.is_behind()) - usize::from(old.is_behind());
+        old
     }
 
     pub(crate) fn is_empty(&self) -> bool {

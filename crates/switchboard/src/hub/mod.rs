@@ -25,9 +25,13 @@ use crate::request::LobbyFilter;
 use crate::skip::Skip;
 use crate::stats::{Census, Counters};
 
+mod catch_up;
 mod limits;
 mod lobby;
 mod presence;
+
+use catch_up::PressureOut;
+pub(crate) use catch_up::Shed;
 
 use lobby::Lobby;
 pub(crate) use presence::Notice;
@@ -68,6 +72,8 @@ pub(crate) struct Hub {
     leave_graces: CancellationToken,
     /// Presence changes for the embedding app.
     feed: AppFeed,
+    /// Tells the other nodes that this node's members of a lobby are behind (cluster mode).
+    pressure_out: std::sync::OnceLock<PressureOut>,
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +92,9 @@ struct Registry {
     histories: Histories,
     /// Counts publishes and departures, to sweep expired histories now and then.
     sweep_tick: u32,
+    /// Lobbies whose members are behind on other nodes, until when (cluster mode): publishes
+    /// to them are shed here too.
+    pressed_elsewhere: HashMap<LobbyCode, std::time::Instant>,
 }
 
 /// What a connection is told about a lobby it is now in (v1: in `welcome`; v2: in `joined`).
@@ -186,6 +195,7 @@ impl Hub {
             tracker,
             leave_graces: CancellationToken::new(),
             feed: AppFeed::default(),
+            pressure_out: std::sync::OnceLock::new(),
         }
     }
 
@@ -445,6 +455,9 @@ impl Hub {
             return;
         };
         reg.memberships -= 1;
+        if lobby.lag[pos].is_behind() {
+            self.counters.lagging(false);
+        }
         let (moved, change) = lobby.remove(pos, generation);
         self.announce(code, lobby, change, conn);
         if lobby.is_empty() {
@@ -597,14 +610,16 @@ impl Hub {
 
     /// Publishes a broadcast to a lobby: numbers it (unless the cluster did), keeps it in the
     /// lobby's history and offers it to every member `skip` leaves in, except connections
-    /// whose recovery already replayed it. The one publish path, alone or in a cluster.
-    /// Returns how many queued it.
+    /// whose recovery already replayed it, and members behind (they get it from the history
+    /// once they caught up). The one publish path, alone or in a cluster. Returns how many
+    /// queued it and its offset; [`Shed`] when a broadcast numbered here finds its lobby's
+    /// members behind (one the cluster numbered is always delivered).
     pub(crate) fn publish(
         &self,
-        lobby: &LobbyCode,
+        code: &LobbyCode,
         broadcast: Broadcast<'_>,
         skip: Skip<'_>,
-    ) -> (usize, u64) {
+    ) -> Result<(usize, u64), Shed> {
         let started = std::time::Instant::now();
         let exclude = self.exclude(skip);
         // A broadcast numbered here is numbered under this lock, after any replay; one the
@@ -613,26 +628,48 @@ impl Hub {
         let reached = {
             let mut guard = self.lock();
             let reg = &mut *guard;
+            if !numbered_elsewhere && self.pressed_locked(reg, code) {
+                self.counters.shed_publish();
+                return Err(Shed);
+            }
             self.maybe_sweep(reg);
             let config = &self.config.history;
-            let (offset, frame) = reg.histories.update(lobby, config, |history, seq| {
+            let (offset, frame) = reg.histories.update(code, config, |history, seq| {
                 history.publish(broadcast, config, seq)
             });
-            let Some(lobby) = reg.lobbies.get(lobby) else {
-                return (0, offset);
+            let Some(lobby) = reg.lobbies.get_mut(code) else {
+                return Ok((0, offset));
             };
-            let fresh = |pos: usize| !numbered_elsewhere || lobby.replayed_until[pos] < offset;
-            let reached = lobby
-                .members
-                .iter()
-                .enumerate()
-                .filter(|(pos, c)| fresh(*pos) && exclude.keeps(c))
-                .filter(|(_, c)| self.deliver(c, frame.clone()) == Offer::Queued)
-                .count();
+            let mut reached = 0;
+            for pos in 0..lobby.members.len() {
+                if numbered_elsewhere && lobby.replayed_until[pos] >= offset {
+                    continue;
+                }
+                let conn = &lobby.members[pos];
+                if !exclude.keeps(conn) {
+                    continue;
+                }
+                if lobby.lagging > 0 && lobby.lag[pos].is_behind() {
+                    self.still_behind(conn);
+                    continue;
+                }
+                match conn.offer(frame.clone()) {
+                    Offer::Queued => reached += 1,
+                    Offer::Closed => {}
+                    Offer::Full => {
+                        if let Some(lag) = self.fell_behind(&conn.clone(), offset) {
+                            self.set_lag(lobby, pos, lag);
+                        }
+                    }
+                }
+            }
+            if lobby.lagging > 0 && self.reading_behind(lobby) {
+                self.tell_pressure(code, lobby);
+            }
             (reached, offset)
         };
         self.counters.fanout.record(started.elapsed().as_secs_f64());
-        reached
+        Ok(reached)
     }
 
     /// How many members of a lobby a broadcast skipping `skip` would reach now.
@@ -677,15 +714,20 @@ impl Hub {
             .count()
     }
 
-    /// Offers a frame to one connection, applying the slow-consumer policy when it is full.
+    /// Offers a frame to one connection, applying the slow-consumer policy when it is full:
+    /// the frame is dropped, and the connection closed if its socket has stopped taking bytes
+    /// for longer than the grace.
     pub(crate) fn deliver(&self, conn: &ConnHandle, frame: Message) -> Offer {
         let offer = conn.offer(frame);
         if offer == Offer::Full {
-            let drop = self.config.on_full == SlowConsumerPolicy::Drop;
-            if !drop {
-                conn.close(DisconnectReason::SlowConsumer);
+            match self.config.on_full {
+                SlowConsumerPolicy::Drop => self.counters.overflow(true),
+                SlowConsumerPolicy::Close => {
+                    if !self.close_if_stuck(conn) {
+                        self.counters.shed_delivery();
+                    }
+                }
             }
-            self.counters.overflow(drop);
         }
         offer
     }
@@ -768,7 +810,16 @@ impl Hub {
             assert!(!lobby.is_empty());
             assert_eq!(lobby.presence.conns() as usize, lobby.members.len());
             assert_eq!(lobby.replayed_until.len(), lobby.members.len());
+            assert_eq!(lobby.lag.len(), lobby.members.len());
+            let behind = lobby.lag.iter().filter(|l| l.is_behind()).count();
+            assert_eq!(lobby.lagging, behind);
         }
+        let behind: usize = reg.lobbies.values().map(|l| l.lagging).sum();
+        let counted = self
+            .counters
+            .lagging
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(behind as u64, counted, "lagging members");
     }
 }
 

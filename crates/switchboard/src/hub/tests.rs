@@ -216,3 +216,147 @@ fn a_join_storm_never_closes_members() {
     assert_eq!(f.drain(watcher.seq).len(), 8, "what fitted stays queued");
     f.hub.assert_consistent();
 }
+
+/// The offsets of the `message` frames among `frames`, and whether a `recovered` frame with
+/// `ok: false` came.
+fn offsets(frames: &[String]) -> (Vec<u64>, bool) {
+    let mut offsets = Vec::new();
+    let mut lost = false;
+    for frame in frames {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(frame) else {
+            continue;
+        };
+        match value["type"].as_str() {
+            Some("message") => offsets.push(value["offset"].as_u64().unwrap()),
+            Some("recovered") => lost |= value["ok"] == false,
+            _ => {}
+        }
+    }
+    (offsets, lost)
+}
+
+fn publish(f: &Fixture, lobby: &str, n: u64) -> Result<(usize, u64), Shed> {
+    let lobby = LobbyCode::parse(lobby).unwrap();
+    let frame = format!(r#"{{"type":"message","data":{n}}}"#);
+    f.hub
+        .publish(&lobby, Broadcast::Unnumbered(&frame), Skip::Nobody)
+}
+
+/// The server could not keep up (the member's socket takes bytes, its queue is full anyway):
+/// the member is not closed; publishes to its lobby are shed until it has caught up from the
+/// history, and it ends up with every broadcast, in order, none twice.
+#[test]
+fn a_member_the_server_left_behind_catches_up_and_publishes_are_shed_meanwhile() {
+    let mut f = Fixture::new(|_| {});
+    let reader = f.connect("l1", "r", 1).unwrap(); // a queue of 8: welcome + 7 broadcasts
+    let mut shed = 0;
+    for n in 0..20 {
+        if publish(&f, "l1", n).is_err() {
+            shed += 1;
+        }
+    }
+    assert_eq!(reader.reason(), None, "never closed");
+    assert_eq!(
+        shed, 12,
+        "the 8th broadcast fell behind; the 12 after it were shed"
+    );
+    assert!(reader.lagging.load(std::sync::atomic::Ordering::Relaxed));
+    let mut got = f.drain(reader.seq);
+    f.hub.catch_up(&reader);
+    got.extend(f.drain(reader.seq));
+    let (seen, lost) = offsets(&got);
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
+    assert!(!lost);
+    // Live again: the next publish goes through and reaches it.
+    assert_eq!(publish(&f, "l1", 99).unwrap(), (1, 9));
+    assert_eq!(offsets(&f.drain(reader.seq)).0, [9]);
+    let counters = &f.hub.counters;
+    let stats = crate::stats::Stats::new(f.hub.census(), 1, counters);
+    assert_eq!(
+        (
+            stats.shed_publishes,
+            stats.shed_deliveries,
+            stats.lagging_members
+        ),
+        (12, 1, 0)
+    );
+    f.hub.assert_consistent();
+}
+
+/// A member whose socket stopped taking bytes is behind without shedding anyone's publishes;
+/// past the grace, the next broadcast for it closes it as a slow consumer.
+#[test]
+fn a_member_that_stopped_reading_is_closed_after_the_grace_and_sheds_nothing() {
+    use std::time::Duration;
+    let mut f = Fixture::new(|c| c.slow_grace = Duration::from_secs(2));
+    let stuck = f.connect("l1", "s", 1).unwrap();
+    let reader = f.connect("l1", "r", 2).unwrap();
+    // Not reading for longer than `READING`, not yet for the grace.
+    stuck.blocked_since_for_test(Duration::from_secs(1));
+    for n in 0..7 {
+        publish(&f, "l1", n).expect("nobody presses");
+        f.drain(reader.seq);
+    }
+    assert_eq!(stuck.reason(), None, "within the grace");
+    assert!(stuck.lagging.load(std::sync::atomic::Ordering::Relaxed));
+    stuck.blocked_since_for_test(Duration::from_secs(3));
+    publish(&f, "l1", 8).expect("nobody presses");
+    assert_eq!(stuck.reason(), Some(DisconnectReason::SlowConsumer));
+    assert_eq!(reader.reason(), None);
+    assert_eq!(offsets(&f.drain(reader.seq)).0, [8]);
+    f.hub.unregister(stuck.seq);
+    let stats = crate::stats::Stats::new(f.hub.census(), 1, &f.hub.counters);
+    assert_eq!(
+        stats.lagging_members, 0,
+        "a member that leaves is behind no more"
+    );
+    f.hub.assert_consistent();
+}
+
+/// Behind further than the history reaches: `recovered` with `ok: false`, then live traffic.
+#[test]
+fn a_member_behind_past_the_history_is_told_and_goes_live() {
+    let mut f = Fixture::new(|c| c.history.size = 3);
+    let slow = f.connect("l1", "s", 1).unwrap();
+    // Not reading (within the grace): publishes go on, past what the history keeps.
+    slow.blocked_since_for_test(std::time::Duration::from_secs(1));
+    for n in 0..15 {
+        publish(&f, "l1", n).expect("nobody presses");
+    }
+    slow.set_blocked(false);
+    let mut got = f.drain(slow.seq);
+    f.hub.catch_up(&slow);
+    got.extend(f.drain(slow.seq));
+    let (seen, lost) = offsets(&got);
+    assert_eq!(
+        seen,
+        (1..=7).collect::<Vec<_>>(),
+        "what was queued, no more"
+    );
+    assert!(lost, "told that the rest is lost");
+    publish(&f, "l1", 16).unwrap();
+    assert_eq!(offsets(&f.drain(slow.seq)).0, [16], "live again");
+    f.hub.assert_consistent();
+}
+
+/// Another node's members are behind: publishes entering here are shed for a while, and
+/// broadcasts the cluster numbered still reach this node's members.
+#[test]
+fn publishes_are_shed_while_another_node_says_its_members_are_behind() {
+    let mut f = Fixture::new(|_| {});
+    let member = f.connect("l1", "m", 1).unwrap();
+    f.hub.pressed_elsewhere(LobbyCode::parse("l1").unwrap());
+    assert_eq!(publish(&f, "l1", 1), Err(Shed));
+    assert!(
+        publish(&f, "l2", 1).is_ok(),
+        "other lobbies are not pressed"
+    );
+    let numbered = Broadcast::Numbered {
+        epoch: "e",
+        offset: 5,
+        frame: Message::text(r#"{"type":"message","offset":5}"#),
+    };
+    let lobby = LobbyCode::parse("l1").unwrap();
+    assert_eq!(f.hub.publish(&lobby, numbered, Skip::Nobody), Ok((1, 5)));
+    assert_eq!(offsets(&f.drain(member.seq)).0, [5]);
+}
