@@ -67,11 +67,10 @@ fn print_config(cli: &switchboard_server::cli::Cli) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout();
     stdout.write_all(explained.to_toml().as_bytes())?;
     stdout.flush()?;
-    let config = &explained.config;
-    if let Err(error) = config
+    if let Err(error) = explained
         .validate()
         .map_err(anyhow::Error::from)
-        .and_then(|()| switchboard_server::check(config))
+        .and_then(|()| switchboard_server::check(&explained.config))
     {
         eprintln!("switchboard: note: this configuration would not start: {error:#}");
     }

@@ -360,7 +360,7 @@ impl ServerConfig {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let explained = Self::explain_cli(cli, vars)?;
-        explained.config.validate()?;
+        explained.validate()?;
         Ok(explained.config)
     }
 
@@ -395,7 +395,7 @@ impl ServerConfig {
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
         let explained = Explained::read(file, vars)?;
-        explained.config.validate()?;
+        explained.validate()?;
         Ok(explained.config)
     }
 
@@ -716,6 +716,23 @@ impl Explained {
     /// Where `field` came from.
     pub fn source(&self, field: &str) -> &Source {
         self.sources.get(field).unwrap_or(&Source::Default)
+    }
+
+    /// [`ServerConfig::validate`], the error saying where the setting at fault was set, as a
+    /// value that cannot be read at all does.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.config.validate().map_err(|e| {
+            let whence = match self.source(&e.field) {
+                Source::Default => return e,
+                Source::File(path) => format!("in {}", path.display()),
+                Source::Env(name) => format!("from {name}"),
+                Source::CommandLine(option) => format!("from {option}"),
+            };
+            ConfigError {
+                reason: format!("{} ({whence})", e.reason),
+                field: e.field,
+            }
+        })
     }
 }
 

@@ -586,6 +586,33 @@ fn a_misspelt_name_gets_a_suggestion() {
 }
 
 #[test]
+fn a_combination_that_cannot_work_says_where_its_setting_came_from() {
+    let e = vars(&[
+        ("SWITCHBOARD_DEV_MODE", "true"),
+        ("SWITCHBOARD_LIMITS__MAX_PER_LOBBY", "0"),
+    ])
+    .unwrap_err();
+    assert_eq!(e.field, "limits.max_per_lobby");
+    assert!(
+        e.reason
+            .ends_with("(from SWITCHBOARD_LIMITS__MAX_PER_LOBBY)"),
+        "{e}"
+    );
+    let e = ServerConfig::from_args(
+        ["--dev".to_owned()],
+        [("SWITCHBOARD_BIND".to_owned(), "0.0.0.0:1".to_owned())],
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "dev_mode");
+    assert!(e.reason.ends_with("(from --dev)"), "{e}");
+    let e = vars(&[]).unwrap_err();
+    assert!(
+        !e.reason.contains("(from"),
+        "a default: no source to name: {e}"
+    );
+}
+
+#[test]
 fn log_settings() {
     let dev = ("SWITCHBOARD_DEV_MODE", "true");
     assert_eq!(vars(&[dev]).unwrap().log_format, LogFormat::Text);
