@@ -213,7 +213,9 @@ fn check_config_names_the_bad_setting() {
     let dir = Dir::new("bad");
     let dev = "dev_mode = true\n";
     let missing_key = dir.0.join("missing.pem");
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &[&str])> = vec![
+    /// What is wrong, the file, the environment, what the error says.
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (
             "unknown name, with a suggestion",
             format!("{dev}[limits]\nmax_per_loby = 3\n"),
