@@ -86,7 +86,10 @@ fn print_config_shows_each_source_redacts_secrets_and_reads_back() {
     let env = [
         ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "60"),
         ("SWITCHBOARD_AUTH__JWT_SECRET", JWT_SECRET),
-        ("SWITCHBOARD_WEBHOOK__URL", "http://127.0.0.1:9/hook"),
+        (
+            "SWITCHBOARD_WEBHOOK__URL",
+            "http://hook:hook-pass@127.0.0.1:9/hook",
+        ),
         ("SWITCHBOARD_WEBHOOK__SECRET", "whsec-old,whsec-new"),
         (
             "SWITCHBOARD_REDIS__URL",
@@ -113,7 +116,13 @@ fn print_config_shows_each_source_redacts_secrets_and_reads_back() {
         "the environment wins over the file"
     );
     // Secrets: named, never shown.
-    for secret in ["file-api-key-123", JWT_SECRET, "whsec-", "redis-pass"] {
+    for secret in [
+        "file-api-key-123",
+        JWT_SECRET,
+        "whsec-",
+        "redis-pass",
+        "hook-pass",
+    ] {
         assert!(!printed.contains(secret), "{secret} shown in {printed}");
     }
     assert!(line(&printed, "auth.jwt_secret").starts_with("# auth.jwt_secret = (redacted) "));
@@ -125,6 +134,11 @@ fn print_config_shows_each_source_redacts_secrets_and_reads_back() {
     );
     assert!(
         line(&printed, "redis.url").starts_with("redis.url = \"redis://:REDACTED@127.0.0.1:1/0\""),
+        "{printed}"
+    );
+    assert!(
+        line(&printed, "webhook.url")
+            .starts_with("webhook.url = \"http://hook:REDACTED@127.0.0.1:9/hook\""),
         "{printed}"
     );
     assert!(line(&printed, "log.format").starts_with("log.format = \"text\" "));

@@ -11,6 +11,15 @@ use super::{Explained, KNOWN, LogFormat, ServerConfig, Source};
 /// Settings whose values are never printed.
 pub const SECRETS: &[&str] = &["auth.jwt_secret", "api.key", "webhook.secret"];
 
+/// URL settings: printed with the password of a `user:password@` part replaced.
+const URLS: &[&str] = &[
+    "redis.url",
+    "webhook.url",
+    "webhook.rpc_url",
+    "auth.connect_url",
+    "auth.join_url",
+];
+
 /// A setting's value as the file would say it: a string, an integer, a boolean or a list of
 /// strings (`None`: not set).
 pub(super) type Value = Option<toml::Value>;
@@ -243,7 +252,7 @@ impl Explained {
                 Some(_) if SECRETS.contains(&field) => {
                     let _ = write!(line, "# {field} = (redacted)");
                 }
-                Some(toml::Value::String(url)) if field == "redis.url" => {
+                Some(toml::Value::String(url)) if URLS.contains(&field) => {
                     let (shown, redacted) = redact_url(&url);
                     let _ = write!(line, "{field} = ");
                     write_value(&mut line, &toml::Value::String(shown));
