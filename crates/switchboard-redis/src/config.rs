@@ -58,6 +58,13 @@ impl RedisConfig {
             clock_offset_ms: 0,
         }
     }
+
+    /// Whether the URL and the TLS files can work, as [`RedisCluster::start`] would find
+    /// them, without connecting (for `switchboard --check-config`).
+    pub fn check(&self) -> Result<(), UrlError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        client(self).map(drop)
+    }
 }
 
 /// PEM files for `rediss://` URLs.

@@ -1,6 +1,6 @@
-//! The command line: `--config FILE` and `--dev`, with `--help` and `--version` (clap). Every
-//! other setting is a config-file key or a `SWITCHBOARD_*` environment variable, listed in
-//! `config/switchboard.example.toml`.
+//! The command line: `--config FILE`, `--dev`, `--print-config` and `--check-config FILE`, with
+//! `--help` and `--version` (clap). Every other setting is a config-file key or a
+//! `SWITCHBOARD_*` environment variable, listed in `config/switchboard.example.toml`.
 
 use std::path::PathBuf;
 
@@ -15,7 +15,8 @@ use clap::Parser;
 or as an environment variable that wins over the file: `limits.max_per_lobby` is \
 SWITCHBOARD_LIMITS__MAX_PER_LOBBY. Without --dev the server needs auth: auth.jwt_secret (HS256), \
 auth.jwt_public_key_file (RS256) or auth.connect_url (the backend decides). The first line on \
-stdout is `listening on ADDR`; SIGTERM or SIGINT drains and exits."
+stdout is `listening on ADDR`; SIGTERM or SIGINT drains and exits. Exit status 2: a bad \
+setting (the message names it) or a failed start."
 )]
 pub struct Cli {
     /// A TOML configuration file [default: none; or SWITCHBOARD_CONFIG].
@@ -25,4 +26,14 @@ pub struct Cli {
     /// [default: off; or SWITCHBOARD_DEV_MODE=true].
     #[arg(long)]
     pub dev: bool,
+    /// Print the effective configuration (defaults, then the --config file, then the
+    /// environment, then --dev) as TOML, each setting with its source, secrets redacted; then
+    /// exit. A configuration that would not start is printed too, with a note on stderr.
+    #[arg(long, conflicts_with = "check_config")]
+    pub print_config: bool,
+    /// Check FILE as a start would (the environment and --dev applied, every start-up check),
+    /// without binding a port or connecting to Redis; print `ok: FILE` and exit 0, or name the
+    /// bad setting and exit 2.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
 }

@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`cli`]: the command line (`--config`, `--dev`, `--help`, `--version`).
-//! - [`config`]: [`ServerConfig`] from a TOML file and `SWITCHBOARD_*` environment variables.
+//! - [`cli`]: the command line (`--config`, `--dev`, `--print-config`, `--check-config`,
+//!   `--help`, `--version`).
+//! - [`config`]: [`ServerConfig`] from a TOML file and `SWITCHBOARD_*` environment variables,
+//!   each setting's source, and the `--print-config` printer.
 //! - [`auth`]: dev-mode tokens and JWT (HS256 / RS256) verification.
 //! - [`state`]: [`state::AppState`], what every route needs.
 //! - [`app`]: public routes (`/ws/{lobby}`, `/healthz`, `/readyz`) and admin routes, origin
@@ -17,8 +19,10 @@
 //! - [`rpc`]: a v2 client's `rpc` posted to the backend, whose answer is the result.
 //! - [`webhook`]: events queued and posted in batches.
 //! - [`timeline`]: the last 15 minutes, one sample a second, for the dashboard's charts.
+//! - [`summary`]: the periodic one-line summary in the logs, made of the timeline's samples.
 //! - `body`: request bodies read whole, bounded in bytes and time.
 //! - `serve`: the accept loop with a request-head deadline and a cap on pending connections.
+//! - [`check`]: what start-up checks before binding anything (`--check-config` runs it too).
 //! - [`run`] / [`spawn`]: serve until a shutdown signal, then drain.
 //!
 //! The binary is thin: read config, init logs, bind, print `listening on ADDR`, call [`run`].
@@ -38,6 +42,7 @@ pub mod proxy;
 pub mod rpc;
 mod serve;
 pub mod state;
+pub mod summary;
 pub mod timeline;
 pub mod webhook;
 
@@ -53,6 +58,19 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ConfigError, LogFormat, ServerConfig};
+
+/// What start-up checks beyond the settings ([`ServerConfig::validate`], done when they are
+/// read) before it binds a port: the files and URLs the settings name (the JWT public key, the
+/// backends' CA file, the Redis URL and its TLS files). Connects to nothing, binds nothing:
+/// `switchboard --check-config` runs it as the start does. The error names the setting.
+pub fn check(config: &ServerConfig) -> anyhow::Result<()> {
+    auth::Auth::from_config(config)?;
+    backend::Backend::new(config)?;
+    if let Some(url) = &config.redis_url {
+        redis_settings(config, url).check()?;
+    }
+    Ok(())
+}
 
 /// The listeners a server runs on.
 #[derive(Debug)]
@@ -176,9 +194,14 @@ pub async fn run(
         }
     }
     servers.spawn(metrics::upkeep(stop_http.clone()));
+    let node = config
+        .redis_url
+        .is_some()
+        .then(|| config.manager.node_id.clone());
     servers.spawn(timeline::sample(
         manager.clone(),
         timeline.clone(),
+        summary::Summary::new(config.log_summary_interval, node),
         stop_http.clone(),
     ));
     shutdown.await;
@@ -206,13 +229,7 @@ async fn join_cluster(
     url: &config::Secret,
     manager: &Manager,
 ) -> anyhow::Result<Arc<switchboard_redis::RedisCluster>> {
-    let mut settings = switchboard_redis::RedisConfig::new(url.0.clone(), &config.manager);
-    settings.heartbeat = config.redis_heartbeat;
-    settings.node_ttl = config.redis_node_ttl;
-    settings.key_prefix = config.redis_key_prefix.clone();
-    settings.outbound_max_bytes = config.redis_outbound_max_bytes;
-    settings.tls = config.redis_tls.clone();
-    settings.clock_offset_ms = config.test_clock_offset_ms;
+    let settings = redis_settings(config, url);
     let cluster = switchboard_redis::RedisCluster::start(settings, manager.local_node())?;
     manager.attach_cluster(cluster.clone());
     let wait = config.redis_heartbeat * 2 + std::time::Duration::from_millis(500);
@@ -222,6 +239,18 @@ async fn join_cluster(
         tracing::error!("redis unreachable at start: serving with local limits until it answers");
     }
     Ok(cluster)
+}
+
+/// The Redis adapter's settings from the server's.
+fn redis_settings(config: &ServerConfig, url: &config::Secret) -> switchboard_redis::RedisConfig {
+    let mut settings = switchboard_redis::RedisConfig::new(url.0.clone(), &config.manager);
+    settings.heartbeat = config.redis_heartbeat;
+    settings.node_ttl = config.redis_node_ttl;
+    settings.key_prefix = config.redis_key_prefix.clone();
+    settings.outbound_max_bytes = config.redis_outbound_max_bytes;
+    settings.tls = config.redis_tls.clone();
+    settings.clock_offset_ms = config.test_clock_offset_ms;
+    settings
 }
 
 /// A server running in the background: what tests and embedders get from [`spawn`].

@@ -1,6 +1,7 @@
 //! `switchboard`: the standalone server. Configuration comes from `--config FILE` and
 //! `SWITCHBOARD_*` environment variables; `switchboard --dev` runs in dev mode on 127.0.0.1:8080;
-//! `switchboard --help` says so.
+//! `--print-config` shows the configuration and `--check-config FILE` checks one without
+//! starting; `switchboard --help` says so.
 
 use std::io::Write;
 
@@ -19,7 +20,16 @@ fn main() {
 fn start() -> anyhow::Result<()> {
     // `--help`, `--version` and a bad argument (with a suggestion) end here, as clap does.
     let cli = switchboard_server::cli::Cli::parse();
+    if cli.print_config {
+        return print_config(&cli);
+    }
     let config = ServerConfig::from_cli(&cli, std::env::vars()).context("invalid configuration")?;
+    // The same checks with --check-config and before a start: nothing is bound yet.
+    switchboard_server::check(&config).context("invalid configuration")?;
+    if let Some(file) = &cli.check_config {
+        println!("ok: {}", file.display());
+        return Ok(());
+    }
     init_logs(&config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let drained = runtime.block_on(async {
@@ -49,6 +59,24 @@ fn start() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--print-config`: the configuration as read, with sources; a configuration that would not
+/// start is printed too, and stderr says why it would not.
+fn print_config(cli: &switchboard_server::cli::Cli) -> anyhow::Result<()> {
+    let explained =
+        ServerConfig::explain_cli(cli, std::env::vars()).context("invalid configuration")?;
+    let mut stdout = std::io::stdout();
+    stdout.write_all(explained.to_toml().as_bytes())?;
+    stdout.flush()?;
+    if let Err(error) = explained
+        .validate()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| switchboard_server::check(&explained.config))
+    {
+        eprintln!("switchboard: note: this configuration would not start: {error:#}");
+    }
+    Ok(())
+}
+
 /// Installs the SIGTERM and SIGINT handlers now; the future resolves on the first of them.
 fn termination() -> impl std::future::Future<Output = ()> {
     let handlers = (
@@ -68,6 +96,7 @@ fn termination() -> impl std::future::Future<Output = ()> {
 }
 
 fn init_logs(config: &ServerConfig) -> anyhow::Result<()> {
+    // Checked with the other settings already.
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("log.level: invalid filter {:?}", config.log_level))?;
     // Colour only on a terminal: logs piped to a file or journald stay plain text.
@@ -76,7 +105,7 @@ fn init_logs(config: &ServerConfig) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log_format {
-        LogFormat::Human => builder.init(),
+        LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use switchboard::{Manager, Stats};
 use tokio_util::sync::CancellationToken;
 
+use crate::summary::Summary;
+
 /// Samples kept: 15 minutes at one a second.
 pub const SAMPLES: usize = 900;
 
@@ -53,13 +55,8 @@ impl Timeline {
         };
         let secs = (now_ms.saturating_sub(then_ms) as f64 / 1000.0).max(0.001);
         let rate = |now: u64, then: u64| Some(now.saturating_sub(then) as f64 / secs);
-        let closed: u64 = stats.closes.values().sum();
-        let closed_before: u64 = prev.closes.values().sum();
-        // Accepted = the change in open connections plus those that closed meanwhile.
-        let connects = (stats.total_connections as f64 - prev.total_connections as f64
-            + closed.saturating_sub(closed_before) as f64)
-            .max(0.0)
-            / secs;
+        let (opened, _) = crate::summary::opened_and_closed(&prev, &stats);
+        let connects = opened as f64 / secs;
         let count = |map: &BTreeMap<&'static str, u64>, key: &str| map.get(key).copied();
         let rejected: u64 = stats.rejections.values().sum();
         let rejected_before: u64 = prev.rejections.values().sum();
@@ -139,8 +136,14 @@ impl Timeline {
     }
 }
 
-/// Samples `manager` every [`INTERVAL`] until `stop`.
-pub async fn sample(manager: Manager, timeline: std::sync::Arc<Timeline>, stop: CancellationToken) {
+/// Samples `manager` every [`INTERVAL`] until `stop`; the samples also make the periodic
+/// `summary` log line, when there is one.
+pub async fn sample(
+    manager: Manager,
+    timeline: std::sync::Arc<Timeline>,
+    mut summary: Option<Summary>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -149,7 +152,13 @@ pub async fn sample(manager: Manager, timeline: std::sync::Arc<Timeline>, stop: 
             () = stop.cancelled() => return,
         }
         let redis_up = manager.cluster_status().map(|s| s == "up");
-        timeline.record(crate::backend::now_ms(), manager.stats(), redis_up);
+        let (now, stats) = (crate::backend::now_ms(), manager.stats());
+        if let Some(summary) = &mut summary
+            && let Some(line) = summary.observe(now, &stats)
+        {
+            summary.log(&line);
+        }
+        timeline.record(now, stats, redis_up);
     }
 }
 
