@@ -131,6 +131,7 @@ pub async fn run(
         draining: draining.clone(),
         started: Instant::now(),
         timeline: Arc::new(timeline::Timeline::default()),
+        cluster: cluster.clone(),
     };
     let stop_http = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
@@ -179,6 +180,7 @@ pub async fn run(
     servers.spawn(timeline::sample(
         manager.clone(),
         timeline.clone(),
+        cluster.clone(),
         stop_http.clone(),
     ));
     shutdown.await;
