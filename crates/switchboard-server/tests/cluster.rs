@@ -354,6 +354,27 @@ async fn redis_outage_degrades_to_local_and_recovers() {
     .await;
     assert_eq!(ready["ready"], true);
     assert_eq!(http(a.addr, "GET", "/readyz", None, None).await.status, 200);
+    // The operator's search says it sees this node only; other nodes' charts are unavailable,
+    // this node's are not.
+    let found = api(a.addr, "GET", "/api/users/alice").await;
+    assert_eq!(
+        (
+            &found["cluster_unavailable"],
+            &found["redis"],
+            &found["connections"][0]["id"]
+        ),
+        (&json!(true), &json!("down"), &json!(alice.id()))
+    );
+    let other = http(a.addr, "GET", "/api/history?node=ob", None, None).await;
+    assert_eq!(
+        (other.status, other.error_code()),
+        (503, "cluster_unavailable".into())
+    );
+    let own = api(a.addr, "GET", "/api/history").await;
+    assert_eq!(
+        (&own["node_id"], &own["nodes"]),
+        (&json!("oa"), &json!(["oa"]))
+    );
     let mut alice2 = connect(a.addr, "room", "alice2").await;
     alice
         .expect("member_joined", "a local join during the outage")
