@@ -231,10 +231,11 @@ pub async fn sample(
         });
         let recorded = timeline.record(crate::backend::now_ms(), manager.stats(), redis);
         if let (Some(cluster), Some(sample)) = (&cluster, recorded) {
+            // A slow Redis must not slow this node's own sampling: half a tick at most.
             let window = INTERVAL * SAMPLES as u32;
-            cluster
-                .push_sample(&sample.to_string(), SAMPLES, window)
-                .await;
+            let sample = sample.to_string();
+            let push = cluster.push_sample(&sample, SAMPLES, window);
+            let _ = tokio::time::timeout(INTERVAL / 2, push).await;
         }
     }
 }
