@@ -350,6 +350,17 @@ impl Cluster for RedisCluster {
         ))
     }
 
+    fn lookup<'a>(&'a self, what: Lookup<'a>) -> BoxFuture<'a, Option<Vec<FoundConnection>>> {
+        // Each Redis call is bounded by the connection's response timeout and each question
+        // by `ASK_TIMEOUT`; this bounds the whole.
+        Box::pin(async move {
+            tokio::time::timeout(lookup::ASK_TIMEOUT * 4, self.lookup_everywhere(what))
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+
     fn stats(&self) -> BoxFuture<'_, Option<ClusterStats>> {
         Box::pin(async move {
             let mut con = self.connection()?;

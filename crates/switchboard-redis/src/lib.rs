@@ -17,18 +17,22 @@
 //! Layout: this file holds [`RedisCluster`] (its state, start and stop, key and channel
 //! names, announcements); `config` its settings and client; `cluster_impl` the [`Cluster`]
 //! trait's methods; `outbound` the bounded queue and publisher; `receive` subscriptions and
-//! incoming messages; `maintenance` heartbeat, sweep, reconnect and resync; `scripts` the Lua.
+//! incoming messages; `lookup` an operator's search across nodes (ask the owner, bounded);
+//! `maintenance` heartbeat, sweep, reconnect and resync; `samples` every node's dashboard
+//! samples and Redis's health; `scripts` the Lua.
 
 mod cluster_impl;
 mod config;
+mod lookup;
 mod maintenance;
 mod outbound;
 mod receive;
+mod samples;
 mod scripts;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,8 +40,8 @@ use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use switchboard::cluster::{
-    Admission, BoxFuture, Cluster, ClusterLobby, ClusterStats, LocalNode, OffsetSender, Published,
-    Skip,
+    Admission, BoxFuture, Cluster, ClusterLobby, ClusterStats, ConnectionDetails, FoundConnection,
+    LocalNode, Lookup, OffsetSender, Published, Skip,
 };
 use switchboard::{
     ClusterHistory, ConnectionInfo, DisconnectReason, HistoryConfig, LobbyCode, UserId, UserPolicy,
@@ -47,6 +51,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::client;
 pub use crate::config::{RedisConfig, TlsFiles, UrlError};
+pub use crate::lookup::{ASK_TIMEOUT, MAX_ASKS, MAX_LISTED, MAX_REPLY_BYTES};
+pub use crate::samples::{MAX_SAMPLE_BYTES, RedisHealth};
 use crate::scripts::Scripts;
 
 /// Separates the fields of a pub/sub payload (never in ids, lobby codes or JSON text).
@@ -78,6 +84,14 @@ pub struct RedisCluster {
     publish: mpsc::UnboundedSender<Outgoing>,
     /// Bytes queued in `publish` (by [`Outgoing::cost`]): the queue's bound.
     queued: AtomicUsize,
+    /// Questions this node asked other nodes (`lookup`), waiting for their answers; at most
+    /// [`lookup::MAX_ASKS`].
+    asks: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<String>>>,
+    next_ask: AtomicU64,
+    /// Failed calls and lost connections since start (the dashboard's errors per second).
+    errors: AtomicU64,
+    /// The last heartbeat's round trip, in microseconds (0: none yet).
+    heartbeat_rtt_us: AtomicU64,
     stop: CancellationToken,
 }
 
@@ -167,6 +181,10 @@ impl RedisCluster {
             subs: tokio::sync::Mutex::new(Subscriptions::default()),
             publish,
             queued: AtomicUsize::new(0),
+            asks: Mutex::new(HashMap::new()),
+            next_ask: AtomicU64::new(1),
+            errors: AtomicU64::new(0),
+            heartbeat_rtt_us: AtomicU64::new(0),
             stop: CancellationToken::new(),
         });
         tokio::spawn(cluster.clone().maintain());
@@ -240,6 +258,7 @@ impl RedisCluster {
     /// Records a failed Redis call: the node serves locally until the next good heartbeat.
     fn failed(&self, what: &str, error: &redis::RedisError) {
         metrics::counter!("switchboard_redis_errors_total").increment(1);
+        self.errors.fetch_add(1, Ordering::Relaxed);
         if self.up.swap(false, Ordering::SeqCst) {
             tracing::error!(%error, what, "redis unavailable: serving with local limits");
         }

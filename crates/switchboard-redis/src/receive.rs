@@ -159,6 +159,7 @@ impl RedisCluster {
             }
             self.subs.lock().await.sink = None;
             metrics::counter!("switchboard_redis_errors_total").increment(1);
+            self.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("redis pub/sub connection lost; reconnecting");
         }
     }
@@ -237,6 +238,8 @@ impl RedisCluster {
             }
             "join" => self.local.membership_for_user(arg, rest, true),
             "part" => self.local.membership_for_user(arg, rest, false),
+            "ask" => self.answer(arg, rest),
+            "reply" => self.answered(arg, rest),
             "close_user" => {
                 self.local.close_user(arg, reason());
             }

@@ -12,6 +12,8 @@
 //! - `P ip:{ip}`               connections from the IP
 //! - `P count`, `P users`      connections and users on every node
 //! - `P lobbies`               SET of lobbies with members
+//! - `P timeline:{n}`          LIST node n's dashboard samples, newest first (`samples`)
+//! - `P timelines`             ZSET node -> time of its last sample (`samples`)
 //!
 //! Every removal goes through `release`, which deletes the connection from its node's hash
 //! first and does nothing if it was already gone: a connection is freed exactly once, whether

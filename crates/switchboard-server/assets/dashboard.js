@@ -1,7 +1,8 @@
 // The live dashboard: polls /api/stats, /api/lobbies and /metrics every second (no reload).
 // Rates come from the differences of the counters between two polls; latency from the
 // switchboard_ping_rtt_seconds histogram over the last 30 s. With `api.key` set, the key is
-// asked once and kept in sessionStorage.
+// asked once and kept in sessionStorage. In cluster mode the search finds connections on every
+// node and the charts can show any node's last 15 minutes (a node selector).
 (function () {
   "use strict";
   var $ = function (id) { return document.getElementById(id); };
@@ -255,21 +256,28 @@
     tr.appendChild(td);
     return td;
   }
+  var none = function (v) { return v === null || v === undefined; };
   function renderFound(connections) {
     var body = $("found");
     body.textContent = "";
     connections.forEach(function (c) {
       var tr = document.createElement("tr");
       tr.dataset.connection = c.id;
+      tr.dataset.node = c.node_id || "";
+      // In cluster mode, a node that did not answer in time: what Redis records, marked.
+      var live = c.live !== false;
+      tr.dataset.live = String(live);
       cell(tr, c.id, "conn-id");
+      cell(tr, c.node_id || "–", "node");
       cell(tr, c.user_id);
       cell(tr, (c.lobbies || []).join(", ") || "–");
       cell(tr, c.ip);
-      cell(tr, "v" + c.protocol);
-      cell(tr, new Date(c.connected_at).toLocaleTimeString());
-      cell(tr, c.rtt_ms === null || c.rtt_ms === undefined ? "–" : c.rtt_ms.toFixed(1) + " ms", "num");
-      cell(tr, c.transport);
-      cell(tr, String(c.queued), "num");
+      cell(tr, none(c.protocol) ? "–" : "v" + c.protocol);
+      cell(tr, none(c.connected_at) ? "–" : new Date(c.connected_at).toLocaleTimeString());
+      cell(tr, none(c.rtt_ms) ? "–" : c.rtt_ms.toFixed(1) + " ms", "num");
+      cell(tr, none(c.transport) ? "–" : c.transport);
+      cell(tr, none(c.queued) ? "–" : String(c.queued), "num");
+      cell(tr, live ? "yes" : "unavailable (" + (c.unavailable || "no answer") + ")", live ? "live" : "live unavailable");
       var kick = document.createElement("button");
       kick.type = "button";
       kick.className = "kick";
@@ -285,11 +293,14 @@
     });
     $("found-table").hidden = connections.length === 0;
   }
+  var partial = "";  // why the last search may be incomplete
   function find(query) {
+    partial = "";
     var byUser = function () {
       return call("GET", "/api/users/" + seg(query)).then(function (u) {
         $("kick-user").hidden = u.connections.length === 0;
         $("kick-user").dataset.user = u.user_id;
+        if (u.cluster_unavailable) partial = " Redis is down: this node's connections only.";
         return u.connections;
       });
     };
@@ -303,7 +314,13 @@
       : byUser();
     return lookup.then(function (found) {
       renderFound(found);
-      result(found.length === 0 ? "No connection of " + query + " on this node." : found.length + " connection(s) on this node.");
+      var nodes = {};
+      var silent = 0;
+      found.forEach(function (c) { nodes[c.node_id] = true; if (c.live === false) silent++; });
+      var n = Object.keys(nodes).length;
+      result((found.length === 0 ? "No connection of " + query + "." :
+        found.length + " connection(s) on " + n + " node(s)." +
+        (silent ? " " + silent + " without live details: their node did not answer in time." : "")) + partial);
     }, function (e) { renderFound([]); result(e.message, true); });
   }
   $("find-form").addEventListener("submit", function (e) {
@@ -366,14 +383,49 @@
       { label: "p50", values: v("rtt_p50_ms"), cls: "s1" },
       { label: "p99", values: v("rtt_p99_ms"), cls: "s2" },
     ], "ms");
+    $("figure-redis").hidden = !s.redis_up;
+    $("figure-redis-rtt").hidden = !s.redis_rtt_ms;
     if (s.redis_up) {
-      $("figure-redis").hidden = false;
-      chart("redis", [{ label: "redis up (1) / down (0)", values: s.redis_up, cls: "s1" }], "");
+      chart("redis", [
+        { label: "redis up (1) / down (0)", values: s.redis_up, cls: "s1" },
+        { label: "errors", values: v("redis_errors_per_s"), cls: "s3" },
+      ], "");
     }
+    if (s.redis_rtt_ms) {
+      chart("redis-rtt", [{ label: "heartbeat round trip", values: s.redis_rtt_ms, cls: "s0" }], "ms");
+    }
+    renderNodes(h.nodes || [], h.node_id);
   }
+  // Cluster mode: every node's charts, from the samples each node keeps in Redis.
+  var chartedNode = "";  // "" = the node serving this page
+  function renderNodes(nodes, current) {
+    var select = $("history-node");
+    $("history-node-label").hidden = nodes.length < 2;
+    var have = Array.prototype.map.call(select.options, function (o) { return o.value; });
+    if (have.join(",") !== nodes.join(",")) {
+      select.textContent = "";
+      nodes.forEach(function (n) {
+        var o = document.createElement("option");
+        o.value = n;
+        o.textContent = n;
+        select.appendChild(o);
+      });
+    }
+    select.value = current;
+  }
+  $("history-node").addEventListener("change", function () {
+    chartedNode = $("history-node").value;
+    clearTimeout(historyTimer);
+    pollHistory();
+  });
+  var historyTimer = null;
   function pollHistory() {
-    getJson("/api/history").then(drawHistory, function () {}).then(function () {
-      setTimeout(pollHistory, HISTORY_MS);
+    var path = "/api/history" + (chartedNode ? "?node=" + seg(chartedNode) : "");
+    getJson(path).then(drawHistory, function (e) {
+      // A node gone for longer than the window: back to this node's own charts.
+      if (e.status === 404 && chartedNode) chartedNode = "";
+    }).then(function () {
+      historyTimer = setTimeout(pollHistory, HISTORY_MS);
     });
   }
 

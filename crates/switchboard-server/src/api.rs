@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
+use switchboard::cluster::{ConnectionDetails, FoundConnection, Lookup};
 use switchboard::{DisconnectReason, LobbyCode, UserId};
 
 use crate::state::AppState;
@@ -238,9 +239,69 @@ async fn kick_connection(State(state): State<AppState>, Path(id): Path<String>) 
     Ok(Json(json!({ "closed": 1 })))
 }
 
-/// `GET /api/history`: the last 15 minutes, one sample a second (the dashboard's charts).
-async fn history(State(state): State<AppState>) -> ApiResult {
-    Ok(Json(state.timeline.to_json()))
+#[derive(Deserialize)]
+struct HistoryQuery {
+    node: Option<String>,
+}
+
+/// `GET /api/history[?node=ID]`: the last 15 minutes, one sample a second (the dashboard's
+/// charts), of this node or, in cluster mode, of any node that pushed samples to Redis within
+/// the window (`nodes` lists them). 404 for a node without samples.
+async fn history(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let query = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let me = state.manager.config().node_id.clone();
+    let node = query.0.node.unwrap_or_else(|| me.clone());
+    let valid = !node.is_empty()
+        && node.len() <= 64
+        && node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_node",
+            "a node id is 1-64 characters of [A-Za-z0-9_]",
+        ));
+    }
+    let mut history = if node == me {
+        state.timeline.to_json()
+    } else {
+        let no_samples = || {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no samples of that node in the last 15 minutes",
+            )
+        };
+        let cluster = state.cluster.as_ref().ok_or_else(no_samples)?;
+        let samples = cluster
+            .samples(&node, crate::timeline::SAMPLES)
+            .await
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "cluster_unavailable",
+                    "redis cannot answer now",
+                )
+            })?;
+        if samples.is_empty() {
+            return Err(no_samples());
+        }
+        crate::timeline::from_samples(&samples)
+    };
+    history["node_id"] = json!(node);
+    let mut nodes = match &state.cluster {
+        Some(cluster) => cluster.timeline_nodes().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    if !nodes.contains(&me) {
+        nodes.push(me);
+        nodes.sort_unstable();
+    }
+    history["nodes"] = json!(nodes);
+    Ok(Json(history))
 }
 
 /// `POST /api/connections/{id}/send`: a `direct` frame from the backend to one connection, on
@@ -303,52 +364,85 @@ async fn remove_user(
     Ok(Json(json!({ "removed": removed })))
 }
 
-/// `GET /api/connections/{id}`: one connection of this node, with its lobbies.
+/// `GET /api/connections/{id}`: one connection, on whichever node holds it (in cluster mode
+/// the owner is asked for its live details; see [`user`]).
 async fn connection(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such connection");
-    let info = state.manager.connection(&id).ok_or_else(not_found)?;
-    Ok(Json(describe(&state, &info).ok_or_else(not_found)?))
+    let here = state.manager.details(Lookup::Connection(&id));
+    if let Some(d) = here.into_iter().next() {
+        return Ok(Json(live(&state.manager.config().node_id, d)));
+    }
+    let found = state
+        .manager
+        .lookup_elsewhere(Lookup::Connection(&id))
+        .await
+        .unwrap_or_default();
+    found
+        .into_iter()
+        .next()
+        .map(remote)
+        .map(Json)
+        .ok_or_else(not_found)
 }
 
-/// `GET /api/users/{user}`: the user's connections on this node, each as
-/// `GET /api/connections/{id}` describes it (what the dashboard's search shows).
+/// `GET /api/users/{user}`: the user's connections on every node, each as
+/// `GET /api/connections/{id}` describes it (what the dashboard's search shows). Another
+/// node's connections carry its live details when it answered in time (`"live": true`);
+/// otherwise what Redis records (node, IP, lobbies) with `"live": false` and why
+/// (`unavailable`), never a wait longer than the bound (see docs/cluster.md).
 async fn user(State(state): State<AppState>, Path(user): Path<String>) -> ApiResult {
     let user = user_id(&user)?;
-    let connections: Vec<Value> = state
+    let me = state.manager.config().node_id.clone();
+    let mut connections: Vec<Value> = state
         .manager
-        .user_connections(user.as_str())
-        .iter()
-        .filter_map(|info| describe(&state, info))
+        .details(Lookup::User(user.as_str()))
+        .into_iter()
+        .map(|d| live(&me, d))
         .collect();
-    Ok(Json(json!({
-        "user_id": user,
-        "node_id": state.manager.config().node_id,
-        "connections": connections,
-    })))
+    let mut answer = json!({"user_id": user, "node_id": me});
+    if let Some(status) = state.manager.cluster_status() {
+        match state
+            .manager
+            .lookup_elsewhere(Lookup::User(user.as_str()))
+            .await
+        {
+            Some(found) => connections.extend(found.into_iter().map(remote)),
+            // Redis cannot answer: this node's connections only, and the page says so.
+            None => answer["cluster_unavailable"] = json!(true),
+        }
+        answer["redis"] = json!(status);
+    }
+    answer["connections"] = json!(connections);
+    Ok(Json(answer))
 }
 
-/// One connection of this node: who, where from, since when, its lobbies, transport, frames
-/// queued for it and last ping round trip; `None` once it is gone.
-fn describe(state: &AppState, info: &switchboard::ConnectionInfo) -> Option<Value> {
-    let id = info.id.as_str();
-    let lobbies = state.manager.lobbies_of(id)?;
-    let connected_at = info
-        .connected_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let now = state.manager.connection_state(id)?;
-    let rtt_ms = now.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0);
-    Some(json!({
-        "id": info.id,
-        "user_id": info.user_id,
-        "protocol": info.protocol,
-        "ip": info.ip,
-        "connected_at": connected_at,
-        "lobbies": lobbies,
-        "transport": now.transport,
-        "queued": now.queued,
-        "rtt_ms": rtt_ms,
-    }))
+/// A connection with its owner's live details.
+fn live(node: &str, details: ConnectionDetails) -> Value {
+    let mut v = json!(details);
+    v["node_id"] = json!(node);
+    v["live"] = json!(true);
+    v
+}
+
+/// Another node's connection: its live details, or what Redis records and why no more.
+fn remote(found: FoundConnection) -> Value {
+    if let Some(details) = found.live {
+        return live(&found.node, details);
+    }
+    json!({
+        "id": found.id,
+        "user_id": found.user_id,
+        "node_id": found.node,
+        "ip": found.ip,
+        "lobbies": found.lobbies,
+        "protocol": null,
+        "connected_at": null,
+        "transport": null,
+        "queued": null,
+        "rtt_ms": null,
+        "live": false,
+        "unavailable": found.unavailable,
+    })
 }
 
 async fn stats(State(state): State<AppState>) -> ApiResult {

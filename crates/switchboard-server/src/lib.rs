@@ -149,6 +149,7 @@ pub async fn run(
         draining: draining.clone(),
         started: Instant::now(),
         timeline: Arc::new(timeline::Timeline::default()),
+        cluster: cluster.clone(),
     };
     let stop_http = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
@@ -202,6 +203,7 @@ pub async fn run(
         manager.clone(),
         timeline.clone(),
         summary::Summary::new(config.log_summary_interval, node),
+        cluster.clone(),
         stop_http.clone(),
     ));
     shutdown.await;

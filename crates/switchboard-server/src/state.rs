@@ -38,6 +38,8 @@ pub struct AppState {
     pub started: Instant,
     /// The last 15 minutes, for the dashboard (`GET /api/history`).
     pub timeline: Arc<crate::timeline::Timeline>,
+    /// The Redis cluster, in cluster mode: every node's samples for the dashboard.
+    pub cluster: Option<Arc<switchboard_redis::RedisCluster>>,
 }
 
 impl AppState {

@@ -354,6 +354,27 @@ async fn redis_outage_degrades_to_local_and_recovers() {
     .await;
     assert_eq!(ready["ready"], true);
     assert_eq!(http(a.addr, "GET", "/readyz", None, None).await.status, 200);
+    // The operator's search says it sees this node only; other nodes' charts are unavailable,
+    // this node's are not.
+    let found = api(a.addr, "GET", "/api/users/alice").await;
+    assert_eq!(
+        (
+            &found["cluster_unavailable"],
+            &found["redis"],
+            &found["connections"][0]["id"]
+        ),
+        (&json!(true), &json!("down"), &json!(alice.id()))
+    );
+    let other = http(a.addr, "GET", "/api/history?node=ob", None, None).await;
+    assert_eq!(
+        (other.status, other.error_code()),
+        (503, "cluster_unavailable".into())
+    );
+    let own = api(a.addr, "GET", "/api/history").await;
+    assert_eq!(
+        (&own["node_id"], &own["nodes"]),
+        (&json!("oa"), &json!(["oa"]))
+    );
     let mut alice2 = connect(a.addr, "room", "alice2").await;
     alice
         .expect("member_joined", "a local join during the outage")
@@ -1609,4 +1630,280 @@ async fn presence_webhooks_are_posted_once_across_nodes() {
     // Nothing twice: after a pause, no further event.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(next(&mut posted).is_none(), "an event was posted twice");
+}
+
+/// The connections `GET /api/users/{user}` lists, by id.
+fn listed(answer: &Value) -> std::collections::BTreeMap<String, Value> {
+    answer["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].as_str().unwrap().to_owned(), c.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn find_lists_a_users_connections_on_every_node_with_live_details() {
+    let redis = Redis::start();
+    let multi = [("SWITCHBOARD_USER_POLICY", "multi")];
+    let a = node(&redis, "fa", &multi);
+    let b = node(&redis, "fb", &multi);
+    let here = connect(a.addr, "room1", "zoe").await;
+    let mut there = connect(b.addr, "room2", "zoe").await;
+    let _other = connect(b.addr, "room3", "yann").await;
+    for (from, whose) in [(a.addr, "fa"), (b.addr, "fb")] {
+        let answer = api(from, "GET", "/api/users/zoe").await;
+        assert_eq!(answer["node_id"], whose);
+        assert_eq!(answer["redis"], "up");
+        let conns = listed(&answer);
+        assert_eq!(conns.len(), 2, "zoe's two tabs, from {whose}: {answer}");
+        for (client, node, lobby) in [(&here, "fa", "room1"), (&there, "fb", "room2")] {
+            let c = &conns[client.id()];
+            assert_eq!(c["node_id"], node, "{c}");
+            // Live details come from the owner's memory only: the other node asked it.
+            assert_eq!(c["live"], true, "{c}");
+            assert_eq!(c["lobbies"], json!([lobby]));
+            assert_eq!(c["transport"], "websocket");
+            assert_eq!(c["protocol"], 1);
+            assert_eq!(c["user_id"], "zoe");
+            assert_eq!(c["ip"], "127.0.0.1");
+            assert!(c["queued"].is_u64() && c["connected_at"].is_u64(), "{c}");
+            assert!(c.get("rtt_ms").is_some(), "{c}");
+        }
+    }
+    // One connection by id, from the node that does not hold it.
+    let one = api(a.addr, "GET", &format!("/api/connections/{}", there.id())).await;
+    assert_eq!(
+        (&one["node_id"], &one["live"], &one["lobbies"]),
+        (&json!("fb"), &json!(true), &json!(["room2"]))
+    );
+    let missing = http(a.addr, "GET", "/api/connections/fb-999999", None, None).await;
+    assert_eq!(missing.status, 404);
+    // Act on what was found: a kick from node A closes node B's connection with 4009.
+    let r = api(
+        a.addr,
+        "DELETE",
+        &format!("/api/connections/{}", there.id()),
+    )
+    .await;
+    assert_eq!(r, json!({"closed": 1}));
+    there
+        .ending("kicked from the other node")
+        .await
+        .assert(4009, "kicked", false);
+    eventually_json("the kicked tab is gone", a.addr, "/api/users/zoe", |v| {
+        v["connections"].as_array().unwrap().len() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn find_marks_a_frozen_or_dead_nodes_entries_without_hanging() {
+    let redis = Redis::start();
+    // A long TTL: the frozen node's entries stay in Redis while it does not answer.
+    let slow_sweep = [
+        ("SWITCHBOARD_USER_POLICY", "multi"),
+        ("SWITCHBOARD_REDIS__NODE_TTL_MS", "60000"),
+    ];
+    let a = node(&redis, "za", &slow_sweep);
+    let mut b = node(&redis, "zb", &slow_sweep);
+    let here = connect(a.addr, "room1", "zoe").await;
+    let there = connect(b.addr, "room2", "zoe").await;
+    let live = api(a.addr, "GET", "/api/users/zoe").await;
+    assert_eq!(listed(&live)[there.id()]["live"], true, "{live}");
+    b.signal("STOP");
+    let bound = switchboard_redis::ASK_TIMEOUT + Duration::from_millis(1000);
+    let asked = Instant::now();
+    let answer = api(a.addr, "GET", "/api/users/zoe").await;
+    let took = asked.elapsed();
+    assert!(took < bound, "a frozen node held the search for {took:?}");
+    let conns = listed(&answer);
+    assert_eq!(conns[here.id()]["live"], true);
+    let frozen = &conns[there.id()];
+    assert_eq!(
+        (
+            &frozen["node_id"],
+            &frozen["live"],
+            &frozen["unavailable"],
+            &frozen["lobbies"],
+            &frozen["ip"],
+            &frozen["transport"]
+        ),
+        (
+            &json!("zb"),
+            &json!(false),
+            &json!("timeout"),
+            &json!(["room2"]),
+            &json!("127.0.0.1"),
+            &Value::Null
+        ),
+        "what Redis knows, marked: {frozen}"
+    );
+    // Past the bound on questions outstanding: the searches beyond it are answered at once,
+    // marked `busy`; none waits past the bound.
+    let searches = switchboard_redis::MAX_ASKS * 2;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..searches)
+        .map(|_| {
+            let addr = a.addr;
+            tokio::spawn(async move { api(addr, "GET", "/api/users/zoe").await })
+        })
+        .collect();
+    let mut why = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        let answer = t.await.unwrap();
+        let entry = &listed(&answer)[there.id()];
+        *why.entry(entry["unavailable"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let took = started.elapsed();
+    assert!(took < bound * 2, "{searches} searches took {took:?}");
+    // (Without the bound every one would wait for its own answer: none would be `busy`.)
+    assert!(
+        why.get("busy").copied().unwrap_or(0) >= 1,
+        "at most MAX_ASKS questions outstanding: {why:?}"
+    );
+    assert!(why.get("timeout").copied().unwrap_or(0) >= 1, "{why:?}");
+    assert_eq!(why.values().sum::<usize>(), searches, "{why:?}");
+    assert!(why.keys().all(|k| k == "busy" || k == "timeout"), "{why:?}");
+    // Every question's slot was given back: the next search asks again.
+    let again = api(a.addr, "GET", "/api/users/zoe").await;
+    assert_eq!(listed(&again)[there.id()]["unavailable"], "timeout");
+    // A dead node: the same, within the same bound.
+    b.signal("KILL");
+    b.wait(WAIT).await;
+    let asked = Instant::now();
+    let answer = api(a.addr, "GET", &format!("/api/connections/{}", there.id())).await;
+    assert!(asked.elapsed() < bound, "{:?}", asked.elapsed());
+    assert_eq!(
+        (&answer["live"], &answer["unavailable"]),
+        (&json!(false), &json!("timeout"))
+    );
+}
+
+#[tokio::test]
+async fn every_nodes_history_and_redis_health_are_charted_from_any_node() {
+    let redis = Redis::start();
+    let a = node(&redis, "ha", &[]);
+    let b = node(&redis, "hb", &[]);
+    let _client = connect(b.addr, "room", "ivy").await;
+    let last = |v: &Value, name: &str| v["series"][name].as_array().and_then(|s| s.last().cloned());
+    // A node's samples are in Redis from its second sample on (the first is the rates'
+    // baseline): until then 404.
+    let history_of = |from: SocketAddr, node: &'static str, check: fn(&Value) -> bool| async move {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = http(
+                from,
+                "GET",
+                &format!("/api/history?node={node}"),
+                None,
+                None,
+            )
+            .await;
+            assert!(r.status == 200 || r.status == 404, "{}", r.body);
+            if r.status == 200 && check(&r.json()) {
+                return r.json();
+            }
+            assert!(Instant::now() < deadline, "{node}'s history: {}", r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    for from in [a.addr, b.addr] {
+        let h = history_of(from, "hb", |v| {
+            v["series"]["connections"].as_array().and_then(|s| s.last()) == Some(&json!(1.0))
+        })
+        .await;
+        assert_eq!(h["node_id"], "hb");
+        assert_eq!(h["nodes"], json!(["ha", "hb"]), "{}", h["nodes"]);
+        let n = h["t"].as_array().unwrap().len();
+        for name in [
+            "connections",
+            "messages_in_per_s",
+            "redis_up",
+            "redis_errors_per_s",
+            "redis_rtt_ms",
+        ] {
+            assert_eq!(
+                h["series"][name].as_array().map(Vec::len),
+                Some(n),
+                "{name}"
+            );
+        }
+        assert_eq!(last(&h, "redis_up"), Some(json!(1.0)));
+        assert_eq!(last(&h, "redis_errors_per_s"), Some(json!(0.0)));
+        assert!(last(&h, "redis_rtt_ms").unwrap().as_f64().unwrap() > 0.0);
+        let own = history_of(from, "ha", |v| !v["t"].as_array().unwrap().is_empty()).await;
+        assert_eq!(own["node_id"], "ha");
+    }
+    // This node's own, without a query, says which node it is.
+    let own = api(a.addr, "GET", "/api/history").await;
+    assert_eq!(
+        (&own["node_id"], &own["nodes"]),
+        (&json!("ha"), &json!(["ha", "hb"]))
+    );
+    for (path, status) in [
+        ("/api/history?node=nosuch", 404),
+        ("/api/history?node=bad-id", 400),
+        (&format!("/api/history?node={}", "x".repeat(65)), 400),
+    ] {
+        assert_eq!(
+            http(a.addr, "GET", path, None, None).await.status,
+            status,
+            "{path}"
+        );
+    }
+    // In Redis: one capped list per node, expiring with the window.
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string()])
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let ttl: u64 = cli(&["PTTL", "switchboard:timeline:hb"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 900_000, "{ttl}");
+    let len: usize = cli(&["LLEN", "switchboard:timeline:hb"]).parse().unwrap();
+    assert!((1..=900).contains(&len), "{len}");
+}
+
+/// The per-node list in Redis keeps the window and no more, and refuses an oversized sample.
+#[tokio::test]
+async fn the_samples_in_redis_stay_within_their_bounds() {
+    let redis = Redis::start();
+    let mut config = switchboard::Config::default();
+    config.node_id = "bounds".into();
+    let manager = switchboard::Manager::new(config.clone()).unwrap();
+    let mut settings = switchboard_redis::RedisConfig::new(redis.url(), &config);
+    settings.heartbeat = Duration::from_millis(HEARTBEAT_MS);
+    let cluster = switchboard_redis::RedisCluster::start(settings, manager.local_node()).unwrap();
+    assert!(cluster.wait_up(WAIT).await);
+    for i in 0..20 {
+        let sample = json!({"t": i, "v": {}}).to_string();
+        assert!(
+            cluster
+                .push_sample(&sample, 5, Duration::from_secs(60))
+                .await
+        );
+    }
+    let kept = cluster.samples("bounds", 900).await.unwrap();
+    let t: Vec<Value> = kept
+        .iter()
+        .map(|s| serde_json::from_str::<Value>(s).unwrap()["t"].clone())
+        .collect();
+    assert_eq!(
+        t,
+        json!([15, 16, 17, 18, 19]).as_array().unwrap().clone(),
+        "the newest 5, oldest first"
+    );
+    let huge = "x".repeat(switchboard_redis::MAX_SAMPLE_BYTES + 1);
+    assert!(!cluster.push_sample(&huge, 5, Duration::from_secs(60)).await);
+    assert_eq!(cluster.samples("bounds", 900).await.unwrap().len(), 5);
+    assert_eq!(
+        cluster.timeline_nodes().await.unwrap(),
+        vec!["bounds".to_owned()]
+    );
+    cluster.leave().await;
 }

@@ -9,10 +9,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::disconnect::DisconnectReason;
-use crate::handle::{ConnectionInfo, LostConnection};
+use crate::handle::{ConnHandle, ConnectionInfo, LostConnection};
 use crate::history::Broadcast;
 use crate::hub::Hub;
 use crate::ids::{LobbyCode, UserId};
@@ -96,6 +96,121 @@ pub struct ClusterLobby {
     pub connections: usize,
     /// Distinct users on every node.
     pub users: usize,
+}
+
+/// One connection as an operator sees it, from the node that holds it (its memory): who,
+/// where from, since when, its lobbies, transport, frames queued for it, last ping round trip.
+/// What `GET /api/connections/{id}` answers; other nodes get it by asking the owner
+/// ([`Cluster::lookup`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[non_exhaustive]
+pub struct ConnectionDetails {
+    /// `NODE-SEQ`.
+    pub id: String,
+    /// Its user.
+    pub user_id: String,
+    /// 1 or 2.
+    pub protocol: u8,
+    /// The client's IP.
+    pub ip: String,
+    /// When it was accepted (ms since the Unix epoch).
+    pub connected_at: u64,
+    /// Its lobbies, in the order it joined them.
+    pub lobbies: Vec<String>,
+    /// `websocket` or `sse`.
+    pub transport: String,
+    /// Frames queued for it, not written yet.
+    pub queued: usize,
+    /// The last ping round trip, in ms.
+    pub rtt_ms: Option<f64>,
+}
+
+impl ConnectionDetails {
+    /// The details of this node's connections that `what` names, at most `max`.
+    pub(crate) fn find(hub: &Hub, what: Lookup<'_>, max: usize) -> Vec<Self> {
+        let conns = match what {
+            Lookup::User(user) => hub.user_connections(user),
+            Lookup::Connection(id) => hub.connection_by_id(id).into_iter().collect(),
+        };
+        conns.iter().take(max).map(|c| Self::of(hub, c)).collect()
+    }
+
+    /// The details of a connection of this node, from its registry.
+    pub(crate) fn of(hub: &Hub, conn: &ConnHandle) -> Self {
+        let state = conn.state();
+        Self {
+            id: conn.info.id.as_str().to_owned(),
+            user_id: conn.info.user_id.as_str().to_owned(),
+            protocol: conn.info.protocol,
+            ip: conn.info.ip.to_string(),
+            connected_at: conn
+                .info
+                .connected_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            lobbies: hub
+                .lobbies_of(conn.seq)
+                .into_iter()
+                .map(|l| l.as_str().to_owned())
+                .collect(),
+            transport: state.transport.to_owned(),
+            queued: state.queued,
+            rtt_ms: state.rtt.map(|rtt| rtt.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+/// What an operator looks for ([`Cluster::lookup`], [`LocalNode::details`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// Every connection of a user.
+    User(&'a str),
+    /// One connection, by its `NODE-SEQ` id.
+    Connection(&'a str),
+}
+
+/// A connection another node holds, found through the cluster: what the cluster's shared
+/// state records about it, and its owner's live details when the owner answered in time.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct FoundConnection {
+    /// The node holding it.
+    pub node: String,
+    /// `NODE-SEQ`.
+    pub id: String,
+    /// Its user.
+    pub user_id: String,
+    /// The client's address as the limits count it.
+    pub ip: String,
+    /// Its lobbies as the cluster records them.
+    pub lobbies: Vec<String>,
+    /// The owner's answer; `None` when it gave none (see `unavailable`).
+    pub live: Option<ConnectionDetails>,
+    /// Why there are no live details: `timeout` (the owner did not answer in time: busy,
+    /// frozen or dead), `busy` (this node had too many questions outstanding), `overloaded`
+    /// (the question could not be queued).
+    pub unavailable: Option<&'static str>,
+}
+
+impl FoundConnection {
+    /// An entry from the cluster's records.
+    pub fn new(
+        node: String,
+        id: String,
+        user_id: String,
+        ip: String,
+        lobbies: Vec<String>,
+    ) -> Self {
+        Self {
+            node,
+            id,
+            user_id,
+            ip,
+            lobbies,
+            live: None,
+            unavailable: None,
+        }
+    }
 }
 
 /// What several nodes share. Every method must be quick or asynchronous: they are called on
@@ -195,6 +310,15 @@ pub trait Cluster: Send + Sync + 'static {
         lobby: &'a str,
         frame: &'a str,
     ) -> BoxFuture<'a, Option<bool>>;
+
+    /// The connections other nodes hold of a user, or the one connection `id` names when
+    /// another node holds it, each with its owner's live details when the owner answers
+    /// within a bounded time; `None` when the cluster cannot answer. Never waits long: a
+    /// node that does not answer in time gives its entries without live details.
+    fn lookup<'a>(&'a self, what: Lookup<'a>) -> BoxFuture<'a, Option<Vec<FoundConnection>>> {
+        let _ = what;
+        Box::pin(async { None })
+    }
 
     /// Cluster-wide counts, if the cluster answers.
     fn stats(&self) -> BoxFuture<'_, Option<ClusterStats>>;
@@ -307,6 +431,15 @@ impl LocalNode {
             .hub()
             .connection_by_id(id)
             .is_some_and(|c| shared.hub().deliver(&c, text(frame)) == crate::handle::Offer::Queued)
+    }
+
+    /// The live details of this node's connections that `what` names, at most `max`
+    /// (what another node asks for an operator).
+    pub fn details(&self, what: Lookup<'_>, max: usize) -> Vec<ConnectionDetails> {
+        let Some(shared) = self.shared.upgrade() else {
+            return Vec::new();
+        };
+        ConnectionDetails::find(shared.hub(), what, max)
     }
 
     /// Closes one of this node's connections; whether it was here.

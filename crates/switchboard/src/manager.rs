@@ -8,7 +8,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client;
-use crate::cluster::{Cluster, ClusterStats, LocalNode};
+use crate::cluster::{
+    Cluster, ClusterStats, ConnectionDetails, FoundConnection, LocalNode, Lookup,
+};
 use crate::config::{Config, ConfigError};
 use crate::connection::{self, Socket};
 use crate::disconnect::DisconnectReason;
@@ -318,6 +320,19 @@ impl Manager {
         tokio::time::timeout(timeout, answer)
             .await
             .unwrap_or(Err(Error::PingTimeout(timeout)))
+    }
+
+    /// This node's connections that `what` names, with their live details (what an operator
+    /// sees of them).
+    pub fn details(&self, what: Lookup<'_>) -> Vec<ConnectionDetails> {
+        ConnectionDetails::find(&self.shared.hub, what, usize::MAX)
+    }
+
+    /// The connections other nodes hold that `what` names, with their owners' live details
+    /// when they answer in time ([`Cluster::lookup`]); `None` without a cluster, or when it
+    /// cannot answer.
+    pub async fn lookup_elsewhere(&self, what: Lookup<'_>) -> Option<Vec<FoundConnection>> {
+        self.shared.lookup_elsewhere(what).await
     }
 
     /// What one of this node's connections is doing now: its transport, the frames queued for

@@ -541,6 +541,14 @@ impl Shared {
         self.cluster.get()?.stats().await
     }
 
+    /// The connections other nodes hold that `what` names ([`Cluster::lookup`]).
+    pub(crate) async fn lookup_elsewhere(
+        &self,
+        what: crate::cluster::Lookup<'_>,
+    ) -> Option<Vec<crate::cluster::FoundConnection>> {
+        self.cluster.get()?.lookup(what).await
+    }
+
     /// Joins a cluster; a second one is ignored (with a warning).
     pub(crate) fn attach_cluster(&self, cluster: Arc<dyn Cluster>) {
         let weak = Arc::downgrade(&cluster);

@@ -4,7 +4,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { SwitchboardClient } from "../../dist/index.js";
-import { api, launchBrowser, newPage, screenshotPath, startServer } from "./helpers.mjs";
+import { api, launchBrowser, newPage, screenshotPath, startRedis, startServer } from "./helpers.mjs";
 
 let browser;
 const problems = [];
@@ -211,13 +211,15 @@ describe("dashboard", () => {
     // A user: both of ann's connections, with their lobby.
     await dash.fill("#find", "ann");
     await dash.press("#find", "Enter");
-    await dash.locator("#found tr").nth(1).waitFor();
+    await dash.locator("#act-result", { hasText: "2 connection(s) on 1 node(s)." }).waitFor();
     assert.equal(await dash.locator("#found tr").count(), 2);
-    assert.equal(await dash.locator("#found tr").first().locator("td").nth(2).textContent(), "act-room");
+    assert.equal(await dash.locator("#found tr").first().locator("td").nth(3).textContent(), "act-room");
     // A connection by id, then kicked from its row.
     const id = n1.welcome.connection_id;
     await dash.fill("#find", id);
     await dash.press("#find", "Enter");
+    // (The row is there from the search before: wait for this search's answer.)
+    await dash.locator("#act-result", { hasText: "1 connection(s) on 1 node(s)." }).waitFor();
     await dash.locator(`#found tr[data-connection="${id}"]`).waitFor();
     assert.equal(await dash.locator("#found tr").count(), 1);
     const kicked = n1.once("disconnect", 10_000);
@@ -241,6 +243,50 @@ describe("dashboard", () => {
     await dash.click("#kick-user");
     assert.equal((await annClosed).code, 4009);
     await dash.locator("#act-result", { hasText: "Kicked ann: 1 connection(s) closed" }).waitFor();
+    await dash.context().close();
+    assert.deepEqual(problems, []);
+  });
+
+  test("in a cluster, node A's page finds a user connected to node B, kicks it, and charts node B", async () => {
+    const redis = await startRedis();
+    cleanups.push(() => redis.stop());
+    const cluster = (id) => ({
+      SWITCHBOARD_REDIS__URL: redis.url,
+      SWITCHBOARD_REDIS__NODE_ID: id,
+      SWITCHBOARD_REDIS__HEARTBEAT_MS: "200",
+    });
+    const a = await server({ name: "dashboard-node-a", env: cluster("ea") });
+    const b = await server({ name: "dashboard-node-b", env: cluster("eb") });
+    const remy = await nodeClient(b, "far-room", "remy");
+    const id = remy.welcome.connection_id;
+    const dash = await newPage(browser, problems);
+    await dash.goto(`${a.url}/dashboard`);
+    await dash.locator('#status[data-state="open"]').waitFor();
+    // Found on node B, with the live details node B gave (its lobby, transport, queue).
+    await dash.fill("#find", "remy");
+    await dash.press("#find", "Enter");
+    const row = dash.locator(`#found tr[data-connection="${id}"]`);
+    await row.waitFor();
+    assert.equal(await row.getAttribute("data-node"), "eb");
+    assert.equal(await row.getAttribute("data-live"), "true");
+    assert.equal(await row.locator("td").nth(3).textContent(), "far-room");
+    assert.equal(await row.locator("td").nth(8).textContent(), "websocket");
+    await dash.locator("#act-result", { hasText: "1 connection(s) on 1 node(s)." }).waitFor();
+    // Node B's charts, from node A's page: the selector lists both nodes.
+    await dash.locator('#history-node option[value="eb"]').waitFor({ state: "attached" });
+    await dash.locator("#history-node-label:not([hidden])").waitFor();
+    await dash.selectOption("#history-node", "eb");
+    // (Flat lines have no height: attached, not "visible" to playwright.)
+    await dash.locator("#figure-redis:not([hidden]) polyline.series").first().waitFor({ state: "attached" });
+    await dash.locator("#figure-redis-rtt:not([hidden]) polyline.series").first().waitFor({ state: "attached" });
+    await dash.locator("#legend-redis .legend-item", { hasText: "errors" }).waitFor();
+    assert.equal(await dash.locator("#history-node").inputValue(), "eb");
+    await dash.screenshot({ path: screenshotPath("dashboard-cluster.png"), fullPage: true });
+    // Kicked from node A's page: closed on node B with 4009.
+    const kicked = remy.once("disconnect", 10_000);
+    await row.locator("button.kick").click();
+    assert.equal((await kicked).code, 4009);
+    await dash.locator("#act-result", { hasText: `Kicked ${id}` }).waitFor();
     await dash.context().close();
     assert.deepEqual(problems, []);
   });

@@ -4,6 +4,7 @@ import { existsSync, mkdirSync, createWriteStream } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { once } from "node:events";
+import { createServer, connect } from "node:net";
 import { chromium } from "playwright-core";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -129,4 +130,51 @@ export async function api(server, method, path, body, headers = {}) {
 
 export function screenshotPath(name) {
   return join(outputDir, name);
+}
+
+/** A free loopback port (the kernel's pick; released before use). */
+async function freePort() {
+  const probe = createServer();
+  probe.listen(0, "127.0.0.1");
+  await once(probe, "listening");
+  const { port } = probe.address();
+  probe.close();
+  await once(probe, "close");
+  return port;
+}
+
+/**
+ * A real `redis-server` on a free loopback port, without persistence, for cluster tests;
+ * ready once the port accepts connections (polled: redis-server gives no other signal here).
+ * `stop()` kills it by its PID.
+ */
+export async function startRedis() {
+  const port = await freePort();
+  const proc = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    { stdio: "ignore" },
+  );
+  const exited = once(proc, "exit");
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const s = connect(port, "127.0.0.1");
+      s.once("connect", () => { s.destroy(); resolve(true); });
+      s.once("error", () => resolve(false));
+    });
+    if (ok) break;
+    if (Date.now() > deadline || proc.exitCode !== null) {
+      proc.kill("SIGKILL");
+      throw new Error("redis-server did not start (is it installed? scripts/test.sh installs it)");
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      if (proc.exitCode === null && proc.signalCode === null) process.kill(proc.pid, "SIGKILL");
+      await exited;
+    },
+  };
 }
