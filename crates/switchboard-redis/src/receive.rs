@@ -14,7 +14,7 @@ use std::time::Instant;
 use super::*;
 
 /// A probe back later than this: this node is behind what Redis sends it.
-const INTAKE_BEHIND: Duration = Duration::from_millis(100);
+const INTAKE_BEHIND: Duration = Duration::from_millis(200);
 /// How often a probe goes out (one at a time).
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// A probe not back after this is taken for lost (its publish failed): another goes out.
