@@ -21,8 +21,9 @@ const STUCK: usize = 5;
 /// How long the publisher floods, and the most frames it sends.
 const FLOOD: Duration = Duration::from_secs(10);
 const MAX_FRAMES: u64 = 2_000_000;
-/// The slow-consumer grace the servers run with (the default).
-const GRACE_MS: &str = "2000";
+/// The slow-consumer grace the servers run with: longer than the default (2 s), so that a
+/// reader of this test starved of CPU on a busy machine is not taken for a non-reader.
+const GRACE_MS: &str = "5000";
 /// Everything after the flood (the last broadcast getting through, every reader reaching it).
 const SETTLE: Duration = Duration::from_secs(60);
 /// The most the server's resident memory may reach.
@@ -320,10 +321,14 @@ async fn overload(members: &Process, publisher: &Process) {
     // Traffic goes on at an ordinary pace until the non-readers' sockets have stopped taking
     // bytes for the grace (their kernel buffers and queues hold megabytes first): each is
     // closed when a broadcast for it finds it so.
-    let deadline = Instant::now() + SETTLE;
-    let large = "y".repeat(32 * 1024);
-    while stats(members.addr).await["closes"]["slow_consumer"] != STUCK {
-        assert!(Instant::now() < deadline, "non-readers still open");
+    let deadline = Instant::now() + 2 * SETTLE;
+    let large = "y".repeat(8 * 1024);
+    loop {
+        let s = stats(members.addr).await;
+        if s["closes"]["slow_consumer"].as_u64() >= Some(STUCK as u64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "non-readers still open: {s}");
         for _ in 0..10 {
             publish(publisher.addr, &large).await;
         }
@@ -351,8 +356,12 @@ async fn overload(members: &Process, publisher: &Process) {
         };
         tallies.push(tally.unwrap());
     }
+    let closes = stats(members.addr).await["closes"].clone();
     for (i, tally) in tallies.into_iter().enumerate() {
-        assert_eq!(tally.closed, None, "reader {i} was closed");
+        assert_eq!(
+            tally.closed, None,
+            "reader {i} was closed (closes: {closes})"
+        );
         assert!(!tally.lost, "reader {i} was told broadcasts were lost");
         assert_eq!(tally.out_of_order, [], "reader {i}: gaps or repeats");
         assert!(tally.received > 1, "reader {i} got {}", tally.received);
@@ -417,7 +426,7 @@ async fn two_nodes_past_saturation_shed_publishes_across_the_cluster() {
         // members to catch up (docs/cluster.md).
         let mut env = settings(&[
             ("SWITCHBOARD_REDIS__NODE_ID", id),
-            ("SWITCHBOARD_HISTORY__SIZE", "2000"),
+            ("SWITCHBOARD_HISTORY__SIZE", "5000"),
         ]);
         env.push((
             "SWITCHBOARD_REDIS__URL",
@@ -427,6 +436,6 @@ async fn two_nodes_past_saturation_shed_publishes_across_the_cluster() {
     };
     let members = cluster("members");
     let publisher = cluster("publisher");
-    renice(&members, "10");
+    renice(&members, "19");
     overload(&members, &publisher).await;
 }
