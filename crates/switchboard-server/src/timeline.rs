@@ -1,6 +1,8 @@
 //! The last 15 minutes in the server's memory, one sample a second: what the dashboard charts
 //! (`GET /api/history`), so an operator paged at 3 a.m. sees what happened before they looked.
-//! A fixed ring per series: memory does not grow with uptime.
+//! A fixed ring per series: memory does not grow with uptime. At most: the times (900 x 8
+//! bytes), 18 named series (900 x 16 bytes each) and one per close reason seen (at most 19,
+//! 900 x 8 bytes each), about 0.4 MiB (a little more for the rings' spare capacity).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
