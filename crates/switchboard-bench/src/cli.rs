@@ -164,6 +164,11 @@ pub(crate) struct Fanout {
     /// stops at the first failing step].
     #[arg(long, requires = "sweep")]
     pub(crate) past_saturation: bool,
+    /// Members besides `--members` that stop reading once connected (a 4 KiB receive
+    /// buffer): a server must close them (or buffer for them) while the others read. Not
+    /// counted in deliveries; their closes show in `--stats-url`'s closes.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) stuck: usize,
     /// With `--past-saturation`: stop once the server's RSS passes this many MiB (a peer that
     /// buffers without bound must not take the machine down).
     #[arg(long, default_value_t = 4096)]

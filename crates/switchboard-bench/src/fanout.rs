@@ -437,6 +437,21 @@ pub(crate) async fn run(ctx: Rc<Ctx>, o: &Fanout) -> anyhow::Result<Value> {
         move |_, ws| member(ws, s.clone()),
     )
     .await;
+    // `--stuck`: members that never read after their welcome (held until the run ends).
+    let mut stuck = Vec::new();
+    for i in 0..o.stuck {
+        let (route, token) = (
+            Route::Lobby(lobby.clone()),
+            ctx.token(&format!("{}stuck{i}", ctx.user_prefix)),
+        );
+        let connecting = ctx
+            .target
+            .connect_with(ctx.next_source(), &route, &token, Some(4096));
+        match connecting.await {
+            Ok(ws) => stuck.push(ws),
+            Err(e) => bail!("stuck member {i} could not connect: {}", e.label()),
+        }
+    }
     // `--publish-addr`: the publisher on another node of a cluster (cross-node latency).
     let publisher_user = format!("{}pub", ctx.user_prefix);
     let publisher_ws = match o.publish_addr {
@@ -594,6 +609,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, o: &Fanout) -> anyhow::Result<Value> {
     }
     let mut m = ctx.summary();
     m.insert("members".into(), json!(members));
+    m.insert("stuck_members".into(), json!(stuck.len()));
     m.insert("payload_bytes".into(), json!(payload));
     m.insert("connect".into(), connected.json());
     m.insert("sweep".into(), json!(sweep));
@@ -613,5 +629,6 @@ pub(crate) async fn run(ctx: Rc<Ctx>, o: &Fanout) -> anyhow::Result<Value> {
         receiver.map_or(Value::Null, |r| r.tally.json()),
     );
     drop(tasks);
+    drop(stuck);
     Ok(Value::Object(m))
 }
