@@ -286,7 +286,8 @@ impl Publisher {
         let tick = Duration::from_secs_f64((1.0 / rate).clamp(0.001, 0.05));
         let mut sent = 0;
         while sent < total {
-            if limit.is_some_and(|l| start.elapsed() >= l) {
+            // A tick's grace past the limit, for the frames due just before it.
+            if limit.is_some_and(|l| start.elapsed() >= l + Duration::from_millis(100)) {
                 break;
             }
             let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);

@@ -389,8 +389,8 @@ pub(crate) fn table(steps: &[Value]) -> String {
     let mut out = String::from(
         "| msg/s offered | sent | refused | deliveries/s | lost (gaps / recovered false) | \
          undelivered | members closed (reasons) | p50 / p99 ms | server RSS MiB (max) | \
-         server shed publishes / deliveries | Redis µs per publication |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+         server shed publishes / deliveries | server closes | Redis µs per publication |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for s in steps {
         if let Some(e) = s["error"].as_str() {
@@ -419,11 +419,23 @@ pub(crate) fn table(steps: &[Value]) -> String {
                 .collect::<Vec<_>>()
                 .join("; ")
         });
+        let server_closes: Vec<String> = s["stats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n["closes"].as_object())
+            .flat_map(|o| o.iter().map(|(r, n)| format!("{}x {r}", num(n))))
+            .collect();
+        let server_closes = if s["stats"].is_array() {
+            server_closes.join(", ")
+        } else {
+            "-".to_owned()
+        };
         let rss = s["server_rss_kib_max"]
             .as_f64()
             .map_or("-".to_owned(), |k| format!("{:.0}", k / 1024.0));
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} / {} | {} | {closed} | {} / {} | {rss} | {shed} | {} |\n",
+            "| {} | {} | {} | {} | {} / {} | {} | {closed} | {} / {} | {rss} | {shed} | {server_closes} | {} |\n",
             num(&s["rate"]),
             num(&s["sent"]),
             num(&s["refused"]),
@@ -493,7 +505,7 @@ mod tests {
         assert_eq!(rows.len(), 4, "{t}");
         assert_eq!(
             rows[2],
-            "| 1,600 | 9,600 | 120 | 1,500,000 | 0 / 0 | 0 | 2 (2x 4008 slow_consumer) | 3.5 / 120 | 20 | 120 / 5,000 | - |"
+            "| 1,600 | 9,600 | 120 | 1,500,000 | 0 / 0 | 0 | 2 (2x 4008 slow_consumer) | 3.5 / 120 | 20 | 120 / 5,000 |  | - |"
         );
         assert!(rows[3].contains("publisher closed"), "{t}");
     }

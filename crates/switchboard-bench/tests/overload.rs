@@ -44,7 +44,7 @@ async fn past_saturation_runs_every_step_and_reports_sheds_and_closes() {
             "3",
         ])
         .args(["--step-secs", "0.5", "--drain-secs", "0.5"])
-        .args(["--stats-url", &stats_url]);
+        .args(["--stats-url", &stats_url, "--stuck", "2"]);
     let out = tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()
@@ -53,6 +53,7 @@ async fn past_saturation_runs_every_step_and_reports_sheds_and_closes() {
     assert!(out.status.success(), "fanout failed: {stderr}");
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["past_saturation"], true, "{summary}");
+    assert_eq!(summary["stuck_members"], 2, "{summary}");
     let steps = summary["steps"].as_array().unwrap();
     // Every step runs (no stopping at a failure, no bisecting), at rates 50, 200, 800.
     assert_eq!(steps.len(), 3, "{summary}");
