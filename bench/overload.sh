@@ -8,6 +8,7 @@
 #   bench/overload.sh [CASE...]     CASE: switchboard | cluster | ws | sustained1 | sustained2
 #                                   (default: all five)
 # Env: BIN_DIR (release binaries, default target/release), MEMBERS (1000), STUCK (5),
+#      CLUSTER_WARMUP (12 s between the cluster's start and the load),
 #      RATE_START (100), STEPS (8), STEP_SECS (6), OUT (bench/results/raw/overload.jsonl).
 # Appends one JSON summary per case to OUT; logs (with each run's table) in
 # bench/results/raw/logs-overload/.
@@ -81,7 +82,11 @@ cluster() { # sets A (members' node) B (publisher's node) RP (Redis port)
     node "$A" "$LOGS/$1.node-a.log" SWITCHBOARD_REDIS__URL=redis://127.0.0.1:$RP SWITCHBOARD_REDIS__NODE_ID=a
     A_PID=$NODE_PID
     node "$B" "$LOGS/$1.node-b.log" SWITCHBOARD_REDIS__URL=redis://127.0.0.1:$RP SWITCHBOARD_REDIS__NODE_ID=b
-    sleep 1
+    # A node's first seconds: its first pub/sub intake probe may not come back, and until it
+    # gives up on it (10 s) the node takes itself for behind and sheds every publish to a
+    # lobby it receives broadcasts for (seen at 100 msg/s to 200 members; BENCHMARKS.md,
+    # "Overload"). Measure past that.
+    sleep "${CLUSTER_WARMUP:-12}"
 }
 
 for case in "${CASES[@]}"; do
