@@ -262,14 +262,21 @@ impl Ws {
         }
     }
 
-    /// Writes whatever `out` holds.
+    /// Writes whatever `out` holds. Cancel-safe: what was written is taken out of `out` as
+    /// it goes, so a flush cut short (a timeout) leaves exactly the rest for the next one.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
-            if self.out.capacity() > 64 * 1024 {
-                self.out = Vec::new();
+        while !self.out.is_empty() {
+            self.stream.writable().await?;
+            match self.stream.try_write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
+        }
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::new();
         }
         Ok(())
     }

@@ -295,7 +295,20 @@ impl Publisher {
                 self.queue_one();
                 sent += 1;
             }
-            self.ws.flush().await?;
+            match limit {
+                // A server that stops reading the publisher does not stretch the step: what
+                // it has not taken by the limit stays in `out` (counted as sent, reported as
+                // unwritten bytes) and the step ends.
+                Some(l) => {
+                    let until =
+                        tokio::time::Instant::from_std(start + l + Duration::from_millis(100));
+                    match tokio::time::timeout_at(until, self.ws.flush()).await {
+                        Ok(flushed) => flushed?,
+                        Err(_) => break,
+                    }
+                }
+                None => self.ws.flush().await?,
+            }
             if sent >= total {
                 break;
             }

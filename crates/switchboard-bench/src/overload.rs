@@ -246,6 +246,7 @@ pub(crate) async fn step(
     let start = Instant::now();
     let limit = Duration::from_secs_f64(cfg.secs);
     let (sent, send_secs) = publisher.send_within(rate, cfg.secs, Some(limit)).await?;
+    let unwritten = publisher.ws.out.len();
     let rss_sent = ctx.server.rss();
     let mut rss_max = rss_start.max(rss_sent);
     let deadline = Instant::now() + cfg.drain;
@@ -273,7 +274,22 @@ pub(crate) async fn step(
     let after = probe.snapshot().await;
     let received = seen.received.get();
     let refused = publisher.errors.refused() - refused0;
-    let accepted = sent.saturating_sub(refused);
+    // What the server says it shed, where it says so: a flooding publisher is not told of
+    // every refusal (its own queue may be full), nor, in a cluster, of a publish shed while
+    // it waited for Redis.
+    let shed_by_server = probe
+        .delta(&before, &after, 0)
+        .get("stats")
+        .and_then(Value::as_array)
+        .cloned()
+        .filter(|nodes| !nodes.is_empty() && nodes.iter().all(Value::is_object))
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| counter(n, "shed_publishes"))
+                .sum::<u64>()
+        });
+    let accepted = sent.saturating_sub(shed_by_server.unwrap_or(refused).max(refused));
     let expected = accepted * live;
     let errors: BTreeMap<&String, u64> = publisher
         .errors
@@ -316,7 +332,10 @@ pub(crate) async fn step(
     put("offered", json!(offered));
     put("sent", json!(sent));
     put("send_secs", json!(round(send_secs, 3)));
+    // Bytes of sent broadcasts the server had not read from the publisher when sending ended.
+    put("publisher_unwritten_bytes", json!(unwritten));
     put("refused", json!(refused));
+    put("shed_by_server", json!(shed_by_server));
     put("errors", json!(errors));
     put("accepted", json!(accepted));
     put("members", json!(live));
@@ -361,6 +380,7 @@ pub(crate) async fn step(
     put("wall_secs", json!(round(wall, 3)));
     put("pass", json!(pass));
     drop(hist);
+    // Redis's work per broadcast it numbered.
     m.extend(probe.delta(&before, &after, accepted));
     Ok(Value::Object(m))
 }
