@@ -2,9 +2,9 @@
 //! local member) and what each message received does.
 //!
 //! A node that cannot keep up with what Redis sends it falls behind its pub/sub stream. It
-//! finds out with a probe: every [`PROBE_EVERY`] it publishes a message to itself, which
-//! comes back behind everything Redis queued for it (measured on its own clock, so clocks
-//! need not agree). When a probe is late by more than [`INTAKE_BEHIND`], the node tells every
+//! finds out with a probe: every [`PROBE_EVERY`] it publishes a message to itself (straight
+//! on its command connection, not behind its own outbound queue), which comes back behind
+//! everything Redis queued for it (measured on its own clock, so clocks need not agree). When a probe is late by more than [`INTAKE_BEHIND`], the node tells every
 //! node (and itself) to shed publishes to the lobbies whose broadcasts it is still working
 //! through, before Redis's buffer for it overflows (Redis then drops the subscription, and
 //! with it every broadcast in that buffer).
@@ -14,9 +14,11 @@ use std::time::Instant;
 use super::*;
 
 /// A probe back later than this: this node is behind what Redis sends it.
-const INTAKE_BEHIND: Duration = Duration::from_millis(100);
+const INTAKE_BEHIND: Duration = Duration::from_millis(200);
 /// How often a probe goes out (one at a time).
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// A probe not back after this is taken for lost (its publish failed): another goes out.
+const PROBE_LOST: Duration = Duration::from_secs(2);
 /// How often a lobby's pressure is told again while the node stays behind.
 const RETELL_EVERY: Duration = Duration::from_millis(250);
 /// Lobbies whose pressure was told recently, remembered at most (a bound on memory).
@@ -37,10 +39,7 @@ struct Intake {
 impl Intake {
     /// A new probe's number, unless one is out (and not yet late enough to give up on).
     fn probe(&mut self) -> Option<u64> {
-        if self
-            .out
-            .is_some_and(|(_, at)| at.elapsed() < Duration::from_secs(10))
-        {
+        if self.out.is_some_and(|(_, at)| at.elapsed() < PROBE_LOST) {
             return None;
         }
         self.sent += 1;
@@ -128,12 +127,15 @@ impl RedisCluster {
                 let message = tokio::select! {
                     () = self.stop.cancelled() => return,
                     _ = probes.tick() => {
-                        if let Some(n) = intake.probe() {
-                            let probe = Outgoing::Publish {
-                                channel: node_channel.clone(),
-                                payload: format!("{probe_prefix}{n}{SEP}-"),
-                            };
-                            self.enqueue(probe, Priority::Control);
+                        if self.up.load(Ordering::Relaxed)
+                            && let Some(mut con) = self.connection()
+                            && let Some(n) = intake.probe()
+                        {
+                            let (channel, probe) =
+                                (node_channel.clone(), format!("{probe_prefix}{n}{SEP}-"));
+                            tokio::spawn(async move {
+                                let _ = con.publish::<_, _, ()>(channel, probe).await;
+                            });
                         }
                         continue;
                     }

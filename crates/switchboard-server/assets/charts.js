@@ -66,7 +66,7 @@
       // One polyline per run of values: a second without a value leaves a gap.
       var run = [];
       var flush = function () {
-        if (run.length > 0) el("polyline", { points: run.join(" "), class: "series " + line.cls }, svg);
+        if (run.length > 0) el("polyline", { points: run.join(" "), class: "series " + line.cls, "data-label": line.label }, svg);
         run = [];
       };
       line.values.forEach(function (v, i) {
@@ -75,11 +75,20 @@
       });
       flush();
     });
+    // Each legend item also says what was drawn, for tests and scripts (no SVG geometry to
+    // parse): data-label, and data-last / data-max, the series' last and highest value
+    // (absent when it has no value in the window).
     legend.textContent = "";
     lines.forEach(function (line) {
       var item = document.createElement("span");
       item.className = "legend-item " + line.cls;
       item.textContent = line.label;
+      item.setAttribute("data-label", line.label);
+      var drawn = line.values.filter(function (v) { return v !== null && v !== undefined; });
+      if (drawn.length > 0) {
+        item.setAttribute("data-last", String(drawn[drawn.length - 1]));
+        item.setAttribute("data-max", String(Math.max.apply(null, drawn)));
+      }
       legend.appendChild(item);
     });
     // Hover: a cursor line and the values at the nearest sample.

@@ -378,6 +378,9 @@
     chart("slow", [
       { label: "dropped frames", values: v("dropped_per_s"), cls: "s2" },
       { label: "slow_consumer closes", values: v("slow_consumer_closes_per_s"), cls: "s3" },
+      { label: "publishes shed", values: v("shed_publishes_per_s"), cls: "s4" },
+      { label: "deliveries shed (caught up later)", values: v("shed_deliveries_per_s"), cls: "s5" },
+      { label: "members behind", values: v("lagging_members"), cls: "s1" },
     ], "/s");
     chart("rtt", [
       { label: "p50", values: v("rtt_p50_ms"), cls: "s1" },

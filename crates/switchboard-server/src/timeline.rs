@@ -82,7 +82,7 @@ impl Timeline {
         };
         let redis_errors_per_s =
             redis.and_then(|r| rate(r.errors, prev_errors.unwrap_or(r.errors)));
-        let values: [(&'static str, Option<f64>); 15] = [
+        let values: [(&'static str, Option<f64>); 18] = [
             ("connections", Some(stats.total_connections as f64)),
             ("users", Some(stats.users as f64)),
             ("lobbies", Some(stats.active_lobbies as f64)),
@@ -108,6 +108,15 @@ impl Timeline {
                     count(&prev.closes, "slow_consumer").unwrap_or(0),
                 ),
             ),
+            (
+                "shed_publishes_per_s",
+                rate(stats.shed_publishes, prev.shed_publishes),
+            ),
+            (
+                "shed_deliveries_per_s",
+                rate(stats.shed_deliveries, prev.shed_deliveries),
+            ),
+            ("lagging_members", Some(stats.lagging_members as f64)),
             ("rtt_p50_ms", rtt_ms(0.5)),
             ("rtt_p99_ms", rtt_ms(0.99)),
             ("redis_up", redis.map(|r| if r.up { 1.0 } else { 0.0 })),

@@ -116,7 +116,12 @@ async fn health_pings_carry_a_timestamp_and_pongs_give_latency() {
 
 #[tokio::test]
 async fn slow_consumer_is_closed_without_delaying_others() {
-    let server = server(|c| c.manager.queue_capacity = 32).await;
+    let server = server(|c| {
+        c.manager.queue_capacity = 32;
+        // Closed once its socket has stopped taking bytes for this long.
+        c.manager.slow_grace = Duration::from_millis(200);
+    })
+    .await;
     let mut slow = connect(server.addr, "l1", "slow").await; // never reads during the flood
     let mut fast = connect(server.addr, "l1", "fast").await;
     let payload = "x".repeat(16 * 1024);

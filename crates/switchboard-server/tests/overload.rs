@@ -318,13 +318,14 @@ async fn overload(members: &Process, publisher: &Process) {
     }
     let (sent, refused) = flooding.await.unwrap();
     // Traffic goes on at an ordinary pace until the non-readers' sockets have stopped taking
-    // bytes for the grace (their kernel buffers hold megabytes first): each is closed when a
-    // broadcast for it finds it so.
+    // bytes for the grace (their kernel buffers and queues hold megabytes first): each is
+    // closed when a broadcast for it finds it so.
     let deadline = Instant::now() + SETTLE;
+    let large = "y".repeat(32 * 1024);
     while stats(members.addr).await["closes"]["slow_consumer"] != STUCK {
         assert!(Instant::now() < deadline, "non-readers still open");
         for _ in 0..10 {
-            publish(publisher.addr, &"y".repeat(4000)).await;
+            publish(publisher.addr, &large).await;
         }
     }
     publish(publisher.addr, "marker").await;

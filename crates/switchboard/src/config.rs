@@ -157,7 +157,9 @@ pub enum UserPolicy {
 /// What a full outbound queue means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SlowConsumerPolicy {
-    /// Close the connection with 4008 `slow_consumer`.
+    /// Close the connection with 4008 `slow_consumer` once its socket has also stopped taking
+    /// bytes for [`Config::slow_grace`]; until then the broadcasts it misses wait in the
+    /// lobby's history and it catches up from there (docs/protocol.md, "Overload").
     #[default]
     Close,
     /// Drop the message for that connection and count it.

@@ -48,6 +48,31 @@ async function say(page, text) {
 const member = (page, user) => page.locator(`#members li[data-user="${user}"]`);
 const chatLine = (page, text) => page.locator("#messages li.chat", { hasText: text });
 
+/**
+ * A series as the dashboard drew it: its legend item, which carries data-label and, once the
+ * series has a value, data-last and data-max (see charts.js). `more` narrows the selector.
+ */
+const drawn = (page, chart, label, more = "") =>
+  page.locator(`#legend-${chart} .legend-item[data-label="${label}"]${more}`);
+/** A drawn series whose last value is not zero (absent or "0" do not match). */
+const NON_ZERO_LAST = '[data-last]:not([data-last="0"])';
+/** History is sampled once a second and the page polls it every 5 s: a bounded wait. */
+const CHART_WAIT = { timeout: 20_000 };
+
+/**
+ * Waits until the connections chart's last drawn `connections` and `users` values are what
+ * /api/stats says (`total_connections`, `users`; the load is steady while this runs), then
+ * checks /api/stats still says so. Returns the connection count.
+ */
+async function chartMatchesStats(page, s) {
+  const { total_connections: connections, users } = (await api(s, "GET", "/api/stats")).body;
+  await drawn(page, "connections", "connections", `[data-last="${connections}"]`).waitFor(CHART_WAIT);
+  await drawn(page, "connections", "users", `[data-last="${users}"]`).waitFor(CHART_WAIT);
+  const after = (await api(s, "GET", "/api/stats")).body;
+  assert.deepEqual([after.total_connections, after.users], [connections, users], "the load was steady");
+  return connections;
+}
+
 describe("demo page", () => {
   test("two pages chat in a lobby; presence and join/leave events update the member list", async () => {
     const s = await server({ name: "chat" });
@@ -200,20 +225,82 @@ describe("dashboard", () => {
     assert.deepEqual(problems, []);
   });
 
-  test("finds a user and a connection, kicks them, shows presence and broadcasts, through the API", async () => {
+  test("the charts draw what /api/stats says, and move as a load connects, chats and leaves", async () => {
+    const s = await server({ name: "dashboard-load" });
+    const dash = await newPage(browser, problems);
+    await dash.goto(`${s.url}/dashboard`);
+    await dash.locator('#status[data-state="open"]').waitFor();
+    // The load script: Node clients in two lobbies, each sending a broadcast every 100 ms.
+    const chatting = new Set();
+    const load = async (count, from) => {
+      for (let i = from; i < from + count; i++) chatting.add(await nodeClient(s, `load-${i % 2}`, `loader-${i}`));
+    };
+    const chatter = setInterval(() => {
+      for (const c of chatting) c.broadcast({ text: "load" });
+    }, 100);
+    cleanups.push(async () => clearInterval(chatter));
+    await load(6, 0);
+
+    // Charts appear; the last drawn connection count is /api/stats's; messages flow both ways.
+    assert.equal(await chartMatchesStats(dash, s), 6);
+    await dash.locator("#chart-connections polyline.series[data-label=connections]").waitFor({ state: "attached" });
+    await drawn(dash, "messages", "in", NON_ZERO_LAST).waitFor(CHART_WAIT);
+    await drawn(dash, "messages", "out", NON_ZERO_LAST).waitFor(CHART_WAIT);
+    await dash.locator("#connections", { hasText: /^6$/ }).waitFor();
+    await dash.screenshot({ path: screenshotPath("dashboard-load-6.png"), fullPage: true });
+
+    // More connect: the drawn line follows.
+    await load(4, 6);
+    assert.equal(await chartMatchesStats(dash, s), 10);
+    await dash.screenshot({ path: screenshotPath("dashboard-load-10.png"), fullPage: true });
+
+    // Some leave: it follows down, and the peak is still drawn.
+    const leaving = [...chatting].slice(0, 7);
+    for (const c of leaving) {
+      chatting.delete(c);
+      c.close();
+    }
+    // (Closes are asynchronous: the page's own count, from /api/stats, says when all landed.)
+    await dash.locator("#connections", { hasText: /^3$/ }).waitFor();
+    assert.equal(await chartMatchesStats(dash, s), 3);
+    assert.equal(await drawn(dash, "connections", "connections").getAttribute("data-max"), "10");
+
+    // The chatter stops: the drawn rates fall back to zero.
+    clearInterval(chatter);
+    await drawn(dash, "messages", "in", '[data-last="0"]').waitFor(CHART_WAIT);
+    await drawn(dash, "messages", "out", '[data-last="0"]').waitFor(CHART_WAIT);
+    assert.equal(await chartMatchesStats(dash, s), 3);
+    await dash.screenshot({ path: screenshotPath("dashboard-load-3-quiet.png"), fullPage: true });
+    for (const c of chatting) c.close();
+    await dash.context().close();
+    assert.deepEqual(problems, []);
+  });
+
+  test("finds a user's three connections, kicks one (4009, charted as closed: kicked), shows presence and broadcasts", async () => {
     const s = await server({ name: "dashboard-act", env: { SWITCHBOARD_USER_POLICY: "multi" } });
     const n1 = await nodeClient(s, "act-room", "ann");
     const n2 = await nodeClient(s, "act-room", "ann");
-    const n3 = await nodeClient(s, "act-room", "ben");
+    const n3 = await nodeClient(s, "act-room", "ann");
+    const ben = await nodeClient(s, "act-room", "ben");
     const dash = await newPage(browser, problems);
     await dash.goto(`${s.url}/dashboard`);
-    await dash.locator("#connections", { hasText: /^3$/ }).waitFor();
-    // A user: both of ann's connections, with their lobby.
+    await dash.locator("#connections", { hasText: /^4$/ }).waitFor();
+    // A user: all three of ann's connections, with their lobby, and nobody else's.
     await dash.fill("#find", "ann");
     await dash.press("#find", "Enter");
-    await dash.locator("#act-result", { hasText: "2 connection(s) on 1 node(s)." }).waitFor();
-    assert.equal(await dash.locator("#found tr").count(), 2);
-    assert.equal(await dash.locator("#found tr").first().locator("td").nth(3).textContent(), "act-room");
+    await dash.locator("#act-result", { hasText: "3 connection(s) on 1 node(s)." }).waitFor();
+    const rows = dash.locator("#found tr");
+    assert.equal(await rows.count(), 3);
+    const ids = [n1, n2, n3].map((c) => c.welcome.connection_id).sort();
+    assert.deepEqual((await rows.evaluateAll((trs) => trs.map((tr) => tr.dataset.connection))).sort(), ids);
+    for (let i = 0; i < 3; i++) {
+      assert.equal(await rows.nth(i).locator("td").nth(2).textContent(), "ann");
+      assert.equal(await rows.nth(i).locator("td").nth(3).textContent(), "act-room");
+    }
+    await dash.screenshot({ path: screenshotPath("dashboard-find-user.png"), fullPage: true });
+    // Nothing was closed yet: no "closed: kicked" series.
+    await drawn(dash, "churn", "connects").waitFor();
+    assert.equal(await drawn(dash, "churn", "closed: kicked").count(), 0);
     // A connection by id, then kicked from its row.
     const id = n1.welcome.connection_id;
     await dash.fill("#find", id);
@@ -224,25 +311,36 @@ describe("dashboard", () => {
     assert.equal(await dash.locator("#found tr").count(), 1);
     const kicked = n1.once("disconnect", 10_000);
     await dash.click(`#found tr[data-connection="${id}"] button.kick`);
-    assert.equal((await kicked).code, 4009);
+    const goodbye = await kicked;
+    assert.equal(goodbye.code, 4009);
+    assert.equal(goodbye.reason, "kicked");
     await dash.locator("#act-result", { hasText: `Kicked ${id}` }).waitFor();
+    // The chart of closes by reason draws it: a "closed: kicked" series with a non-zero value.
+    await drawn(dash, "churn", "closed: kicked", '[data-max]:not([data-max="0"])').waitFor(CHART_WAIT);
+    await dash.locator('#chart-churn polyline.series[data-label="closed: kicked"]').first().waitFor({ state: "attached" });
+    await dash.locator("#connections", { hasText: /^3$/ }).waitFor();
+    await dash.screenshot({ path: screenshotPath("dashboard-kicked-chart.png"), fullPage: true });
     // Presence and a broadcast to the lobby.
     await dash.fill("#act-lobby", "act-room");
     await dash.click("#show-presence");
     await dash.locator("#act-result", { hasText: "In act-room: ann, ben" }).waitFor();
-    const got = n3.once("message", 10_000);
+    const got = ben.once("message", 10_000);
     await dash.fill("#act-message", '{"notice":"maintenance"}');
     await dash.click("#send-broadcast");
     assert.deepEqual((await got).data, { notice: "maintenance" });
-    await dash.locator("#act-result", { hasText: "delivered to 2" }).waitFor();
-    // The whole user: the remaining connection of ann is closed.
+    await dash.locator("#act-result", { hasText: "delivered to 3" }).waitFor();
+    await dash.screenshot({ path: screenshotPath("dashboard-broadcast.png"), fullPage: true });
+    // The whole user: ann's two remaining connections are closed.
     await dash.fill("#find", "ann");
     await dash.press("#find", "Enter");
+    await dash.locator("#act-result", { hasText: "2 connection(s) on 1 node(s)." }).waitFor();
     await dash.locator("#kick-user:not([hidden])").waitFor();
-    const annClosed = n2.once("disconnect", 10_000);
+    const annClosed = [n2, n3].map((c) => c.once("disconnect", 10_000));
     await dash.click("#kick-user");
-    assert.equal((await annClosed).code, 4009);
-    await dash.locator("#act-result", { hasText: "Kicked ann: 1 connection(s) closed" }).waitFor();
+    for (const closed of annClosed) assert.equal((await closed).code, 4009);
+    await dash.locator("#act-result", { hasText: "Kicked ann: 2 connection(s) closed" }).waitFor();
+    await dash.locator("#connections", { hasText: /^1$/ }).waitFor();
+    await dash.screenshot({ path: screenshotPath("dashboard-kicked-user.png"), fullPage: true });
     await dash.context().close();
     assert.deepEqual(problems, []);
   });

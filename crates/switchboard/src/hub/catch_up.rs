@@ -7,7 +7,7 @@
 //! the broadcasts it cannot take now are not queued; they wait in the lobby's history, and
 //! the member gets them from there once its queue has drained, then live traffic again (one
 //! lock orders the switch, so nothing is missed or repeated). While members that are reading
-//! (their sockets took bytes within the last [`READING`]) are behind in a lobby, new publishes
+//! (their sockets take bytes: the writer, not the client, is late) are behind in a lobby, new publishes
 //! to it are shed where they enter (the client is told `rate_limited`, the API caller 503), so
 //! their backlog cannot outgrow the history; in cluster mode the other nodes are told, and shed
 //! them too. A member that stopped reading sheds nothing: it falls further behind (told
@@ -38,10 +38,6 @@ impl std::fmt::Debug for PressureOut {
         f.write_str("PressureOut")
     }
 }
-
-/// A member behind whose socket has not taken bytes for this long (or a quarter of
-/// `slow_grace`, if less) is not reading now: publishes are no longer shed for its sake.
-pub(crate) const READING: Duration = Duration::from_millis(250);
 
 /// How often the other nodes are reminded while a lobby's members stay behind.
 const RETELL_EVERY: Duration = Duration::from_millis(250);
@@ -173,13 +169,11 @@ impl Hub {
         }
     }
 
-    /// Whether a member behind in `lobby` is still reading (the server is the one behind).
+    /// Whether a member behind in `lobby` is reading (its socket takes bytes now: the server
+    /// is the one behind). A member whose socket is full sheds nothing for its sake.
     pub(super) fn reading_behind(&self, lobby: &Lobby) -> bool {
-        let reading = READING.min(self.config.slow_grace / 4);
         lobby.members.iter().zip(&lobby.lag).any(|(conn, lag)| {
-            lag.is_behind()
-                && conn.reason().is_none()
-                && conn.blocked_for().is_none_or(|blocked| blocked < reading)
+            lag.is_behind() && conn.reason().is_none() && conn.blocked_for().is_none()
         })
     }
 
