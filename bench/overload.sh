@@ -82,10 +82,9 @@ cluster() { # sets A (members' node) B (publisher's node) RP (Redis port)
     node "$A" "$LOGS/$1.node-a.log" SWITCHBOARD_REDIS__URL=redis://127.0.0.1:$RP SWITCHBOARD_REDIS__NODE_ID=a
     A_PID=$NODE_PID
     node "$B" "$LOGS/$1.node-b.log" SWITCHBOARD_REDIS__URL=redis://127.0.0.1:$RP SWITCHBOARD_REDIS__NODE_ID=b
-    # A node's first seconds: its first pub/sub intake probe may not come back, and until it
-    # gives up on it (10 s) the node takes itself for behind and sheds every publish to a
-    # lobby it receives broadcasts for (seen at 100 msg/s to 200 members; BENCHMARKS.md,
-    # "Overload"). Measure past that.
+    # A node's first seconds: before eab0f71 its first pub/sub intake probe could be lost, and
+    # until it gave up on it (10 s) the node took itself for behind and shed every publish to
+    # a lobby it received broadcasts for (BENCHMARKS.md, "Overload"). Measure past that.
     sleep "${CLUSTER_WARMUP:-12}"
 }
 
