@@ -3,6 +3,7 @@
 
 Plain Python, no plotting library: the charts are SVG written by hand.
 usage: report.py --results FILE.jsonl --machine FILE.txt --env FILE --out DIR [--suffix S] [--command C]
+       report.py --overload bench/results/raw/overload.jsonl --out DIR   (the overload curve's chart)
 """
 
 import argparse
@@ -11,8 +12,8 @@ import math
 import os
 
 SERVERS = ["switchboard", "switchboard-events", "ws", "fastapi"]
-COLORS = {"switchboard": "#d62728", "switchboard-events": "#ff9896", "ws": "#1f77b4", "fastapi": "#2ca02c"}
-NAMES = {"switchboard": "Switchboard", "switchboard-events": "Switchboard, join events on",
+COLORS = {"switchboard-cluster": "#9467bd", "switchboard": "#d62728", "switchboard-events": "#ff9896", "ws": "#1f77b4", "fastapi": "#2ca02c"}
+NAMES = {"switchboard-cluster": "Switchboard, 2 nodes + Redis", "switchboard": "Switchboard", "switchboard-events": "Switchboard, join events on",
          "ws": "ws (Node)", "fastapi": "FastAPI (seed)"}
 
 
@@ -183,6 +184,47 @@ def fanout_chart(members, runs, path):
     return True
 
 
+def overload_chart(rows, path):
+    """`fanout --past-saturation` runs (bench/overload.sh): delivered, p99 and the server's RSS
+    against the offered rate, one series per server."""
+    series = {}
+    for r in rows:
+        if not r.get("past_saturation"):
+            continue
+        pts = []
+        for st in r.get("steps", []):
+            if "error" in st:
+                continue
+            pts.append((st["rate"], max(st["deliveries_per_sec"], 1), max(st["latency"]["p99_ms"], 0.01),
+                        max((st.get("server_rss_kib_max") or 1) / 1024, 1), st["pass"]))
+        if pts:
+            series[r["server"]] = sorted(pts)
+    if not series:
+        return False
+    xs = [p[0] for v in series.values() for p in v]
+    xr = (10 ** math.floor(math.log10(min(xs))), 10 ** math.ceil(math.log10(max(xs))))
+    def rng(i, floor=None):
+        v = [p[i] for s in series.values() for p in s] + ([floor] if floor else [])
+        return (10 ** math.floor(math.log10(min(v))), 10 ** math.ceil(math.log10(max(v) * 1.01)))
+    members = next(r["members"] for r in rows if r.get("past_saturation"))
+    x = "offered msg/s"
+    a = Chart(80, 40, 300, 260, True, True, xr, rng(1), x, "delivered/s", f"Past saturation, {members:,} members")
+    b = Chart(470, 40, 300, 260, True, True, xr, rng(2, 1000), x, "p99 latency (ms)", "p99 of what was delivered")
+    c = Chart(860, 40, 300, 260, True, True, xr, rng(3), x, "server RSS (MiB)", "server memory (max in step)")
+    for ch in (a, b, c):
+        ch.axes()
+    b.hline(1000, "1 s")
+    for s in ["switchboard", "switchboard-cluster", "ws"]:
+        if s in series:
+            a.line([(x, y, ok) for x, y, _, _, ok in series[s]], COLORS[s])
+            b.line([(x, l, ok) for x, _, l, _, ok in series[s]], COLORS[s])
+            c.line([(x, m, ok) for x, _, _, m, ok in series[s]], COLORS[s])
+    with open(path, "w") as f:
+        f.write(svg(1200, 380, a.parts + b.parts + c.parts, [s for s in ["switchboard", "switchboard-cluster", "ws"] if s in series],
+                    "filled: everything offered delivered, p99 < 1 s; hollow: not"))
+    return True
+
+
 def rss_chart(idle, path):
     series = {}
     for tag, runs in idle.items():
@@ -209,13 +251,21 @@ def rss_chart(idle, path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--results", required=True)
-    ap.add_argument("--machine", required=True)
-    ap.add_argument("--env", required=True)
+    ap.add_argument("--overload", help="only draw OUT/overload.svg from bench/overload.sh's JSON lines")
+    ap.add_argument("--results", required=False)
+    ap.add_argument("--machine", required=False)
+    ap.add_argument("--env", required=False)
     ap.add_argument("--out", required=True)
     ap.add_argument("--suffix", default="")
     ap.add_argument("--command", default="bench/run.sh")
     a = ap.parse_args()
+    if a.overload:
+        os.makedirs(a.out, exist_ok=True)
+        drawn = overload_chart(load(a.overload), os.path.join(a.out, "overload.svg"))
+        print(os.path.join(a.out, "overload.svg") if drawn else "no --past-saturation run found")
+        return
+    if not (a.results and a.machine and a.env):
+        ap.error("--results, --machine and --env are required (without --overload)")
     rows = load(a.results)
     sfx = a.suffix
     os.makedirs(a.out, exist_ok=True)

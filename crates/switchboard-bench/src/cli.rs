@@ -124,7 +124,8 @@ pub(crate) struct Fanout {
     /// `--step-secs`).
     #[arg(long, default_value_t = 5.0)]
     pub(crate) duration: f64,
-    /// Raise the rate step by step until a step fails (p99 over `--max-p99-ms`, or losses).
+    /// Raise the rate step by step until a step fails (p99 over `--max-p99-ms`, or losses);
+    /// with `--past-saturation`, on through every step.
     #[arg(long)]
     pub(crate) sweep: bool,
     /// The sweep's first rate.
@@ -154,6 +155,36 @@ pub(crate) struct Fanout {
     /// The webhook secret the receiver verifies with.
     #[arg(long)]
     pub(crate) secret: Option<String>,
+    /// With `--sweep`: keep raising the rate by `--rate-factor` for all `--max-steps` steps,
+    /// whatever fails (no bisecting), to show the overload curve. Members never reconnect: a
+    /// closed member stays closed. Each step reports deliveries/s, the broadcasts the server
+    /// refused the publisher (`rate_limited` / `overloaded` errors), members closed and their
+    /// close codes and reasons, messages members saw lost (`recovered` ok:false, offset gaps),
+    /// latency and the server's RSS; a table on stderr at the end [default: off: the sweep
+    /// stops at the first failing step].
+    #[arg(long, requires = "sweep")]
+    pub(crate) past_saturation: bool,
+    /// Members besides `--members` that stop reading once connected (a 4 KiB receive
+    /// buffer): a server must close them (or buffer for them) while the others read. Not
+    /// counted in deliveries; their closes show in `--stats-url`'s closes.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) stuck: usize,
+    /// With `--past-saturation`: stop once the server's RSS passes this many MiB (a peer that
+    /// buffers without bound must not take the machine down).
+    #[arg(long, default_value_t = 4096)]
+    pub(crate) max_server_rss_mib: u64,
+    /// Switchboard's stats API (http://HOST:PORT/api/stats), read before and after each step:
+    /// shed publishes and deliveries, lost catch-ups, lagging members, closes by reason.
+    /// Repeat it for each node of a cluster [default: none].
+    #[arg(long)]
+    pub(crate) stats_url: Vec<String>,
+    /// The API key for `--stats-url` (sent as a bearer key) [default: none].
+    #[arg(long)]
+    pub(crate) stats_key: Option<String>,
+    /// A Redis (HOST:PORT) whose `INFO cpu` and `INFO commandstats` are read before and after
+    /// each step: its CPU per publication [default: none].
+    #[arg(long)]
+    pub(crate) redis: Option<SocketAddr>,
 }
 
 /// `churn`.

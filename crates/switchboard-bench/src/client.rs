@@ -112,7 +112,20 @@ impl Target {
         route: &Route,
         token: &str,
     ) -> Result<Ws, ConnectError> {
-        match tokio::time::timeout(self.timeout, self.connect_inner(source, route, token)).await {
+        self.connect_with(source, route, token, None).await
+    }
+
+    /// [`connect`](Self::connect), with the socket's receive buffer set to `recv_buffer`
+    /// bytes (a member that will stop reading: the server sees its socket full sooner).
+    pub(crate) async fn connect_with(
+        &self,
+        source: IpAddr,
+        route: &Route,
+        token: &str,
+        recv_buffer: Option<u32>,
+    ) -> Result<Ws, ConnectError> {
+        let connecting = self.connect_inner(source, route, token, recv_buffer);
+        match tokio::time::timeout(self.timeout, connecting).await {
             Ok(result) => result,
             Err(_) => Err(ConnectError::Timeout),
         }
@@ -123,12 +136,16 @@ impl Target {
         source: IpAddr,
         route: &Route,
         token: &str,
+        recv_buffer: Option<u32>,
     ) -> Result<Ws, ConnectError> {
         let socket = if self.server.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes)?;
+        }
         socket.bind(SocketAddr::new(source, 0))?;
         let mut stream = socket.connect(self.server).await?;
         stream.set_nodelay(true)?;
@@ -245,14 +262,21 @@ impl Ws {
         }
     }
 
-    /// Writes whatever `out` holds.
+    /// Writes whatever `out` holds. Cancel-safe: what was written is taken out of `out` as
+    /// it goes, so a flush cut short (a timeout) leaves exactly the rest for the next one.
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
-            if self.out.capacity() > 64 * 1024 {
-                self.out = Vec::new();
+        while !self.out.is_empty() {
+            self.stream.writable().await?;
+            match self.stream.try_write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
+        }
+        if self.out.capacity() > 64 * 1024 {
+            self.out = Vec::new();
         }
         Ok(())
     }

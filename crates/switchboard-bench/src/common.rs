@@ -162,6 +162,26 @@ impl Errors {
     }
 }
 
+/// `GET url` (plain `http://HOST:PORT/PATH`, HTTP/1.0) with an optional bearer key; the body
+/// as JSON.
+pub(crate) async fn http_get_json(url: &str, key: Option<&str>) -> anyhow::Result<Value> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url
+        .strip_prefix("http://")
+        .context("the URL must be http://HOST:PORT/PATH")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    let path = if path.is_empty() { "/" } else { path };
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).await?;
+    let start = crate::client::find(&body, b"\r\n\r\n").context("no HTTP body")? + 4;
+    Ok(serde_json::from_slice(&body[start..])?)
+}
+
 /// Rounds for JSON output.
 pub(crate) fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::Stale;
 use crate::client::Route;
@@ -23,19 +22,7 @@ use crate::pool::{Tasks, connect_all};
 
 /// `total_connections` from the server's stats API (`GET /api/stats`).
 async fn stats_connections(url: &str, key: Option<&str>) -> anyhow::Result<u64> {
-    let rest = url
-        .strip_prefix("http://")
-        .context("--stats-url must be http://HOST:PORT/PATH")?;
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = tokio::net::TcpStream::connect(host).await?;
-    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-    let path = if path.is_empty() { "/" } else { path };
-    let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n");
-    stream.write_all(req.as_bytes()).await?;
-    let mut body = Vec::new();
-    stream.read_to_end(&mut body).await?;
-    let start = crate::client::find(&body, b"\r\n\r\n").context("no HTTP body")? + 4;
-    let v: Value = serde_json::from_slice(&body[start..])?;
+    let v = crate::common::http_get_json(url, key).await?;
     v["total_connections"]
         .as_u64()
         .context("no total_connections in stats")

@@ -28,6 +28,14 @@ fn help_for_the_tool_and_each_scenario() {
     }
     let fanout = String::from_utf8_lossy(&run(&["fanout", "--help"]).stdout).to_string();
     assert!(fanout.contains("--members <MEMBERS>") && fanout.contains("[default: 1000]"));
+    // The overload curve: documented with its default, and only with `--sweep`.
+    assert!(
+        fanout.contains("--past-saturation") && fanout.contains("[default: off"),
+        "{fanout}"
+    );
+    let alone = run(&["fanout", "--past-saturation"]);
+    assert_eq!(alone.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&alone.stderr).contains("--sweep"));
 }
 
 #[test]
