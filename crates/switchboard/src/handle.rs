@@ -144,8 +144,9 @@ impl ConnHandle {
         self.outbox.offer(frame, false)
     }
 
-    /// Queues a frame even on a full queue (one frame past capacity at most, by its callers'
-    /// design) and wakes the task.
+    /// Queues a frame even on a full queue and wakes the task. Its callers bound how far past
+    /// capacity it goes: a lost catch-up's `recovered` (once per lobby), the health pings (two
+    /// a ping period, until the connection answers or is closed).
     pub(crate) fn offer_over(&self, frame: Message) -> Offer {
         let mut state = lock(&self.outbox.state);
         if state.shut {

@@ -69,10 +69,13 @@ impl HealthClock {
         }
         if now >= self.next_ping {
             self.next_ping = now + self.interval;
-            // Pings are best effort: a full queue is the slow-consumer policy's business, and
-            // staleness is judged on what arrives, not on what we manage to send.
-            conn.offer(conn.health_ping(unix_ms()));
-            conn.offer(conn.ping(shared.ping_stamp()));
+            // Pings go out even on a full queue (two frames past its capacity a period at
+            // most): a member behind keeps its queue full while it catches up from the
+            // history, and must still be asked, or it would be closed as stale for the
+            // server's overload. A client that does not read is closed all the same: as stale,
+            // or as a slow consumer.
+            conn.offer_over(conn.health_ping(unix_ms()));
+            conn.offer_over(conn.ping(shared.ping_stamp()));
         }
         None
     }
@@ -129,6 +132,26 @@ mod tests {
         assert_eq!(clock.next_deadline(), start + Duration::from_secs(40));
         tokio::time::advance(Duration::from_secs(25)).await;
         assert_eq!(clock.tick(&conn, &shared), Some(DisconnectReason::Stale));
+    }
+
+    /// A member behind keeps its queue full while it catches up: it is still pinged (past
+    /// the capacity), or it would be closed as stale for the server's overload.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_still_gets_its_pings() {
+        let (shared, conn) = setup();
+        for _ in 0..8 {
+            conn.offer(Message::Text("broadcast".into()));
+        }
+        assert_eq!(
+            conn.offer(Message::Text("one more".into())),
+            crate::handle::Offer::Full
+        );
+        let mut clock = HealthClock::new(&shared, None);
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(clock.tick(&conn, &shared), None);
+        let kinds = queued(&conn);
+        assert_eq!(kinds.len(), 10);
+        assert_eq!(kinds[8..], ["health_ping", "ping"]);
     }
 
     #[tokio::test(start_paused = true)]
