@@ -30,6 +30,7 @@ mod common;
 mod fanout;
 mod idle;
 mod lobbies;
+mod lobby_load;
 mod overload;
 mod pool;
 mod procfs;

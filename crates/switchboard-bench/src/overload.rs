@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{Ctx, http_get_json, latency_json, round};
-use crate::fanout::{Publisher, Seen};
+use crate::lobby_load::{Publisher, Seen};
 use crate::procfs::cpu_secs;
 
 /// What is read around each step besides the members: Switchboard's stats API on each node,

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::cli::Stale;
 use crate::client::Route;
 use crate::common::{Ctx, latency_json, round};
-use crate::fanout::{Publisher, Seen, member};
+use crate::lobby_load::{Publisher, Seen, member};
 use crate::pool::{Tasks, connect_all};
 
 /// `total_connections` from the server's stats API (`GET /api/stats`).
