@@ -74,9 +74,7 @@ impl RedisCluster {
             let mut pipe = redis::pipe();
             // The broadcasts whose offset someone waits for, in the order of their answers.
             let mut offsets = Vec::new();
-            let mut commands = 0;
             for out in batch.drain(..) {
-                commands += 1;
                 match out {
                     Outgoing::Publish { channel, payload } => {
                         pipe.publish(channel, payload).ignore();
@@ -88,7 +86,6 @@ impl RedisCluster {
                         offset,
                     } => {
                         if self.local.pressed(&lobby) {
-                            commands -= 1;
                             continue;
                         }
                         pipe.cmd("EVAL")
@@ -122,7 +119,7 @@ impl RedisCluster {
                     }
                 }
             }
-            if commands == 0 {
+            if pipe.is_empty() {
                 // Everything was shed: nothing to send (an empty pipeline is an error).
                 self.dequeued(cost);
                 continue;

@@ -19,13 +19,8 @@ const INTAKE_BEHIND: Duration = Duration::from_millis(200);
 const PROBE_EVERY: Duration = Duration::from_millis(50);
 /// A probe not back after this is taken for lost (its publish failed): another goes out.
 const PROBE_LOST: Duration = Duration::from_secs(2);
-/// How often a lobby's pressure is told again while the node stays behind.
-const RETELL_EVERY: Duration = Duration::from_millis(250);
-/// Lobbies whose pressure was told recently, remembered at most (a bound on memory).
-const MAX_TOLD: usize = 4096;
 
-/// How far behind its pub/sub stream the node is, from its probes, and which lobbies were
-/// told about.
+/// How far behind its pub/sub stream the node is, from its probes.
 #[derive(Default)]
 struct Intake {
     /// The probe out now: its number and when it left.
@@ -33,7 +28,6 @@ struct Intake {
     sent: u64,
     /// How late the last probe back was.
     last_delay: Duration,
-    told: HashMap<String, Instant>,
 }
 
 impl Intake {
@@ -60,25 +54,6 @@ impl Intake {
     fn behind(&self) -> bool {
         let waiting = self.out.map_or(Duration::ZERO, |(_, at)| at.elapsed());
         self.last_delay.max(waiting) >= INTAKE_BEHIND
-    }
-
-    /// Whether `lobby`'s pressure is due to be told (again).
-    fn due(&mut self, lobby: &str) -> bool {
-        let now = Instant::now();
-        if let Some(at) = self.told.get(lobby)
-            && now.duration_since(*at) < RETELL_EVERY
-        {
-            return false;
-        }
-        if self.told.len() >= MAX_TOLD {
-            self.told
-                .retain(|_, at| now.duration_since(*at) < RETELL_EVERY);
-            if self.told.len() >= MAX_TOLD {
-                return false;
-            }
-        }
-        self.told.insert(lobby.to_owned(), now);
-        true
     }
 }
 
@@ -155,7 +130,7 @@ impl RedisCluster {
                     continue;
                 }
                 if intake.behind() {
-                    self.intake_behind(&channel, &mut intake);
+                    self.intake_behind(&channel);
                 }
                 self.receive(&channel, payload);
             }
@@ -168,17 +143,11 @@ impl RedisCluster {
 
     /// This node is behind what Redis sends it, and `channel` is a lobby's: every node, this
     /// one included, sheds publishes to that lobby for a while.
-    fn intake_behind(&self, channel: &str, intake: &mut Intake) {
-        let Some(lobby) = channel.strip_prefix(&self.key("chan:lobby:")) else {
-            return;
-        };
-        let Ok(code) = LobbyCode::parse(lobby) else {
-            return;
-        };
-        if intake.due(lobby) {
+    fn intake_behind(&self, channel: &str) {
+        if let Some(lobby) = channel.strip_prefix(&self.key("chan:lobby:"))
+            && self.local.behind_upstream(lobby)
+        {
             metrics::counter!("switchboard_redis_intake_behind_total").increment(1);
-            self.local.pressed_elsewhere(lobby);
-            self.tell_pressure(&code);
         }
     }
 

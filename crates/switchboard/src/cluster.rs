@@ -505,6 +505,16 @@ impl LocalNode {
         }
     }
 
+    /// This node is behind its pub/sub stream, which still holds broadcasts of `lobby`: it
+    /// sheds publishes to the lobby for a while and tells every node to (through
+    /// [`Cluster::tell_pressure`], at most every 250 ms). Whether it told them now.
+    pub fn behind_upstream(&self, lobby: &str) -> bool {
+        match (self.shared.upgrade(), LobbyCode::parse(lobby)) {
+            (Some(shared), Ok(lobby)) => shared.hub().behind_upstream(lobby),
+            _ => false,
+        }
+    }
+
     /// Whether publishes to `lobby` are shed now (its members are behind here or elsewhere);
     /// a broadcast shed this way is counted.
     pub fn pressed(&self, lobby: &str) -> bool {

@@ -13,7 +13,6 @@
 //! them too. A member that stopped reading sheds nothing: it falls further behind (told
 //! `recovered` with `ok: false` if it comes back past the history) or is closed.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -43,7 +42,7 @@ impl std::fmt::Debug for PressureOut {
 const RETELL_EVERY: Duration = Duration::from_millis(250);
 /// How long a reminder from another node holds: it lapses by itself when no reminder follows
 /// (the members caught up, or the node died).
-pub(crate) const PRESSURE_HOLDS: Duration = Duration::from_secs(1);
+const PRESSURE_HOLDS: Duration = Duration::from_secs(1);
 /// Lobbies pressed elsewhere that this node remembers (a bound on what other nodes can make
 /// it keep).
 const MAX_PRESSED_ELSEWHERE: usize = 65_536;
@@ -51,7 +50,7 @@ const MAX_PRESSED_ELSEWHERE: usize = 65_536;
 impl Hub {
     /// `conn`'s queue was full when the broadcast at `offset` came. Closes it if its socket
     /// has not taken bytes for the grace; otherwise it is behind from `offset` on.
-    pub(super) fn fell_behind(&self, conn: &Arc<ConnHandle>, offset: u64) -> Option<Lag> {
+    pub(super) fn fell_behind(&self, conn: &ConnHandle, offset: u64) -> Option<Lag> {
         if self.config.on_full == SlowConsumerPolicy::Drop {
             self.counters.overflow(true);
             return None;
@@ -149,11 +148,7 @@ impl Hub {
     /// Whether publishes to `lobby` are shed now: members are behind here, or another node
     /// said its are.
     pub(super) fn pressed_locked(&self, reg: &mut Registry, lobby: &LobbyCode) -> bool {
-        if reg
-            .lobbies
-            .get(lobby)
-            .is_some_and(|l| l.lagging > 0 && self.reading_behind(l))
-        {
+        if reg.lobbies.get(lobby).is_some_and(Lobby::reading_behind) {
             return true;
         }
         if reg.pressed_elsewhere.is_empty() {
@@ -169,14 +164,6 @@ impl Hub {
         }
     }
 
-    /// Whether a member behind in `lobby` is reading (its socket takes bytes now: the server
-    /// is the one behind). A member whose socket is full sheds nothing for its sake.
-    pub(super) fn reading_behind(&self, lobby: &Lobby) -> bool {
-        lobby.members.iter().zip(&lobby.lag).any(|(conn, lag)| {
-            lag.is_behind() && conn.reason().is_none() && conn.blocked_for().is_none()
-        })
-    }
-
     /// [`pressed_locked`](Self::pressed_locked), for a publish the cluster numbers.
     pub(crate) fn pressed(&self, lobby: &LobbyCode) -> bool {
         let mut reg = self.lock();
@@ -189,7 +176,23 @@ impl Hub {
 
     /// Another node's members of `lobby` are behind: shed publishes to it for a while.
     pub(crate) fn pressed_elsewhere(&self, lobby: LobbyCode) {
-        let mut reg = self.lock();
+        Self::hold_pressure(&mut self.lock(), lobby);
+    }
+
+    /// This node is behind what the cluster sends it for `lobby` (its pub/sub stream): it
+    /// sheds publishes to the lobby for a while, and tells the other nodes (at most every
+    /// [`RETELL_EVERY`]). Whether it told them now.
+    pub(crate) fn behind_upstream(&self, code: LobbyCode) -> bool {
+        let mut guard = self.lock();
+        let reg = &mut *guard;
+        Self::hold_pressure(reg, code.clone());
+        reg.lobbies
+            .get_mut(&code)
+            .is_some_and(|lobby| self.tell_pressure(&code, lobby))
+    }
+
+    /// Sheds publishes to `lobby` for [`PRESSURE_HOLDS`].
+    fn hold_pressure(reg: &mut Registry, lobby: LobbyCode) {
         let now = Instant::now();
         if reg.pressed_elsewhere.len() >= MAX_PRESSED_ELSEWHERE {
             reg.pressed_elsewhere.retain(|_, until| *until > now);
@@ -206,19 +209,20 @@ impl Hub {
     }
 
     /// Tells the other nodes that `lobby`'s members are behind here, at most every
-    /// [`RETELL_EVERY`].
-    pub(super) fn tell_pressure(&self, code: &LobbyCode, lobby: &mut Lobby) {
+    /// [`RETELL_EVERY`]; whether it did now.
+    pub(super) fn tell_pressure(&self, code: &LobbyCode, lobby: &mut Lobby) -> bool {
         let Some(out) = self.pressure_out.get() else {
-            return;
+            return false;
         };
         let now = Instant::now();
         if lobby
             .announced
             .is_some_and(|at| now.duration_since(at) < RETELL_EVERY)
         {
-            return;
+            return false;
         }
         lobby.announced = Some(now);
         (out.0)(code);
+        true
     }
 }

@@ -84,6 +84,15 @@ impl Lobby {
         old
     }
 
+    /// Whether a member behind is reading (its socket takes bytes now: the server is the one
+    /// behind). A member whose socket is full sheds nothing for its sake.
+    pub(crate) fn reading_behind(&self) -> bool {
+        self.lagging > 0
+            && self.members.iter().zip(&self.lag).any(|(conn, lag)| {
+                lag.is_behind() && conn.reason().is_none() && conn.blocked_for().is_none()
+            })
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.members.is_empty() && self.presence.is_empty()
     }

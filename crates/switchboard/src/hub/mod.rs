@@ -657,14 +657,14 @@ impl Hub {
                     Offer::Queued => reached += 1,
                     Offer::Closed => {}
                     Offer::Full => {
-                        if let Some(lag) = self.fell_behind(&conn.clone(), offset) {
+                        if let Some(lag) = self.fell_behind(conn, offset) {
                             self.set_lag(lobby, pos, lag);
                         }
                     }
                 }
             }
-            if lobby.lagging > 0 && self.reading_behind(lobby) {
-                self.tell_pressure(code, lobby);
+            if lobby.reading_behind() {
+                let _ = self.tell_pressure(code, lobby);
             }
             (reached, offset)
         };
