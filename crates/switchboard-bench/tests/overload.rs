@@ -3,22 +3,13 @@
 //! publishes, the server's shed publishes (`--stats-url`), members closed and why, and losses.
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::time::Duration;
+mod common;
 
 use serde_json::Value;
-use switchboard_server::ServerConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_saturation_runs_every_step_and_reports_sheds_and_closes() {
-    let mut config = ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        dev_mode: true,
-        drain: Duration::from_millis(100),
-        deadline: Duration::from_secs(2),
-        ..ServerConfig::default()
-    };
-    config.manager.rate.messages_per_sec = 0;
-    config.manager.rate.connects_per_ip_per_sec = 0;
+    let config = common::load_test_config();
     let server = switchboard_server::spawn(config).await.unwrap();
     let addr = server.addr;
     let stats_url = format!("http://{addr}/api/stats");

@@ -4,11 +4,12 @@
 //! them all, then one with webhooks posting to the `webhook` scenario's receiver.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard_server::ServerConfig;
 
 /// Runs `switchboard-bench SCENARIO` against `addr` and returns its JSON summary.
 async fn bench(addr: SocketAddr, ip_base: u8, scenario: &str, args: &[&str]) -> Value {
@@ -33,15 +34,7 @@ async fn bench(addr: SocketAddr, ip_base: u8, scenario: &str, args: &[&str]) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_against_the_real_server() {
-    let mut config = ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        dev_mode: true,
-        drain: Duration::from_millis(100),
-        deadline: Duration::from_secs(2),
-        ..ServerConfig::default()
-    };
-    config.manager.rate.messages_per_sec = 0;
-    config.manager.rate.connects_per_ip_per_sec = 0;
+    let mut config = common::load_test_config();
     config.manager.ping_interval = Duration::from_millis(500);
     config.manager.pong_timeout = Duration::from_millis(500);
     let server = switchboard_server::spawn(config).await.unwrap();
@@ -185,15 +178,7 @@ async fn every_scenario_runs_against_the_real_server() {
         .local_addr()
         .unwrap()
         .port();
-    let mut config = ServerConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        dev_mode: true,
-        drain: Duration::from_millis(100),
-        deadline: Duration::from_secs(2),
-        ..ServerConfig::default()
-    };
-    config.manager.rate.messages_per_sec = 0;
-    config.manager.rate.connects_per_ip_per_sec = 0;
+    let mut config = common::load_test_config();
     config.manager.node_id = "hooks".into();
     let url = format!("http://127.0.0.1:{port}/hook");
     for (key, value) in [
