@@ -173,12 +173,6 @@ impl Shared {
         })
     }
 
-    /// Gives a connection that fell behind what it missed, from its lobbies' histories (its
-    /// task calls this once its queue has drained).
-    pub(crate) fn catch_up(&self, conn: &ConnHandle) {
-        self.hub.catch_up(conn);
-    }
-
     /// Sends an encoded frame to every connection of `user`, on every node: the cluster first,
     /// so that a full outbound queue ([`Error::Overloaded`]) means sent nowhere. Returns the
     /// connections reached on this node.

@@ -221,7 +221,7 @@ impl Socket {
                 }
                 // Drained after missing broadcasts: the lobbies' histories fill the gap.
                 if conn.lagging.swap(false, Ordering::Relaxed) {
-                    shared.catch_up(conn);
+                    shared.hub.catch_up(conn);
                     continue;
                 }
                 return Ok(());

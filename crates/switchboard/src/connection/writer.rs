@@ -52,7 +52,7 @@ where
         }
         // Drained after missing broadcasts: the lobbies' histories fill the gap.
         if conn.queued() == 0 && conn.lagging.swap(false, Ordering::Relaxed) {
-            shared.catch_up(&conn);
+            shared.hub.catch_up(&conn);
         }
     }
     let reason = conn.reason().unwrap_or(DisconnectReason::ConnectionLost);
