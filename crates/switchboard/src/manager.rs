@@ -109,6 +109,7 @@ impl Manager {
         } else {
             (SUBPROTOCOL, 1)
         };
+        let upgrade = upgrade.with_deflate(shared.config.compression.enabled);
         upgrade.on_upgrade(subprotocol, move |io| {
             let tracker = shared.tracker.clone();
             let socket = Socket::new(io, shared.config.max_message_bytes);

@@ -23,10 +23,12 @@ use super::health::HealthClock;
 use super::rate::MessageRate;
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
-use crate::handle::ConnHandle;
+use crate::handle::{ConnHandle, Outgoing};
 use crate::handler::AppHandler;
 use crate::shared::Shared;
+use crate::stats::Counters;
 use crate::ws::Upgraded;
+use crate::ws::deflate::{self, Deflate};
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
 
 /// Frames encoded into one write: waiting frames go out in one syscall, without one
@@ -66,9 +68,10 @@ pub(crate) struct Socket {
 
 impl Socket {
     pub(crate) fn new(io: Upgraded, max_message: usize) -> Self {
+        let deflate = io.deflate().is_some();
         Self {
             io,
-            decoder: Decoder::new(max_message),
+            decoder: Decoder::new(max_message).with_deflate(deflate),
             unsent: Vec::new(),
             peer_close: None,
         }
@@ -185,10 +188,15 @@ impl Socket {
                 self.unsent = Vec::new();
             }
             let (mut frames, mut bytes) = (0, 0);
+            let compress = Compress {
+                window_bits: self.io.deflate().and_then(Deflate::window_bits),
+                min_bytes: shared.config.compression.min_bytes,
+                counters: &shared.counters,
+            };
             let written = with_write_buffer(|buf| {
                 buf.clear();
                 let taken = conn.poll_take(cx, MAX_BATCH, WRITE_BATCH_BYTES, |message| {
-                    bytes += encode_message(buf, &message);
+                    bytes += compress.encode(buf, &message);
                 });
                 let Poll::Ready(taken) = taken else {
                     return Ok(false);
@@ -290,7 +298,7 @@ impl Socket {
         let mut out = Vec::new();
         while conn.take_batch(MAX_BATCH, WRITE_BATCH_BYTES, |m| frames.push(m)) > 0 {
             for message in frames.drain(..) {
-                let Some((opcode, payload)) = message_parts(&message) else {
+                let Some((opcode, payload)) = message_parts(message.message()) else {
                     continue;
                 };
                 if payload.len() < WRITE_BATCH_BYTES / 4 {
@@ -371,13 +379,63 @@ impl Live<'_> {
     }
 }
 
-/// Encodes a queued frame; returns its payload's length.
-fn encode_message(out: &mut Vec<u8>, message: &Message) -> u64 {
-    let Some((opcode, payload)) = message_parts(message) else {
-        return 0;
-    };
-    frame::encode(out, opcode, payload);
-    payload.len() as u64
+/// How a connection's queued frames are encoded: compressed (permessage-deflate) or not.
+struct Compress<'a> {
+    /// The window the connection's messages may be compressed with; `None`: not at all
+    /// (the extension was not negotiated, or only with a window zlib cannot keep to).
+    window_bits: Option<u8>,
+    /// Smaller messages go out plain: compressing them would gain little or nothing.
+    min_bytes: usize,
+    counters: &'a Counters,
+}
+
+impl Compress<'_> {
+    /// Encodes a queued frame; returns its payload's length on the wire.
+    fn encode(&self, out: &mut Vec<u8>, item: &Outgoing) -> u64 {
+        let Some((opcode, payload)) = message_parts(item.message()) else {
+            return 0;
+        };
+        let data = matches!(opcode, OpCode::Text | OpCode::Binary);
+        let window = self
+            .window_bits
+            .filter(|_| data && payload.len() >= self.min_bytes);
+        let Some(bits) = window else {
+            frame::encode(out, opcode, payload);
+            return payload.len() as u64;
+        };
+        // A broadcast: compressed once for all its members (with a full window; a member that
+        // asked for a smaller one gets its own).
+        let shared = (bits == 15).then(|| {
+            item.shared_deflated(|payload| {
+                self.counters.deflated();
+                deflate::with_compressed(payload, bits, |z| {
+                    (z.len() < payload.len()).then(|| bytes::Bytes::copy_from_slice(z))
+                })
+            })
+        });
+        match shared.flatten() {
+            Some(Some(deflated)) => {
+                frame::encode_deflated(out, opcode, deflated);
+                deflated.len() as u64
+            }
+            Some(None) => {
+                frame::encode(out, opcode, payload);
+                payload.len() as u64
+            }
+            None => {
+                self.counters.deflated();
+                deflate::with_compressed(payload, bits, |z| {
+                    if z.len() < payload.len() {
+                        frame::encode_deflated(out, opcode, z);
+                        z.len() as u64
+                    } else {
+                        frame::encode(out, opcode, payload);
+                        payload.len() as u64
+                    }
+                })
+            }
+        }
+    }
 }
 
 /// A queued frame's opcode and payload; `None` for a close frame (only `Socket::close` sends
