@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -193,14 +194,18 @@ impl Socket {
                 min_bytes: shared.config.compression.min_bytes,
                 counters: &shared.counters,
             };
+            // Taken out of the queue first and encoded after: compressing must not hold the
+            // queue's lock, which every offer to this connection takes.
+            let mut batch = SmallVec::<[Outgoing; MAX_BATCH]>::new();
+            let taken = conn.poll_take(cx, MAX_BATCH, WRITE_BATCH_BYTES, |m| batch.push(m));
             let written = with_write_buffer(|buf| {
                 buf.clear();
-                let taken = conn.poll_take(cx, MAX_BATCH, WRITE_BATCH_BYTES, |message| {
-                    bytes += compress.encode(buf, &message);
-                });
                 let Poll::Ready(taken) = taken else {
                     return Ok(false);
                 };
+                for message in batch.drain(..) {
+                    bytes += compress.encode(buf, &message);
+                }
                 frames = taken as u64;
                 let mut at = 0;
                 while at < buf.len() {
