@@ -405,42 +405,44 @@ impl Compress<'_> {
             .window_bits
             .filter(|_| data && payload.len() >= self.min_bytes);
         let Some(bits) = window else {
-            frame::encode(out, opcode, payload);
-            return payload.len() as u64;
+            return encode_plain(out, opcode, payload);
         };
-        // A broadcast: compressed once for all its members (with a full window; a member that
-        // asked for a smaller one gets its own).
-        let shared = (bits == 15).then(|| {
-            item.shared_deflated(|payload| {
+        // A broadcast: compressed once for all its members, with a full window (a member that
+        // asked for a smaller one compresses its own).
+        if bits == deflate::MAX_WINDOW_BITS {
+            let shared = item.shared_deflated(|payload| {
                 self.counters.deflated();
                 deflate::with_compressed(payload, bits, |z| {
                     (z.len() < payload.len()).then(|| bytes::Bytes::copy_from_slice(z))
                 })
-            })
-        });
-        match shared.flatten() {
-            Some(Some(deflated)) => {
-                frame::encode_deflated(out, opcode, deflated);
-                deflated.len() as u64
-            }
-            Some(None) => {
-                frame::encode(out, opcode, payload);
-                payload.len() as u64
-            }
-            None => {
-                self.counters.deflated();
-                deflate::with_compressed(payload, bits, |z| {
-                    if z.len() < payload.len() {
-                        frame::encode_deflated(out, opcode, z);
-                        z.len() as u64
-                    } else {
-                        frame::encode(out, opcode, payload);
-                        payload.len() as u64
-                    }
-                })
+            });
+            match shared {
+                Some(Some(deflated)) => return encode_deflated(out, opcode, deflated),
+                Some(None) => return encode_plain(out, opcode, payload),
+                None => {}
             }
         }
+        self.counters.deflated();
+        deflate::with_compressed(payload, bits, |z| {
+            if z.len() < payload.len() {
+                encode_deflated(out, opcode, z)
+            } else {
+                encode_plain(out, opcode, payload)
+            }
+        })
     }
+}
+
+/// Encodes a frame as it is; returns its payload's length.
+fn encode_plain(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) -> u64 {
+    frame::encode(out, opcode, payload);
+    payload.len() as u64
+}
+
+/// Encodes a compressed message (RSV1); returns its compressed payload's length.
+fn encode_deflated(out: &mut Vec<u8>, opcode: OpCode, deflated: &[u8]) -> u64 {
+    frame::encode_deflated(out, opcode, deflated);
+    deflated.len() as u64
 }
 
 /// A queued frame's opcode and payload; `None` for a close frame (only `Socket::close` sends

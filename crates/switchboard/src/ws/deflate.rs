@@ -26,6 +26,9 @@ const TRAILER: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// direct frames; level 6 (zlib's default) gives JSON little over level 3 and costs more.
 const LEVEL: u32 = 3;
 
+/// The largest LZ77 window (log2 bytes), and the one a client that asks for no limit gets.
+pub const MAX_WINDOW_BITS: u8 = 15;
+
 /// The smallest window zlib can compress raw deflate with. An offer of
 /// `server_max_window_bits=8` is accepted, but the server then sends every message
 /// uncompressed (RFC 7692 allows that for any message): zlib would silently use 9 bits, and
@@ -46,7 +49,7 @@ impl Deflate {
     /// The LZ77 window (log2 bytes) the server's messages may use; `None` when the server
     /// sends them uncompressed (an 8-bit window, which zlib cannot produce).
     pub fn window_bits(self) -> Option<u8> {
-        let bits = self.server_max_window_bits.unwrap_or(15);
+        let bits = self.server_max_window_bits.unwrap_or(MAX_WINDOW_BITS);
         (bits >= MIN_COMPRESS_BITS).then_some(bits)
     }
 
@@ -169,7 +172,7 @@ thread_local! {
 /// Compresses one message's payload as permessage-deflate sends it (a fresh window of
 /// `window_bits`, 9 to 15; the trailing `00 00 ff ff` removed), appending it to `out`.
 pub fn compress(payload: &[u8], window_bits: u8, out: &mut Vec<u8>) {
-    let bits = window_bits.clamp(MIN_COMPRESS_BITS, 15);
+    let bits = window_bits.clamp(MIN_COMPRESS_BITS, MAX_WINDOW_BITS);
     let fresh = || Compress::new_with_window_bits(Compression::new(LEVEL), false, bits);
     COMPRESSORS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut compressors) => {
