@@ -105,6 +105,45 @@ async fn a_broadcast_is_compressed_once_for_every_member_that_negotiated_it() {
 }
 
 #[tokio::test]
+async fn replays_reuse_the_compressed_broadcasts_the_history_keeps() {
+    let server = server(|c| c.manager.presence.events = false).await;
+    let mut bob = connect(server.addr, "l1", "bob").await;
+    let before = server.manager.stats().messages_deflated;
+    // Nobody with the extension yet: nothing is compressed.
+    for n in 0..3 {
+        bob.send(broadcast(json!({"n": n, "chat": chat(1000)})))
+            .await;
+        bob.expect("message", "bob's own broadcast").await;
+    }
+    assert_eq!(server.manager.stats().messages_deflated, before);
+    // A reconnect from before them: the replay is compressed, each broadcast once.
+    let path = |user: &str, epoch: &Value| {
+        format!(
+            "/ws/l1?token={user}&since=0&epoch={}",
+            epoch.as_str().unwrap()
+        )
+    };
+    let epoch = bob.welcome["epoch"].clone();
+    let offer = Some("permessage-deflate");
+    for user in ["alice", "carol"] {
+        let mut client = connect_offering(server.addr, &path(user, &epoch), offer).await;
+        client.expect("welcome", "welcome").await;
+        for n in 0..3 {
+            let (message, value) = client.expect("message", "a replayed broadcast").await;
+            assert!(message.compressed, "{user}: replayed compressed");
+            assert_eq!(value["data"]["n"], n);
+        }
+        let (_, recovered) = client.expect("recovered", "the end of the replay").await;
+        assert_eq!(recovered["ok"], true);
+    }
+    assert_eq!(
+        server.manager.stats().messages_deflated - before,
+        3,
+        "the second replay reused the first one's compressed bytes"
+    );
+}
+
+#[tokio::test]
 async fn small_frames_go_out_plain_and_a_large_direct_message_compressed() {
     let server = server(|c| c.manager.presence.events = false).await;
     let mut alice = connect_deflate(server.addr, "l1", "alice").await;
