@@ -33,9 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 async fn upgrade(upgrade: Upgrade) -> Response {
-    upgrade
-        .with_deflate(true)
-        .on_upgrade(switchboard::SUBPROTOCOL, echo)
+    let upgrade = upgrade.with_deflate(true);
+    let deflate = upgrade.deflate();
+    upgrade.on_upgrade(switchboard::SUBPROTOCOL, move |io| echo(io, deflate))
 }
 
 /// How the echo loop ends.
@@ -48,9 +48,9 @@ enum End {
     Gone,
 }
 
-async fn echo(mut io: Upgraded) {
-    let mut decoder = Decoder::new(MAX_MESSAGE_BYTES).with_deflate(io.deflate().is_some());
-    let window = io.deflate().and_then(Deflate::window_bits);
+async fn echo(mut io: Upgraded, deflate: Option<Deflate>) {
+    let mut decoder = Decoder::new(MAX_MESSAGE_BYTES).with_deflate(deflate.is_some());
+    let window = deflate.and_then(Deflate::window_bits);
     let mut buf = vec![0; 64 * 1024];
     let mut out = Vec::new();
     let end = loop {

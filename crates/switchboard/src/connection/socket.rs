@@ -65,16 +65,18 @@ pub(crate) struct Socket {
     unsent: Vec<u8>,
     /// The peer's close frame arrived, with this code: the close reply echoes it.
     peer_close: Option<Option<u16>>,
+    /// permessage-deflate, if it was negotiated (beside `peer_close`: in its padding).
+    deflate: Option<Deflate>,
 }
 
 impl Socket {
-    pub(crate) fn new(io: Upgraded, max_message: usize) -> Self {
-        let deflate = io.deflate().is_some();
+    pub(crate) fn new(io: Upgraded, max_message: usize, deflate: Option<Deflate>) -> Self {
         Self {
             io,
-            decoder: Decoder::new(max_message).with_deflate(deflate),
+            decoder: Decoder::new(max_message).with_deflate(deflate.is_some()),
             unsent: Vec::new(),
             peer_close: None,
+            deflate,
         }
     }
 
@@ -190,7 +192,7 @@ impl Socket {
             }
             let (mut frames, mut bytes) = (0, 0);
             let compress = Compress {
-                window_bits: self.io.deflate().and_then(Deflate::window_bits),
+                window_bits: self.deflate.and_then(Deflate::window_bits),
                 min_bytes: shared.config.compression.min_bytes,
                 counters: &shared.counters,
             };

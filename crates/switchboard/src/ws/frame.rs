@@ -59,7 +59,8 @@ pub enum FrameError {
 /// Decodes masked client frames into [`Frame`]s, assembling fragmented messages.
 #[derive(Debug)]
 pub struct Decoder {
-    max_message: usize,
+    /// The limit (a `u32`, so that the flag beside it costs a connection nothing).
+    max_message: u32,
     /// permessage-deflate was negotiated: RSV1 marks a compressed message.
     deflate: bool,
     /// The start of a frame whose end has not arrived yet.
@@ -95,7 +96,7 @@ impl Decoder {
     /// A decoder refusing messages (and frames) larger than `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
         Self {
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             deflate: false,
             partial: Vec::new(),
             message: None,
@@ -107,6 +108,11 @@ impl Decoder {
     pub fn with_deflate(mut self, deflate: bool) -> Self {
         self.deflate = deflate;
         self
+    }
+
+    /// The largest message (and frame), inflated or not.
+    fn limit(&self) -> usize {
+        self.max_message as usize
     }
 
     /// Whether the decoder holds no bytes: no split frame, no fragmented message.
@@ -199,7 +205,7 @@ impl Decoder {
             (Some(message), 0) => message.payload.len(),
             _ => 0,
         };
-        if before.saturating_add(header.len) > self.max_message {
+        if before.saturating_add(header.len) > self.limit() {
             return Err(FrameError::TooBig);
         }
         Ok(())
@@ -219,7 +225,7 @@ impl Decoder {
                 return Err(FrameError::Protocol("new message inside a fragmented one"));
             }
             (opcode @ (1 | 2), true) if header.rsv1 => {
-                return deflate::with_inflated(payload, self.max_message, |data| {
+                return deflate::with_inflated(payload, self.limit(), |data| {
                     Ok(on_frame(data_frame(opcode == 1, data)?))
                 })?;
             }
@@ -251,7 +257,7 @@ impl Decoder {
                     return Ok(ControlFlow::Continue(()));
                 };
                 if message.compressed {
-                    return deflate::with_inflated(&message.payload, self.max_message, |data| {
+                    return deflate::with_inflated(&message.payload, self.limit(), |data| {
                         Ok(on_frame(data_frame(message.text, data)?))
                     })?;
                 }

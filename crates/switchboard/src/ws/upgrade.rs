@@ -141,6 +141,14 @@ impl Upgrade {
         self
     }
 
+    /// permessage-deflate as the answer will accept it ([`with_deflate`](Self::with_deflate)):
+    /// the connection's codec must then accept compressed messages
+    /// ([`Decoder::with_deflate`](super::frame::Decoder::with_deflate)), and may compress what
+    /// it sends.
+    pub fn deflate(&self) -> Option<Deflate> {
+        self.deflate
+    }
+
     /// Answers 101 Switching Protocols (echoing `protocol` if the client offered it) and, once
     /// hyper hands the connection over, runs `callback` with it in a task of its own.
     pub fn on_upgrade<C, Fut>(self, protocol: &'static str, callback: C) -> Response
@@ -153,7 +161,7 @@ impl Upgrade {
         let deflate = self.deflate;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => callback(Upgraded::new(upgraded, deflate)).await,
+                Ok(upgraded) => callback(Upgraded::new(upgraded)).await,
                 Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
             }
         });
@@ -186,7 +194,6 @@ impl Upgrade {
 pub struct Upgraded {
     io: Io,
     early: Bytes,
-    deflate: Option<Deflate>,
 }
 
 #[derive(Debug)]
@@ -196,26 +203,18 @@ enum Io {
 }
 
 impl Upgraded {
-    fn new(upgraded: hyper::upgrade::Upgraded, deflate: Option<Deflate>) -> Self {
+    fn new(upgraded: hyper::upgrade::Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => Self {
                 io: Io::Tcp(parts.io.into_inner()),
                 // A copy: hyper's `read_buf` keeps its whole read buffer (8 KiB) alive.
                 early: Bytes::copy_from_slice(&parts.read_buf),
-                deflate,
             },
             Err(upgraded) => Self {
                 io: Io::Other(TokioIo::new(upgraded)),
                 early: Bytes::new(),
-                deflate,
             },
         }
-    }
-
-    /// permessage-deflate, if it was negotiated: compressed messages may arrive (RSV1), and
-    /// the server may compress what it sends.
-    pub fn deflate(&self) -> Option<Deflate> {
-        self.deflate
     }
 }
 
