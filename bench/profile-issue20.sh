@@ -5,14 +5,14 @@
 # every load bounded in count and time. Needs perf and valgrind (apt-get install linux-perf
 # valgrind); the release profile keeps line tables (debug = 1).
 #
-#   bench/profile-issue20.sh [perf] [callgrind]       (both by default)
+#   bench/profile-issue20.sh [stat] [perf] [callgrind]       (all by default)
 #
 # Writes bench/results/raw/profile-issue20/: perf-*.data and perf-*.txt (perf report, flat and
 # by caller), callgrind.out.* and callgrind-*.txt (callgrind_annotate), summary.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-WHAT=${*:-perf callgrind}
+WHAT=${*:-stat perf callgrind}
 OUT=bench/results/raw/profile-issue20
 mkdir -p "$OUT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -68,30 +68,36 @@ wait_for() { # wait_for FILE PATTERN SECS
     echo "timed out waiting for '$2' in $1" >&2; return 1
 }
 
+STAT_EVENTS=task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_futex,syscalls:sys_enter_accept4,syscalls:sys_enter_setsockopt,syscalls:sys_enter_getsockopt,syscalls:sys_enter_close
+
 report() { # report NAME: flat (self) and caller-inclusive tables of perf-NAME.data
     perf report -i "$OUT/perf-$1.data" --no-children --sort dso,sym --percent-limit 0.7 --stdio \
         2>/dev/null | grep -v '^$' | head -120 > "$OUT/perf-$1-self.txt" || true
     perf report -i "$OUT/perf-$1.data" --children --sort sym --percent-limit 3 --stdio -g none \
         2>/dev/null | grep -v '^$' | head -120 > "$OUT/perf-$1-children.txt" || true
+    perf script -i "$OUT/perf-$1.data" -F comm,tid,period,ip,sym,dso 2>/dev/null \
+        | python3 bench/perf_buckets.py > "$OUT/buckets-$1.md" || true
 }
 
 # perf NAME SERVER: fan-out to 10k members at 10 msg/s (100k deliveries/s, each connection woken
 # about once per broadcast), 6 s recorded after the members connected; then a connect storm of
 # 10k connections, recorded from the first connect to the last welcome.
 perf_pair() {
-    local s=$1
+    local s=$1 cg=(--call-graph dwarf,32768)
+    # Bun's npm binary has no .eh_frame (and only its exported symbols): frame pointers.
+    [[ $s == bun ]] && cg=(--call-graph fp)
     start "$s" "$OUT/$s-fanout.server.log"
-    bench "$OUT/$s-fanout" fanout --members 10000 --rate 10 --duration 10 --drain-secs 2 --payload 100 --concurrency 100
+    bench "$OUT/$s-fanout" fanout --members 10000 --rate 10 --duration 14 --drain-secs 2 --payload 100 --concurrency 100
     wait_for "$OUT/$s-fanout.log" "done=10000/10000" 60
     sleep 2.5
     say "perf $s fan-out 10k members x 10 msg/s (server pid $SERVER_PID)"
-    taskset -c 1 perf record -F 999 --call-graph dwarf,32768 -p "$SERVER_PID" -o "$OUT/perf-$s-fanout.data" -- sleep 6 2> /dev/null
+    taskset -c 1 perf record -F 999 "${cg[@]}" -p "$SERVER_PID" -o "$OUT/perf-$s-fanout.data" -- sleep 6 2> /dev/null
     wait "$BENCH_PID" || true
     cleanup
     report "$s-fanout"
 
     start "$s" "$OUT/$s-connect.server.log"
-    taskset -c 1 perf record -F 999 --call-graph dwarf,32768 -p "$SERVER_PID" -o "$OUT/perf-$s-connect.data" 2> /dev/null &
+    taskset -c 1 perf record -F 999 "${cg[@]}" -p "$SERVER_PID" -o "$OUT/perf-$s-connect.data" 2> /dev/null &
     local perf_pid=$!
     sleep 0.5
     say "perf $s connect storm 10k (server pid $SERVER_PID)"
@@ -102,6 +108,43 @@ perf_pair() {
     cleanup
     report "$s-connect"
 }
+
+# stat NAME SERVER: syscalls, context switches and CPU (perf stat, no sampling) over the whole
+# publishing of a fan-out (10k members at 10 msg/s, and 1k members at 76 msg/s: 76k
+# deliveries/s), and over a connect storm of 10k; divided by the deliveries / connects.
+stat_one() {
+    local s=$1 tag=$2; shift 2
+    start "$s" "$OUT/$s-stat-$tag.server.log"
+    bench "$OUT/$s-stat-$tag" "$@"
+    local scenario=$1
+    if [[ $scenario == fanout ]]; then
+        wait_for "$OUT/$s-stat-$tag.log" "done=$3/$3 " 60
+        sleep 0.3
+    fi
+    taskset -c 1 perf stat -x, -e "$STAT_EVENTS" -p "$SERVER_PID" -o "$OUT/stat-$s-$tag.csv" 2> /dev/null &
+    local stat_pid=$!
+    # stop at the step's result (fan-out) or the last welcome (connects): not the teardown
+    if [[ $scenario == fanout ]]; then
+        wait_for "$OUT/$s-stat-$tag.log" "step=fixed" 120
+    else
+        wait_for "$OUT/$s-stat-$tag.log" "step=connected" 60
+    fi
+    kill -INT "$stat_pid"; wait "$stat_pid" || true
+    wait "$BENCH_PID" || true
+    say "perf stat $s $tag (server pid $SERVER_PID)"
+    cleanup
+}
+
+if [[ " $WHAT " == *" stat "* ]]; then
+    for s in switchboard bun; do
+        stat_one "$s" fanout10k fanout --members 10000 --rate 10 --duration 8 --drain-secs 2 --payload 100 --concurrency 100
+        stat_one "$s" fanout1k fanout --members 1000 --rate 76 --duration 8 --drain-secs 2 --payload 100 --concurrency 100
+        # 50 ms between broadcasts, a fan-out takes under 10 ms: every delivery its own write
+        stat_one "$s" sparse1k fanout --members 1000 --rate 20 --duration 8 --drain-secs 2 --payload 100 --concurrency 100
+        stat_one "$s" connect idle --conns 10000 --lobbies 100 --hold 1 --settle 0 --concurrency 100
+    done
+    python3 bench/perf_stat_table.py "$OUT" > "$OUT/stat.md"
+fi
 
 if [[ " $WHAT " == *" perf "* ]]; then
     perf_pair switchboard
