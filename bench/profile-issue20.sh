@@ -143,7 +143,7 @@ if [[ " $WHAT " == *" stat "* ]]; then
         stat_one "$s" sparse1k fanout --members 1000 --rate 20 --duration 8 --drain-secs 2 --payload 100 --concurrency 100
         stat_one "$s" connect idle --conns 10000 --lobbies 100 --hold 1 --settle 0 --concurrency 100
     done
-    python3 bench/perf_stat_table.py "$OUT" > "$OUT/stat.md"
+    python3 bench/perf_stat_table.py "$OUT" > "$OUT/stat-${STAT_TAG:-latest}.md"
 fi
 
 if [[ " $WHAT " == *" perf "* ]]; then
