@@ -175,9 +175,13 @@ if [[ " $WHAT " == *" callgrind "* ]]; then
     callgrind_control -d connect "$SERVER_PID" > /dev/null
     wait "$BENCH_PID" || true
     cleanup
+    # keep the measured windows (callgrind.out.PID.1); the dumps at exit hold the teardown
     for f in "$OUT"/callgrind.out.*; do
-        callgrind_annotate --inclusive=no "$f" 2>/dev/null | head -60 > "$OUT/$(basename "$f").self.txt" || true
-        callgrind_annotate --inclusive=yes "$f" 2>/dev/null | head -80 > "$OUT/$(basename "$f").incl.txt" || true
+        [[ $f =~ callgrind\.out\.[0-9]+$ ]] && rm -f "$f"
+    done
+    for f in "$OUT"/callgrind.out.*.[0-9]; do
+        callgrind_annotate --threshold=100 "$f" 2>/dev/null | head -80 > "$f.self.txt" || true
+        callgrind_annotate --inclusive=yes --threshold=100 "$f" 2>/dev/null | head -150 > "$f.incl.txt" || true
     done
 fi
 say "done"
