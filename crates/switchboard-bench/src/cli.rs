@@ -79,6 +79,10 @@ pub(crate) struct Common {
     /// The whole run stops after this many seconds, whatever it is doing.
     #[arg(long, default_value_t = 600.0)]
     pub(crate) max_secs: f64,
+    /// Offer permessage-deflate (as browsers do): compressed frames are inflated before they
+    /// are read, so their cost shows on the load generator's side too.
+    #[arg(long)]
+    pub(crate) deflate: bool,
 }
 
 /// `idle`.

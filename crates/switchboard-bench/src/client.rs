@@ -1,4 +1,5 @@
-//! A deliberately small WebSocket client (RFC 6455, client side, no extensions).
+//! A deliberately small WebSocket client (RFC 6455, client side; permessage-deflate when asked
+//! for, with no context takeover and a per-thread inflater, as the server's).
 //!
 //! The load generator shares a 2-core machine with the server it measures, so it must cost far
 //! less than the server per message. It holds no read buffer while a connection is idle: it
@@ -12,6 +13,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use flate2::{Decompress, FlushDecompress};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -25,7 +27,12 @@ const OP_PONG: u8 = 0xA;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_BYTES]);
+    /// The inflater for compressed frames (permessage-deflate), and where they are inflated.
+    static INFLATE: RefCell<(Decompress, Vec<u8>)> = RefCell::new((Decompress::new(false), Vec::new()));
 }
+
+/// The offer `--deflate` makes.
+const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; server_no_context_takeover\r\n";
 
 /// One inbound frame, borrowed from the read buffer.
 #[derive(Debug)]
@@ -84,6 +91,8 @@ pub(crate) struct Ws {
     pub(crate) out: Vec<u8>,
     /// Set once a close frame or EOF was seen.
     pub(crate) closed: Option<Option<u16>>,
+    /// permessage-deflate was negotiated: frames with RSV1 are inflated.
+    deflate: bool,
 }
 
 /// Where a connection starts.
@@ -101,6 +110,8 @@ pub(crate) enum Route {
 pub(crate) struct Target {
     pub(crate) server: SocketAddr,
     pub(crate) timeout: Duration,
+    /// Offer permessage-deflate.
+    pub(crate) deflate: bool,
 }
 
 impl Target {
@@ -156,10 +167,11 @@ impl Target {
                 "Sec-WebSocket-Protocol: switchboard.v2\r\n",
             ),
         };
+        let offer = if self.deflate { DEFLATE_OFFER } else { "" };
         let request = format!(
             "GET {path}?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n{protocol}\r\n",
+             Sec-WebSocket-Version: 13\r\n{protocol}{offer}\r\n",
             self.server
         );
         stream.write_all(request.as_bytes()).await?;
@@ -191,11 +203,14 @@ impl Target {
         {
             return Err(ConnectError::NoV2);
         }
+        let deflate = self.deflate
+            && find(&head[..end].to_ascii_lowercase(), b"permessage-deflate").is_some();
         let mut ws = Ws {
             stream,
             partial: head[end..].to_vec(),
             out: Vec::new(),
             closed: None,
+            deflate,
         };
         // The first frame is `welcome`; a refusal is a close frame instead.
         let mut welcome = false;
@@ -248,14 +263,26 @@ impl Ws {
 
     fn process(&mut self, data: &[u8], on_frame: &mut dyn FnMut(Frame<'_>)) {
         if self.partial.is_empty() {
-            let used = parse(data, &mut self.out, &mut self.closed, on_frame);
+            let used = parse(
+                data,
+                &mut self.out,
+                &mut self.closed,
+                self.deflate,
+                on_frame,
+            );
             if used < data.len() {
                 self.partial.extend_from_slice(&data[used..]);
             }
         } else {
             self.partial.extend_from_slice(data);
             let partial = std::mem::take(&mut self.partial);
-            let used = parse(&partial, &mut self.out, &mut self.closed, on_frame);
+            let used = parse(
+                &partial,
+                &mut self.out,
+                &mut self.closed,
+                self.deflate,
+                on_frame,
+            );
             if used < partial.len() {
                 self.partial = partial[used..].to_vec();
             }
@@ -308,12 +335,25 @@ fn parse(
     data: &[u8],
     out: &mut Vec<u8>,
     closed: &mut Option<Option<u16>>,
+    deflate: bool,
     on_frame: &mut dyn FnMut(Frame<'_>),
 ) -> usize {
     let mut pos = 0;
     while let Some((opcode, start, len)) = header(&data[pos..]) {
         let payload = &data[pos + start..pos + start + len];
+        let compressed = deflate && data[pos] & 0x40 != 0;
         pos += start + len;
+        if compressed {
+            // Server messages are never fragmented: one frame, one message.
+            INFLATE.with_borrow_mut(|(inflater, inflated)| {
+                inflate(inflater, payload, inflated);
+                on_frame(Frame {
+                    opcode,
+                    payload: inflated,
+                });
+            });
+            continue;
+        }
         match opcode {
             OP_PING => encode(out, OP_PONG, payload),
             OP_CLOSE => {
@@ -334,6 +374,32 @@ fn parse(
         }
     }
     pos
+}
+
+/// Inflates one compressed message (no context takeover: a fresh window) into `out`; what is
+/// not deflate gives what came out before the error.
+fn inflate(inflater: &mut Decompress, payload: &[u8], out: &mut Vec<u8>) {
+    inflater.reset(false);
+    out.clear();
+    for input in [payload, &[0, 0, 0xff, 0xff][..]] {
+        let start = inflater.total_in();
+        loop {
+            out.reserve(input.len() * 4 + 64);
+            let done = (inflater.total_in() - start) as usize;
+            let before = inflater.total_out();
+            if inflater
+                .decompress_vec(&input[done..], out, FlushDecompress::Sync)
+                .is_err()
+            {
+                return;
+            }
+            let taken = (inflater.total_in() - start) as usize;
+            let stuck = taken == done && inflater.total_out() == before;
+            if stuck || (taken == input.len() && out.len() < out.capacity()) {
+                break;
+            }
+        }
+    }
 }
 
 /// `(opcode, payload start, payload length)` of a complete frame at the start of `data`.
@@ -429,13 +495,34 @@ mod tests {
         data.extend_from_slice(ping);
         data.extend_from_slice(&[0x81, 126, 0]); // partial
         let (mut out, mut closed, mut texts) = (Vec::new(), None, 0);
-        let used = parse(&data, &mut out, &mut closed, &mut |f| {
+        let used = parse(&data, &mut out, &mut closed, false, &mut |f| {
             texts += usize::from(f.opcode == OP_TEXT)
         });
         assert_eq!(used, data.len() - 3);
         assert_eq!(texts, 2);
         assert_eq!(out[0], 0x80 | OP_PONG);
         assert!(closed.is_none());
+    }
+
+    #[test]
+    fn compressed_frames_are_inflated_when_negotiated() {
+        let text = br#"{"type":"message","data":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+        let mut compressor = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut z = Vec::with_capacity(256);
+        compressor
+            .compress_vec(text, &mut z, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(z.ends_with(&[0, 0, 0xff, 0xff]));
+        z.truncate(z.len() - 4);
+        let mut data = vec![0xc1, z.len() as u8];
+        data.extend_from_slice(&z);
+        for _ in 0..2 {
+            let (mut out, mut closed, mut got) = (Vec::new(), None, Vec::new());
+            parse(&data, &mut out, &mut closed, true, &mut |f| {
+                got = f.payload.to_vec()
+            });
+            assert_eq!(got, text, "the same inflater, reset per message");
+        }
     }
 
     #[test]

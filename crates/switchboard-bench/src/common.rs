@@ -42,6 +42,7 @@ impl Ctx {
             target: Target {
                 server: o.addr,
                 timeout: Duration::from_secs_f64(o.connect_timeout),
+                deflate: o.deflate,
             },
             server: Server { pid: o.server_pid },
             concurrency: o.concurrency,

@@ -154,6 +154,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, o: &Fanout) -> anyhow::Result<Value> {
             let target = crate::client::Target {
                 server: addr,
                 timeout: ctx.target.timeout,
+                deflate: ctx.target.deflate,
             };
             target
                 .connect(

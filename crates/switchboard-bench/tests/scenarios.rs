@@ -88,6 +88,38 @@ async fn every_scenario_runs_against_the_real_server() {
         "{fanout}"
     );
 
+    // `--deflate`: the members negotiate permessage-deflate and inflate what they read; the
+    // 2 KB broadcasts go out compressed, once each.
+    let deflated_before = server.manager.stats().messages_deflated;
+    let fanout = bench(
+        addr,
+        238,
+        "fanout",
+        &[
+            "--members",
+            "20",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--drain-secs",
+            "1",
+            "--payload",
+            "2000",
+            "--deflate",
+        ],
+    )
+    .await;
+    let best = &fanout["best"];
+    assert_eq!(best["lost"], 0, "{fanout}");
+    assert_eq!(best["received"], best["expected"], "{fanout}");
+    let deflated = server.manager.stats().messages_deflated - deflated_before;
+    let published = best["expected"].as_u64().unwrap() / 20;
+    assert!(
+        deflated > 0 && deflated <= published + 5,
+        "once per broadcast: {deflated} compressions for {published} broadcasts"
+    );
+
     let churn = bench(
         addr,
         233,

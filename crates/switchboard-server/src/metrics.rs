@@ -109,6 +109,8 @@ pub fn render(
     metrics::counter!("switchboard_messages_out_total").absolute(stats.messages_out);
     metrics::counter!("switchboard_bytes_in_total").absolute(stats.bytes_in);
     metrics::counter!("switchboard_bytes_out_total").absolute(stats.bytes_out);
+    // Compression work: a broadcast compressed once for all its members counts once.
+    metrics::counter!("switchboard_deflated_messages_total").absolute(stats.messages_deflated);
     metrics::counter!("switchboard_queue_overflows_total").absolute(stats.queue_overflows);
     metrics::counter!("switchboard_messages_dropped_total").absolute(stats.messages_dropped);
     // Overload: publishes shed where they entered, deliveries shed for members behind, members

@@ -9,7 +9,11 @@
 //! takes, and frames go through [`switchboard::ws::frame`], the codec connections use, with
 //! the message limit raised to the 16 MiB the suite's 9.* cases send. Each text or binary
 //! message is echoed with the same opcode, pings are answered with pongs, and a close is
-//! answered with the peer's code. A broken frame ends the connection as a Switchboard
+//! answered with the peer's code. permessage-deflate is accepted when offered (as the
+//! server's `compression.enabled` does by default): compressed messages are inflated, and
+//! every echo goes out compressed, even where that does not make it smaller (the server
+//! itself sends those plain): kosoku's Python 3 port of cases 12.*/13.* hashes an echo it
+//! received uncompressed as `str` and errors ("Strings must be encoded before hashing"). A broken frame ends the connection as a Switchboard
 //! connection ends: a close frame with the code of `DisconnectReason` (1002 protocol error,
 //! 1007 invalid UTF-8, 1009 too big), then reading until the peer's close reply.
 
@@ -19,6 +23,7 @@ use std::ops::ControlFlow;
 use axum::Router;
 use axum::response::Response;
 use axum::routing::get;
+use switchboard::ws::deflate::{self, Deflate};
 use switchboard::ws::frame::{self, Decoder, Frame, OpCode};
 use switchboard::ws::{Upgrade, Upgraded};
 use switchboard::{Config, DisconnectReason};
@@ -28,7 +33,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 async fn upgrade(upgrade: Upgrade) -> Response {
-    upgrade.on_upgrade(switchboard::SUBPROTOCOL, echo)
+    let upgrade = upgrade.with_deflate(true);
+    let deflate = upgrade.deflate();
+    upgrade.on_upgrade(switchboard::SUBPROTOCOL, move |io| echo(io, deflate))
 }
 
 /// How the echo loop ends.
@@ -41,8 +48,9 @@ enum End {
     Gone,
 }
 
-async fn echo(mut io: Upgraded) {
-    let mut decoder = Decoder::new(MAX_MESSAGE_BYTES);
+async fn echo(mut io: Upgraded, deflate: Option<Deflate>) {
+    let mut decoder = Decoder::new(MAX_MESSAGE_BYTES).with_deflate(deflate.is_some());
+    let window = deflate.and_then(Deflate::window_bits);
     let mut buf = vec![0; 64 * 1024];
     let mut out = Vec::new();
     let end = loop {
@@ -52,8 +60,8 @@ async fn echo(mut io: Upgraded) {
         };
         let fed = decoder.feed(&mut buf[..n], |frame| {
             match frame {
-                Frame::Text(text) => frame::encode(&mut out, OpCode::Text, text.as_bytes()),
-                Frame::Binary(data) => frame::encode(&mut out, OpCode::Binary, data),
+                Frame::Text(text) => echo_message(&mut out, OpCode::Text, text.as_bytes(), window),
+                Frame::Binary(data) => echo_message(&mut out, OpCode::Binary, data, window),
                 Frame::Ping(data) => frame::encode(&mut out, OpCode::Pong, data),
                 Frame::Pong(_) => {}
                 Frame::Close(code, _) => return ControlFlow::Break(code),
@@ -96,6 +104,16 @@ async fn echo(mut io: Upgraded) {
         let _ = io.shutdown().await;
     })
     .await;
+}
+
+/// Encodes a message, compressed with `window` bits when there is one.
+fn echo_message(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], window: Option<u8>) {
+    let Some(bits) = window else {
+        return frame::encode(out, opcode, payload);
+    };
+    deflate::with_compressed(payload, bits, |deflated| {
+        frame::encode_deflated(out, opcode, deflated);
+    });
 }
 
 #[tokio::main]

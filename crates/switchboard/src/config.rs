@@ -48,6 +48,31 @@ pub struct Config {
     pub capacity_warn_percent: u8,
     /// Per-lobby history for recovery after reconnect.
     pub history: crate::history::HistoryConfig,
+    /// permessage-deflate on WebSocket connections.
+    pub compression: CompressionConfig,
+}
+
+/// permessage-deflate (RFC 7692) on WebSocket connections. Every message is compressed and
+/// inflated with a fresh window (no context takeover either way), so an idle connection keeps
+/// no compression state; a broadcast is compressed once for all its members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompressionConfig {
+    /// Accept permessage-deflate when a client offers it. Default true.
+    pub enabled: bool,
+    /// Text and binary messages of at least this many bytes go out compressed to the
+    /// connections that negotiated it; smaller ones (and control frames) go out plain.
+    /// Default 256.
+    pub min_bytes: usize,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_bytes: 256,
+        }
+    }
 }
 
 /// Rate limits. A value of 0 turns that limit off.
@@ -212,6 +237,7 @@ impl Default for Config {
             client: ClientPermissions::default(),
             capacity_warn_percent: 80,
             history: crate::history::HistoryConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }

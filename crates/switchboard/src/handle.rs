@@ -8,6 +8,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::Message;
+use bytes::Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::disconnect::DisconnectReason;
@@ -59,6 +60,74 @@ pub struct ConnectionState {
     pub queued: usize,
     /// The last ping round trip measured, if any.
     pub rtt: Option<Duration>,
+}
+
+/// A frame in a connection's outbound queue.
+///
+/// A broadcast is one [`Outgoing::Shared`] queued for every member: its bytes are shared, and
+/// so is its permessage-deflate form, computed at most once, by the first member's task that
+/// needs it (none if no member negotiated the extension). Everything else is for one
+/// connection and compressed, if at all, on that connection's own write path.
+#[derive(Debug, Clone)]
+pub(crate) enum Outgoing {
+    /// A frame for one connection.
+    Own(Message),
+    /// One frame queued for many connections.
+    Shared(Arc<SharedFrame>),
+}
+
+/// A frame shared by many queues, with its compressed form once some queue needed it.
+#[derive(Debug)]
+pub(crate) struct SharedFrame {
+    message: Message,
+    /// The payload as permessage-deflate sends it with a full window (`None`: compressing
+    /// did not make it smaller, so it goes out plain).
+    deflated: OnceLock<Option<Bytes>>,
+}
+
+impl Outgoing {
+    /// A frame to be queued for many connections.
+    pub(crate) fn shared(message: Message) -> Self {
+        Self::Shared(Arc::new(SharedFrame {
+            message,
+            deflated: OnceLock::new(),
+        }))
+    }
+
+    pub(crate) fn message(&self) -> &Message {
+        match self {
+            Self::Own(message) => message,
+            Self::Shared(shared) => &shared.message,
+        }
+    }
+
+    /// The frame itself (a shared one's payload is reference-counted: no copy).
+    pub(crate) fn into_message(self) -> Message {
+        match self {
+            Self::Own(message) => message,
+            Self::Shared(shared) => shared.message.clone(),
+        }
+    }
+
+    /// A shared frame's compressed payload, computed by `compress` on the first call for the
+    /// frame (on any connection), then shared; `None` for a frame of one connection (its
+    /// writer compresses it), `Some(None)` when compressing did not make it smaller.
+    pub(crate) fn shared_deflated(
+        &self,
+        compress: impl FnOnce(&[u8]) -> Option<Bytes>,
+    ) -> Option<Option<&Bytes>> {
+        let Self::Shared(shared) = self else {
+            return None;
+        };
+        let payload = message_payload(&shared.message);
+        Some(shared.deflated.get_or_init(|| compress(payload)).as_ref())
+    }
+}
+
+impl From<Message> for Outgoing {
+    fn from(message: Message) -> Self {
+        Self::Own(message)
+    }
 }
 
 /// The outcome of offering a frame to a connection's outbound queue.
@@ -133,26 +202,26 @@ impl ConnHandle {
     }
 
     /// Offers a frame without waiting: broadcast never waits for a slow client.
-    pub(crate) fn offer(&self, frame: Message) -> Offer {
-        self.outbox.offer(frame, true).0
+    pub(crate) fn offer(&self, frame: impl Into<Outgoing>) -> Offer {
+        self.outbox.offer(frame.into(), true).0
     }
 
     /// Offers a frame without waking the connection: it goes out with the next frame that
     /// does, or at the next [`wake`](Self::wake). The flag says whether it was the first
     /// frame in an empty queue (and so needs a wake scheduled).
-    pub(crate) fn offer_quietly(&self, frame: Message) -> (Offer, bool) {
-        self.outbox.offer(frame, false)
+    pub(crate) fn offer_quietly(&self, frame: impl Into<Outgoing>) -> (Offer, bool) {
+        self.outbox.offer(frame.into(), false)
     }
 
     /// Queues a frame even on a full queue and wakes the task. Its callers bound how far past
     /// capacity it goes: a lost catch-up's `recovered` (once per lobby), the health pings (two
     /// a ping period, until the connection answers or is closed).
-    pub(crate) fn offer_over(&self, frame: Message) -> Offer {
+    pub(crate) fn offer_over(&self, frame: impl Into<Outgoing>) -> Offer {
         let mut state = lock(&self.outbox.state);
         if state.shut {
             return Offer::Closed;
         }
-        state.frames.push_back(frame);
+        state.frames.push_back(frame.into());
         state.wake();
         Offer::Queued
     }
@@ -170,7 +239,7 @@ impl ConnHandle {
         cx: &mut Context<'_>,
         max: usize,
         max_bytes: usize,
-        take: impl FnMut(Message),
+        take: impl FnMut(Outgoing),
     ) -> Poll<usize> {
         self.outbox.poll_take(cx, max, max_bytes, take)
     }
@@ -181,7 +250,7 @@ impl ConnHandle {
         &self,
         max: usize,
         max_bytes: usize,
-        take: impl FnMut(Message),
+        take: impl FnMut(Outgoing),
     ) -> usize {
         self.outbox.take_batch(max, max_bytes, take)
     }
@@ -389,7 +458,7 @@ struct Outbox {
 
 #[derive(Debug, Default)]
 struct OutboxState {
-    frames: VecDeque<Message>,
+    frames: VecDeque<Outgoing>,
     waker: Option<Waker>,
     /// Frames were queued quietly and the task was not woken for them yet.
     unannounced: bool,
@@ -424,7 +493,7 @@ impl Outbox {
 
     /// Queues a frame; wakes the task (`wake`) if the queue was empty. Returns whether the
     /// queue was empty.
-    fn offer(&self, frame: Message, wake: bool) -> (Offer, bool) {
+    fn offer(&self, frame: Outgoing, wake: bool) -> (Offer, bool) {
         let mut state = lock(&self.state);
         if state.shut {
             return (Offer::Closed, false);
@@ -447,7 +516,7 @@ impl Outbox {
         cx: &mut Context<'_>,
         max: usize,
         max_bytes: usize,
-        take: impl FnMut(Message),
+        take: impl FnMut(Outgoing),
     ) -> Poll<usize> {
         let mut state = lock(&self.state);
         if state.frames.is_empty() {
@@ -457,7 +526,7 @@ impl Outbox {
         Poll::Ready(Self::take_from(&mut state, max, max_bytes, take))
     }
 
-    fn take_batch(&self, max: usize, max_bytes: usize, take: impl FnMut(Message)) -> usize {
+    fn take_batch(&self, max: usize, max_bytes: usize, take: impl FnMut(Outgoing)) -> usize {
         Self::take_from(&mut lock(&self.state), max, max_bytes, take)
     }
 
@@ -466,7 +535,7 @@ impl Outbox {
         state: &mut OutboxState,
         max: usize,
         max_bytes: usize,
-        mut take: impl FnMut(Message),
+        mut take: impl FnMut(Outgoing),
     ) -> usize {
         let (mut n, mut bytes) = (0, 0usize);
         while n < max {
@@ -490,7 +559,10 @@ impl Outbox {
 
     fn take_all(&self, take: impl FnMut(Message)) {
         let frames = std::mem::take(&mut lock(&self.state).frames);
-        frames.into_iter().for_each(take);
+        frames
+            .into_iter()
+            .map(Outgoing::into_message)
+            .for_each(take);
     }
 
     fn set_waker(&self, waker: &Waker) {
@@ -510,11 +582,16 @@ impl Outbox {
 }
 
 /// A queued frame's payload length.
-pub(crate) fn payload_len(frame: &Message) -> usize {
-    match frame {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
-        Message::Close(_) => 0,
+pub(crate) fn payload_len(frame: &Outgoing) -> usize {
+    message_payload(frame.message()).len()
+}
+
+/// A frame's payload (a close frame's: none).
+pub(crate) fn message_payload(message: &Message) -> &[u8] {
+    match message {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b,
+        Message::Close(_) => &[],
     }
 }
 

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+
+use crate::handle::Outgoing;
 use tokio::time::Instant;
 
 use crate::ids::LobbyCode;
@@ -112,7 +114,8 @@ struct Entry {
     seq: u64,
     offset: u64,
     at: Instant,
-    frame: Message,
+    /// Shared with the queues it was offered to, its compressed form too.
+    frame: Outgoing,
 }
 
 impl Entry {
@@ -138,7 +141,7 @@ impl History {
 
     /// Keeps `frame` as broadcast `offset`, numbered `seq + 1` across the server, after
     /// dropping what expired and, when the ring is full, its oldest entry.
-    fn keep(&mut self, offset: u64, frame: Message, config: &HistoryConfig, seq: &mut u64) {
+    fn keep(&mut self, offset: u64, frame: Outgoing, config: &HistoryConfig, seq: &mut u64) {
         let now = Instant::now();
         self.expire(now, config);
         if self.ring.len() == config.size {
@@ -200,7 +203,7 @@ impl History {
         recovery: &Recovery,
         cluster: Option<&ClusterHistory>,
         config: &HistoryConfig,
-    ) -> Option<Vec<(u64, Message)>> {
+    ) -> Option<Vec<(u64, Outgoing)>> {
         if *recovery.epoch != *self.epoch || recovery.since > self.last {
             return None;
         }
@@ -221,7 +224,7 @@ impl History {
             }
             let frame = match (local, remote) {
                 (Some(e), _) if e.offset == offset => e.frame.clone(),
-                (_, Some((o, f))) if *o == offset => Message::Text(f.clone().into()),
+                (_, Some((o, f))) if *o == offset => Message::Text(f.clone().into()).into(),
                 // A gap: the loop ends at the first offset neither holds.
                 _ => return None,
             };
@@ -237,7 +240,7 @@ impl History {
         &mut self,
         from: u64,
         config: &HistoryConfig,
-        mut offer: impl FnMut(&Message) -> bool,
+        mut offer: impl FnMut(&Outgoing) -> bool,
     ) -> CatchUp {
         self.expire(Instant::now(), config);
         let mut next = from;
@@ -264,7 +267,7 @@ impl History {
         broadcast: Broadcast<'_>,
         config: &HistoryConfig,
         seq: &mut u64,
-    ) -> (u64, Message) {
+    ) -> (u64, Outgoing) {
         let (offset, frame) = match broadcast {
             Broadcast::Unnumbered(frame) => {
                 if self.from_cluster {
@@ -284,6 +287,8 @@ impl History {
                 (offset, frame)
             }
         };
+        // One frame for every member, the history and replays: compressed at most once.
+        let frame = Outgoing::shared(frame);
         // A numbered broadcast older than the newest kept one came late: delivered, not kept.
         let in_order = self.ring.back().is_none_or(|e| e.offset < offset);
         self.last = self.last.max(offset);
@@ -433,16 +438,18 @@ mod tests {
         }
     }
 
-    fn texts(frames: &[(u64, Message)]) -> Vec<String> {
+    fn texts(frames: &[(u64, Outgoing)]) -> Vec<String> {
         frames
             .iter()
-            .map(|(_, m)| m.to_text().unwrap_or_default().to_owned())
+            .map(|(_, m)| m.message().to_text().unwrap_or_default().to_owned())
             .collect()
     }
 
     /// Numbers and keeps a broadcast as a single node does.
     fn record(h: &mut History, frame: &str, c: &HistoryConfig, seq: &mut u64) -> Message {
-        h.publish(Broadcast::Unnumbered(frame), c, seq).1
+        h.publish(Broadcast::Unnumbered(frame), c, seq)
+            .1
+            .into_message()
     }
 
     #[test]
@@ -518,9 +525,12 @@ mod tests {
             since,
             epoch: "e".into(),
         };
-        let offsets = |r: Option<Vec<(u64, Message)>>| {
+        let offsets = |r: Option<Vec<(u64, Outgoing)>>| {
             r.map(|f| {
-                assert!(f.iter().all(|(o, m)| m.to_text().unwrap() == frame(*o)));
+                assert!(
+                    f.iter()
+                        .all(|(o, m)| m.message().to_text().unwrap() == frame(*o))
+                );
                 f.into_iter().map(|(o, _)| o).collect::<Vec<_>>()
             })
         };

@@ -111,8 +111,8 @@ pub mod ws;
 
 pub use client::Client;
 pub use config::{
-    ClientPermissions, Config, ConfigError, Limits, PresenceConfig, RateConfig, SlowConsumerPolicy,
-    UserPolicy,
+    ClientPermissions, CompressionConfig, Config, ConfigError, Limits, PresenceConfig, RateConfig,
+    SlowConsumerPolicy, UserPolicy,
 };
 pub use disconnect::DisconnectReason;
 pub use error::Error;

@@ -109,9 +109,11 @@ impl Manager {
         } else {
             (SUBPROTOCOL, 1)
         };
+        let upgrade = upgrade.with_deflate(shared.config.compression.enabled);
+        let deflate = upgrade.deflate();
         upgrade.on_upgrade(subprotocol, move |io| {
             let tracker = shared.tracker.clone();
-            let socket = Socket::new(io, shared.config.max_message_bytes);
+            let socket = Socket::new(io, shared.config.max_message_bytes, deflate);
             tracker.track_future(connection::run(shared, handler, socket, request, version))
         })
     }
@@ -128,7 +130,7 @@ impl Manager {
         };
         upgrade.on_upgrade(subprotocol, move |io| {
             let timeout = shared.config.close_timeout;
-            let socket = Socket::new(io, shared.config.max_message_bytes);
+            let socket = Socket::new(io, shared.config.max_message_bytes, None);
             shared
                 .tracker
                 .track_future(socket.close(None, reason, timeout))

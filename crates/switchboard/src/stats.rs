@@ -30,6 +30,7 @@ pub(crate) struct Counters {
     messages_out: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    deflated: AtomicU64,
     dropped: AtomicU64,
     overflows: AtomicU64,
     shed_publishes: AtomicU64,
@@ -53,6 +54,7 @@ impl Default for Counters {
             messages_out: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            deflated: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             overflows: AtomicU64::new(0),
             shed_publishes: AtomicU64::new(0),
@@ -82,6 +84,11 @@ impl Counters {
     pub(crate) fn messages_out(&self, frames: u64, bytes: u64) {
         self.messages_out.fetch_add(frames, Relaxed);
         self.bytes_out.fetch_add(bytes, Relaxed);
+    }
+    /// An outgoing message compressed (permessage-deflate): a broadcast counts once, however
+    /// many members get it compressed.
+    pub(crate) fn deflated(&self) {
+        self.deflated.fetch_add(1, Relaxed);
     }
     /// A full outbound queue, whatever the policy did about it.
     pub(crate) fn overflow(&self, dropped: bool) {
@@ -159,8 +166,11 @@ pub struct Stats {
     pub messages_out: u64,
     /// Bytes of client text frames received.
     pub bytes_in: u64,
-    /// Bytes of frame payloads written to clients.
+    /// Bytes of frame payloads written to clients (compressed ones as they went out).
     pub bytes_out: u64,
+    /// Outgoing messages compressed with permessage-deflate: each broadcast counts once,
+    /// however many of its members negotiated the extension.
+    pub messages_deflated: u64,
     /// Frames dropped for slow consumers under the `drop` policy.
     pub messages_dropped: u64,
     /// Frames offered to a full outbound queue that closed it or were dropped (`drop`
@@ -246,6 +256,7 @@ impl Stats {
             users: census.users,
             messages_in: counters.messages_in.load(Relaxed),
             messages_out: counters.messages_out.load(Relaxed),
+            messages_deflated: counters.deflated.load(Relaxed),
             bytes_in: counters.bytes_in.load(Relaxed),
             bytes_out: counters.bytes_out.load(Relaxed),
             messages_dropped: counters.dropped.load(Relaxed),

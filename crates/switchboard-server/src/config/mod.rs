@@ -60,6 +60,8 @@ pub const KNOWN: &[&str] = &[
     "queue.on_full",
     "queue.slow_grace_ms",
     "max_message_bytes",
+    "compression.enabled",
+    "compression.min_bytes",
     "rate.messages_per_sec",
     "rate.burst",
     "rate.max_violations",

@@ -99,6 +99,8 @@ impl ServerConfig {
             }),
             "queue.slow_grace_ms" => ms(m.slow_grace),
             "max_message_bytes" => int(m.max_message_bytes),
+            "compression.enabled" => boolean(m.compression.enabled),
+            "compression.min_bytes" => int(m.compression.min_bytes),
             "rate.messages_per_sec" => int(m.rate.messages_per_sec),
             "rate.burst" => int(m.rate.burst),
             "rate.max_violations" => int(m.rate.max_violations),

@@ -77,6 +77,8 @@ impl ServerConfig {
             }
             "queue.slow_grace_ms" => m.slow_grace = parse_ms(value)?,
             "max_message_bytes" => m.max_message_bytes = parse_num(value)?,
+            "compression.enabled" => m.compression.enabled = parse_bool(value)?,
+            "compression.min_bytes" => m.compression.min_bytes = parse_num(value)?,
             "rate.messages_per_sec" => m.rate.messages_per_sec = parse_u32(value)?,
             "rate.burst" => m.rate.burst = parse_u32(value)?,
             "rate.max_violations" => m.rate.max_violations = parse_u32(value)?,

@@ -1,6 +1,7 @@
 //! Test helpers: a real server on port 0 and real WebSocket clients.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod deflate;
 pub mod redis;
 pub mod sse;
 pub mod tls;

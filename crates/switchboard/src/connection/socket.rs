@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::Message;
+use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -23,10 +24,12 @@ use super::health::HealthClock;
 use super::rate::MessageRate;
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
-use crate::handle::ConnHandle;
+use crate::handle::{ConnHandle, Outgoing};
 use crate::handler::AppHandler;
 use crate::shared::Shared;
+use crate::stats::Counters;
 use crate::ws::Upgraded;
+use crate::ws::deflate::{self, Deflate};
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
 
 /// Frames encoded into one write: waiting frames go out in one syscall, without one
@@ -62,15 +65,18 @@ pub(crate) struct Socket {
     unsent: Vec<u8>,
     /// The peer's close frame arrived, with this code: the close reply echoes it.
     peer_close: Option<Option<u16>>,
+    /// permessage-deflate, if it was negotiated (beside `peer_close`: in its padding).
+    deflate: Option<Deflate>,
 }
 
 impl Socket {
-    pub(crate) fn new(io: Upgraded, max_message: usize) -> Self {
+    pub(crate) fn new(io: Upgraded, max_message: usize, deflate: Option<Deflate>) -> Self {
         Self {
             io,
-            decoder: Decoder::new(max_message),
+            decoder: Decoder::new(max_message).with_deflate(deflate.is_some()),
             unsent: Vec::new(),
             peer_close: None,
+            deflate,
         }
     }
 
@@ -185,14 +191,23 @@ impl Socket {
                 self.unsent = Vec::new();
             }
             let (mut frames, mut bytes) = (0, 0);
+            let compress = Compress {
+                window_bits: self.deflate.and_then(Deflate::window_bits),
+                min_bytes: shared.config.compression.min_bytes,
+                counters: &shared.counters,
+            };
+            // Taken out of the queue first and encoded after: compressing must not hold the
+            // queue's lock, which every offer to this connection takes.
+            let mut batch = SmallVec::<[Outgoing; MAX_BATCH]>::new();
+            let taken = conn.poll_take(cx, MAX_BATCH, WRITE_BATCH_BYTES, |m| batch.push(m));
             let written = with_write_buffer(|buf| {
                 buf.clear();
-                let taken = conn.poll_take(cx, MAX_BATCH, WRITE_BATCH_BYTES, |message| {
-                    bytes += encode_message(buf, &message);
-                });
                 let Poll::Ready(taken) = taken else {
                     return Ok(false);
                 };
+                for message in batch.drain(..) {
+                    bytes += compress.encode(buf, &message);
+                }
                 frames = taken as u64;
                 let mut at = 0;
                 while at < buf.len() {
@@ -290,7 +305,7 @@ impl Socket {
         let mut out = Vec::new();
         while conn.take_batch(MAX_BATCH, WRITE_BATCH_BYTES, |m| frames.push(m)) > 0 {
             for message in frames.drain(..) {
-                let Some((opcode, payload)) = message_parts(&message) else {
+                let Some((opcode, payload)) = message_parts(message.message()) else {
                     continue;
                 };
                 if payload.len() < WRITE_BATCH_BYTES / 4 {
@@ -371,13 +386,65 @@ impl Live<'_> {
     }
 }
 
-/// Encodes a queued frame; returns its payload's length.
-fn encode_message(out: &mut Vec<u8>, message: &Message) -> u64 {
-    let Some((opcode, payload)) = message_parts(message) else {
-        return 0;
-    };
+/// How a connection's queued frames are encoded: compressed (permessage-deflate) or not.
+struct Compress<'a> {
+    /// The window the connection's messages may be compressed with; `None`: not at all
+    /// (the extension was not negotiated, or only with a window zlib cannot keep to).
+    window_bits: Option<u8>,
+    /// Smaller messages go out plain: compressing them would gain little or nothing.
+    min_bytes: usize,
+    counters: &'a Counters,
+}
+
+impl Compress<'_> {
+    /// Encodes a queued frame; returns its payload's length on the wire.
+    fn encode(&self, out: &mut Vec<u8>, item: &Outgoing) -> u64 {
+        let Some((opcode, payload)) = message_parts(item.message()) else {
+            return 0;
+        };
+        let data = matches!(opcode, OpCode::Text | OpCode::Binary);
+        let window = self
+            .window_bits
+            .filter(|_| data && payload.len() >= self.min_bytes);
+        let Some(bits) = window else {
+            return encode_plain(out, opcode, payload);
+        };
+        // A broadcast: compressed once for all its members, with a full window (a member that
+        // asked for a smaller one compresses its own).
+        if bits == deflate::MAX_WINDOW_BITS {
+            let shared = item.shared_deflated(|payload| {
+                self.counters.deflated();
+                deflate::with_compressed(payload, bits, |z| {
+                    (z.len() < payload.len()).then(|| bytes::Bytes::copy_from_slice(z))
+                })
+            });
+            match shared {
+                Some(Some(deflated)) => return encode_deflated(out, opcode, deflated),
+                Some(None) => return encode_plain(out, opcode, payload),
+                None => {}
+            }
+        }
+        self.counters.deflated();
+        deflate::with_compressed(payload, bits, |z| {
+            if z.len() < payload.len() {
+                encode_deflated(out, opcode, z)
+            } else {
+                encode_plain(out, opcode, payload)
+            }
+        })
+    }
+}
+
+/// Encodes a frame as it is; returns its payload's length.
+fn encode_plain(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) -> u64 {
     frame::encode(out, opcode, payload);
     payload.len() as u64
+}
+
+/// Encodes a compressed message (RSV1); returns its compressed payload's length.
+fn encode_deflated(out: &mut Vec<u8>, opcode: OpCode, deflated: &[u8]) -> u64 {
+    frame::encode_deflated(out, opcode, deflated);
+    deflated.len() as u64
 }
 
 /// A queued frame's opcode and payload; `None` for a close frame (only `Socket::close` sends

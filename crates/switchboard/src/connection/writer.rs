@@ -28,7 +28,7 @@ where
         let taken = tokio::select! {
             biased;
             () = conn.closed() => break,
-            taken = std::future::poll_fn(|cx| conn.poll_take(cx, MAX_BATCH, usize::MAX, |m| batch.push(m))) => taken,
+            taken = std::future::poll_fn(|cx| conn.poll_take(cx, MAX_BATCH, usize::MAX, |m| batch.push(m.into_message()))) => taken,
         };
         // A peer that stops reading blocks this write; the close signal still gets through.
         // The write counts as blocked until it completes.
@@ -61,7 +61,7 @@ where
     let _ = tokio::time::timeout(close_timeout, async {
         if reason.close_code().is_some() {
             // A batch at a time: the sink's channel bounds what is encoded ahead.
-            while conn.take_batch(MAX_BATCH, usize::MAX, |m| batch.push(m)) > 0 {
+            while conn.take_batch(MAX_BATCH, usize::MAX, |m| batch.push(m.into_message())) > 0 {
                 for frame in batch.drain(..) {
                     sink.feed(frame).await.map_err(drop)?;
                 }
@@ -79,7 +79,7 @@ where
 {
     let mut bytes = 0;
     for frame in batch.drain(..) {
-        bytes += crate::handle::payload_len(&frame) as u64;
+        bytes += crate::handle::message_payload(&frame).len() as u64;
         sink.feed(frame).await.map_err(drop)?;
     }
     sink.flush().await.map_err(drop)?;

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SlowConsumerPolicy, UserPolicy};
 use crate::disconnect::DisconnectReason;
-use crate::handle::{ConnHandle, Offer};
+use crate::handle::{ConnHandle, Offer, Outgoing};
 use crate::history::{Broadcast, ClusterHistory, Histories, History, HistoryConfig, Recovery};
 use crate::ids::{ConnectionId, LobbyCode, UserId};
 use crate::protocol::{ServerFrame, text};
@@ -708,6 +708,12 @@ impl Hub {
         let Some(seqs) = reg.users.get(user) else {
             return 0;
         };
+        // Several tabs share one frame (compressed once, if at all).
+        let frame = if seqs.len() > 1 {
+            Outgoing::shared(frame.clone())
+        } else {
+            Outgoing::Own(frame.clone())
+        };
         seqs.iter()
             .filter_map(|seq| reg.conns.get(seq))
             .filter(|e| self.deliver(&e.conn, frame.clone()) == Offer::Queued)
@@ -717,7 +723,7 @@ impl Hub {
     /// Offers a frame to one connection, applying the slow-consumer policy when it is full:
     /// the frame is dropped, and the connection closed if its socket has stopped taking bytes
     /// for longer than the grace.
-    pub(crate) fn deliver(&self, conn: &ConnHandle, frame: Message) -> Offer {
+    pub(crate) fn deliver(&self, conn: &ConnHandle, frame: impl Into<Outgoing>) -> Offer {
         let offer = conn.offer(frame);
         if offer == Offer::Full {
             match self.config.on_full {

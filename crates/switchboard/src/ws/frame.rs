@@ -3,9 +3,13 @@
 //!
 //! The decoder holds no buffer between frames: complete frames are unmasked and handed out
 //! straight from the caller's read buffer. It keeps bytes only while a frame straddles two
-//! reads, or while a fragmented message is being assembled.
+//! reads, or while a fragmented message is being assembled. With permessage-deflate
+//! negotiated ([`Decoder::with_deflate`]), a message whose first frame has RSV1 set is
+//! inflated (in a per-thread buffer, [`deflate::with_inflated`]) before it is handed out.
 
 use std::ops::ControlFlow;
+
+use super::deflate;
 
 /// An opcode of a frame the server sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +59,10 @@ pub enum FrameError {
 /// Decodes masked client frames into [`Frame`]s, assembling fragmented messages.
 #[derive(Debug)]
 pub struct Decoder {
-    max_message: usize,
+    /// The limit (a `u32`, so that the flag beside it costs a connection nothing).
+    max_message: u32,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
     /// The start of a frame whose end has not arrived yet.
     partial: Vec<u8>,
     /// A fragmented message being assembled.
@@ -65,6 +72,8 @@ pub struct Decoder {
 #[derive(Debug)]
 struct Fragmented {
     text: bool,
+    /// The payload is compressed (RSV1 on the first frame): inflated once complete.
+    compressed: bool,
     payload: Vec<u8>,
     /// How much of a text payload is known to be valid UTF-8 (a code point may be split
     /// across fragments).
@@ -74,6 +83,8 @@ struct Fragmented {
 /// A parsed frame header.
 struct Header {
     fin: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    rsv1: bool,
     opcode: u8,
     len: usize,
     mask: [u8; 4],
@@ -85,10 +96,23 @@ impl Decoder {
     /// A decoder refusing messages (and frames) larger than `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
         Self {
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
+            deflate: false,
             partial: Vec::new(),
             message: None,
         }
+    }
+
+    /// Accepts compressed messages (RSV1 on a message's first frame) when `deflate` is on:
+    /// permessage-deflate was negotiated. `max_message` then bounds the inflated size too.
+    pub fn with_deflate(mut self, deflate: bool) -> Self {
+        self.deflate = deflate;
+        self
+    }
+
+    /// The largest message (and frame), inflated or not.
+    fn limit(&self) -> usize {
+        self.max_message as usize
     }
 
     /// Whether the decoder holds no bytes: no split frame, no fragmented message.
@@ -164,6 +188,14 @@ impl Decoder {
     /// What can be refused from the header alone, before waiting for the payload.
     fn check(&self, header: &Header) -> Result<(), FrameError> {
         let control = header.opcode >= 8;
+        if header.rsv1 && !self.deflate {
+            return Err(FrameError::Protocol("reserved bits set"));
+        }
+        if header.rsv1 && (control || header.opcode == 0) {
+            return Err(FrameError::Protocol(
+                "RSV1 on a control or continuation frame",
+            ));
+        }
         if control && (!header.fin || header.len > 125) {
             return Err(FrameError::Protocol(
                 "fragmented or oversized control frame",
@@ -173,7 +205,7 @@ impl Decoder {
             (Some(message), 0) => message.payload.len(),
             _ => 0,
         };
-        if before.saturating_add(header.len) > self.max_message {
+        if before.saturating_add(header.len) > self.limit() {
             return Err(FrameError::TooBig);
         }
         Ok(())
@@ -192,6 +224,11 @@ impl Decoder {
             (1 | 2, _) if self.message.is_some() => {
                 return Err(FrameError::Protocol("new message inside a fragmented one"));
             }
+            (opcode @ (1 | 2), true) if header.rsv1 => {
+                return deflate::with_inflated(payload, self.limit(), |data| {
+                    Ok(on_frame(data_frame(opcode == 1, data)?))
+                })?;
+            }
             (1, true) => {
                 Frame::Text(std::str::from_utf8(payload).map_err(|_| FrameError::InvalidUtf8)?)
             }
@@ -199,6 +236,7 @@ impl Decoder {
             (opcode @ (1 | 2), false) => {
                 let mut message = Fragmented {
                     text: opcode == 1,
+                    compressed: header.rsv1,
                     payload: payload.to_vec(),
                     checked: 0,
                 };
@@ -218,6 +256,11 @@ impl Decoder {
                 let Some(message) = self.message.take() else {
                     return Ok(ControlFlow::Continue(()));
                 };
+                if message.compressed {
+                    return deflate::with_inflated(&message.payload, self.limit(), |data| {
+                        Ok(on_frame(data_frame(message.text, data)?))
+                    })?;
+                }
                 return Ok(on_frame(message.frame()?));
             }
             _ => return Err(FrameError::Protocol("unknown opcode")),
@@ -230,7 +273,7 @@ impl Fragmented {
     /// Checks the UTF-8 of a text message as far as it goes; a code point split at the end is
     /// an error only once the message is complete (`fin`).
     fn check_utf8(&mut self, fin: bool) -> Result<(), FrameError> {
-        if !self.text {
+        if !self.text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.payload[self.checked..]) {
@@ -242,18 +285,24 @@ impl Fragmented {
     }
 
     fn frame(&self) -> Result<Frame<'_>, FrameError> {
-        Ok(if self.text {
-            Frame::Text(std::str::from_utf8(&self.payload).map_err(|_| FrameError::InvalidUtf8)?)
-        } else {
-            Frame::Binary(&self.payload)
-        })
+        data_frame(self.text, &self.payload)
     }
+}
+
+/// A complete text (UTF-8 checked) or binary message.
+fn data_frame(text: bool, payload: &[u8]) -> Result<Frame<'_>, FrameError> {
+    Ok(if text {
+        Frame::Text(std::str::from_utf8(payload).map_err(|_| FrameError::InvalidUtf8)?)
+    } else {
+        Frame::Binary(payload)
+    })
 }
 
 /// Parses a header if `buf` holds all of it; refuses what no valid client frame has.
 fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
-    if b0 & 0x70 != 0 {
+    // RSV2 and RSV3: no extension uses them. RSV1 is permessage-deflate's (see `check`).
+    if b0 & 0x30 != 0 {
         return Err(FrameError::Protocol("reserved bits set"));
     }
     if b1 & 0x80 == 0 {
@@ -279,6 +328,7 @@ fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
     };
     Ok(Some(Header {
         fin: b0 & 0x80 != 0,
+        rsv1: b0 & 0x40 != 0,
         opcode: b0 & 0x0f,
         // Anything past usize is past every limit.
         len: usize::try_from(len).unwrap_or(usize::MAX),
@@ -329,7 +379,18 @@ pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
 /// Appends the header of an unmasked, unfragmented server frame whose payload is `len`
 /// bytes (the payload is written after it, from wherever it is).
 pub fn encode_header(out: &mut Vec<u8>, opcode: OpCode, len: usize) {
-    out.push(0x80 | opcode as u8);
+    header(out, 0x80 | opcode as u8, len);
+}
+
+/// Appends one unmasked, unfragmented server frame carrying a compressed message: RSV1 set,
+/// `deflated` as [`deflate::compress`] gives it (permessage-deflate, negotiated).
+pub fn encode_deflated(out: &mut Vec<u8>, opcode: OpCode, deflated: &[u8]) {
+    header(out, 0xc0 | opcode as u8, deflated.len());
+    out.extend_from_slice(deflated);
+}
+
+fn header(out: &mut Vec<u8>, first: u8, len: usize) {
+    out.push(first);
     if len < 126 {
         out.push(len as u8);
     } else if let Ok(len) = u16::try_from(len) {
@@ -525,6 +586,118 @@ mod tests {
         let mut big = client_frame(false, 1, &[b'a'; 60]);
         big.extend(client_frame(true, 0, &[b'a'; 60]));
         assert_eq!(decode_in(&big, big.len(), 100), Err(FrameError::TooBig));
+    }
+
+    /// Decodes with permessage-deflate negotiated.
+    fn decode_deflate(bytes: &[u8], chunk: usize, max: usize) -> Result<Vec<Owned>, FrameError> {
+        let mut decoder = Decoder::new(max).with_deflate(true);
+        let mut frames = Vec::new();
+        for piece in bytes.chunks(chunk) {
+            let mut piece = piece.to_vec();
+            decoder.feed(&mut piece, |f| {
+                frames.push(owned(f));
+                ControlFlow::<()>::Continue(())
+            })?;
+        }
+        assert!(decoder.is_idle());
+        Ok(frames)
+    }
+
+    fn deflated(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        deflate::compress(payload, 15, &mut out);
+        out
+    }
+
+    const RSV1: u8 = 0x40;
+
+    #[test]
+    fn compressed_messages_inflate_whole_split_and_fragmented() {
+        let text = "héllo wörld, ".repeat(200);
+        let z = deflated(text.as_bytes());
+        let mut bytes = client_frame(true, RSV1 | 1, &z);
+        bytes.extend(client_frame(true, 9, b"p"));
+        // Fragmented: RSV1 on the first frame only, a ping between the fragments.
+        bytes.extend(client_frame(false, RSV1 | 2, &z[..10]));
+        bytes.extend(client_frame(true, 9, b"q"));
+        bytes.extend(client_frame(false, 0, &z[10..20]));
+        bytes.extend(client_frame(true, 0, &z[20..]));
+        // Plain messages still pass on a connection that negotiated the extension.
+        bytes.extend(client_frame(true, 1, b"plain"));
+        let expected = vec![
+            Owned::Text(text.clone()),
+            Owned::Ping(b"p".to_vec()),
+            Owned::Ping(b"q".to_vec()),
+            Owned::Binary(text.clone().into_bytes()),
+            Owned::Text("plain".into()),
+        ];
+        for chunk in [bytes.len(), 100, 7, 1] {
+            assert_eq!(
+                decode_deflate(&bytes, chunk, 1 << 20).unwrap(),
+                expected,
+                "chunk {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn compression_violations_get_their_close_codes() {
+        let z = deflated(b"hello");
+        let cases: Vec<(Vec<u8>, FrameError)> = vec![
+            (
+                client_frame(true, RSV1 | 9, b""),
+                FrameError::Protocol("RSV1 on a control or continuation frame"),
+            ),
+            (
+                [
+                    client_frame(false, RSV1 | 1, &z),
+                    client_frame(true, RSV1, b""),
+                ]
+                .concat(),
+                FrameError::Protocol("RSV1 on a control or continuation frame"),
+            ),
+            (
+                client_frame(true, 0x20 | 1, b""),
+                FrameError::Protocol("reserved bits set"),
+            ),
+            (
+                client_frame(true, RSV1 | 1, &deflated(&[0xff, 0xfe])),
+                FrameError::InvalidUtf8,
+            ),
+            (
+                client_frame(true, RSV1 | 1, &[0xff; 8]),
+                FrameError::Protocol("invalid compressed data"),
+            ),
+            // The limit applies to the inflated message, fragmented or not.
+            (
+                client_frame(true, RSV1 | 1, &deflated(&[b'a'; 101])),
+                FrameError::TooBig,
+            ),
+            (
+                [
+                    client_frame(false, RSV1 | 2, &deflated(&[7; 5000])[..3]),
+                    client_frame(true, 0, &deflated(&[7; 5000])[3..]),
+                ]
+                .concat(),
+                FrameError::TooBig,
+            ),
+        ];
+        for (bytes, error) in cases {
+            assert_eq!(decode_deflate(&bytes, bytes.len(), 100), Err(error));
+        }
+        // Without the extension, RSV1 is a protocol error.
+        let bytes = client_frame(true, RSV1 | 1, &z);
+        assert_eq!(
+            decode_in(&bytes, bytes.len(), 100),
+            Err(FrameError::Protocol("reserved bits set"))
+        );
+    }
+
+    #[test]
+    fn a_compressed_frame_encodes_with_rsv1() {
+        let mut out = Vec::new();
+        encode_deflated(&mut out, OpCode::Text, &[1, 2, 3]);
+        assert_eq!(out, [0xc1, 3, 1, 2, 3]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! into another per-thread buffer; only what a socket could not take yet is kept. The
 //! Autobahn|Testsuite checks it (`scripts/autobahn.sh`).
 
+pub mod deflate;
 pub mod frame;
 mod upgrade;
 

@@ -14,12 +14,18 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::deflate::{self, Deflate};
+
 /// A valid WebSocket upgrade request, waiting for its answer.
 #[derive(Debug)]
 pub struct Upgrade {
     on_upgrade: OnUpgrade,
     key: HeaderValue,
     protocols: Option<HeaderValue>,
+    /// The client's permessage-deflate offer the server can honour, if any.
+    offered: Option<Deflate>,
+    /// The extension is accepted ([`with_deflate`](Self::with_deflate)).
+    deflate: Option<Deflate>,
 }
 
 /// Why a request is not a WebSocket upgrade: answered with this status and text.
@@ -98,6 +104,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             ));
         }
         let protocols = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+        let offered = deflate::negotiate(
+            headers
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(reject(
             StatusCode::UPGRADE_REQUIRED,
             "this connection cannot be upgraded (HTTP/1.1 with upgrades is required)",
@@ -106,6 +118,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             on_upgrade,
             key,
             protocols,
+            offered,
+            deflate: None,
         })
     }
 }
@@ -119,6 +133,22 @@ impl Upgrade {
             .is_some_and(|v| v.split(',').any(|p| p.trim() == protocol))
     }
 
+    /// Accepts permessage-deflate (RFC 7692) if `enabled` and the client offered it in a way
+    /// the server can honour; otherwise the extension is declined (the upgrade goes on without
+    /// it). Off unless asked for: an upgrade accepts no extension by default.
+    pub fn with_deflate(mut self, enabled: bool) -> Self {
+        self.deflate = self.offered.filter(|_| enabled);
+        self
+    }
+
+    /// permessage-deflate as the answer will accept it ([`with_deflate`](Self::with_deflate)):
+    /// the connection's codec must then accept compressed messages
+    /// ([`Decoder::with_deflate`](super::frame::Decoder::with_deflate)), and may compress what
+    /// it sends.
+    pub fn deflate(&self) -> Option<Deflate> {
+        self.deflate
+    }
+
     /// Answers 101 Switching Protocols (echoing `protocol` if the client offered it) and, once
     /// hyper hands the connection over, runs `callback` with it in a task of its own.
     pub fn on_upgrade<C, Fut>(self, protocol: &'static str, callback: C) -> Response
@@ -128,6 +158,7 @@ impl Upgrade {
     {
         let echo = self.offers(protocol);
         let on_upgrade = self.on_upgrade;
+        let deflate = self.deflate;
         tokio::spawn(async move {
             match on_upgrade.await {
                 Ok(upgraded) => callback(Upgraded::new(upgraded)).await,
@@ -148,6 +179,9 @@ impl Upgrade {
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(protocol),
             );
+        }
+        if let Some(Ok(answer)) = deflate.map(|d| HeaderValue::from_str(&d.response())) {
+            headers.insert(header::SEC_WEBSOCKET_EXTENSIONS, answer);
         }
         response
     }
