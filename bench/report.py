@@ -11,10 +11,10 @@ import json
 import math
 import os
 
-SERVERS = ["switchboard", "switchboard-events", "ws", "fastapi"]
-COLORS = {"switchboard-cluster": "#9467bd", "switchboard": "#d62728", "switchboard-events": "#ff9896", "ws": "#1f77b4", "fastapi": "#2ca02c"}
+SERVERS = ["switchboard", "switchboard-events", "ws", "bun", "fastapi"]
+COLORS = {"switchboard-cluster": "#9467bd", "switchboard": "#d62728", "switchboard-events": "#ff9896", "ws": "#1f77b4", "bun": "#ff7f0e", "fastapi": "#2ca02c"}
 NAMES = {"switchboard-cluster": "Switchboard, 2 nodes + Redis", "switchboard": "Switchboard", "switchboard-events": "Switchboard, join events on",
-         "ws": "ws (Node)", "fastapi": "FastAPI (seed)"}
+         "ws": "ws (Node)", "bun": "Bun (uWebSockets)", "fastapi": "FastAPI (seed)"}
 
 
 def load(path):

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole comparison, side by side: Switchboard (release build, bench/switchboard.env), the
-# `ws` peer and the FastAPI peer (bench/peers/). Each server is pinned with `taskset -c 0`,
+# `ws` peer, the Bun peer (uWebSockets) and the FastAPI peer (bench/peers/). Each server is pinned with `taskset -c 0`,
 # the load generator with `taskset -c 1`; every case starts a fresh server.
 #
 #   bench/run.sh                 the full run (about 20-25 minutes)
 #   bench/run.sh --quick         small counts, short steps (a few minutes)
-#   bench/run.sh --servers "switchboard ws"   a subset
+#   bench/run.sh --servers "switchboard bun"  a subset
+# The build goes to $CARGO_TARGET_DIR when it is set (default: target/).
 #
 # Writes bench/results/raw/results[-quick].jsonl (one JSON summary per case), logs, and
 # bench/results/REPORT[-quick].md with SVG charts (bench/report.py).
@@ -14,12 +15,12 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 QUICK=0
-SERVERS="switchboard ws fastapi"
+SERVERS="switchboard ws bun fastapi"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --servers) SERVERS=$2; shift ;;
-        *) echo "usage: bench/run.sh [--quick] [--servers \"switchboard ws fastapi\"]" >&2; exit 2 ;;
+        *) echo "usage: bench/run.sh [--quick] [--servers \"switchboard ws bun fastapi\"]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -33,8 +34,9 @@ mkdir -p "$RAW" "$LOGS"
 : > "$RESULTS"
 PORT=18100
 IP_BASE=$([[ $QUICK == 1 ]] && echo 150 || echo 10)
-BENCH=$ROOT/target/release/switchboard-bench
-SB=$ROOT/target/release/switchboard
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH=$TARGET/release/switchboard-bench
+SB=$TARGET/release/switchboard
 STARTED=$(date +%s)
 
 say() { echo "== [$(( $(date +%s) - STARTED ))s] $*" >&2; }
@@ -84,6 +86,7 @@ done
     echo "open files per process: $(ulimit -n) (hard $(ulimit -Hn))"
     echo "rustc: $(rustc --version)"
     echo "node: $(node --version), ws $(node -p "require('./bench/peers/ws/node_modules/ws/package.json').version")"
+    echo "bun: $(bench/peers/bun/node_modules/@oven/bun-linux-x64/bin/bun --version)"
     echo "python: $(bench/peers/fastapi/.venv/bin/python --version | cut -d' ' -f2), fastapi $(bench/peers/fastapi/.venv/bin/python -c 'import fastapi; print(fastapi.__version__)'), uvicorn $(bench/peers/fastapi/.venv/bin/python -c 'import uvicorn; print(uvicorn.__version__)')"
     echo "switchboard: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- crates 2>/dev/null || echo ' + uncommitted changes')"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -110,7 +113,7 @@ start_server() {
         switchboard|switchboard-events)
             env "${SB_ENV[@]}" "$@" SWITCHBOARD_BIND=127.0.0.1:$PORT taskset -c 0 "$SB" > "$log" 2>&1 &
             ;;
-        ws|fastapi)
+        ws|bun|fastapi)
             env "$@" taskset -c 0 bench/peers/start.sh "$name" "$PORT" > "$log" 2>&1 &
             ;;
     esac

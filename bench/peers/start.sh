@@ -2,16 +2,20 @@
 # Starts one peer in the foreground on 127.0.0.1:PORT (exec: the PID is the server's, so
 # `taskset -c 0 bench/peers/start.sh ws 8081 &` pins it and `$!` measures it).
 #   start.sh ws PORT        Node + ws          (PING_INTERVAL_MS, default 20000)
+#   start.sh bun PORT       Bun.serve, uWebSockets inside (PING_INTERVAL_MS, default 20000)
 #   start.sh fastapi PORT   FastAPI + uvicorn  (the seed's manager; uvicorn's ws keepalive
 #                           pings at their defaults: WS_PING_INTERVAL / WS_PING_TIMEOUT, 20 s)
 # Run setup.sh first.
 set -euo pipefail
 cd "$(dirname "$0")"
-peer=${1:?usage: start.sh ws|fastapi PORT}
-port=${2:?usage: start.sh ws|fastapi PORT}
+peer=${1:?usage: start.sh ws|bun|fastapi PORT}
+port=${2:?usage: start.sh ws|bun|fastapi PORT}
 case "$peer" in
     ws)
         PORT=$port exec node ws/server.js
+        ;;
+    bun)
+        PORT=$port exec bun/node_modules/@oven/bun-linux-x64/bin/bun bun/server.ts
         ;;
     fastapi)
         cd fastapi
@@ -22,7 +26,7 @@ case "$peer" in
             --ws-ping-interval "${WS_PING_INTERVAL:-20}" --ws-ping-timeout "${WS_PING_TIMEOUT:-20}"
         ;;
     *)
-        echo "unknown peer $peer (ws or fastapi)" >&2
+        echo "unknown peer $peer (ws, bun or fastapi)" >&2
         exit 2
         ;;
 esac
