@@ -90,7 +90,7 @@ mod tests {
     #[test]
     fn every_chunk_decodes_as_soon_as_it_arrives() {
         let events = [
-            "event: welcome\ndata: {\"type\":\"welcome\"}\n\n".repeat(1),
+            "event: welcome\ndata: {\"type\":\"welcome\"}\n\n".to_owned(),
             format!("event: message\ndata: {}\n\n", "x".repeat(3000)),
             ": ping\n\n".to_owned(),
             String::new(),
@@ -106,7 +106,11 @@ mod tests {
             decoder.write_all(&chunk).unwrap();
             decoder.flush().unwrap();
             expected.push_str(event);
-            assert_eq!(decoder.get_ref().as_slice(), expected.as_bytes(), "decoded at once");
+            assert_eq!(
+                decoder.get_ref().as_slice(),
+                expected.as_bytes(),
+                "decoded at once"
+            );
         }
         let end = gz.finish();
         stream.extend_from_slice(&end);

@@ -96,7 +96,12 @@ pub(crate) async fn open(
 /// Whether a request's `Accept-Encoding` takes gzip (`gzip` or `*`, without `q=0`): then
 /// [`gzip`] may compress its event stream.
 pub fn accepts_gzip(headers: &HeaderMap) -> bool {
-    crate::gzip::accepted(headers.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()))
+    crate::gzip::accepted(
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 /// An SSE response compressed with gzip, for a client that [`accepts_gzip`]. Each event is

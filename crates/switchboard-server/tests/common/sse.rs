@@ -87,7 +87,9 @@ impl Sse {
             .unwrap();
             if size == 0 {
                 if let Some(gzip) = self.gzip.take() {
-                    let rest = gzip.finish().expect("a complete gzip stream (CRC and length)");
+                    let rest = gzip
+                        .finish()
+                        .expect("a complete gzip stream (CRC and length)");
                     self.text.push_str(std::str::from_utf8(&rest).unwrap());
                     self.gzip_complete = true;
                 }
