@@ -155,9 +155,19 @@ async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMa
 /// `GET /sse/{lobby}`: the same connection over Server-Sent Events.
 async fn sse(State(state): State<AppState>, params: ConnectParams, headers: HeaderMap) -> Response {
     match authorize(&state, params, &headers, "sse").await {
-        Ok(request) => state.manager.accept_sse(request).await,
+        Ok(request) => compress_events(&state, &headers, state.manager.accept_sse(request).await),
         Err(Refusal::ForeignOrigin) => sse_forbidden_origin(),
         Err(Refusal::Close(reason)) => sse_refusal(reason),
+    }
+}
+
+/// The event stream gzip-compressed, event by event, when the client takes gzip and
+/// `compression.enabled` is on.
+fn compress_events(state: &AppState, headers: &HeaderMap, response: Response) -> Response {
+    if state.manager.config().compression.enabled && switchboard::sse::accepts_gzip(headers) {
+        switchboard::sse::gzip(response)
+    } else {
+        response
     }
 }
 
@@ -171,7 +181,10 @@ async fn sse_v2(
 ) -> Response {
     let joins = params.lobbies.clone();
     match authorize(&state, params, &headers, "sse").await {
-        Ok(request) => state.manager.accept_sse_v2(request, joins).await,
+        Ok(request) => {
+            let response = state.manager.accept_sse_v2(request, joins).await;
+            compress_events(&state, &headers, response)
+        }
         Err(Refusal::ForeignOrigin) => sse_forbidden_origin(),
         Err(Refusal::Close(reason)) => sse_refusal(reason),
     }

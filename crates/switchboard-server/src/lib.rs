@@ -103,6 +103,14 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// gzip for HTTP responses (the API's JSON, `/metrics`, the pages) when the client asks for
+/// it and `compression.enabled` is on. tower-http leaves small bodies (under 32 bytes) and
+/// event streams alone; those are compressed event by event in `switchboard::sse`.
+fn http_compression(enabled: bool) -> tower_http::compression::CompressionLayer {
+    let layer = tower_http::compression::CompressionLayer::new();
+    if enabled { layer } else { layer.no_gzip() }
+}
+
 /// Serves until `shutdown` resolves; then reports not-ready, refuses new upgrades, closes
 /// every connection with 1001 spread over `shutdown.drain_ms`, and returns within
 /// `shutdown.deadline_ms`. Returns whether every connection ended in time.
@@ -161,9 +169,10 @@ pub async fn run(
         max_pending: config.max_pending,
     };
     let pages = config.pages_enabled();
+    let gzip = http_compression(config.manager.compression.enabled);
     let (mut public, mut admin) = (public, admin);
     if pages {
-        public = public.merge(pages::demo()).merge(pages::assets());
+        public = public.merge(pages::demo().merge(pages::assets()).layer(gzip.clone()));
         admin = admin.merge(pages::dashboard());
     }
     match listeners.admin {
@@ -171,6 +180,7 @@ pub async fn run(
             if pages {
                 admin = admin.merge(pages::assets());
             }
+            let admin = admin.layer(gzip);
             servers.spawn(serve::serve(
                 listeners.public,
                 public,
@@ -185,7 +195,7 @@ pub async fn run(
             ));
         }
         None => {
-            let both = public.merge(admin);
+            let both = public.merge(admin.layer(gzip));
             servers.spawn(serve::serve(
                 listeners.public,
                 both,

@@ -330,3 +330,112 @@ async fn rsv1_on_a_control_frame_is_a_protocol_error() {
     alice.send_frame(0x80 | 0x40 | 0x09, b"").await;
     assert_eq!(alice.close_code("the 1002 close").await, Some(1002));
 }
+
+/// The header's value in a response, if any.
+fn header<'a>(r: &'a HttpResponse, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn event_streams_are_gzipped_event_by_event_for_clients_that_ask() {
+    use common::sse::Sse;
+    let server = server(|c| c.manager.presence.events = false).await;
+    let gzip = [("Accept-Encoding", "gzip, deflate, br")];
+    let mut sse = Sse::open(server.addr, "/sse/room?token=sam", &gzip).await;
+    assert_eq!(sse.status, 200);
+    assert!(
+        sse.headers.contains("content-encoding: gzip"),
+        "{}",
+        sse.headers
+    );
+    assert!(sse.headers.contains("vary: accept-encoding"));
+    // Each event decodes on arrival (the test client decodes chunk by chunk): a stream
+    // compressed with a kept window would hold `welcome` back.
+    let welcome = sse.expect("welcome", "welcome, decoded at once").await;
+    let id = welcome.data["connection_id"].as_str().unwrap().to_owned();
+    let data = chat(2000);
+    let mut ws = connect(server.addr, "room", "wendy").await;
+    for _ in 0..3 {
+        ws.send(broadcast(data.clone())).await;
+        let m = sse.expect("message", "a broadcast").await;
+        assert_eq!(m.data["data"], data);
+    }
+    let decoded = 3 * data.to_string().len();
+    assert!(
+        sse.wire_bytes < decoded / 3,
+        "{} bytes on the wire for {decoded} of messages",
+        sse.wire_bytes
+    );
+    // The stream ends with a valid gzip trailer (CRC and length).
+    server
+        .manager
+        .disconnect(&id, switchboard::DisconnectReason::Kicked)
+        .await
+        .unwrap();
+    assert_eq!(sse.next("the close event").await.unwrap().name, "close");
+    assert!(sse.next("the end of the stream").await.is_none());
+    assert!(sse.gzip_complete, "the stream ended with its gzip trailer");
+
+    // Without Accept-Encoding, or with gzip refused, the stream is plain.
+    for headers in [&[][..], &[("Accept-Encoding", "br, gzip;q=0")][..]] {
+        let mut plain = Sse::open(server.addr, "/sse/room?token=pat", headers).await;
+        assert!(
+            !plain.headers.contains("content-encoding"),
+            "{}",
+            plain.headers
+        );
+        plain.expect("welcome", "a plain welcome").await;
+    }
+}
+
+#[tokio::test]
+async fn api_responses_and_metrics_are_gzipped_for_clients_that_ask() {
+    let server = server(|_| {}).await;
+    let mut members = Vec::new();
+    for i in 0..20 {
+        members.push(connect(server.addr, &format!("lobby-{i}"), &format!("user-{i}")).await);
+    }
+    let gzip = [("Accept-Encoding", "gzip")];
+    for path in ["/api/lobbies", "/api/stats", "/metrics"] {
+        let plain = http(server.addr, "GET", path, None, None).await;
+        let zipped = http_with(server.addr, "GET", path, None, None, &gzip).await;
+        assert_eq!((plain.status, zipped.status), (200, 200), "{path}");
+        assert_eq!(header(&plain, "content-encoding"), None, "{path}");
+        assert_eq!(header(&zipped, "content-encoding"), Some("gzip"), "{path}");
+        assert!(
+            zipped.bytes.len() < plain.bytes.len(),
+            "{path}: {} gzipped, {} plain",
+            zipped.bytes.len(),
+            plain.bytes.len()
+        );
+        if path != "/metrics" {
+            // The same document either way (the stats move a little: compare the shape).
+            let (a, b) = (plain.json(), zipped.json());
+            assert_eq!(
+                a.as_object().map(|o| o.len()),
+                b.as_object().map(|o| o.len())
+            );
+        }
+    }
+    // The API's errors are JSON too, and still readable.
+    let missing = http_with(server.addr, "GET", "/api/nope", None, None, &gzip).await;
+    assert_eq!(
+        (missing.status, missing.error_code().as_str()),
+        (404, "not_found")
+    );
+}
+
+#[tokio::test]
+async fn with_compression_disabled_nothing_is_gzipped() {
+    use common::sse::Sse;
+    let server = server(|c| c.manager.compression.enabled = false).await;
+    let gzip = [("Accept-Encoding", "gzip")];
+    let r = http_with(server.addr, "GET", "/api/stats", None, None, &gzip).await;
+    assert_eq!((r.status, header(&r, "content-encoding")), (200, None));
+    let mut sse = Sse::open(server.addr, "/sse/room?token=sam", &gzip).await;
+    assert!(!sse.headers.contains("content-encoding"), "{}", sse.headers);
+    sse.expect("welcome", "a plain welcome").await;
+}

@@ -95,6 +95,7 @@ pub mod config;
 mod connection;
 pub mod disconnect;
 mod error;
+mod gzip;
 mod handle;
 pub mod handler;
 pub mod history;

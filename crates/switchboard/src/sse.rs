@@ -13,9 +13,9 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::Message;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::Sink;
+use futures_util::{Sink, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 
 use crate::connection;
 use crate::disconnect::DisconnectReason;
+use crate::gzip::GzipChunks;
 use crate::handler::AppHandler;
 use crate::history::Recovery;
 use crate::hub::Join;
@@ -90,6 +91,58 @@ pub(crate) async fn open(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// Whether a request's `Accept-Encoding` takes gzip (`gzip` or `*`, without `q=0`): then
+/// [`gzip`] may compress its event stream.
+pub fn accepts_gzip(headers: &HeaderMap) -> bool {
+    crate::gzip::accepted(
+        headers
+            .get_all(header::ACCEPT_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// An SSE response compressed with gzip, for a client that [`accepts_gzip`]. Each event is
+/// deflated on its own and flushed, so the browser decodes it as soon as it arrives (a
+/// general-purpose compression layer would hold events back until its buffer fills); the
+/// stream keeps only a CRC and a length between events. Responses that are not an event
+/// stream (refusals) are returned as they are.
+pub fn gzip(response: Response) -> Response {
+    let is_stream = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+    if !is_stream || response.headers().contains_key(header::CONTENT_ENCODING) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    parts
+        .headers
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    parts
+        .headers
+        .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let state = (body.into_data_stream(), Some(GzipChunks::new()));
+    let events = futures_util::stream::unfold(state, |(mut events, mut gz)| async move {
+        let chunks = gz.as_mut()?;
+        let out = match events.next().await {
+            Some(Ok(event)) => Ok(chunks.chunk(&event)),
+            Some(Err(error)) => {
+                gz = None;
+                Err(error)
+            }
+            None => {
+                let end = chunks.finish();
+                gz = None;
+                Ok(end)
+            }
+        };
+        Some((out, (events, gz)))
+    });
+    Response::from_parts(parts, Body::from_stream(events))
 }
 
 /// The HTTP answer to a refused SSE connect: 401, 429, or 503 with `Retry-After`, and the

@@ -149,6 +149,39 @@ describe("demo page", () => {
     assert.deepEqual(problems, []);
   });
 
+  test("Chromium negotiates permessage-deflate; a long chat line is compressed once for both pages", async () => {
+    const s = await server({ name: "deflate" });
+    const alice = await newPage(browser, problems);
+    const bob = await newPage(browser, problems);
+    // The handshake's response headers, as the browser saw them (DevTools protocol).
+    const cdp = await alice.context().newCDPSession(alice);
+    await cdp.send("Network.enable");
+    const handshake = new Promise((resolve) => cdp.once("Network.webSocketHandshakeResponseReceived", resolve));
+    await join(alice, s, "alice", "zipped");
+    const { response } = await handshake;
+    assert.equal(response.status, 101);
+    const headers = Object.fromEntries(Object.entries(response.headers).map(([k, v]) => [k.toLowerCase(), v]));
+    assert.equal(
+      headers["sec-websocket-extensions"],
+      "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+    );
+    await join(bob, s, "bob", "zipped");
+    await member(alice, "bob").waitFor();
+
+    const before = (await api(s, "GET", "/api/stats")).body.messages_deflated;
+    // Over compression.min_bytes (256): compressed once, the same bytes sent to both pages.
+    const line = `a long line for the compressor: ${"the quick brown fox jumps over the lazy dog ".repeat(12)}end`;
+    await say(bob, line);
+    await chatLine(alice, "end").waitFor();
+    await chatLine(bob, "end").waitFor();
+    assert.equal(await chatLine(alice, "a long line").locator(".text").textContent(), line);
+    const after = (await api(s, "GET", "/api/stats")).body.messages_deflated;
+    assert.equal(after - before, 1, "one compression for two recipients");
+    await alice.context().close();
+    await bob.context().close();
+    assert.deepEqual(problems, []);
+  });
+
   test("4002 lobby_full is shown to the user, and the page gets in once a place frees up", async () => {
     const s = await server({ name: "full", env: { SWITCHBOARD_LIMITS__MAX_PER_LOBBY: "2" } });
     await nodeClient(s, "full-room", "n1");
@@ -415,9 +448,14 @@ describe("dashboard", () => {
 });
 
 describe("server-sent events", () => {
-  test("a frame whose JSON holds line breaks arrives in EventSource as one intact event", async () => {
+  test("a frame whose JSON holds line breaks arrives in EventSource as one intact event (gzipped)", async () => {
     const s = await server({ name: "sse-lines" });
     const page = await newPage(browser, problems);
+    const cdp = await page.context().newCDPSession(page);
+    await cdp.send("Network.enable");
+    const stream = new Promise((resolve) =>
+      cdp.on("Network.responseReceived", (e) => e.response.url.includes("/sse/feed") && resolve(e.response)),
+    );
     await page.goto(`${s.url}/?name=viewer&lobby=feed`);
     await page.evaluate(() => {
       window.got = [];
@@ -427,6 +465,10 @@ describe("server-sent events", () => {
       window.source = source;
     });
     await page.waitForFunction(() => window.welcomed === true);
+    // The browser asked for gzip and got it; each event decodes as it arrives.
+    const { headers } = await stream;
+    const encoding = Object.entries(headers).find(([k]) => k.toLowerCase() === "content-encoding");
+    assert.equal(encoding?.[1], "gzip");
     const ws = new WebSocket(`${s.url.replace("http", "ws")}/ws/feed?token=writer`);
     cleanups.push(async () => ws.close());
     await new Promise((resolve, reject) => {

@@ -305,6 +305,8 @@ pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// The body's bytes as they came (de-chunked, not decoded).
+    pub bytes: Vec<u8>,
 }
 
 impl HttpResponse {
@@ -367,9 +369,13 @@ pub async fn http_with(
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for the answer to {method} {path}"))
         .expect("read HTTP response");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, body) = match head_end {
+        Some(i) => (&raw[..i], &raw[i + 4..]),
+        None => (&raw[..], &[][..]),
+    };
+    let text = String::from_utf8_lossy(head).to_string();
+    let mut lines = text.lines();
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
@@ -382,26 +388,44 @@ pub async fn http_with(
     let chunked = headers
         .iter()
         .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
+    let bytes = if chunked {
         dechunk(body)
     } else {
         body.to_owned()
+    };
+    let gzip = headers
+        .iter()
+        .any(|(n, v)| n == "content-encoding" && v == "gzip");
+    let body = if gzip {
+        use std::io::Read;
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_string(&mut text)
+            .expect("a gzip body");
+        text
+    } else {
+        String::from_utf8_lossy(&bytes).to_string()
     };
     HttpResponse {
         status,
         headers,
         body,
+        bytes,
     }
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..end])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+            .unwrap_or(0);
         if size == 0 {
             break;
         }
-        out.push_str(&rest[..size]);
+        let rest = &body[end + 2..];
+        out.extend_from_slice(&rest[..size]);
         body = &rest[size + 2..];
     }
     out

@@ -16,6 +16,12 @@ pub struct Sse {
     pub headers: String,
     raw: Vec<u8>,
     text: String,
+    /// For a `Content-Encoding: gzip` stream: decodes each chunk as it arrives.
+    gzip: Option<flate2::write::GzDecoder<Vec<u8>>>,
+    /// Body bytes received (after de-chunking, before decoding).
+    pub wire_bytes: usize,
+    /// Whether the stream ended with a gzip trailer whose CRC and length check out.
+    pub gzip_complete: bool,
 }
 
 /// One event: its name, id (if any) and JSON data.
@@ -52,12 +58,19 @@ impl Sse {
         let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
         let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
         let rest = raw[head_end + 4..].to_vec();
+        let headers = head.to_ascii_lowercase();
+        let gzip = headers
+            .contains("content-encoding: gzip")
+            .then(|| flate2::write::GzDecoder::new(Vec::new()));
         Sse {
             tcp,
             status,
-            headers: head.to_ascii_lowercase(),
+            headers,
             raw: rest,
             text: String::new(),
+            gzip,
+            wire_bytes: 0,
+            gzip_complete: false,
         }
     }
 
@@ -73,12 +86,27 @@ impl Sse {
             )
             .unwrap();
             if size == 0 {
+                if let Some(gzip) = self.gzip.take() {
+                    let rest = gzip
+                        .finish()
+                        .expect("a complete gzip stream (CRC and length)");
+                    self.text.push_str(std::str::from_utf8(&rest).unwrap());
+                    self.gzip_complete = true;
+                }
                 return false;
             }
             if self.raw.len() < line_end + 2 + size + 2 {
                 return true;
             }
-            let chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            let mut chunk = self.raw[line_end + 2..line_end + 2 + size].to_vec();
+            self.wire_bytes += chunk.len();
+            if let Some(gzip) = &mut self.gzip {
+                // Every chunk must decode by itself: the events in it are read at once.
+                use std::io::Write;
+                gzip.write_all(&chunk).unwrap();
+                gzip.flush().unwrap();
+                chunk = std::mem::take(gzip.get_mut());
+            }
             self.text.push_str(std::str::from_utf8(&chunk).unwrap());
             self.raw.drain(..line_end + 2 + size + 2);
         }

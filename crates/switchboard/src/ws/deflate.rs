@@ -20,7 +20,7 @@ pub const EXTENSION: &str = "permessage-deflate";
 
 /// The empty stored block a sync flush ends with: removed from every compressed message
 /// (RFC 7692 7.2.1) and put back before inflating (7.2.2).
-const TRAILER: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+pub(crate) const TRAILER: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
 /// zlib's level 1 to 9: compressing is paid once per broadcast, but once per message for
 /// direct frames; level 6 (zlib's default) gives JSON little over level 3 and costs more.
