@@ -519,9 +519,9 @@ pub(crate) fn chat_message(seq: u64, t_us: u64, size: usize) -> String {
         } else {
             text.push_str(word);
         }
-        sentence_start = x % 9 == 0;
+        sentence_start = x.is_multiple_of(9);
         if sentence_start {
-            text.push(if x % 2 == 0 { '.' } else { '?' });
+            text.push(if x.is_multiple_of(2) { '.' } else { '?' });
         }
     }
     skeleton(&text)
