@@ -6,7 +6,7 @@
 # ways, zlib level 3, as Switchboard) and off. Server on CPU 0, load generator on CPU 1, a fresh
 # server per case; every case records the load average at its start.
 #
-#   bench/compression.sh                         the whole set (about 10 minutes)
+#   bench/compression.sh                         the whole set (about 6 minutes)
 #   bench/compression.sh --only "bytes fanout"   a subset of bytes, fanout, idle
 #   bench/compression.sh --out NAME              bench/results/raw/NAME.jsonl (default compression)
 #
