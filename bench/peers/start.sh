@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts one peer in the foreground on 127.0.0.1:PORT (exec: the PID is the server's, so
 # `taskset -c 0 bench/peers/start.sh ws 8081 &` pins it and `$!` measures it).
-#   start.sh ws PORT        Node + ws          (PING_INTERVAL_MS, default 20000)
+#   start.sh ws PORT        Node + ws          (PING_INTERVAL_MS, default 20000;
+#                           PER_MESSAGE_DEFLATE=1: permessage-deflate on, threshold 256 bytes,
+#                           no context takeover both ways, zlib level 3, as Switchboard)
 #   start.sh bun PORT       Bun.serve, uWebSockets inside (PING_INTERVAL_MS, default 20000)
 #   start.sh fastapi PORT   FastAPI + uvicorn  (the seed's manager; uvicorn's ws keepalive
 #                           pings at their defaults: WS_PING_INTERVAL / WS_PING_TIMEOUT, 20 s)

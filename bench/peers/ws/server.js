@@ -28,7 +28,20 @@ function refuse(ws, code, reason) {
   ws.close(code, reason);
 }
 
-const wss = new WebSocketServer({ noServer: true, maxPayload: 65536, perMessageDeflate: false, clientTracking: false });
+// PER_MESSAGE_DEFLATE=1: ws's permessage-deflate, set to match Switchboard's (docs/protocol.md,
+// "Compression"): no context takeover both ways (a fresh window per message), messages of 256
+// bytes or more compressed, zlib level 3. ws still compresses every send on the connection's
+// own zlib stream (a broadcast is compressed once per member) and keeps that stream (reset,
+// not freed) once the connection has sent one compressed message.
+const PER_MESSAGE_DEFLATE = process.env.PER_MESSAGE_DEFLATE === '1'
+  ? {
+      threshold: 256,
+      serverNoContextTakeover: true,
+      clientNoContextTakeover: true,
+      zlibDeflateOptions: { level: 3 },
+    }
+  : false;
+const wss = new WebSocketServer({ noServer: true, maxPayload: 65536, perMessageDeflate: PER_MESSAGE_DEFLATE, clientTracking: false });
 
 const server = http.createServer((req, res) => {
   res.writeHead(req.url === '/healthz' ? 200 : 404).end(req.url === '/healthz' ? 'ok' : '');
@@ -124,7 +137,7 @@ const heartbeat = setInterval(() => {
   }
 }, PING_INTERVAL_MS);
 
-server.listen(PORT, HOST, () => console.log(`listening on ${HOST}:${server.address().port}`));
+server.listen(PORT, HOST, () => console.log(`listening on ${HOST}:${server.address().port}${PER_MESSAGE_DEFLATE ? ' (permessage-deflate on)' : ''}`));
 const stop = () => { clearInterval(heartbeat); for (const ws of everyone) ws.close(1001, 'server_shutdown'); server.close(); setTimeout(() => process.exit(0), 500).unref(); };
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

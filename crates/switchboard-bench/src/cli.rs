@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Switchboard's load generator: runs one scenario against a server, prints progress lines on
 /// stderr and one JSON summary line on stdout. Pin it with `taskset`.
@@ -85,6 +85,15 @@ pub(crate) struct Common {
     pub(crate) deflate: bool,
 }
 
+/// What a broadcast's `data` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PayloadKind {
+    /// `{"s":SEQ,"t":MICROS,"p":"xxxx..."}`.
+    Padding,
+    /// A chat message object (JSON), varied per message.
+    Chat,
+}
+
 /// `idle`.
 #[derive(Debug, Args)]
 pub(crate) struct Idle {
@@ -121,6 +130,12 @@ pub(crate) struct Fanout {
     /// Payload bytes per broadcast.
     #[arg(long, default_value_t = 100)]
     pub(crate) payload: usize,
+    /// What the broadcasts' `data` holds: `padding` (a sequence number, a send time and
+    /// `x`s, which compress unrealistically well) or `chat` (a chat message object: user,
+    /// text, timestamps, reactions, ...; its text varies per message and is sized so that the
+    /// object is about `--payload` bytes).
+    #[arg(long, value_enum, default_value_t = PayloadKind::Padding)]
+    pub(crate) payload_kind: PayloadKind,
     /// Broadcasts per second (without `--sweep`).
     #[arg(long, default_value_t = 10.0)]
     pub(crate) rate: f64,

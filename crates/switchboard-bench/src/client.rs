@@ -93,6 +93,9 @@ pub(crate) struct Ws {
     pub(crate) closed: Option<Option<u16>>,
     /// permessage-deflate was negotiated: frames with RSV1 are inflated.
     deflate: bool,
+    /// Bytes read from the socket since the handshake (frames as they came on the wire,
+    /// compressed or not).
+    pub(crate) bytes_read: u64,
 }
 
 /// Where a connection starts.
@@ -211,6 +214,7 @@ impl Target {
             out: Vec::new(),
             closed: None,
             deflate,
+            bytes_read: 0,
         };
         // The first frame is `welcome`; a refusal is a close frame instead.
         let mut welcome = false;
@@ -249,6 +253,7 @@ impl Ws {
                     Ok(true)
                 }
                 Ok(n) => {
+                    self.bytes_read += n as u64;
                     self.process(&scratch[..n], on_frame);
                     Ok(true)
                 }
@@ -306,6 +311,11 @@ impl Ws {
             self.out = Vec::new();
         }
         Ok(())
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub(crate) fn deflate(&self) -> bool {
+        self.deflate
     }
 
     /// Queues a text frame.

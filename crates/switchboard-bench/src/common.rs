@@ -27,6 +27,9 @@ pub(crate) struct Ctx {
     ip_base: u8,
     per_ip: u64,
     next_socket: Cell<u64>,
+    /// Connections (through [`connect_to`](Self::connect_to)) on which the server accepted
+    /// permessage-deflate.
+    deflate_negotiated: Cell<u64>,
     pub(crate) started: Instant,
 }
 
@@ -52,6 +55,7 @@ impl Ctx {
             ip_base: o.ip_base,
             per_ip: o.per_ip,
             next_socket: Cell::new(0),
+            deflate_negotiated: Cell::new(0),
             started: Instant::now(),
         })
     }
@@ -96,7 +100,15 @@ impl Ctx {
     /// Connects `user` by `route` (v1 in a lobby, or v2 in none) from the next source address.
     pub(crate) async fn connect_to(&self, route: &Route, user: &str) -> Result<Ws, ConnectError> {
         let source = self.next_source();
-        self.target.connect(source, route, &self.token(user)).await
+        let ws = self
+            .target
+            .connect(source, route, &self.token(user))
+            .await?;
+        if ws.deflate() {
+            self.deflate_negotiated
+                .set(self.deflate_negotiated.get() + 1);
+        }
+        Ok(ws)
     }
 
     /// Prints a progress line on stderr: scenario, step, elapsed.
@@ -120,6 +132,11 @@ impl Ctx {
         m.insert("scenario".into(), json!(self.scenario));
         m.insert("server".into(), json!(self.label));
         m.insert("server_pid".into(), json!(self.server.pid));
+        m.insert("deflate_offered".into(), json!(self.target.deflate));
+        m.insert(
+            "deflate_negotiated".into(),
+            json!(self.deflate_negotiated.get()),
+        );
         m
     }
 }

@@ -65,6 +65,7 @@ async fn step(
         None => None,
     };
     let received = seen.received.get();
+    let bytes_read = seen.bytes_read.get();
     let active = seen
         .last_at
         .get()
@@ -96,6 +97,9 @@ async fn step(
             .filter(|_| received > 0)
             .map(|c| round(c * 1e6 / received as f64, 3)),
         "client_cpu_s": client_cpu.map(|c| round(c, 2)),
+        "member_bytes_read": bytes_read,
+        "wire_bytes_per_delivery": (received > 0)
+            .then(|| round(bytes_read as f64 / received as f64, 1)),
         "refused": refused,
         "pass": pass,
     });
@@ -170,7 +174,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, o: &Fanout) -> anyhow::Result<Value> {
         Ok(ws) => ws,
         Err(e) => bail!("publisher could not connect: {}", e.label()),
     };
-    let mut publisher = Publisher::new(publisher_ws, payload);
+    let mut publisher = Publisher::new(publisher_ws, payload, o.payload_kind);
     // Let every member's welcome (and any join events) pass before measuring.
     publisher.idle_for(Duration::from_secs(1)).await;
     let live = connected.ok;
@@ -307,6 +311,10 @@ pub(crate) async fn run(ctx: Rc<Ctx>, o: &Fanout) -> anyhow::Result<Value> {
     m.insert("members".into(), json!(members));
     m.insert("stuck_members".into(), json!(stuck.len()));
     m.insert("payload_bytes".into(), json!(payload));
+    m.insert(
+        "payload_kind".into(),
+        json!(format!("{:?}", o.payload_kind).to_lowercase()),
+    );
     m.insert("connect".into(), connected.json());
     m.insert("sweep".into(), json!(sweep));
     m.insert("past_saturation".into(), json!(sweep && o.past_saturation));

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use hdrhistogram::Histogram;
 
+use crate::cli::PayloadKind;
 use crate::client::{OP_CLOSE, OP_TEXT, Ws, field_str, field_u64};
 use crate::common::{histogram, now_us};
 
@@ -19,6 +20,9 @@ pub(crate) struct Seen {
     /// Messages with a smaller sequence number belong to an earlier step and are ignored.
     pub(crate) first_seq: Cell<u64>,
     pub(crate) received: Cell<u64>,
+    /// Bytes the members read from their sockets since the last [`reset`](Self::reset)
+    /// (what came on the wire: frame headers, compressed or plain payloads, pings).
+    pub(crate) bytes_read: Cell<u64>,
     pub(crate) any: Cell<u64>,
     pub(crate) last_at: Cell<Option<Instant>>,
     pub(crate) hist: RefCell<Histogram<u64>>,
@@ -43,6 +47,7 @@ impl Seen {
         Rc::new(Self {
             first_seq: Cell::new(u64::MAX),
             received: Cell::new(0),
+            bytes_read: Cell::new(0),
             any: Cell::new(0),
             last_at: Cell::new(None),
             hist: RefCell::new(histogram()),
@@ -113,6 +118,7 @@ impl Seen {
     pub(crate) fn reset(&self, seq: u64) {
         self.first_seq.set(seq);
         self.received.set(0);
+        self.bytes_read.set(0);
         self.last_at.set(None);
         self.hist.borrow_mut().reset();
         self.distinct.borrow_mut().clear();
@@ -174,6 +180,7 @@ pub(crate) async fn member(mut ws: Ws, seen: Rc<Seen>) {
     let mut last = None;
     let mut close_reason = None;
     loop {
+        let before = ws.bytes_read;
         let read = ws
             .read_some(&mut |f| {
                 if f.opcode == OP_TEXT {
@@ -183,6 +190,8 @@ pub(crate) async fn member(mut ws: Ws, seen: Rc<Seen>) {
                 }
             })
             .await;
+        seen.bytes_read
+            .set(seen.bytes_read.get() + (ws.bytes_read - before));
         if read.is_err() || ws.flush().await.is_err() || ws.closed.is_some() {
             seen.closed.set(seen.closed.get() + 1);
             let code = match (&read, ws.closed) {
@@ -203,12 +212,16 @@ pub(crate) async fn member(mut ws: Ws, seen: Rc<Seen>) {
 }
 
 /// The publisher: frames carrying a sequence number, a send time and padding to `payload`
-/// bytes of `data`, sent at `rate` per second with `exclude_self`.
+/// bytes of `data` (or a chat message object of about that size: [`PayloadKind::Chat`]),
+/// sent at `rate` per second with `exclude_self`.
 #[derive(Debug)]
 pub(crate) struct Publisher {
     pub(crate) ws: Ws,
     pub(crate) next_seq: u64,
     pad: String,
+    kind: PayloadKind,
+    /// The `data` size asked for (`--payload`).
+    size: usize,
     /// `error` frames the server answered with, by code (`rate_limited`: shed, `overloaded`).
     pub(crate) errors: ErrorFrames,
 }
@@ -235,24 +248,32 @@ impl ErrorFrames {
 }
 
 impl Publisher {
-    pub(crate) fn new(ws: Ws, payload: usize) -> Self {
+    pub(crate) fn new(ws: Ws, payload: usize, kind: PayloadKind) -> Self {
         // `{"s":SEQ,"t":MICROS,"p":"..."}` with typical widths of SEQ and MICROS.
         let overhead = r#"{"s":1234,"t":12345678,"p":""}"#.len();
         Self {
             ws,
             next_seq: 1,
             pad: "x".repeat(payload.saturating_sub(overhead)),
+            kind,
+            size: payload,
             errors: ErrorFrames::default(),
         }
     }
 
     fn queue_one(&mut self) {
-        let frame = format!(
-            r#"{{"type":"broadcast","exclude_self":true,"data":{{"s":{},"t":{},"p":"{}"}}}}"#,
-            self.next_seq,
-            now_us(),
-            self.pad
-        );
+        let frame = match self.kind {
+            PayloadKind::Padding => format!(
+                r#"{{"type":"broadcast","exclude_self":true,"data":{{"s":{},"t":{},"p":"{}"}}}}"#,
+                self.next_seq,
+                now_us(),
+                self.pad
+            ),
+            PayloadKind::Chat => format!(
+                r#"{{"type":"broadcast","exclude_self":true,"data":{}}}"#,
+                chat_message(self.next_seq, now_us(), self.size)
+            ),
+        };
         self.next_seq += 1;
         self.ws.text(frame.as_bytes());
     }
@@ -327,5 +348,231 @@ impl Publisher {
             }
         })
         .await;
+    }
+}
+
+/// Senders of [`chat_message`]s: id, display name, role.
+const CHAT_USERS: [(&str, &str, &str); 6] = [
+    ("u_7f3a91", "Ana Lima", "member"),
+    ("u_02bc44", "Kenji Watanabe", "moderator"),
+    ("u_9d1e07", "Fatima Zahra El Idrissi", "member"),
+    ("u_55a0c3", "Ola Nordmann", "member"),
+    ("u_e41f28", "Priya Raghunathan", "admin"),
+    ("u_3b6d9a", "Tomás Ferreira", "member"),
+];
+
+/// Words the messages' text is drawn from (chat English, some names and numbers).
+const CHAT_WORDS: &[&str] = &[
+    "the",
+    "a",
+    "to",
+    "and",
+    "I",
+    "you",
+    "it",
+    "is",
+    "that",
+    "we",
+    "on",
+    "for",
+    "this",
+    "in",
+    "just",
+    "can",
+    "be",
+    "have",
+    "not",
+    "with",
+    "so",
+    "if",
+    "but",
+    "what",
+    "will",
+    "at",
+    "my",
+    "do",
+    "are",
+    "was",
+    "deploy",
+    "build",
+    "release",
+    "staging",
+    "prod",
+    "tonight",
+    "tomorrow",
+    "meeting",
+    "standup",
+    "ticket",
+    "PR",
+    "review",
+    "merged",
+    "broken",
+    "fixed",
+    "flaky",
+    "test",
+    "again",
+    "thanks!",
+    "lol",
+    "ok",
+    "sure",
+    "sounds",
+    "good",
+    "looks",
+    "great",
+    "anyone",
+    "seen",
+    "error",
+    "logs",
+    "dashboard",
+    "latency",
+    "spike",
+    "around",
+    "3pm",
+    "coffee?",
+    "lunch",
+    "back",
+    "in",
+    "5",
+    "min",
+    "brb",
+    "👍",
+    "🎉",
+    "haha",
+    "yes",
+    "no",
+    "maybe",
+    "later",
+    "Friday",
+    "Monday",
+    "customer",
+    "reported",
+    "timeout",
+    "cache",
+    "rollback",
+    "config",
+    "migration",
+    "v4.12",
+    "hotfix",
+    "branch",
+    "channel",
+    "pinned",
+    "docs",
+];
+
+/// A chat message as a chat application would broadcast it, with `"s"` (sequence number) and
+/// `"t"` (send time, us) first for the members' bookkeeping; its text is drawn from
+/// [`CHAT_WORDS`] by a generator seeded with `seq` (every message differs, as real ones do)
+/// and is long enough that the object is about `size` bytes (its skeleton alone, ~600 bytes,
+/// when `size` is smaller).
+pub(crate) fn chat_message(seq: u64, t_us: u64, size: usize) -> String {
+    let (user, name, role) = CHAT_USERS[(seq % CHAT_USERS.len() as u64) as usize];
+    let (reply_user, reply_name, _) = CHAT_USERS[((seq + 3) % CHAT_USERS.len() as u64) as usize];
+    let ms = t_us / 1000;
+    let skeleton = |text: &str| {
+        format!(
+            concat!(
+                r#"{{"s":{seq},"t":{t},"kind":"chat.message","id":"msg_{ms:x}{seq:06x}","#,
+                r#""channel":{{"id":"c_general","name":"general","workspace":"acme-eng"}},"#,
+                r#""user":{{"id":"{user}","name":"{name}","role":"{role}","#,
+                r#""avatar":"https://cdn.acme.example/avatars/{user}/64.png","status":"online"}},"#,
+                r#""text":"{text}","sent_at":"{iso}","edited_at":null,"#,
+                r#""reply_to":{{"id":"msg_{ms:x}{prev:06x}","user":"{reply_user}","name":"{reply_name}"}},"#,
+                r#""mentions":["{reply_user}"],"reactions":[{{"emoji":"👍","count":{r1}}},{{"emoji":"🎉","count":{r2}}}],"#,
+                r#""attachments":[],"client":{{"platform":"web","version":"4.12.0","locale":"en-GB"}},"#,
+                r#""thread":{{"replies":{replies},"last_reply_at":"{iso}"}}}}"#
+            ),
+            seq = seq,
+            t = t_us,
+            ms = ms,
+            prev = seq.saturating_sub(1),
+            user = user,
+            name = name,
+            role = role,
+            text = text,
+            iso = iso8601(ms),
+            reply_user = reply_user,
+            reply_name = reply_name,
+            r1 = seq % 7,
+            r2 = seq % 3,
+            replies = seq % 12,
+        )
+    };
+    let base = skeleton("").len();
+    let mut text = String::new();
+    let mut x = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut sentence_start = true;
+    while base + text.len() < size {
+        // xorshift64
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let word = CHAT_WORDS[(x % CHAT_WORDS.len() as u64) as usize];
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        if sentence_start {
+            let mut chars = word.chars();
+            if let Some(c) = chars.next() {
+                text.extend(c.to_uppercase());
+                text.push_str(chars.as_str());
+            }
+        } else {
+            text.push_str(word);
+        }
+        sentence_start = x.is_multiple_of(9);
+        if sentence_start {
+            text.push(if x.is_multiple_of(2) { '.' } else { '?' });
+        }
+    }
+    skeleton(&text)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch (UTC).
+fn iso8601(ms: u64) -> String {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{chat_message, iso8601};
+    use crate::client::field_u64;
+
+    #[test]
+    fn chat_messages_are_json_of_about_the_size_asked() {
+        for seq in [1, 2, 77, 12_345] {
+            let m = chat_message(seq, 1_765_000_000_123_456, 1024);
+            let v: serde_json::Value = serde_json::from_str(&m).unwrap_or_default();
+            assert_eq!(v["s"], seq, "{m}");
+            assert_eq!(field_u64(m.as_bytes(), b"\"s\":"), Some(seq));
+            assert_eq!(
+                field_u64(m.as_bytes(), b"\"t\":"),
+                Some(1_765_000_000_123_456)
+            );
+            assert!(
+                (1024..1024 + 40).contains(&m.len()),
+                "{} bytes: {m}",
+                m.len()
+            );
+        }
+        assert_ne!(chat_message(1, 0, 1024), chat_message(2, 0, 1024));
+        assert_eq!(iso8601(1_796_670_000_123), "2026-12-07T19:00:00.123Z");
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -76,7 +76,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, o: &Stale) -> anyhow::Result<Value> {
         Ok(ws) => ws,
         Err(e) => bail!("publisher could not connect: {}", e.label()),
     };
-    let mut publisher = Publisher::new(publisher_ws, payload);
+    let mut publisher = Publisher::new(publisher_ws, payload, crate::cli::PayloadKind::Padding);
     publisher.idle_for(Duration::from_millis(500)).await;
     let count = || async {
         match &stats_url {

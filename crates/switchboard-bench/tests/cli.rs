@@ -33,6 +33,13 @@ fn help_for_the_tool_and_each_scenario() {
         fanout.contains("--past-saturation") && fanout.contains("[default: off"),
         "{fanout}"
     );
+    assert!(
+        fanout.contains("--payload-kind <PAYLOAD_KIND>") && fanout.contains("chat"),
+        "{fanout}"
+    );
+    let bad_kind = run(&["fanout", "--payload-kind", "lorem"]);
+    assert_eq!(bad_kind.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_kind.stderr).contains("padding"));
     let alone = run(&["fanout", "--past-saturation"]);
     assert_eq!(alone.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&alone.stderr).contains("--sweep"));

@@ -120,6 +120,51 @@ async fn every_scenario_runs_against_the_real_server() {
         "once per broadcast: {deflated} compressions for {published} broadcasts"
     );
 
+    // `--payload-kind chat`: ~1 KiB chat message objects; the members count the bytes they
+    // read, and with `--deflate` they read fewer per delivery (every message compressed
+    // alone: no context takeover).
+    let mut per_delivery = Vec::new();
+    for (ip_base, deflate) in [(239, false), (240, true)] {
+        let mut args = vec![
+            "--members",
+            "10",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+            "--drain-secs",
+            "1",
+            "--payload-kind",
+            "chat",
+            "--payload",
+            "1024",
+        ];
+        if deflate {
+            args.push("--deflate");
+        }
+        let chat = bench(addr, ip_base, "fanout", &args).await;
+        let best = &chat["best"];
+        assert_eq!(best["lost"], 0, "{chat}");
+        assert_eq!(chat["payload_kind"], "chat", "{chat}");
+        assert_eq!(chat["deflate_offered"], deflate, "{chat}");
+        // The members and the publisher.
+        assert_eq!(
+            chat["deflate_negotiated"],
+            if deflate { 11 } else { 0 },
+            "{chat}"
+        );
+        let bytes = best["member_bytes_read"].as_u64().unwrap();
+        let per = best["wire_bytes_per_delivery"].as_f64().unwrap();
+        assert!(bytes >= best["received"].as_u64().unwrap() * 100, "{chat}");
+        per_delivery.push(per);
+    }
+    // Plain: the ~1 KiB object in its envelope; compressed: clearly smaller, not padding-small.
+    assert!(per_delivery[0] > 1024.0, "{per_delivery:?}");
+    assert!(
+        per_delivery[1] < per_delivery[0] * 0.8 && per_delivery[1] > 200.0,
+        "{per_delivery:?}"
+    );
+
     let churn = bench(
         addr,
         233,
