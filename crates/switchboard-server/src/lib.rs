@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod rpc;
+mod lean;
 mod serve;
 pub mod state;
 pub mod summary;
@@ -155,6 +156,7 @@ pub async fn run(
     let mut servers = tokio::task::JoinSet::new();
     let public = app::public_routes(state.clone());
     let timeline = state.timeline.clone();
+    let upgrades = state.clone();
     let admin = app::admin_routes(state);
     let bounds = serve::Bounds {
         head_timeout: config.handshake_timeout,
@@ -174,12 +176,14 @@ pub async fn run(
             servers.spawn(serve::serve(
                 listeners.public,
                 public,
+                Some(upgrades.clone()),
                 bounds,
                 stop_http.clone(),
             ));
             servers.spawn(serve::serve(
                 admin_listener,
                 admin,
+                None,
                 bounds,
                 stop_http.clone(),
             ));
@@ -189,6 +193,7 @@ pub async fn run(
             servers.spawn(serve::serve(
                 listeners.public,
                 both,
+                Some(upgrades),
                 bounds,
                 stop_http.clone(),
             ));

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Query, RawPathParams};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -113,20 +113,45 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         // A route without parameters has no `{lobby}`: the request names none.
         let params = RawPathParams::from_request_parts(parts, state).await.ok();
-        let lobby = match params
+        let lobby = params
             .iter()
             .flat_map(|p| p.iter())
             .find(|(name, _)| *name == "lobby")
-        {
+            .map(|(_, value)| value);
+        let ConnectInfo(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "serve the app with into_make_service_with_connect_info::<SocketAddr>()",
+                )
+                    .into_response()
+            })?;
+        Self::from_head(lobby, &parts.uri, &parts.headers, peer)
+    }
+}
+
+impl ConnectParams {
+    /// The same, from a request head read without axum's router: `lobby` is the path's
+    /// `{lobby}` segment, if the route has one.
+    pub fn from_head(
+        lobby: Option<&str>,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<Self, Response> {
+        let lobby = match lobby {
             None => None,
-            Some((_, value)) => Some(LobbyCode::parse(value).map_err(|_| {
+            Some(value) => Some(LobbyCode::parse(value).map_err(|_| {
                 bad_request("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]")
             })?),
         };
-        let query = Query::<ConnectQuery>::try_from_uri(&parts.uri)
+        let query = Query::<ConnectQuery>::try_from_uri(uri)
             .map_err(|_| bad_request("invalid query string (since must be an integer)"))?;
         let last_event_id = || {
-            let id = parts.headers.get("last-event-id")?.to_str().ok()?;
+            let id = headers.get("last-event-id")?.to_str().ok()?;
             let (epoch, offset) = id.rsplit_once(':')?;
             Some(crate::history::Recovery {
                 since: offset.parse().ok()?,
@@ -143,16 +168,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
             _ => return Err(bad_request("since and epoch go together")),
         };
         let bearer = || {
-            parts
-                .headers
+            headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.split_once(' '))
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, token)| token.trim().to_owned())
         };
-        let positions = parts
-            .headers
+        let positions = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .filter(|id| id.contains('='))
@@ -173,19 +196,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
             lobbies.push((lobby, recovery));
         }
         let token = query.0.token.or_else(bearer);
-        let ConnectInfo(peer) = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .cloned()
-            .ok_or_else(|| {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "serve the app with into_make_service_with_connect_info::<SocketAddr>()",
-                )
-                    .into_response()
-            })?;
-        let origin = parts
-            .headers
+        let origin = headers
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
