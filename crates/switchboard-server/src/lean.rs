@@ -97,7 +97,8 @@ pub(crate) async fn accept(
     let Ok((upgrade, handshake)) = Upgrade::from_head(&Method::GET, &head.headers) else {
         return Outcome::Hyper(tcp, buf);
     };
-    let Ok(mut params) = ConnectParams::from_head(head.lobby.as_deref(), &head.uri, &head.headers, peer)
+    let Ok(mut params) =
+        ConnectParams::from_head(head.lobby.as_deref(), &head.uri, &head.headers, peer)
     else {
         return Outcome::Hyper(tcp, buf);
     };
@@ -123,7 +124,9 @@ async fn answer(mut tcp: TcpStream, response: axum::response::Response) {
     let body = axum::body::to_bytes(body, MAX_ANSWER_BODY)
         .await
         .unwrap_or_default();
-    parts.headers.insert(header::CONTENT_LENGTH, body.len().into());
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, body.len().into());
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -230,13 +233,20 @@ mod tests {
             );
         }
         let many: String = (0..MAX_HEADERS).map(|i| format!("x-{i}: y\r\n")).collect();
-        for extra in ["content-length: 0\r\n", "transfer-encoding: chunked\r\n", &many] {
+        for extra in [
+            "content-length: 0\r\n",
+            "transfer-encoding: chunked\r\n",
+            &many,
+        ] {
             let text = head("GET /ws/l1 HTTP/1.1", extra);
             assert!(matches!(parse(text.as_bytes()), Parsed::Other), "{extra}");
         }
         let plain = "GET /ws/l1 HTTP/1.1\r\nhost: x\r\n\r\n";
         assert!(matches!(parse(plain.as_bytes()), Parsed::Other));
-        assert!(matches!(parse(b"GET /ws/l1 HTTP/1.1\r\nhost"), Parsed::Partial));
+        assert!(matches!(
+            parse(b"GET /ws/l1 HTTP/1.1\r\nhost"),
+            Parsed::Partial
+        ));
         assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Parsed::Other));
     }
 }
