@@ -48,6 +48,8 @@ struct Head {
 }
 
 /// What a buffer holds so far.
+// One per request head, on the stack and moved once: boxing `Head` would cost an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Partial,
     Upgrade(Head),

@@ -130,6 +130,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
                     .into_response()
             })?;
         Self::from_head(lobby, &parts.uri, &parts.headers, peer)
+            .map_err(IntoResponse::into_response)
     }
 }
 
@@ -141,15 +142,15 @@ impl ConnectParams {
         uri: &Uri,
         headers: &HeaderMap,
         peer: SocketAddr,
-    ) -> Result<Self, Response> {
+    ) -> Result<Self, BadConnect> {
         let lobby = match lobby {
             None => None,
             Some(value) => Some(LobbyCode::parse(value).map_err(|_| {
-                bad_request("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]")
+                BadConnect("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]")
             })?),
         };
         let query = Query::<ConnectQuery>::try_from_uri(uri)
-            .map_err(|_| bad_request("invalid query string (since must be an integer)"))?;
+            .map_err(|_| BadConnect("invalid query string (since must be an integer)"))?;
         let last_event_id = || {
             let id = headers.get("last-event-id")?.to_str().ok()?;
             let (epoch, offset) = id.rsplit_once(':')?;
@@ -165,7 +166,7 @@ impl ConnectParams {
                 last_event_id().or(Some(crate::history::Recovery { since, epoch }))
             }
             (None, None) => last_event_id(),
-            _ => return Err(bad_request("since and epoch go together")),
+            _ => return Err(BadConnect("since and epoch go together")),
         };
         let bearer = || {
             headers
@@ -184,10 +185,10 @@ impl ConnectParams {
         let mut lobbies = Vec::new();
         for code in query.0.lobbies.iter().flat_map(|l| l.split(',')) {
             let lobby = LobbyCode::parse(code).map_err(|_| {
-                bad_request("invalid lobby code in lobbies=: 1-64 characters of [A-Za-z0-9_.:-]")
+                BadConnect("invalid lobby code in lobbies=: 1-64 characters of [A-Za-z0-9_.:-]")
             })?;
             if lobbies.len() == MAX_LISTED_LOBBIES {
-                return Err(bad_request("too many lobbies in lobbies="));
+                return Err(BadConnect("too many lobbies in lobbies="));
             }
             let recovery = positions
                 .iter()
@@ -208,6 +209,17 @@ impl ConnectParams {
             recovery,
             lobbies,
         })
+    }
+}
+
+/// A connect request that does not parse (a malformed lobby code, query or recovery): 400
+/// with this text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadConnect(pub &'static str);
+
+impl IntoResponse for BadConnect {
+    fn into_response(self) -> Response {
+        bad_request(self.0)
     }
 }
 
