@@ -6,6 +6,11 @@
 # valgrind); the release profile keeps line tables (debug = 1).
 #
 #   bench/profile-issue20.sh [stat] [perf] [callgrind]       (all by default)
+#   bench/profile-issue20.sh connect cgconnect                (connects only: perf stat of
+#                                                             the 10k storm, callgrind window)
+#
+# SB=path/to/switchboard runs another build (e.g. main's, for a before/after in one run),
+# PROFILE_OUT=dir writes elsewhere, CONNECT_SERVERS="switchboard" leaves Bun out of `connect`.
 #
 # Writes bench/results/raw/profile-issue20/: perf-*.data and perf-*.txt (perf report, flat and
 # by caller), callgrind.out.* and callgrind-*.txt (callgrind_annotate), summary.txt.
@@ -13,11 +18,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WHAT=${*:-stat perf callgrind}
-OUT=bench/results/raw/profile-issue20
+OUT=${PROFILE_OUT:-bench/results/raw/profile-issue20}
 mkdir -p "$OUT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH=$TARGET/release/switchboard-bench
-SB=$TARGET/release/switchboard
+SB=${SB:-$TARGET/release/switchboard}
 PORT=18500
 IP_BASE=110
 SB_ENV=()
@@ -146,6 +151,13 @@ if [[ " $WHAT " == *" stat "* ]]; then
     python3 bench/perf_stat_table.py "$OUT" > "$OUT/stat-${STAT_TAG:-latest}.md"
 fi
 
+if [[ " $WHAT " == *" connect "* ]]; then
+    for s in ${CONNECT_SERVERS:-switchboard bun}; do
+        stat_one "$s" connect idle --conns 10000 --lobbies 100 --hold 1 --settle 0 --concurrency 100
+    done
+    python3 bench/perf_stat_table.py "$OUT" > "$OUT/stat-${STAT_TAG:-latest}.md"
+fi
+
 if [[ " $WHAT " == *" perf "* ]]; then
     perf_pair switchboard
     perf_pair bun
@@ -154,9 +166,11 @@ fi
 # callgrind: Switchboard only (Bun's JIT does not run usefully under valgrind). The window is
 # zeroed with callgrind_control once the members are in and dumped at the end, so it holds
 # the deliveries (and the publisher's reads), not the connects.
-if [[ " $WHAT " == *" callgrind "* ]]; then
-    VG=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no --callgrind-out-file="$OUT/callgrind.out.%p")
+VG=(valgrind --tool=callgrind --dump-instr=no --collect-jumps=no --callgrind-out-file="$OUT/callgrind.out.%p")
+if [[ " $WHAT " == *" callgrind "* || " $WHAT " == *" cgconnect "* ]]; then
     rm -f "$OUT"/callgrind.out.*
+fi
+if [[ " $WHAT " == *" callgrind "* ]]; then
     # per delivery: 30 broadcasts to 1,000 members at 3/s, each delivery its own wakeup and write
     start switchboard "$OUT/cg-fanout.server.log" "${VG[@]}"
     bench "$OUT/cg-fanout" fanout --members 1000 --rate 3 --duration 10 --drain-secs 3 --payload 100 --concurrency 20 --connect-timeout 60
@@ -166,6 +180,8 @@ if [[ " $WHAT " == *" callgrind "* ]]; then
     wait "$BENCH_PID" || true
     callgrind_control -d fanout "$SERVER_PID" > /dev/null
     cleanup
+fi
+if [[ " $WHAT " == *" callgrind "* || " $WHAT " == *" cgconnect "* ]]; then
     # per connect: 2,000 connections (upgrade, admission, welcome)
     start switchboard "$OUT/cg-connect.server.log" "${VG[@]}"
     callgrind_control -z "$SERVER_PID" > /dev/null

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde_json::json;
 use switchboard::axum::{ConnectParams, WsConnect};
 use switchboard::sse::SsePostError;
+use switchboard::ws::Upgrade;
 use switchboard::{ConnectRequest, DisconnectReason};
 
 use crate::proxy::{ConnectAttempt, ProxyError};
@@ -145,7 +146,18 @@ async fn authorize(
 
 async fn ws(State(state): State<AppState>, connect: WsConnect, headers: HeaderMap) -> Response {
     let (upgrade, params) = connect.into_parts();
-    match authorize(&state, params, &headers, "websocket").await {
+    answer_upgrade(&state, upgrade, params, &headers).await
+}
+
+/// The answer to a WebSocket connect request that passed the handshake checks, whichever
+/// way it came in (the router, or `serve`'s own reading of upgrade heads).
+pub(crate) async fn answer_upgrade(
+    state: &AppState,
+    upgrade: Upgrade,
+    params: ConnectParams,
+    headers: &HeaderMap,
+) -> Response {
+    match authorize(state, params, headers, "websocket").await {
         Ok(request) => state.manager.accept(upgrade, request),
         Err(Refusal::ForeignOrigin) => forbidden_origin(),
         Err(Refusal::Close(reason)) => state.manager.refuse(upgrade, reason),

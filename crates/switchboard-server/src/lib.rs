@@ -36,6 +36,7 @@ mod body;
 pub mod cli;
 pub mod config;
 pub mod handler;
+mod lean;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;
@@ -163,6 +164,7 @@ pub async fn run(
     let mut servers = tokio::task::JoinSet::new();
     let public = app::public_routes(state.clone());
     let timeline = state.timeline.clone();
+    let upgrades = state.clone();
     let admin = app::admin_routes(state);
     let bounds = serve::Bounds {
         head_timeout: config.handshake_timeout,
@@ -184,12 +186,14 @@ pub async fn run(
             servers.spawn(serve::serve(
                 listeners.public,
                 public,
+                Some(upgrades.clone()),
                 bounds,
                 stop_http.clone(),
             ));
             servers.spawn(serve::serve(
                 admin_listener,
                 admin,
+                None,
                 bounds,
                 stop_http.clone(),
             ));
@@ -199,6 +203,7 @@ pub async fn run(
             servers.spawn(serve::serve(
                 listeners.public,
                 both,
+                Some(upgrades),
                 bounds,
                 stop_http.clone(),
             ));

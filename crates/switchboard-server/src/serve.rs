@@ -3,20 +3,30 @@
 //! have not upgraded (so a crowd of slow requests cannot use up the file descriptors the
 //! established WebSockets and the next upgrades need), and a graceful stop.
 //!
-//! `axum::serve` has no request-head timeout; this is the same hyper stack with one.
+//! `axum::serve` has no request-head timeout; this is the same hyper stack with one. On the
+//! public listener the head is read here first: a WebSocket upgrade is answered without hyper
+//! and axum's router (`lean`), in the task that then serves it; anything else goes to hyper
+//! with the bytes already read.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::app::AppState;
+use crate::lean;
 
 /// The answer to a connection over the `http.max_pending` cap, written without waiting.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
@@ -36,10 +46,12 @@ pub(crate) struct Bounds {
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled, then lets in-flight HTTP requests
-/// finish (upgraded WebSockets are the manager's, not ours) and returns.
+/// finish (upgraded WebSockets are the manager's, not ours) and returns. With `upgrades`, the
+/// listener's WebSocket upgrades are answered without hyper (see `lean`).
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    upgrades: Option<AppState>,
     bounds: Bounds,
     stop: CancellationToken,
 ) {
@@ -77,13 +89,32 @@ pub(crate) async fn serve(
             router.clone().oneshot(request)
         });
         let stop = stop.clone();
-        connections.spawn(async move {
+        let upgrades = upgrades.clone();
+        // Tracked until the request is answered or upgraded: the WebSocket it may become is
+        // the manager's.
+        let token = connections.token();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + bounds.head_timeout;
+            let (tcp, read) = match &upgrades {
+                None => (tcp, Vec::new()),
+                Some(state) => {
+                    match lean::accept(tcp, peer, state, deadline, MAX_HEAD_BYTES, &stop).await {
+                        lean::Outcome::Upgraded(serving) => {
+                            drop((permit, token));
+                            serving.await;
+                            return;
+                        }
+                        lean::Outcome::Done => return,
+                        lean::Outcome::Hyper(tcp, read) => (tcp, read),
+                    }
+                }
+            };
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(bounds.head_timeout)
                 .max_header_size(MAX_HEAD_BYTES)
                 .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(tcp), service)
+                .serve_connection(TokioIo::new(Rewind { read, at: 0, tcp }), service)
                 .with_upgrades();
             tokio::pin!(connection);
             tokio::select! {
@@ -93,9 +124,67 @@ pub(crate) async fn serve(
                     let _ = connection.await;
                 }
             }
-            drop(permit);
+            drop((permit, token));
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// A TCP stream with the bytes already read from it in front.
+struct Rewind {
+    read: Vec<u8>,
+    at: usize,
+    tcp: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.at < this.read.len() {
+            let n = (this.read.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                this.read = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }

@@ -320,3 +320,113 @@ async fn pongs_a_client_does_not_read_are_bounded() {
     assert!(sent < 60_000, "the server read every ping: {sent}");
     all_clean(&server).await;
 }
+
+/// Reads a response head (up to the blank line).
+async fn read_head(tcp: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0];
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut byte))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// The server reads upgrade heads itself (not through hyper, which would add `date`), and
+/// `welcome` follows the 101.
+#[tokio::test]
+async fn an_upgrade_is_answered_by_the_lean_path_and_welcome_follows() {
+    let server = server(|_| {}).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(upgrade_request(server.addr, "lean").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut tcp).await.to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("upgrade: websocket\r\n"), "{head}");
+    assert!(!head.contains("date:"), "answered by hyper: {head}");
+    let (opcode, welcome) = read_frame(&mut tcp).await;
+    assert_eq!(opcode, 1);
+    let welcome: Value = serde_json::from_slice(&welcome).unwrap();
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["user_id"], "lean");
+}
+
+/// A request head that arrives in pieces (a byte at a time at first) is still an upgrade.
+#[tokio::test]
+async fn a_request_head_split_over_several_writes_is_upgraded() {
+    let server = server(|_| {}).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let request = upgrade_request(server.addr, "split").into_bytes();
+    let (first, rest) = request.split_at(10);
+    for byte in first {
+        tcp.write_all(&[*byte]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (middle, last) = rest.split_at(rest.len() - 3);
+    tcp.write_all(middle).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    tcp.write_all(last).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (opcode, welcome) = read_frame(&mut tcp).await;
+    assert_eq!(opcode, 1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&welcome).unwrap()["type"],
+        "welcome"
+    );
+}
+
+/// Requests that are not plain upgrades go to hyper and the router with the bytes already
+/// read: pipelined requests on one connection, and upgrades the lean path leaves alone.
+#[tokio::test]
+async fn requests_the_lean_path_leaves_alone_reach_the_router() {
+    let server = server(|_| {}).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let two = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    tcp.write_all(two.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer}");
+    // A percent-encoded lobby: the router decodes it, and refuses it as before.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let request = upgrade_request(server.addr, "a").replace("/ws/l1", "/ws/l%201");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // Protocol v1 without a lobby: 400 from `Manager::accept`, as before.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let request = upgrade_request(server.addr, "a").replace("/ws/l1", "/ws");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(server.manager.stats().total_connections, 0);
+}
+
+/// A foreign `Origin` on the lean path: 403 with its text, and the connection closed.
+#[tokio::test]
+async fn a_foreign_origin_is_refused_with_403_on_the_lean_path() {
+    let server = server(|_| {}).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let request = upgrade_request(server.addr, "a")
+        .replace("\r\n\r\n", "\r\nOrigin: https://evil.example\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\norigin not allowed"), "{answer}");
+    assert_eq!(server.manager.stats().total_connections, 0);
+}

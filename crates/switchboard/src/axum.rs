@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Query, RawPathParams};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -113,20 +113,46 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         // A route without parameters has no `{lobby}`: the request names none.
         let params = RawPathParams::from_request_parts(parts, state).await.ok();
-        let lobby = match params
+        let lobby = params
             .iter()
             .flat_map(|p| p.iter())
             .find(|(name, _)| *name == "lobby")
-        {
+            .map(|(_, value)| value);
+        let ConnectInfo(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .cloned()
+            .ok_or_else(|| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "serve the app with into_make_service_with_connect_info::<SocketAddr>()",
+                )
+                    .into_response()
+            })?;
+        Self::from_head(lobby, &parts.uri, &parts.headers, peer)
+            .map_err(IntoResponse::into_response)
+    }
+}
+
+impl ConnectParams {
+    /// The same, from a request head read without axum's router: `lobby` is the path's
+    /// `{lobby}` segment, if the route has one.
+    pub fn from_head(
+        lobby: Option<&str>,
+        uri: &Uri,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<Self, BadConnect> {
+        let lobby = match lobby {
             None => None,
-            Some((_, value)) => Some(LobbyCode::parse(value).map_err(|_| {
-                bad_request("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]")
+            Some(value) => Some(LobbyCode::parse(value).map_err(|_| {
+                BadConnect("invalid lobby code: 1-64 characters of [A-Za-z0-9_.:-]")
             })?),
         };
-        let query = Query::<ConnectQuery>::try_from_uri(&parts.uri)
-            .map_err(|_| bad_request("invalid query string (since must be an integer)"))?;
+        let query = Query::<ConnectQuery>::try_from_uri(uri)
+            .map_err(|_| BadConnect("invalid query string (since must be an integer)"))?;
         let last_event_id = || {
-            let id = parts.headers.get("last-event-id")?.to_str().ok()?;
+            let id = headers.get("last-event-id")?.to_str().ok()?;
             let (epoch, offset) = id.rsplit_once(':')?;
             Some(crate::history::Recovery {
                 since: offset.parse().ok()?,
@@ -140,19 +166,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
                 last_event_id().or(Some(crate::history::Recovery { since, epoch }))
             }
             (None, None) => last_event_id(),
-            _ => return Err(bad_request("since and epoch go together")),
+            _ => return Err(BadConnect("since and epoch go together")),
         };
         let bearer = || {
-            parts
-                .headers
+            headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.split_once(' '))
                 .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                 .map(|(_, token)| token.trim().to_owned())
         };
-        let positions = parts
-            .headers
+        let positions = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .filter(|id| id.contains('='))
@@ -161,10 +185,10 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
         let mut lobbies = Vec::new();
         for code in query.0.lobbies.iter().flat_map(|l| l.split(',')) {
             let lobby = LobbyCode::parse(code).map_err(|_| {
-                bad_request("invalid lobby code in lobbies=: 1-64 characters of [A-Za-z0-9_.:-]")
+                BadConnect("invalid lobby code in lobbies=: 1-64 characters of [A-Za-z0-9_.:-]")
             })?;
             if lobbies.len() == MAX_LISTED_LOBBIES {
-                return Err(bad_request("too many lobbies in lobbies="));
+                return Err(BadConnect("too many lobbies in lobbies="));
             }
             let recovery = positions
                 .iter()
@@ -173,19 +197,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
             lobbies.push((lobby, recovery));
         }
         let token = query.0.token.or_else(bearer);
-        let ConnectInfo(peer) = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .cloned()
-            .ok_or_else(|| {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "serve the app with into_make_service_with_connect_info::<SocketAddr>()",
-                )
-                    .into_response()
-            })?;
-        let origin = parts
-            .headers
+        let origin = headers
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
@@ -197,6 +209,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ConnectParams {
             recovery,
             lobbies,
         })
+    }
+}
+
+/// A connect request that does not parse (a malformed lobby code, query or recovery): 400
+/// with this text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadConnect(pub &'static str);
+
+impl IntoResponse for BadConnect {
+    fn into_response(self) -> Response {
+        bad_request(self.0)
     }
 }
 

@@ -67,14 +67,19 @@ pub(crate) struct Socket {
     peer_close: Option<Option<u16>>,
     /// permessage-deflate, if it was negotiated (beside `peer_close`: in its padding).
     deflate: Option<Deflate>,
+    /// `unsent` holds the 101 answer, not tried yet: it goes out with the first frames
+    /// (`welcome`), in one write.
+    preface: bool,
 }
 
 impl Socket {
-    pub(crate) fn new(io: Upgraded, max_message: usize, deflate: Option<Deflate>) -> Self {
+    pub(crate) fn new(mut io: Upgraded, max_message: usize, deflate: Option<Deflate>) -> Self {
+        let unsent = io.take_preface();
         Self {
             io,
             decoder: Decoder::new(max_message).with_deflate(deflate.is_some()),
-            unsent: Vec::new(),
+            preface: !unsent.is_empty(),
+            unsent,
             peer_close: None,
             deflate,
         }
@@ -175,7 +180,7 @@ impl Socket {
         shared: &Arc<Shared>,
     ) -> Result<(), ()> {
         loop {
-            while !self.unsent.is_empty() {
+            while !self.preface && !self.unsent.is_empty() {
                 match Pin::new(&mut self.io).poll_write(cx, &self.unsent) {
                     Poll::Ready(Ok(0) | Err(_)) => return Err(()),
                     Poll::Ready(Ok(n)) => drop(self.unsent.drain(..n)),
@@ -187,7 +192,7 @@ impl Socket {
                 }
             }
             conn.set_blocked(false);
-            if self.unsent.capacity() > 0 {
+            if !self.preface && self.unsent.capacity() > 0 {
                 self.unsent = Vec::new();
             }
             let (mut frames, mut bytes) = (0, 0);
@@ -202,13 +207,21 @@ impl Socket {
             let taken = conn.poll_take(cx, MAX_BATCH, WRITE_BATCH_BYTES, |m| batch.push(m));
             let written = with_write_buffer(|buf| {
                 buf.clear();
-                let Poll::Ready(taken) = taken else {
-                    return Ok(false);
-                };
-                for message in batch.drain(..) {
-                    bytes += compress.encode(buf, &message);
+                if std::mem::take(&mut self.preface) {
+                    // The 101 first, then the frames, in one write.
+                    buf.append(&mut self.unsent);
+                    self.unsent = Vec::new();
                 }
-                frames = taken as u64;
+                match taken {
+                    Poll::Ready(taken) => {
+                        for message in batch.drain(..) {
+                            bytes += compress.encode(buf, &message);
+                        }
+                        frames = taken as u64;
+                    }
+                    Poll::Pending if buf.is_empty() => return Ok(false),
+                    Poll::Pending => {}
+                }
                 let mut at = 0;
                 while at < buf.len() {
                     match Pin::new(&mut self.io).poll_write(cx, &buf[at..]) {

@@ -76,9 +76,33 @@ pub(crate) struct Hub {
     pressure_out: std::sync::OnceLock<PressureOut>,
 }
 
+/// Hashes the registry's own connection numbers (never a client's input, so no need for
+/// SipHash's resistance to chosen keys): one multiplication (Fibonacci hashing), whose low bits
+/// spread sequential numbers over the table and high bits fill hashbrown's tags.
+#[derive(Debug, Default, Clone, Copy)]
+struct SeqHasher(u64);
+
+impl std::hash::Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type SeqMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<SeqHasher>>;
+
 #[derive(Debug, Default)]
 struct Registry {
-    conns: HashMap<u64, Entry>,
+    conns: SeqMap<Entry>,
     users: HashMap<UserId, Vec<u64>>,
     lobbies: HashMap<LobbyCode, Lobby>,
     ips: HashMap<IpAddr, usize>,

@@ -11,4 +11,6 @@ pub mod deflate;
 pub mod frame;
 mod upgrade;
 
-pub use upgrade::{Upgrade, UpgradeRejection, Upgraded};
+pub use upgrade::{
+    ConnectionFuture, Handshake, Upgrade, UpgradeRejection, Upgraded, response_head,
+};

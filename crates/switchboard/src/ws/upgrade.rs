@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::extract::FromRequestParts;
@@ -19,7 +20,7 @@ use super::deflate::{self, Deflate};
 /// A valid WebSocket upgrade request, waiting for its answer.
 #[derive(Debug)]
 pub struct Upgrade {
-    on_upgrade: OnUpgrade,
+    handoff: Handoff,
     key: HeaderValue,
     protocols: Option<HeaderValue>,
     /// The client's permessage-deflate offer the server can honour, if any.
@@ -57,65 +58,73 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// What the handshake checks keep: the key, the offered subprotocols, the deflate offer.
+type Checked = (HeaderValue, Option<HeaderValue>, Option<Deflate>);
+
+/// The handshake checks of RFC 6455 4.2.1 on a request's method and headers.
+fn check(method: &Method, headers: &HeaderMap) -> Result<Checked, UpgradeRejection> {
+    if method != Method::GET {
+        return Err(reject(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "a WebSocket upgrade is a GET",
+        ));
+    }
+    if !header_has(headers, header::CONNECTION, "upgrade") {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "`Connection` must include `upgrade`",
+        ));
+    }
+    if !header_has(headers, header::UPGRADE, "websocket") {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "`Upgrade` must be `websocket`",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Version` must be 13",
+        ));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .cloned()
+        .ok_or(reject(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` is missing",
+        ))?;
+    if !is_valid_key(key.as_bytes()) {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "`Sec-WebSocket-Key` must be 16 bytes in base64",
+        ));
+    }
+    let protocols = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
+    let offered = deflate::negotiate(
+        headers
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    Ok((key, protocols, offered))
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     type Rejection = UpgradeRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        if parts.method != Method::GET {
-            return Err(reject(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "a WebSocket upgrade is a GET",
-            ));
-        }
-        let headers = &parts.headers;
-        if !header_has(headers, header::CONNECTION, "upgrade") {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                "`Connection` must include `upgrade`",
-            ));
-        }
-        if !header_has(headers, header::UPGRADE, "websocket") {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                "`Upgrade` must be `websocket`",
-            ));
-        }
-        if headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .map(HeaderValue::as_bytes)
-            != Some(b"13")
-        {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                "`Sec-WebSocket-Version` must be 13",
-            ));
-        }
-        let key = headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .cloned()
-            .ok_or(reject(
-                StatusCode::BAD_REQUEST,
-                "`Sec-WebSocket-Key` is missing",
-            ))?;
-        if !is_valid_key(key.as_bytes()) {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                "`Sec-WebSocket-Key` must be 16 bytes in base64",
-            ));
-        }
-        let protocols = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
-        let offered = deflate::negotiate(
-            headers
-                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
+        let (key, protocols, offered) = check(&parts.method, &parts.headers)?;
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(reject(
             StatusCode::UPGRADE_REQUIRED,
             "this connection cannot be upgraded (HTTP/1.1 with upgrades is required)",
         ))?;
         Ok(Self {
-            on_upgrade,
+            handoff: Handoff::Hyper(on_upgrade),
             key,
             protocols,
             offered,
@@ -124,7 +133,105 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     }
 }
 
+/// How the connection comes to the upgrade's callback.
+enum Handoff {
+    /// From hyper, once it has written the answer.
+    Hyper(OnUpgrade),
+    /// From the server that read the request head itself: the callback waits here for it
+    /// ([`Handshake::start`]).
+    Direct(Arc<Mutex<Option<Start>>>),
+}
+
+impl std::fmt::Debug for Handoff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Hyper(_) => "Hyper",
+            Self::Direct(_) => "Direct",
+        })
+    }
+}
+
+/// An accepted upgrade's callback, boxed for [`Handshake::start`].
+type Start = Box<dyn FnOnce(Upgraded) -> ConnectionFuture + Send>;
+
+/// The future that serves an upgraded connection (see [`Handshake::start`]).
+pub type ConnectionFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The server's side of an [`Upgrade`] made with [`Upgrade::from_head`]: after the answer,
+/// [`start`](Self::start) hands it the connection.
+pub struct Handshake {
+    slot: Arc<Mutex<Option<Start>>>,
+}
+
+impl std::fmt::Debug for Handshake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handshake")
+    }
+}
+
+impl Handshake {
+    /// After the answer to the upgrade (from `Manager::accept` or `refuse`): when it is the
+    /// 101, the future that writes it (together with the first frames the connection sends,
+    /// in one write) and serves the connection on `io`, `early` being what the client sent
+    /// after its request head. Otherwise `io` back, for the server to write the answer.
+    pub fn start(
+        self,
+        response: &Response,
+        io: TcpStream,
+        early: &[u8],
+    ) -> Result<ConnectionFuture, TcpStream> {
+        let start = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match start {
+            Some(start) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                Ok(start(Upgraded {
+                    io: Io::Tcp(io),
+                    early: Bytes::copy_from_slice(early),
+                    preface: response_head(response),
+                }))
+            }
+            _ => Err(io),
+        }
+    }
+}
+
+/// A response's status line and headers, as HTTP/1.1 writes them.
+pub fn response_head<B>(response: &axum::http::Response<B>) -> Vec<u8> {
+    let mut head = Vec::with_capacity(160);
+    let status = response.status();
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in response.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
 impl Upgrade {
+    /// An upgrade for a request head the server read itself (not through hyper): the same
+    /// checks and rejections as the extractor; the connection is handed over with the
+    /// returned [`Handshake`] once the upgrade is answered.
+    pub fn from_head(
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Result<(Self, Handshake), UpgradeRejection> {
+        let (key, protocols, offered) = check(method, headers)?;
+        let slot = Arc::new(Mutex::new(None));
+        let upgrade = Self {
+            handoff: Handoff::Direct(slot.clone()),
+            key,
+            protocols,
+            offered,
+            deflate: None,
+        };
+        Ok((upgrade, Handshake { slot }))
+    }
+
     /// Whether the client offered `protocol` in `Sec-WebSocket-Protocol`.
     pub fn offers(&self, protocol: &str) -> bool {
         self.protocols
@@ -157,14 +264,21 @@ impl Upgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let echo = self.offers(protocol);
-        let on_upgrade = self.on_upgrade;
         let deflate = self.deflate;
-        tokio::spawn(async move {
-            match on_upgrade.await {
-                Ok(upgraded) => callback(Upgraded::new(upgraded)).await,
-                Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+        match self.handoff {
+            Handoff::Hyper(on_upgrade) => {
+                tokio::spawn(async move {
+                    match on_upgrade.await {
+                        Ok(upgraded) => callback(Upgraded::new(upgraded)).await,
+                        Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+                    }
+                });
             }
-        });
+            Handoff::Direct(slot) => {
+                let start: Start = Box::new(move |io| Box::pin(callback(io)));
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
+            }
+        }
         let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
         let mut response = Response::new(axum::body::Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -194,6 +308,8 @@ impl Upgrade {
 pub struct Upgraded {
     io: Io,
     early: Bytes,
+    /// The 101 answer when the server writes it itself: sent with the first frames.
+    preface: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -209,12 +325,19 @@ impl Upgraded {
                 io: Io::Tcp(parts.io.into_inner()),
                 // A copy: hyper's `read_buf` keeps its whole read buffer (8 KiB) alive.
                 early: Bytes::copy_from_slice(&parts.read_buf),
+                preface: Vec::new(),
             },
             Err(upgraded) => Self {
                 io: Io::Other(TokioIo::new(upgraded)),
                 early: Bytes::new(),
+                preface: Vec::new(),
             },
         }
+    }
+
+    /// The answer still to be written before anything else (empty when hyper wrote it).
+    pub(crate) fn take_preface(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.preface)
     }
 }
 
