@@ -213,6 +213,30 @@ impl ConnHandle {
         self.outbox.offer(frame.into(), false)
     }
 
+    /// Offers a broadcast: inside a corked batch on this thread ([`crate::cork`]) it is
+    /// queued quietly and the connection woken once when the batch ends, however many
+    /// broadcasts the batch brings it; outside one, as [`offer`](Self::offer).
+    pub(crate) fn offer_broadcast(self: &Arc<Self>, frame: impl Into<Outgoing>) -> Offer {
+        if !crate::cork::corked() {
+            return self.offer(frame);
+        }
+        let (offer, list) = self.outbox.offer_listed(frame.into());
+        if list {
+            crate::cork::list(self);
+        }
+        offer
+    }
+
+    /// The corked batch that listed this connection ended: wakes the task unless it has
+    /// taken the frames meanwhile.
+    pub(crate) fn wake_listed(&self) {
+        let mut state = lock(&self.outbox.state);
+        state.listed = false;
+        if state.unannounced {
+            state.wake();
+        }
+    }
+
     /// Queues a frame even on a full queue and wakes the task. Its callers bound how far past
     /// capacity it goes: a lost catch-up's `recovered` (once per lobby), the health pings (two
     /// a ping period, until the connection answers or is closed).
@@ -221,7 +245,7 @@ impl ConnHandle {
         if state.shut {
             return Offer::Closed;
         }
-        state.frames.push_back(frame.into());
+        state.push_back(frame.into());
         state.wake();
         Offer::Queued
     }
@@ -458,10 +482,17 @@ struct Outbox {
 
 #[derive(Debug, Default)]
 struct OutboxState {
-    frames: VecDeque<Outgoing>,
+    /// The oldest queued frame, kept inline: a queue of one (the common case, a frame then
+    /// its write) neither allocates nor frees. `None` only while `rest` is empty too.
+    head: Option<Outgoing>,
+    /// The frames behind `head`, oldest first; allocated only while two or more wait.
+    rest: VecDeque<Outgoing>,
     waker: Option<Waker>,
     /// Frames were queued quietly and the task was not woken for them yet.
     unannounced: bool,
+    /// The connection is on a corked batch's wake list ([`crate::cork`]): it is woken once
+    /// at the batch's end, not by each offer in it.
+    listed: bool,
     shut: bool,
 }
 
@@ -472,6 +503,38 @@ impl OutboxState {
             waker.wake_by_ref();
         }
     }
+
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn front(&self) -> Option<&Outgoing> {
+        self.head.as_ref()
+    }
+
+    fn push_back(&mut self, frame: Outgoing) {
+        if self.head.is_none() {
+            self.head = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Outgoing> {
+        let front = self.head.take()?;
+        self.head = self.rest.pop_front();
+        Some(front)
+    }
+
+    /// Drops every queued frame and gives the queue's memory back.
+    fn clear(&mut self) {
+        self.head = None;
+        self.rest = VecDeque::new();
+    }
 }
 
 impl Outbox {
@@ -480,7 +543,6 @@ impl Outbox {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .frames
             .len()
     }
 
@@ -498,17 +560,40 @@ impl Outbox {
         if state.shut {
             return (Offer::Closed, false);
         }
-        if state.frames.len() >= self.capacity {
+        if state.len() >= self.capacity {
             return (Offer::Full, false);
         }
-        state.frames.push_back(frame);
-        let first = state.frames.len() == 1;
+        let first = state.is_empty();
+        state.push_back(frame);
         if wake && (first || state.unannounced) {
             state.wake();
         } else if first {
             state.unannounced = true;
         }
         (Offer::Queued, first)
+    }
+
+    /// Queues a frame without waking; `true` when the task needs a wake for it and the
+    /// connection is not on a wake list yet (the caller lists it).
+    fn offer_listed(&self, frame: Outgoing) -> (Offer, bool) {
+        let mut state = lock(&self.state);
+        if state.shut {
+            return (Offer::Closed, false);
+        }
+        if state.len() >= self.capacity {
+            return (Offer::Full, false);
+        }
+        let first = state.is_empty();
+        state.push_back(frame);
+        if !(first || state.unannounced) {
+            // The task was woken for what is queued and has not taken it yet: it takes this
+            // frame with the rest.
+            return (Offer::Queued, false);
+        }
+        state.unannounced = true;
+        let list = !state.listed;
+        state.listed = true;
+        (Offer::Queued, list)
     }
 
     fn poll_take(
@@ -519,7 +604,7 @@ impl Outbox {
         take: impl FnMut(Outgoing),
     ) -> Poll<usize> {
         let mut state = lock(&self.state);
-        if state.frames.is_empty() {
+        if state.is_empty() {
             store_waker(&mut state.waker, cx.waker());
             return Poll::Pending;
         }
@@ -539,28 +624,35 @@ impl Outbox {
     ) -> usize {
         let (mut n, mut bytes) = (0, 0usize);
         while n < max {
-            let Some(next) = state.frames.front() else {
+            let Some(next) = state.front() else {
                 break;
             };
             bytes = bytes.saturating_add(payload_len(next));
             if n > 0 && bytes > max_bytes {
                 break;
             }
-            take(state.frames.pop_front().expect("a front frame"));
+            take(state.pop_front().expect("a front frame"));
             n += 1;
         }
-        // Nothing is kept while idle: a drained queue gives its memory back.
-        if state.frames.is_empty() {
-            state.frames = VecDeque::new();
+        // Nothing is kept while idle: a drained queue gives its memory back (none was taken
+        // for a queue of one).
+        if state.is_empty() {
+            if state.rest.capacity() > 0 {
+                state.rest = VecDeque::new();
+            }
             state.unannounced = false;
         }
         n
     }
 
     fn take_all(&self, take: impl FnMut(Message)) {
-        let frames = std::mem::take(&mut lock(&self.state).frames);
-        frames
-            .into_iter()
+        let (head, rest) = {
+            let mut state = lock(&self.state);
+            state.unannounced = false;
+            (state.head.take(), std::mem::take(&mut state.rest))
+        };
+        head.into_iter()
+            .chain(rest)
             .map(Outgoing::into_message)
             .for_each(take);
     }
@@ -576,7 +668,7 @@ impl Outbox {
     fn shut(&self) {
         let mut state = lock(&self.state);
         state.shut = true;
-        state.frames = VecDeque::new();
+        state.clear();
         state.waker = None;
     }
 }
@@ -725,6 +817,162 @@ mod tests {
             "a larger frame goes alone"
         );
         assert_eq!(conn.take_batch(8, 8, |_| {}), 0);
+    }
+
+    /// What the queue holds beyond its inline slot, in allocated slots.
+    fn spilled(conn: &ConnHandle) -> usize {
+        lock(&conn.outbox.state).rest.capacity()
+    }
+
+    #[test]
+    fn a_queue_of_one_allocates_nothing_and_order_and_bound_hold_past_it() {
+        let (conn, _) = handle(1, 3);
+        for round in 0..3 {
+            assert_eq!(conn.offer(frame("only")), Offer::Queued);
+            assert_eq!(spilled(&conn), 0, "round {round}: one frame stays inline");
+            let mut got = Vec::new();
+            assert_eq!(conn.take_batch(8, 1024, |m| got.push(m)), 1);
+            assert_eq!(conn.queued(), 0);
+            assert_eq!(spilled(&conn), 0);
+        }
+        // Past one the rest spills, in order, up to the same bound.
+        for text in ["1", "2", "3"] {
+            assert_eq!(conn.offer(frame(text)), Offer::Queued);
+        }
+        assert_eq!(
+            conn.offer(frame("4")),
+            Offer::Full,
+            "capacity counts the inline slot"
+        );
+        assert_eq!(conn.queued(), 3);
+        assert!(spilled(&conn) > 0);
+        // Taken partly, then offered again: the order holds across the inline slot.
+        assert_eq!(conn.take_batch(1, 1024, |_| {}), 1);
+        assert_eq!(conn.offer(frame("5")), Offer::Queued);
+        assert_eq!(conn.offer(frame("6")), Offer::Full);
+        assert_eq!(drain(&conn), ["2", "3", "5"]);
+        // Drained through the task's own path: the spilled memory is given back.
+        for text in ["a", "b"] {
+            conn.offer(frame(text));
+        }
+        assert_eq!(conn.take_batch(8, 1024, |_| {}), 2);
+        assert_eq!(spilled(&conn), 0, "a drained queue holds no memory");
+        assert!(lock(&conn.outbox.state).head.is_none());
+        conn.offer(frame("x"));
+        conn.offer(frame("y"));
+        conn.shut();
+        assert_eq!(spilled(&conn), 0, "a shut queue holds no memory");
+        assert_eq!(conn.queued(), 0);
+    }
+
+    #[test]
+    fn corked_broadcasts_wake_a_member_once_at_the_end_of_the_batch() {
+        let (a, woken_a) = handle(1, 8);
+        let (b, woken_b) = handle(2, 8);
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        {
+            let _batch = crate::cork::cork();
+            for n in 0..3 {
+                assert_eq!(a.offer_broadcast(frame(&format!("a{n}"))), Offer::Queued);
+            }
+            assert_eq!(b.offer_broadcast(frame("b0")), Offer::Queued);
+            assert_eq!(
+                (woken_a.get(), woken_b.get()),
+                (0, 0),
+                "nobody is woken inside the batch"
+            );
+            // A nested batch (a dispatch inside a dispatch) does not end the outer one.
+            drop(crate::cork::cork());
+            assert_eq!(woken_a.get(), 0);
+        }
+        assert_eq!((woken_a.get(), woken_b.get()), (1, 1), "one wake each");
+        assert_eq!(drain(&a), ["a0", "a1", "a2"]);
+        assert_eq!(drain(&b), ["b0"]);
+        // Outside a batch a broadcast wakes at once (the HTTP API's publish).
+        assert_eq!(a.offer_broadcast(frame("now")), Offer::Queued);
+        assert_eq!(woken_a.get(), 2);
+    }
+
+    #[test]
+    fn a_corked_member_that_took_its_frames_meanwhile_is_not_woken_again() {
+        let (a, woken) = handle(1, 8);
+        let a = Arc::new(a);
+        {
+            let _batch = crate::cork::cork();
+            a.offer_broadcast(frame("1"));
+            // Its task, on another thread, writes it before the batch ends.
+            assert_eq!(a.take_batch(8, 1024, |_| {}), 1);
+            // Offered again in the same batch: listed once, woken once.
+            a.offer_broadcast(frame("2"));
+            a.offer_broadcast(frame("3"));
+        }
+        assert_eq!(woken.get(), 1);
+        assert_eq!(drain(&a), ["2", "3"]);
+        {
+            let _batch = crate::cork::cork();
+            a.offer_broadcast(frame("4"));
+            assert_eq!(a.take_batch(8, 1024, |_| {}), 1);
+        }
+        assert_eq!(woken.get(), 1, "nothing left to announce");
+    }
+
+    #[test]
+    fn a_corked_broadcast_behind_quiet_events_still_wakes_at_the_batch_end() {
+        let (a, woken) = handle(1, 8);
+        let a = Arc::new(a);
+        // A join event waits for its batch delay, unannounced.
+        assert_eq!(a.offer_quietly(frame("event")), (Offer::Queued, true));
+        {
+            let _batch = crate::cork::cork();
+            a.offer_broadcast(frame("message"));
+            assert_eq!(woken.get(), 0);
+        }
+        assert_eq!(
+            woken.get(),
+            1,
+            "the broadcast does not wait for the event batch"
+        );
+        // Full and closed queues are not listed.
+        let (full, woken_full) = handle(2, 1);
+        let full = Arc::new(full);
+        full.offer(frame("x"));
+        {
+            let _batch = crate::cork::cork();
+            assert_eq!(full.offer_broadcast(frame("y")), Offer::Full);
+        }
+        assert_eq!(woken_full.get(), 1, "only the first offer's wake");
+        full.shut();
+        let _batch = crate::cork::cork();
+        assert_eq!(full.offer_broadcast(frame("z")), Offer::Closed);
+    }
+
+    #[test]
+    fn a_batch_that_ends_early_still_wakes_its_members() {
+        fn read_batch(members: &[Arc<ConnHandle>]) -> Result<(), &'static str> {
+            let _batch = crate::cork::cork();
+            for conn in members {
+                conn.offer_broadcast(frame("before the close"));
+            }
+            // The reading connection's next frame closes it: the dispatch returns early.
+            Err("closed mid-batch")?;
+            unreachable!()
+        }
+        let (a, woken) = handle(1, 8);
+        let a = Arc::new(a);
+        assert!(read_batch(std::slice::from_ref(&a)).is_err());
+        assert_eq!(woken.get(), 1);
+        assert!(!crate::cork::corked(), "the thread's batch ended");
+        // Even a panic in the dispatch ends the batch and wakes.
+        let (b, woken_b) = handle(2, 8);
+        let b = Arc::new(b);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _batch = crate::cork::cork();
+            b.offer_broadcast(frame("x"));
+            panic!("handler bug");
+        }));
+        assert!(caught.is_err());
+        assert_eq!(woken_b.get(), 1);
+        assert!(!crate::cork::corked());
     }
 
     #[test]
