@@ -213,18 +213,11 @@ impl ConnHandle {
         self.outbox.offer(frame.into(), false)
     }
 
-    /// Offers a broadcast: inside a corked batch on this thread ([`crate::cork`]) it is
-    /// queued quietly and the connection woken once when the batch ends, however many
-    /// broadcasts the batch brings it; outside one, as [`offer`](Self::offer).
-    pub(crate) fn offer_broadcast(self: &Arc<Self>, frame: impl Into<Outgoing>) -> Offer {
-        if !crate::cork::corked() {
-            return self.offer(frame);
-        }
-        let (offer, list) = self.outbox.offer_listed(frame.into());
-        if list {
-            crate::cork::list(self);
-        }
-        offer
+    /// Queues a broadcast without waking, for a corked batch (the `cork` module): `true`
+    /// when the task needs a wake for it and the connection is not listed yet (the caller
+    /// lists it, and calls [`wake_listed`](Self::wake_listed) when the batch ends).
+    pub(crate) fn offer_listed(&self, frame: impl Into<Outgoing>) -> (Offer, bool) {
+        self.outbox.offer_listed(frame.into())
     }
 
     /// The corked batch that listed this connection ended: wakes the task unless it has
@@ -490,7 +483,7 @@ struct OutboxState {
     waker: Option<Waker>,
     /// Frames were queued quietly and the task was not woken for them yet.
     unannounced: bool,
-    /// The connection is on a corked batch's wake list ([`crate::cork`]): it is woken once
+    /// The connection is on a corked batch's wake list (the `cork` module): it is woken once
     /// at the batch's end, not by each offer in it.
     listed: bool,
     shut: bool,
@@ -863,116 +856,6 @@ mod tests {
         conn.shut();
         assert_eq!(spilled(&conn), 0, "a shut queue holds no memory");
         assert_eq!(conn.queued(), 0);
-    }
-
-    #[test]
-    fn corked_broadcasts_wake_a_member_once_at_the_end_of_the_batch() {
-        let (a, woken_a) = handle(1, 8);
-        let (b, woken_b) = handle(2, 8);
-        let (a, b) = (Arc::new(a), Arc::new(b));
-        {
-            let _batch = crate::cork::cork();
-            for n in 0..3 {
-                assert_eq!(a.offer_broadcast(frame(&format!("a{n}"))), Offer::Queued);
-            }
-            assert_eq!(b.offer_broadcast(frame("b0")), Offer::Queued);
-            assert_eq!(
-                (woken_a.get(), woken_b.get()),
-                (0, 0),
-                "nobody is woken inside the batch"
-            );
-            // A nested batch (a dispatch inside a dispatch) does not end the outer one.
-            drop(crate::cork::cork());
-            assert_eq!(woken_a.get(), 0);
-        }
-        assert_eq!((woken_a.get(), woken_b.get()), (1, 1), "one wake each");
-        assert_eq!(drain(&a), ["a0", "a1", "a2"]);
-        assert_eq!(drain(&b), ["b0"]);
-        // Outside a batch a broadcast wakes at once (the HTTP API's publish).
-        assert_eq!(a.offer_broadcast(frame("now")), Offer::Queued);
-        assert_eq!(woken_a.get(), 2);
-    }
-
-    #[test]
-    fn a_corked_member_that_took_its_frames_meanwhile_is_not_woken_again() {
-        let (a, woken) = handle(1, 8);
-        let a = Arc::new(a);
-        {
-            let _batch = crate::cork::cork();
-            a.offer_broadcast(frame("1"));
-            // Its task, on another thread, writes it before the batch ends.
-            assert_eq!(a.take_batch(8, 1024, |_| {}), 1);
-            // Offered again in the same batch: listed once, woken once.
-            a.offer_broadcast(frame("2"));
-            a.offer_broadcast(frame("3"));
-        }
-        assert_eq!(woken.get(), 1);
-        assert_eq!(drain(&a), ["2", "3"]);
-        {
-            let _batch = crate::cork::cork();
-            a.offer_broadcast(frame("4"));
-            assert_eq!(a.take_batch(8, 1024, |_| {}), 1);
-        }
-        assert_eq!(woken.get(), 1, "nothing left to announce");
-    }
-
-    #[test]
-    fn a_corked_broadcast_behind_quiet_events_still_wakes_at_the_batch_end() {
-        let (a, woken) = handle(1, 8);
-        let a = Arc::new(a);
-        // A join event waits for its batch delay, unannounced.
-        assert_eq!(a.offer_quietly(frame("event")), (Offer::Queued, true));
-        {
-            let _batch = crate::cork::cork();
-            a.offer_broadcast(frame("message"));
-            assert_eq!(woken.get(), 0);
-        }
-        assert_eq!(
-            woken.get(),
-            1,
-            "the broadcast does not wait for the event batch"
-        );
-        // Full and closed queues are not listed.
-        let (full, woken_full) = handle(2, 1);
-        let full = Arc::new(full);
-        full.offer(frame("x"));
-        {
-            let _batch = crate::cork::cork();
-            assert_eq!(full.offer_broadcast(frame("y")), Offer::Full);
-        }
-        assert_eq!(woken_full.get(), 1, "only the first offer's wake");
-        full.shut();
-        let _batch = crate::cork::cork();
-        assert_eq!(full.offer_broadcast(frame("z")), Offer::Closed);
-    }
-
-    #[test]
-    fn a_batch_that_ends_early_still_wakes_its_members() {
-        fn read_batch(members: &[Arc<ConnHandle>]) -> Result<(), &'static str> {
-            let _batch = crate::cork::cork();
-            for conn in members {
-                conn.offer_broadcast(frame("before the close"));
-            }
-            // The reading connection's next frame closes it: the dispatch returns early.
-            Err("closed mid-batch")?;
-            unreachable!()
-        }
-        let (a, woken) = handle(1, 8);
-        let a = Arc::new(a);
-        assert!(read_batch(std::slice::from_ref(&a)).is_err());
-        assert_eq!(woken.get(), 1);
-        assert!(!crate::cork::corked(), "the thread's batch ended");
-        // Even a panic in the dispatch ends the batch and wakes.
-        let (b, woken_b) = handle(2, 8);
-        let b = Arc::new(b);
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let _batch = crate::cork::cork();
-            b.offer_broadcast(frame("x"));
-            panic!("handler bug");
-        }));
-        assert!(caught.is_err());
-        assert_eq!(woken_b.get(), 1);
-        assert!(!crate::cork::corked());
     }
 
     #[test]
