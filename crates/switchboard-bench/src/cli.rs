@@ -136,6 +136,11 @@ pub(crate) struct Fanout {
     /// object is about `--payload` bytes).
     #[arg(long, value_enum, default_value_t = PayloadKind::Padding)]
     pub(crate) payload_kind: PayloadKind,
+    /// Broadcasts the publisher sends together, in one socket write (the rate is kept on
+    /// average: K at a time, K/rate apart). 1: each when it is due. The input for which a
+    /// server's coalescing of one read's broadcasts matters.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) per_write: u64,
     /// Broadcasts per second (without `--sweep`).
     #[arg(long, default_value_t = 10.0)]
     pub(crate) rate: f64,

@@ -175,6 +175,7 @@ pub(crate) async fn run(ctx: Rc<Ctx>, o: &Fanout) -> anyhow::Result<Value> {
         Err(e) => bail!("publisher could not connect: {}", e.label()),
     };
     let mut publisher = Publisher::new(publisher_ws, payload, o.payload_kind);
+    publisher.per_write = o.per_write;
     // Let every member's welcome (and any join events) pass before measuring.
     publisher.idle_for(Duration::from_secs(1)).await;
     let live = connected.ok;

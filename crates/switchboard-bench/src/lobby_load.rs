@@ -224,6 +224,8 @@ pub(crate) struct Publisher {
     size: usize,
     /// `error` frames the server answered with, by code (`rate_limited`: shed, `overloaded`).
     pub(crate) errors: ErrorFrames,
+    /// Broadcasts sent together, in one write (`fanout --per-write`).
+    pub(crate) per_write: u64,
 }
 
 /// The `error` frames a publisher got, by code.
@@ -258,6 +260,7 @@ impl Publisher {
             kind,
             size: payload,
             errors: ErrorFrames::default(),
+            per_write: 1,
         }
     }
 
@@ -301,7 +304,9 @@ impl Publisher {
             if limit.is_some_and(|l| start.elapsed() >= l + Duration::from_millis(100)) {
                 break;
             }
-            let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+            let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1)
+                .next_multiple_of(self.per_write)
+                .min(total);
             while sent < due {
                 self.queue_one();
                 sent += 1;

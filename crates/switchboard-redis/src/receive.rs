@@ -11,12 +11,17 @@
 
 use std::time::Instant;
 
+use futures_util::FutureExt;
+
 use super::*;
 
 /// A probe back later than this: this node is behind what Redis sends it.
 const INTAKE_BEHIND: Duration = Duration::from_millis(200);
 /// How often a probe goes out (one at a time).
 const PROBE_EVERY: Duration = Duration::from_millis(50);
+/// Messages already received are delivered in batches of at most this many (each member
+/// woken once per batch).
+const INTAKE_BATCH: usize = 64;
 /// A probe not back after this is taken for lost (its publish failed): another goes out.
 const PROBE_LOST: Duration = Duration::from_secs(2);
 
@@ -117,28 +122,61 @@ impl RedisCluster {
                     m = stream.next() => m,
                 };
                 let Some(message) = message else { break };
-                let channel = message.get_channel_name().to_owned();
-                let Ok(payload) = message.get_payload::<String>() else {
-                    continue;
-                };
-                if channel == node_channel
-                    && let Some(rest) = payload.strip_prefix(&probe_prefix)
-                {
-                    if let Some(Ok(n)) = rest.split(SEP).next().map(str::parse) {
-                        intake.back(n);
+                // What Redis sent together is delivered as one batch: each member is woken
+                // once for all of it (no await in here: the batch is this thread's).
+                let ended = {
+                    let _batch = self.local.batch();
+                    let mut next = Some(message);
+                    let mut taken = 0;
+                    let mut ended = false;
+                    while let Some(message) = next.take() {
+                        self.take(message, &node_channel, &probe_prefix, &mut intake);
+                        taken += 1;
+                        if taken < INTAKE_BATCH {
+                            match stream.next().now_or_never() {
+                                Some(Some(more)) => next = Some(more),
+                                Some(None) => ended = true,
+                                None => {}
+                            }
+                        }
                     }
-                    continue;
+                    ended
+                };
+                if ended {
+                    break;
                 }
-                if intake.behind() {
-                    self.intake_behind(&channel);
-                }
-                self.receive(&channel, payload);
             }
             self.subs.lock().await.sink = None;
             metrics::counter!("switchboard_redis_errors_total").increment(1);
             self.errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("redis pub/sub connection lost; reconnecting");
         }
+    }
+
+    /// Handles one message of the pub/sub stream: a probe back, or one for the node.
+    fn take(
+        &self,
+        message: redis::Msg,
+        node_channel: &str,
+        probe_prefix: &str,
+        intake: &mut Intake,
+    ) {
+        let channel = message.get_channel_name();
+        let Ok(payload) = message.get_payload::<String>() else {
+            return;
+        };
+        if channel == node_channel
+            && let Some(rest) = payload.strip_prefix(probe_prefix)
+        {
+            if let Some(Ok(n)) = rest.split(SEP).next().map(str::parse) {
+                intake.back(n);
+            }
+            return;
+        }
+        if intake.behind() {
+            self.intake_behind(channel);
+        }
+        self.receive(channel, payload);
     }
 
     /// This node is behind what Redis sends it, and `channel` is a lobby's: every node, this

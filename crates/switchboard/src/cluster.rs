@@ -368,6 +368,19 @@ impl std::fmt::Debug for LocalNode {
     }
 }
 
+/// A batch of deliveries in progress on this thread ([`LocalNode::batch`]): the members its
+/// broadcasts reached are woken when it drops.
+#[must_use = "the members are woken when the batch drops"]
+pub struct DeliveryBatch {
+    _cork: crate::cork::Cork,
+}
+
+impl std::fmt::Debug for DeliveryBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeliveryBatch")
+    }
+}
+
 impl LocalNode {
     pub(crate) fn new<N: Node + 'static>(node: &Arc<N>) -> Self {
         let node: Arc<dyn Node> = node.clone();
@@ -379,6 +392,16 @@ impl LocalNode {
     /// This node's id (the prefix of its connection ids).
     pub fn node_id(&self) -> Option<String> {
         Some(self.shared.upgrade()?.node_id().to_owned())
+    }
+
+    /// Starts a batch of deliveries on this thread: broadcasts delivered until the returned
+    /// guard drops wake each member once, when it drops (k broadcasts to a member in one
+    /// write, not up to k). Hold it over a synchronous run of deliveries that arrived together
+    /// (it cannot be held across an `.await`); nothing waits for it but those wakes.
+    pub fn batch(&self) -> DeliveryBatch {
+        DeliveryBatch {
+            _cork: crate::cork::cork(),
+        }
     }
 
     /// Delivers a join/leave event (encoded) to this node's members of `lobby`. Broadcasts go

@@ -213,6 +213,23 @@ impl ConnHandle {
         self.outbox.offer(frame.into(), false)
     }
 
+    /// Queues a broadcast without waking, for a corked batch (the `cork` module): `true`
+    /// when the task needs a wake for it and the connection is not listed yet (the caller
+    /// lists it, and calls [`wake_listed`](Self::wake_listed) when the batch ends).
+    pub(crate) fn offer_listed(&self, frame: impl Into<Outgoing>) -> (Offer, bool) {
+        self.outbox.offer_listed(frame.into())
+    }
+
+    /// The corked batch that listed this connection ended: wakes the task unless it has
+    /// taken the frames meanwhile.
+    pub(crate) fn wake_listed(&self) {
+        let mut state = lock(&self.outbox.state);
+        state.listed = false;
+        if state.unannounced {
+            state.wake();
+        }
+    }
+
     /// Queues a frame even on a full queue and wakes the task. Its callers bound how far past
     /// capacity it goes: a lost catch-up's `recovered` (once per lobby), the health pings (two
     /// a ping period, until the connection answers or is closed).
@@ -221,7 +238,7 @@ impl ConnHandle {
         if state.shut {
             return Offer::Closed;
         }
-        state.frames.push_back(frame.into());
+        state.push_back(frame.into());
         state.wake();
         Offer::Queued
     }
@@ -458,10 +475,17 @@ struct Outbox {
 
 #[derive(Debug, Default)]
 struct OutboxState {
-    frames: VecDeque<Outgoing>,
+    /// The oldest queued frame, kept inline: a queue of one (the common case, a frame then
+    /// its write) neither allocates nor frees. `None` only while `rest` is empty too.
+    head: Option<Outgoing>,
+    /// The frames behind `head`, oldest first; allocated only while two or more wait.
+    rest: VecDeque<Outgoing>,
     waker: Option<Waker>,
     /// Frames were queued quietly and the task was not woken for them yet.
     unannounced: bool,
+    /// The connection is on a corked batch's wake list (the `cork` module): it is woken once
+    /// at the batch's end, not by each offer in it.
+    listed: bool,
     shut: bool,
 }
 
@@ -472,6 +496,38 @@ impl OutboxState {
             waker.wake_by_ref();
         }
     }
+
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn front(&self) -> Option<&Outgoing> {
+        self.head.as_ref()
+    }
+
+    fn push_back(&mut self, frame: Outgoing) {
+        if self.head.is_none() {
+            self.head = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Outgoing> {
+        let front = self.head.take()?;
+        self.head = self.rest.pop_front();
+        Some(front)
+    }
+
+    /// Drops every queued frame and gives the queue's memory back.
+    fn clear(&mut self) {
+        self.head = None;
+        self.rest = VecDeque::new();
+    }
 }
 
 impl Outbox {
@@ -480,7 +536,6 @@ impl Outbox {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .frames
             .len()
     }
 
@@ -498,17 +553,40 @@ impl Outbox {
         if state.shut {
             return (Offer::Closed, false);
         }
-        if state.frames.len() >= self.capacity {
+        if state.len() >= self.capacity {
             return (Offer::Full, false);
         }
-        state.frames.push_back(frame);
-        let first = state.frames.len() == 1;
+        let first = state.is_empty();
+        state.push_back(frame);
         if wake && (first || state.unannounced) {
             state.wake();
         } else if first {
             state.unannounced = true;
         }
         (Offer::Queued, first)
+    }
+
+    /// Queues a frame without waking; `true` when the task needs a wake for it and the
+    /// connection is not on a wake list yet (the caller lists it).
+    fn offer_listed(&self, frame: Outgoing) -> (Offer, bool) {
+        let mut state = lock(&self.state);
+        if state.shut {
+            return (Offer::Closed, false);
+        }
+        if state.len() >= self.capacity {
+            return (Offer::Full, false);
+        }
+        let first = state.is_empty();
+        state.push_back(frame);
+        if !(first || state.unannounced) {
+            // The task was woken for what is queued and has not taken it yet: it takes this
+            // frame with the rest.
+            return (Offer::Queued, false);
+        }
+        state.unannounced = true;
+        let list = !state.listed;
+        state.listed = true;
+        (Offer::Queued, list)
     }
 
     fn poll_take(
@@ -519,7 +597,7 @@ impl Outbox {
         take: impl FnMut(Outgoing),
     ) -> Poll<usize> {
         let mut state = lock(&self.state);
-        if state.frames.is_empty() {
+        if state.is_empty() {
             store_waker(&mut state.waker, cx.waker());
             return Poll::Pending;
         }
@@ -539,28 +617,35 @@ impl Outbox {
     ) -> usize {
         let (mut n, mut bytes) = (0, 0usize);
         while n < max {
-            let Some(next) = state.frames.front() else {
+            let Some(next) = state.front() else {
                 break;
             };
             bytes = bytes.saturating_add(payload_len(next));
             if n > 0 && bytes > max_bytes {
                 break;
             }
-            take(state.frames.pop_front().expect("a front frame"));
+            take(state.pop_front().expect("a front frame"));
             n += 1;
         }
-        // Nothing is kept while idle: a drained queue gives its memory back.
-        if state.frames.is_empty() {
-            state.frames = VecDeque::new();
+        // Nothing is kept while idle: a drained queue gives its memory back (none was taken
+        // for a queue of one).
+        if state.is_empty() {
+            if state.rest.capacity() > 0 {
+                state.rest = VecDeque::new();
+            }
             state.unannounced = false;
         }
         n
     }
 
     fn take_all(&self, take: impl FnMut(Message)) {
-        let frames = std::mem::take(&mut lock(&self.state).frames);
-        frames
-            .into_iter()
+        let (head, rest) = {
+            let mut state = lock(&self.state);
+            state.unannounced = false;
+            (state.head.take(), std::mem::take(&mut state.rest))
+        };
+        head.into_iter()
+            .chain(rest)
             .map(Outgoing::into_message)
             .for_each(take);
     }
@@ -576,7 +661,7 @@ impl Outbox {
     fn shut(&self) {
         let mut state = lock(&self.state);
         state.shut = true;
-        state.frames = VecDeque::new();
+        state.clear();
         state.waker = None;
     }
 }
@@ -725,6 +810,52 @@ mod tests {
             "a larger frame goes alone"
         );
         assert_eq!(conn.take_batch(8, 8, |_| {}), 0);
+    }
+
+    /// What the queue holds beyond its inline slot, in allocated slots.
+    fn spilled(conn: &ConnHandle) -> usize {
+        lock(&conn.outbox.state).rest.capacity()
+    }
+
+    #[test]
+    fn a_queue_of_one_allocates_nothing_and_order_and_bound_hold_past_it() {
+        let (conn, _) = handle(1, 3);
+        for round in 0..3 {
+            assert_eq!(conn.offer(frame("only")), Offer::Queued);
+            assert_eq!(spilled(&conn), 0, "round {round}: one frame stays inline");
+            let mut got = Vec::new();
+            assert_eq!(conn.take_batch(8, 1024, |m| got.push(m)), 1);
+            assert_eq!(conn.queued(), 0);
+            assert_eq!(spilled(&conn), 0);
+        }
+        // Past one the rest spills, in order, up to the same bound.
+        for text in ["1", "2", "3"] {
+            assert_eq!(conn.offer(frame(text)), Offer::Queued);
+        }
+        assert_eq!(
+            conn.offer(frame("4")),
+            Offer::Full,
+            "capacity counts the inline slot"
+        );
+        assert_eq!(conn.queued(), 3);
+        assert!(spilled(&conn) > 0);
+        // Taken partly, then offered again: the order holds across the inline slot.
+        assert_eq!(conn.take_batch(1, 1024, |_| {}), 1);
+        assert_eq!(conn.offer(frame("5")), Offer::Queued);
+        assert_eq!(conn.offer(frame("6")), Offer::Full);
+        assert_eq!(drain(&conn), ["2", "3", "5"]);
+        // Drained through the task's own path: the spilled memory is given back.
+        for text in ["a", "b"] {
+            conn.offer(frame(text));
+        }
+        assert_eq!(conn.take_batch(8, 1024, |_| {}), 2);
+        assert_eq!(spilled(&conn), 0, "a drained queue holds no memory");
+        assert!(lock(&conn.outbox.state).head.is_none());
+        conn.offer(frame("x"));
+        conn.offer(frame("y"));
+        conn.shut();
+        assert_eq!(spilled(&conn), 0, "a shut queue holds no memory");
+        assert_eq!(conn.queued(), 0);
     }
 
     #[test]

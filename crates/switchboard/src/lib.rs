@@ -93,6 +93,7 @@ mod client;
 pub mod cluster;
 pub mod config;
 mod connection;
+mod cork;
 pub mod disconnect;
 mod error;
 mod gzip;

@@ -152,6 +152,9 @@ impl Socket {
                 }
                 live.clock.last_seen = Instant::now();
                 let (unsent, peer_close) = (&mut self.unsent, &mut self.peer_close);
+                // The read's broadcasts wake each member once, when its frames are dispatched
+                // (the guard drops at the end of this closure, however the read ends).
+                let _batch = crate::cork::cork();
                 let fed = self.decoder.feed(&mut buf[..n], |frame| {
                     match live.on_frame(frame, unsent, peer_close) {
                         Ok(()) => ControlFlow::Continue(()),

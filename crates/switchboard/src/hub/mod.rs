@@ -677,7 +677,7 @@ impl Hub {
                     self.still_behind(conn);
                     continue;
                 }
-                match conn.offer(frame.clone()) {
+                match crate::cork::offer_broadcast(conn, frame.clone()) {
                     Offer::Queued => reached += 1,
                     Offer::Closed => {}
                     Offer::Full => {

@@ -360,3 +360,39 @@ fn publishes_are_shed_while_another_node_says_its_members_are_behind() {
     assert_eq!(f.hub.publish(&lobby, numbered, Skip::Nobody), Ok((1, 5)));
     assert_eq!(offsets(&f.drain(member.seq)).0, [5]);
 }
+
+/// Several broadcasts published while one read's frames are dispatched (a corked batch) wake
+/// each member once, at the batch's end; a publish outside a batch wakes at once.
+#[test]
+fn broadcasts_of_one_read_batch_wake_each_member_once() {
+    use std::task::Waker;
+
+    use crate::handle::testing::WakeCount;
+
+    let mut f = Fixture::new(|_| {});
+    let conns: Vec<_> = (0..3)
+        .map(|i| f.connect("l1", &format!("m{i}"), 1).unwrap())
+        .collect();
+    let members: Vec<_> = conns
+        .into_iter()
+        .map(|conn| {
+            f.drain(conn.seq); // the welcome, join events
+            let count = Arc::new(WakeCount::default());
+            conn.set_waker(&Waker::from(count.clone()));
+            (conn, count)
+        })
+        .collect();
+    {
+        let _batch = crate::cork::cork();
+        for n in 0..4 {
+            assert_eq!(publish(&f, "l1", n).unwrap().0, 3);
+        }
+        assert!(members.iter().all(|(_, count)| count.get() == 0));
+    }
+    for (conn, count) in &members {
+        assert_eq!(count.get(), 1, "one wake for four broadcasts");
+        assert_eq!(f.drain(conn.seq).len(), 4);
+    }
+    publish(&f, "l1", 4).unwrap();
+    assert!(members.iter().all(|(_, count)| count.get() == 2));
+}
