@@ -98,24 +98,8 @@ impl Drop for Cork {
 
 #[cfg(test)]
 mod tests {
-    use axum::extract::ws::Message;
-
     use super::*;
-    use crate::handle::testing::handle;
-
-    fn frame(text: &str) -> Message {
-        Message::Text(text.into())
-    }
-
-    fn drain(conn: &ConnHandle) -> Vec<String> {
-        let mut out = Vec::new();
-        conn.take_all(|m| {
-            if let Message::Text(t) = m {
-                out.push(t.to_string());
-            }
-        });
-        out
-    }
+    use crate::handle::testing::{drain, frame, handle};
 
     #[test]
     fn corked_broadcasts_wake_a_member_once_at_the_end_of_the_batch() {

@@ -695,6 +695,8 @@ pub(crate) mod testing {
     use std::task::{Wake, Waker};
     use std::time::SystemTime;
 
+    use axum::extract::ws::Message;
+
     use super::{ConnHandle, ConnectionInfo};
     use crate::ids::{ConnectionId, UserId};
 
@@ -731,18 +733,14 @@ pub(crate) mod testing {
         conn.set_waker(&Waker::from(count.clone()));
         (conn, count)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::testing::handle;
-    use super::*;
-
-    fn frame(text: &str) -> Message {
+    /// A text frame.
+    pub(crate) fn frame(text: &str) -> Message {
         Message::Text(text.into())
     }
 
-    fn drain(conn: &ConnHandle) -> Vec<String> {
+    /// Empties the queue; the texts of its text frames, in order.
+    pub(crate) fn drain(conn: &ConnHandle) -> Vec<String> {
         let mut out = Vec::new();
         conn.take_all(|m| {
             if let Message::Text(t) = m {
@@ -751,6 +749,12 @@ mod tests {
         });
         out
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{drain, frame, handle};
+    use super::*;
 
     #[test]
     fn the_task_is_woken_once_per_burst_not_per_frame() {
