@@ -12,6 +12,22 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// Runs `switchboard-bench SCENARIO` against `addr` and returns its JSON summary.
+/// A one-second fan-out to `members` at 20 broadcasts a second, with `more` arguments.
+fn short_fanout<'a>(members: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--members",
+        members,
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--drain-secs",
+        "1",
+    ];
+    args.extend_from_slice(more);
+    args
+}
+
 async fn bench(addr: SocketAddr, ip_base: u8, scenario: &str, args: &[&str]) -> Value {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"));
     cmd.arg(scenario)
@@ -65,18 +81,7 @@ async fn every_scenario_runs_against_the_real_server() {
         addr,
         232,
         "fanout",
-        &[
-            "--members",
-            "20",
-            "--rate",
-            "20",
-            "--duration",
-            "1",
-            "--drain-secs",
-            "1",
-            "--payload",
-            "100",
-        ],
+        &short_fanout("20", &["--payload", "100"]),
     )
     .await;
     let best = &fanout["best"];
@@ -91,25 +96,8 @@ async fn every_scenario_runs_against_the_real_server() {
     // `--deflate`: the members negotiate permessage-deflate and inflate what they read; the
     // 2 KB broadcasts go out compressed, once each.
     let deflated_before = server.manager.stats().messages_deflated;
-    let fanout = bench(
-        addr,
-        238,
-        "fanout",
-        &[
-            "--members",
-            "20",
-            "--rate",
-            "20",
-            "--duration",
-            "1",
-            "--drain-secs",
-            "1",
-            "--payload",
-            "2000",
-            "--deflate",
-        ],
-    )
-    .await;
+    let args = short_fanout("20", &["--payload", "2000", "--deflate"]);
+    let fanout = bench(addr, 238, "fanout", &args).await;
     let best = &fanout["best"];
     assert_eq!(best["lost"], 0, "{fanout}");
     assert_eq!(best["received"], best["expected"], "{fanout}");
@@ -125,20 +113,8 @@ async fn every_scenario_runs_against_the_real_server() {
     // alone: no context takeover).
     let mut per_delivery = Vec::new();
     for (ip_base, deflate) in [(239, false), (240, true)] {
-        let mut args = vec![
-            "--members",
-            "10",
-            "--rate",
-            "20",
-            "--duration",
-            "1",
-            "--drain-secs",
-            "1",
-            "--payload-kind",
-            "chat",
-            "--payload",
-            "1024",
-        ];
+        let chat_args = ["--payload-kind", "chat", "--payload", "1024"];
+        let mut args = short_fanout("10", &chat_args);
         if deflate {
             args.push("--deflate");
         }
