@@ -52,11 +52,9 @@ say() { echo "== [$(( $(date +%s) - STARTED ))s] $*" >&2; }
 
 cargo build --release -p switchboard-server -p switchboard-bench >&2
 bench/peers/setup.sh >&2
-SB_ENV=()
-while IFS= read -r line; do
-    [[ -z "$line" || "$line" == \#* ]] && continue
-    SB_ENV+=("$line")
-done < bench/switchboard.env
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+load_sb_env
 SB_ENV+=(SWITCHBOARD_PRESENCE__EVENTS=false)
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -90,14 +88,7 @@ start_server() {
             PER_MESSAGE_DEFLATE=1 taskset -c 0 bench/peers/start.sh ws "$PORT" > "$log" 2>&1 & ;;
     esac
     SERVER_PID=$!
-    for _ in $(seq 100); do
-        if grep -q "listening on" "$log" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            return 0
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$log" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "$name did not start" >&2; return 1
+    await_listening "$name" "$log"
 }
 
 # run_case SERVER SCENARIO TAG -- BENCH OPTIONS: one case on a fresh server; `--deflate` is

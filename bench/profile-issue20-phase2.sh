@@ -23,11 +23,9 @@ OUT=bench/results/raw/profile-issue20-phase2
 mkdir -p "$OUT"
 PORT=18700
 IP_BASE=150
-SB_ENV=()
-while IFS= read -r line; do
-    [[ -z "$line" || "$line" == \#* ]] && continue
-    SB_ENV+=("$line")
-done < bench/switchboard.env
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+load_sb_env
 SB_ENV+=(SWITCHBOARD_PRESENCE__EVENTS=false)
 [[ -n ${WORKERS:-} ]] && SB_ENV+=(TOKIO_WORKER_THREADS="$WORKERS")
 TAG=${TAG:-}

@@ -25,11 +25,9 @@ BENCH=$TARGET/release/switchboard-bench
 SB=${SB:-$TARGET/release/switchboard}
 PORT=18500
 IP_BASE=110
-SB_ENV=()
-while IFS= read -r line; do
-    [[ -z "$line" || "$line" == \#* ]] && continue
-    SB_ENV+=("$line")
-done < bench/switchboard.env
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+load_sb_env
 SB_ENV+=(SWITCHBOARD_PRESENCE__EVENTS=false)
 PIDS=()
 cleanup() {

@@ -60,11 +60,9 @@ cargo build --release -p switchboard-server -p switchboard-bench >&2
 bench/peers/setup.sh >&2
 
 # --- Switchboard's environment: bench/switchboard.env, minus settings this build refuses ----
-SB_ENV=()
-while IFS= read -r line; do
-    [[ -z "$line" || "$line" == \#* ]] && continue
-    SB_ENV+=("$line")
-done < bench/switchboard.env
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
+load_sb_env
 for _ in 1 2 3 4 5 6; do
     err=$(env "${SB_ENV[@]}" SWITCHBOARD_BIND=127.0.0.1:0 timeout 1 "$SB" 2>&1 >/dev/null || true)
     bad=$(grep -o 'not supported by this version[^(]*(from SWITCHBOARD_[A-Z0-9_]*' <<<"$err" | grep -o 'SWITCHBOARD_[A-Z0-9_]*' | head -1 || true)
@@ -118,14 +116,7 @@ start_server() {
             ;;
     esac
     SERVER_PID=$!
-    for _ in $(seq 100); do
-        if grep -q "listening on" "$log" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            return 0
-        fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$log" >&2; return 1; }
-        sleep 0.1
-    done
-    echo "$name did not start" >&2; cat "$log" >&2; return 1
+    await_listening "$name" "$log"
 }
 
 stop_server() {
