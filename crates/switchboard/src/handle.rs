@@ -546,18 +546,27 @@ impl Outbox {
         }
     }
 
+    /// Queues a frame unless the queue is shut or full; `Ok` says whether it was the first.
+    fn admit(&self, state: &mut OutboxState, frame: Outgoing) -> Result<bool, Offer> {
+        if state.shut {
+            return Err(Offer::Closed);
+        }
+        if state.len() >= self.capacity {
+            return Err(Offer::Full);
+        }
+        let first = state.is_empty();
+        state.push_back(frame);
+        Ok(first)
+    }
+
     /// Queues a frame; wakes the task (`wake`) if the queue was empty. Returns whether the
     /// queue was empty.
     fn offer(&self, frame: Outgoing, wake: bool) -> (Offer, bool) {
         let mut state = lock(&self.state);
-        if state.shut {
-            return (Offer::Closed, false);
-        }
-        if state.len() >= self.capacity {
-            return (Offer::Full, false);
-        }
-        let first = state.is_empty();
-        state.push_back(frame);
+        let first = match self.admit(&mut state, frame) {
+            Ok(first) => first,
+            Err(refused) => return (refused, false),
+        };
         if wake && (first || state.unannounced) {
             state.wake();
         } else if first {
@@ -570,14 +579,10 @@ impl Outbox {
     /// connection is not on a wake list yet (the caller lists it).
     fn offer_listed(&self, frame: Outgoing) -> (Offer, bool) {
         let mut state = lock(&self.state);
-        if state.shut {
-            return (Offer::Closed, false);
-        }
-        if state.len() >= self.capacity {
-            return (Offer::Full, false);
-        }
-        let first = state.is_empty();
-        state.push_back(frame);
+        let first = match self.admit(&mut state, frame) {
+            Ok(first) => first,
+            Err(refused) => return (refused, false),
+        };
         if !(first || state.unannounced) {
             // The task was woken for what is queued and has not taken it yet: it takes this
             // frame with the rest.
