@@ -461,7 +461,15 @@ mod tests {
 
     /// Feeds `bytes` in chunks of `chunk` bytes and collects what comes out.
     fn decode_in(bytes: &[u8], chunk: usize, max: usize) -> Result<Vec<Owned>, FrameError> {
-        let mut decoder = Decoder::new(max);
+        decode_with(Decoder::new(max), bytes, chunk)
+    }
+
+    /// Feeds `bytes` to `decoder` in chunks of `chunk` bytes and collects what comes out.
+    fn decode_with(
+        mut decoder: Decoder,
+        bytes: &[u8],
+        chunk: usize,
+    ) -> Result<Vec<Owned>, FrameError> {
         let mut frames = Vec::new();
         for piece in bytes.chunks(chunk) {
             let mut piece = piece.to_vec();
@@ -590,17 +598,7 @@ mod tests {
 
     /// Decodes with permessage-deflate negotiated.
     fn decode_deflate(bytes: &[u8], chunk: usize, max: usize) -> Result<Vec<Owned>, FrameError> {
-        let mut decoder = Decoder::new(max).with_deflate(true);
-        let mut frames = Vec::new();
-        for piece in bytes.chunks(chunk) {
-            let mut piece = piece.to_vec();
-            decoder.feed(&mut piece, |f| {
-                frames.push(owned(f));
-                ControlFlow::<()>::Continue(())
-            })?;
-        }
-        assert!(decoder.is_idle());
-        Ok(frames)
+        decode_with(Decoder::new(max).with_deflate(true), bytes, chunk)
     }
 
     fn deflated(payload: &[u8]) -> Vec<u8> {
