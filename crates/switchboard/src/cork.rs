@@ -52,18 +52,32 @@ pub(crate) fn corked() -> bool {
     BATCH.with(|b| b.borrow().depth > 0)
 }
 
-/// Offers a broadcast to a member: inside a batch on this thread it is queued quietly and
-/// the member woken once when the batch ends, however many broadcasts the batch brings it;
-/// outside one, as [`ConnHandle::offer`] (woken at once).
-pub(crate) fn offer_broadcast(conn: &Arc<ConnHandle>, frame: impl Into<Outgoing>) -> Offer {
-    if !corked() {
-        return conn.offer(frame);
+/// How a broadcast reaches its members, decided once per broadcast (whether this thread is
+/// in a batch), not once per member.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Delivery {
+    corked: bool,
+}
+
+/// The delivery for a broadcast offered now, on this thread.
+pub(crate) fn delivery() -> Delivery {
+    Delivery { corked: corked() }
+}
+
+impl Delivery {
+    /// Offers a broadcast to a member: inside a batch it is queued quietly and the member
+    /// woken once when the batch ends, however many broadcasts the batch brings it; outside
+    /// one, as [`ConnHandle::offer`] (woken at once).
+    pub(crate) fn offer(self, conn: &Arc<ConnHandle>, frame: impl Into<Outgoing>) -> Offer {
+        if !self.corked {
+            return conn.offer(frame);
+        }
+        let (offer, list) = conn.offer_listed(frame);
+        if list {
+            BATCH.with(|b| b.borrow_mut().list.push(conn.clone()));
+        }
+        offer
     }
-    let (offer, list) = conn.offer_listed(frame);
-    if list {
-        BATCH.with(|b| b.borrow_mut().list.push(conn.clone()));
-    }
-    offer
 }
 
 impl Drop for Cork {
@@ -100,6 +114,10 @@ impl Drop for Cork {
 mod tests {
     use super::*;
     use crate::handle::testing::{drain, frame, handle};
+
+    fn offer_broadcast(conn: &Arc<ConnHandle>, frame: impl Into<Outgoing>) -> Offer {
+        delivery().offer(conn, frame)
+    }
 
     #[test]
     fn corked_broadcasts_wake_a_member_once_at_the_end_of_the_batch() {

@@ -665,6 +665,7 @@ impl Hub {
                 return Ok((0, offset));
             };
             let mut reached = 0;
+            let delivery = crate::cork::delivery();
             for pos in 0..lobby.members.len() {
                 if numbered_elsewhere && lobby.replayed_until[pos] >= offset {
                     continue;
@@ -677,7 +678,7 @@ impl Hub {
                     self.still_behind(conn);
                     continue;
                 }
-                match crate::cork::offer_broadcast(conn, frame.clone()) {
+                match delivery.offer(conn, frame.clone()) {
                     Offer::Queued => reached += 1,
                     Offer::Closed => {}
                     Offer::Full => {
