@@ -430,3 +430,70 @@ async fn a_foreign_origin_is_refused_with_403_on_the_lean_path() {
     assert!(answer.ends_with("\r\n\r\norigin not allowed"), "{answer}");
     assert_eq!(server.manager.stats().total_connections, 0);
 }
+
+/// Broadcasts are written into an idle member's socket by the publisher itself
+/// (write-through); a socket that fills up keeps the rest for the member's own task. Whatever
+/// path each frame takes, the member gets every broadcast whole and in order, with the pongs
+/// to its pings between them.
+#[tokio::test]
+async fn broadcasts_written_through_a_filling_socket_arrive_whole_and_in_order() {
+    let server = server(|_| {}).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive window: 40 broadcasts of 2 KB do not fit, so writes come up short.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(server.addr).await.unwrap();
+    tcp.write_all(upgrade_request(server.addr, "member").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut tcp).await.starts_with("HTTP/1.1 101"));
+    let (opcode, welcome) = read_frame(&mut tcp).await;
+    assert_eq!(opcode, 1);
+    assert!(String::from_utf8_lossy(&welcome).contains("\"welcome\""));
+    let pad = "p".repeat(2000);
+    let mut next = 0u64;
+    for round in 0u8..30 {
+        for _ in 0..40 {
+            let data = serde_json::json!({ "seq": next, "pad": pad });
+            let reached = server
+                .manager
+                .broadcast("l1", &data, switchboard::Skip::Nobody)
+                .unwrap();
+            assert_eq!(reached, 1);
+            next += 1;
+        }
+        tcp.write_all(&masked(0x89, &[round; 8])).await.unwrap();
+        let (mut texts, mut pongs) = (0, 0);
+        while texts < 40 || pongs < 1 {
+            let (opcode, payload) = read_frame(&mut tcp).await;
+            match opcode {
+                1 => {
+                    let frame: Value = serde_json::from_slice(&payload).unwrap();
+                    if frame["type"] == "health_ping" {
+                        continue;
+                    }
+                    assert_eq!(frame["type"], "message", "{frame}");
+                    let seq = frame["data"]["seq"].as_u64().unwrap();
+                    assert_eq!(seq, next - 40 + texts, "round {round}: in order, none lost");
+                    assert_eq!(frame["data"]["pad"].as_str().map(str::len), Some(2000));
+                    texts += 1;
+                }
+                0xA => {
+                    assert_eq!(payload, [round; 8], "the pong answers this round's ping");
+                    pongs += 1;
+                }
+                // The server's own health check.
+                0x9 => {}
+                other => panic!("unexpected opcode {other} in round {round}"),
+            }
+        }
+    }
+    let stats = server.manager.stats();
+    assert_eq!(
+        stats.closes.len(),
+        0,
+        "nobody was closed: {:?}",
+        stats.closes
+    );
+    drop(tcp);
+    all_clean(&server).await;
+}

@@ -1,12 +1,20 @@
-//! Corked delivery: a member is woken at most once per inbound batch.
+//! Corked delivery: a member is written to or woken at most once per inbound batch.
 //!
 //! While a thread dispatches one batch of inbound frames (the frames of one read of a
 //! connection, or a batch of the cluster's intake), broadcasts are queued without waking their
-//! members; each member whose queue needed a wake is listed once, and the list is woken when
+//! members; each member whose queue needed a wake is listed once, and the list is served when
 //! the batch ends. k broadcasts from one read then reach a member in one write, not up to k:
-//! uWebSockets' per-iteration drain, with no timer and no added latency (the wakes happen at
-//! the end of the same synchronous dispatch). A publish outside a batch (the HTTP API, a
-//! spawned task) is not corked and wakes at once.
+//! uWebSockets' per-iteration drain, with no timer and no added latency (it happens at the end
+//! of the same synchronous dispatch). A broadcast outside such a batch (the HTTP API, a
+//! spawned task) is a batch of its own: `Hub::publish` corks it, so its members are served
+//! once the registry's lock is released.
+//!
+//! Serving a listed member means writing its frames into its socket right here when its task
+//! left the outbox open (write-through, `handle::direct`), else waking its task. On a runtime
+//! with several worker threads only the first [`THROUGH_BUDGET`] members of a batch are
+//! written through: the rest are woken, so a large lobby's writes spread over the workers
+//! instead of holding this one. On one worker thread every member is written through: its
+//! task would have run on this thread anyway.
 //!
 //! A batch is a guard ([`Cork`]) on the current thread: it is `!Send`, so it cannot be held
 //! across an `.await`, and the list is woken when it drops, however the batch ends (a
@@ -20,6 +28,9 @@ use crate::handle::{ConnHandle, Offer, Outgoing};
 
 /// A wake list that grew past this many entries gives its memory back after the batch.
 const KEEP_LIST: usize = 16 * 1024;
+/// With several worker threads, members of one batch written through by the thread that
+/// ends it (about 1-2 ms of `send`s); the rest are woken.
+pub(crate) const THROUGH_BUDGET: usize = 256;
 
 #[derive(Default)]
 struct Batch {
@@ -94,8 +105,9 @@ impl Drop for Cork {
         if list.is_empty() {
             return;
         }
-        for conn in list.drain(..) {
-            conn.wake_listed();
+        let budget = through_budget();
+        for (n, conn) in list.drain(..).enumerate() {
+            conn.wake_listed(n < budget);
         }
         // Keep the list's memory for the thread's next batch (unless it was a large one, or
         // a batch started while waking: waking runs no code of ours, but be safe).
@@ -108,6 +120,24 @@ impl Drop for Cork {
             });
         }
     }
+}
+
+/// How many members of a batch this thread writes through ([`THROUGH_BUDGET`]).
+fn through_budget() -> usize {
+    thread_local! {
+        static BUDGET: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+    BUDGET.with(|cached| {
+        if let Some(budget) = cached.get() {
+            return budget;
+        }
+        let budget = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.metrics().num_workers() > 1 => THROUGH_BUDGET,
+            _ => usize::MAX,
+        };
+        cached.set(Some(budget));
+        budget
+    })
 }
 
 #[cfg(test)]

@@ -85,6 +85,14 @@ impl Counters {
         self.messages_out.fetch_add(frames, Relaxed);
         self.bytes_out.fetch_add(bytes, Relaxed);
     }
+    /// Tests: messages and payload bytes counted out so far.
+    #[cfg(test)]
+    pub(crate) fn out_for_test(&self) -> (u64, u64) {
+        (
+            self.messages_out.load(Relaxed),
+            self.bytes_out.load(Relaxed),
+        )
+    }
     /// An outgoing message compressed (permessage-deflate): a broadcast counts once, however
     /// many members get it compressed.
     pub(crate) fn deflated(&self) {

@@ -1,7 +1,8 @@
 //! One connection's life: register, serve, end, clean up.
 //!
 //! Ownership: a WebSocket connection is one task ([`socket::Socket`], this module's [`run`])
-//! that owns the socket, the health clock and the taking end of the bounded outbound queue;
+//! that owns the socket (lending it to publishers for write-through while it has nothing to
+//! write: `handle/direct.rs`), the health clock and the taking end of the bounded outbound queue;
 //! an SSE connection is a reader task and a writer task with the same split. Everyone else
 //! holds a [`ConnHandle`]. Every disconnect path sets a [`DisconnectReason`] on the handle
 //! first; that wakes the connection's task(s), and the [`Registration`] guard removes the
@@ -190,6 +191,9 @@ impl Future for Serving {
 impl Drop for Serving {
     fn drop(&mut self) {
         self.unregister();
+        // However serving ended (a panic, a runtime shutting down), the handle lets go of the
+        // socket it may hold for write-through: the socket closes with this task.
+        self.client.conn.shut();
     }
 }
 

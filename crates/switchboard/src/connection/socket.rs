@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::ws::Message;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -24,7 +23,7 @@ use super::health::HealthClock;
 use super::rate::MessageRate;
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
-use crate::handle::{ConnHandle, Outgoing};
+use crate::handle::{ConnHandle, MAX_BATCH, Outgoing, Take, WRITE_BATCH_BYTES, message_parts};
 use crate::handler::AppHandler;
 use crate::shared::Shared;
 use crate::stats::Counters;
@@ -32,12 +31,10 @@ use crate::ws::Upgraded;
 use crate::ws::deflate::{self, Deflate};
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
 
-/// Frames encoded into one write: waiting frames go out in one syscall, without one
-/// connection's backlog growing the buffer without bound.
-const MAX_BATCH: usize = 64;
-/// Payload bytes encoded into one write (unless one frame alone is larger). What a socket
-/// does not take is kept with the connection, so this bounds a slow reader's private bytes.
-const WRITE_BATCH_BYTES: usize = 64 * 1024;
+// Frames encoded into one write (`MAX_BATCH`): waiting frames go out in one syscall, without
+// one connection's backlog growing the buffer without bound. Payload bytes encoded into one
+// write (`WRITE_BATCH_BYTES`, unless one frame alone is larger): what a socket does not take
+// is kept with the connection, so this bounds a slow reader's private bytes.
 /// Reads per wakeup before the task lets others run.
 const MAX_READS: usize = 16;
 /// Each worker thread's read buffer.
@@ -70,6 +67,9 @@ pub(crate) struct Socket {
     /// `unsent` holds the 101 answer, not tried yet: it goes out with the first frames
     /// (`welcome`), in one write.
     preface: bool,
+    /// The task left the outbox open to write-through (it had nothing to write): it claims
+    /// the socket back before writing anything of its own.
+    open: bool,
 }
 
 impl Socket {
@@ -82,6 +82,7 @@ impl Socket {
             unsent,
             peer_close: None,
             deflate,
+            open: false,
         }
     }
 
@@ -135,6 +136,11 @@ impl Socket {
     /// Reads and handles frames until the socket has nothing more (`Pending`) or the
     /// connection must end (`Ready` with why).
     fn poll_read(&mut self, cx: &mut Context<'_>, live: &mut Live<'_>) -> Poll<DisconnectReason> {
+        // The broadcasts of this wakeup's reads (until the socket has nothing more, at most
+        // `MAX_READS`) reach each member once, when they are all dispatched: a lone message
+        // goes out at once, a flood in as few writes as it came in reads (the guard drops
+        // when this returns, however it returns).
+        let _batch = crate::cork::cork();
         for _ in 0..MAX_READS {
             let step = with_read_buffer(|buf| {
                 let n = {
@@ -151,12 +157,10 @@ impl Socket {
                     return Poll::Ready(Some(DisconnectReason::ConnectionLost));
                 }
                 live.clock.last_seen = Instant::now();
-                let (unsent, peer_close) = (&mut self.unsent, &mut self.peer_close);
-                // The read's broadcasts wake each member once, when its frames are dispatched
-                // (the guard drops at the end of this closure, however the read ends).
-                let _batch = crate::cork::cork();
+                let (unsent, open, peer_close) =
+                    (&mut self.unsent, &mut self.open, &mut self.peer_close);
                 let fed = self.decoder.feed(&mut buf[..n], |frame| {
-                    match live.on_frame(frame, unsent, peer_close) {
+                    match live.on_frame(frame, Own { unsent, open }, peer_close) {
                         Ok(()) => ControlFlow::Continue(()),
                         Err(reason) => ControlFlow::Break(reason),
                     }
@@ -207,11 +211,28 @@ impl Socket {
             // Taken out of the queue first and encoded after: compressing must not hold the
             // queue's lock, which every offer to this connection takes.
             let mut batch = SmallVec::<[Outgoing; MAX_BATCH]>::new();
-            let taken = conn.poll_take(cx, MAX_BATCH, WRITE_BATCH_BYTES, |m| batch.push(m));
+            // With nothing of its own to write, and frames written as queued (no compression
+            // of their own), the task lets publishers write into the socket while it waits.
+            let open = match self.io.tcp() {
+                Some(tcp) if !self.preface && compress.window_bits.is_none() => {
+                    Some((tcp, &shared.counters))
+                }
+                _ => None,
+            };
+            let take = Take {
+                max: MAX_BATCH,
+                max_bytes: WRITE_BATCH_BYTES,
+                open,
+                spill: &mut self.unsent,
+            };
+            let taken = conn.poll_take(cx, take, |m| batch.push(m));
+            self.open = taken.is_pending() && open.is_some();
             let written = with_write_buffer(|buf| {
                 buf.clear();
-                if std::mem::take(&mut self.preface) {
-                    // The 101 first, then the frames, in one write.
+                self.preface = false;
+                if !self.unsent.is_empty() {
+                    // The 101 (or what a write-through left unwritten) first, then the
+                    // frames, in one write.
                     buf.append(&mut self.unsent);
                     self.unsent = Vec::new();
                 }
@@ -274,6 +295,10 @@ impl Socket {
         timeout: Duration,
     ) {
         let code = reason.close_code();
+        if let Some(conn) = conn {
+            // Nobody writes through any more; what a write-through left unwritten goes first.
+            conn.claim_writes(&mut self.unsent, true);
+        }
         // A stale peer has been silent for `ping_interval + pong_timeout`: it gets what its
         // socket takes at once (not its backlog), and no wait for a reply that will not come.
         let stale = reason == DisconnectReason::Stale;
@@ -373,7 +398,7 @@ impl Live<'_> {
     fn on_frame(
         &mut self,
         frame: Frame<'_>,
-        unsent: &mut Vec<u8>,
+        own: Own<'_>,
         peer_close: &mut Option<Option<u16>>,
     ) -> Result<(), DisconnectReason> {
         let Client { conn, shared } = self.client;
@@ -387,6 +412,7 @@ impl Live<'_> {
                 if !dispatch::charge_control(shared, self.rate)? {
                     return Ok(());
                 }
+                let unsent = own.claim(conn);
                 if unsent.len() > MAX_UNSENT_REPLIES {
                     return Err(DisconnectReason::SlowConsumer);
                 }
@@ -399,6 +425,25 @@ impl Live<'_> {
                 Err(DisconnectReason::ClientClosed)
             }
         }
+    }
+}
+
+/// The socket's own bytes, for a reply the task encodes while it reads.
+struct Own<'a> {
+    unsent: &'a mut Vec<u8>,
+    /// Whether publishers may write into the socket now (the outbox is open).
+    open: &'a mut bool,
+}
+
+impl<'a> Own<'a> {
+    /// The bytes to append a reply to, with the socket taken back from write-through first:
+    /// the reply then goes out before any broadcast dispatched after it, and after what a
+    /// write-through left unwritten.
+    fn claim(self, conn: &ConnHandle) -> &'a mut Vec<u8> {
+        if std::mem::take(self.open) {
+            conn.claim_writes(self.unsent, false);
+        }
+        self.unsent
     }
 }
 
@@ -461,18 +506,6 @@ fn encode_plain(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) -> u64 {
 fn encode_deflated(out: &mut Vec<u8>, opcode: OpCode, deflated: &[u8]) -> u64 {
     frame::encode_deflated(out, opcode, deflated);
     deflated.len() as u64
-}
-
-/// A queued frame's opcode and payload; `None` for a close frame (only `Socket::close` sends
-/// one, after everything queued).
-fn message_parts(message: &Message) -> Option<(OpCode, &[u8])> {
-    Some(match message {
-        Message::Text(text) => (OpCode::Text, text.as_bytes()),
-        Message::Binary(bytes) => (OpCode::Binary, bytes),
-        Message::Ping(bytes) => (OpCode::Ping, bytes),
-        Message::Pong(bytes) => (OpCode::Pong, bytes),
-        Message::Close(_) => return None,
-    })
 }
 
 /// Runs `f` with this thread's read buffer; a nested call (never expected) gets a fresh one.

@@ -9,7 +9,7 @@ use futures_util::{Sink, SinkExt};
 
 use super::close_message;
 use crate::disconnect::DisconnectReason;
-use crate::handle::ConnHandle;
+use crate::handle::{ConnHandle, Take};
 use crate::protocol::text;
 use crate::shared::Shared;
 
@@ -28,7 +28,11 @@ where
         let taken = tokio::select! {
             biased;
             () = conn.closed() => break,
-            taken = std::future::poll_fn(|cx| conn.poll_take(cx, MAX_BATCH, usize::MAX, |m| batch.push(m.into_message()))) => taken,
+            taken = std::future::poll_fn(|cx| {
+                // Never opened to write-through (an SSE stream is not a socket of ours): no spill.
+                let take = Take { max: MAX_BATCH, max_bytes: usize::MAX, open: None, spill: &mut Vec::new() };
+                conn.poll_take(cx, take, |m| batch.push(m.into_message()))
+            }) => taken,
         };
         // A peer that stops reading blocks this write; the close signal still gets through.
         // The write counts as blocked until it completes.

@@ -645,6 +645,9 @@ impl Hub {
         skip: Skip<'_>,
     ) -> Result<(usize, u64), Shed> {
         let started = std::time::Instant::now();
+        // Members are written to or woken when this ends, after the registry's lock (or with
+        // the batch this publish is part of).
+        let _batch = crate::cork::cork();
         let exclude = self.exclude(skip);
         // A broadcast numbered here is numbered under this lock, after any replay; one the
         // cluster numbered may arrive after a recovery that already replayed it.

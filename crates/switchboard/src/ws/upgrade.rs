@@ -184,7 +184,7 @@ impl Handshake {
         match start {
             Some(start) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 Ok(start(Upgraded {
-                    io: Io::Tcp(io),
+                    io: Io::Tcp(Arc::new(io)),
                     early: Bytes::copy_from_slice(early),
                     preface: response_head(response),
                 }))
@@ -303,7 +303,8 @@ impl Upgrade {
 
 /// An upgraded connection: the TCP stream itself when the server is a plain hyper/axum one
 /// (no box, no extra buffer), else hyper's upgraded I/O. Bytes the client sent right after
-/// its request come first.
+/// its request come first. The TCP stream is shared ([`tcp`](Self::tcp)) so that a
+/// publisher can write a broadcast into it while the connection's task is idle.
 #[derive(Debug)]
 pub struct Upgraded {
     io: Io,
@@ -314,7 +315,7 @@ pub struct Upgraded {
 
 #[derive(Debug)]
 enum Io {
-    Tcp(TcpStream),
+    Tcp(Arc<TcpStream>),
     Other(TokioIo<hyper::upgrade::Upgraded>),
 }
 
@@ -322,7 +323,7 @@ impl Upgraded {
     fn new(upgraded: hyper::upgrade::Upgraded) -> Self {
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => Self {
-                io: Io::Tcp(parts.io.into_inner()),
+                io: Io::Tcp(Arc::new(parts.io.into_inner())),
                 // A copy: hyper's `read_buf` keeps its whole read buffer (8 KiB) alive.
                 early: Bytes::copy_from_slice(&parts.read_buf),
                 preface: Vec::new(),
@@ -339,6 +340,44 @@ impl Upgraded {
     pub(crate) fn take_preface(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.preface)
     }
+
+    /// The TCP stream, when that is what the connection is (not hyper's boxed I/O).
+    pub(crate) fn tcp(&self) -> Option<&Arc<TcpStream>> {
+        match &self.io {
+            Io::Tcp(tcp) => Some(tcp),
+            Io::Other(_) => None,
+        }
+    }
+}
+
+/// Reads from a shared TCP stream as `TcpStream::poll_read` does: wait for readiness, try.
+fn poll_read_tcp(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        std::task::ready!(tcp.poll_read_ready(cx))?;
+        match tcp.try_read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Writes into a shared TCP stream as `TcpStream::poll_write` does: wait for readiness, try.
+fn poll_write_tcp(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return Poll::Ready(done),
+        }
+    }
 }
 
 impl AsyncRead for Upgraded {
@@ -354,7 +393,7 @@ impl AsyncRead for Upgraded {
             return Poll::Ready(Ok(()));
         }
         match &mut this.io {
-            Io::Tcp(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Tcp(tcp) => poll_read_tcp(tcp, cx, buf),
             Io::Other(io) => Pin::new(io).poll_read(cx, buf),
         }
     }
@@ -367,21 +406,25 @@ impl AsyncWrite for Upgraded {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
-            Io::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Io::Tcp(tcp) => poll_write_tcp(tcp, cx, buf),
             Io::Other(io) => Pin::new(io).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            Io::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Tcp(_) => Poll::Ready(Ok(())),
             Io::Other(io) => Pin::new(io).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
-            Io::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            // Shared only while its task lets publishers write: not when it closes.
+            Io::Tcp(tcp) => match Arc::get_mut(tcp) {
+                Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
+                None => Poll::Ready(Ok(())),
+            },
             Io::Other(io) => Pin::new(io).poll_shutdown(cx),
         }
     }

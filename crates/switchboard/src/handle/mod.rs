@@ -1,5 +1,7 @@
 //! The handle through which everything outside a connection's tasks reaches it.
 
+mod direct;
+
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -13,6 +15,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::disconnect::DisconnectReason;
 use crate::ids::{ConnectionId, UserId};
+use crate::ws::frame::OpCode;
+pub(crate) use direct::{Direct, MAX_BATCH, WRITE_BATCH_BYTES};
 
 /// What the embedding app and the logs know about a connection.
 #[derive(Debug, Clone)]
@@ -139,7 +143,8 @@ pub(crate) enum Offer {
 }
 
 /// Shared state of one connection: identity, the sending end of its bounded outbound queue,
-/// and the close signal. The connection's own tasks own the socket; nobody else touches it.
+/// and the close signal. The connection's own tasks own the socket; others write into it only
+/// while its task leaves the outbox open (write-through, the `direct` module).
 #[derive(Debug)]
 pub(crate) struct ConnHandle {
     pub(crate) seq: u64,
@@ -220,13 +225,33 @@ impl ConnHandle {
         self.outbox.offer_listed(frame.into())
     }
 
-    /// The corked batch that listed this connection ended: wakes the task unless it has
-    /// taken the frames meanwhile.
-    pub(crate) fn wake_listed(&self) {
+    /// The corked batch that listed this connection ended: writes the frames through if
+    /// `through` and the task left the outbox open, else wakes the task, unless it has taken
+    /// the frames meanwhile.
+    pub(crate) fn wake_listed(&self, through: bool) {
         let mut state = lock(&self.outbox.state);
         state.listed = false;
-        if state.unannounced {
+        if !state.unannounced {
+            return;
+        }
+        if !through || direct::write_through(&mut state) == direct::Through::Wake {
             state.wake();
+        }
+    }
+
+    /// The connection's task is about to write bytes of its own (`unsent`): closes the
+    /// outbox to write-through, and puts before them what a write-through left unwritten.
+    /// `detach` also lets go of the socket (the connection is closing).
+    pub(crate) fn claim_writes(&self, unsent: &mut Vec<u8>, detach: bool) {
+        let mut state = lock(&self.outbox.state);
+        state.open = false;
+        if detach {
+            state.direct = None;
+        }
+        if !state.spill.is_empty() {
+            let mut spill = std::mem::take(&mut state.spill);
+            spill.extend_from_slice(unsent);
+            *unsent = spill;
         }
     }
 
@@ -251,14 +276,17 @@ impl ConnHandle {
     /// The connection's own task takes queued frames, oldest first: at most `max` frames,
     /// and no more payload bytes than `max_bytes` unless the first frame alone is larger; with
     /// none queued it is woken by the next offer or by [`close`](Self::close).
+    ///
+    /// What a write-through left unwritten comes first, appended to `spill`. With nothing
+    /// queued, `open` (the task has nothing of its own to write) opens the outbox to
+    /// write-through until the task takes frames again or [`claims`](Self::claim_writes) it.
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        max: usize,
-        max_bytes: usize,
-        take: impl FnMut(Outgoing),
+        take: Take<'_>,
+        f: impl FnMut(Outgoing),
     ) -> Poll<usize> {
-        self.outbox.poll_take(cx, max, max_bytes, take)
+        self.outbox.poll_take(cx, take, f)
     }
 
     /// Takes queued frames as [`poll_take`](Self::poll_take) does, without registering for a
@@ -487,6 +515,30 @@ struct OutboxState {
     /// at the batch's end, not by each offer in it.
     listed: bool,
     shut: bool,
+    /// The task has nothing of its own to write: whoever holds the lock may write queued
+    /// frames into `direct` (write-through).
+    open: bool,
+    /// The socket, once the task first opened the outbox, until it closes.
+    direct: Option<Direct>,
+    /// What a write-through's socket did not take: the task writes it before anything else.
+    spill: Vec<u8>,
+}
+
+/// How the connection's task takes frames ([`ConnHandle::poll_take`]).
+#[derive(Debug)]
+pub(crate) struct Take<'a> {
+    /// At most this many frames,
+    pub(crate) max: usize,
+    /// and this many payload bytes, unless the first frame alone is larger.
+    pub(crate) max_bytes: usize,
+    /// The task has nothing of its own to write: with nothing queued, publishers may write
+    /// into this socket (counting their writes in these counters).
+    pub(crate) open: Option<(
+        &'a Arc<tokio::net::TcpStream>,
+        &'a Arc<crate::stats::Counters>,
+    )>,
+    /// Where a write-through's unwritten rest goes.
+    pub(crate) spill: &'a mut Vec<u8>,
 }
 
 impl OutboxState {
@@ -597,16 +649,29 @@ impl Outbox {
     fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        max: usize,
-        max_bytes: usize,
-        take: impl FnMut(Outgoing),
+        take: Take<'_>,
+        f: impl FnMut(Outgoing),
     ) -> Poll<usize> {
         let mut state = lock(&self.state);
-        if state.is_empty() {
+        if state.is_empty() && state.spill.is_empty() {
+            if let Some((stream, counters)) = take.open.filter(|_| !state.shut) {
+                if state.direct.is_none() {
+                    state.direct = Some(Direct {
+                        stream: stream.clone(),
+                        counters: counters.clone(),
+                    });
+                }
+                state.open = true;
+            }
             store_waker(&mut state.waker, cx.waker());
             return Poll::Pending;
         }
-        Poll::Ready(Self::take_from(&mut state, max, max_bytes, take))
+        state.open = false;
+        if !state.spill.is_empty() {
+            take.spill.append(&mut state.spill);
+            state.spill = Vec::new();
+        }
+        Poll::Ready(Self::take_from(&mut state, take.max, take.max_bytes, f))
     }
 
     fn take_batch(&self, max: usize, max_bytes: usize, take: impl FnMut(Outgoing)) -> usize {
@@ -668,12 +733,27 @@ impl Outbox {
         state.shut = true;
         state.clear();
         state.waker = None;
+        state.open = false;
+        state.direct = None;
+        state.spill = Vec::new();
     }
 }
 
 /// A queued frame's payload length.
 pub(crate) fn payload_len(frame: &Outgoing) -> usize {
     message_payload(frame.message()).len()
+}
+
+/// A queued frame's opcode and payload; `None` for a close frame (only the task's closing
+/// sends one, after everything queued).
+pub(crate) fn message_parts(message: &Message) -> Option<(OpCode, &[u8])> {
+    Some(match message {
+        Message::Text(text) => (OpCode::Text, text.as_bytes()),
+        Message::Binary(bytes) => (OpCode::Binary, bytes),
+        Message::Ping(bytes) => (OpCode::Ping, bytes),
+        Message::Pong(bytes) => (OpCode::Pong, bytes),
+        Message::Close(_) => return None,
+    })
 }
 
 /// A frame's payload (a close frame's: none).
