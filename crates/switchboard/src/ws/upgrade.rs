@@ -316,7 +316,9 @@ pub struct Upgraded {
 #[derive(Debug)]
 enum Io {
     Tcp(Arc<TcpStream>),
-    Other(TokioIo<hyper::upgrade::Upgraded>),
+    /// Boxed: rare (an upgrade hyper served through something other than a plain TCP
+    /// stream), and large beside the shared stream every other connection keeps.
+    Other(Box<TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 impl Upgraded {
@@ -329,7 +331,7 @@ impl Upgraded {
                 preface: Vec::new(),
             },
             Err(upgraded) => Self {
-                io: Io::Other(TokioIo::new(upgraded)),
+                io: Io::Other(Box::new(TokioIo::new(upgraded))),
                 early: Bytes::new(),
                 preface: Vec::new(),
             },
@@ -394,7 +396,7 @@ impl AsyncRead for Upgraded {
         }
         match &mut this.io {
             Io::Tcp(tcp) => poll_read_tcp(tcp, cx, buf),
-            Io::Other(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Other(io) => Pin::new(&mut **io).poll_read(cx, buf),
         }
     }
 }
@@ -407,14 +409,14 @@ impl AsyncWrite for Upgraded {
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().io {
             Io::Tcp(tcp) => poll_write_tcp(tcp, cx, buf),
-            Io::Other(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Other(io) => Pin::new(&mut **io).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             Io::Tcp(_) => Poll::Ready(Ok(())),
-            Io::Other(io) => Pin::new(io).poll_flush(cx),
+            Io::Other(io) => Pin::new(&mut **io).poll_flush(cx),
         }
     }
 
@@ -425,7 +427,7 @@ impl AsyncWrite for Upgraded {
                 Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
                 None => Poll::Ready(Ok(())),
             },
-            Io::Other(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Other(io) => Pin::new(&mut **io).poll_shutdown(cx),
         }
     }
 }
