@@ -23,12 +23,13 @@ use super::health::HealthClock;
 use super::rate::MessageRate;
 use crate::client::Client;
 use crate::disconnect::DisconnectReason;
-use crate::handle::{ConnHandle, MAX_BATCH, Outgoing, Take, WRITE_BATCH_BYTES, message_parts};
+use crate::handle::{
+    ConnHandle, Encoding, MAX_BATCH, Open, Outgoing, Take, WRITE_BATCH_BYTES, message_parts,
+};
 use crate::handler::AppHandler;
 use crate::shared::Shared;
-use crate::stats::Counters;
 use crate::ws::Upgraded;
-use crate::ws::deflate::{self, Deflate};
+use crate::ws::deflate::Deflate;
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
 
 // Frames encoded into one write (`MAX_BATCH`): waiting frames go out in one syscall, without
@@ -203,20 +204,21 @@ impl Socket {
                 self.unsent = Vec::new();
             }
             let (mut frames, mut bytes) = (0, 0);
-            let compress = Compress {
+            let encoding = Encoding {
                 window_bits: self.deflate.and_then(Deflate::window_bits),
-                min_bytes: shared.config.compression.min_bytes,
-                counters: &shared.counters,
+                min_bytes: u32::try_from(shared.config.compression.min_bytes).unwrap_or(u32::MAX),
             };
             // Taken out of the queue first and encoded after: compressing must not hold the
             // queue's lock, which every offer to this connection takes.
             let mut batch = SmallVec::<[Outgoing; MAX_BATCH]>::new();
-            // With nothing of its own to write, and frames written as queued (no compression
-            // of their own), the task lets publishers write into the socket while it waits.
+            // With nothing of its own to write, the task lets publishers write into the socket
+            // while it waits.
             let open = match self.io.tcp() {
-                Some(tcp) if !self.preface && compress.window_bits.is_none() => {
-                    Some((tcp, &shared.counters))
-                }
+                Some(stream) if !self.preface => Some(Open {
+                    stream,
+                    counters: &shared.counters,
+                    encoding,
+                }),
                 _ => None,
             };
             let take = Take {
@@ -239,7 +241,7 @@ impl Socket {
                 match taken {
                     Poll::Ready(taken) => {
                         for message in batch.drain(..) {
-                            bytes += compress.encode(buf, &message);
+                            bytes += encoding.encode(buf, &message, &shared.counters);
                         }
                         frames = taken as u64;
                     }
@@ -445,67 +447,6 @@ impl<'a> Own<'a> {
         }
         self.unsent
     }
-}
-
-/// How a connection's queued frames are encoded: compressed (permessage-deflate) or not.
-struct Compress<'a> {
-    /// The window the connection's messages may be compressed with; `None`: not at all
-    /// (the extension was not negotiated, or only with a window zlib cannot keep to).
-    window_bits: Option<u8>,
-    /// Smaller messages go out plain: compressing them would gain little or nothing.
-    min_bytes: usize,
-    counters: &'a Counters,
-}
-
-impl Compress<'_> {
-    /// Encodes a queued frame; returns its payload's length on the wire.
-    fn encode(&self, out: &mut Vec<u8>, item: &Outgoing) -> u64 {
-        let Some((opcode, payload)) = message_parts(item.message()) else {
-            return 0;
-        };
-        let data = matches!(opcode, OpCode::Text | OpCode::Binary);
-        let window = self
-            .window_bits
-            .filter(|_| data && payload.len() >= self.min_bytes);
-        let Some(bits) = window else {
-            return encode_plain(out, opcode, payload);
-        };
-        // A broadcast: compressed once for all its members, with a full window (a member that
-        // asked for a smaller one compresses its own).
-        if bits == deflate::MAX_WINDOW_BITS {
-            let shared = item.shared_deflated(|payload| {
-                self.counters.deflated();
-                deflate::with_compressed(payload, bits, |z| {
-                    (z.len() < payload.len()).then(|| bytes::Bytes::copy_from_slice(z))
-                })
-            });
-            match shared {
-                Some(Some(deflated)) => return encode_deflated(out, opcode, deflated),
-                Some(None) => return encode_plain(out, opcode, payload),
-                None => {}
-            }
-        }
-        self.counters.deflated();
-        deflate::with_compressed(payload, bits, |z| {
-            if z.len() < payload.len() {
-                encode_deflated(out, opcode, z)
-            } else {
-                encode_plain(out, opcode, payload)
-            }
-        })
-    }
-}
-
-/// Encodes a frame as it is; returns its payload's length.
-fn encode_plain(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) -> u64 {
-    frame::encode(out, opcode, payload);
-    payload.len() as u64
-}
-
-/// Encodes a compressed message (RSV1); returns its compressed payload's length.
-fn encode_deflated(out: &mut Vec<u8>, opcode: OpCode, deflated: &[u8]) -> u64 {
-    frame::encode_deflated(out, opcode, deflated);
-    deflated.len() as u64
 }
 
 /// Runs `f` with this thread's read buffer; a nested call (never expected) gets a fresh one.

@@ -20,9 +20,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::{OutboxState, message_parts, payload_len};
+use super::{Encoding, OutboxState, Outgoing, payload_len};
 use crate::stats::Counters;
-use crate::ws::frame;
 
 /// Frames encoded into one write, by a connection's task or a write-through.
 pub(crate) const MAX_BATCH: usize = 64;
@@ -35,12 +34,13 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// What a publisher needs to write into a connection's socket itself: the socket, and the
-/// counters its writes are counted in.
+/// What a publisher needs to write into a connection's socket itself: the socket, the
+/// counters its writes are counted in, and how its frames are encoded.
 #[derive(Debug, Clone)]
 pub(crate) struct Direct {
     pub(crate) stream: Arc<TcpStream>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) encoding: Encoding,
 }
 
 /// How a write-through went.
@@ -64,6 +64,13 @@ pub(super) fn write_through(state: &mut OutboxState) -> Through {
     if bytes > WRITE_BATCH_BYTES && state.len() > 1 {
         return Through::Wake;
     }
+    // A frame compressed for this connection alone is compressed by its task, outside the
+    // queue's lock (offers to it would wait meanwhile).
+    let encoding = state.direct.as_ref().map(|d| d.encoding);
+    let alone = |item: &Outgoing| encoding.is_some_and(|e| e.compresses_alone(item));
+    if state.front().is_some_and(alone) || state.rest.iter().any(alone) {
+        return Through::Wake;
+    }
     // Taken out while the frames are, and put back.
     let Some(direct) = state.direct.take() else {
         return Through::Wake;
@@ -73,16 +80,15 @@ pub(super) fn write_through(state: &mut OutboxState) -> Through {
             return Through::Wake;
         };
         buf.clear();
-        let mut frames = 0;
+        let (mut frames, mut wire) = (0, 0);
         while let Some(item) = state.pop_front() {
-            if let Some((opcode, payload)) = message_parts(item.message()) {
-                frame::encode(&mut buf, opcode, payload);
-                frames += 1;
-            }
+            // A broadcast is compressed once for all its members (whoever is first).
+            wire += direct.encoding.encode(&mut buf, &item, &direct.counters);
+            frames += 1;
         }
         state.rest = Default::default();
         state.unannounced = false;
-        direct.counters.messages_out(frames, bytes as u64);
+        direct.counters.messages_out(frames, wire);
         let written = write_some(&direct.stream, &buf);
         let through = if written == buf.len() {
             Through::Written
@@ -125,60 +131,96 @@ mod tests {
     use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
     use super::super::testing::{WakeCount, frame, handle};
-    use super::super::{ConnHandle, Take};
+    use super::super::{ConnHandle, Encoding, Open, Outgoing, Take};
     use crate::stats::Counters;
     use crate::ws::frame::{self, OpCode};
 
-    /// A server-side stream and its client, both with small kernel buffers when `small`.
-    async fn pair(small: bool) -> (Arc<TcpStream>, TcpStream) {
-        let listen = TcpSocket::new_v4().unwrap();
-        let client = TcpSocket::new_v4().unwrap();
-        if small {
-            listen.set_send_buffer_size(4096).unwrap();
-            client.set_recv_buffer_size(4096).unwrap();
-        }
-        listen.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener: TcpListener = listen.listen(8).unwrap();
-        let client = client
-            .connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (Arc::new(server), client)
+    const PLAIN: Encoding = Encoding {
+        window_bits: None,
+        min_bytes: 256,
+    };
+
+    /// A member: its handle, the server's end of its socket (small kernel buffers when
+    /// `small`) and the client's, and its task's side.
+    struct Member {
+        conn: ConnHandle,
+        woken: Arc<WakeCount>,
+        stream: Arc<TcpStream>,
+        client: TcpStream,
+        counters: Arc<Counters>,
+        encoding: Encoding,
+        /// What the task got: a write-through's spill, and the texts it took.
+        spill: Vec<u8>,
+        frames: Vec<String>,
     }
 
-    /// The task's side with nothing of its own to write: takes what is queued (and any
-    /// spill), opening the outbox when nothing is.
-    fn take(
-        conn: &ConnHandle,
-        woken: &Arc<WakeCount>,
-        open: (&Arc<TcpStream>, &Arc<Counters>),
-        spill: &mut Vec<u8>,
-        frames: &mut Vec<String>,
-    ) -> Poll<usize> {
-        let waker = Waker::from(woken.clone());
-        let take = Take {
-            max: super::MAX_BATCH,
-            max_bytes: super::WRITE_BATCH_BYTES,
-            open: Some(open),
-            spill,
-        };
-        conn.poll_take(&mut Context::from_waker(&waker), take, |m| {
-            if let axum::extract::ws::Message::Text(t) = m.message() {
-                frames.push(t.to_string());
+    impl Member {
+        async fn new(small: bool, capacity: usize, encoding: Encoding) -> Self {
+            let listen = TcpSocket::new_v4().unwrap();
+            let client = TcpSocket::new_v4().unwrap();
+            if small {
+                listen.set_send_buffer_size(4096).unwrap();
+                client.set_recv_buffer_size(4096).unwrap();
             }
-        })
-    }
-
-    /// Broadcasts `texts` to `conn` as one corked batch does (the `cork` module): offered
-    /// quietly, then the listed member served at the batch's end.
-    fn broadcast(conn: &ConnHandle, texts: &[&str]) {
-        let mut listed = false;
-        for text in texts {
-            listed |= conn.offer_listed(frame(text)).1;
+            listen.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener: TcpListener = listen.listen(8).unwrap();
+            let client = client
+                .connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let (conn, woken) = handle(1, capacity);
+            Self {
+                conn,
+                woken,
+                stream: Arc::new(server),
+                client,
+                counters: Arc::new(Counters::default()),
+                encoding,
+                spill: Vec::new(),
+                frames: Vec::new(),
+            }
         }
-        if listed {
-            conn.wake_listed(true);
+
+        /// The task's side with nothing of its own to write: takes what is queued (and any
+        /// spill), opening the outbox when nothing is.
+        fn take(&mut self) -> Poll<usize> {
+            let waker = Waker::from(self.woken.clone());
+            let take = Take {
+                max: super::MAX_BATCH,
+                max_bytes: super::WRITE_BATCH_BYTES,
+                open: Some(Open {
+                    stream: &self.stream,
+                    counters: &self.counters,
+                    encoding: self.encoding,
+                }),
+                spill: &mut self.spill,
+            };
+            let frames = &mut self.frames;
+            self.conn
+                .poll_take(&mut Context::from_waker(&waker), take, |m| {
+                    if let axum::extract::ws::Message::Text(t) = m.message() {
+                        frames.push(t.to_string());
+                    }
+                })
+        }
+
+        /// Broadcasts `texts` to it as one corked batch does (the `cork` module): offered
+        /// quietly, then the listed member served at the batch's end.
+        fn broadcast(&self, texts: &[&str]) {
+            let mut listed = false;
+            for text in texts {
+                listed |= self.conn.offer_listed(frame(text)).1;
+            }
+            if listed {
+                self.conn.wake_listed(true);
+            }
+        }
+
+        async fn read_exactly(&mut self, n: usize) -> Vec<u8> {
+            let mut got = vec![0; n];
+            self.client.read_exact(&mut got).await.unwrap();
+            got
         }
     }
 
@@ -190,90 +232,71 @@ mod tests {
         out
     }
 
-    async fn read_exactly(client: &mut TcpStream, n: usize) -> Vec<u8> {
-        let mut got = vec![0; n];
-        client.read_exact(&mut got).await.unwrap();
-        got
-    }
-
     #[tokio::test]
     async fn an_open_outbox_is_written_through_without_waking_the_task() {
-        let (stream, mut client) = pair(false).await;
-        let counters = Arc::new(Counters::default());
-        let (conn, woken) = handle(1, 8);
-        let conn = Arc::new(conn);
-        let (mut spill, mut frames) = (Vec::new(), Vec::new());
-        let open = (&stream, &counters);
-        assert!(take(&conn, &woken, open, &mut spill, &mut frames).is_pending());
-        broadcast(&conn, &["one", "two"]);
-        assert_eq!(woken.get(), 0, "the task is not woken");
-        assert_eq!(conn.queued(), 0);
+        let mut m = Member::new(false, 8, PLAIN).await;
+        assert!(m.take().is_pending());
+        m.broadcast(&["one", "two"]);
+        assert_eq!(m.woken.get(), 0, "the task is not woken");
+        assert_eq!(m.conn.queued(), 0);
         let want = encoded(&["one", "two"]);
-        assert_eq!(read_exactly(&mut client, want.len()).await, want);
-        assert_eq!(counters.out_for_test(), (2, 6));
+        assert_eq!(m.read_exactly(want.len()).await, want);
+        assert_eq!(m.counters.out_for_test(), (2, 6));
         // Still open: the next batch goes through as well.
-        broadcast(&conn, &["three"]);
+        m.broadcast(&["three"]);
         let want = encoded(&["three"]);
-        assert_eq!(read_exactly(&mut client, want.len()).await, want);
-        assert_eq!(woken.get(), 0);
+        assert_eq!(m.read_exactly(want.len()).await, want);
+        assert_eq!(m.woken.get(), 0);
     }
 
     #[tokio::test]
     async fn a_closed_outbox_wakes_the_task_and_writes_nothing() {
-        let (stream, client) = pair(false).await;
-        let counters = Arc::new(Counters::default());
-        let (conn, woken) = handle(1, 8);
-        let conn = Arc::new(conn);
-        let (mut spill, mut frames) = (Vec::new(), Vec::new());
-        assert!(take(&conn, &woken, (&stream, &counters), &mut spill, &mut frames).is_pending());
+        let mut m = Member::new(false, 8, PLAIN).await;
+        assert!(m.take().is_pending());
         // The task has a pong of its own to write: it claims the socket back.
         let mut unsent = b"pong".to_vec();
-        conn.claim_writes(&mut unsent, false);
+        m.conn.claim_writes(&mut unsent, false);
         assert_eq!(unsent, b"pong");
-        broadcast(&conn, &["one"]);
-        assert_eq!(woken.get(), 1, "woken to write it itself");
-        assert_eq!(conn.queued(), 1);
+        m.broadcast(&["one"]);
+        assert_eq!(m.woken.get(), 1, "woken to write it itself");
+        assert_eq!(m.conn.queued(), 1);
         let mut byte = [0u8; 1];
-        assert!(client.try_read(&mut byte).is_err(), "nothing was written");
-        assert_eq!(counters.out_for_test(), (0, 0));
-        assert!(take(&conn, &woken, (&stream, &counters), &mut spill, &mut frames).is_ready());
-        assert_eq!(frames, ["one"]);
+        assert!(m.client.try_read(&mut byte).is_err(), "nothing was written");
+        assert_eq!(m.counters.out_for_test(), (0, 0));
+        assert!(m.take().is_ready());
+        assert_eq!(m.frames, ["one"]);
     }
 
     #[tokio::test]
     async fn what_a_full_socket_does_not_take_is_written_first_by_the_task() {
-        let (stream, mut client) = pair(true).await;
-        let counters = Arc::new(Counters::default());
-        let (conn, woken) = handle(1, 64);
-        let conn = Arc::new(conn);
-        let (mut spill, mut frames) = (Vec::new(), Vec::new());
+        let mut m = Member::new(true, 64, PLAIN).await;
         let big: Vec<String> = (0..3).map(|n| n.to_string().repeat(16 * 1024)).collect();
         let big: Vec<&str> = big.iter().map(String::as_str).collect();
-        assert!(take(&conn, &woken, (&stream, &counters), &mut spill, &mut frames).is_pending());
-        broadcast(&conn, &big);
-        assert_eq!(woken.get(), 1, "the rest is the task's");
+        assert!(m.take().is_pending());
+        m.broadcast(&big);
+        assert_eq!(m.woken.get(), 1, "the rest is the task's");
         // Later broadcasts queue behind the spill; the outbox is closed.
-        broadcast(&conn, &["after"]);
-        assert_eq!(conn.queued(), 1);
+        m.broadcast(&["after"]);
+        assert_eq!(m.conn.queued(), 1);
         // The task takes the spill first, then the frames; a pong it had encoded goes after
         // the spill (the spill finishes a frame already begun on the wire).
         let mut unsent = encoded(&["pong"]);
-        conn.claim_writes(&mut unsent, false);
+        m.conn.claim_writes(&mut unsent, false);
         assert!(
             unsent.len() > encoded(&["pong"]).len(),
             "the spill came first"
         );
         assert!(unsent.ends_with(&encoded(&["pong"])));
-        assert!(take(&conn, &woken, (&stream, &counters), &mut spill, &mut frames).is_ready());
-        assert!(spill.is_empty(), "claimed already");
-        assert_eq!(frames, ["after"]);
+        assert!(m.take().is_ready());
+        assert!(m.spill.is_empty(), "claimed already");
+        assert_eq!(m.frames, ["after"]);
         let mut want = encoded(&big);
         want.extend(encoded(&["pong"]));
         want.extend(encoded(&["after"]));
         let mut rest = unsent;
         rest.extend(encoded(&["after"]));
         let writer = tokio::spawn({
-            let stream = stream.clone();
+            let stream = m.stream.clone();
             async move {
                 let mut at = 0;
                 while at < rest.len() {
@@ -286,30 +309,59 @@ mod tests {
                 }
             }
         });
-        assert_eq!(read_exactly(&mut client, want.len()).await, want);
+        assert_eq!(m.read_exactly(want.len()).await, want);
         writer.await.unwrap();
         assert_eq!(
-            counters.out_for_test().0,
+            m.counters.out_for_test().0,
             3,
             "counted once, by the write-through"
         );
     }
 
     #[tokio::test]
+    async fn a_deflate_member_gets_a_broadcast_compressed_once_and_its_own_frames_from_its_task() {
+        let deflate = Encoding {
+            window_bits: Some(15),
+            min_bytes: 16,
+        };
+        let mut m = Member::new(false, 8, deflate).await;
+        assert!(m.take().is_pending());
+        let text = "chat line ".repeat(50);
+        let broadcast = Outgoing::shared(frame(&text));
+        assert!(m.conn.offer_listed(broadcast.clone()).1);
+        m.conn.wake_listed(true);
+        assert_eq!(m.woken.get(), 0, "written through");
+        // The bytes every member gets: compressed once, on the first write.
+        let deflated = broadcast
+            .shared_deflated(|_| panic!("compressed already"))
+            .flatten()
+            .cloned()
+            .unwrap();
+        let mut want = Vec::new();
+        frame::encode_deflated(&mut want, OpCode::Text, &deflated);
+        assert_eq!(want[0], 0xc1, "FIN, RSV1, text");
+        assert_eq!(m.read_exactly(want.len()).await, want);
+        assert_eq!(m.counters.out_for_test(), (1, deflated.len() as u64));
+        // A frame of its own would be compressed for it alone: its task does that, outside
+        // the queue's lock.
+        assert!(m.conn.offer_listed(frame(&text)).1);
+        m.conn.wake_listed(true);
+        assert_eq!(m.woken.get(), 1);
+        assert_eq!(m.conn.queued(), 1);
+    }
+
+    #[tokio::test]
     async fn the_handle_lets_go_of_the_socket_when_shut_or_detached() {
-        let (stream, _client) = pair(false).await;
-        let counters = Arc::new(Counters::default());
         for detach in [true, false] {
-            let (conn, woken) = handle(1, 8);
-            let (mut spill, mut frames) = (Vec::new(), Vec::new());
-            let _ = take(&conn, &woken, (&stream, &counters), &mut spill, &mut frames);
-            assert_eq!(Arc::strong_count(&stream), 2);
+            let mut m = Member::new(false, 8, PLAIN).await;
+            let _ = m.take();
+            assert_eq!(Arc::strong_count(&m.stream), 2);
             if detach {
-                conn.claim_writes(&mut Vec::new(), true);
+                m.conn.claim_writes(&mut Vec::new(), true);
             } else {
-                conn.shut();
+                m.conn.shut();
             }
-            assert_eq!(Arc::strong_count(&stream), 1);
+            assert_eq!(Arc::strong_count(&m.stream), 1);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The handle through which everything outside a connection's tasks reaches it.
 
 mod direct;
+mod encode;
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use crate::disconnect::DisconnectReason;
 use crate::ids::{ConnectionId, UserId};
 use crate::ws::frame::OpCode;
 pub(crate) use direct::{Direct, MAX_BATCH, WRITE_BATCH_BYTES};
+pub(crate) use encode::Encoding;
 
 /// What the embedding app and the logs know about a connection.
 #[derive(Debug, Clone)]
@@ -524,6 +526,15 @@ struct OutboxState {
     spill: Vec<u8>,
 }
 
+/// What the task lends publishers while the outbox is open: its socket, the counters its
+/// writes are counted in, and how its frames are encoded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Open<'a> {
+    pub(crate) stream: &'a Arc<tokio::net::TcpStream>,
+    pub(crate) counters: &'a Arc<crate::stats::Counters>,
+    pub(crate) encoding: Encoding,
+}
+
 /// How the connection's task takes frames ([`ConnHandle::poll_take`]).
 #[derive(Debug)]
 pub(crate) struct Take<'a> {
@@ -532,11 +543,8 @@ pub(crate) struct Take<'a> {
     /// and this many payload bytes, unless the first frame alone is larger.
     pub(crate) max_bytes: usize,
     /// The task has nothing of its own to write: with nothing queued, publishers may write
-    /// into this socket (counting their writes in these counters).
-    pub(crate) open: Option<(
-        &'a Arc<tokio::net::TcpStream>,
-        &'a Arc<crate::stats::Counters>,
-    )>,
+    /// into its socket.
+    pub(crate) open: Option<Open<'a>>,
     /// Where a write-through's unwritten rest goes.
     pub(crate) spill: &'a mut Vec<u8>,
 }
@@ -654,11 +662,12 @@ impl Outbox {
     ) -> Poll<usize> {
         let mut state = lock(&self.state);
         if state.is_empty() && state.spill.is_empty() {
-            if let Some((stream, counters)) = take.open.filter(|_| !state.shut) {
+            if let Some(open) = take.open.filter(|_| !state.shut) {
                 if state.direct.is_none() {
                     state.direct = Some(Direct {
-                        stream: stream.clone(),
-                        counters: counters.clone(),
+                        stream: open.stream.clone(),
+                        counters: open.counters.clone(),
+                        encoding: open.encoding,
                     });
                 }
                 state.open = true;
