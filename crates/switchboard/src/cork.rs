@@ -258,4 +258,25 @@ mod tests {
         assert_eq!(woken_b.get(), 1);
         assert!(!super::corked());
     }
+
+    #[test]
+    fn one_worker_writes_every_member_through_several_spread_them() {
+        let budget_on = |workers: usize| {
+            let rt = match workers {
+                1 => tokio::runtime::Builder::new_current_thread().build(),
+                n => tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(n)
+                    .build(),
+            }
+            .unwrap();
+            // A thread of the runtime's own: the budget is cached per thread.
+            rt.block_on(async { tokio::spawn(async { super::through_budget() }).await })
+                .unwrap()
+        };
+        assert_eq!(budget_on(2), super::THROUGH_BUDGET);
+        assert_eq!(
+            std::thread::spawn(move || budget_on(1)).join().unwrap(),
+            usize::MAX
+        );
+    }
 }
