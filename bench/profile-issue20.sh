@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH=$TARGET/release/switchboard-bench
 SB=${SB:-$TARGET/release/switchboard}
-PORT=${PORT_BASE:-18500}
+PORT=18500
 IP_BASE=110
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
