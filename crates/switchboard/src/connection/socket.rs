@@ -32,10 +32,6 @@ use crate::ws::Upgraded;
 use crate::ws::deflate::Deflate;
 use crate::ws::frame::{self, Decoder, Frame, OpCode};
 
-// Frames encoded into one write (`MAX_BATCH`): waiting frames go out in one syscall, without
-// one connection's backlog growing the buffer without bound. Payload bytes encoded into one
-// write (`WRITE_BATCH_BYTES`, unless one frame alone is larger): what a socket does not take
-// is kept with the connection, so this bounds a slow reader's private bytes.
 /// Reads per wakeup before the task lets others run.
 const MAX_READS: usize = 16;
 /// Each worker thread's read buffer.

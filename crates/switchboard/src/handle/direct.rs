@@ -23,9 +23,11 @@ use tokio::net::TcpStream;
 use super::{Encoding, OutboxState, Outgoing, payload_len};
 use crate::stats::Counters;
 
-/// Frames encoded into one write, by a connection's task or a write-through.
+/// Frames encoded into one write, by a connection's task or a write-through: waiting frames
+/// go out in one syscall, without one connection's backlog growing a buffer without bound.
 pub(crate) const MAX_BATCH: usize = 64;
-/// Payload bytes encoded into one write (unless one frame alone is larger).
+/// Payload bytes encoded into one write (unless one frame alone is larger). What a socket
+/// does not take is kept with the connection, so this bounds a slow reader's private bytes.
 pub(crate) const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// A thread's write-through buffer larger than this after a write is given back.
 const KEEP_BUF: usize = 2 * WRITE_BATCH_BYTES;

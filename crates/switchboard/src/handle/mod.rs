@@ -71,8 +71,8 @@ pub struct ConnectionState {
 /// A frame in a connection's outbound queue.
 ///
 /// A broadcast is one [`Outgoing::Shared`] queued for every member: its bytes are shared, and
-/// so is its permessage-deflate form, computed at most once, by the first member's task that
-/// needs it (none if no member negotiated the extension). Everything else is for one
+/// so is its permessage-deflate form, computed at most once, by the first writer that needs
+/// it (a member's task or a write-through; none if no member negotiated the extension). Everything else is for one
 /// connection and compressed, if at all, on that connection's own write path.
 #[derive(Debug, Clone)]
 pub(crate) enum Outgoing {
