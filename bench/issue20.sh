@@ -7,6 +7,9 @@
 #   bench/issue20.sh                              the whole set (about 12 minutes)
 #   bench/issue20.sh --servers "switchboard bun"  a subset
 #   bench/issue20.sh --out NAME                   bench/results/raw/NAME.jsonl (default issue20)
+#   bench/issue20.sh --cases "sweep fixed"        a subset of idle, sweep, fixed (76k deliveries/s), churn
+#   bench/issue20.sh --sb-env "K=V ..."           more settings for Switchboard (e.g.
+#                                                 SWITCHBOARD_QUEUE__WRITE_DELAY_MS=5)
 #
 # Cases: idle 10k (twice) and 19k with health checks on (RSS per connection, connects/s); fan-out
 # sweeps at 1k and 10k members from 100k deliveries/s up in steps of 1.5x (no bisection, so
@@ -18,14 +21,19 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SERVERS="switchboard bun ws"
 NAME=issue20
+CASES="idle sweep fixed churn"
+EXTRA_ENV=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --servers) SERVERS=$2; shift ;;
         --out) NAME=$2; shift ;;
-        *) echo "usage: bench/issue20.sh [--servers \"switchboard bun ws\"] [--out NAME]" >&2; exit 2 ;;
+        --cases) CASES=$2; shift ;;
+        --sb-env) EXTRA_ENV=$2; shift ;;
+        *) echo "usage: bench/issue20.sh [--servers \"switchboard bun ws\"] [--out NAME] [--cases \"idle sweep fixed churn\"] [--sb-env \"K=V ...\"]" >&2; exit 2 ;;
     esac
     shift
 done
+wants() { [[ " $CASES " == *" $1 "* ]]; }
 RAW=bench/results/raw
 LOGS=$RAW/logs-$NAME
 RESULTS=$RAW/$NAME.jsonl
@@ -45,12 +53,16 @@ bench/peers/setup.sh >&2
 source bench/lib.sh
 load_sb_env
 SB_ENV+=(SWITCHBOARD_PRESENCE__EVENTS=false)
+# shellcheck disable=SC2206
+SB_ENV+=($EXTRA_ENV)
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), nproc $(nproc)"
     echo "switchboard: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- crates || echo ' + uncommitted changes')"
     echo "bun: $(bench/peers/bun/node_modules/@oven/bun-linux-x64/bin/bun --version), node $(node --version)"
     echo "servers: $SERVERS"
+    echo "cases: $CASES"
+    echo "switchboard settings beyond bench/switchboard.env: SWITCHBOARD_PRESENCE__EVENTS=false $EXTRA_ENV"
     echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 } > "$RAW/$NAME-machine.txt"
 
@@ -99,16 +111,20 @@ run_case() {
 }
 
 for s in $SERVERS; do
+    wants idle || break
     run_case "$s" idle n10000 -- --conns 10000 --lobbies 100 --hold 20 --settle 3 --concurrency 100
 done
 for s in $SERVERS; do
+    wants idle || break
     [[ $s == ws ]] && continue
     run_case "$s" idle n10000b -- --conns 10000 --lobbies 100 --hold 2 --settle 3 --concurrency 100
 done
 for s in $SERVERS; do
+    wants idle || break
     run_case "$s" idle n19000 -- --conns 19000 --lobbies 190 --hold 20 --settle 3 --concurrency 100
 done
 for m in 1000 10000; do
+    wants sweep || break
     for s in $SERVERS; do
         run_case "$s" fanout "m$m" -- --members "$m" --sweep --rate-start $((100000 / m)) \
             --rate-factor 1.5 --refine 0 --max-steps 11 --step-secs 4 --drain-secs 3 \
@@ -116,6 +132,7 @@ for m in 1000 10000; do
     done
 done
 for m in 1000 10000; do
+    wants fixed || break
     rate=$(python3 -c "print(76000 / $m)")
     for s in $SERVERS; do
         run_case "$s" fanout "r76k-m$m" -- --members "$m" --rate "$rate" --duration 10 \
@@ -123,6 +140,7 @@ for m in 1000 10000; do
     done
 done
 for s in $SERVERS; do
+    wants churn || break
     run_case "$s" churn c100000 -- --cycles 100000 --secs 60 --warmup 2000 --workers 32
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$RAW/$NAME-machine.txt"

@@ -441,14 +441,12 @@ async fn broadcasts_written_through_a_filling_socket_arrive_whole_and_in_order()
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     // A small receive window: 40 broadcasts of 2 KB do not fit, so writes come up short.
     socket.set_recv_buffer_size(4096).unwrap();
-    let mut tcp = socket.connect(server.addr).await.unwrap();
-    tcp.write_all(upgrade_request(server.addr, "member").as_bytes())
-        .await
-        .unwrap();
-    assert!(read_head(&mut tcp).await.starts_with("HTTP/1.1 101"));
-    let (opcode, welcome) = read_frame(&mut tcp).await;
-    assert_eq!(opcode, 1);
-    assert!(String::from_utf8_lossy(&welcome).contains("\"welcome\""));
+    let mut tcp = upgraded(
+        socket.connect(server.addr).await.unwrap(),
+        &server,
+        "member",
+    )
+    .await;
     let pad = "p".repeat(2000);
     let mut next = 0u64;
     for round in 0u8..30 {
@@ -496,4 +494,82 @@ async fn broadcasts_written_through_a_filling_socket_arrive_whole_and_in_order()
     );
     drop(tcp);
     all_clean(&server).await;
+}
+
+/// With `queue.write_delay_ms`, broadcasts wait for the delay and go out together, in one
+/// write; a reply of the member's own (a pong) is not held and takes them along.
+#[tokio::test]
+async fn a_write_delay_holds_broadcasts_and_sends_them_together() {
+    let server = server(|c| c.manager.write_delay = std::time::Duration::from_secs(1)).await;
+    let mut tcp = raw_member(&server, "paced").await;
+    for n in 0..3 {
+        let reached = server
+            .manager
+            .broadcast("l1", &serde_json::json!(n), switchboard::Skip::Nobody)
+            .unwrap();
+        assert_eq!(reached, 1);
+    }
+    let mut byte = [0u8; 1];
+    assert!(tcp.try_read(&mut byte).is_err(), "held for the delay");
+    // One read, after the delay, holds all three.
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let texts = frames_in(&buf[..n]);
+    assert_eq!(texts.len(), 3, "together: {texts:?}");
+    for (n, text) in texts.iter().enumerate() {
+        let frame: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(frame["data"], n, "{frame}");
+    }
+    // Held again, until the member's ping: its pong goes at once, after the held broadcast.
+    server
+        .manager
+        .broadcast("l1", &serde_json::json!(3), switchboard::Skip::Nobody)
+        .unwrap();
+    tcp.write_all(&masked(0x89, b"now")).await.unwrap();
+    let (opcode, payload) = read_frame(&mut tcp).await;
+    assert_eq!(opcode, 1);
+    assert!(String::from_utf8_lossy(&payload).contains("\"data\":3"));
+    assert_eq!(read_frame(&mut tcp).await, (0xA, b"now".to_vec()));
+    drop(tcp);
+    all_clean(&server).await;
+}
+
+/// A raw member of lobby `l1`: upgraded, `welcome` read.
+async fn raw_member(server: &switchboard_server::RunningServer, user: &str) -> TcpStream {
+    upgraded(TcpStream::connect(server.addr).await.unwrap(), server, user).await
+}
+
+/// `tcp` upgraded into lobby `l1` as `user`, `welcome` read.
+async fn upgraded(
+    mut tcp: TcpStream,
+    server: &switchboard_server::RunningServer,
+    user: &str,
+) -> TcpStream {
+    tcp.write_all(upgrade_request(server.addr, user).as_bytes())
+        .await
+        .unwrap();
+    assert!(read_head(&mut tcp).await.starts_with("HTTP/1.1 101"));
+    let (opcode, welcome) = read_frame(&mut tcp).await;
+    assert_eq!(opcode, 1);
+    assert!(String::from_utf8_lossy(&welcome).contains("\"welcome\""));
+    tcp
+}
+
+/// The texts of the whole unmasked server frames in `bytes`.
+fn frames_in(mut bytes: &[u8]) -> Vec<String> {
+    let mut texts = Vec::new();
+    while bytes.len() >= 2 {
+        assert_eq!(bytes[0], 0x81, "a whole text frame");
+        let (len, at) = match bytes[1] {
+            126 => (usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), 4),
+            n => (usize::from(n), 2),
+        };
+        texts.push(String::from_utf8(bytes[at..at + len].to_vec()).unwrap());
+        bytes = &bytes[at + len..];
+    }
+    assert!(bytes.is_empty());
+    texts
 }

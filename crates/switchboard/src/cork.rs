@@ -22,7 +22,10 @@
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
 
 use crate::handle::{ConnHandle, Offer, Outgoing};
 
@@ -36,6 +39,9 @@ pub(crate) const THROUGH_BUDGET: usize = 256;
 struct Batch {
     depth: usize,
     list: Vec<Arc<ConnHandle>>,
+    /// The batch's broadcasts are paced (`queue.write_delay`): its list goes to this pacer
+    /// when it ends, instead of being served at once.
+    pacer: Option<Arc<Pacer>>,
 }
 
 thread_local! {
@@ -59,7 +65,8 @@ pub(crate) fn cork() -> Cork {
 }
 
 /// Whether a batch is in progress on this thread.
-pub(crate) fn corked() -> bool {
+#[cfg(test)]
+fn corked() -> bool {
     BATCH.with(|b| b.borrow().depth > 0)
 }
 
@@ -70,9 +77,18 @@ pub(crate) struct Delivery {
     corked: bool,
 }
 
-/// The delivery for a broadcast offered now, on this thread.
-pub(crate) fn delivery() -> Delivery {
-    Delivery { corked: corked() }
+/// The delivery for a broadcast offered now, on this thread; with a `pacer`, the members it
+/// lists are served by the pacer (within its delay) rather than when the batch ends.
+pub(crate) fn delivery(pacer: Option<&Arc<Pacer>>) -> Delivery {
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        if let Some(pacer) = pacer.filter(|_| b.depth > 0 && b.pacer.is_none()) {
+            b.pacer = Some(pacer.clone());
+        }
+        Delivery {
+            corked: b.depth > 0,
+        }
+    })
 }
 
 impl Delivery {
@@ -93,21 +109,21 @@ impl Delivery {
 
 impl Drop for Cork {
     fn drop(&mut self) {
-        let mut list = BATCH.with(|b| {
+        let (mut list, pacer) = BATCH.with(|b| {
             let mut b = b.borrow_mut();
             b.depth -= 1;
             if b.depth == 0 {
-                std::mem::take(&mut b.list)
+                (std::mem::take(&mut b.list), b.pacer.take())
             } else {
-                Vec::new()
+                (Vec::new(), None)
             }
         });
         if list.is_empty() {
             return;
         }
-        let budget = through_budget();
-        for (n, conn) in list.drain(..).enumerate() {
-            conn.wake_listed(n < budget);
+        match pacer {
+            Some(pacer) => pacer.hand(&mut list),
+            None => serve(&mut list),
         }
         // Keep the list's memory for the thread's next batch (unless it was a large one, or
         // a batch started while waking: waking runs no code of ours, but be safe).
@@ -119,6 +135,81 @@ impl Drop for Cork {
                 }
             });
         }
+    }
+}
+
+/// Serves a batch's listed members: each is written through (or woken), within this thread's
+/// budget, and the list emptied.
+fn serve(list: &mut Vec<Arc<ConnHandle>>) {
+    let budget = through_budget();
+    for (n, conn) in list.drain(..).enumerate() {
+        conn.wake_listed(n < budget);
+    }
+}
+
+/// Broadcasts held back for up to `queue.write_delay` (opt-in): a batch's members are served
+/// by a timer instead of when the batch ends, so the broadcasts that reach a member within
+/// the delay go out in one write. Fewer writes (the kernel's send path is most of a
+/// broadcast's cost) for up to that much latency; frames of a member's own (replies, direct
+/// messages) are not held, and take what waits along.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    delay: Duration,
+    due: Arc<Mutex<Due>>,
+    /// The manager's tracker: the timer runs on it.
+    tracker: TaskTracker,
+}
+
+/// Members waiting for the timer, and whether it runs.
+#[derive(Debug, Default)]
+struct Due {
+    list: Vec<Arc<ConnHandle>>,
+    ticking: bool,
+}
+
+impl Pacer {
+    /// A pacer for `delay`; none for zero (broadcasts are served as their batch ends).
+    pub(crate) fn new(delay: Duration, tracker: TaskTracker) -> Option<Arc<Self>> {
+        (!delay.is_zero()).then(|| {
+            Arc::new(Self {
+                delay,
+                due: Arc::default(),
+                tracker,
+            })
+        })
+    }
+
+    /// Takes a batch's listed members, to be served within the delay.
+    fn hand(&self, list: &mut Vec<Arc<ConnHandle>>) {
+        let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
+        due.list.append(list);
+        if due.ticking {
+            return;
+        }
+        // Outside a runtime (unit tests of the registry) there is nothing to defer to.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let mut now = std::mem::take(&mut due.list);
+            drop(due);
+            serve(&mut now);
+            return;
+        }
+        due.ticking = true;
+        let (due, delay) = (self.due.clone(), self.delay);
+        // Ticks while members keep coming; a member waits at most one delay.
+        self.tracker.spawn(async move {
+            loop {
+                tokio::time::sleep(delay).await;
+                let mut list = {
+                    let mut due = due.lock().unwrap_or_else(PoisonError::into_inner);
+                    if due.list.is_empty() {
+                        due.ticking = false;
+                        return;
+                    }
+                    std::mem::take(&mut due.list)
+                };
+                serve(&mut list);
+            }
+        });
     }
 }
 
@@ -146,7 +237,7 @@ mod tests {
     use crate::handle::testing::{drain, frame, handle};
 
     fn offer_broadcast(conn: &Arc<ConnHandle>, frame: impl Into<Outgoing>) -> Offer {
-        delivery().offer(conn, frame)
+        delivery(None).offer(conn, frame)
     }
 
     #[test]
@@ -278,5 +369,36 @@ mod tests {
             std::thread::spawn(move || budget_on(1)).join().unwrap(),
             usize::MAX
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paced_broadcasts_wait_for_the_delay_then_go_together() {
+        let delay = std::time::Duration::from_millis(20);
+        let pacer = Pacer::new(delay, TaskTracker::new()).unwrap();
+        let (a, woken) = handle(1, 8);
+        let a = Arc::new(a);
+        for n in 0..2 {
+            let _batch = super::cork();
+            let offered = delivery(Some(&pacer)).offer(&a, frame(&format!("m{n}")));
+            assert_eq!(offered, Offer::Queued);
+        }
+        assert_eq!(woken.get(), 0, "both batches ended, nothing served yet");
+        tokio::time::sleep(delay - std::time::Duration::from_millis(1)).await;
+        assert_eq!(woken.get(), 0);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        assert_eq!(woken.get(), 1, "served once, for both");
+        assert_eq!(drain(&a), ["m0", "m1"]);
+        // A frame of the member's own is not held, and takes a held broadcast along.
+        {
+            let _batch = super::cork();
+            delivery(Some(&pacer)).offer(&a, frame("m2"));
+        }
+        assert_eq!(a.offer(frame("own")), Offer::Queued);
+        assert_eq!(woken.get(), 2);
+        assert_eq!(drain(&a), ["m2", "own"]);
+        // Its timer comes and finds nothing to do.
+        tokio::time::sleep(2 * delay).await;
+        assert_eq!(woken.get(), 2);
+        assert!(Pacer::new(std::time::Duration::ZERO, TaskTracker::new()).is_none());
     }
 }

@@ -59,6 +59,7 @@ pub const KNOWN: &[&str] = &[
     "queue.capacity",
     "queue.on_full",
     "queue.slow_grace_ms",
+    "queue.write_delay_ms",
     "max_message_bytes",
     "compression.enabled",
     "compression.min_bytes",

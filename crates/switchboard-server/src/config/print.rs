@@ -98,6 +98,7 @@ impl ServerConfig {
                 SlowConsumerPolicy::Drop => "drop",
             }),
             "queue.slow_grace_ms" => ms(m.slow_grace),
+            "queue.write_delay_ms" => ms(m.write_delay),
             "max_message_bytes" => int(m.max_message_bytes),
             "compression.enabled" => boolean(m.compression.enabled),
             "compression.min_bytes" => int(m.compression.min_bytes),

@@ -76,6 +76,7 @@ impl ServerConfig {
                 }
             }
             "queue.slow_grace_ms" => m.slow_grace = parse_ms(value)?,
+            "queue.write_delay_ms" => m.write_delay = parse_ms(value)?,
             "max_message_bytes" => m.max_message_bytes = parse_num(value)?,
             "compression.enabled" => m.compression.enabled = parse_bool(value)?,
             "compression.min_bytes" => m.compression.min_bytes = parse_num(value)?,

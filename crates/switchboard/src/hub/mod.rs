@@ -74,6 +74,8 @@ pub(crate) struct Hub {
     feed: AppFeed,
     /// Tells the other nodes that this node's members of a lobby are behind (cluster mode).
     pressure_out: std::sync::OnceLock<PressureOut>,
+    /// Holds broadcasts for `queue.write_delay`, when that is set.
+    pacer: Option<Arc<crate::cork::Pacer>>,
 }
 
 /// Hashes the registry's own connection numbers (never a client's input, so no need for
@@ -213,6 +215,7 @@ impl Hub {
     pub(crate) fn new(config: Arc<Config>, counters: Arc<Counters>, tracker: TaskTracker) -> Self {
         Self {
             events: EventBatch::new(config.presence.events_batch, tracker.clone()),
+            pacer: crate::cork::Pacer::new(config.write_delay, tracker.clone()),
             config,
             counters,
             state: Mutex::new(Registry::default()),
@@ -668,7 +671,7 @@ impl Hub {
                 return Ok((0, offset));
             };
             let mut reached = 0;
-            let delivery = crate::cork::delivery();
+            let delivery = crate::cork::delivery(self.pacer.as_ref());
             for pos in 0..lobby.members.len() {
                 if numbered_elsewhere && lobby.replayed_until[pos] >= offset {
                     continue;
