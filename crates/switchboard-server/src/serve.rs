@@ -59,6 +59,7 @@ pub(crate) async fn serve(
     // A permit per connection until it upgrades (hyper's connection future ends then) or
     // closes.
     let pending = Arc::new(Semaphore::new(bounds.max_pending));
+    let inherits_nodelay = nodelay_inherited(&listener);
     loop {
         let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -78,7 +79,9 @@ pub(crate) async fn serve(
             let _ = tcp.try_write(BUSY);
             continue;
         };
-        let _ = tcp.set_nodelay(true);
+        if !inherits_nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
         // The peer goes into each request's extensions; `Router::layer` would rebuild the
         // whole route table for every connection.
         let router = router.clone();
@@ -129,6 +132,15 @@ pub(crate) async fn serve(
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Sets `TCP_NODELAY` on the listener itself where accepted sockets inherit it (Linux): one
+/// `setsockopt` less per connection. `false` when each accepted socket must set it.
+fn nodelay_inherited(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux")
+        && socket2::SockRef::from(listener)
+            .set_tcp_nodelay(true)
+            .is_ok()
 }
 
 /// A TCP stream with the bytes already read from it in front.
@@ -186,5 +198,25 @@ impl AsyncWrite for Rewind {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_do_without_nagle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inherited = nodelay_inherited(&listener);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        if inherited {
+            // What the accept loop relies on when it leaves `set_nodelay` out.
+            assert!(accepted.nodelay().unwrap());
+        }
     }
 }

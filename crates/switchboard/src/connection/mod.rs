@@ -30,7 +30,7 @@ use crate::disconnect::DisconnectReason;
 use crate::handler::AppHandler;
 use crate::hub::{Join, LobbyState};
 use crate::ids::LobbyCode;
-use crate::protocol::{PROTOCOL_V2, PROTOCOL_VERSION, ServerFrame, unix_ms};
+use crate::protocol::{PROTOCOL_V2, PROTOCOL_VERSION, ServerFrame, WelcomeV1, unix_ms, welcome_v2};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
 
@@ -248,31 +248,42 @@ pub(crate) async fn admit(
     handle.inbound = inbound;
     let conn = Arc::new(handle);
     let token_expires_at = request.expires_at.map(crate::protocol::system_ms);
-    let welcome = |state: Option<LobbyState<'_>>| {
+    // `welcome` is written here, before the registry's lock; a v1 one gets its lobby's state
+    // under it.
+    let ping_interval_ms = config.ping_interval.as_millis() as u64;
+    let v2_welcome = || {
         let info = &conn.info;
-        let frame = match (&lobby, state) {
-            (Some(lobby), Some(state)) if protocol < 2 => ServerFrame::Welcome {
-                connection_id: &info.id,
-                user_id: &info.user_id,
-                lobby,
-                ping_interval_ms: config.ping_interval.as_millis() as u64,
-                server_time: unix_ms(),
-                protocol: PROTOCOL_VERSION,
-                presence_events: presence_events.unwrap_or(state.presence_events),
-                offset: state.offset,
-                epoch: state.epoch,
-            },
-            _ => ServerFrame::WelcomeV2 {
-                connection_id: &info.id,
-                user_id: &info.user_id,
-                ping_interval_ms: config.ping_interval.as_millis() as u64,
-                server_time: unix_ms(),
-                protocol: PROTOCOL_V2,
-                max_lobbies: config.limits.max_lobbies_per_connection,
-                token_expires_at,
-            },
-        };
-        crate::protocol::text(frame.encode())
+        welcome_v2(
+            &info.id,
+            &info.user_id,
+            ping_interval_ms,
+            unix_ms(),
+            PROTOCOL_V2,
+            config.limits.max_lobbies_per_connection,
+            token_expires_at,
+        )
+    };
+    let prepared = match &lobby {
+        Some(lobby) if protocol < 2 => Ok(WelcomeV1::new(
+            &conn.info.id,
+            &conn.info.user_id,
+            lobby,
+            ping_interval_ms,
+            unix_ms(),
+            PROTOCOL_VERSION,
+        )),
+        _ => Err(v2_welcome()),
+    };
+    let welcome = |state: Option<LobbyState<'_>>| {
+        crate::protocol::text(match (prepared, state) {
+            (Ok(v1), Some(state)) => v1.finish(
+                presence_events.unwrap_or(state.presence_events),
+                state.offset,
+                state.epoch,
+            ),
+            (Ok(_), None) => v2_welcome(),
+            (Err(v2), _) => v2,
+        })
     };
     let join = lobby.as_ref().map(|lobby| Join {
         lobby,
