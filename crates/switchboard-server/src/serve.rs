@@ -82,15 +82,7 @@ pub(crate) async fn serve(
         if !inherits_nodelay {
             let _ = tcp.set_nodelay(true);
         }
-        // The peer goes into each request's extensions; `Router::layer` would rebuild the
-        // whole route table for every connection.
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(peer));
-            router.clone().oneshot(request)
-        });
         let stop = stop.clone();
         let upgrades = upgrades.clone();
         // Tracked until the request is answered or upgraded: the WebSocket it may become is
@@ -112,26 +104,48 @@ pub(crate) async fn serve(
                     }
                 }
             };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(bounds.head_timeout)
-                .max_header_size(MAX_HEAD_BYTES)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(Rewind { read, at: 0, tcp }), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
+            // Boxed: hyper's connection is kilobytes, and most connects never need it.
+            Box::pin(via_hyper(tcp, peer, read, router, bounds, &stop)).await;
             drop((permit, token));
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Serves a connection with hyper (`read`: what was read of it already) until it ends or
+/// upgrades; on `stop`, lets the request in flight finish.
+async fn via_hyper(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    read: Vec<u8>,
+    router: Router,
+    bounds: Bounds,
+    stop: &CancellationToken,
+) {
+    // The peer goes into each request's extensions; `Router::layer` would rebuild the whole
+    // route table for every connection.
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(peer));
+        router.clone().oneshot(request)
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.head_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(Rewind { read, at: 0, tcp }), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 /// Sets `TCP_NODELAY` on the listener itself where accepted sockets inherit it (Linux): one
