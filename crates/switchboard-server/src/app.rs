@@ -193,6 +193,24 @@ pub(crate) async fn answer_upgrade(
         // Boxed: the backend call's state would otherwise be in every connect's future.
         Some(_) => Box::pin(authorize(state, params, headers, "websocket")).await,
     };
+    answer_authorized(state, upgrade, authorized)
+}
+
+/// [`answer_upgrade`] when no connect proxy is set (the token decides): without waiting.
+pub(crate) fn answer_upgrade_by_token(
+    state: &AppState,
+    upgrade: Upgrade,
+    params: ConnectParams,
+    headers: &HeaderMap,
+) -> Response {
+    answer_authorized(state, upgrade, authorize_by_token(state, params, headers))
+}
+
+fn answer_authorized(
+    state: &AppState,
+    upgrade: Upgrade,
+    authorized: Result<ConnectRequest, Refusal>,
+) -> Response {
     match authorized {
         Ok(request) => state.manager.accept(upgrade, request),
         Err(Refusal::ForeignOrigin) => forbidden_origin(),

@@ -8,11 +8,12 @@
 
 use std::net::SocketAddr;
 
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri, header};
 use bytes::{BufMut, Bytes, BytesMut};
 use switchboard::SUBPROTOCOL_V2;
 use switchboard::axum::ConnectParams;
-use switchboard::ws::{ConnectionFuture, Upgrade, response_head};
+use switchboard::ws::{ConnectionFuture, Handshake, Upgrade, response_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -102,34 +103,72 @@ pub(crate) async fn accept(
             Parsed::Upgrade(head) => break (head, read),
         }
     };
+    match answer(tcp, peer, state, head, buf) {
+        Answer::Now(outcome) => outcome,
+        Answer::Later(later) => later.await,
+    }
+}
+
+/// What [`answer`] leaves: the outcome, or a future of it (the connect proxy to ask, a refusal
+/// to write). Boxed: rare, and their state would otherwise be in every connect's future.
+enum Answer {
+    Now(Outcome),
+    Later(std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>),
+}
+
+/// Answers an upgrade's head: a function of its own (not part of `accept`'s future), so that
+/// none of what it holds is kept in every connection's task.
+fn answer(tcp: TcpStream, peer: SocketAddr, state: &AppState, head: Head, buf: Bytes) -> Answer {
     // The handshake checks and the connect parameters refuse with an HTTP status: hyper and
     // the router answer those (nothing has happened yet that they would repeat).
     let Ok((upgrade, handshake)) = Upgrade::from_head(&Method::GET, &head.headers) else {
-        return Outcome::Hyper(tcp, Vec::from(buf));
+        return Answer::Now(Outcome::Hyper(tcp, Vec::from(buf)));
     };
     let Ok(mut params) = ConnectParams::from_head(head.lobby(), &head.uri, &head.headers, peer)
     else {
-        return Outcome::Hyper(tcp, Vec::from(buf));
+        return Answer::Now(Outcome::Hyper(tcp, Vec::from(buf)));
     };
     // A WebSocket joins its further lobbies with `join` frames.
     params.lobbies = Vec::new();
     if params.lobby.is_none() && !upgrade.offers(SUBPROTOCOL_V2) {
         // `Manager::accept` answers 400.
-        return Outcome::Hyper(tcp, Vec::from(buf));
+        return Answer::Now(Outcome::Hyper(tcp, Vec::from(buf)));
     }
-    let response = app::answer_upgrade(state, upgrade, params, &head.headers).await;
+    if state.connect_proxy.is_some() {
+        let state = state.clone();
+        return Answer::Later(Box::pin(async move {
+            let response = app::answer_upgrade(&state, upgrade, params, &head.headers).await;
+            start(handshake, response, tcp, &buf[head.len..]).await
+        }));
+    }
+    let response = app::answer_upgrade_by_token(state, upgrade, params, &head.headers);
     match handshake.start(&response, tcp, &buf[head.len..]) {
+        Ok(serve) => Answer::Now(Outcome::Upgraded(serve)),
+        Err(tcp) => Answer::Later(Box::pin(async move {
+            refuse(tcp, response).await;
+            Outcome::Done
+        })),
+    }
+}
+
+/// After the answer: the connection served (a 101), or the refusal written.
+async fn start(
+    handshake: Handshake,
+    response: Response<Body>,
+    tcp: TcpStream,
+    early: &[u8],
+) -> Outcome {
+    match handshake.start(&response, tcp, early) {
         Ok(serve) => Outcome::Upgraded(serve),
         Err(tcp) => {
-            // Boxed: rare, and its state would otherwise be in every connect's future.
-            Box::pin(answer(tcp, response)).await;
+            refuse(tcp, response).await;
             Outcome::Done
         }
     }
 }
 
 /// Writes a refusal (403 for a foreign origin), then closes the connection.
-async fn answer(mut tcp: TcpStream, response: axum::response::Response) {
+async fn refuse(mut tcp: TcpStream, response: Response<Body>) {
     let (mut parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, MAX_ANSWER_BODY)
         .await
