@@ -99,7 +99,7 @@ impl UserId {
 
 impl ConnectionId {
     pub(crate) fn new(node: &str, seq: u64) -> Self {
-        // `format!` costs more than everything else here (one per connect).
+        // Written by hand (one per connect: `format!` cost more than the rest of this).
         let mut id = String::with_capacity(node.len() + 21);
         id.push_str(node);
         id.push('-');
