@@ -60,6 +60,8 @@ pub(crate) async fn serve(
     // closes.
     let pending = Arc::new(Semaphore::new(bounds.max_pending));
     let inherits_nodelay = nodelay_inherited(&listener);
+    // Shared by the connections' tasks: one reference count per connect, not one per field.
+    let upgrades = upgrades.map(Arc::new);
     loop {
         let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => break,
