@@ -34,6 +34,17 @@ fn short_escape(byte: u8) -> Option<&'static str> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Whether a byte is escaped in a JSON string.
+fn escaped(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// How many bytes of `text` are escaped (a loop the compiler vectorizes: ids and codes have
+/// none, and are then copied whole).
+fn escapes(text: &str) -> usize {
+    text.bytes().filter(|&byte| escaped(byte)).count()
+}
+
 impl Out for String {
     fn raw(&mut self, text: &str) {
         self.push_str(text);
@@ -41,9 +52,14 @@ impl Out for String {
 
     fn string(&mut self, text: &str) {
         self.push('"');
+        if escapes(text) == 0 {
+            self.push_str(text);
+            self.push('"');
+            return;
+        }
         let mut plain = 0;
         for (i, &byte) in text.as_bytes().iter().enumerate() {
-            if byte >= 0x20 && byte != b'"' && byte != b'\\' {
+            if !escaped(byte) {
                 continue;
             }
             // `byte` is ASCII: `i` is a character boundary.
@@ -78,6 +94,10 @@ impl Out for Len {
 
     fn string(&mut self, text: &str) {
         self.0 += 2;
+        if escapes(text) == 0 {
+            self.0 += text.len();
+            return;
+        }
         for &byte in text.as_bytes() {
             self.0 += match byte {
                 0x20.. if byte != b'"' && byte != b'\\' => 1,
