@@ -10,7 +10,8 @@
 #                                                             the 10k storm, callgrind window)
 #
 # SB=path/to/switchboard runs another build (e.g. main's, for a before/after in one run),
-# PROFILE_OUT=dir writes elsewhere, CONNECT_SERVERS="switchboard" leaves Bun out of `connect`.
+# PROFILE_OUT=dir writes elsewhere, CONNECT_SERVERS="switchboard" leaves Bun out of `connect`,
+# PROFILE_PORT / PROFILE_IP_BASE (18500 / 110) choose the ports and 127.x source addresses.
 #
 # Writes bench/results/raw/profile-issue20/: perf-*.data and perf-*.txt (perf report, flat and
 # by caller), callgrind.out.* and callgrind-*.txt (callgrind_annotate), summary.txt.
@@ -23,8 +24,10 @@ mkdir -p "$OUT"
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 BENCH=$TARGET/release/switchboard-bench
 SB=${SB:-$TARGET/release/switchboard}
-PORT=18500
-IP_BASE=110
+# Back-to-back runs on the same ports and source addresses meet the last run's TIME_WAIT
+# sockets (connects stall for a SYN retry): PROFILE_PORT / PROFILE_IP_BASE move them.
+PORT=${PROFILE_PORT:-18500}
+IP_BASE=${PROFILE_IP_BASE:-110}
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 load_sb_env

@@ -15,6 +15,7 @@ use switchboard::sse::SsePostError;
 use switchboard::ws::Upgrade;
 use switchboard::{ConnectRequest, DisconnectReason};
 
+use crate::auth::Identity;
 use crate::proxy::{ConnectAttempt, ProxyError};
 
 pub use crate::state::AppState;
@@ -85,17 +86,7 @@ async fn authorize(
     headers: &HeaderMap,
     transport: &'static str,
 ) -> Result<ConnectRequest, Refusal> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if let Some(origin) = params.origin.as_deref()
-        && !origin_allowed(origin, host, &state.allowed_origins)
-    {
-        tracing::info!(origin, "refused: origin not allowed");
-        return Err(Refusal::ForeignOrigin);
-    }
-    if state.is_draining() {
-        return Err(Refusal::Close(DisconnectReason::ServerShutdown));
-    }
-    let ip = client_ip(params.peer.ip(), headers, &state.trusted_proxies);
+    let ip = admissible(state, &params, headers)?;
     let identity = match &state.connect_proxy {
         Some(proxy) => {
             let attempt = ConnectAttempt {
@@ -118,14 +109,54 @@ async fn authorize(
                 }
             }
         }
-        None => state
-            .auth
-            .verify(params.token.as_deref())
-            .map_err(|error| {
-                tracing::info!(%error, %ip, "refused: unauthorized");
-                Refusal::Close(DisconnectReason::Unauthorized)
-            })?,
+        None => verify_token(state, &params, ip)?,
     };
+    request_for(identity, params, ip)
+}
+
+/// [`authorize`] when no connect proxy is set: the token decides, without waiting.
+fn authorize_by_token(
+    state: &AppState,
+    params: ConnectParams,
+    headers: &HeaderMap,
+) -> Result<ConnectRequest, Refusal> {
+    let ip = admissible(state, &params, headers)?;
+    let identity = verify_token(state, &params, ip)?;
+    request_for(identity, params, ip)
+}
+
+/// The origin and draining checks; the client's IP.
+fn admissible(
+    state: &AppState,
+    params: &ConnectParams,
+    headers: &HeaderMap,
+) -> Result<IpAddr, Refusal> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if let Some(origin) = params.origin.as_deref()
+        && !origin_allowed(origin, host, &state.allowed_origins)
+    {
+        tracing::info!(origin, "refused: origin not allowed");
+        return Err(Refusal::ForeignOrigin);
+    }
+    if state.is_draining() {
+        return Err(Refusal::Close(DisconnectReason::ServerShutdown));
+    }
+    Ok(client_ip(params.peer.ip(), headers, &state.trusted_proxies))
+}
+
+fn verify_token(state: &AppState, params: &ConnectParams, ip: IpAddr) -> Result<Identity, Refusal> {
+    state.auth.verify(params.token.as_deref()).map_err(|error| {
+        tracing::info!(%error, %ip, "refused: unauthorized");
+        Refusal::Close(DisconnectReason::Unauthorized)
+    })
+}
+
+/// The lobby claim checked against who the client is; the request for the manager.
+fn request_for(
+    identity: Identity,
+    params: ConnectParams,
+    ip: IpAddr,
+) -> Result<ConnectRequest, Refusal> {
     if !identity.may_join(params.lobby.as_ref()) {
         let lobby = params.lobby.as_ref().map_or("", |l| l.as_str());
         tracing::info!(user = %identity.user_id, lobby, %ip, "refused: lobby not allowed by token");
@@ -157,7 +188,30 @@ pub(crate) async fn answer_upgrade(
     params: ConnectParams,
     headers: &HeaderMap,
 ) -> Response {
-    match authorize(state, params, headers, "websocket").await {
+    let authorized = match &state.connect_proxy {
+        None => authorize_by_token(state, params, headers),
+        // Boxed: the backend call's state would otherwise be in every connect's future.
+        Some(_) => Box::pin(authorize(state, params, headers, "websocket")).await,
+    };
+    answer_authorized(state, upgrade, authorized)
+}
+
+/// [`answer_upgrade`] when no connect proxy is set (the token decides): without waiting.
+pub(crate) fn answer_upgrade_by_token(
+    state: &AppState,
+    upgrade: Upgrade,
+    params: ConnectParams,
+    headers: &HeaderMap,
+) -> Response {
+    answer_authorized(state, upgrade, authorize_by_token(state, params, headers))
+}
+
+fn answer_authorized(
+    state: &AppState,
+    upgrade: Upgrade,
+    authorized: Result<ConnectRequest, Refusal>,
+) -> Response {
+    match authorized {
         Ok(request) => state.manager.accept(upgrade, request),
         Err(Refusal::ForeignOrigin) => forbidden_origin(),
         Err(Refusal::Close(reason)) => state.manager.refuse(upgrade, reason),

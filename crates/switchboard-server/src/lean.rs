@@ -8,10 +8,12 @@
 
 use std::net::SocketAddr;
 
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Response, Uri, header};
+use bytes::{BufMut, Bytes, BytesMut};
 use switchboard::SUBPROTOCOL_V2;
 use switchboard::axum::ConnectParams;
-use switchboard::ws::{ConnectionFuture, Upgrade, response_head};
+use switchboard::ws::{ConnectionFuture, Handshake, Upgrade, response_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -37,14 +39,20 @@ pub(crate) enum Outcome {
     Hyper(TcpStream, Vec<u8>),
 }
 
-/// A request head that is an upgrade to the WebSocket endpoint.
+/// A request head that is an upgrade to the WebSocket endpoint. The URI and the header values
+/// are slices of the buffer the head was read into, not copies.
 struct Head {
     uri: Uri,
-    /// The path's `{lobby}` segment (`/ws/{lobby}`), if any.
-    lobby: Option<String>,
     headers: HeaderMap,
     /// The head's length: what follows is the client's first frames.
     len: usize,
+}
+
+impl Head {
+    /// The path's `{lobby}` segment (`/ws/{lobby}`), if any.
+    fn lobby(&self) -> Option<&str> {
+        self.uri.path().strip_prefix("/ws/")
+    }
 }
 
 /// What a buffer holds so far.
@@ -66,62 +74,101 @@ pub(crate) async fn accept(
     max_head: usize,
     stop: &CancellationToken,
 ) -> Outcome {
-    let mut buf = Vec::new();
-    let head = loop {
+    let mut buf = BytesMut::new();
+    let (head, buf) = loop {
         let len = buf.len();
         if len >= max_head {
             // hyper answers 431.
-            return Outcome::Hyper(tcp, buf);
+            return Outcome::Hyper(tcp, Vec::from(buf));
         }
-        buf.resize(len + len.max(FIRST_READ).min(max_head - len), 0);
+        // Not zeroed: `read_buf` reads into the spare capacity.
+        buf.reserve(len.max(FIRST_READ).min(max_head - len));
+        let mut room = (&mut buf).limit(max_head - len);
         let read = tokio::select! {
             () = stop.cancelled() => return Outcome::Done,
-            read = tokio::time::timeout_at(deadline, tcp.read(&mut buf[len..])) => read,
+            read = tokio::time::timeout_at(deadline, tcp.read_buf(&mut room)) => read,
         };
         match read {
             Err(_elapsed) => return Outcome::Done,
             Ok(Err(_)) => return Outcome::Done,
             Ok(Ok(0)) if len == 0 => return Outcome::Done,
-            Ok(Ok(0)) => {
-                buf.truncate(len);
-                return Outcome::Hyper(tcp, buf);
-            }
-            Ok(Ok(n)) => buf.truncate(len + n),
+            Ok(Ok(0)) => return Outcome::Hyper(tcp, Vec::from(buf)),
+            Ok(Ok(_)) => {}
         }
-        match parse(&buf) {
-            Parsed::Partial => {}
-            Parsed::Other => return Outcome::Hyper(tcp, buf),
-            Parsed::Upgrade(head) => break head,
+        let read = std::mem::take(&mut buf).freeze();
+        match parse(&read) {
+            // Rare (a head in more than one segment): copied back to read on.
+            Parsed::Partial => buf = BytesMut::from(&read[..]),
+            Parsed::Other => return Outcome::Hyper(tcp, Vec::from(read)),
+            Parsed::Upgrade(head) => break (head, read),
         }
     };
+    match answer(tcp, peer, state, head, buf) {
+        Answer::Now(outcome) => outcome,
+        Answer::Later(later) => later.await,
+    }
+}
+
+/// What [`answer`] leaves: the outcome, or a future of it (the connect proxy to ask, a refusal
+/// to write). Boxed: rare, and their state would otherwise be in every connect's future.
+enum Answer {
+    Now(Outcome),
+    Later(std::pin::Pin<Box<dyn Future<Output = Outcome> + Send>>),
+}
+
+/// Answers an upgrade's head: a function of its own (not part of `accept`'s future), so that
+/// none of what it holds is kept in every connection's task.
+fn answer(tcp: TcpStream, peer: SocketAddr, state: &AppState, head: Head, buf: Bytes) -> Answer {
     // The handshake checks and the connect parameters refuse with an HTTP status: hyper and
     // the router answer those (nothing has happened yet that they would repeat).
     let Ok((upgrade, handshake)) = Upgrade::from_head(&Method::GET, &head.headers) else {
-        return Outcome::Hyper(tcp, buf);
+        return Answer::Now(Outcome::Hyper(tcp, Vec::from(buf)));
     };
-    let Ok(mut params) =
-        ConnectParams::from_head(head.lobby.as_deref(), &head.uri, &head.headers, peer)
+    let Ok(mut params) = ConnectParams::from_head(head.lobby(), &head.uri, &head.headers, peer)
     else {
-        return Outcome::Hyper(tcp, buf);
+        return Answer::Now(Outcome::Hyper(tcp, Vec::from(buf)));
     };
     // A WebSocket joins its further lobbies with `join` frames.
     params.lobbies = Vec::new();
     if params.lobby.is_none() && !upgrade.offers(SUBPROTOCOL_V2) {
         // `Manager::accept` answers 400.
-        return Outcome::Hyper(tcp, buf);
+        return Answer::Now(Outcome::Hyper(tcp, Vec::from(buf)));
     }
-    let response = app::answer_upgrade(state, upgrade, params, &head.headers).await;
+    if state.connect_proxy.is_some() {
+        let state = state.clone();
+        return Answer::Later(Box::pin(async move {
+            let response = app::answer_upgrade(&state, upgrade, params, &head.headers).await;
+            start(handshake, response, tcp, &buf[head.len..]).await
+        }));
+    }
+    let response = app::answer_upgrade_by_token(state, upgrade, params, &head.headers);
     match handshake.start(&response, tcp, &buf[head.len..]) {
+        Ok(serve) => Answer::Now(Outcome::Upgraded(serve)),
+        Err(tcp) => Answer::Later(Box::pin(async move {
+            refuse(tcp, response).await;
+            Outcome::Done
+        })),
+    }
+}
+
+/// After the answer: the connection served (a 101), or the refusal written.
+async fn start(
+    handshake: Handshake,
+    response: Response<Body>,
+    tcp: TcpStream,
+    early: &[u8],
+) -> Outcome {
+    match handshake.start(&response, tcp, early) {
         Ok(serve) => Outcome::Upgraded(serve),
         Err(tcp) => {
-            answer(tcp, response).await;
+            refuse(tcp, response).await;
             Outcome::Done
         }
     }
 }
 
 /// Writes a refusal (403 for a foreign origin), then closes the connection.
-async fn answer(mut tcp: TcpStream, response: axum::response::Response) {
+async fn refuse(mut tcp: TcpStream, response: Response<Body>) {
     let (mut parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, MAX_ANSWER_BODY)
         .await
@@ -139,7 +186,8 @@ async fn answer(mut tcp: TcpStream, response: axum::response::Response) {
     }
 }
 
-fn parse(buf: &[u8]) -> Parsed {
+/// Parses the head in `buf` (which may hold more, or not all of it).
+fn parse(buf: &Bytes) -> Parsed {
     let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut lines);
     let len = match request.parse(buf) {
@@ -150,18 +198,19 @@ fn parse(buf: &[u8]) -> Parsed {
     if request.method != Some("GET") || request.version != Some(1) {
         return Parsed::Other;
     }
-    let Some(Ok(uri)) = request.path.map(str::parse::<Uri>) else {
+    let Some(Ok(uri)) = request
+        .path
+        .map(|path| Uri::from_maybe_shared(buf.slice_ref(path.as_bytes())))
+    else {
         return Parsed::Other;
     };
-    let lobby = match uri.path() {
-        "/ws" => None,
+    match uri.path() {
+        "/ws" => {}
         path => match path.strip_prefix("/ws/") {
-            Some(lobby) if !lobby.is_empty() && !lobby.contains(['/', '%']) => {
-                Some(lobby.to_owned())
-            }
+            Some(lobby) if !lobby.is_empty() && !lobby.contains(['/', '%']) => {}
             _ => return Parsed::Other,
         },
-    };
+    }
     if uri.scheme().is_some() || uri.authority().is_some() {
         return Parsed::Other;
     }
@@ -169,7 +218,7 @@ fn parse(buf: &[u8]) -> Parsed {
     for line in request.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(line.name.as_bytes()),
-            HeaderValue::from_bytes(line.value),
+            HeaderValue::from_maybe_shared(buf.slice_ref(line.value)),
         ) else {
             return Parsed::Other;
         };
@@ -182,12 +231,7 @@ fn parse(buf: &[u8]) -> Parsed {
     {
         return Parsed::Other;
     }
-    Parsed::Upgrade(Head {
-        uri,
-        lobby,
-        headers,
-        len,
-    })
+    Parsed::Upgrade(Head { uri, headers, len })
 }
 
 #[cfg(test)]
@@ -205,16 +249,16 @@ mod tests {
     #[test]
     fn upgrades_to_the_websocket_endpoint_are_read_here() {
         let text = head("GET /ws/l1?token=t HTTP/1.1", "");
-        let Parsed::Upgrade(h) = parse(format!("{text}\u{81}").as_bytes()) else {
+        let Parsed::Upgrade(h) = parse(&Bytes::from(format!("{text}\u{81}"))) else {
             panic!("not read");
         };
-        assert_eq!(h.lobby.as_deref(), Some("l1"));
+        assert_eq!(h.lobby(), Some("l1"));
         assert_eq!(h.uri.query(), Some("token=t"));
         assert_eq!(h.len, text.len());
-        let Parsed::Upgrade(h) = parse(head("GET /ws HTTP/1.1", "").as_bytes()) else {
+        let Parsed::Upgrade(h) = parse(&Bytes::from(head("GET /ws HTTP/1.1", ""))) else {
             panic!("not read");
         };
-        assert_eq!(h.lobby, None);
+        assert_eq!(h.lobby(), None);
     }
 
     #[test]
@@ -230,7 +274,7 @@ mod tests {
             "GET http://x/ws/l1 HTTP/1.1",
         ] {
             assert!(
-                matches!(parse(head(first, "").as_bytes()), Parsed::Other),
+                matches!(parse(&Bytes::from(head(first, ""))), Parsed::Other),
                 "{first}"
             );
         }
@@ -241,14 +285,20 @@ mod tests {
             &many,
         ] {
             let text = head("GET /ws/l1 HTTP/1.1", extra);
-            assert!(matches!(parse(text.as_bytes()), Parsed::Other), "{extra}");
+            assert!(
+                matches!(parse(&Bytes::from(text)), Parsed::Other),
+                "{extra}"
+            );
         }
         let plain = "GET /ws/l1 HTTP/1.1\r\nhost: x\r\n\r\n";
-        assert!(matches!(parse(plain.as_bytes()), Parsed::Other));
+        assert!(matches!(parse(&Bytes::from(plain)), Parsed::Other));
         assert!(matches!(
-            parse(b"GET /ws/l1 HTTP/1.1\r\nhost"),
+            parse(&Bytes::from_static(b"GET /ws/l1 HTTP/1.1\r\nhost")),
             Parsed::Partial
         ));
-        assert!(matches!(parse(b"\x00\x01garbage\r\n\r\n"), Parsed::Other));
+        assert!(matches!(
+            parse(&Bytes::from_static(b"\x00\x01garbage\r\n\r\n")),
+            Parsed::Other
+        ));
     }
 }

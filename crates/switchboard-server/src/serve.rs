@@ -59,6 +59,9 @@ pub(crate) async fn serve(
     // A permit per connection until it upgrades (hyper's connection future ends then) or
     // closes.
     let pending = Arc::new(Semaphore::new(bounds.max_pending));
+    let inherits_nodelay = nodelay_inherited(&listener);
+    // Shared by the connections' tasks: one reference count per connect, not one per field.
+    let upgrades = upgrades.map(Arc::new);
     loop {
         let (tcp, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -78,16 +81,10 @@ pub(crate) async fn serve(
             let _ = tcp.try_write(BUSY);
             continue;
         };
-        let _ = tcp.set_nodelay(true);
-        // The peer goes into each request's extensions; `Router::layer` would rebuild the
-        // whole route table for every connection.
+        if !inherits_nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
         let router = router.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(peer));
-            router.clone().oneshot(request)
-        });
         let stop = stop.clone();
         let upgrades = upgrades.clone();
         // Tracked until the request is answered or upgraded: the WebSocket it may become is
@@ -109,26 +106,57 @@ pub(crate) async fn serve(
                     }
                 }
             };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(bounds.head_timeout)
-                .max_header_size(MAX_HEAD_BYTES)
-                .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(Rewind { read, at: 0, tcp }), service)
-                .with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
-            }
+            // Boxed: hyper's connection is kilobytes, and most connects never need it.
+            Box::pin(via_hyper(tcp, peer, read, router, bounds, &stop)).await;
             drop((permit, token));
         });
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Serves a connection with hyper (`read`: what was read of it already) until it ends or
+/// upgrades; on `stop`, lets the request in flight finish.
+async fn via_hyper(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    read: Vec<u8>,
+    router: Router,
+    bounds: Bounds,
+    stop: &CancellationToken,
+) {
+    // The peer goes into each request's extensions; `Router::layer` would rebuild the whole
+    // route table for every connection.
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo::<SocketAddr>(peer));
+        router.clone().oneshot(request)
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(bounds.head_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(Rewind { read, at: 0, tcp }), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+/// Sets `TCP_NODELAY` on the listener itself where accepted sockets inherit it (Linux): one
+/// `setsockopt` less per connection. `false` when each accepted socket must set it.
+fn nodelay_inherited(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux")
+        && socket2::SockRef::from(listener)
+            .set_tcp_nodelay(true)
+            .is_ok()
 }
 
 /// A TCP stream with the bytes already read from it in front.
@@ -186,5 +214,25 @@ impl AsyncWrite for Rewind {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_do_without_nagle() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inherited = nodelay_inherited(&listener);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        if inherited {
+            // What the accept loop relies on when it leaves `set_nodelay` out.
+            assert!(accepted.nodelay().unwrap());
+        }
     }
 }

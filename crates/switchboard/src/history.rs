@@ -338,10 +338,8 @@ impl Histories {
         config: &HistoryConfig,
         change: impl FnOnce(&mut History, &mut u64) -> R,
     ) -> R {
-        if !self.map.contains_key(lobby) {
-            self.map.insert(lobby.clone(), History::new());
-        }
-        let history = self.map.get_mut(lobby).expect("inserted above");
+        // One lookup (a clone of the code costs less than hashing it twice).
+        let history = self.map.entry(lobby.clone()).or_insert_with(History::new);
         let (front, bytes) = (history.front_seq(), history.bytes);
         let out = change(history, &mut self.seq);
         let new_front = history.front_seq();

@@ -99,7 +99,12 @@ impl UserId {
 
 impl ConnectionId {
     pub(crate) fn new(node: &str, seq: u64) -> Self {
-        Self(format!("{node}-{seq}").into())
+        // Written by hand (one per connect: `format!` cost more than the rest of this).
+        let mut id = String::with_capacity(node.len() + 21);
+        id.push_str(node);
+        id.push('-');
+        push_decimal(&mut id, seq);
+        Self(id.into())
     }
 
     /// The per-node sequence number, if this id was minted by the node named `node`.
@@ -107,6 +112,22 @@ impl ConnectionId {
         let rest = id.strip_prefix(node)?.strip_prefix('-')?;
         rest.parse().ok()
     }
+}
+
+/// Writes `n` in decimal (for ids and frames built by hand, without `fmt`).
+pub(crate) fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Always ASCII digits.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 #[cfg(test)]

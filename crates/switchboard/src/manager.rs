@@ -112,9 +112,8 @@ impl Manager {
         let upgrade = upgrade.with_deflate(shared.config.compression.enabled);
         let deflate = upgrade.deflate();
         upgrade.on_upgrade(subprotocol, move |io| {
-            let tracker = shared.tracker.clone();
             let socket = Socket::new(io, shared.config.max_message_bytes, deflate);
-            tracker.track_future(connection::run(shared, handler, socket, request, version))
+            connection::start(shared, handler, socket, request, version)
         })
     }
 

@@ -31,9 +31,59 @@ use crate::disconnect::DisconnectReason;
 use crate::handler::AppHandler;
 use crate::hub::{Join, LobbyState};
 use crate::ids::LobbyCode;
-use crate::protocol::{PROTOCOL_V2, PROTOCOL_VERSION, ServerFrame, unix_ms};
+use crate::protocol::{PROTOCOL_V2, PROTOCOL_VERSION, ServerFrame, WelcomeV1, unix_ms, welcome_v2};
 use crate::request::ConnectRequest;
 use crate::shared::Shared;
+
+/// Admits one upgraded WebSocket and serves it in a task of its own (see [`run`]). On a node
+/// alone admission does not wait: it happens here, the serving task is spawned, and what is
+/// left to wait for is at most a refusal's close. In a cluster, admission asks the cluster:
+/// all of [`run`] is left to wait for.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    handler: AppHandler,
+    socket: Socket,
+    request: ConnectRequest,
+    protocol: u8,
+) -> Started {
+    let tracker = shared.tracker.clone();
+    if shared.in_cluster() {
+        return Started::Later(Box::pin(
+            tracker.track_future(run(shared, handler, socket, request, protocol)),
+        ));
+    }
+    match admit_alone(&shared, request, protocol, None) {
+        Ok(admitted) => {
+            tracker.spawn(Serving::new(shared, handler, socket, admitted));
+            Started::Serving
+        }
+        Err(reason) => {
+            let timeout = shared.config.close_timeout;
+            Started::Later(Box::pin(
+                tracker.track_future(socket.close(None, reason, timeout)),
+            ))
+        }
+    }
+}
+
+/// What [`start`] leaves to wait for.
+pub(crate) enum Started {
+    /// Nothing: the connection is served in a task of its own.
+    Serving,
+    /// Admission by the cluster, or a refusal's close.
+    Later(std::pin::Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl Future for Started {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        match self.get_mut() {
+            Self::Serving => Poll::Ready(()),
+            Self::Later(later) => later.as_mut().poll(cx),
+        }
+    }
+}
 
 /// Admits one upgraded WebSocket, then serves it in a task of its own until it ends. The
 /// serving task starts after admission so that it carries none of admission's state: a
@@ -50,10 +100,9 @@ pub(crate) async fn run(
             let tracker = shared.tracker.clone();
             tracker.spawn(Serving::new(shared, handler, socket, admitted));
         }
+        // Boxed: the closing's state would otherwise be in every connect's future.
         Err(reason) => {
-            socket
-                .close(None, reason, shared.config.close_timeout)
-                .await
+            Box::pin(socket.close(None, reason, shared.config.close_timeout)).await;
         }
     }
 }
@@ -221,88 +270,206 @@ pub(crate) async fn admit(
     protocol: u8,
     inbound: Option<mpsc::Sender<Message>>,
 ) -> Result<Admitted, DisconnectReason> {
-    let config = &shared.config;
-    let seq = shared.next_seq();
-    // Room for a full replay after `welcome`, whatever the queue size.
-    let capacity = config.effective_queue_capacity();
-    let info = ConnectionInfo {
-        id: crate::ids::ConnectionId::new(&config.node_id, seq),
-        user_id: request.user_id,
-        protocol,
-        ip: request.ip,
-        connected_at: SystemTime::now(),
-    };
-    let lobby = request.lobby;
+    let candidate = Candidate::new(shared, request, protocol);
     // The cluster (if any) reserves its limits first; its refusal needs no local work.
-    let seat = if shared.allow_connect(info.ip) {
-        let since = request.recovery.as_ref().map(|r| r.since);
-        shared.admit_in_cluster(&info, lobby.as_ref(), since).await
+    let seat = if !shared.allow_connect(candidate.info.ip) {
+        Err(DisconnectReason::RateLimited)
+    } else if shared.in_cluster() {
+        let since = candidate.recovery.as_ref().map(|r| r.since);
+        // Boxed, here and below: the cluster's calls would otherwise make every connect's
+        // future larger.
+        Box::pin(shared.admit_in_cluster(&candidate.info, candidate.lobby.as_ref(), since)).await
+    } else {
+        Ok(crate::shared::ClusterSeat::default())
+    };
+    match candidate.register(shared, seat, inbound) {
+        Ok(admitted) => Ok(admitted),
+        Err(refused) => {
+            if refused.in_cluster {
+                Box::pin(shared.release_in_cluster(&refused.conn.info)).await;
+            }
+            Err(refused.counted(shared))
+        }
+    }
+}
+
+/// [`admit`] on a node alone (no cluster to ask): without waiting.
+pub(crate) fn admit_alone(
+    shared: &Arc<Shared>,
+    request: ConnectRequest,
+    protocol: u8,
+    inbound: Option<mpsc::Sender<Message>>,
+) -> Result<Admitted, DisconnectReason> {
+    debug_assert!(!shared.in_cluster(), "a cluster's admission waits for it");
+    let candidate = Candidate::new(shared, request, protocol);
+    let seat = if shared.allow_connect(candidate.info.ip) {
+        Ok(crate::shared::ClusterSeat::default())
     } else {
         Err(DisconnectReason::RateLimited)
     };
-    let (seat, refused) = match seat {
-        Ok(seat) => (seat, None),
-        Err(reason) => (crate::shared::ClusterSeat::default(), Some(reason)),
-    };
-    // From here on the cluster counts this connection until it is released.
-    let in_cluster = seat.held;
-    let presence_events = seat.presence_events;
-    let mut handle = ConnHandle::new(seq, info, capacity);
-    handle.cluster_presence = presence_events.is_some();
-    handle.inbound = inbound;
-    let conn = Arc::new(handle);
-    let token_expires_at = request.expires_at.map(crate::protocol::system_ms);
-    let welcome = |state: Option<LobbyState<'_>>| {
-        let info = &conn.info;
-        let frame = match (&lobby, state) {
-            (Some(lobby), Some(state)) if protocol < 2 => ServerFrame::Welcome {
-                connection_id: &info.id,
-                user_id: &info.user_id,
-                lobby,
-                ping_interval_ms: config.ping_interval.as_millis() as u64,
-                server_time: unix_ms(),
-                protocol: PROTOCOL_VERSION,
-                presence_events: presence_events.unwrap_or(state.presence_events),
-                offset: state.offset,
-                epoch: state.epoch,
-            },
-            _ => ServerFrame::WelcomeV2 {
-                connection_id: &info.id,
-                user_id: &info.user_id,
-                ping_interval_ms: config.ping_interval.as_millis() as u64,
-                server_time: unix_ms(),
-                protocol: PROTOCOL_V2,
-                max_lobbies: config.limits.max_lobbies_per_connection,
-                token_expires_at,
-            },
-        };
-        crate::protocol::text(frame.encode())
-    };
-    let join = lobby.as_ref().map(|lobby| Join {
-        lobby,
-        recovery: request.recovery.as_ref(),
-        cluster_history: seat.history.as_ref(),
-    });
-    let registered = match refused {
-        Some(reason) => Err(reason),
-        None => shared
-            .hub
-            .register(conn.clone(), join, request.allowed, welcome),
-    };
-    if let Err(reason) = registered {
-        if in_cluster {
-            shared.release_in_cluster(&conn.info).await;
-        }
+    candidate
+        .register(shared, seat, inbound)
+        .map_err(|refused| refused.counted(shared))
+}
+
+/// A connect on its way in: numbered, not admitted yet.
+struct Candidate {
+    seq: u64,
+    info: ConnectionInfo,
+    lobby: Option<LobbyCode>,
+    recovery: Option<crate::history::Recovery>,
+    allowed: Option<crate::request::LobbyFilter>,
+    expires_at: Option<SystemTime>,
+}
+
+/// A connect refused after its handle was made.
+struct Refused {
+    conn: Arc<ConnHandle>,
+    reason: DisconnectReason,
+    lobby: Option<LobbyCode>,
+    /// The cluster counts it until released.
+    in_cluster: bool,
+}
+
+impl Refused {
+    /// Counts and logs the refusal; its reason.
+    fn counted(self, shared: &Shared) -> DisconnectReason {
+        let Self {
+            conn,
+            reason,
+            lobby,
+            ..
+        } = self;
         shared.counters.rejected(reason);
         let lobby = lobby.as_ref().map_or("", LobbyCode::as_str);
         tracing::info!(user = %conn.info.user_id, lobby, ip = %conn.info.ip, %reason, "connection refused");
-        return Err(reason);
+        reason
     }
-    Ok(Admitted {
-        conn,
-        in_cluster,
-        expires_at: request.expires_at,
-    })
+}
+
+impl Candidate {
+    fn new(shared: &Shared, request: ConnectRequest, protocol: u8) -> Self {
+        let seq = shared.next_seq();
+        Self {
+            seq,
+            info: ConnectionInfo {
+                id: crate::ids::ConnectionId::new(&shared.config.node_id, seq),
+                user_id: request.user_id,
+                protocol,
+                ip: request.ip,
+                connected_at: SystemTime::now(),
+            },
+            lobby: request.lobby,
+            recovery: request.recovery,
+            allowed: request.allowed,
+            expires_at: request.expires_at,
+        }
+    }
+
+    /// Registers the connection in the hub with `seat` (the cluster's answer, if any).
+    fn register(
+        self,
+        shared: &Shared,
+        seat: Result<crate::shared::ClusterSeat, DisconnectReason>,
+        inbound: Option<mpsc::Sender<Message>>,
+    ) -> Result<Admitted, Refused> {
+        let (seat, refused) = match seat {
+            Ok(seat) => (seat, None),
+            Err(reason) => (crate::shared::ClusterSeat::default(), Some(reason)),
+        };
+        // From here on the cluster counts this connection until it is released.
+        let in_cluster = seat.held;
+        // Room for a full replay after `welcome`, whatever the queue size.
+        let capacity = shared.config.effective_queue_capacity();
+        let mut handle = ConnHandle::new(self.seq, self.info, capacity);
+        handle.cluster_presence = seat.presence_events.is_some();
+        handle.inbound = inbound;
+        let conn = Arc::new(handle);
+        let registered = match refused {
+            Some(reason) => Err(reason),
+            None => register(
+                shared,
+                &conn,
+                self.lobby.as_ref(),
+                &seat,
+                self.recovery.as_ref(),
+                self.allowed,
+                self.expires_at.map(crate::protocol::system_ms),
+            ),
+        };
+        match registered {
+            Ok(()) => Ok(Admitted {
+                conn,
+                in_cluster,
+                expires_at: self.expires_at,
+            }),
+            Err(reason) => Err(Refused {
+                conn,
+                reason,
+                lobby: self.lobby,
+                in_cluster,
+            }),
+        }
+    }
+}
+
+/// Registers a connection in the hub, `welcome` its first frame (see [`admit`]); a function of
+/// its own so that none of this is kept in `admit`'s future.
+fn register(
+    shared: &Shared,
+    conn: &Arc<ConnHandle>,
+    lobby: Option<&LobbyCode>,
+    seat: &crate::shared::ClusterSeat,
+    recovery: Option<&crate::history::Recovery>,
+    allowed: Option<crate::request::LobbyFilter>,
+    token_expires_at: Option<u64>,
+) -> Result<(), DisconnectReason> {
+    let config = &shared.config;
+    let info = &conn.info;
+    let protocol = info.protocol;
+    let presence_events = seat.presence_events;
+    // `welcome` is written here, before the registry's lock; a v1 one gets its lobby's state
+    // under it.
+    let ping_interval_ms = config.ping_interval.as_millis() as u64;
+    let v2_welcome = || {
+        welcome_v2(
+            &info.id,
+            &info.user_id,
+            ping_interval_ms,
+            unix_ms(),
+            PROTOCOL_V2,
+            config.limits.max_lobbies_per_connection,
+            token_expires_at,
+        )
+    };
+    let prepared = match lobby {
+        Some(lobby) if protocol < 2 => Ok(WelcomeV1::new(
+            &info.id,
+            &info.user_id,
+            lobby,
+            ping_interval_ms,
+            unix_ms(),
+            PROTOCOL_VERSION,
+        )),
+        _ => Err(v2_welcome()),
+    };
+    let welcome = |state: Option<LobbyState<'_>>| {
+        crate::protocol::text(match (prepared, state) {
+            (Ok(v1), Some(state)) => v1.finish(
+                presence_events.unwrap_or(state.presence_events),
+                state.offset,
+                state.epoch,
+            ),
+            (Ok(_), None) => v2_welcome(),
+            (Err(v2), _) => v2,
+        })
+    };
+    let join = lobby.map(|lobby| Join {
+        lobby,
+        recovery,
+        cluster_history: seat.history.as_ref(),
+    });
+    shared.hub.register(conn.clone(), join, allowed, welcome)
 }
 
 /// Drives an admitted connection over a stream of client frames and a sink of server frames

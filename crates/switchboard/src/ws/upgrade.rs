@@ -279,13 +279,13 @@ impl Upgrade {
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(start);
             }
         }
-        let accept = tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let accept = accept_key(self.key.as_bytes());
         let mut response = Response::new(axum::body::Body::empty());
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        if let Ok(accept) = HeaderValue::from_str(&accept) {
+        if let Ok(accept) = accept {
             headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
         }
         if echo {
@@ -435,15 +435,45 @@ impl AsyncWrite for Upgraded {
 /// RFC 6455 4.2.1: the key is a base64-encoded 16-byte value (24 characters).
 fn is_valid_key(key: &[u8]) -> bool {
     use base64::Engine as _;
+    // Decoded on the stack: 18 bytes is the decoder's estimate for 24 characters.
+    let mut decoded = [0u8; 18];
     key.len() == 24
         && base64::engine::general_purpose::STANDARD
-            .decode(key)
-            .is_ok_and(|bytes| bytes.len() == 16)
+            .decode_slice(key, &mut decoded)
+            .is_ok_and(|len| len == 16)
+}
+
+/// RFC 6455 4.2.2: `Sec-WebSocket-Accept` for a key, the base64 of the SHA-1 of the key and
+/// the protocol's GUID (tungstenite's `derive_accept_key`, without its two allocations).
+fn accept_key(key: &[u8]) -> Result<HeaderValue, axum::http::header::InvalidHeaderValue> {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = sha1::Sha1::default();
+    sha1.update(key);
+    sha1.update(GUID);
+    // 28 characters for the 20 bytes of a SHA-1.
+    let mut accept = [0u8; 28];
+    let len = base64::engine::general_purpose::STANDARD
+        .encode_slice(sha1.finalize(), &mut accept)
+        .unwrap_or_default();
+    HeaderValue::from_bytes(&accept[..len])
 }
 
 #[cfg(test)]
 mod key_tests {
-    use super::is_valid_key;
+    use super::{accept_key, is_valid_key};
+
+    #[test]
+    fn the_accept_key_is_rfc_6455s() {
+        // RFC 6455 section 1.3's example.
+        let accept = accept_key(b"dGhlIHNhbXBsZSBub25jZQ==").unwrap();
+        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        for key in ["AQIDBAUGBwgJCgsMDQ4PEA==", "x3JJHMbDL1EzLkh9GBhXDw==", ""] {
+            let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            assert_eq!(accept_key(key.as_bytes()).unwrap(), expected.as_str());
+        }
+    }
 
     #[test]
     fn keys_are_16_bytes_in_base64() {
