@@ -153,36 +153,65 @@ fn serve(list: &mut Vec<Arc<ConnHandle>>) {
 /// broadcast's cost) for up to that much latency; frames of a member's own (replies, direct
 /// messages) are not held, and take what waits along.
 #[derive(Debug)]
-pub(crate) struct Pacer {
-    delay: Duration,
-    due: Arc<Mutex<Due>>,
-    /// The manager's tracker: the timer runs on it.
-    tracker: TaskTracker,
+pub(crate) struct Pacer(DueList);
+
+impl Pacer {
+    /// A pacer for `delay`; none for zero (broadcasts are served as their batch ends).
+    pub(crate) fn new(delay: Duration, tracker: TaskTracker) -> Option<Arc<Self>> {
+        (!delay.is_zero()).then(|| Arc::new(Self(DueList::new(delay, tracker, serve))))
+    }
+
+    /// Takes a batch's listed members, to be served within the delay.
+    fn hand(&self, list: &mut Vec<Arc<ConnHandle>>) {
+        self.0.add(list);
+    }
 }
 
-/// Members waiting for the timer, and whether it runs.
+/// Connections served by a timer: one added waits at most `delay`, then `serve` runs on
+/// everyone due. The timer runs (on the manager's tracker) only while connections are due.
+/// The write delay's pacer and the presence events' batches are the two.
+#[derive(Debug)]
+pub(crate) struct DueList {
+    delay: Duration,
+    due: Arc<Mutex<Due>>,
+    tracker: TaskTracker,
+    serve: fn(&mut Vec<Arc<ConnHandle>>),
+}
+
+/// Connections waiting for the timer, and whether it runs.
 #[derive(Debug, Default)]
 struct Due {
     list: Vec<Arc<ConnHandle>>,
     ticking: bool,
 }
 
-impl Pacer {
-    /// A pacer for `delay`; none for zero (broadcasts are served as their batch ends).
-    pub(crate) fn new(delay: Duration, tracker: TaskTracker) -> Option<Arc<Self>> {
-        (!delay.is_zero()).then(|| {
-            Arc::new(Self {
-                delay,
-                due: Arc::default(),
-                tracker,
-            })
-        })
+impl DueList {
+    pub(crate) fn new(
+        delay: Duration,
+        tracker: TaskTracker,
+        serve: fn(&mut Vec<Arc<ConnHandle>>),
+    ) -> Self {
+        Self {
+            delay,
+            due: Arc::default(),
+            tracker,
+            serve,
+        }
     }
 
-    /// Takes a batch's listed members, to be served within the delay.
-    fn hand(&self, list: &mut Vec<Arc<ConnHandle>>) {
+    /// Adds `conn`, to be served within the delay.
+    pub(crate) fn add_one(&self, conn: &Arc<ConnHandle>) {
+        self.push(|list| list.push(conn.clone()));
+    }
+
+    /// Adds every connection of `list` (emptied), to be served within the delay.
+    pub(crate) fn add(&self, list: &mut Vec<Arc<ConnHandle>>) {
+        self.push(|due| due.append(list));
+    }
+
+    fn push(&self, add: impl FnOnce(&mut Vec<Arc<ConnHandle>>)) {
         let mut due = self.due.lock().unwrap_or_else(PoisonError::into_inner);
-        due.list.append(list);
+        add(&mut due.list);
         if due.ticking {
             return;
         }
@@ -190,12 +219,12 @@ impl Pacer {
         if tokio::runtime::Handle::try_current().is_err() {
             let mut now = std::mem::take(&mut due.list);
             drop(due);
-            serve(&mut now);
+            (self.serve)(&mut now);
             return;
         }
         due.ticking = true;
-        let (due, delay) = (self.due.clone(), self.delay);
-        // Ticks while members keep coming; a member waits at most one delay.
+        let (due, delay, serve) = (self.due.clone(), self.delay, self.serve);
+        // Ticks while connections keep coming; one waits at most one delay.
         self.tracker.spawn(async move {
             loop {
                 tokio::time::sleep(delay).await;

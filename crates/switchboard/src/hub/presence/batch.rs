@@ -4,81 +4,41 @@
 //! comes first. A join storm in a lobby of a hundred then costs each member one write per
 //! batch instead of one per join.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::Message;
 use tokio_util::task::TaskTracker;
 
+use crate::cork::DueList;
 use crate::handle::{ConnHandle, Offer};
 
-/// The connections holding events not yet written, and whether a flush is scheduled.
+/// The connections holding events not yet written, woken when their batch is due.
 #[derive(Debug)]
 pub(crate) struct EventBatch {
-    delay: Duration,
-    state: Arc<Mutex<Due>>,
-    /// The manager's tracker: shutdown waits for a flush in progress too.
-    tracker: TaskTracker,
-}
-
-#[derive(Debug, Default)]
-struct Due {
-    conns: Vec<Arc<ConnHandle>>,
-    flushing: bool,
+    /// None when batches are off (a zero delay): every event is written at once.
+    due: Option<DueList>,
 }
 
 impl EventBatch {
     /// Batches of `delay`; zero writes every event at once. Flushes run on `tracker`.
     pub(crate) fn new(delay: Duration, tracker: TaskTracker) -> Self {
+        let wake = |conns: &mut Vec<Arc<ConnHandle>>| conns.drain(..).for_each(|c| c.wake());
         Self {
-            delay,
-            state: Arc::default(),
-            tracker,
+            due: (!delay.is_zero()).then(|| DueList::new(delay, tracker, wake)),
         }
     }
 
     /// Queues an event for `conn`, to be written within the batch delay.
     pub(crate) fn offer(&self, conn: &Arc<ConnHandle>, frame: Message) -> Offer {
-        if self.delay.is_zero() {
+        let Some(due) = &self.due else {
             return conn.offer(frame);
-        }
+        };
         let (offer, first) = conn.offer_quietly(frame);
         if first {
-            self.schedule(conn);
+            due.add_one(conn);
         }
         offer
-    }
-
-    fn schedule(&self, conn: &Arc<ConnHandle>) {
-        let mut due = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        due.conns.push(conn.clone());
-        if due.flushing {
-            return;
-        }
-        // Outside a runtime (unit tests of the registry) there is nothing to defer to.
-        if tokio::runtime::Handle::try_current().is_err() {
-            drop(due);
-            conn.wake();
-            return;
-        }
-        due.flushing = true;
-        let (state, delay) = (self.state.clone(), self.delay);
-        self.tracker.spawn(async move {
-            loop {
-                tokio::time::sleep(delay).await;
-                let conns = {
-                    let mut due = state.lock().unwrap_or_else(PoisonError::into_inner);
-                    if due.conns.is_empty() {
-                        due.flushing = false;
-                        return;
-                    }
-                    std::mem::take(&mut due.conns)
-                };
-                for conn in conns {
-                    conn.wake();
-                }
-            }
-        });
     }
 }
 
