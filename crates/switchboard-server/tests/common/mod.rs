@@ -501,12 +501,42 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `signal`; after `STOP`, returns once every thread of the process has stopped.
     pub fn signal(&self, signal: &str) {
         let status = std::process::Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+        if signal == "STOP" {
+            self.await_stopped();
+        }
+    }
+
+    /// A stop is pending on the process, not done, when `kill` returns: one thread takes it
+    /// and stops the others, and on a busy machine another thread may still run (and answer
+    /// a question) meanwhile. Nothing announces the end, so the threads' states are polled.
+    fn await_stopped(&self) {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let stopped = |stat: String| {
+            let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+            state.is_some_and(|s| s.starts_with('T') || s.starts_with('t'))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let all = std::fs::read_dir(&tasks).unwrap().all(|task| {
+                let path = task.unwrap().path().join("stat");
+                std::fs::read_to_string(path).map_or(true, stopped)
+            });
+            if all {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process never stopped"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Waits for the process to exit (at most `within`), returning its status.
