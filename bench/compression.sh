@@ -24,7 +24,6 @@
 # bench/compression.py prints the tables from the JSON lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 ONLY="bytes fanout idle"
 NAME=compression
 SERVERS="sb-z sb ws-z ws"
@@ -37,25 +36,11 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-RAW=bench/results/raw
-LOGS=$RAW/logs-$NAME
-RESULTS=$RAW/$NAME.jsonl
-mkdir -p "$LOGS"
-: > "$RESULTS"
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BENCH=$TARGET/release/switchboard-bench
-SB=$TARGET/release/switchboard
 PORT=18500
 IP_BASE=100
-STARTED=$(date +%s)
-say() { echo "== [$(( $(date +%s) - STARTED ))s] $*" >&2; }
-
-cargo build --release -p switchboard-server -p switchboard-bench >&2
-bench/peers/setup.sh >&2
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-load_sb_env
-SB_ENV+=(SWITCHBOARD_PRESENCE__EVENTS=false)
+side_by_side_run "$NAME"
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), nproc $(nproc)"

@@ -18,7 +18,6 @@
 # 100k connect/close cycles. bench/issue20.py prints the table from the JSON lines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$PWD
 SERVERS="switchboard bun ws"
 NAME=issue20
 CASES="idle sweep fixed churn"
@@ -34,25 +33,11 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 wants() { [[ " $CASES " == *" $1 "* ]]; }
-RAW=bench/results/raw
-LOGS=$RAW/logs-$NAME
-RESULTS=$RAW/$NAME.jsonl
-mkdir -p "$LOGS"
-: > "$RESULTS"
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BENCH=$TARGET/release/switchboard-bench
-SB=$TARGET/release/switchboard
 PORT=18300
 IP_BASE=60
-STARTED=$(date +%s)
-say() { echo "== [$(( $(date +%s) - STARTED ))s] $*" >&2; }
-
-cargo build --release -p switchboard-server -p switchboard-bench >&2
-bench/peers/setup.sh >&2
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-load_sb_env
-SB_ENV+=(SWITCHBOARD_PRESENCE__EVENTS=false)
+side_by_side_run "$NAME"
 # shellcheck disable=SC2206
 SB_ENV+=($EXTRA_ENV)
 {

@@ -44,26 +44,8 @@ start() { # start BIN LOG [prefix command...]
     env "${SB_ENV[@]}" SWITCHBOARD_BIND=127.0.0.1:$PORT taskset -c "${SERVER_CPUS:-0}" "$@" "$bin" > "$log" 2>&1 &
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
-    for _ in $(seq 600); do
-        grep -q "listening on" "$log" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "server did not start" >&2; cat "$log" >&2; return 1
-}
-
-bench() { # bench LOG SCENARIO OPTIONS...
-    local log=$1; shift
-    IP_BASE=$((IP_BASE + 1))
-    local scenario=$1; shift
-    timeout 300 taskset -c 1 "$BENCH" "$scenario" --addr "127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
-        --ip-base "$IP_BASE" --max-secs 240 "$@" > "$log.json" 2> "$log.log" &
-    BENCH_PID=$!
-    PIDS+=("$BENCH_PID")
-}
-
-wait_for() { # wait_for FILE PATTERN SECS
-    for _ in $(seq $(($3 * 10))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "timed out waiting for '$2' in $1" >&2; return 1
+    # up to a minute: a server under valgrind starts slowly
+    await_listening server "$log" 600
 }
 
 if [[ " $WHAT " == *" callgrind "* ]]; then

@@ -52,26 +52,8 @@ start() {
     fi
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
-    for _ in $(seq 600); do
-        grep -q "listening on" "$log" 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "$name did not start" >&2; cat "$log" >&2; return 1
-}
-
-bench() { # bench LOG SCENARIO OPTIONS...: the load generator in the background; sets BENCH_PID
-    local log=$1; shift
-    IP_BASE=$((IP_BASE + 1))
-    local scenario=$1; shift
-    timeout 300 taskset -c 1 "$BENCH" "$scenario" --addr "127.0.0.1:$PORT" --server-pid "$SERVER_PID" \
-        --ip-base "$IP_BASE" --max-secs 240 "$@" > "$log.json" 2> "$log.log" &
-    BENCH_PID=$!
-    PIDS+=("$BENCH_PID")
-}
-
-wait_for() { # wait_for FILE PATTERN SECS
-    for _ in $(seq $(($3 * 10))); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "timed out waiting for '$2' in $1" >&2; return 1
+    # up to a minute: a server under valgrind starts slowly
+    await_listening "$name" "$log" 600
 }
 
 STAT_EVENTS=task-clock,context-switches,raw_syscalls:sys_enter,syscalls:sys_enter_sendto,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendmsg,syscalls:sys_enter_recvfrom,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_futex,syscalls:sys_enter_accept4,syscalls:sys_enter_setsockopt,syscalls:sys_enter_getsockopt,syscalls:sys_enter_close
