@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use super::{Encoding, OutboxState, Outgoing, payload_len};
+use super::{Encoding, OutboxState, payload_len};
 use crate::stats::Counters;
 
 /// Frames encoded into one write, by a connection's task or a write-through: waiting frames
@@ -61,16 +61,19 @@ pub(super) fn write_through(state: &mut OutboxState) -> Through {
     if !state.open || state.len() > MAX_BATCH {
         return Through::Wake;
     }
-    let bytes: usize =
-        state.front().map_or(0, payload_len) + state.rest.iter().map(payload_len).sum::<usize>();
-    if bytes > WRITE_BATCH_BYTES && state.len() > 1 {
+    let Some(encoding) = state.direct.as_ref().map(|d| d.encoding) else {
         return Through::Wake;
+    };
+    let mut bytes = 0;
+    for item in state.iter() {
+        // A frame compressed for this connection alone is compressed by its task, outside the
+        // queue's lock (offers to it would wait meanwhile).
+        if encoding.compresses_alone(item) {
+            return Through::Wake;
+        }
+        bytes += payload_len(item);
     }
-    // A frame compressed for this connection alone is compressed by its task, outside the
-    // queue's lock (offers to it would wait meanwhile).
-    let encoding = state.direct.as_ref().map(|d| d.encoding);
-    let alone = |item: &Outgoing| encoding.is_some_and(|e| e.compresses_alone(item));
-    if state.front().is_some_and(alone) || state.rest.iter().any(alone) {
+    if bytes > WRITE_BATCH_BYTES && state.len() > 1 {
         return Through::Wake;
     }
     // Taken out while the frames are, and put back.

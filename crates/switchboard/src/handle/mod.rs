@@ -17,7 +17,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::disconnect::DisconnectReason;
 use crate::ids::{ConnectionId, UserId};
 use crate::ws::frame::OpCode;
-pub(crate) use direct::{Direct, MAX_BATCH, WRITE_BATCH_BYTES};
+use direct::Direct;
+pub(crate) use direct::{MAX_BATCH, WRITE_BATCH_BYTES};
 pub(crate) use encode::Encoding;
 
 /// What the embedding app and the logs know about a connection.
@@ -567,6 +568,11 @@ impl OutboxState {
 
     fn front(&self) -> Option<&Outgoing> {
         self.head.as_ref()
+    }
+
+    /// The queued frames, oldest first.
+    fn iter(&self) -> impl Iterator<Item = &Outgoing> {
+        self.head.iter().chain(&self.rest)
     }
 
     fn push_back(&mut self, frame: Outgoing) {
